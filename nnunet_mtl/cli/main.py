@@ -1,0 +1,53 @@
+"""The ``nnunet_mtl`` command: one entry point, one module per subcommand.
+
+Each module under ``nnunet_mtl.cli`` that provides a subcommand has ``register(subparsers)``, which adds its
+parser and sets ``func`` (called with the parsed args, returns an exit code or None).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nnunet_mtl import __version__
+from nnunet_mtl.errors import NnunetMtlError
+
+SUBCOMMAND_MODULES = ("demo", "convert", "predict", "evaluate", "split", "trainer_dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet_mtl",
+        description="Multitask nnU-Net for ultrasound: lesion segmentation + lesion classification.")
+    parser.add_argument("--version", action="version", version=f"nnunet_mtl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"nnunet_mtl.cli.{name}")
+        except ModuleNotFoundError as e:  # a subcommand whose module is not written yet
+            if e.name == f"nnunet_mtl.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except NnunetMtlError as e:
+        print(f"nnunet_mtl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nnunet_mtl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
