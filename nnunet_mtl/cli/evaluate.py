@@ -1,0 +1,90 @@
+"""``nnunet_mtl evaluate``: Dice / IoU / HD95 and classification metrics of a prediction folder, or mean ± std over
+several runs' summary.json files (``--aggregate``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnunet_mtl.errors import NnunetMtlError
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="Dice/IoU/HD95 + precision/recall/F1/AUC of predictions; or aggregate several summaries",
+        description="Mode 1: evaluate the masks in -pred against -ref (and class_predictions.csv against the classes "
+                    "in cases.csv); writes per_case.csv, summary.json and plots to -o (default PRED/evaluation). "
+                    "Mode 2: --aggregate S1.json S2.json ...: mean ± std of every metric over folds or runs. "
+                    "HD95 follows MONAI (max of the two directed 95th percentiles); see summary.json 'definitions'.")
+    p.add_argument("-pred", help="folder of predicted CASE_ID.png masks (e.g. the output of nnunet_mtl predict)")
+    p.add_argument("-ref", help="folder of reference CASE_ID.png masks (default with -d: nnUNet_raw/DatasetNNN_X/labelsTs)")
+    p.add_argument("-d", help="dataset id or name: takes -ref, --cases and --class-labels from nnUNet_raw/DatasetNNN_X")
+    p.add_argument("--classes", help="class_predictions.csv (default: PRED/class_predictions.csv when it exists)")
+    p.add_argument("--cases", help="the raw dataset's cases.csv (reference classes, pixel spacing for HD95 in mm)")
+    p.add_argument("--class-labels", dest="class_labels",
+                   help="dataset.json with 'class_labels' (names and indices of the classes)")
+    p.add_argument("-o", help="output folder (default PRED/evaluation); with --aggregate: the aggregate JSON file")
+    p.add_argument("-np", type=int, default=1, help="worker processes for the per-case metrics (default 1)")
+    p.add_argument("--allow-missing", dest="allow_missing", action="store_true",
+                   help="report reference cases without prediction instead of failing")
+    p.add_argument("--aggregate", nargs="+", metavar="SUMMARY_JSON",
+                   help="aggregate these summary.json files (folds / runs) into mean ± std")
+    p.set_defaults(func=run)
+
+
+def _existing_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise NnunetMtlError(f"{what} {path} does not exist")
+    return path
+
+
+def run(args) -> int:
+    from nnunet_mtl.evaluation.evaluate import (aggregate_summaries, evaluate_folder, format_aggregate_table,
+                                                format_summary_table, load_class_labels, written_files)
+    if args.aggregate:
+        if args.pred or args.ref or args.d:
+            raise NnunetMtlError("--aggregate takes summary.json files only; do not combine it with -pred/-ref/-d")
+        agg = aggregate_summaries(args.aggregate, output_path=args.o)
+        print(format_aggregate_table(agg))
+        if args.o:
+            print(f"wrote {args.o}")
+        return 0
+
+    if not args.pred:
+        raise NnunetMtlError("expected -pred PRED_DIR (with -ref REF_DIR or -d DATASET), or --aggregate S1.json ...")
+    pred = Path(args.pred)
+    if not pred.is_dir():
+        raise NnunetMtlError(f"prediction folder {pred} does not exist; expected a folder of CASE_ID.png masks")
+    ref = Path(args.ref) if args.ref else None
+    cases = Path(args.cases) if args.cases else None
+    labels_json = Path(args.class_labels) if args.class_labels else None
+    if args.d is not None:
+        from nnunet_mtl.paths import find_dataset_folder, raw_root
+        raw = find_dataset_folder(args.d, raw_root())
+        ref = ref or raw / "labelsTs"
+        if cases is None and (raw / "cases.csv").is_file():
+            cases = raw / "cases.csv"
+        if labels_json is None and (raw / "dataset.json").is_file():
+            labels_json = raw / "dataset.json"
+    if ref is None:
+        raise NnunetMtlError("no reference: pass -ref REF_DIR or -d DATASET (uses nnUNet_raw/DatasetNNN_X/labelsTs)")
+
+    classes = Path(args.classes) if args.classes else None
+    if classes is not None:
+        _existing_file(classes, "class predictions")
+    elif (pred / "class_predictions.csv").is_file():
+        if cases is not None:
+            classes = pred / "class_predictions.csv"
+        else:
+            print(f"note: {pred / 'class_predictions.csv'} not evaluated: the reference classes need --cases or -d")
+    if cases is not None:
+        _existing_file(cases, "case table")
+    class_labels = load_class_labels(labels_json) if labels_json is not None else None
+
+    out = Path(args.o) if args.o else pred / "evaluation"
+    summary = evaluate_folder(pred, ref, class_predictions_csv=classes, cases_csv=cases, class_labels=class_labels,
+                              output_dir=out, num_processes=args.np, allow_missing=args.allow_missing)
+    print(format_summary_table(summary))
+    print()
+    for path in written_files(out):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,319 @@
+"""Evaluation: segmentation metrics (Dice, IoU, HD95 vs brute force), classification metrics vs hand values,
+folder evaluation, aggregation and the ``nnunet_mtl evaluate`` command."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.spatial.distance import cdist
+
+from nnunet_mtl.cli.main import main
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.evaluation.classification import classification_metrics
+from nnunet_mtl.evaluation.evaluate import (aggregate_summaries, evaluate_folder, format_aggregate_table,
+                                            format_summary_table)
+from nnunet_mtl.evaluation.segmentation import case_metrics, dice_iou, hd95
+
+CLASS_LABELS = {"benign": 0, "malignant": 1}
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+def test_dice_iou_by_hand():
+    pred = np.zeros((6, 6), bool)
+    ref = np.zeros((6, 6), bool)
+    pred[1:3, 1:3] = True  # 4 px
+    ref[1:3, 1:4] = True   # 6 px, contains pred
+    dice, iou = dice_iou(pred, ref)
+    assert dice == pytest.approx(2 * 4 / (4 + 6))
+    assert iou == pytest.approx(4 / 6)
+    pred2 = np.zeros((6, 6), bool)
+    pred2[4:6, 4:6] = True  # disjoint from ref
+    assert dice_iou(pred2, ref) == (0.0, 0.0)
+
+
+def test_empty_mask_conventions():
+    empty = np.zeros((10, 20), np.uint8)
+    lesion = empty.copy()
+    lesion[2:5, 3:9] = 1
+    both = case_metrics(empty, empty, (0.5, 2.0))
+    assert (both["dice"], both["iou"], both["hd95_px"], both["hd95_mm"]) == (1.0, 1.0, 0.0, 0.0)
+    for pred, ref in ((empty, lesion), (lesion, empty)):
+        m = case_metrics(pred, ref, (0.5, 2.0))
+        assert (m["dice"], m["iou"]) == (0.0, 0.0)
+        assert m["hd95_px"] == pytest.approx(math.hypot(10, 20))  # image diagonal
+        assert m["hd95_mm"] == pytest.approx(math.hypot(10 * 0.5, 20 * 2.0))
+    assert case_metrics(lesion, empty)["ref_empty"] and case_metrics(empty, lesion)["pred_empty"]
+    assert math.isnan(case_metrics(lesion, lesion)["hd95_mm"])  # no spacing -> no mm value
+
+
+def test_hd95_single_pixels_by_hand():
+    a = np.zeros((8, 8), bool)
+    b = np.zeros((8, 8), bool)
+    a[0, 0] = True
+    b[3, 4] = True
+    assert hd95(a, b) == pytest.approx(5.0)
+    assert hd95(a, b, (2.0, 1.0)) == pytest.approx(math.hypot(6.0, 4.0))
+
+
+def _brute_boundary(mask):
+    # independent of scipy's erosion: a foreground pixel with a 4-neighbour that is background or outside the image
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def _brute_hd95(pred, ref, spacing):
+    p = np.argwhere(_brute_boundary(pred)) * np.asarray(spacing)
+    r = np.argwhere(_brute_boundary(ref)) * np.asarray(spacing)
+    d = cdist(p, r)
+    return max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95))
+
+
+def _random_shape(rng, shape):
+    from scipy.ndimage import gaussian_filter
+    field = gaussian_filter(rng.standard_normal(shape), sigma=rng.uniform(2, 5))
+    mask = field > np.quantile(field, rng.uniform(0.6, 0.95))
+    return mask
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.7, 0.7), (0.3, 1.1), (2.0, 0.45)])
+def test_hd95_matches_brute_force_on_random_shapes(spacing):
+    rng = np.random.default_rng(int(spacing[0] * 100 + spacing[1] * 10))
+    for _ in range(8):
+        shape = tuple(rng.integers(24, 64, size=2))
+        pred, ref = _random_shape(rng, shape), _random_shape(rng, shape)
+        expected = _brute_hd95(pred, ref, spacing)
+        assert hd95(pred, ref, spacing) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        m = case_metrics(pred.astype(np.uint8), ref.astype(np.uint8), spacing)
+        assert m["hd95_mm"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        assert m["hd95_px"] == pytest.approx(_brute_hd95(pred, ref, (1.0, 1.0)), rel=1e-9, abs=1e-9)
+
+
+def test_hd95_is_the_max_of_the_directed_percentiles_not_pooled():
+    # pred = ref plus a far-away small blob: the directed pred->ref distances have a heavy tail that a pooled
+    # percentile (medpy) would dilute with the ref->pred zeros
+    ref = np.zeros((40, 40), bool)
+    ref[5:25, 5:25] = True
+    pred = ref.copy()
+    pred[34:38, 34:38] = True
+    p = np.argwhere(_brute_boundary(pred))
+    r = np.argwhere(_brute_boundary(ref))
+    d = cdist(p, r)
+    pooled = np.percentile(np.concatenate([d.min(axis=1), d.min(axis=0)]), 95)
+    directed = np.percentile(d.min(axis=1), 95)
+    assert hd95(pred, ref) == pytest.approx(directed)
+    assert hd95(pred, ref) > pooled + 1
+
+
+# ------------------------------------------------------------------------------------------------ classification
+def test_binary_classification_by_hand():
+    y_true = [0, 0, 1, 1, 1]
+    y_pred = [0, 1, 1, 1, 0]
+    p1 = np.array([0.1, 0.6, 0.8, 0.7, 0.4])
+    m = classification_metrics(y_true, y_pred, np.stack([1 - p1, p1], axis=1), ["benign", "malignant"])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["per_class"]["benign"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "auc_ovr": 5 / 6})
+    assert m["per_class"]["malignant"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["malignant"]["recall"] == pytest.approx(2 / 3)
+    assert m["macro_precision"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # positives {0.8, 0.7, 0.4} vs negatives {0.1, 0.6}: 5 of 6 pairs ordered correctly
+    assert m["auc"] == pytest.approx(5 / 6)
+    assert m["confusion_matrix"] == {"labels": ["benign", "malignant"], "matrix": [[1, 1], [1, 2]]}
+    assert m["notes"] == []
+
+
+def test_three_class_classification_by_hand():
+    from sklearn.metrics import roc_auc_score
+    y_true = [0, 1, 2, 0, 1, 2]
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6],
+                      [0.3, 0.4, 0.3], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
+    y_pred = probs.argmax(axis=1)  # [0, 1, 2, 1, 0, 2]
+    m = classification_metrics(y_true, y_pred, probs, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # per-class one-vs-rest AUCs counted by hand: 7/8, 6.5/8 (one tie), 8/8
+    assert [m["per_class"][n]["auc_ovr"] for n in "abc"] == pytest.approx([7 / 8, 6.5 / 8, 1.0])
+    assert m["auc"] == pytest.approx((7 / 8 + 6.5 / 8 + 1.0) / 3)
+    assert m["auc"] == pytest.approx(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert m["confusion_matrix"]["matrix"] == [[1, 1, 0], [1, 1, 0], [0, 0, 2]]
+
+
+def test_auc_undefined_is_nan_with_a_note():
+    m = classification_metrics([1, 1, 1], [1, 0, 1], np.array([[0.2, 0.8], [0.6, 0.4], [0.1, 0.9]]),
+                               ["benign", "malignant"])
+    assert math.isnan(m["auc"]) and "only class 'malignant'" in m["notes"][0]
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    three = classification_metrics([0, 0], [0, 2], np.array([[0.8, 0.1, 0.1], [0.3, 0.2, 0.5]]), ["a", "b", "c"])
+    assert math.isnan(three["auc"]) and three["notes"]
+    # one class absent from the reference: OvR macro over the two that have both sides, noted
+    partial = classification_metrics([0, 1, 0, 1], [0, 1, 0, 0],
+                                     np.array([[.6, .3, .1], [.2, .7, .1], [.5, .4, .1], [.5, .2, .3]]), ["a", "b", "c"])
+    # a: positives {.6, .5} vs negatives {.2, .5} -> 3.5/4 (one tie); b: {.7, .2} vs {.3, .4} -> 2/4
+    assert partial["auc"] == pytest.approx((3.5 / 4 + 2 / 4) / 2)
+    assert "c" in partial["notes"][0]
+    assert math.isnan(partial["per_class"]["c"]["precision"]) and partial["per_class"]["c"]["support"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def _png(path, mask):
+    Image.fromarray(np.asarray(mask, np.uint8)).save(path)
+
+
+def _square(top, left, size, shape=(32, 32)):
+    m = np.zeros(shape, np.uint8)
+    m[top:top + size, left:left + size] = 1
+    return m
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Three reference cases with zero-padded ids, predictions for them plus one without reference."""
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    cases = {  # case: (pred mask, ref mask, class, spacing row, spacing col, probabilities)
+        "000012": (_square(4, 4, 8), _square(4, 4, 8), "benign", "0.5", "0.5", (0.9, 0.1)),
+        "000013": (_square(4, 4, 8), _square(4, 8, 8), "malignant", "0.2", "0.4", (0.3, 0.7)),
+        "000100": (np.zeros((32, 32)), _square(10, 10, 6), "malignant", "", "", (0.6, 0.4)),
+    }
+    for case, (p, r, *_rest) in cases.items():
+        _png(pred / f"{case}.png", p)
+        _png(ref / f"{case}.png", r)
+    _png(pred / "999999.png", _square(0, 0, 3))  # no reference: ignored with a warning
+    with open(tmp_path / "cases.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "split", "class", "patient_id", "spacing_row_mm", "spacing_col_mm"])
+        for case, (_p, _r, cls, sr, sc, _pr) in cases.items():
+            w.writerow([case, "test", cls, f"P{case}", sr, sc])
+    with open(pred / "class_predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "predicted_class", "prob_benign", "prob_malignant"])
+        for case, (*_x, probs) in cases.items():
+            w.writerow([case, "benign" if probs[0] > probs[1] else "malignant", *probs])
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "X", "class_labels": CLASS_LABELS}))
+    return tmp_path
+
+
+def test_evaluate_folder_writes_per_case_and_summary(folders, capsys):
+    out = folders / "eval"
+    summary = evaluate_folder(folders / "pred", folders / "ref", class_predictions_csv=folders / "pred" /
+                              "class_predictions.csv", cases_csv=folders / "cases.csv", class_labels=CLASS_LABELS,
+                              output_dir=out)
+    assert "999999" in capsys.readouterr().err  # the warning line about the prediction without reference
+    assert summary["num_cases"] == 3 and summary["ignored_predictions"] == ["999999"]
+    # dice: identical -> 1; 8x8 squares shifted by 4 columns -> 2*32/128 = 0.5; empty prediction -> 0
+    assert summary["segmentation"]["dice"]["mean"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert summary["segmentation"]["dice"]["median"] == pytest.approx(0.5)
+    assert summary["segmentation"]["iou"]["mean"] == pytest.approx((1 + 32 / 96 + 0) / 3)
+    assert summary["segmentation"]["empty_prediction_cases"] == 1
+    assert summary["segmentation"]["cases_with_spacing"] == 2
+    # shifted squares: boundaries 4 columns apart -> hd95 = 4 px (95th percentile of directed distances)
+    with open(out / "per_case.csv", newline="") as f:
+        rows = {r["case_id"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["000012", "000013", "000100"]  # zero padding kept
+    assert float(rows["000012"]["hd95_mm"]) == 0.0
+    assert float(rows["000013"]["hd95_px"]) == pytest.approx(hd95(_square(4, 4, 8) > 0, _square(4, 8, 8) > 0))
+    assert float(rows["000013"]["hd95_mm"]) == pytest.approx(
+        hd95(_square(4, 4, 8) > 0, _square(4, 8, 8) > 0, (0.2, 0.4)))
+    assert float(rows["000100"]["hd95_px"]) == pytest.approx(math.hypot(32, 32)) and rows["000100"]["hd95_mm"] == ""
+    assert rows["000100"]["true_class"] == "malignant" and rows["000100"]["predicted_class"] == "benign"
+    assert float(rows["000013"]["prob_malignant"]) == pytest.approx(0.7)
+    cls = summary["classification"]
+    assert cls["accuracy"] == pytest.approx(2 / 3) and cls["auc"] == pytest.approx(1.0)
+    assert cls["confusion_matrix"]["matrix"] == [[1, 0], [1, 1]]
+    on_disk = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert on_disk["segmentation"]["dice"] == summary["segmentation"]["dice"]
+    assert "MONAI" in on_disk["definitions"]["hd95_px"]
+    assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "roc_curve.png").stat().st_size > 0
+    table = format_summary_table(summary)
+    assert "Dice" in table and "benign" in table and "Confusion matrix" in table
+
+
+def test_evaluate_folder_in_parallel_gives_the_same_numbers(folders):
+    one = evaluate_folder(folders / "pred", folders / "ref", cases_csv=folders / "cases.csv")
+    two = evaluate_folder(folders / "pred", folders / "ref", cases_csv=folders / "cases.csv", num_processes=2)
+    assert one["segmentation"] == two["segmentation"]
+    assert one["classification"] is None and "Classification: not evaluated" in format_summary_table(one)
+
+
+def test_no_spacing_gives_null_hd95_mm(folders):
+    summary = evaluate_folder(folders / "pred", folders / "ref")
+    assert summary["segmentation"]["hd95_mm"] is None
+    assert "n/a" in format_summary_table(summary)
+
+
+def test_missing_prediction_names_the_case(folders):
+    (folders / "pred" / "000013.png").unlink()
+    with pytest.raises(NnunetMtlError, match="000013") as info:
+        evaluate_folder(folders / "pred", folders / "ref")
+    assert "\n" not in str(info.value)
+    summary = evaluate_folder(folders / "pred", folders / "ref", allow_missing=True)
+    assert summary["num_cases"] == 2 and summary["missing_predictions"] == ["000013"]
+
+
+def test_missing_class_prediction_names_the_case(folders):
+    csv_path = folders / "pred" / "class_predictions.csv"
+    csv_path.write_text("\n".join(line for line in csv_path.read_text().splitlines() if "000012" not in line))
+    with pytest.raises(NnunetMtlError, match="000012"):
+        evaluate_folder(folders / "pred", folders / "ref", class_predictions_csv=csv_path,
+                        cases_csv=folders / "cases.csv", class_labels=CLASS_LABELS)
+
+
+def test_aggregate_two_summaries(tmp_path):
+    paths = []
+    for i, (dice, auc) in enumerate(((0.8, 0.9), (0.6, None))):
+        s = {"num_cases": 10, "segmentation": {"dice": {"mean": dice, "std": 0.1, "median": dice}, "hd95_mm": None},
+             "classification": {"accuracy": 0.5 + i * 0.1, "auc": auc,
+                                "confusion_matrix": {"labels": ["a", "b"], "matrix": [[1, 2], [3, 4]]}}}
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(s))
+    agg = aggregate_summaries(paths, output_path=tmp_path / "agg.json")
+    dice = agg["metrics"]["segmentation.dice.mean"]
+    assert dice["mean"] == pytest.approx(0.7) and dice["std"] == pytest.approx(math.sqrt(0.02)) and dice["n"] == 2
+    assert agg["metrics"]["classification.auc"] == {"mean": 0.9, "std": None, "n": 1, "values": [0.9, None]}
+    assert agg["metrics"]["segmentation.hd95_mm"]["n"] == 0
+    assert not any("confusion" in k for k in agg["metrics"])
+    assert json.loads((tmp_path / "agg.json").read_text())["num_runs"] == 2
+    assert "0.7000 ± 0.1414" in format_aggregate_table(agg)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_evaluate_prints_table_and_writes_files(folders, capsys):
+    pred = folders / "pred"
+    code = main(["evaluate", "-pred", str(pred), "-ref", str(folders / "ref"), "--cases", str(folders / "cases.csv"),
+                 "--class-labels", str(folders / "dataset.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Dice" in out and "balanced accuracy" in out  # class_predictions.csv in -pred was picked up
+    assert (pred / "evaluation" / "summary.json").is_file() and str(pred / "evaluation" / "per_case.csv") in out
+
+
+def test_cli_dataset_id_and_aggregate(folders, tmp_path, capsys, monkeypatch):
+    raw = tmp_path / "raw"
+    ds = raw / "Dataset501_Test"
+    ds.mkdir(parents=True)
+    (folders / "ref").rename(ds / "labelsTs")
+    (folders / "cases.csv").rename(ds / "cases.csv")
+    (folders / "dataset.json").rename(ds / "dataset.json")
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    assert main(["evaluate", "-pred", str(folders / "pred"), "-d", "501", "-o", str(tmp_path / "e1")]) == 0
+    assert json.loads((tmp_path / "e1" / "summary.json").read_text())["classification"]["auc"] == pytest.approx(1.0)
+    summary = str(tmp_path / "e1" / "summary.json")
+    capsys.readouterr()
+    assert main(["evaluate", "--aggregate", summary, summary, "-o", str(tmp_path / "agg.json")]) == 0
+    assert "segmentation.dice.mean" in capsys.readouterr().out and (tmp_path / "agg.json").is_file()
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "-pred", "/nonexistent/pred", "-ref", "/nonexistent/ref"],
+    ["evaluate", "--aggregate", "/nonexistent/summary.json"],
+])
+def test_cli_bad_path_is_one_line_and_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "/nonexistent/" in err
