@@ -1,0 +1,126 @@
+"""``nnunet_mtl demo``: the user's whole day on the synthetic ultrasound phantom, CPU-friendly.
+
+generate -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (multitask, short schedule) -> nnunet_mtl predict on
+the held-out test split -> nnunet_mtl evaluate. nnU-Net's own commands run as child processes, exactly as a
+user would type them, with nnUNet_raw / nnUNet_preprocessed / nnUNet_results inside the demo folder.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.paths import env_with_ext_trainer
+
+DEFAULT_TRAINER = "nnUNetTrainerMTL_demo"
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "demo", help="run the whole pipeline on a synthetic ultrasound phantom (about 10 minutes on 2 CPU cores)",
+        description="Generates a synthetic ultrasound dataset, plans and preprocesses it with nnU-Net, trains the "
+                    "multitask trainer on a short schedule, predicts the held-out test split and evaluates it.")
+    p.add_argument("--workdir", default="nnunet_mtl_demo", help="folder for all demo data (default ./nnunet_mtl_demo)")
+    p.add_argument("-d", "--dataset-id", type=int, default=500, help="dataset id (default 500)")
+    p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help=f"trainer (default {DEFAULT_TRAINER})")
+    p.add_argument("--num-patients", type=int, default=80, help="patients in the phantom (default 80)")
+    p.add_argument("--images-per-patient", type=int, default=3, help="images per patient (default 3)")
+    p.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing demo folder first")
+    p.set_defaults(func=run)
+
+
+class Steps:
+    def __init__(self, total: int):
+        self.total, self.index, self.started, self.times = total, 0, time.time(), {}
+
+    def start(self, title: str):
+        self.index += 1
+        self.title, self.t0 = title, time.time()
+        print(f"\n=== [{self.index}/{self.total}] {title} ===", flush=True)
+
+    def done(self):
+        self.times[self.title] = time.time() - self.t0
+        print(f"=== [{self.index}/{self.total}] done in {self.times[self.title]:.0f} s "
+              f"(total {time.time() - self.started:.0f} s) ===", flush=True)
+
+
+def run_command(cmd: list[str], env: dict) -> None:
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise NnunetMtlError(f"'{' '.join(cmd[:2])} ...' failed with exit code {result.returncode} (output above)")
+
+
+def run(args) -> int:
+    import torch
+
+    from dataset_conversion.synthetic import convert_synthetic
+    from nnunet_mtl.evaluation.evaluate import evaluate_folder, format_summary_table
+
+    workdir = Path(args.workdir).resolve()
+    if workdir.exists() and any(workdir.iterdir()):
+        if not args.overwrite:
+            raise NnunetMtlError(f"demo folder {workdir} exists and is not empty; pass --overwrite or --workdir DIR")
+        shutil.rmtree(workdir)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    env = env_with_ext_trainer()
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = str(workdir / var)
+        Path(env[var]).mkdir(parents=True, exist_ok=True)
+    # two worker processes suit a 2-core machine; more would only compete with the training for the cores
+    env.setdefault("nnUNet_def_n_proc", "2")
+    env.setdefault("nnUNet_n_proc_DA", "2" if device == "cpu" else "6")
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")})
+    bindir = Path(sys.executable).parent
+    tool = lambda name: str(bindir / name) if (bindir / name).exists() else name  # noqa: E731
+
+    steps = Steps(5)
+    steps.start("generate the synthetic ultrasound phantom")
+    raw = convert_synthetic(args.dataset_id, num_patients=args.num_patients,
+                            images_per_patient=args.images_per_patient, size=args.size, seed=args.seed,
+                            raw_root=workdir / "nnUNet_raw")
+    print(f"raw dataset: {raw}")
+    steps.done()
+
+    steps.start("nnUNetv2_plan_and_preprocess")
+    run_command([tool("nnUNetv2_plan_and_preprocess"), "-d", str(args.dataset_id), "-c", "2d", "-np", "2",
+                 "--verify_dataset_integrity"], env)
+    steps.done()
+
+    steps.start(f"nnUNetv2_train {args.dataset_id} 2d 0 -tr {args.trainer} (multitask, short schedule)")
+    run_command([tool("nnUNetv2_train"), str(args.dataset_id), "2d", "0", "-tr", args.trainer, "-device", device], env)
+    steps.done()
+
+    steps.start("nnunet_mtl predict on the held-out test split")
+    predictions = workdir / "predictions_test"
+    run_command([sys.executable, "-m", "nnunet_mtl.cli.main", "predict", "-i", str(raw / "imagesTs"),
+                 "-o", str(predictions), "-d", str(args.dataset_id), "-c", "2d", "-tr", args.trainer, "-f", "0",
+                 "-device", device, "-npp", "2", "-nps", "2", "--disable_progress_bar"], env)
+    steps.done()
+
+    steps.start("nnunet_mtl evaluate")
+    import json
+    class_labels = json.loads((raw / "dataset.json").read_text())["class_labels"]
+    eval_dir = predictions / "evaluation"
+    summary = evaluate_folder(predictions, raw / "labelsTs", class_predictions_csv=predictions / "class_predictions.csv",
+                              cases_csv=raw / "cases.csv", class_labels=class_labels, output_dir=eval_dir)
+    print(format_summary_table(summary))
+    steps.done()
+
+    total = time.time() - steps.started
+    model = workdir / "nnUNet_results"
+    print(f"\nDemo finished in {total / 60:.1f} min on {device}.")
+    print(f"  raw dataset      {raw}")
+    print(f"  trained model    {next(model.glob('Dataset*/' + args.trainer + '__*'), model)}  (progress.png per fold)")
+    print(f"  predictions      {predictions}  (masks + class_predictions.csv)")
+    print(f"  evaluation       {eval_dir}  (per_case.csv, summary.json, plots)")
+    (workdir / "demo_timings.json").write_text(json.dumps({**steps.times, "total": total, "device": device}, indent=2))
+    return 0

@@ -1,0 +1,72 @@
+"""Cross-validation splits grouped by patient and stratified by class.
+
+nnU-Net's default split is a KFold over cases: images of one patient (or frames of one cine clip) would land
+on both sides, and validation would measure memory, not generalization. We write nnU-Net's own
+``splits_final.json`` format instead, so nnU-Net's trainers read our split unchanged.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from nnunet_mtl.errors import NnunetMtlError
+
+DEFAULT_NUM_FOLDS = 5
+DEFAULT_SEED = 12345  # nnU-Net's own split seed
+
+
+def grouped_stratified_splits(case_ids: list[str], patient_ids: list[str], classes: list,
+                              num_folds: int = DEFAULT_NUM_FOLDS, seed: int = DEFAULT_SEED) -> list[dict]:
+    """k folds in nnU-Net's format ``[{'train': [...], 'val': [...]}, ...]``; no patient on both sides."""
+    if not (len(case_ids) == len(patient_ids) == len(classes)):
+        raise ValueError("case_ids, patient_ids and classes must have the same length")
+    if num_folds < 2:
+        raise NnunetMtlError(f"number of folds {num_folds} is too small; expected at least 2")
+    n_patients = len(set(patient_ids))
+    if n_patients < num_folds:
+        raise NnunetMtlError(
+            f"{num_folds} folds need at least {num_folds} patients, the training set has {n_patients}")
+    order = np.argsort(case_ids, kind="stable")  # independent of the order the caller lists cases in
+    ids = np.asarray(case_ids, dtype=object)[order]
+    groups = np.asarray(patient_ids, dtype=object)[order]
+    y = np.asarray(classes, dtype=object)[order].astype(str)
+    # StratifiedGroupKFold balances class proportions across folds while keeping groups whole; it warns when a
+    # class has fewer groups than folds, which is fine for us (that class just misses some folds).
+    cv = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    splits = []
+    for train_idx, val_idx in cv.split(ids, y, groups):
+        splits.append({"train": sorted(ids[train_idx].tolist()), "val": sorted(ids[val_idx].tolist())})
+    check_splits_grouped(splits, dict(zip(ids.tolist(), groups.tolist())))
+    return splits
+
+
+def check_splits_grouped(splits: list[dict], patient_of_case: dict[str, str]) -> None:
+    """Raise if a patient appears in both train and val of one fold."""
+    for fold, split in enumerate(splits):
+        train_patients = {patient_of_case[c] for c in split["train"] if c in patient_of_case}
+        leaked = sorted({patient_of_case[c] for c in split["val"] if c in patient_of_case} & train_patients)
+        if leaked:
+            raise NnunetMtlError(
+                f"fold {fold} has patient(s) {', '.join(leaked[:5])} in both train and val; "
+                f"expected every patient on one side only")
+
+
+def describe_splits(splits: list[dict], class_of_case: dict[str, str]) -> str:
+    lines = []
+    for fold, split in enumerate(splits):
+        tr = Counter(class_of_case.get(c, "?") for c in split["train"])
+        va = Counter(class_of_case.get(c, "?") for c in split["val"])
+        fmt = lambda c: ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+        lines.append(f"fold {fold}: train {len(split['train'])} ({fmt(tr)}) | val {len(split['val'])} ({fmt(va)})")
+    return "\n".join(lines)
+
+
+def write_splits(splits: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(splits, indent=2))
+    tmp.replace(path)

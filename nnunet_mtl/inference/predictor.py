@@ -1,0 +1,140 @@
+"""Class-aware prediction: nnU-Net's predictor, unchanged for segmentation, plus per-case class probabilities.
+
+The segmentation path is nnU-Net's own code (sliding window, Gaussian tile weighting, mirroring, fold
+averaging, export), so masks are identical to ``nnUNetv2_predict``. The only override is where the network is
+called: we ask it for its class logits too (same encoder pass), and average the class softmax
+  - over the test-time mirrors of a tile (like the segmentation logits),
+  - over the tiles of an image (plain mean: the class is a property of the whole image, no Gaussian weighting),
+  - over the folds (plain mean, like nnU-Net's fold ensemble).
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet
+
+
+class MultitaskPredictor(nnUNetPredictor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_names: list[str] = []
+        self.class_probabilities: dict[str, np.ndarray] = {}  # case id -> probabilities (ordered as class_names)
+        self._tile_probs: list[torch.Tensor] = []
+        self._fold_probs: list[torch.Tensor] = []
+        self._current_case: str | None = None
+        self._sequential_cases: list[str] | None = None  # output names in prediction order
+        self.last_class_probabilities: np.ndarray | None = None
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name: str = "checkpoint_final.pth"):
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self._check_multitask(model_training_output_dir)
+
+    def manual_initialization(self, network, plans_manager, configuration_manager, parameters, dataset_json,
+                              trainer_name, inference_allowed_mirroring_axes):
+        super().manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                      trainer_name, inference_allowed_mirroring_axes)
+        self._check_multitask(f"trainer {trainer_name}")
+
+    def _check_multitask(self, where: str) -> None:
+        network = getattr(self.network, "_orig_mod", self.network)
+        section = self.plans_manager.plans.get(PLANS_KEY)
+        if not isinstance(network, MultitaskUNet) or not section:
+            raise NnunetMtlError(
+                f"{where} was trained with {self.trainer_name}, which has no classification head; expected an "
+                f"nnunet_mtl trainer such as nnUNetTrainerMTL (use nnUNetv2_predict for segmentation-only models)")
+        labels = section["class_labels"]
+        self.class_names = [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+
+    # --- the one place where the network is called: also collect class probabilities -----------------------
+    @torch.inference_mode()
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        # Mirrors exactly as nnUNetPredictor._internal_maybe_mirror_and_predict (same order of additions, so the
+        # segmentation logits are bit-identical).
+        mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
+        out = self.network(x, return_aux=True)
+        prediction = out["seg"]
+        probs = torch.softmax(out["logits"].float(), 1)
+        if mirror_axes is not None:
+            assert max(mirror_axes) <= x.ndim - 3, "mirror_axes does not match the dimension of the input!"
+            mirror_axes = [m + 2 for m in mirror_axes]
+            axes_combinations = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
+            for axes in axes_combinations:
+                out = self.network(torch.flip(x, axes), return_aux=True)
+                prediction += torch.flip(out["seg"], axes)
+                probs += torch.softmax(out["logits"].float(), 1)
+            prediction /= (len(axes_combinations) + 1)
+            probs /= (len(axes_combinations) + 1)
+        self._tile_probs.append(probs.to("cpu"))
+        return prediction
+
+    @torch.inference_mode()
+    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+        self._tile_probs = []  # reset: nnU-Net retries on CPU after an out-of-memory on the device
+        logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        self._fold_probs.append(torch.cat(self._tile_probs).mean(0))
+        return logits
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        self._fold_probs = []
+        prediction = super().predict_logits_from_preprocessed_data(data)
+        self.last_class_probabilities = torch.stack(self._fold_probs).mean(0).numpy()
+        case = self._current_case
+        if case is None and self._sequential_cases:
+            case = self._sequential_cases.pop(0)
+        if case is not None:
+            self.class_probabilities[case] = self.last_class_probabilities
+        return prediction
+
+    def _manage_input_and_output_lists(self, *args, **kwargs):
+        # Both of nnU-Net's paths predict cases in the order of this output list. The parallel path also tells us
+        # the case with each item (see predict_from_data_iterator); the sequential one only through this order.
+        inputs, outputs, prev = super()._manage_input_and_output_lists(*args, **kwargs)
+        self._sequential_cases = [os.path.basename(o) for o in outputs] if outputs is not None else None
+        return inputs, outputs, prev
+
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = 3):
+        def recording(iterator):
+            for item in iterator:
+                ofile = item.get("ofile")
+                self._current_case = os.path.basename(ofile) if ofile is not None else None
+                yield item
+            self._current_case = None
+
+        try:
+            return super().predict_from_data_iterator(recording(data_iterator), save_probabilities,
+                                                      num_processes_segmentation_export)
+        finally:
+            finish = getattr(data_iterator, "_finish", None)
+            if callable(finish):  # nnU-Net finishes a MultiThreadedAugmenter itself, but it no longer sees it
+                finish()
+
+    # --- output --------------------------------------------------------------------------------------------
+    def write_class_predictions(self, path: Path, merge_existing: bool = False) -> Path:
+        """CSV: case_id, predicted_class, prob_<class>... (one row per case, sorted by case id)."""
+        rows = {}
+        if merge_existing and path.is_file():
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    rows[row["case_id"]] = row
+        for case, probs in self.class_probabilities.items():
+            row = {"case_id": case, "predicted_class": self.class_names[int(np.argmax(probs))]}
+            row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(self.class_names, probs)})
+            rows[case] = row
+        fields = ["case_id", "predicted_class"] + [f"prob_{n}" for n in self.class_names]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for case in sorted(rows):
+                writer.writerow({k: rows[case].get(k, "") for k in fields})
+        tmp.replace(path)
+        return path

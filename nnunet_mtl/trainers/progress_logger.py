@@ -1,0 +1,87 @@
+"""nnU-Net's LocalLogger with the classification curves added to progress.png.
+
+nnU-Net's logger asserts that every key it is given was registered, and draws the plot up to the shortest
+logged list, so every key registered here is logged exactly once per epoch by the multitask trainer.
+"""
+from __future__ import annotations
+
+from os.path import join
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
+
+MTL_KEYS = (
+    "train_seg_losses", "train_cls_losses", "val_cls_losses",
+    "val_macro_f1", "val_auc", "val_balanced_accuracy", "mtl_score", "ema_mtl_score",
+)
+
+
+class MultitaskLocalLogger(LocalLogger):
+    def __init__(self, verbose: bool = False, extra_keys: tuple[str, ...] = ()):
+        super().__init__(verbose)
+        for key in (*MTL_KEYS, *extra_keys):
+            self.my_fantastic_logging.setdefault(key, [])
+
+    def load_checkpoint(self, checkpoint: dict):
+        # a checkpoint written before a key existed keeps working: missing keys start empty
+        for key, values in self.my_fantastic_logging.items():
+            checkpoint.setdefault(key, list(values))
+        self.my_fantastic_logging = checkpoint
+
+    def plot_progress_png(self, output_folder):
+        log = self.my_fantastic_logging
+        epoch = min(len(v) for v in log.values()) - 1
+        if epoch < 0:
+            return
+        x = list(range(epoch + 1))
+        fig, axes = plt.subplots(4, 1, figsize=(16, 26))
+
+        # 1. nnU-Net's panel: losses and pseudo Dice
+        ax = axes[0]
+        ax.plot(x, log["train_losses"][:epoch + 1], color="b", label="loss_tr (total)", linewidth=2)
+        ax.plot(x, log["val_losses"][:epoch + 1], color="r", label="loss_val (segmentation)", linewidth=2)
+        ax.plot(x, log["train_seg_losses"][:epoch + 1], color="b", ls="--", label="loss_tr segmentation")
+        ax.plot(x, log["train_cls_losses"][:epoch + 1], color="b", ls=":", label="loss_tr classification")
+        ax.plot(x, log["val_cls_losses"][:epoch + 1], color="r", ls=":", label="loss_val classification")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(loc="upper left")
+        ax2 = ax.twinx()
+        ax2.plot(x, log["mean_fg_dice"][:epoch + 1], color="g", ls="dotted", label="pseudo dice")
+        ax2.plot(x, log["ema_fg_dice"][:epoch + 1], color="g", label="pseudo dice (mov. avg.)", linewidth=2)
+        ax2.set_ylabel("pseudo dice")
+        ax2.legend(loc="upper right")
+
+        # 2. classification on the validation patches, and the checkpoint-selection score
+        ax = axes[1]
+        ax.plot(x, log["val_auc"][:epoch + 1], color="m", label="val AUC")
+        ax.plot(x, log["val_macro_f1"][:epoch + 1], color="c", label="val macro F1")
+        ax.plot(x, log["val_balanced_accuracy"][:epoch + 1], color="y", label="val balanced accuracy")
+        ax.plot(x, log["ema_mtl_score"][:epoch + 1], color="k", linewidth=2,
+                label="selection score (mov. avg.), best checkpoint")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("classification")
+        ax.legend(loc="lower right")
+
+        # 3. epoch duration, 4. learning rate (as in nnU-Net)
+        ax = axes[2]
+        durations = [e - s for e, s in zip(log["epoch_end_timestamps"][:epoch + 1],
+                                           log["epoch_start_timestamps"][:epoch + 1])]
+        ax.plot(x, durations, color="b", label="epoch duration")
+        ax.set_ylim(0, max(durations + [1e-3]) * 1.1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("time [s]")
+        ax.legend(loc="lower right")
+        ax = axes[3]
+        ax.plot(x, log["lrs"][:epoch + 1], color="b", label="learning rate")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.legend(loc="upper right")
+
+        plt.tight_layout()
+        fig.savefig(join(output_folder, "progress.png"))
+        plt.close(fig)

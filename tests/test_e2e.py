@@ -1,0 +1,109 @@
+"""End to end through the real commands, on a tiny phantom: convert, nnUNetv2_plan_and_preprocess,
+nnUNetv2_train (tiny-schedule multitask trainer), nnUNetv2_predict, nnunet_mtl predict, nnunet_mtl evaluate."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nnunet_mtl.paths import ext_trainer_dir
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+DATASET = "501"
+TRAINER = "nnUNetTrainerMTL_tiny"
+
+
+def run(cmd, env, check=True):
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    env = dict(os.environ)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = str(root / var)
+        (root / var).mkdir()
+    env["nnUNet_extTrainer"] = str(ext_trainer_dir())
+    env["nnUNet_def_n_proc"] = "1"
+    env["nnUNet_n_proc_DA"] = "1"
+    run([str(BIN / "nnunet_mtl"), "convert", "synthetic", "-d", DATASET, "--num-patients", "12",
+         "--images-per-patient", "2", "--size", "64", "--seed", "3"], env)
+    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "2d", "-np", "1",
+         "--verify_dataset_integrity"], env)
+    train = run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
+    raw = next((root / "nnUNet_raw").glob(f"Dataset{DATASET}_*"))
+    model = next((root / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{TRAINER}__nnUNetPlans__2d"
+    return {"root": root, "env": env, "raw": raw, "model": model, "train_log": train.stdout}
+
+
+def test_training_outputs(trained):
+    model = trained["model"]
+    fold = model / "fold_0"
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png"):
+        assert (fold / name).is_file(), name
+    plans = json.loads((model / "plans.json").read_text())
+    assert plans["nnunet_mtl"]["head"]["num_classes"] == 3
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert tuple(ckpt["inference_allowed_mirroring_axes"]) == (1,)  # no vertical test-time flips
+    logged = ckpt["logging"]
+    assert len(logged["val_auc"]) == 2 and len(logged["train_cls_losses"]) == 2
+
+
+def test_split_is_grouped_by_patient(trained):
+    pre = next((trained["root"] / "nnUNet_preprocessed").glob(f"Dataset{DATASET}_*"))
+    splits = json.loads((pre / "splits_final.json").read_text())
+    with open(trained["raw"] / "cases.csv") as f:
+        patient = {r["case_id"]: r["patient_id"] for r in csv.DictReader(f)}
+    assert len(splits) == 5
+    for split in splits:
+        assert not {patient[c] for c in split["train"]} & {patient[c] for c in split["val"]}
+
+
+def test_class_aware_prediction_matches_nnunet_predict(trained):
+    env, raw, root = trained["env"], trained["raw"], trained["root"]
+    common = ["-i", str(raw / "imagesTs"), "-d", DATASET, "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu"]
+    run([str(BIN / "nnUNetv2_predict"), "-o", str(root / "pred_nnunet"), *common], env)
+    run([str(BIN / "nnunet_mtl"), "predict", "-o", str(root / "pred_mtl"), *common], env)
+    ours = sorted((root / "pred_mtl").glob("*.png"))
+    theirs = sorted((root / "pred_nnunet").glob("*.png"))
+    assert [p.name for p in ours] == [p.name for p in theirs] and ours
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
+    with open(root / "pred_mtl" / "class_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["case_id"] for r in rows} == {p.stem for p in ours}
+    for r in rows:
+        probs = [float(r[f"prob_{c}"]) for c in ("benign", "malignant", "normal")]
+        assert abs(sum(probs) - 1) < 1e-4
+        assert r["predicted_class"] == ("benign", "malignant", "normal")[int(np.argmax(probs))]
+
+
+def test_evaluate_on_predictions(trained):
+    env, root = trained["env"], trained["root"]
+    pred = root / "pred_eval"
+    run([str(BIN / "nnunet_mtl"), "predict", "-i", str(trained["raw"] / "imagesTs"), "-o", str(pred), "-d", DATASET,
+         "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu", "--disable_tta"], env)
+    result = run([str(BIN / "nnunet_mtl"), "evaluate", "-pred", str(pred), "-d", DATASET], env)
+    summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+    assert summary["num_cases"] == len(list(pred.glob("*.png")))
+    assert summary["classification"] is not None
+    assert "dice" in result.stdout.lower()
+
+
+def test_predict_with_unknown_trainer_is_one_clear_line(trained):
+    env, raw, root = trained["env"], trained["raw"], trained["root"]
+    result = run([str(BIN / "nnunet_mtl"), "predict", "-i", str(raw / "imagesTs"), "-o", str(root / "x"), "-d", DATASET,
+                  "-c", "2d", "-tr", "nnUNetTrainerDoesNotExist", "-f", "0", "-device", "cpu"], env, check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "nnUNetTrainerDoesNotExist" in result.stderr

@@ -1,0 +1,104 @@
+"""The multitask network: nnU-Net-compatible forward, extras on request, shape from the plans only."""
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_mtl.networks.multitask_unet import PLANS_KEY, HeadConfig, MultitaskUNet, head_config_from_plans
+
+ARCH = {
+    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "arch_kwargs": {
+        "n_stages": 4, "features_per_stage": [8, 16, 32, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
+        "kernel_sizes": [[3, 3]] * 4, "strides": [[1, 1], [2, 2], [2, 2], [2, 2]],
+        "n_conv_per_stage": [1, 1, 1, 1], "n_conv_per_stage_decoder": [1, 1, 1], "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    },
+    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+}
+
+
+def make_unet(deep_supervision=True):
+    return get_network_from_plans(ARCH["network_class_name"], ARCH["arch_kwargs"], ARCH["_kw_requires_import"],
+                                  1, 2, allow_init=True, deep_supervision=deep_supervision)
+
+
+def make_plans(num_classes=3):
+    return {
+        "dataset_name": "Dataset999_T", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [1, 1], "original_median_shape_after_transp": [1, 32, 32],
+        "image_reader_writer": "NaturalImage2DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {"2d": {"data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor",
+                                  "batch_size": 2, "patch_size": [32, 32], "median_image_size_in_voxels": [32, 32],
+                                  "spacing": [1, 1], "normalization_schemes": ["ZScoreNormalization"],
+                                  "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
+                                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                                  "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
+                                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                                  "resampling_fn_probabilities_kwargs": {}, "architecture": ARCH,
+                                  "batch_dice": True}},
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {},
+        PLANS_KEY: {"head": HeadConfig(num_classes=num_classes, hidden=16, embed_dim=8).to_dict()},
+    }
+
+
+def test_plain_forward_is_segmentation_only():
+    net = MultitaskUNet(make_unet(deep_supervision=False), HeadConfig(num_classes=3, hidden=16, embed_dim=8))
+    out = net(torch.randn(2, 1, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 2, 32, 32)
+
+
+def test_aux_outputs_share_one_encoder_pass():
+    net = MultitaskUNet(make_unet(), HeadConfig(num_classes=3, hidden=16, embed_dim=8)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    out = net(x, return_aux=True)
+    assert isinstance(out["seg"], list) and out["seg"][0].shape == (2, 2, 32, 32)  # deep supervision
+    assert out["logits"].shape == (2, 3) and out["embedding"].shape == (2, 8)
+    assert out["skips"][-1].shape[1] == 32  # bottleneck channels
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], out["seg"][0])
+
+
+def test_state_dict_keys_match_plain_nnunet():
+    unet = make_unet()
+    net = MultitaskUNet(make_unet(), HeadConfig(num_classes=2))
+    seg_keys = {k for k in net.state_dict() if not k.startswith("cls_head.")}
+    assert seg_keys == set(unet.state_dict())
+    # a plain nnU-Net checkpoint's weights load into the segmentation part
+    missing, unexpected = net.load_state_dict(unet.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("cls_head.") for k in missing)
+
+
+def test_deep_supervision_toggle_reaches_decoder():
+    net = MultitaskUNet(make_unet(), HeadConfig(num_classes=2))
+    net.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
+    assert isinstance(net(torch.randn(1, 1, 32, 32)), torch.Tensor)
+
+
+def test_trainer_builds_same_network_from_plans_and_loads_strictly():
+    from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
+    pm = PlansManager(make_plans(num_classes=3))
+    cm = pm.get_configuration("2d")
+    a = nnUNetTrainerMTL.build_network_architecture(pm, cm, 1, 2, enable_deep_supervision=True)
+    b = nnUNetTrainerMTL.build_network_architecture(pm, cm, 1, 2, enable_deep_supervision=False)
+    b.load_state_dict(a.state_dict(), strict=True)
+    assert b.cls_head.classifier.out_features == 3
+
+
+def test_missing_plans_section_is_a_clear_error():
+    plans = make_plans()
+    del plans[PLANS_KEY]
+    with pytest.raises(KeyError, match="not trained by an nnunet_mtl trainer"):
+        head_config_from_plans(plans)
+    from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
+    pm = PlansManager(plans)
+    with pytest.raises(SystemExit, match="nnunet_mtl"):
+        nnUNetTrainerMTL.build_network_architecture(pm, pm.get_configuration("2d"), 1, 2)
+
+
+def test_guided_dim_cannot_exceed_embedding():
+    with pytest.raises(ValueError):
+        MultitaskUNet(make_unet(), HeadConfig(num_classes=2, embed_dim=8, guided_dim=13))

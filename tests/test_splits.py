@@ -1,0 +1,70 @@
+"""Patient-grouped, class-stratified k-fold splits."""
+import json
+
+import numpy as np
+import pytest
+
+from nnunet_mtl.dataset.splits import check_splits_grouped, grouped_stratified_splits, write_splits
+from nnunet_mtl.errors import NnunetMtlError
+
+
+def cohort(n_patients=30, per_patient=3, seed=0):
+    rng = np.random.default_rng(seed)
+    cases, patients, classes = [], [], []
+    for p in range(n_patients):
+        cls = ["benign", "malignant", "normal"][rng.choice(3, p=[0.5, 0.35, 0.15])]
+        for k in range(rng.integers(1, per_patient + 1)):
+            cases.append(f"case_{p:03d}_{k}")
+            patients.append(f"P{p:03d}")
+            classes.append(cls)
+    return cases, patients, classes
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_no_patient_on_both_sides_and_every_case_validated_once(k):
+    cases, patients, classes = cohort()
+    splits = grouped_stratified_splits(cases, patients, classes, num_folds=k)
+    assert len(splits) == k
+    patient_of = dict(zip(cases, patients))
+    val_all = [c for s in splits for c in s["val"]]
+    assert sorted(val_all) == sorted(cases)  # each case validated exactly once
+    for s in splits:
+        assert not {patient_of[c] for c in s["train"]} & {patient_of[c] for c in s["val"]}
+        assert set(s["train"]) | set(s["val"]) == set(cases)
+
+
+def test_stratified_by_class():
+    cases, patients, classes = cohort(n_patients=60)
+    splits = grouped_stratified_splits(cases, patients, classes, num_folds=3)
+    class_of = dict(zip(cases, classes))
+    overall = np.mean([c == "malignant" for c in classes])
+    for s in splits:
+        frac = np.mean([class_of[c] == "malignant" for c in s["val"]])
+        assert abs(frac - overall) < 0.15
+
+
+def test_deterministic_and_order_independent():
+    cases, patients, classes = cohort()
+    a = grouped_stratified_splits(cases, patients, classes, num_folds=5, seed=1)
+    perm = np.random.default_rng(0).permutation(len(cases))
+    b = grouped_stratified_splits([cases[i] for i in perm], [patients[i] for i in perm], [classes[i] for i in perm],
+                                  num_folds=5, seed=1)
+    assert a == b
+
+
+def test_too_few_patients_is_a_clear_error():
+    with pytest.raises(NnunetMtlError, match="at least 5 patients"):
+        grouped_stratified_splits(["a", "b", "c"], ["p1", "p1", "p2"], ["x", "y", "x"], num_folds=5)
+
+
+def test_leak_detected():
+    with pytest.raises(NnunetMtlError, match="P1"):
+        check_splits_grouped([{"train": ["a"], "val": ["b"]}], {"a": "P1", "b": "P1"})
+
+
+def test_written_in_nnunet_format(tmp_path):
+    cases, patients, classes = cohort()
+    splits = grouped_stratified_splits(cases, patients, classes)
+    write_splits(splits, tmp_path / "splits_final.json")
+    loaded = json.loads((tmp_path / "splits_final.json").read_text())
+    assert loaded == splits and set(loaded[0]) == {"train", "val"}

@@ -1,0 +1,34 @@
+"""Pieces of the multitask trainer that can be checked without training."""
+import numpy as np
+import pytest
+
+from nnunet_mtl.trainers.mtl import class_weights_from_counts, classification_scores
+
+
+def test_balanced_class_weights():
+    w = class_weights_from_counts(np.array([60, 30, 10]))
+    assert np.allclose(w, [100 / 180, 100 / 90, 100 / 30])
+    # weighted counts are equal: every class contributes the same total weight
+    assert np.allclose(w * [60, 30, 10], 100 / 3)
+
+
+def test_absent_class_gets_finite_weight():
+    w = class_weights_from_counts(np.array([5, 0, 5]))
+    assert np.all(np.isfinite(w)) and w[1] == 1.0 and np.allclose(w[[0, 2]], 10 / 15)
+
+
+def test_classification_scores_binary_and_multiclass():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
+    s = classification_scores(y, p, 2)
+    assert s["auc"] == pytest.approx(1.0)  # positive scores 0.7, 0.45 > negatives 0.1, 0.4
+    assert s["balanced_accuracy"] == pytest.approx(0.75)
+    y3 = np.array([0, 1, 2, 2])
+    p3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])
+    s3 = classification_scores(y3, p3, 3)
+    assert 0 < s3["auc"] <= 1 and s3["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_auc_undefined_with_one_class_is_nan_not_crash():
+    s = classification_scores(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]), 2)
+    assert np.isnan(s["auc"]) and s["balanced_accuracy"] == pytest.approx(0.5)
