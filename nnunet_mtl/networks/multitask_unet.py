@@ -43,8 +43,12 @@ class HeadConfig:
 
 
 class ClassificationHead(nn.Module):
-    """Global average pooling -> MLP -> embedding h -> linear classifier (logits = W h + b).
+    """[global average pooling, global max pooling] -> MLP -> embedding h -> linear classifier (logits = W h + b).
 
+    Why max pooling too: every nnU-Net encoder stage ends in instance normalization + LeakyReLU, so the spatial
+    mean of each bottleneck channel is nearly the same for every image; average pooling alone gives the head
+    almost nothing to read (measured: a head on average pooling alone stayed at chance on the phantom). The
+    channel maxima keep where a feature fires strongly.
     The embedding is the output of a linear layer (no activation), so its leading ``guided_dim`` entries can
     regress standardized (signed) clinical features in the guided variant.
     """
@@ -55,7 +59,7 @@ class ClassificationHead(nn.Module):
             raise ValueError(f"guided_dim {config.guided_dim} exceeds embed_dim {config.embed_dim}")
         self.config = config
         self.mlp = nn.Sequential(
-            nn.Linear(in_channels, config.hidden),
+            nn.Linear(2 * in_channels, config.hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.embed_dim),
@@ -64,7 +68,8 @@ class ClassificationHead(nn.Module):
 
     def forward(self, bottleneck: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # pool over all spatial axes (2D or 3D feature maps)
-        pooled = bottleneck.flatten(2).mean(-1)
+        flat = bottleneck.flatten(2)
+        pooled = torch.cat([flat.mean(-1), flat.amax(-1)], dim=1)
         h = self.mlp(pooled)
         return self.classifier(h), h
 

@@ -1,0 +1,107 @@
+"""Time one training step of nnUNetTrainerMTL against nnU-Net's own nnUNetTrainer on the same batch.
+
+Both trainers are built from the same real nnU-Net plans (a small phantom is generated and planned with
+nnUNetv2_plan_and_preprocess), get the same batch, and run their own ``train_step`` (forward, loss, backward,
+optimizer step). Steps are interleaved A/B so that drift of the machine hits both alike; the ratio of the
+medians is printed. Target: MTL / nnU-Net <= 1.05.
+
+    python benchmarks/bench_train_step.py [--device cpu|cuda] [--steps 20] [--size 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def plan_phantom(root: Path, size: int) -> tuple[dict, dict]:
+    from dataset_conversion.synthetic import convert_synthetic
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[var] = str(root / var)
+        (root / var).mkdir(parents=True, exist_ok=True)
+    convert_synthetic(900, num_patients=10, images_per_patient=2, size=size, raw_root=root / "nnUNet_raw",
+                      progress=False)
+    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "900", "-c", "2d",
+                    "-np", "1"], check=True, capture_output=True)
+    pre = next((root / "nnUNet_preprocessed").glob("Dataset900_*"))
+    return json.loads((pre / "nnUNetPlans.json").read_text()), json.loads((pre / "dataset.json").read_text())
+
+
+def make_batch(trainer, batch_size: int, generator: torch.Generator) -> dict:
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn((batch_size, 1, *patch), generator=generator)
+    seg = torch.zeros((batch_size, 1, *patch))
+    seg[:, :, patch[0] // 4: patch[0] // 2, patch[1] // 3: 2 * patch[1] // 3] = 1  # a lesion-sized block
+    target = []
+    for scale in trainer._get_deep_supervision_scales():
+        shape = [max(1, round(p * s)) for p, s in zip(patch, scale)]
+        target.append(torch.nn.functional.interpolate(seg, size=shape, mode="nearest"))
+    return {"data": data, "target": target, "keys": [f"case{i}" for i in range(batch_size)]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per trainer (default 20)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--size", type=int, default=128, help="phantom image size, sets the planned patch")
+    args = parser.parse_args()
+    os.environ.setdefault("nnUNet_compile", "0")  # compare the eager steps; compile time would dominate short runs
+    device = torch.device(args.device)
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plans, dataset_json = plan_phantom(Path(tmp), args.size)
+        plans_a = {**plans, "continue_training": False}
+        plans_b = {**json.loads(json.dumps(plans)), "continue_training": False}
+        base = nnUNetTrainer(plans_a, "2d", 0, dataset_json, device)
+        base.initialize()
+        mtl = nnUNetTrainerMTL(plans_b, "2d", 0, dataset_json, device)
+        mtl.initialize()
+        # same starting weights for the shared part; the classification loss as training sets it up
+        mtl.network.load_state_dict(base.network.state_dict(), strict=False)
+        mtl.cls_loss = torch.nn.CrossEntropyLoss(weight=torch.ones(mtl.num_cls_classes, device=device))
+        batch_size = base.configuration_manager.batch_size
+        batch = make_batch(base, batch_size, torch.Generator().manual_seed(0))
+        mtl._class_of_case = {k: i % mtl.num_cls_classes for i, k in enumerate(batch["keys"])}
+        for t in (base, mtl):
+            t.network.train()
+
+        def timed(trainer) -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            trainer.train_step(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        for _ in range(args.warmup):
+            timed(base), timed(mtl)
+        times = {"nnUNetTrainer": [], "nnUNetTrainerMTL": []}
+        for _ in range(args.steps):  # interleaved
+            times["nnUNetTrainer"].append(timed(base))
+            times["nnUNetTrainerMTL"].append(timed(mtl))
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["nnUNetTrainerMTL"] / med["nnUNetTrainer"]
+    patch = "x".join(map(str, base.configuration_manager.patch_size))
+    print(f"device {device}, batch {batch_size} x {patch}, {args.steps} interleaved steps each (median):")
+    for name, value in med.items():
+        print(f"  {name:18s} {value * 1000:8.1f} ms/step")
+    print(f"ratio nnUNetTrainerMTL / nnUNetTrainer = {ratio:.3f}  (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

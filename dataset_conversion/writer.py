@@ -1,0 +1,336 @@
+"""The one writer every converter uses to produce a raw dataset that follows the nnunet_mtl contract.
+
+A converter only decides *what* a case is (image, mask, class, patient, clinical values); this writer decides
+*how* it is stored: nnU-Net's 2D PNG layout, ``dataset.json`` with ``class_labels``, and ``cases.csv``.
+Everything is written into a hidden temporary sibling folder and moved into place only after the finished
+folder passes :func:`nnunet_mtl.dataset.contract.load_raw_dataset`, so a crash or Ctrl-C never leaves a
+half-written dataset where nnU-Net would find it.
+
+Typical use::
+
+    with RawDatasetWriter(501, "BUSI", {"benign": 0, "malignant": 1, "normal": 2}) as w:
+        for ...:
+            w.add_case(case_id, image, mask, split="train", class_name="benign", patient_id=pid, age=54)
+    print(format_summary(w.summary()), w.path)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from nnunet_mtl import paths
+from nnunet_mtl.dataset.contract import (REQUIRED_COLUMNS, SPACING_COLUMNS, SPLITS, load_raw_dataset,
+                                         read_cases_csv, read_class_labels)
+from nnunet_mtl.errors import ContractError
+
+SPLIT_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+FILE_ENDING = ".png"
+# case ids become file names and nnU-Net identifiers; a conservative alphabet keeps them portable (no spaces,
+# separators or shell characters). Converters map source names like "benign (12)" onto it.
+CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# PNG zlib level 1: ~3-5x faster than PIL's default (6) for a few percent larger files; converters are
+# benchmarked on images/s and raw folders are small anyway.
+PNG_COMPRESS_LEVEL = 1
+# ITU-R BT.601 luma weights: the standard RGB -> grey conversion (what PIL's convert("L") uses too).
+LUMA_601 = np.array([0.299, 0.587, 0.114])
+
+
+def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Any-dtype array -> uint8 without changing what the values mean.
+
+    uint8 stays; bool -> 0/255; uint16 -> top 8 bits (the usual 16-bit PNG range); floats in [0, 1] are taken as
+    normalised intensities (x255), other floats and ints are clipped to 0..255 (already 8-bit values).
+    """
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint16:
+        return (a >> 8).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise ContractError("image contains NaN or infinite values; expected finite intensities")
+        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            a = a * 255.0
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        return np.clip(a, 0, 255).astype(np.uint8)
+    raise ContractError(f"image dtype {a.dtype} is not supported; expected an integer, float or bool array")
+
+
+def to_grey_uint8(array) -> np.ndarray:
+    """A 2D uint8 grey image from grey, grey+alpha, RGB or RGBA input (H, W[, C]).
+
+    Colour -> ITU-R 601 luma. Alpha: the image is composited onto black (value * alpha / max), so transparent
+    regions (often the area outside the scan in exported images) become 0 like the background of a B-mode image.
+    """
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        return _scale_to_uint8(a)
+    if a.ndim != 3 or a.shape[2] not in (2, 3, 4):
+        raise ContractError(f"image of shape {a.shape} is not 2D grey, grey+alpha, RGB or RGBA")
+    channels = _scale_to_uint8(a).astype(np.float32)
+    colour, alpha = (channels[:, :, :-1], channels[:, :, -1]) if a.shape[2] in (2, 4) else (channels, None)
+    grey = colour[:, :, 0] if colour.shape[2] == 1 else colour @ LUMA_601.astype(np.float32)
+    if alpha is not None:
+        grey = grey * (alpha / 255.0)
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def binarize_mask(array) -> np.ndarray:
+    """A 2D uint8 0/1 lesion mask from any common mask encoding.
+
+    - bool, 0/1 or small label maps (max < 128): any nonzero value is lesion (several lesion labels -> one).
+    - 8/16-bit intensity masks (max >= 128, e.g. 0/255, possibly JPEG-compressed): lesion where the value is at
+      least half the maximum. The threshold at half the max removes JPEG ringing around edges and near-zero
+      background noise, and keeps 0/255 masks exact.
+    - RGB: the brightest channel is used, so coloured (e.g. pure red) annotations count fully.
+    - RGBA / grey+alpha: composited onto black first (value * alpha), so transparent pixels are background
+      whatever colour they store, and opaque black stays background.
+    """
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 3:
+        if a.shape[2] not in (2, 3, 4):
+            raise ContractError(f"mask of shape {a.shape} is not 2D, grey+alpha, RGB or RGBA")
+        a = np.asarray(a, dtype=np.float64)
+        if a.shape[2] in (2, 4):
+            alpha_max = a[:, :, -1].max()
+            alpha = a[:, :, -1] / alpha_max if alpha_max > 0 else np.zeros(a.shape[:2])
+            a = a[:, :, :-1].max(axis=2) * alpha
+        else:
+            a = a.max(axis=2)
+    elif a.ndim != 2:
+        raise ContractError(f"mask of shape {a.shape} is not a 2D array")
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    peak = float(a.max())
+    if peak <= 0:
+        return np.zeros(a.shape, dtype=np.uint8)
+    if peak < 128 and np.array_equal(a, np.round(a)):
+        return (a > 0).astype(np.uint8)  # a label map: every nonzero label is lesion
+    return (a >= peak / 2.0).astype(np.uint8)
+
+
+def _cell(value) -> str:
+    """A clinical value as cases.csv text; done here so pandas never turns a column of ints with gaps into
+    floats ("50" -> "50.0") or ids into numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+
+
+def summarize_cases(split_and_class, class_labels: dict[str, int]) -> dict:
+    """Counts per class and split from (split, class) pairs, e.g. ``zip(cases["split"], cases["class"])``."""
+    classes = sorted(class_labels, key=class_labels.get)
+    out = {"classes": classes}
+    for split in SPLITS:
+        out[split] = {c: 0 for c in classes}
+    for split, class_name in split_and_class:
+        out[split][class_name] += 1
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """A small text table of :meth:`RawDatasetWriter.summary` (classes x splits)."""
+    classes = list(summary["classes"])
+    header = ["class"] + list(SPLITS) + ["total"]
+    rows = [[c] + [str(summary[s][c]) for s in SPLITS] + [str(sum(summary[s][c] for s in SPLITS))] for c in classes]
+    rows.append(["total"] + [str(sum(summary[s].values())) for s in SPLITS]
+                + [str(sum(sum(summary[s].values()) for s in SPLITS))])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+class RawDatasetWriter:
+    """Write ``raw_root/DatasetNNN_Name`` atomically; see the module docstring."""
+
+    def __init__(self, dataset_id: int, name: str, class_labels: dict[str, int], *, raw_root: Path | None = None,
+                 description: str = "", overwrite: bool = False, add_to_existing: bool = False):
+        self.dataset_id = int(dataset_id)
+        self.name = name
+        self.folder_name = paths.dataset_folder_name(dataset_id, name)
+        self.class_labels = read_class_labels({"class_labels": class_labels}, source="the converter's class_labels")
+        self.description = description
+        self.root = Path(raw_root) if raw_root is not None else paths.raw_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / self.folder_name
+        self.existing = sorted(p for p in self.root.glob(f"Dataset{self.dataset_id:03d}_*") if p.is_dir())
+        if self.existing and not (overwrite or add_to_existing):
+            raise ContractError(
+                f"{self.existing[0]} already exists (dataset id {self.dataset_id}); pass --overwrite "
+                f"(overwrite=True) to replace it")
+        if add_to_existing and len(self.existing) != 1:
+            raise ContractError(
+                f"add_to_existing needs exactly one folder Dataset{self.dataset_id:03d}_* in {self.root}, "
+                f"found {len(self.existing)}")
+        self.tmp = self.root / f".{self.folder_name}.partial-{os.getpid()}"
+        if self.tmp.exists():  # left over by a killed run of this same process id
+            shutil.rmtree(self.tmp)
+        self._rows: list[dict] = []
+        self._case_ids: set[str] = set()
+        self._clinical_columns: list[str] = []
+        self._done = False
+        self._summary: dict | None = None
+        if add_to_existing:
+            self._start_from_existing(self.existing[0])
+        else:
+            for split in SPLITS:
+                for folder in SPLIT_FOLDERS[split]:
+                    (self.tmp / folder).mkdir(parents=True)
+
+    def _start_from_existing(self, folder: Path) -> None:
+        old = load_raw_dataset(folder, check_files=True)
+        if old.class_labels != self.class_labels:
+            raise ContractError(f"{folder / 'dataset.json'} has class_labels {old.class_labels}; the converter "
+                                f"adds cases with {self.class_labels}; expected the same classes")
+        self.description = self.description or old.dataset_json.get("description", "")
+        shutil.copytree(folder, self.tmp)
+        for split in SPLITS:
+            for sub in SPLIT_FOLDERS[split]:
+                (self.tmp / sub).mkdir(exist_ok=True)
+        cases = read_cases_csv(folder / "cases.csv", self.class_labels)
+        for col in cases.columns:
+            if col not in REQUIRED_COLUMNS + SPACING_COLUMNS:
+                self._clinical_columns.append(col)
+        for row in cases.to_dict("records"):
+            for col in SPACING_COLUMNS:  # back to text: the csv is rewritten as it was read
+                if col in row:
+                    row[col] = "" if pd.isna(row[col]) else repr(float(row[col]))
+            self._rows.append(row)
+            self._case_ids.add(row["case_id"])
+
+    # --- adding cases ---------------------------------------------------------------------------------------
+    def add_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None, *, split: str, class_name: str,
+                 patient_id: str, spacing_mm: tuple[float, float] | None = None, **clinical) -> None:
+        """Write one case (image, binarized mask or all-zero for ``None``) and remember its cases.csv row."""
+        if self._done:
+            raise ContractError(f"{self.folder_name}: add_case({case_id!r}) after finish(); the dataset is closed")
+        case_id = str(case_id)
+        if not CASE_ID_PATTERN.fullmatch(case_id):
+            raise ContractError(f"case id {case_id!r} is not usable as a file name; expected letters, digits, "
+                                f"'_', '-' or '.' (not starting with '_', '-' or '.')")
+        if case_id in self._case_ids:
+            raise ContractError(f"case id {case_id!r} is added twice to {self.folder_name}; expected unique ids")
+        if split not in SPLIT_FOLDERS:
+            raise ContractError(f"case {case_id}: split {split!r} is not one of {list(SPLITS)}")
+        if class_name not in self.class_labels:
+            raise ContractError(f"case {case_id}: class {class_name!r} is not in class_labels "
+                                f"{sorted(self.class_labels, key=self.class_labels.get)}")
+        patient_id = "" if patient_id is None else str(patient_id)
+        if not patient_id.strip():
+            raise ContractError(f"case {case_id}: empty patient_id; expected the patient (or clip) it comes from")
+        for key in clinical:
+            if key in REQUIRED_COLUMNS + SPACING_COLUMNS:
+                raise ContractError(f"case {case_id}: clinical column {key!r} clashes with a contract column")
+        grey = to_grey_uint8(image)
+        mask = np.zeros(grey.shape, np.uint8) if label is None else binarize_mask(label)
+        if mask.shape != grey.shape:
+            raise ContractError(f"case {case_id}: image shape {grey.shape} and label shape {mask.shape} differ; "
+                                f"expected the same height and width")
+        spacing = ("", "")
+        if spacing_mm is not None:
+            if len(spacing_mm) != 2 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing_mm):
+                raise ContractError(f"case {case_id}: spacing_mm {spacing_mm!r} is not two positive numbers "
+                                    f"(row, col) in mm")
+            spacing = tuple(repr(float(s)) for s in spacing_mm)
+        image_dir, label_dir = SPLIT_FOLDERS[split]
+        _write_png(self.tmp / image_dir / f"{case_id}_0000{FILE_ENDING}", grey)
+        _write_png(self.tmp / label_dir / f"{case_id}{FILE_ENDING}", mask)
+        row = {"case_id": case_id, "split": split, "class": class_name, "patient_id": patient_id,
+               "spacing_row_mm": spacing[0], "spacing_col_mm": spacing[1]}
+        for key, value in clinical.items():
+            if key not in self._clinical_columns:
+                self._clinical_columns.append(key)
+            row[key] = _cell(value)
+        self._rows.append(row)
+        self._case_ids.add(case_id)
+
+    # --- finishing ------------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """``{"classes": [...], "train": {class: n}, "test": {class: n}}`` over all cases added so far."""
+        return summarize_cases([(r["split"], r["class"]) for r in self._rows], self.class_labels)
+
+    def finish(self) -> Path:
+        """Write dataset.json + cases.csv, validate, move into place; returns the dataset folder."""
+        if self._done:
+            return self.path
+        try:
+            if not self._rows:
+                raise ContractError(f"{self.folder_name}: no cases were added; expected at least one")
+            counts = {s: sum(r["split"] == s for r in self._rows) for s in SPLITS}
+            dataset_json = {
+                "channel_names": {"0": "ultrasound"},
+                "labels": {"background": 0, "lesion": 1},
+                "numTraining": counts["train"],
+                "numTest": counts["test"],
+                "file_ending": FILE_ENDING,
+                "name": self.name,
+                "description": self.description,
+                "class_labels": self.class_labels,
+            }
+            (self.tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+            columns = list(REQUIRED_COLUMNS) + list(SPACING_COLUMNS) + self._clinical_columns
+            pd.DataFrame(self._rows, columns=columns).fillna("").to_csv(self.tmp / "cases.csv", index=False)
+            load_raw_dataset(self.tmp, check_files=True)  # never publish a folder our own reader rejects
+            self._move_into_place()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.path
+
+    def _move_into_place(self) -> None:
+        # rename old folders aside first (os.replace cannot replace a non-empty directory), then the new one
+        # in; a failure in between puts the old ones back.
+        aside = []
+        try:
+            for i, old in enumerate(self.existing):
+                if old.exists():
+                    target = self.root / f".{old.name}.old-{os.getpid()}-{i}"
+                    os.replace(old, target)
+                    aside.append((old, target))
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            for old, target in aside:
+                if target.exists() and not old.exists():
+                    os.replace(target, old)
+            raise
+        for _, target in aside:
+            shutil.rmtree(target, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target folder is not touched."""
+        self._done = True
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "RawDatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.abort()
+            return False
+        self.finish()
+        return False

@@ -1,0 +1,208 @@
+"""The raw dataset contract: what every converter writes and every trainer / predictor reads.
+
+``nnUNet_raw/DatasetNNN_Name/``: nnU-Net's 2D PNG layout (``imagesTr/{case}_0000.png``, ``labelsTr/{case}.png``,
+``imagesTs``, ``labelsTs``), ``dataset.json`` with nnU-Net's keys plus ``class_labels`` ({name: index 0..C-1})
+and ``numTest``, and ``cases.csv`` with one row per case: ``case_id, split, class, patient_id``, optionally
+``spacing_row_mm, spacing_col_mm``, then dataset-specific clinical columns.
+
+Everything here raises :class:`ContractError` with a one-line message naming the file and the bad value.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nnunet_mtl.errors import ContractError
+
+REQUIRED_COLUMNS = ("case_id", "split", "class", "patient_id")
+SPACING_COLUMNS = ("spacing_row_mm", "spacing_col_mm")
+SPLITS = ("train", "test")
+SPLIT_IMAGE_FOLDERS = {"train": "imagesTr", "test": "imagesTs"}
+SPLIT_LABEL_FOLDERS = {"train": "labelsTr", "test": "labelsTs"}
+CHANNEL_SUFFIX = "_0000"  # single-channel contract: the only channel file of a case
+
+
+def read_class_labels(dataset_json: dict, source: str) -> dict[str, int]:
+    """``class_labels`` of a dataset.json, checked: a dict of names to the indices 0..C-1, each used once."""
+    if not isinstance(dataset_json, dict) or "class_labels" not in dataset_json:
+        raise ContractError(f"{source} has no 'class_labels'; expected e.g. "
+                            f"\"class_labels\": {{\"benign\": 0, \"malignant\": 1}}")
+    labels = dataset_json["class_labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise ContractError(f"{source}: 'class_labels' is {labels!r}; expected a non-empty object "
+                            f"{{class name: index}}")
+    for name, index in labels.items():
+        # bool is an int subclass; True/False as a class index is certainly a mistake
+        if not isinstance(name, str) or not name.strip() or not isinstance(index, int) or isinstance(index, bool):
+            raise ContractError(f"{source}: class_labels entry {name!r}: {index!r} is not a name with an integer "
+                                f"index")
+    indices = sorted(labels.values())
+    if indices != list(range(len(labels))):
+        raise ContractError(f"{source}: class_labels indices {indices} are not 0..{len(labels) - 1}, each once; "
+                            f"the classifier's outputs are numbered by them")
+    return dict(labels)
+
+
+def read_cases_csv(path, class_labels: dict[str, int]) -> pd.DataFrame:
+    """cases.csv as a DataFrame of strings (spacing columns as float, NaN when empty), validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"{path} does not exist; expected cases.csv with columns {', '.join(REQUIRED_COLUMNS)}")
+    try:
+        # dtype=str + keep_default_na=False: ids like "000123" and values like "NA" stay exactly as written
+        cases = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ContractError(f"{path} is not a readable CSV file ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    missing = [c for c in REQUIRED_COLUMNS if c not in cases.columns]
+    if missing:
+        raise ContractError(f"{path} lacks column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_COLUMNS)} "
+                            f"(found {', '.join(map(str, cases.columns))})")
+    for col in REQUIRED_COLUMNS:
+        cases[col] = cases[col].str.strip()
+    line = lambda i: i + 2  # noqa: E731  (file line: header is line 1)
+    for col in ("case_id", "patient_id", "class", "split"):
+        empty = cases.index[cases[col] == ""]
+        if len(empty):
+            i = empty[0]
+            raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id'] or '?'}): empty {col}")
+    dup = cases["case_id"].duplicated(keep="first")
+    if dup.any():
+        i = cases.index[dup][0]
+        raise ContractError(f"{path} line {line(i)}: duplicate case_id {cases.at[i, 'case_id']!r}; expected each "
+                            f"case once")
+    bad = ~cases["split"].isin(SPLITS)
+    if bad.any():
+        i = cases.index[bad][0]
+        raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): split "
+                            f"{cases.at[i, 'split']!r} is not one of {', '.join(SPLITS)}")
+    bad = ~cases["class"].isin(list(class_labels))
+    if bad.any():
+        i = cases.index[bad][0]
+        raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): class "
+                            f"{cases.at[i, 'class']!r} is not in class_labels "
+                            f"{sorted(class_labels, key=class_labels.get)}")
+    for col in SPACING_COLUMNS:
+        if col not in cases.columns:
+            continue
+        text = cases[col].str.strip()
+        values = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+        bad = (text != "") & ~(values > 0) | np.isinf(values)  # unparsable, zero, negative or infinite
+        if bad.any():
+            i = cases.index[bad][0]
+            raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): {col} {text[i]!r} is not "
+                                f"a positive number of mm (leave it empty when unknown)")
+        cases[col] = values.astype(float)
+    return cases
+
+
+def class_index_by_case(cases: pd.DataFrame, class_labels) -> dict[str, int]:
+    """{case_id: class index} for the rows of ``cases`` (as read by :func:`read_cases_csv`)."""
+    try:
+        return {c: int(class_labels[k]) for c, k in zip(cases["case_id"], cases["class"])}
+    except KeyError as e:
+        raise ContractError(f"class {e.args[0]!r} of cases.csv is not in class_labels {dict(class_labels)}")
+
+
+@dataclass
+class RawDataset:
+    folder: Path
+    dataset_json: dict
+    class_labels: dict[str, int]
+    cases: pd.DataFrame
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names ordered by index (index i -> class_names[i])."""
+        return sorted(self.class_labels, key=self.class_labels.get)
+
+    def cases_in_split(self, split: str) -> pd.DataFrame:
+        if split not in SPLITS:
+            raise ContractError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        return self.cases[self.cases["split"] == split].reset_index(drop=True)
+
+    def spacing_mm(self, case_id: str) -> tuple[float, float] | None:
+        """(row, col) pixel size in mm, or None when cases.csv does not know it."""
+        row = self.cases.loc[self.cases["case_id"] == str(case_id)]
+        if row.empty:
+            raise ContractError(f"case {case_id!r} is not in {self.folder / 'cases.csv'}")
+        if not all(c in row.columns for c in SPACING_COLUMNS):
+            return None
+        values = [float(row.iloc[0][c]) for c in SPACING_COLUMNS]
+        return None if any(np.isnan(v) for v in values) else (values[0], values[1])
+
+
+def _case_ids_in(folder: Path, suffix: str) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-len(suffix)] for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(suffix))
+
+
+def load_raw_dataset(folder, check_files: bool = True) -> RawDataset:
+    """Read and validate ``folder`` (a DatasetNNN_Name); with ``check_files`` also match files and csv rows."""
+    folder = Path(folder)
+    json_path = folder / "dataset.json"
+    if not json_path.is_file():
+        raise ContractError(f"{json_path} does not exist; expected nnU-Net's dataset.json in the raw dataset folder")
+    try:
+        dataset_json = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ContractError(f"{json_path} is not valid JSON ({e})")
+    if not isinstance(dataset_json, dict):
+        raise ContractError(f"{json_path} is not a JSON object")
+    class_labels = read_class_labels(dataset_json, source=str(json_path))
+    cases = read_cases_csv(folder / "cases.csv", class_labels)
+    raw = RawDataset(folder=folder, dataset_json=dataset_json, class_labels=class_labels, cases=cases)
+    if check_files:
+        _check_files(raw, json_path)
+    return raw
+
+
+def _check_files(raw: RawDataset, json_path: Path) -> None:
+    folder, cases = raw.folder, raw.cases
+    file_ending = raw.dataset_json.get("file_ending")
+    if not isinstance(file_ending, str) or not file_ending:
+        raise ContractError(f"{json_path} has no 'file_ending'; expected \".png\"")
+    csv = folder / "cases.csv"
+    split_of_row = dict(zip(cases["case_id"], cases["split"]))
+    for split in SPLITS:
+        image_dir = folder / SPLIT_IMAGE_FOLDERS[split]
+        if split == "train" and not image_dir.is_dir():
+            raise ContractError(f"{image_dir} does not exist; expected the training images there")
+        files = _case_ids_in(image_dir, file_ending)
+        for name in files:
+            if not name.endswith(CHANNEL_SUFFIX):
+                raise ContractError(f"{image_dir / (name + file_ending)} is not named <case>{CHANNEL_SUFFIX}"
+                                    f"{file_ending}; expected one grey channel per case")
+        images = {n[:-len(CHANNEL_SUFFIX)] for n in files}
+        for case in sorted(images):
+            if case not in split_of_row:
+                raise ContractError(f"case without a row: {image_dir.name}/{case}{CHANNEL_SUFFIX}{file_ending} has "
+                                    f"no row in {csv}")
+            if split_of_row[case] != split:
+                raise ContractError(f"case {case} is in {image_dir.name} but {csv} says split "
+                                    f"{split_of_row[case]!r}; expected {split!r}")
+        rows = cases.loc[cases["split"] == split, "case_id"]
+        for case in rows:
+            if case not in images:
+                raise ContractError(f"row without a case: {csv} lists {case} ({split}) but "
+                                    f"{image_dir / (case + CHANNEL_SUFFIX + file_ending)} does not exist")
+        label_dir = folder / SPLIT_LABEL_FOLDERS[split]
+        labels = set(_case_ids_in(label_dir, file_ending))
+        # labelsTr is required for every training case (nnU-Net trains on it); labelsTs, when present, must
+        # cover the test cases too: the evaluation needs them.
+        if split == "train" or label_dir.is_dir():
+            for case in sorted(images - labels):
+                raise ContractError(f"{label_dir / (case + file_ending)} does not exist; expected a label for "
+                                    f"{split} case {case}")
+        for case in sorted(labels - images):
+            raise ContractError(f"{label_dir / (case + file_ending)} has no image "
+                                f"{image_dir.name}/{case}{CHANNEL_SUFFIX}{file_ending}")
+        if split == "train":
+            num = raw.dataset_json.get("numTraining")
+            if num != len(images):
+                raise ContractError(f"{json_path}: numTraining is {num!r} but {image_dir} has {len(images)} cases")
