@@ -1,7 +1,6 @@
 """``nnunet_mtl convert SOURCE ...``: write a raw dataset (nnU-Net layout + class labels + cases.csv).
 
-Each source is its own module with ``register(subparsers)``, listed in :data:`CONVERTER_MODULES`; a module that
-is not written yet is skipped, like the top-level subcommands in :mod:`nnunet_mtl.cli.main`.
+Each source is its own module with ``register_converters(sources)``, listed in :data:`CONVERTER_MODULES`.
 """
 from __future__ import annotations
 
@@ -22,13 +21,7 @@ def register(subparsers):
                     "(incl. class_labels) and cases.csv (case, split, class, patient, clinical columns).")
     sources = p.add_subparsers(dest="source", metavar="SOURCE")
     for name in CONVERTER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # a converter whose module is not written yet
-            if e.name == name:
-                continue
-            raise
-        module.register_converters(sources)
+        importlib.import_module(name).register_converters(sources)
 
     def _no_source(args):
         p.print_help()

@@ -22,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nnunet_mtl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"nnunet_mtl.cli.{name}")
-        except ModuleNotFoundError as e:  # a subcommand whose module is not written yet
-            if e.name == f"nnunet_mtl.cli.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"nnunet_mtl.cli.{name}").register(subparsers)
     return parser
 
 
