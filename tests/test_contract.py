@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nnunet_mtl.dataset.contract import (REQUIRED_COLUMNS, SPACING_COLUMNS, class_index_by_case, load_raw_dataset,
-                                         read_cases_csv, read_class_labels)
+                                         read_cases_csv, read_class_labels, read_json_object)
 from nnunet_mtl.errors import ContractError
 
 CLASSES = {"benign": 0, "malignant": 1}
@@ -115,6 +115,29 @@ def test_cases_csv_missing_file_and_columns(tmp_path):
     (tmp_path / "cases.csv").write_text("case_id,class\n1,benign\n")
     with pytest.raises(ContractError, match="lacks column.*split, patient_id"):
         read_cases_csv(tmp_path / "cases.csv", CLASSES)
+
+
+def test_cases_csv_without_class_labels_skips_only_the_class_check(tmp_path):
+    path = tmp_path / "cases.csv"
+    path.write_text(HEADER + "\n".join(ROWS[:2] + ["t1,test,cyst,009,0.2,0.25,"]) + "\n")
+    cases = read_cases_csv(path)
+    assert cases["class"].tolist() == ["benign", "malignant", "cyst"]
+    assert cases["case_id"].tolist() == ["000123", "000124", "t1"] and math.isnan(cases["spacing_col_mm"][1])
+    path.write_text(HEADER + "\n".join(ROWS[:2] + ["t1,test,cyst,009,0,0.25,"]) + "\n")
+    with pytest.raises(ContractError, match=r"line 4 \(case t1\): spacing_row_mm '0'"):
+        read_cases_csv(path)
+
+
+def test_read_json_object(tmp_path):
+    path = tmp_path / "dataset.json"
+    with pytest.raises(ContractError, match="dataset.json does not exist; expected nnU-Net's dataset.json"):
+        read_json_object(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ContractError, match="is not a JSON object; expected a summary") as e:
+        read_json_object(path, "a summary")
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    path.write_text(json.dumps({"class_labels": CLASSES}))
+    assert read_json_object(path) == {"class_labels": CLASSES}
 
 
 def test_spacing_parsed_as_float(tmp_path):

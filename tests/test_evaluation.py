@@ -13,7 +13,7 @@ from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation.classification import classification_metrics
 from nnunet_mtl.evaluation.evaluate import (aggregate_summaries, evaluate_folder, format_aggregate_table,
-                                            format_summary_table)
+                                            format_summary_table, load_class_labels, read_cases_table)
 from nnunet_mtl.evaluation.segmentation import case_metrics, dice_iou, hd95
 
 CLASS_LABELS = {"benign": 0, "malignant": 1}
@@ -264,6 +264,64 @@ def test_missing_class_prediction_names_the_case(folders):
                         cases_csv=folders / "cases.csv", class_labels=CLASS_LABELS)
 
 
+def test_read_cases_table_keeps_ids_and_parses_spacing(folders):
+    table = read_cases_table(folders / "cases.csv")
+    assert list(table) == ["000012", "000013", "000100"]
+    assert table["000013"] == {"class": "malignant", "spacing": (0.2, 0.4)}
+    assert table["000100"]["spacing"] is None
+    assert read_cases_table(folders / "cases.csv", CLASS_LABELS) == table
+
+
+def _rewrite_case(path, case, column, value):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if row["case_id"] == case:
+            row[column] = value
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.mark.parametrize("column, value, needle", [
+    ("spacing_row_mm", "abc", r"case 000013\): spacing_row_mm 'abc' is not a positive number"),
+    ("spacing_col_mm", "-1", r"spacing_col_mm '-1'"),
+    ("case_id", "000012", r"duplicate case_id '000012'"),
+])
+def test_bad_cases_csv_is_one_line_naming_the_file(folders, column, value, needle):
+    path = folders / "cases.csv"
+    _rewrite_case(path, "000013", column, value)
+    with pytest.raises(NnunetMtlError, match=needle) as info:
+        evaluate_folder(folders / "pred", folders / "ref", cases_csv=path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_class_outside_class_labels_is_checked_only_when_they_are_given(folders):
+    path = folders / "cases.csv"
+    _rewrite_case(path, "000013", "class", "cyst")
+    assert read_cases_table(path)["000013"]["class"] == "cyst"  # segmentation only: any class name goes
+    with pytest.raises(NnunetMtlError, match=r"class 'cyst' is not in class_labels") as info:
+        evaluate_folder(folders / "pred", folders / "ref", class_predictions_csv=folders / "pred" /
+                        "class_predictions.csv", cases_csv=path, class_labels=CLASS_LABELS)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_class_labels(folders, tmp_path):
+    assert load_class_labels(folders / "dataset.json") == CLASS_LABELS
+    bare = tmp_path / "labels.json"
+    bare.write_text(json.dumps(CLASS_LABELS))
+    assert load_class_labels(bare) == CLASS_LABELS
+    for text, needle in (('{"name": "X"}', "has no 'class_labels'"), ("{not json", "not valid JSON"),
+                         ('{"class_labels": {"a": 0, "b": 2}}', "not 0..1")):
+        bare.write_text(text)
+        with pytest.raises(NnunetMtlError, match=needle) as info:
+            load_class_labels(bare)
+        assert str(bare) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(NnunetMtlError, match="does not exist"):
+        load_class_labels(tmp_path / "missing.json")
+
+
 def test_aggregate_two_summaries(tmp_path):
     paths = []
     for i, (dice, auc) in enumerate(((0.8, 0.9), (0.6, None))):
@@ -280,6 +338,11 @@ def test_aggregate_two_summaries(tmp_path):
     assert not any("confusion" in k for k in agg["metrics"])
     assert json.loads((tmp_path / "agg.json").read_text())["num_runs"] == 2
     assert "0.7000 ± 0.1414" in format_aggregate_table(agg)
+    for text, needle in (("[1]", "not a JSON object; expected a summary.json"), ("{}", "no 'segmentation' block")):
+        paths[1].write_text(text)
+        with pytest.raises(NnunetMtlError, match=needle) as info:
+            aggregate_summaries(paths)
+        assert str(paths[1]) in str(info.value) and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -76,6 +76,7 @@ def run(args) -> int:
         env[var] = str(workdir / var)
         Path(env[var]).mkdir(parents=True, exist_ok=True)
     # two worker processes suit a 2-core machine; more would only compete with the training for the cores
+    env["PYTHONUNBUFFERED"] = "1"  # progress of the child commands shows up at once, also in a log file
     env.setdefault("nnUNet_def_n_proc", "2")
     env.setdefault("nnUNet_n_proc_DA", "2" if device == "cpu" else "6")
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")})

@@ -47,8 +47,11 @@ def read_class_labels(dataset_json: dict, source: str) -> dict[str, int]:
     return dict(labels)
 
 
-def read_cases_csv(path, class_labels: dict[str, int]) -> pd.DataFrame:
-    """cases.csv as a DataFrame of strings (spacing columns as float, NaN when empty), validated."""
+def read_cases_csv(path, class_labels: dict[str, int] | None = None) -> pd.DataFrame:
+    """cases.csv as a DataFrame of strings (spacing columns as float, NaN when empty), validated.
+
+    ``class_labels`` None skips only the check that every class is one of them (for readers that do not know them).
+    """
     path = Path(path)
     if not path.is_file():
         raise ContractError(f"{path} does not exist; expected cases.csv with columns {', '.join(REQUIRED_COLUMNS)}")
@@ -79,12 +82,13 @@ def read_cases_csv(path, class_labels: dict[str, int]) -> pd.DataFrame:
         i = cases.index[bad][0]
         raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): split "
                             f"{cases.at[i, 'split']!r} is not one of {', '.join(SPLITS)}")
-    bad = ~cases["class"].isin(list(class_labels))
-    if bad.any():
-        i = cases.index[bad][0]
-        raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): class "
-                            f"{cases.at[i, 'class']!r} is not in class_labels "
-                            f"{sorted(class_labels, key=class_labels.get)}")
+    if class_labels is not None:
+        bad = ~cases["class"].isin(list(class_labels))
+        if bad.any():
+            i = cases.index[bad][0]
+            raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): class "
+                                f"{cases.at[i, 'class']!r} is not in class_labels "
+                                f"{sorted(class_labels, key=class_labels.get)}")
     for col in SPACING_COLUMNS:
         if col not in cases.columns:
             continue
@@ -142,18 +146,25 @@ def _case_ids_in(folder: Path, suffix: str) -> list[str]:
                   if p.is_file() and not p.name.startswith(".") and p.name.endswith(suffix))
 
 
+def read_json_object(path, expected: str = "nnU-Net's dataset.json in the raw dataset folder") -> dict:
+    """A JSON file holding an object (a dataset.json by default) as a dict; ``expected`` ends the error messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"{path} does not exist; expected {expected}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ContractError(f"{path} is not valid JSON ({e}); expected {expected}")
+    if not isinstance(data, dict):
+        raise ContractError(f"{path} is not a JSON object; expected {expected}")
+    return data
+
+
 def load_raw_dataset(folder, check_files: bool = True) -> RawDataset:
     """Read and validate ``folder`` (a DatasetNNN_Name); with ``check_files`` also match files and csv rows."""
     folder = Path(folder)
     json_path = folder / "dataset.json"
-    if not json_path.is_file():
-        raise ContractError(f"{json_path} does not exist; expected nnU-Net's dataset.json in the raw dataset folder")
-    try:
-        dataset_json = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ContractError(f"{json_path} is not valid JSON ({e})")
-    if not isinstance(dataset_json, dict):
-        raise ContractError(f"{json_path} is not a JSON object")
+    dataset_json = read_json_object(json_path)
     class_labels = read_class_labels(dataset_json, source=str(json_path))
     cases = read_cases_csv(folder / "cases.csv", class_labels)
     raw = RawDataset(folder=folder, dataset_json=dataset_json, class_labels=class_labels, cases=cases)

@@ -5,8 +5,9 @@ Inputs
     both are evaluated; a reference without prediction is an error unless ``allow_missing``; a prediction without
     reference is ignored with a warning line. Other files in pred_dir (class_predictions.csv, json) are ignored.
     class_predictions.csv: ``case_id, predicted_class, prob_<name>...`` (one column per class, in index order).
-    cases.csv: ``case_id, class, spacing_row_mm, spacing_col_mm, ...`` read as strings (zero-padded ids stay as they
-    are); ``class`` gives the reference class, the spacings (optional, may be empty) give HD95 in mm.
+    cases.csv: the raw dataset's ``case_id, split, class, patient_id[, spacing_row_mm, spacing_col_mm], ...``, read
+    and checked by :mod:`nnunet_mtl.dataset.contract` (zero-padded ids stay as they are); ``class`` gives the
+    reference class, the spacings (optional, may be empty) give HD95 in mm.
 
 summary.json (NaN written as null)::
 
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_mtl.dataset.contract import SPACING_COLUMNS, read_cases_csv, read_class_labels, read_json_object
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import classification as cls_metrics
 from nnunet_mtl.evaluation import segmentation as seg_metrics
@@ -130,64 +132,27 @@ def read_label_png(path: Path) -> np.ndarray:
     return arr
 
 
-def read_cases_table(path) -> dict[str, dict]:
-    """cases.csv -> {case_id: {"class": str ('' if empty / absent), "spacing": (row_mm, col_mm) or None}}.
+def read_cases_table(path, class_labels: dict | None = None) -> dict[str, dict]:
+    """cases.csv -> {case_id: {"class": str, "spacing": (row_mm, col_mm) or None}}.
 
-    Every column is read as text so ids like "000123" keep their zeros; the spacing columns become floats.
+    Read and checked by the contract's :func:`read_cases_csv` (ids stay text, so "000123" keeps its zeros; spacings
+    are floats); with ``class_labels`` every class must be one of them, without (segmentation only) any name goes.
     """
-    import pandas as pd
-    path = Path(path)
-    if not path.is_file():
-        raise NnunetMtlError(f"case table {path} does not exist; expected the raw dataset's cases.csv")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise NnunetMtlError(f"cannot read {path} as CSV ({e.__class__.__name__}: {e})") from None
-    table.columns = [c.strip() for c in table.columns]
-    if "case_id" not in table.columns:
-        raise NnunetMtlError(f"{path} has no 'case_id' column; found {', '.join(table.columns)}")
-    ids = table["case_id"].str.strip()
-    dup = ids[ids.duplicated()].tolist()
-    if dup:
-        raise NnunetMtlError(f"{path} lists case_id {dup[0]} more than once; expected one row per case")
-
-    def spacing_column(name):
-        if name not in table.columns:
-            return [math.nan] * len(table)
-        out = []
-        for case, text in zip(ids, table[name].str.strip()):
-            try:
-                value = float(text) if text else math.nan
-            except ValueError:
-                raise NnunetMtlError(f"{path}: {name} of case {case} is {text!r}; expected a number in mm or "
-                                     f"an empty cell") from None
-            if not math.isnan(value) and not (math.isfinite(value) and value > 0):
-                raise NnunetMtlError(f"{path}: {name} of case {case} is {text!r}; expected a positive number")
-            out.append(value)
-        return out
-
-    rows, cols = spacing_column("spacing_row_mm"), spacing_column("spacing_col_mm")
-    classes = table["class"].str.strip().tolist() if "class" in table.columns else [""] * len(table)
-    result = {}
-    for case, c, r, s in zip(ids, classes, rows, cols):
-        result[case] = {"class": c, "spacing": None if math.isnan(r) or math.isnan(s) else (r, s)}
-    return result
+    cases = read_cases_csv(path, class_labels)
+    if all(c in cases.columns for c in SPACING_COLUMNS):
+        pairs = zip(*(cases[c] for c in SPACING_COLUMNS))
+        spacings = [None if math.isnan(r) or math.isnan(c) else (float(r), float(c)) for r, c in pairs]
+    else:
+        spacings = [None] * len(cases)
+    return {case: {"class": cls, "spacing": sp} for case, cls, sp in zip(cases["case_id"], cases["class"], spacings)}
 
 
-def load_class_labels(path) -> dict:
-    """class_labels from a dataset.json (key "class_labels") or from a JSON file holding just that mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise NnunetMtlError(f"{path} does not exist; expected the raw dataset's dataset.json with 'class_labels'")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NnunetMtlError(f"{path} is not valid JSON ({e})") from None
-    labels = data.get("class_labels") if isinstance(data, dict) and "class_labels" in data else data
-    if not isinstance(labels, dict) or not labels:
-        raise NnunetMtlError(f"{path} has no 'class_labels' mapping; expected e.g. "
-                             f'"class_labels": {{"benign": 0, "malignant": 1}}')
-    return labels
+def load_class_labels(path) -> dict[str, int]:
+    """class_labels of a dataset.json, checked by the contract; a JSON file holding just {name: index} works too."""
+    data = read_json_object(path)
+    if "class_labels" not in data and data and all(type(v) is int for v in data.values()):
+        data = {"class_labels": data}  # the bare mapping
+    return read_class_labels(data, source=str(path))
 
 
 def _class_names(class_labels: dict, source: str) -> list[str]:
@@ -314,7 +279,8 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
     if not cases:
         raise NnunetMtlError(f"no case of {ref_dir} has a prediction in {pred_dir}; expected matching CASE_ID.png names")
 
-    table = read_cases_table(cases_csv) if cases_csv is not None else {}
+    class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
+    table = read_cases_table(cases_csv, class_labels) if cases_csv is not None else {}
     tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing")) for c in cases]
     per_case = _run_cases(tasks, int(num_processes))
 
@@ -330,7 +296,6 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
                      f"{cases_csv})")
 
     # ---- classification
-    class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
     classification = None
     for r in per_case:
         r.update(true_class="", predicted_class="")
@@ -342,7 +307,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
             notes.append("class_labels not given: classes taken from the prob_ columns in file order")
         class_names, predictions = read_class_predictions(class_predictions_csv, class_names)
         no_row = [c for c in cases if c not in predictions]
-        no_truth = [c for c in cases if not (table.get(c) or {}).get("class")]
+        no_truth = [c for c in cases if c not in table]
         for what, ids, where in (("class prediction", no_row, class_predictions_csv),
                                  ("reference class", no_truth, cases_csv)):
             if ids and not allow_missing:
@@ -351,7 +316,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
             if ids:
                 notes.append(f"{len(ids)} case(s) without {what} left out of classification: {_some(ids)}")
                 _warn(notes[-1])
-        cls_cases = [c for c in cases if c in predictions and (table.get(c) or {}).get("class")]
+        cls_cases = [c for c in cases if c in predictions and c in table]
         by_case = {r["case_id"]: r for r in per_case}
         y_true, y_pred, probs = [], [], []
         for c in cls_cases:
@@ -502,14 +467,8 @@ def aggregate_summaries(summary_paths: list, output_path=None) -> dict:
         raise NnunetMtlError("no summary.json given to aggregate; expected one per fold or run")
     flat = []
     for p in summary_paths:
-        p = Path(p)
-        if not p.is_file():
-            raise NnunetMtlError(f"summary {p} does not exist; expected a summary.json written by nnunet_mtl evaluate")
-        try:
-            data = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise NnunetMtlError(f"{p} is not valid JSON ({e}); expected a summary.json") from None
-        if not isinstance(data, dict) or "segmentation" not in data:
+        data = read_json_object(p, "a summary.json written by nnunet_mtl evaluate")
+        if "segmentation" not in data:
             raise NnunetMtlError(f"{p} has no 'segmentation' block; expected a summary.json from nnunet_mtl evaluate")
         flat.append(_flatten(data))
     keys = list(dict.fromkeys(k for f in flat for k in f))

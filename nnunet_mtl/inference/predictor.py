@@ -117,6 +117,14 @@ class MultitaskPredictor(nnUNetPredictor):
             if callable(finish):  # nnU-Net finishes a MultiThreadedAugmenter itself, but it no longer sees it
                 finish()
 
+    def predict_preprocessed_case(self, case_id: str, data: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits of one preprocessed case; its class probabilities are recorded under case_id."""
+        self._current_case = case_id
+        try:
+            return self.predict_logits_from_preprocessed_data(data)
+        finally:
+            self._current_case = None
+
     # --- output --------------------------------------------------------------------------------------------
     def write_class_predictions(self, path: Path, merge_existing: bool = False) -> Path:
         """CSV: case_id, predicted_class, prob_<class>... (one row per case, sorted by case id)."""
