@@ -27,10 +27,11 @@ def plan_phantom(root: Path, size: int) -> tuple[dict, dict]:
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[var] = str(root / var)
         (root / var).mkdir(parents=True, exist_ok=True)
-    convert_synthetic(900, num_patients=10, images_per_patient=2, size=size, raw_root=root / "nnUNet_raw",
+    # enough images that nnU-Net's planner is not limited by dataset size (it caps the batch at 5 % of the data)
+    convert_synthetic(900, num_patients=80, images_per_patient=3, size=size, raw_root=root / "nnUNet_raw",
                       progress=False)
     subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "900", "-c", "2d",
-                    "-np", "1"], check=True, capture_output=True)
+                    "-np", "2"], check=True, capture_output=True)
     pre = next((root / "nnUNet_preprocessed").glob("Dataset900_*"))
     return json.loads((pre / "nnUNetPlans.json").read_text()), json.loads((pre / "dataset.json").read_text())
 

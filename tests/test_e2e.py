@@ -58,6 +58,10 @@ def test_training_outputs(trained):
     assert tuple(ckpt["inference_allowed_mirroring_axes"]) == (1,)  # no vertical test-time flips
     logged = ckpt["logging"]
     assert len(logged["val_auc"]) == 2 and len(logged["train_cls_losses"]) == 2
+    # the final validation writes class probabilities next to nnU-Net's validation masks
+    with open(fold / "validation" / "class_predictions.csv") as f:
+        validated = {r["case_id"] for r in csv.DictReader(f)}
+    assert validated == {p.stem for p in (fold / "validation").glob("*.png")} and validated
 
 
 def test_split_is_grouped_by_patient(trained):

@@ -85,13 +85,17 @@ class MultitaskPredictor(nnUNetPredictor):
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         self._fold_probs = []
         prediction = super().predict_logits_from_preprocessed_data(data)
-        self.last_class_probabilities = torch.stack(self._fold_probs).mean(0).numpy()
         case = self._current_case
         if case is None and self._sequential_cases:
             case = self._sequential_cases.pop(0)
+        self._record_case(case)
+        return prediction
+
+    def _record_case(self, case: str | None) -> None:
+        """Mean over the folds predicted since the last reset; stored under the case id."""
+        self.last_class_probabilities = torch.stack(self._fold_probs).mean(0).numpy()
         if case is not None:
             self.class_probabilities[case] = self.last_class_probabilities
-        return prediction
 
     def _manage_input_and_output_lists(self, *args, **kwargs):
         # Both of nnU-Net's paths predict cases in the order of this output list. The parallel path also tells us
@@ -118,12 +122,19 @@ class MultitaskPredictor(nnUNetPredictor):
                 finish()
 
     def predict_preprocessed_case(self, case_id: str, data: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits of one preprocessed case; its class probabilities are recorded under case_id."""
-        self._current_case = case_id
-        try:
-            return self.predict_logits_from_preprocessed_data(data)
-        finally:
-            self._current_case = None
+        """Segmentation logits of one preprocessed case; its class probabilities are recorded under case_id.
+        Without a list of fold parameters (a trainer's own network, see manual_initialization), the network
+        as it is predicts, as in nnU-Net's own final validation."""
+        if self.list_of_parameters:
+            self._current_case = case_id
+            try:
+                return self.predict_logits_from_preprocessed_data(data)
+            finally:
+                self._current_case = None
+        self._fold_probs = []
+        logits = self.predict_sliding_window_return_logits(data)
+        self._record_case(case_id)
+        return logits
 
     # --- output --------------------------------------------------------------------------------------------
     def write_class_predictions(self, path: Path, merge_existing: bool = False) -> Path:
