@@ -1,17 +1,27 @@
 """``nnunet_mtl convert SOURCE ...``: write a raw dataset (nnU-Net layout + class labels + cases.csv).
 
-Each source is its own module with ``register_converters(sources)``, listed in :data:`CONVERTER_MODULES`.
+The synthetic phantom is registered here; every module of the ``dataset_conversion`` package that defines
+``register_converters(sources)`` adds its own sources (so a new converter is one new module, no edit here).
+Converter modules import their heavy dependencies (openpyxl, h5py, ...) inside their functions, so listing the
+commands stays fast.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 
 from nnunet_mtl.errors import NnunetMtlError
 
-# modules with ``register_converters(sources)`` adding one sub-parser per source; later e.g.
-# "nnunet_mtl.cli.convert_busi", "nnunet_mtl.cli.convert_breast", "nnunet_mtl.cli.convert_udiat"
-CONVERTER_MODULES = ("nnunet_mtl.cli.convert",)
+
+
+def converter_modules() -> list[str]:
+    """This module, then every dataset_conversion module that defines register_converters (sorted by name)."""
+    import dataset_conversion
+    names = ["nnunet_mtl.cli.convert"]
+    for info in sorted(pkgutil.iter_modules(dataset_conversion.__path__), key=lambda m: m.name):
+        names.append(f"dataset_conversion.{info.name}")
+    return names
 
 
 def register(subparsers):
@@ -20,8 +30,10 @@ def register(subparsers):
         description="Writes $nnUNet_raw/DatasetNNN_Name in nnU-Net's 2D PNG layout with dataset.json "
                     "(incl. class_labels) and cases.csv (case, split, class, patient, clinical columns).")
     sources = p.add_subparsers(dest="source", metavar="SOURCE")
-    for name in CONVERTER_MODULES:
-        importlib.import_module(name).register_converters(sources)
+    for name in converter_modules():
+        register_converters_of = getattr(importlib.import_module(name), "register_converters", None)
+        if register_converters_of is not None:
+            register_converters_of(sources)
 
     def _no_source(args):
         p.print_help()
