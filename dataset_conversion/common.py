@@ -1,0 +1,706 @@
+"""What every dataset converter shares: CLI options, layout checks, parallel conversion, duplicates, the report.
+
+A converter module only knows its dataset's layout and quirks. It
+
+1. adds its subcommand with :func:`add_common_arguments` (``-d``, ``--name``, ``--as``, ``--add-to-existing``,
+   ``--overwrite``, ``--normal``, ``-j``, ``--no-progress``) and turns the parsed args into
+   :class:`ConvertOptions` with :func:`options_from_args`;
+2. checks the source folder with :func:`find_layout` (a wrong folder gives one line naming the layout expected);
+3. yields one :class:`Case` per image (what to read, class, patient, spacing, clinical columns) or a
+   :class:`Skipped` (with the reason) for a row it cannot use, recording unusable clinical values with
+   :meth:`ConversionReport.number` / :meth:`ConversionReport.bad_value`;
+4. hands them to :func:`convert`, which loads, converts and PNG-encodes the cases in worker processes, keeps
+   the bookkeeping (cases.csv rows, duplicates, counts) in the main process in the source's order, and
+   publishes the dataset atomically through :class:`~dataset_conversion.writer.RawDatasetWriter` together with
+   ``conversion_report.json``;
+5. prints :meth:`ConversionReport.format`.
+
+Policies (documented here once, for every converter)
+
+- ``--normal exclude`` (default): images without a lesion are left out and reported. The task is lesion
+  segmentation + lesion classification (benign / malignant, TI-RADS, ...): a normal image has no lesion to
+  classify, and a third class with a handful of examples (BrEaST has 4 of 256) cannot be learnt and skews the
+  classifier. ``--normal include`` keeps them (all-zero mask) under an extra class ``normal``; the class list then
+  always has ``normal`` (also for a dataset without normal images), so datasets converted with the same
+  ``--normal`` share class_labels and can be combined with ``--add-to-existing``.
+- Exact duplicates (identical decoded grey pixels, whatever the file bytes): the first occurrence in the
+  source's order is kept and later copies are skipped and reported. If the copies carry *different* classes
+  (BUSI files one image as both benign and malignant), every copy is dropped: the label is ambiguous, training on
+  it teaches both answers and a test case with two truths cannot be scored. A new case identical to a case of the
+  existing dataset (``--add-to-existing``) is skipped: a test image that is also a training image is leakage.
+- Near-duplicates (difference hashes at most :data:`NEAR_DUPLICATE_MAX_BITS` of 64 bits apart) between cases of
+  *different* patients are listed in the report, never removed: they are often the same lesion seen twice
+  (a patient id the dataset does not publish), which a patient-level split cannot see. Pairs within one patient
+  (cine frames, repeat views) are expected and not listed.
+- A problem with one case's files (missing, unreadable, image and mask of different sizes, a lesion case with an
+  empty mask) skips that case with a one-line reason naming the file; a problem with the dataset as a whole
+  (wrong folder, unreadable spreadsheet, missing column) stops the run. Bad clinical values are reported, never
+  fatal; the cell is left empty in cases.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import signal
+import time
+from collections import deque
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from nnunet_mtl.errors import ContractError, NnunetMtlError
+
+NORMAL_CLASS = "normal"
+NORMAL_CHOICES = ("exclude", "include")
+REPORT_FILE = "conversion_report.json"
+# dHash distance (of 64 bits) up to which two images are listed as near-duplicates. Measured on the real data:
+# two acquisitions of one lesion in UDIAT are 6 and 8 bits apart; unrelated BrEaST images are 7+ bits apart (their
+# common fan-shaped scan area makes the hashes alike), most 12+. 8 lists every re-acquisition found, at the cost of
+# an occasional unrelated pair: the list is for a human to check, nothing is removed.
+NEAR_DUPLICATE_MAX_BITS = 8
+REPORT_LIST_LIMIT = 1000  # near-duplicate pairs kept in the json (the total is always there)
+PRINT_LIMIT = 15  # lines per section when the report is printed
+# cells that mean "no value" in published spreadsheets: left empty in cases.csv, not reported as bad values
+MISSING_TOKENS = frozenset({"", "-", "na", "n/a", "nan", "none", "null", "not available", "unknown", "?"})
+PIXEL_SIZE_TO_MM = {"mm": 1.0, "cm": 10.0, "um": 1e-3, "m": 1e3}
+
+
+class SkipCase(NnunetMtlError):
+    """Raised (by a loader or a helper) for one case that cannot be converted; the case is skipped and reported."""
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+def default_num_processes() -> int:
+    """2 worker processes, fewer on a 1-core machine: PNG encoding dominates and scales with cores, and 2 is what
+    the benchmarks target; use -j for more."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_id: int, default_name: str, *,
+                         official_split: bool = False) -> None:
+    """Add the options every converter has. ``official_split``: the dataset has a published train/test split,
+    which ``--as official`` (then the default) keeps."""
+    parser.add_argument("-d", "--dataset-id", type=int, default=default_id, help="dataset id (DatasetNNN_...; default %(default)s)")
+    parser.add_argument("--name", default=default_name, help="dataset name (folder DatasetNNN_NAME; default %(default)s)")
+    choices = ["train", "test"] + (["official"] if official_split else [])
+    parser.add_argument(
+        "--as", dest="split", choices=choices, default=None,
+        help="write every case as training set (imagesTr/labelsTr) or as external test set (imagesTs/labelsTs)"
+             + ("; 'official' keeps the publisher's train/test split" if official_split else "")
+             + ". Default: " + ("official" if official_split else "train") + ", or test with --add-to-existing")
+    parser.add_argument("--add-to-existing", action="store_true",
+                        help="add the cases to the existing dataset with this id (e.g. as its external test set); "
+                             "its classes must match")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
+    parser.add_argument("--normal", choices=NORMAL_CHOICES, default="exclude",
+                        help="images without a lesion: exclude them (default; a normal image has no lesion to "
+                             "classify) or include them as an extra class 'normal' with an empty mask")
+    parser.add_argument("-j", "--num-processes", type=int, default=default_num_processes(),
+                        help="worker processes for decoding / converting / PNG encoding (default %(default)s; "
+                             "1: no workers)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(official_split=official_split)
+
+
+@dataclass
+class ConvertOptions:
+    """Where and how a converter writes; :func:`options_from_args` builds it from :func:`add_common_arguments`."""
+    dataset_id: int
+    name: str
+    split: str = "train"  # "train" | "test": every case there; "official": each Case.split as published
+    add_to_existing: bool = False
+    overwrite: bool = False
+    normal: str = "exclude"
+    num_processes: int = field(default_factory=default_num_processes)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.split not in ("train", "test", "official"):
+            raise NnunetMtlError(f"--as {self.split!r}: expected train, test or official")
+        if self.normal not in NORMAL_CHOICES:
+            raise NnunetMtlError(f"--normal {self.normal!r}: expected one of {', '.join(NORMAL_CHOICES)}")
+        if self.add_to_existing and self.overwrite:
+            raise NnunetMtlError("--add-to-existing and --overwrite exclude each other; expected one of them")
+        if self.num_processes < 1:
+            raise NnunetMtlError(f"-j {self.num_processes}: expected at least 1 process")
+
+
+def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    """:class:`ConvertOptions` from args parsed with :func:`add_common_arguments`."""
+    split = args.split or ("test" if args.add_to_existing else
+                           "official" if getattr(args, "official_split", False) else "train")
+    return ConvertOptions(dataset_id=args.dataset_id, name=args.name, split=split,
+                          add_to_existing=args.add_to_existing, overwrite=args.overwrite, normal=args.normal,
+                          num_processes=args.num_processes, progress=not args.no_progress)
+
+
+def class_labels_for(classes: Sequence[str], normal: str) -> dict[str, int]:
+    """class_labels {name: index} for the target classes, plus ``normal`` last when ``--normal include``."""
+    names = list(classes)
+    if normal == "include" and NORMAL_CLASS not in names:
+        names.append(NORMAL_CLASS)
+    return {c: i for i, c in enumerate(names)}
+
+
+def find_layout(source, required: Sequence[str], *, dataset: str, expected: str) -> Path:
+    """The folder holding every glob pattern of ``required`` (a trailing '/' means a folder): ``source`` itself or
+    one of its direct subfolders (archives often unpack into an extra folder). Otherwise a one-line error naming
+    ``source`` and the ``expected`` layout."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise NnunetMtlError(f"{source} is not a folder; expected the {dataset} folder: {expected}")
+
+    def missing_in(folder: Path) -> list[str]:
+        names = [p for p in folder.iterdir()]
+        out = []
+        for pattern in required:
+            want_dir = pattern.endswith("/")
+            pat = pattern.rstrip("/")
+            if not any(fnmatch.fnmatch(p.name, pat) and p.is_dir() == want_dir for p in names):
+                out.append(pattern)
+        return out
+
+    missing = missing_in(source)
+    if not missing:
+        return source
+    matches = [sub for sub in sorted(source.iterdir()) if sub.is_dir() and not missing_in(sub)]
+    if len(matches) == 1:
+        return matches[0]
+    raise NnunetMtlError(f"{source} does not look like {dataset} (no {', '.join(missing)}); expected {expected}")
+
+
+def column_name(header) -> str:
+    """A published column header as a cases.csv column: snake_case ("Pixel_size" -> "pixel_size",
+    "Tissue composition" -> "tissue_composition", "CaseID" -> "case_id")."""
+    import re
+
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(header).strip())
+    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+
+
+def read_xlsx_table(path, required: Sequence[str], *, dataset: str) -> list[dict]:
+    """The rows of the first sheet of ``path`` whose header row (row 1) has every ``required`` column, as
+    {header: value} dicts (empty rows dropped; openpyxl's cell types kept: ids may come as numbers). One-line
+    error naming the file and the columns expected otherwise."""
+    import openpyxl
+
+    path = Path(path)
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # openpyxl raises zipfile / KeyError / InvalidFileException on broken files
+        raise NnunetMtlError(f"{path} is not a readable .xlsx file ({type(e).__name__}); expected the {dataset} "
+                             f"spreadsheet")
+    try:
+        for sheet in book.worksheets:
+            rows = sheet.iter_rows(values_only=True)
+            header = [str(h).strip() if h is not None else "" for h in next(rows, ())]
+            if all(c in header for c in required):
+                out = []
+                for values in rows:
+                    if values is None or all(v is None or str(v).strip() == "" for v in values):
+                        continue
+                    out.append({h: v for h, v in zip(header, values) if h})
+                return out
+    finally:
+        book.close()
+    raise NnunetMtlError(f"{path} has no sheet with the columns {', '.join(required)}; expected the {dataset} "
+                         f"spreadsheet")
+
+
+def split_cell(value, sep: str = "&") -> list[str]:
+    """Several names in one spreadsheet cell ("a.png&b.png") as a list; empty cell -> []."""
+    if value is None:
+        return []
+    return [part.strip() for part in str(value).split(sep) if part.strip()]
+
+
+# --- cases --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One image to convert. Everything must be picklable: it travels to a worker process.
+
+    ``image`` / ``masks`` are whatever ``loader`` reads (file paths for :func:`load_files`); the masks of one image
+    are merged into one lesion map. ``lesion`` False marks a normal image (no lesion expected; ``--normal``
+    decides). ``split`` is only used with ``--as official``. ``source`` names the case in messages.
+    """
+    case_id: str
+    class_name: str
+    patient_id: str
+    image: Any
+    masks: tuple = ()
+    lesion: bool = True
+    split: str | None = None
+    spacing_mm: tuple[float, float] | None = None
+    clinical: dict = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A source entry the converter cannot use; yielded among the cases so the report keeps the source's order."""
+    case: str
+    reason: str
+
+
+# --- images and masks -------------------------------------------------------------------------------------------
+def read_image(path) -> np.ndarray:
+    """A file as an array (H, W) or (H, W, C) in its own encoding (1-bit -> bool, palette -> RGB(A), 16-bit kept).
+    Missing or unreadable: :class:`SkipCase` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode == "P":  # palette: resolve the colours (and the transparency, if any)
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            return np.array(im)
+    except FileNotFoundError:
+        raise SkipCase(f"{path} does not exist; expected the file the dataset lists")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SkipCase(f"{path} is not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+
+
+def _size_text(shape) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_name, mask_name) -> None:
+    """:class:`SkipCase` naming both files unless image and mask have the same height and width."""
+    if tuple(image.shape[:2]) != tuple(mask.shape[:2]):
+        raise SkipCase(f"{mask_name} is {_size_text(mask.shape)} px but {image_name} is {_size_text(image.shape)}; "
+                       f"expected a mask of the image's size")
+
+
+def merge_masks(masks: Sequence[np.ndarray], names: Sequence = ()) -> np.ndarray:
+    """One 0/1 lesion map from several masks of one image: logical OR of the binarized masks (each annotated
+    lesion stays lesion). Sizes must agree (:class:`SkipCase` naming the file otherwise)."""
+    from dataset_conversion.writer import binarize_mask
+
+    if not masks:
+        raise ValueError("merge_masks needs at least one mask")
+    names = list(names) or [f"mask {i + 1}" for i in range(len(masks))]
+    merged = binarize_mask(masks[0])
+    for mask, name in zip(masks[1:], names[1:]):
+        check_same_size(merged, mask, names[0], name)
+        merged |= binarize_mask(mask)
+    return merged
+
+
+def spacing_mm(pixel_size: float | None, unit: str = "mm") -> tuple[float, float] | None:
+    """(row, col) spacing in mm from a published pixel size (square pixels: datasets give one number); None stays
+    None. ``unit``: mm, cm, um or m."""
+    if pixel_size is None:
+        return None
+    if unit not in PIXEL_SIZE_TO_MM:
+        raise ValueError(f"pixel size unit {unit!r}: expected one of {', '.join(PIXEL_SIZE_TO_MM)}")
+    mm = float(pixel_size) * PIXEL_SIZE_TO_MM[unit]
+    return (mm, mm)
+
+
+def load_files(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
+    """The default loader: ``case.image`` and ``case.masks`` are file paths; masks merged, sizes checked.
+
+    A loader is any picklable callable ``loader(case) -> (image array, mask array or None)``, run in the worker
+    processes. State such as an open HDF5 file belongs in an object that opens it lazily on first call in the
+    worker and drops it in ``__getstate__``."""
+    image = read_image(case.image)
+    if not case.masks:
+        return image, None
+    masks = [read_image(m) for m in case.masks]
+    for m, name in zip(masks, case.masks):
+        check_same_size(image, m, case.image, name)
+    return image, masks[0] if len(masks) == 1 else merge_masks(masks, case.masks)  # one mask: binarized once
+
+
+# --- hashes ---------------------------------------------------------------------------------------------------
+def pixel_digest(grey: np.ndarray) -> str:
+    """Exact-duplicate key: a hash of the decoded pixels and the shape (not of the file: re-encoded copies of one
+    image have different bytes but the same pixels)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(grey.shape, np.int64).tobytes())
+    h.update(np.ascontiguousarray(grey).tobytes())
+    return h.hexdigest()
+
+
+def difference_hash(grey: np.ndarray) -> int:
+    """64-bit dHash: the image box-averaged to 9x8, one bit per horizontally adjacent pair (left brighter than
+    right). Robust to re-encoding, resizing and global brightness, so close hashes mean near-identical images."""
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(grey).resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (small[:, :-1] > small[:, 1:]).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_duplicate_pairs(hashes: Sequence[int], groups: Sequence[str], max_bits: int = NEAR_DUPLICATE_MAX_BITS
+                         ) -> list[tuple[int, int, int]]:
+    """(i, j, distance) with i < j for hashes at most ``max_bits`` apart whose ``groups`` (patients) differ.
+
+    All pairs, vectorised in row blocks (XOR + popcount): 20,000 images take about a second, memory stays at one
+    block of distances."""
+    h = np.asarray([int(x) for x in hashes], dtype=np.uint64)
+    g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+    out = []
+    block = 512
+    for start in range(0, len(h), block):
+        rows = h[start:start + block]
+        dist = np.bitwise_count(rows[:, None] ^ h[None, :])
+        ii, jj = np.nonzero(dist <= max_bits)
+        ii = ii + start
+        keep = (jj > ii) & (g[ii] != g[jj])
+        out.extend(zip(ii[keep].tolist(), jj[keep].tolist(), dist[ii[keep] - start, jj[keep]].tolist()))
+    return sorted(out)
+
+
+# --- the report -----------------------------------------------------------------------------------------------
+class ConversionReport:
+    """What a conversion did: counts, skipped cases, duplicates, near-duplicates, bad clinical values, notes.
+
+    Printed with :meth:`format` and written as ``conversion_report.json`` into the dataset folder (a list of
+    conversions: ``--add-to-existing`` appends). nnU-Net and the contract ignore extra files there."""
+
+    def __init__(self, converter: str, source):
+        self.converter = converter
+        self.source = str(source)
+        self.dataset = ""
+        self.options: dict = {}
+        self.summary: dict = {}
+        self.added: dict = {}
+        self.skipped: list[dict] = []
+        self.duplicates: list[dict] = []
+        self.near_duplicates: list[dict] = []
+        self.near_duplicates_total = 0
+        self.bad_values: list[dict] = []
+        self.notes: list[str] = []
+        self.seconds = 0.0
+        self.path: Path | None = None
+
+    def skip(self, case: str, reason: str) -> None:
+        self.skipped.append({"case": str(case), "reason": reason})
+
+    def note(self, text: str) -> None:
+        """A fact the user should know about the conversion (e.g. "no patient ids: one patient per image")."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def bad_value(self, case: str, column: str, value, expected: str) -> None:
+        self.bad_values.append({"case": str(case), "column": column, "value": _jsonable(value), "expected": expected})
+
+    def number(self, case: str, column: str, value, *, low: float | None = None, high: float | None = None,
+               integer: bool = False):
+        """A clinical number, or None when the cell is empty / "not available" (silently) or unusable (reported
+        as a bad value, not fatal): not a number, not an integer when ``integer``, outside [low, high]."""
+        if value is None or (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS):
+            return None
+        if isinstance(value, float) and np.isnan(value):
+            return None
+        try:
+            number = float(str(value).strip().replace(",", "."))  # European decimal commas occur in sheets
+        except ValueError:
+            self.bad_value(case, column, value, "a number")
+            return None
+        rng = f" in [{low}, {high}]" if low is not None or high is not None else ""
+        if not np.isfinite(number) or (low is not None and number < low) or (high is not None and number > high):
+            self.bad_value(case, column, value, f"a number{rng}")
+            return None
+        if integer:
+            if number != int(number):
+                self.bad_value(case, column, value, f"an integer{rng}")
+                return None
+            return int(number)
+        return number
+
+    def to_dict(self) -> dict:
+        return {
+            "converter": self.converter, "source": self.source, "dataset": self.dataset, "options": self.options,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(self.seconds, 2),
+            "counts": self.summary, "added": self.added, "notes": self.notes,
+            "skipped": self.skipped, "duplicates": self.duplicates,
+            "near_duplicates": {"max_distance_bits": NEAR_DUPLICATE_MAX_BITS, "scope": "different patients",
+                                "total": self.near_duplicates_total, "pairs": self.near_duplicates},
+            "bad_values": self.bad_values,
+        }
+
+    def format(self) -> str:
+        """The printed summary: counts per class and split, then what was skipped and why, duplicates, notes."""
+        from dataset_conversion.writer import format_summary
+
+        lines = [f"{self.converter}: {self.source} -> {self.dataset}"]
+        if self.summary:
+            lines.append(format_summary(self.summary))
+        n_added = sum(sum(v.values()) for k, v in self.added.items() if k != "classes")
+        lines.append(f"added {n_added} case(s) in {self.seconds:.1f} s")
+
+        def section(title: str, items: list[str], total: int | None = None):
+            total = len(items) if total is None else total
+            lines.append(f"{title}: {total if total else 'none'}")
+            lines.extend("  " + s for s in items[:PRINT_LIMIT])
+            if total > min(len(items), PRINT_LIMIT):
+                lines.append(f"  ... {total - min(len(items), PRINT_LIMIT)} more in {REPORT_FILE}")
+
+        section("skipped", [f"{s['case']}: {s['reason']}" for s in self.skipped])
+        section("exact duplicates", [f"{', '.join(d['cases'])}: {d['action']}" for d in self.duplicates])
+        section(f"near-duplicates of different patients (dHash <= {NEAR_DUPLICATE_MAX_BITS} bits, listed only)",
+                [f"{p['a']} ~ {p['b']} ({p['distance']} bits)" for p in self.near_duplicates],
+                self.near_duplicates_total)
+        section("bad clinical values (left empty)",
+                [f"{b['case']} {b['column']}={b['value']!r}: expected {b['expected']}" for b in self.bad_values])
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        if self.path is not None:
+            lines.append(f"wrote {self.path} (report: {REPORT_FILE})")
+        return "\n".join(lines)
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+# --- the worker side ----------------------------------------------------------------------------------------
+@dataclass
+class _Done:
+    """What a worker sends back for a written case (the pixels stay in the files)."""
+    digest: str
+    dhash: int
+    shape: tuple
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(loader: Callable, folder: str) -> None:
+    # Ctrl-C reaches every process of the terminal's group: workers ignore it and the main process, which owns the
+    # temporary folder, stops them and cleans up.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER.update(loader=loader, folder=Path(folder))
+
+
+def _convert_case(case: Case, split: str, loader: Callable, folder: Path):
+    """Load -> grey image + 0/1 mask -> checks -> PNGs into ``folder``; a :class:`SkipCase` comes back as text."""
+    from dataset_conversion.writer import image_and_mask, write_case_files
+
+    try:
+        image, mask = loader(case)
+        if mask is not None:
+            check_same_size(np.asarray(image), np.asarray(mask), case.source or case.case_id, "its mask")
+        grey, label = image_and_mask(image, mask, name=case.source or case.case_id)
+        if case.lesion and not label.any():
+            raise SkipCase(f"{case.source or case.case_id}: the lesion mask is empty; expected a lesion "
+                           f"(class {case.class_name})")
+        if not case.lesion and label.any():
+            raise SkipCase(f"{case.source or case.case_id}: a normal image with a non-empty mask; expected none")
+        write_case_files(folder, case.case_id, split, grey, label)
+        return _Done(pixel_digest(grey), difference_hash(grey), grey.shape)
+    except SkipCase as e:
+        return str(e)
+
+
+def _convert_chunk(chunk: list) -> list:
+    return [_convert_case(case, split, _WORKER["loader"], _WORKER["folder"]) for case, split in chunk]
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ordered_results(work: Iterator, loader: Callable, folder: Path, num_processes: int, chunksize: int):
+    """(work item, result) in the order of ``work``; at most ``2 * num_processes`` chunks in flight, so memory
+    stays flat however long the source is."""
+    if num_processes <= 1:
+        for case, split in work:
+            yield (case, split), _convert_case(case, split, loader, folder)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # forkserver: workers start from a clean single-threaded server (no fork of a threaded parent), cheaper than
+    # spawn; spawn where it does not exist.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    executor = ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context(method),
+                                   initializer=_init_worker, initargs=(loader, str(folder)))
+    pending: deque = deque()
+    chunks = _chunks(work, chunksize)
+    try:
+        for chunk in chunks:
+            pending.append((chunk, executor.submit(_convert_chunk, chunk)))
+            if len(pending) >= 2 * num_processes:
+                break
+        while pending:
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool as e:
+                raise NnunetMtlError(
+                    f"a worker process died ({e}); out of memory, or a Python script that starts the conversion "
+                    f"without `if __name__ == '__main__':` (workers import the main module); rerun with -j 1") from e
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append((nxt, executor.submit(_convert_chunk, nxt)))
+            yield from zip(chunk, results)
+    finally:
+        # on any error or Ctrl-C: drop queued chunks and wait for the running ones, so no worker writes into the
+        # temporary folder after the writer removed it
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --- the main side ---------------------------------------------------------------------------------------
+def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: ConversionReport, *,
+            class_labels: dict[str, int], description: str = "", loader: Callable = load_files,
+            total: int | None = None, raw_root=None, chunksize: int = 4) -> Path:
+    """Convert ``cases`` into ``nnUNet_raw/DatasetNNN_Name`` (atomically) and fill ``report``; returns the folder.
+
+    Normal images are dropped or kept per ``options.normal``; duplicates as in the module docstring. Cases reach
+    the workers in chunks of ``chunksize`` (fewer round trips for small frames)."""
+    from tqdm import tqdm
+
+    from dataset_conversion.writer import RawDatasetWriter, summarize_cases
+
+    started = time.perf_counter()
+    if total is None and hasattr(cases, "__len__"):
+        total = len(cases)
+    report.options = {k: v for k, v in asdict(options).items() if k not in ("progress",)}
+    writer = RawDatasetWriter(options.dataset_id, options.name, class_labels, raw_root=raw_root,
+                              description=description, overwrite=options.overwrite,
+                              add_to_existing=options.add_to_existing)
+    report.dataset = writer.folder_name
+    dups = _Duplicates(writer, report)
+    added: list[dict] = []  # this run's rows
+    with writer, tqdm(total=total, desc=report.converter, unit="img", disable=not options.progress) as bar:
+        dups.load_existing()
+        rows: dict[str, dict] = {}
+
+        def work() -> Iterator[tuple[Case, str]]:
+            """Cases to convert, with their split; skips and normal images handled here, in the main process."""
+            for item in cases:
+                if isinstance(item, Skipped):
+                    report.skip(item.case, item.reason)
+                    bar.update(1)
+                    continue
+                if not item.lesion and options.normal == "exclude":
+                    report.skip(item.case_id, "normal image (no lesion) excluded; --normal include keeps it")
+                    bar.update(1)
+                    continue
+                split = item.split if options.split == "official" else options.split
+                if split is None:
+                    raise NnunetMtlError(f"case {item.case_id}: --as official but the converter gave no split")
+                if item.case_id in rows:
+                    raise ContractError(f"case id {item.case_id!r} comes twice from {report.source}; expected "
+                                        f"unique ids")
+                # validated before a worker writes a file named after it
+                rows[item.case_id] = writer.check_case(
+                    item.case_id, split=split, class_name=item.class_name, patient_id=item.patient_id,
+                    spacing_mm=item.spacing_mm, **item.clinical)
+                yield item, split
+
+        # closing(): the workers are stopped before the writer removes its temporary folder on an error
+        with closing(_ordered_results(work(), loader, writer.tmp, options.num_processes, chunksize)) as results:
+            for (case, split), result in results:
+                bar.update(1)
+                row = rows.pop(case.case_id)
+                if isinstance(result, str):
+                    report.skip(case.case_id, result)
+                elif dups.admit(case, split, result):
+                    writer.register_case(row)
+                    added.append(row)
+        added = [r for r in added if r["case_id"] in writer.case_ids]  # minus copies dropped as ambiguous later
+        if not added:
+            first = report.skipped[0]["reason"] if report.skipped else "the source lists no cases"
+            raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped; "
+                                 f"first: {first})")
+        dups.near_duplicates()
+        report.summary = writer.summary()
+        report.added = summarize_cases([(r["split"], r["class"]) for r in added], writer.class_labels)
+        report.seconds = time.perf_counter() - started
+        _write_report(writer.tmp / REPORT_FILE, report)
+    report.path = writer.path
+    return writer.path
+
+
+def _write_report(path: Path, report: ConversionReport) -> None:
+    runs = []
+    if path.is_file():  # --add-to-existing: the existing dataset's report was copied along
+        try:
+            runs = list(json.loads(path.read_text()).get("conversions", []))
+        except (json.JSONDecodeError, AttributeError):
+            runs = []
+    runs.append(report.to_dict())
+    path.write_text(json.dumps({"conversions": runs}, indent=1) + "\n")
+
+
+class _Duplicates:
+    """Exact-duplicate policy and near-duplicate listing (see the module docstring), in the main process."""
+
+    def __init__(self, writer, report: ConversionReport):
+        self.writer, self.report = writer, report
+        self.first: dict[str, dict] = {}  # digest -> {"case_id", "split", "class", "existing"}
+        self.groups: dict[str, dict] = {}  # digest -> report entry
+        self.ambiguous: set[str] = set()
+        self.kept: dict[str, tuple[str, int]] = {}  # case_id -> (patient, dhash)
+
+    def load_existing(self) -> None:
+        """Hashes of the cases already in the dataset (``--add-to-existing``): a copy of them is not added."""
+        from PIL import Image
+
+        from dataset_conversion.writer import case_file_paths
+
+        for row in self.writer.rows:
+            with Image.open(case_file_paths(self.writer.tmp, row["case_id"], row["split"])[0]) as im:
+                grey = np.asarray(im.convert("L"))
+            self.first[pixel_digest(grey)] = {"case_id": row["case_id"], "split": row["split"],
+                                              "class": row["class"], "existing": True}
+            self.kept[row["case_id"]] = (row["patient_id"], difference_hash(grey))
+
+    def admit(self, case: Case, split: str, done: _Done) -> bool:
+        """True: register the case. False: it was a duplicate; its files (and maybe the first copy's) are gone."""
+        first = self.first.get(done.digest)
+        if first is None:
+            self.first[done.digest] = {"case_id": case.case_id, "split": split, "class": case.class_name,
+                                       "existing": False}
+            self.kept[case.case_id] = (case.patient_id, done.dhash)
+            return True
+        self.writer.remove_case(case.case_id, split)
+        group = self.groups.get(done.digest)
+        if group is None:
+            group = self.groups[done.digest] = {"cases": [first["case_id"]], "classes": [first["class"]]}
+            self.report.duplicates.append(group)
+        group["cases"].append(case.case_id)
+        group["classes"].append(case.class_name)
+        if first["existing"]:
+            group["action"] = f"already in the dataset as {first['case_id']}; the new copy is skipped"
+        elif done.digest in self.ambiguous or first["class"] != case.class_name:
+            if done.digest not in self.ambiguous:  # drop the first copy too, once
+                self.writer.remove_case(first["case_id"], first["split"])
+                self.kept.pop(first["case_id"], None)
+                self.ambiguous.add(done.digest)
+            group["action"] = (f"identical images with different classes ({', '.join(sorted(set(group['classes'])))})"
+                               f": all dropped as ambiguous")
+        else:
+            group["action"] = f"identical images of one class: {first['case_id']} kept, later copies skipped"
+        return False
+
+    def near_duplicates(self) -> None:
+        ids = list(self.kept)
+        pairs = near_duplicate_pairs([self.kept[c][1] for c in ids], [self.kept[c][0] for c in ids])
+        self.report.near_duplicates_total = len(pairs)
+        self.report.near_duplicates = [{"a": ids[i], "b": ids[j], "distance": d}
+                                       for i, j, d in pairs[:REPORT_LIST_LIMIT]]

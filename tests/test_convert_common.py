@@ -1,0 +1,314 @@
+"""dataset_conversion.common: options, layout errors, parallel conversion, duplicates, report, atomicity."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_conversion import common
+from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, SkipCase,
+                                       add_common_arguments, class_labels_for, column_name, convert,
+                                       difference_hash, find_layout, load_files, merge_masks, near_duplicate_pairs,
+                                       options_from_args, read_image, spacing_mm)
+from nnunet_mtl.dataset.contract import load_raw_dataset
+from nnunet_mtl.errors import ContractError, NnunetMtlError
+
+LABELS = {"benign": 0, "malignant": 1}
+
+
+def _noise(seed, shape=(40, 48)):
+    """Random texture: distinct images get distant difference hashes (flat images would all hash alike)."""
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _mask(shape=(40, 48), box=(10, 20, 12, 30)):
+    m = np.zeros(shape, np.uint8)
+    m[box[0]:box[1], box[2]:box[3]] = 255
+    return m
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _case(src, name, image, cls="benign", patient=None, masks=None, lesion=True, **kw):
+    """Write the files of one source case and return its Case."""
+    img = _png(src / f"{name}.png", image)
+    if masks is None:
+        masks = [_mask(image.shape[:2])] if lesion else []
+    paths = tuple(_png(src / f"{name}_mask{i}.png", m) for i, m in enumerate(masks))
+    return Case(name, cls, patient or name, image=img, masks=paths, lesion=lesion, source=f"{name}.png", **kw)
+
+
+def _opts(**kw):
+    return ConvertOptions(**{"dataset_id": 9, "name": "Fx", "num_processes": 1, "progress": False, **kw})
+
+
+def _convert(cases, root, labels=LABELS, **kw):
+    report = ConversionReport("fixture", "src")
+    path = convert(cases, _opts(**kw), report, class_labels=labels, raw_root=root)
+    return path, report
+
+
+def _left(root):
+    return sorted(p.name for p in root.iterdir())
+
+
+# --- options, layout ----------------------------------------------------------------------------------------
+def test_common_arguments_defaults_and_resolution():
+    p = argparse.ArgumentParser()
+    add_common_arguments(p, 601, "BrEaST")
+    o = options_from_args(p.parse_args([]))
+    assert (o.dataset_id, o.name, o.split, o.normal, o.add_to_existing, o.overwrite) == (601, "BrEaST", "train",
+                                                                                          "exclude", False, False)
+    assert 1 <= o.num_processes <= 2 and o.progress
+    o = options_from_args(p.parse_args(["--add-to-existing", "-d", "5", "-j", "3", "--no-progress"]))
+    assert (o.split, o.dataset_id, o.num_processes, o.progress) == ("test", 5, 3, False)
+    assert options_from_args(p.parse_args(["--as", "test", "--normal", "include"])).normal == "include"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--as", "official"])  # only datasets with a published split offer it
+    q = argparse.ArgumentParser()
+    add_common_arguments(q, 1, "X", official_split=True)
+    assert options_from_args(q.parse_args([])).split == "official"
+    with pytest.raises(NnunetMtlError, match="--add-to-existing and --overwrite"):
+        options_from_args(p.parse_args(["--add-to-existing", "--overwrite"]))
+    with pytest.raises(NnunetMtlError, match="-j 0"):
+        options_from_args(p.parse_args(["-j", "0"]))
+
+
+def test_class_labels_for_normal():
+    assert class_labels_for(["benign", "malignant"], "exclude") == LABELS
+    assert class_labels_for(["benign", "malignant"], "include") == {"benign": 0, "malignant": 1, "normal": 2}
+
+
+def test_find_layout(tmp_path):
+    (tmp_path / "ds" / "inner" / "original").mkdir(parents=True)
+    (tmp_path / "ds" / "inner" / "sheet.xlsx").write_bytes(b"")
+    found = find_layout(tmp_path / "ds", ["original/", "*.xlsx"], dataset="X", expected="original/ and a sheet")
+    assert found == tmp_path / "ds" / "inner"  # one level down, as archives often unpack
+    with pytest.raises(NnunetMtlError) as e:
+        find_layout(tmp_path / "ds" / "inner" / "original", ["original/", "*.xlsx"], dataset="X",
+                    expected="original/NNN.png and a sheet")
+    msg = str(e.value)
+    assert "\n" not in msg and "original" in msg and "expected original/NNN.png and a sheet" in msg
+    with pytest.raises(NnunetMtlError, match="is not a folder; expected the X folder"):
+        find_layout(tmp_path / "missing", ["a/"], dataset="X", expected="a/")
+
+
+def test_helpers(tmp_path):
+    assert column_name("Pixel_size") == "pixel_size" and column_name("CaseID") == "case_id"
+    assert column_name("Tissue composition ") == "tissue_composition"
+    assert spacing_mm(0.0078125, "cm") == (0.078125, 0.078125) and spacing_mm(None) is None
+    a, b = _mask(), _mask(box=(0, 5, 0, 5))
+    merged = merge_masks([a, b > 0], ["a.png", "b.png"])
+    assert merged.dtype == np.uint8 and merged.sum() == (a > 0).sum() + 25  # logical OR
+    with pytest.raises(SkipCase, match="c.png is 10x9 px but a.png is 48x40; expected a mask of the image's size"):
+        merge_masks([a, np.zeros((9, 10), np.uint8)], ["a.png", "c.png"])
+    one_bit = tmp_path / "m.png"
+    Image.fromarray(_mask() > 0).save(one_bit)
+    assert read_image(one_bit).dtype == bool
+    with pytest.raises(SkipCase, match="nope.png does not exist"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(SkipCase, match="bad.png is not a readable image"):
+        read_image(tmp_path / "bad.png")
+    report = ConversionReport("x", "y")
+    assert report.number("c", "Age", "57", integer=True, low=0, high=120) == 57
+    assert report.number("c", "Age", "not available") is None and report.number("c", "Age", None) is None
+    assert report.number("c", "Age", 2005, low=0, high=120) is None
+    assert report.number("c", "Pixel", "0,5") == 0.5
+    assert report.number("c", "Age", "old") is None
+    assert [b["value"] for b in report.bad_values] == [2005, "old"]
+
+
+def test_near_duplicate_pairs_and_hash():
+    a = _noise(1, (64, 64))
+    brighter = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    ha, hb, hc = difference_hash(a), difference_hash(brighter), difference_hash(_noise(2, (64, 64)))
+    assert bin(ha ^ hb).count("1") <= 8 < bin(ha ^ hc).count("1")
+    assert near_duplicate_pairs([ha, hb, hc], ["p1", "p2", "p3"]) == [(0, 1, bin(ha ^ hb).count("1"))]
+    assert near_duplicate_pairs([ha, hb, hc], ["p1", "p1", "p3"]) == []  # one patient: expected, not listed
+
+
+# --- conversion ------------------------------------------------------------------------------------------
+def test_convert_writes_dataset_and_report(tmp_path):
+    src, root = tmp_path / "src", tmp_path / "raw"
+    rgba = np.dstack([_noise(3)] * 3 + [np.full((40, 48), 255, np.uint8)])
+    rgba[:, :8, 3] = 0  # transparent strip with non-zero colour underneath
+    cases = [_case(src, "c1", _noise(1), "benign", spacing_mm=(0.1, 0.1), clinical={"age": 50}),
+             _case(src, "c2", rgba, "malignant", masks=[_mask(), _mask(box=(0, 4, 0, 4))]),
+             Skipped("c9", "no class in the sheet")]
+    path, report = _convert(cases, root)
+    raw = load_raw_dataset(path)
+    assert raw.cases["case_id"].tolist() == ["c1", "c2"] and raw.cases["age"].tolist() == ["50", ""]
+    image = np.array(Image.open(path / "imagesTr" / "c2_0000.png"))
+    assert image.ndim == 2 and (image[:, :8] == 0).all() and image[:, 8:].any()
+    label = np.array(Image.open(path / "labelsTr" / "c2.png"))
+    assert set(np.unique(label)) == {0, 1} and label.sum() == 10 * 18 + 16  # both masks merged
+    doc = json.loads((path / common.REPORT_FILE).read_text())
+    run = doc["conversions"][0]
+    assert run["skipped"] == [{"case": "c9", "reason": "no class in the sheet"}]
+    assert run["counts"]["train"] == {"benign": 1, "malignant": 1} and run["options"]["normal"] == "exclude"
+    text = report.format()
+    assert "c9: no class in the sheet" in text and "total" in text and str(path) in text
+    assert _left(root) == ["Dataset009_Fx"]
+
+
+def test_case_problems_are_skipped_with_reasons(tmp_path):
+    src = tmp_path / "src"
+    ok = _case(src, "ok", _noise(1))
+    missing = Case("gone", "benign", "p", image=src / "gone.png", masks=(src / "gone_m.png",), source="gone.png")
+    wrong = _case(src, "wrong", _noise(2), masks=[_mask((30, 30))])
+    empty = _case(src, "empty", _noise(3), masks=[np.zeros((40, 48), np.uint8)])
+    path, report = _convert([ok, missing, wrong, empty], tmp_path / "raw")
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert set(reasons) == {"gone", "wrong", "empty"}
+    assert "gone.png does not exist" in reasons["gone"]
+    assert "wrong_mask0.png is 30x30 px but" in reasons["wrong"] and "wrong.png is 48x40" in reasons["wrong"]
+    assert "lesion mask is empty" in reasons["empty"]
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["ok"]
+    assert sorted(p.name for p in (path / "imagesTr").iterdir()) == ["ok_0000.png"]  # no stray files
+
+
+@pytest.mark.parametrize("normal", ["exclude", "include"])
+def test_normal_include_exclude(tmp_path, normal):
+    src = tmp_path / "src"
+    cases = [_case(src, "l", _noise(1)), _case(src, "n", _noise(2), "normal", lesion=False)]
+    path, report = _convert(cases, tmp_path / "raw", class_labels_for(["benign", "malignant"], normal),
+                            normal=normal)
+    raw = load_raw_dataset(path)
+    if normal == "exclude":
+        assert raw.cases["case_id"].tolist() == ["l"] and "normal" not in raw.class_labels
+        assert "--normal include" in report.skipped[0]["reason"]
+    else:
+        assert raw.cases["class"].tolist() == ["benign", "normal"] and raw.class_labels["normal"] == 2
+        assert not np.array(Image.open(path / "labelsTr" / "n.png")).any()
+
+
+def test_exact_duplicates_policy(tmp_path):
+    src = tmp_path / "src"
+    img, other = _noise(1), _noise(2)
+    cases = [_case(src, "a1", img, "benign"), _case(src, "a2", img.copy(), "benign"),      # same class: keep a1
+             _case(src, "b1", other, "benign"), _case(src, "b2", other, "malignant"),      # different: drop all
+             _case(src, "b3", other, "benign"), _case(src, "c", _noise(3), "malignant")]
+    path, report = _convert(cases, tmp_path / "raw")
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["a1", "c"]
+    assert sorted(p.name for p in (path / "labelsTr").iterdir()) == ["a1.png", "c.png"]
+    groups = {tuple(d["cases"]): d["action"] for d in report.duplicates}
+    assert "a1 kept" in groups[("a1", "a2")]
+    assert "all dropped as ambiguous" in groups[("b1", "b2", "b3")]
+
+
+def test_near_duplicates_listed_not_removed(tmp_path):
+    src = tmp_path / "src"
+    img = _noise(1)
+    near = img.copy()
+    near[0, 0] ^= 1  # one pixel differs: not an exact duplicate
+    cases = [_case(src, "x", img, patient="p1"), _case(src, "y", near, patient="p2"),
+             _case(src, "z", near.T.copy(), patient="p3", masks=[_mask((48, 40), (1, 9, 1, 9))])]
+    path, report = _convert(cases, tmp_path / "raw")
+    assert len(load_raw_dataset(path).cases) == 3
+    assert report.near_duplicates_total == 1 and report.near_duplicates[0]["a"] == "x"
+    assert report.near_duplicates[0]["b"] == "y" and not report.duplicates
+
+
+def test_existing_dataset_not_overwritten_and_overwrite(tmp_path):
+    src, root = tmp_path / "src", tmp_path / "raw"
+    path, _ = _convert([_case(src, "a", _noise(1))], root)
+    before = (path / "cases.csv").read_bytes()
+    with pytest.raises(ContractError, match="already exists .*--overwrite"):
+        _convert([_case(src, "b", _noise(2))], root)
+    assert (path / "cases.csv").read_bytes() == before and _left(root) == ["Dataset009_Fx"]
+    _convert([_case(src, "b", _noise(2))], root, overwrite=True)
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["b"]
+
+
+def test_as_test_and_add_to_existing(tmp_path):
+    src, root = tmp_path / "src", tmp_path / "raw"
+    test_only, _ = _convert([_case(src, "t", _noise(1))], tmp_path / "raw_t", split="test")
+    assert load_raw_dataset(test_only).cases["split"].tolist() == ["test"]
+    assert (test_only / "imagesTs" / "t_0000.png").is_file()
+
+    path, _ = _convert([_case(src, "a", _noise(1)), _case(src, "b", _noise(2))], root)
+    extra = [_case(src, "x", _noise(3), "malignant"), _case(src, "copy_of_a", _noise(1))]
+    added, report = _convert(extra, root, add_to_existing=True, split="test", name="Other")
+    assert added == path  # the existing folder keeps its name
+    raw = load_raw_dataset(path)
+    assert raw.cases[["case_id", "split"]].values.tolist() == [["a", "train"], ["b", "train"], ["x", "test"]]
+    assert "already in the dataset as a" in report.duplicates[0]["action"]  # leakage check against the train set
+    runs = json.loads((path / common.REPORT_FILE).read_text())["conversions"]
+    assert len(runs) == 2 and runs[1]["added"]["test"] == {"benign": 0, "malignant": 1}
+    with pytest.raises(ContractError, match="expected the same classes"):
+        _convert(extra, root, class_labels_for(["benign", "malignant"], "include"), add_to_existing=True)
+    assert _left(root) == ["Dataset009_Fx"]
+
+
+def test_no_case_converted_is_an_error(tmp_path):
+    with pytest.raises(NnunetMtlError, match="no case could be converted .*first: unusable"):
+        _convert([Skipped("a", "unusable")], tmp_path)
+    assert _left(tmp_path) == []
+
+
+def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    src, root = tmp_path / "src", tmp_path / "raw"
+    cases = [_case(src, f"c{i}", _noise(i)) for i in range(6)]
+    real = common.read_image
+
+    def failing(path):
+        if "c3" in str(path):
+            raise RuntimeError("disk on fire")
+        return real(path)
+
+    monkeypatch.setattr(common, "read_image", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        _convert(cases, root)
+    assert _left(root) == []  # no dataset, no temporary folder
+
+    monkeypatch.setattr(common, "read_image", lambda p: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if "c2" in str(p) else real(p))
+    with pytest.raises(KeyboardInterrupt):
+        _convert(cases, root)
+    assert _left(root) == []
+
+
+def failing_loader(case):
+    """A loader for the worker processes (module level: it is pickled)."""
+    if case.case_id == "c5":
+        raise RuntimeError("worker failed")
+    return load_files(case)
+
+
+def test_parallel_order_and_failures(tmp_path, monkeypatch):
+    src, root = tmp_path / "src", tmp_path / "raw"
+    cases = [_case(src, f"c{i}", _noise(i), "benign" if i % 2 else "malignant") for i in range(12)]
+    serial, _ = _convert(cases, tmp_path / "serial")
+    parallel, _ = _convert(cases, root, num_processes=2)
+    assert (serial / "cases.csv").read_bytes() == (parallel / "cases.csv").read_bytes()  # deterministic order
+    files = sorted(p.relative_to(parallel) for p in parallel.rglob("*.png"))
+    assert files == sorted(p.relative_to(serial) for p in serial.rglob("*.png"))
+    assert all((parallel / f).read_bytes() == (serial / f).read_bytes() for f in files)
+
+    report = ConversionReport("fixture", "src")
+    with pytest.raises(RuntimeError, match="worker failed"):
+        convert(cases, _opts(num_processes=2, overwrite=True), report, class_labels=LABELS, raw_root=root,
+                loader=failing_loader, chunksize=2)
+    assert _left(root) == ["Dataset009_Fx"]  # the old dataset is kept, no temporary folder
+    calls = []
+
+    def interrupt(self, case, split, done):  # Ctrl-C in the main process while workers run
+        calls.append(case.case_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return True
+
+    monkeypatch.setattr(common._Duplicates, "admit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        convert(cases, _opts(num_processes=2, overwrite=True), ConversionReport("f", "s"), class_labels=LABELS,
+                raw_root=root, chunksize=1)
+    assert _left(root) == ["Dataset009_Fx"]
+    assert load_raw_dataset(root / "Dataset009_Fx").cases["case_id"].tolist()[:2] == ["c0", "c1"]
