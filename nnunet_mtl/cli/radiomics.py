@@ -1,0 +1,30 @@
+"""``nnunet_mtl radiomics``: compute and cache the clinical-guidance radiomics targets of a dataset."""
+from __future__ import annotations
+
+from nnunet_mtl.paths import find_dataset_folder, preprocessed_root, raw_root
+from nnunet_mtl.radiomics.features import DEFAULT_FEATURES
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "radiomics", help="compute the 13 TI-RADS-aligned radiomics targets of every training case (cached)",
+        description="Computes the radiomics targets used by nnUNetTrainerClinGuided / nnUNetTrainerRLAR from the "
+                    "raw images and ground-truth masks, in parallel, and caches them in "
+                    "nnUNet_preprocessed/DatasetNNN_X/radiomics_targets.csv. Reruns compute only new or changed "
+                    "cases. Definitions: README, 'Clinical guidance'.")
+    p.add_argument("-d", required=True, help="dataset id or name")
+    p.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES),
+                   help="feature names (default: the paper's 13)")
+    p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nnunet_mtl.radiomics.cache import CACHE_NAME, compute_dataset_radiomics
+    raw = find_dataset_folder(args.d, raw_root())
+    cache = preprocessed_root() / raw.name / CACHE_NAME
+    table, computed = compute_dataset_radiomics(raw, cache, args.features, num_processes=args.np)
+    print(f"{len(table)} training cases ({int(table['has_lesion'].sum())} with a lesion), "
+          f"{computed} computed now, {len(table) - computed} from the cache")
+    print(f"wrote {cache}")
+    return 0

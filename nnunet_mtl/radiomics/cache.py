@@ -1,0 +1,119 @@
+"""Radiomics targets of a whole dataset, computed in parallel and cached beside the preprocessed data.
+
+The cache is ``nnUNet_preprocessed/DatasetNNN_X/radiomics_targets.csv`` (next to splits_final.json, not inside
+nnUNetPlans_2d, whose dataset class expects one file type). Each row keeps a hash of the case's image and mask
+files and of the feature settings: a rerun computes only cases that are new or changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.radiomics.features import (DEFAULT_FEATURES, PYRADIOMICS_SETTINGS, check_feature_names,
+                                           radiomics_targets)
+
+CACHE_NAME = "radiomics_targets.csv"
+SETTINGS_VERSION = 1  # bump when a feature definition changes: every cached row is then recomputed
+
+
+def _settings_tag(features) -> str:
+    return json.dumps({"features": list(features), "pyradiomics": PYRADIOMICS_SETTINGS, "v": SETTINGS_VERSION},
+                      sort_keys=True)
+
+
+def _case_hash(image_path: Path, label_path: Path, settings: str) -> str:
+    h = hashlib.sha1(settings.encode())
+    for p in (image_path, label_path):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _read_grey(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im)
+    except Exception:
+        raise NnunetMtlError(f"image {path} is not readable")
+
+
+def _compute_one(job):
+    case_id, image_path, label_path, features = job
+    image, mask = _read_grey(Path(image_path)), _read_grey(Path(label_path))
+    if image.shape != mask.shape:
+        raise NnunetMtlError(f"{image_path} is {image.shape} but its mask {label_path} is {mask.shape}")
+    return case_id, radiomics_targets(image, mask, features)
+
+
+def compute_dataset_radiomics(raw_folder: Path, cache_csv: Path, features=DEFAULT_FEATURES, num_processes: int = 2,
+                              progress: bool = True) -> tuple[pd.DataFrame, int]:
+    """Targets for every training case of the raw dataset, and how many were computed now (the rest came from
+    cached rows whose inputs did not change)."""
+    from nnunet_mtl.dataset.contract import load_raw_dataset
+    features = check_feature_names(features)
+    raw = load_raw_dataset(raw_folder, check_files=True)
+    settings = _settings_tag(features)
+    train = raw.cases_in_split("train")
+    cached = {}
+    if cache_csv.is_file():
+        old = pd.read_csv(cache_csv, dtype={"case_id": str, "input_hash": str})
+        if all(f in old.columns for f in features):
+            cached = {r["case_id"]: r for _, r in old.iterrows()}
+    rows, jobs = [], []
+    for case in train["case_id"]:
+        image = raw.folder / "imagesTr" / f"{case}_0000.png"
+        label = raw.folder / "labelsTr" / f"{case}.png"
+        digest = _case_hash(image, label, settings)
+        if case in cached and cached[case]["input_hash"] == digest:
+            rows.append({"case_id": case, "input_hash": digest, **{f: cached[case][f] for f in features}})
+        else:
+            jobs.append((case, str(image), str(label), features))
+            rows.append({"case_id": case, "input_hash": digest})
+    if jobs:
+        results = {}
+        with get_context("spawn").Pool(max(1, num_processes)) as pool, \
+                tqdm(total=len(jobs), desc="radiomics", unit="case", disable=not progress) as bar:
+            for case, values in pool.imap_unordered(_compute_one, jobs, chunksize=4):
+                results[case] = values
+                bar.update()
+        for row in rows:
+            if row["case_id"] in results:
+                row.update(results[row["case_id"]])
+    table = pd.DataFrame(rows, columns=["case_id", "input_hash", *features])
+    table.insert(2, "has_lesion", table[list(features)].notna().all(axis=1).astype(int))
+    cache_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_csv.with_name(cache_csv.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(cache_csv)
+    return table, len(jobs)
+
+
+def load_targets(cache_csv: Path, features) -> dict[str, np.ndarray]:
+    """case id -> feature vector (NaN entries for cases without a lesion)."""
+    if not cache_csv.is_file():
+        raise NnunetMtlError(f"{cache_csv} does not exist; compute it with: nnunet_mtl radiomics -d DATASET")
+    table = pd.read_csv(cache_csv, dtype={"case_id": str})
+    missing = [f for f in features if f not in table.columns]
+    if missing:
+        raise NnunetMtlError(f"{cache_csv} lacks feature(s) {', '.join(missing)}; recompute with nnunet_mtl radiomics")
+    values = table[list(features)].to_numpy(dtype=np.float64)
+    return dict(zip(table["case_id"], values))
+
+
+def standardization(targets: dict[str, np.ndarray], train_keys) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each feature over the training fold's cases with a lesion only (no validation leakage);
+    a constant feature gets std 1 so it standardizes to 0 instead of NaN."""
+    rows = np.stack([targets[k] for k in train_keys if k in targets and np.isfinite(targets[k]).all()]) \
+        if any(k in targets and np.isfinite(targets[k]).all() for k in train_keys) else None
+    if rows is None:
+        raise NnunetMtlError("no training case of this fold has a lesion; clinical guidance needs radiomics targets")
+    mean, std = rows.mean(0), rows.std(0)
+    std[~(std > 1e-12)] = 1.0
+    return mean, std

@@ -1,0 +1,162 @@
+"""The 13 radiomics targets (thyroid paper Sec. 2.2): against pyradiomics, shape sanity, our own definitions by
+hand, the cache (recomputes only what changed) and training-fold standardization."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.radiomics.cache import CACHE_NAME, compute_dataset_radiomics, load_targets, standardization
+from nnunet_mtl.radiomics.features import (DEFAULT_FEATURES, PYRADIOMICS_FEATURES, aspect_ratio, edge_contrast,
+                                           edge_sharpness, radiomics_targets)
+
+YY, XX = np.mgrid[:96, :96]
+
+
+def ellipse(cy=48, cx=48, ry=20, rx=20):
+    return ((YY - cy) / ry) ** 2 + ((XX - cx) / rx) ** 2 < 1
+
+
+def textured(mask, seed=0):
+    rng = np.random.default_rng(seed)
+    return (40 + 50 * rng.random(mask.shape) + 70 * mask).astype(np.uint8)
+
+
+def test_the_paper_has_13_features():
+    assert len(DEFAULT_FEATURES) == 13 and len(set(DEFAULT_FEATURES)) == 13
+
+
+def test_pyradiomics_features_equal_pyradiomics_itself():
+    """Every feature pyradiomics defines is pyradiomics' value on the same image and mask (an extractor built
+    here independently, with the settings the README documents)."""
+    import radiomics
+    import SimpleITK as sitk
+    from radiomics import featureextractor
+    radiomics.setVerbosity(logging.ERROR)
+    mask = ellipse(ry=25, rx=14) | ellipse(cy=30, cx=60, ry=8, rx=8)
+    image = textured(mask, seed=1)
+    ours = radiomics_targets(image, mask)
+    extractor = featureextractor.RadiomicsFeatureExtractor(force2D=True, binCount=32)
+    extractor.disableAllFeatures()
+    extractor.enableFeatureClassByName("shape2D")
+    extractor.enableFeatureClassByName("firstorder")
+    extractor.enableFeatureClassByName("glcm")
+    ref = extractor.execute(sitk.GetImageFromArray(image.astype(np.float32)[None]),
+                            sitk.GetImageFromArray(mask.astype(np.uint8)[None]))
+    for name, (cls, feat) in PYRADIOMICS_FEATURES.items():
+        assert ours[name] == pytest.approx(float(ref[f"original_{cls}_{feat}"]), rel=1e-9, abs=1e-12), name
+    # ellipticity (ours) from pyradiomics' own moment axes and area
+    expected = float(ref["original_shape2D_PixelSurface"]) / (
+        np.pi / 4 * float(ref["original_shape2D_MajorAxisLength"]) * float(ref["original_shape2D_MinorAxisLength"]))
+    assert ours["ellipticity"] == pytest.approx(expected)
+
+
+def test_shape_sanity():
+    disk = radiomics_targets(textured(ellipse()), ellipse())
+    assert disk["circularity"] > 0.9 and disk["elongation"] == pytest.approx(1.0, abs=0.02)
+    assert disk["ellipticity"] == pytest.approx(1.0, abs=0.02) and disk["aspect_ratio"] == pytest.approx(1.0)
+    tall = radiomics_targets(textured(ellipse(ry=30, rx=12)), ellipse(ry=30, rx=12))
+    wide = radiomics_targets(textured(ellipse(ry=12, rx=30)), ellipse(ry=12, rx=30))
+    assert tall["aspect_ratio"] > 2 and wide["aspect_ratio"] < 0.5  # taller-than-wide is > 1
+    assert tall["circularity"] < disk["circularity"] and tall["elongation"] < 0.5
+    # a lobulated outline fills less of its equal-moment ellipse than an ellipse does
+    angle = np.arctan2(YY - 48, XX - 48)
+    radius = np.hypot(YY - 48, XX - 48)
+    star = radius < 22 + 8 * np.cos(6 * angle)
+    assert radiomics_targets(textured(star), star)["ellipticity"] < 0.95
+
+
+def test_aspect_ratio_is_rows_over_columns_of_the_extent():
+    mask = np.zeros((20, 20), bool)
+    mask[2:12, 5:9] = True  # 10 rows x 4 columns
+    assert aspect_ratio(mask) == pytest.approx(2.5)
+
+
+def test_edge_contrast_by_hand():
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    image = np.where(mask, 200.0, 50.0)
+    from scipy import ndimage
+    inner = mask.sum() - 14 * 14  # 3-px ring inside the 20x20 square
+    outer = (ndimage.binary_dilation(mask, iterations=3) & ~mask).sum()  # 3-px ring outside (cross element)
+    values = np.concatenate([np.full(inner, 200.0), np.full(outer, 50.0)])
+    assert edge_contrast(image, mask) == pytest.approx((50 - 200) / (values.std() + 1e-6))
+    assert edge_contrast(np.where(mask, 50.0, 200.0), mask) > 0  # darker lesion than surroundings: positive
+
+
+def test_edge_sharpness_prefers_sharp_boundaries():
+    from scipy import ndimage
+    mask = ellipse()
+    sharp = np.where(mask, 200.0, 50.0)
+    blurred = ndimage.gaussian_filter(sharp, 4)
+    assert edge_sharpness(sharp, mask) > 2 * edge_sharpness(blurred, mask)
+    assert edge_sharpness(np.full(mask.shape, 90.0), mask) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_no_lesion_gives_nan_targets():
+    values = radiomics_targets(np.zeros((32, 32), np.uint8), np.zeros((32, 32), bool))
+    assert set(values) == set(DEFAULT_FEATURES) and all(np.isnan(v) for v in values.values())
+
+
+def test_feature_list_is_configurable_and_checked():
+    values = radiomics_targets(textured(ellipse()), ellipse(), ["aspect_ratio", "mean"])
+    assert list(values) == ["aspect_ratio", "mean"]
+    with pytest.raises(NnunetMtlError, match="unknown radiomics feature.*roundness"):
+        radiomics_targets(textured(ellipse()), ellipse(), ["roundness"])
+
+
+def _raw_dataset(root, n=6):
+    """A minimal raw dataset (contract layout): n training cases, the last one without a lesion, one test case."""
+    from dataset_conversion.writer import RawDatasetWriter
+    with RawDatasetWriter(900, "Radio", {"benign": 0, "malignant": 1}, raw_root=root) as w:
+        for i in range(n):
+            mask = ellipse(ry=10 + 2 * i, rx=14) if i < n - 1 else np.zeros(YY.shape, bool)
+            w.add_case(f"c{i}", textured(mask, i), mask, split="train", class_name="benign" if i % 2 else "malignant",
+                       patient_id=f"p{i}")
+        w.add_case("t0", textured(ellipse(), 9), ellipse(), split="test", class_name="benign", patient_id="pt")
+    return w.path
+
+
+def test_cache_recomputes_only_what_changed(tmp_path):
+    raw = _raw_dataset(tmp_path / "raw")
+    cache = tmp_path / "pre" / CACHE_NAME
+    table, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 6 and list(table["case_id"]) == [f"c{i}" for i in range(6)]  # training cases only
+    assert table["has_lesion"].tolist() == [1, 1, 1, 1, 1, 0]
+    assert table.loc[5, list(DEFAULT_FEATURES)].isna().all()
+    _, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 0
+    # change one mask: only that case is recomputed, and its targets change
+    label = raw / "labelsTr" / "c1.png"
+    Image.fromarray(ellipse(ry=30, rx=10).astype(np.uint8)).save(label)
+    table2, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 1
+    assert table2.loc[1, "aspect_ratio"] > 2 and table2.loc[0, "aspect_ratio"] == table.loc[0, "aspect_ratio"]
+    targets = load_targets(cache, DEFAULT_FEATURES)
+    assert targets["c1"][DEFAULT_FEATURES.index("aspect_ratio")] == pytest.approx(table2.loc[1, "aspect_ratio"])
+    with pytest.raises(NnunetMtlError, match="lacks feature"):
+        load_targets(cache, ["glcm_imc2"])
+
+
+def test_standardization_uses_training_fold_lesions_only():
+    targets = {"a": np.array([1.0, 5.0]), "b": np.array([3.0, 5.0]), "n": np.array([np.nan, np.nan]),
+               "val": np.array([100.0, -7.0])}
+    mean, std = standardization(targets, ["a", "b", "n"])
+    assert mean == pytest.approx([2.0, 5.0]) and std == pytest.approx([1.0, 1.0])  # constant feature: std 1
+    with pytest.raises(NnunetMtlError, match="no training case"):
+        standardization(targets, ["n"])
+
+
+def test_radiomics_command(tmp_path, monkeypatch, capsys):
+    from nnunet_mtl.cli.main import main
+    raw_root = tmp_path / "raw"
+    _raw_dataset(raw_root)
+    monkeypatch.setenv("nnUNet_raw", str(raw_root))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert main(["radiomics", "-d", "900", "-np", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "6 training cases (5 with a lesion), 6 computed now" in out
+    table = pd.read_csv(tmp_path / "pre" / "Dataset900_Radio" / CACHE_NAME)
+    assert len(table) == 6
