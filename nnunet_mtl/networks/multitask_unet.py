@@ -98,11 +98,9 @@ class MultitaskUNet(nn.Module):
         logits, embedding = self.cls_head(skips[-1])
         return {"seg": seg, "logits": logits, "embedding": embedding, "skips": skips}
 
-    def forward_from_skips(self, skips: list[torch.Tensor]):
-        """Decoder and head on given encoder outputs (used when a trainer needs gradients at a stage output)."""
-        seg = self.decoder(skips)
-        logits, embedding = self.cls_head(skips[-1])
-        return {"seg": seg, "logits": logits, "embedding": embedding, "skips": skips}
+    @property
+    def num_stages(self) -> int:
+        return len(self.encoder.stages)
 
 
 def head_config_from_plans(plans: dict) -> HeadConfig:

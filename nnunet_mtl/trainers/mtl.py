@@ -267,14 +267,17 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 **{f"{k}_loss": v.detach().float().cpu().numpy() for k, v in losses.items()}}
 
     def backward_and_step(self, total: torch.Tensor) -> None:
+        (self.grad_scaler.scale(total) if self.grad_scaler is not None else total).backward()
+        self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        """nnU-Net's step on gradients already in .grad (scaled when AMP is on): unscale, clip at 12, step."""
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            total.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
 
@@ -287,6 +290,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     def log_extra_train_losses(self, outputs: dict) -> None:
         """Subclasses log their extra per-epoch training values here."""
+
+    def extra_validation_outputs(self, output: dict, keys) -> dict:
+        """Subclasses add per-batch validation values (collated and handed to log_extra_validation)."""
+        return {}
+
+    def log_extra_validation(self, outputs: dict) -> None:
+        """Subclasses log their extra per-epoch validation values here."""
 
     # ------------------------------------------------------------------ validation (online, on random patches)
     def validation_step(self, batch: dict) -> dict:
@@ -304,7 +314,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         axes = [0] + list(range(2, seg.ndim))
         tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, seg_target, axes=axes, mask=None)
         probs = torch.softmax(output["logits"].float(), 1).detach().cpu().numpy()
-        return {"loss": seg_loss.detach().cpu().numpy(),
+        return {**self.extra_validation_outputs(output, batch["keys"]),
+                "loss": seg_loss.detach().cpu().numpy(),
                 "tp_hard": tp.detach().cpu().numpy()[1:], "fp_hard": fp.detach().cpu().numpy()[1:],
                 "fn_hard": fn.detach().cpu().numpy()[1:],
                 "cls_loss": cls_loss.detach().cpu().numpy(),
@@ -320,6 +331,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.logger.log("val_macro_f1", scores["macro_f1"], self.current_epoch)
         self.logger.log("val_auc", scores["auc"], self.current_epoch)
         self.logger.log("val_balanced_accuracy", scores["balanced_accuracy"], self.current_epoch)
+        self.log_extra_validation(outputs)
         cls_score = scores["auc"] if np.isfinite(scores["auc"]) else scores["balanced_accuracy"]
         dice = self.logger.get_value("mean_fg_dice", step=-1)
         score = self.selection_seg_weight * dice + (1 - self.selection_seg_weight) * cls_score
@@ -339,6 +351,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.print_to_log_file("Pseudo dice", [np.round(i, 4) for i in get("dice_per_class_or_region")])
         self.print_to_log_file(f"val AUC {get('val_auc'):.4f}  macro F1 {get('val_macro_f1'):.4f}  "
                                f"balanced acc {get('val_balanced_accuracy'):.4f}")
+        extras = [f"{k} {get(k):.4f}" for k in self.extra_logging_keys()]
+        if extras:
+            self.print_to_log_file("  ".join(extras))
         self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps') - get('epoch_start_timestamps'), 2)} s")
 
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):

@@ -22,6 +22,7 @@ MTL_KEYS = (
 class MultitaskLocalLogger(LocalLogger):
     def __init__(self, verbose: bool = False, extra_keys: tuple[str, ...] = ()):
         super().__init__(verbose)
+        self.extra_keys = tuple(extra_keys)
         for key in (*MTL_KEYS, *extra_keys):
             self.my_fantastic_logging.setdefault(key, [])
 
@@ -46,6 +47,9 @@ class MultitaskLocalLogger(LocalLogger):
         ax.plot(x, log["train_seg_losses"][:epoch + 1], color="b", ls="--", label="loss_tr segmentation")
         ax.plot(x, log["train_cls_losses"][:epoch + 1], color="b", ls=":", label="loss_tr classification")
         ax.plot(x, log["val_cls_losses"][:epoch + 1], color="r", ls=":", label="loss_val classification")
+        for key in self.extra_keys:  # the subclass' losses (clinical guidance, RLAR penalty ...)
+            ax.plot(x, log[key][:epoch + 1], color="b" if key.startswith("train") else "r", ls="-.", alpha=0.7,
+                    label=key)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.legend(loc="upper left")

@@ -1,0 +1,170 @@
+"""RLAR (thyroid paper Eq. 4-7): the penalty by hand, its gradient into the encoder, and the fast training step
+against the straightforward one."""
+import math
+
+import pytest
+import torch
+
+from nnunet_mtl.losses import clinical_guidance_loss, rlar_penalty
+from nnunet_mtl.networks.multitask_unet import HeadConfig, MultitaskUNet
+from nnunet_mtl.trainers.rlar_step import rlar_backward, rlar_penalty_at
+from tests.test_network import make_unet
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_penalty_by_hand_two_tasks():
+    a = t([1.0, 0.0], [1.0, 2.0], [3.0, -1.0])
+    b = t([0.0, 5.0], [2.0, 4.0], [-6.0, 2.0])  # orthogonal, parallel, anti-parallel
+    assert rlar_penalty([a, b]).item() == pytest.approx((0 + 1 + 1) / 3)
+    # 45 degrees: |cos| = 1/sqrt(2)
+    assert rlar_penalty([t([1.0, 0.0]), t([1.0, 1.0])]).item() == pytest.approx(1 / math.sqrt(2))
+
+
+def test_penalty_three_tasks_is_mean_over_unordered_pairs():
+    g1, g2, g3 = t([1.0, 0.0, 0.0]), t([1.0, 1.0, 0.0]), t([0.0, 0.0, 2.0])
+    # pairs: (1,2) 1/sqrt2, (1,3) 0, (2,3) 0
+    assert rlar_penalty([g1, g2, g3]).item() == pytest.approx((1 / math.sqrt(2)) / 3)
+
+
+def test_penalty_flattens_each_sample():
+    a = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    b = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    by_hand = torch.stack([torch.nn.functional.cosine_similarity(a[i].flatten(), b[i].flatten(), dim=0).abs()
+                           for i in range(4)]).mean()
+    assert rlar_penalty([a, b]).item() == pytest.approx(by_hand.item())
+    assert rlar_penalty([a, -3 * a]).item() == pytest.approx(1.0)  # scale- and sign-free
+
+
+def test_zero_gradient_sample_contributes_zero_and_stays_finite():
+    a = t([0.0, 0.0], [1.0, 0.0]).requires_grad_()
+    b = t([1.0, 1.0], [1.0, 0.0]).requires_grad_()
+    p = rlar_penalty([a, b])
+    assert p.item() == pytest.approx((0 + 1) / 2)
+    p.backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    zero = torch.zeros(3, 4, requires_grad=True)
+    p0 = rlar_penalty([zero, zero * 2, zero + 0])
+    p0.backward()
+    assert p0.item() == 0.0 and torch.isfinite(zero.grad).all()
+
+
+def test_penalty_input_checks():
+    with pytest.raises(ValueError, match="at least two"):
+        rlar_penalty([torch.ones(2, 3)])
+    with pytest.raises(ValueError, match="one shape"):
+        rlar_penalty([torch.ones(2, 3), torch.ones(2, 4)])
+
+
+def test_guidance_loss_skips_cases_without_lesion():
+    h = torch.tensor([[1.0, 2.0], [5.0, 5.0]], requires_grad=True)
+    r = torch.tensor([[0.0, 0.0], [float("nan"), float("nan")]])
+    loss = clinical_guidance_loss(h, torch.nan_to_num(r), torch.tensor([True, False]))
+    assert loss.item() == pytest.approx(1 + 4)  # Eq. 3: squared L2 norm of the one valid sample
+    loss.backward()
+    assert torch.equal(h.grad, torch.tensor([[2.0, 4.0], [0.0, 0.0]]))
+    none = clinical_guidance_loss(h, torch.zeros(2, 2), torch.tensor([False, False]))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+# ---------------------------------------------------------------------------------------- the training step
+def make_net(seed=0):
+    torch.manual_seed(seed)
+    net = MultitaskUNet(make_unet(deep_supervision=True), HeadConfig(num_classes=3, hidden=16, embed_dim=8,
+                                                                     dropout=0.0, guided_dim=4))
+    return net.double()
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(4, 1, 32, 32, generator=g, dtype=torch.float64)
+    seg = (torch.rand(4, 1, 32, 32, generator=g) > 0.6).long()
+    cls = torch.tensor([0, 1, 2, 1])
+    radiomics = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True])
+    return data, seg, cls, radiomics, valid
+
+
+def task_losses_for(seg, cls, radiomics, valid):
+    def losses(output):
+        seg_out = output["seg"]
+        seg_loss = sum(torch.nn.functional.cross_entropy(
+            s, torch.nn.functional.interpolate(seg.double(), size=s.shape[2:]).long()[:, 0]) / 2 ** i
+            for i, s in enumerate(seg_out))
+        return {"seg": seg_loss, "cls": torch.nn.functional.cross_entropy(output["logits"], cls),
+                "clin": clinical_guidance_loss(output["embedding"][:, :4], radiomics, valid)}
+    return losses
+
+
+WEIGHTS = {"seg": 1.0, "cls": 1.0, "clin": 0.1}
+
+
+def close(a, b, rel=1e-6):
+    """Normwise comparison: some CPU backward kernels round in float32 even on float64 tensors, so single entries
+    near 0 (e.g. conv biases in front of instance norm, whose true gradient is 0) carry ~1e-16 noise."""
+    return (a - b).norm() <= rel * b.norm() + 1e-12
+
+
+def test_without_penalty_the_step_is_the_weighted_multitask_backward():
+    data, seg, cls, radiomics, valid = batch()
+    losses_fn = task_losses_for(seg, cls, radiomics, valid)
+    step, plain = make_net(), make_net()
+    losses, penalty = rlar_backward(step, data, losses_fn, WEIGHTS, [3], adv_weight=0.0)
+    out = plain(data, return_aux=True)
+    reference = losses_fn(out)
+    sum(WEIGHTS[t] * reference[t] for t in WEIGHTS).backward(retain_graph=True)
+    for t in WEIGHTS:
+        assert losses[t].item() == pytest.approx(reference[t].item(), rel=1e-12)
+    for (name, a), b in zip(step.named_parameters(), plain.parameters()):
+        assert close(a.grad, b.grad), name
+    # the penalty is computed (and logged) even at lambda_adv = 0, from the unweighted losses' directions
+    z = out["skips"][3]
+    by_hand = rlar_penalty([torch.autograd.grad(reference[t], z, retain_graph=True)[0] for t in WEIGHTS])
+    assert penalty.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_amp_scale_scales_the_gradients_not_the_penalty():
+    data, seg, cls, radiomics, valid = batch()
+    losses_fn = task_losses_for(seg, cls, radiomics, valid)
+    scaled, plain = make_net(), make_net()
+    _, p_scaled = rlar_backward(scaled, data, losses_fn, WEIGHTS, [3], 0.5, scale=lambda x: 1024.0 * x)
+    _, p_plain = rlar_backward(plain, data, losses_fn, WEIGHTS, [3], 0.5)
+    assert p_scaled.item() == pytest.approx(p_plain.item(), rel=1e-6)
+    for a, b in zip(scaled.parameters(), plain.parameters()):
+        assert close(a.grad, 1024.0 * b.grad)
+
+
+@pytest.mark.parametrize("layers", [[3], [2], [1], [1, 2, 3]], ids=["bottleneck", "last", "mid", "last3"])
+def test_penalty_changes_the_gradient_by_its_own_derivative(layers):
+    """lambda_adv adds lambda_adv * dP/dtheta (through the double backward), for every layer choice; P at several
+    layers is the mean of the per-layer penalties."""
+    data, seg, cls, radiomics, valid = batch()
+    losses_fn = task_losses_for(seg, cls, radiomics, valid)
+    with_pen, without = make_net(), make_net()
+    _, penalty = rlar_backward(with_pen, data, losses_fn, WEIGHTS, layers, adv_weight=0.5)
+    rlar_backward(without, data, losses_fn, WEIGHTS, layers, adv_weight=0.0)
+    only = make_net()
+    out = only(data, return_aux=True)
+    losses = losses_fn(out)
+    per_layer = [rlar_penalty([torch.autograd.grad(losses[t], out["skips"][k], retain_graph=True, create_graph=True)[0]
+                               for t in WEIGHTS]) for k in layers]
+    by_hand = torch.stack(per_layer).mean()
+    assert penalty.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    by_hand.backward()
+    for (name, a), b, c in zip(with_pen.named_parameters(), without.parameters(), only.parameters()):
+        assert close(a.grad - b.grad, 0.5 * c.grad, rel=1e-5), name
+
+
+def test_penalty_gradient_reaches_encoder_weights():
+    """The penalty at the bottleneck trains the encoder below it (first stage included)."""
+    data, seg, cls, radiomics, valid = batch()
+    losses_fn = task_losses_for(seg, cls, radiomics, valid)
+    net = make_net()
+    out = net(data, return_aux=True)
+    weighted = {t: WEIGHTS[t] * v for t, v in losses_fn(out).items()}
+    rlar_penalty_at(weighted, list(WEIGHTS), [out["skips"][3]]).backward()
+    for stage in net.encoder.stages:
+        weight = next(stage.parameters())
+        assert weight.grad is not None and torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
