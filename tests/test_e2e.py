@@ -111,3 +111,52 @@ def test_predict_with_unknown_trainer_is_one_clear_line(trained):
                   "-c", "2d", "-tr", "nnUNetTrainerDoesNotExist", "-f", "0", "-device", "cpu"], env, check=False)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "nnUNetTrainerDoesNotExist" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def rlar_trained(trained):
+    """nnUNetv2_train -tr <tiny RLAR variant> on the same preprocessed phantom."""
+    trainer = "nnUNetTrainerRLAR_tiny"
+    run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", trainer, "-device", "cpu"], trained["env"])
+    model = next((trained["root"] / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{trainer}__nnUNetPlans__2d"
+    return {**trained, "trainer": trainer, "model": model}
+
+
+def test_rlar_trains_and_predicts_through_nnunet(rlar_trained):
+    """The RLAR trainer computes the radiomics cache itself, logs the guidance loss and the penalty, and its
+    checkpoint loads in nnUNetv2_predict (the guided head's shape comes from plans.json)."""
+    env, raw, root, model = rlar_trained["env"], rlar_trained["raw"], rlar_trained["root"], rlar_trained["model"]
+    pre = next((root / "nnUNet_preprocessed").glob(f"Dataset{DATASET}_*"))
+    with open(pre / "radiomics_targets.csv") as f:
+        table = list(csv.DictReader(f))
+    with open(raw / "cases.csv") as f:
+        train_cases = {r["case_id"] for r in csv.DictReader(f) if r["split"] == "train"}
+    assert {r["case_id"] for r in table} == train_cases
+    plans = json.loads((model / "plans.json").read_text())
+    assert plans["nnunet_mtl"]["head"]["guided_dim"] == 13 and len(plans["nnunet_mtl"]["guidance_features"]) == 13
+    logged = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert len(logged["train_rlar_penalty"]) == 2 and all(0 <= p <= 1 for p in logged["train_rlar_penalty"])
+    assert all(np.isfinite(logged["train_clin_losses"])) and all(np.isfinite(logged["val_clin_losses"]))
+    out = root / "pred_rlar"
+    run([str(BIN / "nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(out), "-d", DATASET, "-c", "2d",
+         "-tr", rlar_trained["trainer"], "-f", "0", "-device", "cpu", "--disable_tta"], env)
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(p.name[:-len("_0000.png")]
+                                                             for p in (raw / "imagesTs").glob("*.png"))
+
+
+def test_ablate_guidance(rlar_trained):
+    """One row per guided feature; the unablated probabilities recomputed from the recorded embeddings equal the
+    predictor's own class probabilities (the ablation re-applies the classifier exactly as prediction does)."""
+    env, raw, root = rlar_trained["env"], rlar_trained["raw"], rlar_trained["root"]
+    out = root / "ablation"
+    result = run([str(BIN / "nnunet_mtl"), "ablate-guidance", "-i", str(raw / "imagesTs"), "-o", str(out),
+                  "-d", DATASET, "-c", "2d", "-tr", rlar_trained["trainer"], "-f", "0", "-device", "cpu"], env)
+    with open(out / "guidance_ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    plans = json.loads((rlar_trained["model"] / "plans.json").read_text())
+    assert [r["feature"] for r in rows] == plans["nnunet_mtl"]["guidance_features"]
+    for r in rows:
+        assert -1 <= float(r["delta_macro_f1"]) <= 1
+    assert "baseline: macro precision" in result.stdout and (out / "guidance_ablation.png").is_file()
+    summary = json.loads((out / "guidance_ablation.json").read_text())
+    assert summary["baseline"]["num_cases"] == len(list((raw / "imagesTs").glob("*.png")))

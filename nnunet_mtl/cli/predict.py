@@ -20,28 +20,34 @@ def register(subparsers):
         description="Runs nnU-Net's predictor (identical segmentations to nnUNetv2_predict) and also writes "
                     "OUTPUT/class_predictions.csv with per-case class probabilities, averaged over test-time "
                     "mirroring, tiles and folds.")
+    add_model_arguments(p)
+    p.add_argument("--save_probabilities", action="store_true", help="also export segmentation probabilities")
+    p.add_argument("--continue_prediction", action="store_true", help="keep existing outputs, predict the rest")
+    p.add_argument("-prev_stage_predictions", default=None, help="previous stage predictions (cascade)")
+    p.add_argument("-num_parts", type=int, default=1)
+    p.add_argument("-part_id", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def add_model_arguments(p, default_trainer: str = "nnUNetTrainerMTL") -> None:
+    """nnUNetv2_predict's flags that choose the model, the inputs and how to run it (shared with
+    ablate-guidance)."""
     p.add_argument("-i", required=True, help="input folder of images named CASE_0000.png (as nnUNetv2_predict)")
     p.add_argument("-o", required=True, help="output folder (created if missing)")
     p.add_argument("-d", required=True, help="dataset id or name, e.g. 500 or Dataset500_SyntheticUS")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-tr", default="nnUNetTrainerMTL", help="trainer class used for training (default nnUNetTrainerMTL)")
+    p.add_argument("-tr", default=default_trainer, help=f"trainer class used for training (default {default_trainer})")
     p.add_argument("-c", required=True, help="configuration, e.g. 2d")
     p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds to ensemble (default 0 1 2 3 4)")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
     p.add_argument("--verbose", action="store_true")
-    p.add_argument("--save_probabilities", action="store_true", help="also export segmentation probabilities")
-    p.add_argument("--continue_prediction", action="store_true", help="keep existing outputs, predict the rest")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
     p.add_argument("-npp", type=int, default=_default("nnUNet_npp", 3), help="preprocessing processes")
     p.add_argument("-nps", type=int, default=_default("nnUNet_nps", 3), help="segmentation export processes")
-    p.add_argument("-prev_stage_predictions", default=None, help="previous stage predictions (cascade)")
-    p.add_argument("-num_parts", type=int, default=1)
-    p.add_argument("-part_id", type=int, default=0)
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true")
-    p.set_defaults(func=run)
 
 
 def model_folder_for(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -92,7 +98,8 @@ def check_inputs(input_folder: Path, file_ending: str) -> None:
                 raise NnunetMtlError(f"image {image} is not a readable PNG")
 
 
-def run(args) -> int:
+def load_predictor(args):
+    """The MultitaskPredictor for the model chosen by add_model_arguments' flags, inputs checked first."""
     # our trainers must be findable by nnU-Net's lookup in this process, whether or not the user exported it
     os.environ.update(env_with_ext_trainer())
     import json
@@ -106,8 +113,6 @@ def run(args) -> int:
     check_checkpoints(model_folder, folds, args.chk)
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
     check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"))
-    if args.part_id >= args.num_parts:
-        raise NnunetMtlError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
 
     if args.device == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
@@ -137,19 +142,31 @@ def run(args) -> int:
             raise NnunetMtlError(f"the checkpoints in {model_folder} do not match the network described by its "
                                  f"plans.json ({message[:160]}); expected the plans written by the same training")
         raise
+    return predictor
+
+
+def predict_folder(predictor, args, output: Path) -> None:
+    """nnU-Net's prediction of the folder -i into output, with nnUNetv2_predict's process options."""
+    save = getattr(args, "save_probabilities", False)
+    overwrite = not getattr(args, "continue_prediction", False)
+    previous = getattr(args, "prev_stage_predictions", None)
+    if args.nps == 0 and args.npp == 0:
+        predictor.predict_from_files_sequential(args.i, str(output), save_probabilities=save, overwrite=overwrite,
+                                                folder_with_segs_from_prev_stage=previous)
+    else:
+        predictor.predict_from_files(args.i, str(output), save_probabilities=save, overwrite=overwrite,
+                                     num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
+                                     folder_with_segs_from_prev_stage=previous,
+                                     num_parts=getattr(args, "num_parts", 1), part_id=getattr(args, "part_id", 0))
+
+
+def run(args) -> int:
+    if args.part_id >= args.num_parts:
+        raise NnunetMtlError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
+    predictor = load_predictor(args)
     output = Path(args.o)
     output.mkdir(parents=True, exist_ok=True)
-    if args.nps == 0 and args.npp == 0:
-        predictor.predict_from_files_sequential(args.i, str(output), save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction,
-                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions)
-    else:
-        predictor.predict_from_files(args.i, str(output), save_probabilities=args.save_probabilities,
-                                     overwrite=not args.continue_prediction,
-                                     num_processes_preprocessing=args.npp,
-                                     num_processes_segmentation_export=args.nps,
-                                     folder_with_segs_from_prev_stage=args.prev_stage_predictions,
-                                     num_parts=args.num_parts, part_id=args.part_id)
+    predict_folder(predictor, args, output)
     name = "class_predictions.csv" if args.num_parts == 1 else f"class_predictions_part{args.part_id}.csv"
     csv_path = predictor.write_class_predictions(output / name, merge_existing=args.continue_prediction)
     print(f"segmentations: {output}\nclass probabilities ({len(predictor.class_probabilities)} cases predicted now): {csv_path}")

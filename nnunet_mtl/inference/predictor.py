@@ -32,6 +32,12 @@ class MultitaskPredictor(nnUNetPredictor):
         self._current_case: str | None = None
         self._sequential_cases: list[str] | None = None  # output names in prediction order
         self.last_class_probabilities: np.ndarray | None = None
+        # guidance ablation: keep every embedding h the classifier saw (case -> (folds, mirrors, tiles, K)), so
+        # modified classifiers can be re-applied without running the network again
+        self.record_embeddings = False
+        self.embeddings: dict[str, np.ndarray] = {}
+        self._tile_embeddings: list[torch.Tensor] = []
+        self._fold_embeddings: list[torch.Tensor] = []
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name: str = "checkpoint_final.pth"):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
@@ -62,6 +68,7 @@ class MultitaskPredictor(nnUNetPredictor):
         out = self.network(x, return_aux=True)
         prediction = out["seg"]
         probs = torch.softmax(out["logits"].float(), 1)
+        embeddings = [out["embedding"].float()]
         if mirror_axes is not None:
             assert max(mirror_axes) <= x.ndim - 3, "mirror_axes does not match the dimension of the input!"
             mirror_axes = [m + 2 for m in mirror_axes]
@@ -70,20 +77,27 @@ class MultitaskPredictor(nnUNetPredictor):
                 out = self.network(torch.flip(x, axes), return_aux=True)
                 prediction += torch.flip(out["seg"], axes)
                 probs += torch.softmax(out["logits"].float(), 1)
+                embeddings.append(out["embedding"].float())
             prediction /= (len(axes_combinations) + 1)
             probs /= (len(axes_combinations) + 1)
         self._tile_probs.append(probs.to("cpu"))
+        if self.record_embeddings:
+            self._tile_embeddings.append(torch.stack(embeddings).to("cpu"))  # (mirrors, tiles in batch, K)
         return prediction
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
         self._tile_probs = []  # reset: nnU-Net retries on CPU after an out-of-memory on the device
+        self._tile_embeddings = []
         logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
         self._fold_probs.append(torch.cat(self._tile_probs).mean(0))
+        if self.record_embeddings:
+            self._fold_embeddings.append(torch.cat(self._tile_embeddings, 1))  # (mirrors, tiles, K)
         return logits
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         self._fold_probs = []
+        self._fold_embeddings = []
         prediction = super().predict_logits_from_preprocessed_data(data)
         case = self._current_case
         if case is None and self._sequential_cases:
@@ -96,6 +110,8 @@ class MultitaskPredictor(nnUNetPredictor):
         self.last_class_probabilities = torch.stack(self._fold_probs).mean(0).numpy()
         if case is not None:
             self.class_probabilities[case] = self.last_class_probabilities
+            if self.record_embeddings:
+                self.embeddings[case] = torch.stack(self._fold_embeddings).numpy()  # (folds, mirrors, tiles, K)
 
     def _manage_input_and_output_lists(self, *args, **kwargs):
         # Both of nnU-Net's paths predict cases in the order of this output list. The parallel path also tells us
@@ -132,9 +148,19 @@ class MultitaskPredictor(nnUNetPredictor):
             finally:
                 self._current_case = None
         self._fold_probs = []
+        self._fold_embeddings = []
         logits = self.predict_sliding_window_return_logits(data)
         self._record_case(case_id)
         return logits
+
+    def fold_classifiers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W, b) of the final linear classifier (logits = W h + b, Eq. 1) of every fold, in prediction order."""
+        prefix = "cls_head.classifier."
+        if not self.list_of_parameters:
+            head = getattr(self.network, "_orig_mod", self.network).cls_head.classifier
+            return [(head.weight.detach().cpu().double().numpy(), head.bias.detach().cpu().double().numpy())]
+        return [(params[prefix + "weight"].detach().cpu().double().numpy(),
+                 params[prefix + "bias"].detach().cpu().double().numpy()) for params in self.list_of_parameters]
 
     # --- output --------------------------------------------------------------------------------------------
     def write_class_predictions(self, path: Path, merge_existing: bool = False) -> Path:
