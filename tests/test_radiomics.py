@@ -160,3 +160,20 @@ def test_radiomics_command(tmp_path, monkeypatch, capsys):
     assert "6 training cases (5 with a lesion), 6 computed now" in out
     table = pd.read_csv(tmp_path / "pre" / "Dataset900_Radio" / CACHE_NAME)
     assert len(table) == 6
+
+
+def test_a_case_pyradiomics_rejects_is_left_out_not_fatal(tmp_path, monkeypatch, capsys):
+    import nnunet_mtl.radiomics.cache as cache_module
+    raw = _raw_dataset(tmp_path / "raw", n=3)
+
+    def failing(image, mask, features):
+        if mask.sum() > 0 and aspect_ratio(mask > 0) > 0.8:  # c1 (23 x 27 px); c0 is wider, c2 has no lesion
+            raise ValueError("mask too small\nsecond line")
+        return radiomics_targets(image, mask, features)
+
+    monkeypatch.setattr(cache_module, "radiomics_targets", failing)
+    monkeypatch.setattr(cache_module, "get_context", lambda method: __import__("multiprocessing").get_context("fork"))
+    table, _ = compute_dataset_radiomics(raw, tmp_path / CACHE_NAME, num_processes=1, progress=False)
+    assert table["has_lesion"].tolist() == [1, 0, 0]
+    err = capsys.readouterr().err
+    assert "c1 left out of the guidance loss (ValueError: mask too small)" in err

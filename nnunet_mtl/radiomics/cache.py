@@ -7,6 +7,7 @@ files and of the feature settings: a rerun computes only cases that are new or c
 from __future__ import annotations
 
 import hashlib
+import sys
 import json
 from multiprocessing import get_context
 from pathlib import Path
@@ -49,7 +50,10 @@ def _compute_one(job):
     image, mask = _read_grey(Path(image_path)), _read_grey(Path(label_path))
     if image.shape != mask.shape:
         raise NnunetMtlError(f"{image_path} is {image.shape} but its mask {label_path} is {mask.shape}")
-    return case_id, radiomics_targets(image, mask, features)
+    try:
+        return case_id, radiomics_targets(image, mask, features), None
+    except Exception as e:  # pyradiomics rejects some degenerate masks: that case gets no guidance, not a crash
+        return case_id, {f: float("nan") for f in features}, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def compute_dataset_radiomics(raw_folder: Path, cache_csv: Path, features=DEFAULT_FEATURES, num_processes: int = 2,
@@ -80,8 +84,10 @@ def compute_dataset_radiomics(raw_folder: Path, cache_csv: Path, features=DEFAUL
         results = {}
         with get_context("spawn").Pool(max(1, num_processes)) as pool, \
                 tqdm(total=len(jobs), desc="radiomics", unit="case", disable=not progress) as bar:
-            for case, values in pool.imap_unordered(_compute_one, jobs, chunksize=4):
+            for case, values, error in pool.imap_unordered(_compute_one, jobs, chunksize=4):
                 results[case] = values
+                if error:
+                    tqdm.write(f"radiomics: {case} left out of the guidance loss ({error})", file=sys.stderr)
                 bar.update()
         for row in rows:
             if row["case_id"] in results:
