@@ -18,14 +18,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import make_batch, plan_phantom  # noqa: E402
+from bench_train_step import make_batch, plan_phantom, time_step  # noqa: E402
 
 
 def main() -> int:
@@ -71,13 +70,7 @@ def main() -> int:
             t.network.train()
 
         def timed(trainer) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            trainer.train_step(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t0
+            return time_step(trainer, batch, device)
 
         for _ in range(args.warmup):
             for t in trainers.values():

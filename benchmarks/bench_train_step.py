@@ -48,6 +48,17 @@ def make_batch(trainer, batch_size: int, generator: torch.Generator) -> dict:
     return {"data": data, "target": target, "keys": [f"case{i}" for i in range(batch_size)]}
 
 
+def time_step(trainer, batch: dict, device: torch.device) -> float:
+    """Seconds of one ``trainer.train_step(batch)`` (synchronized on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.train_step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -79,13 +90,7 @@ def main() -> int:
             t.network.train()
 
         def timed(trainer) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            trainer.train_step(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t0
+            return time_step(trainer, batch, device)
 
         for _ in range(args.warmup):
             timed(base), timed(mtl)

@@ -24,7 +24,7 @@ from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.losses.guidance import clinical_guidance_loss
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY
 from nnunet_mtl.radiomics.features import DEFAULT_FEATURES, check_feature_names
-from nnunet_mtl.trainers.mtl import fail, nnUNetTrainerMTL
+from nnunet_mtl.trainers.mtl import DemoSchedule, TinySchedule, fail, nnUNetTrainerMTL
 from nnunet_mtl.trainers.rlar_step import rlar_backward
 
 # where to regularize (Tables 3-4): names -> encoder stage indices, for an encoder of n stages (n-1 = bottleneck)
@@ -255,28 +255,9 @@ class nnUNetTrainerMTL_paper(_PaperSchedule, nnUNetTrainerMTL):
     """The paper's 'Vanilla Multitask' baseline with the same schedule."""
 
 
-class _TinySchedule:
-    """Smoke tests and CI: 2 epochs of 3 iterations."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 2
-
-
-class nnUNetTrainerRLAR_tiny(_TinySchedule, nnUNetTrainerRLAR):
+class nnUNetTrainerRLAR_tiny(TinySchedule, nnUNetTrainerRLAR):
     pass
 
 
-class nnUNetTrainerRLAR_demo(nnUNetTrainerRLAR):
-    """The demo's schedule (16 x 25 iterations), for comparing with nnUNetTrainerMTL_demo on the phantom."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 16
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 5
-        self.save_every = 8
+class nnUNetTrainerRLAR_demo(DemoSchedule, nnUNetTrainerRLAR):
+    """The demo's schedule, for comparing with nnUNetTrainerMTL_demo on the phantom."""

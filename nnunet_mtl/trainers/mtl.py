@@ -407,9 +407,10 @@ class nnUNetTrainerMTL_nnUNetDA(nnUNetTrainerMTL):
     ultrasound_augmentation = False
 
 
-class nnUNetTrainerMTL_demo(nnUNetTrainerMTL):
+class DemoSchedule:
     """CPU-friendly short schedule used by ``nnunet_mtl demo`` on the synthetic phantom (16 x 25 iterations:
-    about 6 minutes on 2 CPU cores; the phantom's val AUC passes 0.95 within 3 epochs, Dice 0.9 within 4)."""
+    about 6 minutes on 2 CPU cores for nnUNetTrainerMTL; the phantom's val AUC passes 0.95 within 3 epochs, Dice 0.9
+    within 4). A mixin: put it before the trainer class."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -420,8 +421,8 @@ class nnUNetTrainerMTL_demo(nnUNetTrainerMTL):
         self.save_every = 8
 
 
-class nnUNetTrainerMTL_tiny(nnUNetTrainerMTL):
-    """Smoke-test schedule (tests, CI): 2 epochs of 3 iterations."""
+class TinySchedule:
+    """Smoke-test schedule (tests, CI): 2 epochs of 3 iterations. A mixin: put it before the trainer class."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -429,3 +430,11 @@ class nnUNetTrainerMTL_tiny(nnUNetTrainerMTL):
         self.num_epochs = 2
         self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerMTL_demo(DemoSchedule, nnUNetTrainerMTL):
+    pass
+
+
+class nnUNetTrainerMTL_tiny(TinySchedule, nnUNetTrainerMTL):
+    pass
