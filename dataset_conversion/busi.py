@@ -1,0 +1,150 @@
+"""BUSI (Breast Ultrasound Images Dataset, Al-Dhabyani et al., Data in Brief 2020) as published.
+
+``nnunet_mtl convert busi SOURCE`` (alias ``BUSI``); the options every converter has are in
+:mod:`dataset_conversion.common`.
+
+Layout (the Kaggle / Cairo University download)::
+
+    SOURCE/Dataset_BUSI_with_GT/benign/benign (N).png              RGB image (some with coloured calliper marks)
+    SOURCE/Dataset_BUSI_with_GT/benign/benign (N)_mask.png         its lesion mask (mostly 1-bit, a few RGBA)
+    SOURCE/Dataset_BUSI_with_GT/benign/benign (N)_mask_K.png       further masks of the same image (K = 1, 2)
+    SOURCE/Dataset_BUSI_with_GT/malignant/malignant (N)[_mask[_K]].png
+    SOURCE/Dataset_BUSI_with_GT/normal/normal (N)[_mask].png       all-zero RGB masks
+
+780 images (437 benign / 210 malignant / 133 normal). The folder is the class; there is no spreadsheet, no patient
+id and no pixel size. ``benign (433).png`` and ``malignant (145).png`` are the same image: the shared duplicate
+policy drops both (ambiguous label) and reports them.
+
+This module also holds :func:`add_converter` and :func:`convert_source`, the command-line and conversion plumbing
+shared by the BUSI, BUS-UCLM, TN3K and DDTI converters.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Callable, Iterable
+
+from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, add_common_arguments,
+                                       class_labels_for, convert, find_layout, load_files, options_from_args)
+
+MALIGNANCY = ("benign", "malignant")
+BUSI_FOLDERS = MALIGNANCY + ("normal",)
+BUSI_LAYOUT = ("Dataset_BUSI_with_GT/{benign,malignant,normal}/ holding 'benign (N).png' with its "
+               "'benign (N)_mask.png' (and '_mask_1.png', '_mask_2.png')")
+# "benign (12).png", "benign (12)_mask.png", "benign (12)_mask_1.png"; case-insensitive and the space optional
+# (re-packaged copies change the case of the extension or drop the space)
+BUSI_NAME = re.compile(r"(?P<cls>benign|malignant|normal) ?\((?P<number>\d+)\)(?P<mask>_mask(?:_(?P<k>\d+))?)?\.png",
+                       re.IGNORECASE)
+
+
+def register_converters(sources) -> None:
+    """``convert busi`` (argparse subcommand with its alias)."""
+    add_converter(
+        sources, "busi", aliases=["BUSI"], convert=convert_busi, default_id=603, default_name="BUSI",
+        help_line="BUSI, Dataset_BUSI_with_GT (benign / malignant / normal breast ultrasound)",
+        description=f"Converts BUSI as downloaded (folder with {BUSI_LAYOUT}, or its parent). The folder is the "
+                    "class. The masks of one image are merged; RGB images (some with coloured marks) are "
+                    "converted to grey. No patient ids and no pixel size are published: each image is its own "
+                    "patient and spacing is left empty. The image filed as both benign (433) and malignant (145) "
+                    "is dropped as ambiguous and reported.",
+        source_help="the Dataset_BUSI_with_GT folder (or the folder holding it)")
+
+
+# --- shared by the converters of BUSI, BUS-UCLM, TN3K and DDTI ---------------------------------------------
+def add_converter(sources, name: str, *, aliases: list[str], convert: Callable, default_id: int, default_name: str,
+                  help_line: str, description: str, source_help: str, official_split: bool = False,
+                  passed: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """Add ``convert NAME SOURCE`` with the common options; running it calls ``convert(source, options,
+    **{p: args.p for p in passed})`` and prints the report. Returns the parser for dataset-specific options."""
+    p = sources.add_parser(name, aliases=aliases, help=help_line, description=description)
+    p.add_argument("source", type=Path, help=source_help)
+    add_common_arguments(p, default_id, default_name, official_split=official_split)
+
+    def run(args) -> int:
+        report = convert(args.source, options_from_args(args), **{k: getattr(args, k) for k in passed})
+        print(report.format())
+        return 0
+
+    p.set_defaults(func=run)
+    return p
+
+
+def convert_source(converter: str, source, cases: Callable[[ConversionReport], Iterable], options: ConvertOptions,
+                   *, classes: tuple[str, ...], description: str, raw_root=None, loader=load_files
+                   ) -> ConversionReport:
+    """Convert ``cases(report)`` (a generator of :class:`Case` / :class:`Skipped`) into a dataset with the target
+    ``classes`` (+ normal with ``--normal include``); returns the report (``report.path`` is the folder).
+
+    nnUNet_raw is resolved first, so its one-line error comes before any work; the cases are listed before
+    converting (a few thousand small records: the total for the progress bar)."""
+    from nnunet_mtl.paths import raw_root as env_raw_root
+
+    root = Path(raw_root) if raw_root is not None else env_raw_root()
+    report = ConversionReport(converter, source)
+    listed = list(cases(report))
+    convert(listed, options, report, class_labels=class_labels_for(classes, options.normal), raw_root=root,
+            description=description, loader=loader)
+    return report
+
+
+# --- BUSI ---------------------------------------------------------------------------------------------------
+def _busi_files(folder: Path, cls: str):
+    """{number: image path}, {number: [mask paths, main mask first]} and the files that do not fit the naming."""
+    images: dict[int, Path] = {}
+    masks: dict[int, list[tuple[int, Path]]] = {}
+    odd: list[tuple[str, str]] = []
+    for path in sorted(folder.glob("*")):
+        if path.suffix.lower() != ".png":  # Thumbs.db, .DS_Store, ...: not part of the dataset
+            continue
+        m = BUSI_NAME.fullmatch(path.name)
+        if m is None:
+            odd.append((f"{cls}/{path.name}", f"unexpected file name; expected '{cls} (N).png' or "
+                                              f"'{cls} (N)_mask[_K].png'"))
+        elif m["cls"].lower() != cls:
+            odd.append((f"{cls}/{path.name}", f"a {m['cls'].lower()} file in {cls}/; expected only {cls} files "
+                                              f"there (the folder is the class)"))
+        elif m["mask"]:
+            # _mask.png first (k = 0), then _mask_1, _mask_2: the merge does not depend on the order, the messages do
+            masks.setdefault(int(m["number"]), []).append((int(m["k"] or 0), path))
+        else:
+            images[int(m["number"])] = path
+    return images, {n: [p for _, p in sorted(v)] for n, v in masks.items()}, odd
+
+
+def busi_cases(source, report: ConversionReport):
+    """The BUSI cases, class by class in number order (a generator of :class:`Case` / :class:`Skipped`)."""
+    root = find_layout(source, [f"{c}/" for c in BUSI_FOLDERS], dataset="BUSI", expected=BUSI_LAYOUT)
+    report.note("BUSI publishes no patient ids and no pixel size: each image is its own patient (a patient-level "
+                "split cannot group repeat images of one woman; see the near-duplicates), spacing empty (HD95 in "
+                "pixels)")
+    merged = 0
+    for cls in BUSI_FOLDERS:
+        images, masks, odd = _busi_files(root / cls, cls)
+        for ref, reason in odd:
+            yield Skipped(ref, reason)
+        for number in sorted(images):
+            path = images[number]
+            case_id = f"busi_{cls}_{number:04d}"
+            own = tuple(masks.get(number, ()))
+            lesion = cls != "normal"
+            if lesion and not own:
+                yield Skipped(case_id, f"{cls}/{path.name} has no mask; expected '{path.stem}_mask.png' next to it")
+                continue
+            merged += len(own) > 1
+            yield Case(case_id, cls, patient_id=case_id, image=path, masks=own, lesion=lesion,
+                       clinical={"source_image": f"{cls}/{path.name}", "masks": len(own)},
+                       source=f"{cls}/{path.name}")
+        for number in sorted(set(masks) - set(images)):
+            for mask in masks[number]:
+                yield Skipped(f"{cls}/{mask.name}", f"a mask without its image; expected '{cls} ({number}).png'")
+    if merged:
+        report.note(f"{merged} image(s) with several masks: merged into one lesion map")
+
+
+def convert_busi(source, options: ConvertOptions, *, raw_root=None) -> ConversionReport:
+    """Convert BUSI (benign / malignant; ``normal`` with ``--normal include``); returns the report
+    (``report.path`` is the dataset folder)."""
+    return convert_source("BUSI", source, lambda report: busi_cases(source, report), options, classes=MALIGNANCY,
+                          raw_root=raw_root, description="BUSI, Dataset_BUSI_with_GT (Al-Dhabyani et al. 2020), "
+                                                         "benign / malignant, converted by nnunet_mtl")

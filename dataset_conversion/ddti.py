@@ -1,0 +1,247 @@
+"""DDTI (Digital Database of Thyroid Ultrasound Images, Pedraza et al., SPIE 2015) as published.
+
+``nnunet_mtl convert ddti SOURCE`` (alias ``DDTI``); the options every converter has are in
+:mod:`dataset_conversion.common`.
+
+Layout (the CIM@LAB download, also mirrored on Kaggle; one flat folder)::
+
+    SOURCE[/DDTI]/N.xml     one case (patient) N: <case><number/><age/><sex/><composition/><echogenicity/>
+                            <margins/><calcifications/><tirads>4a</tirads><reportbacaf/><reporteco/>
+                            <mark><image>M</image><svg>[{"points": [{"x": .., "y": ..}, ...],
+                            "regionType": "freehand"}, ...]</svg></mark> ...</case>
+    SOURCE[/DDTI]/N_M.jpg   image M of case N
+
+There are no mask files: the lesion map is the union of the polygons of the ``<mark>`` elements whose ``<image>`` is
+M, rasterized at the image's size. TI-RADS is the Kwak et al. scale (2, 3, 4a, 4b, 4c, 5).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from dataset_conversion.busi import MALIGNANCY, add_converter, convert_source
+from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, column_name, find_layout,
+                                       read_image)
+from nnunet_mtl.errors import NnunetMtlError
+
+DDTI_LAYOUT = ("one flat folder of N.xml (case N: tirads, clinical fields, <mark><image>M</image><svg>polygon "
+               "points</svg></mark>) and N_M.jpg (image M of case N)")
+TIRADS_CATEGORIES = ("2", "3", "4a", "4b", "4c", "5")
+TARGETS = ("tirads", "malignancy")
+# Kwak TI-RADS without pathology: 2-3 (no suspicious feature) benign, 4a-5 (one or more suspicious features)
+# malignant. A risk proxy, not a diagnosis: 4a carries a few percent malignancy risk. Used only when the case's
+# report gives no pathology (class_source says which).
+TIRADS_MALIGNANT = frozenset({"4a", "4b", "4c", "5"})
+# pathology words in the FNA / cytology report (<reportbacaf>, Spanish "BACAF"), English and Spanish; Bethesda
+# II = benign, V / VI = (suspicious for) malignant; anything else (I, III, IV, free text) gives no pathology
+PATHOLOGY_MALIGNANT = re.compile(r"malign|carcinom|bethesda\s*(v|vi|5|6)\b", re.IGNORECASE)
+PATHOLOGY_BENIGN = re.compile(r"benign|benigno|bethesda\s*(ii|2)\b", re.IGNORECASE)
+CLINICAL_TAGS = ("number", "age", "sex", "composition", "echogenicity", "margins", "calcifications", "tirads",
+                 "reportbacaf", "reporteco")
+AGE_RANGE = (0, 120)
+IMAGE_NAME = re.compile(r"(?P<case>\d+)_(?P<image>\d+)\.jpe?g", re.IGNORECASE)
+POINT = re.compile(r'"x"\s*:\s*(-?[\d.]+)\s*,\s*"y"\s*:\s*(-?[\d.]+)')
+
+
+def register_converters(sources) -> None:
+    """``convert ddti`` (argparse subcommand with its alias and ``--target``)."""
+    p = add_converter(
+        sources, "ddti", aliases=["DDTI"], convert=convert_ddti, default_id=608, default_name="DDTI",
+        passed=("target",),
+        help_line="DDTI thyroid nodules (TI-RADS 2-5, or malignancy), masks from the XML polygons",
+        description=f"Converts DDTI as downloaded ({DDTI_LAYOUT}). Masks are rasterized from the polygons of each "
+                    "image's <mark> (several polygons merged). Patient = the case N (all its images). The XML's "
+                    "clinical fields are kept in cases.csv. No pixel size is published: spacing is left empty.",
+        source_help="the DDTI folder (N.xml and N_M.jpg files)")
+    p.add_argument("--target", choices=TARGETS, default="tirads",
+                   help="the class: tirads (default; the published Kwak TI-RADS category "
+                        f"{', '.join(TIRADS_CATEGORIES)} as classes TR2 .. TR5) or malignancy (benign / malignant "
+                        "from the cytology report when it names one, else TI-RADS 2-3 benign, 4a-5 malignant)")
+
+
+def parse_tirads(value) -> str | None:
+    """A TI-RADS category as '2', '3', '4a', '4b', '4c' or '5' from '4a', '4A', 'TR4a', 'TI-RADS 4 a', ...;
+    None when it is not one of these (empty, '1', '4' without subcategory, free text)."""
+    text = re.sub(r"^(ti-?rads|tr)", "", re.sub(r"\s+", "", str(value or "").lower()))
+    return text if text in TIRADS_CATEGORIES else None
+
+
+def tirads_class(category: str) -> str:
+    """The class name of a Kwak TI-RADS category: 'TR2', 'TR3', 'TR4a', 'TR4b', 'TR4c', 'TR5' (named like the ACR
+    TR1-TR5 classes of ThyroidXL / AIMI, but a different scale: the class lists differ, so --add-to-existing refuses
+    to mix them; --target malignancy combines)."""
+    return f"TR{category}"
+
+
+def pathology_class(report_text) -> str | None:
+    """'benign' / 'malignant' when the cytology report names one (not both), else None."""
+    text = str(report_text or "")
+    malignant, benign = bool(PATHOLOGY_MALIGNANT.search(text)), bool(PATHOLOGY_BENIGN.search(text))
+    return None if malignant == benign else "malignant" if malignant else "benign"
+
+
+def parse_regions(svg_text) -> tuple[list[tuple[tuple[float, float], ...]], bool]:
+    """The polygons of a <svg> element (a JSON list of {"points": [{"x", "y"}, ...]}) and whether the text had to
+    be salvaged. Some published files are cut off after the last point (e.g. 197.xml, 205.xml lose the closing
+    '"regionType": "freehand"}]'): then the points are read region by region with a pattern."""
+    text = (svg_text or "").strip()
+    if not text:
+        return [], False
+    try:
+        data = json.loads(text)
+        regions = [tuple((float(p["x"]), float(p["y"])) for p in r.get("points", [])) for r in data]
+        return [r for r in regions if r], False
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
+        chunks = text.split('"points"')[1:]
+        regions = [tuple((float(x), float(y)) for x, y in POINT.findall(c)) for c in chunks]
+        return [r for r in regions if r], True
+
+
+def rasterize(polygons, shape) -> np.ndarray:
+    """0/1 uint8 map of ``shape`` (H, W): the union of the filled polygons ((x, y) in pixels, x = column), their
+    outline included (the drawn contour is part of the annotated lesion, as the annotation tool shows it). Points
+    outside the image are clipped; polygons of fewer than 3 points enclose nothing and are ignored."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (int(shape[1]), int(shape[0])), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in polygons:
+        if len(polygon) >= 3:
+            draw.polygon([tuple(p) for p in polygon], fill=1, outline=1)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def load_ddti(case: Case):
+    """Loader (worker side): the image file and its mask rasterized from ``case.masks`` (the polygons)."""
+    image = read_image(case.image)
+    return image, rasterize(case.masks, image.shape[:2])
+
+
+def _read_case_xml(path: Path):
+    """(root element, None) or (None, reason) for one case's XML."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.parse(path).getroot(), None
+    except (ET.ParseError, OSError) as e:
+        return None, f"{path.name} is not readable XML ({type(e).__name__}: {str(e)[:80]})"
+
+
+def _clinical(root, case_ref: str, report: ConversionReport) -> dict:
+    """The case's clinical fields (every simple child element but the marks), snake_case; age checked."""
+    clinical = {}
+    for child in root:
+        if child.tag == "mark" or len(child):
+            continue
+        col = column_name(child.tag)
+        col = "source_number" if col == "number" else col  # the case number, next to the contract's columns
+        value = (child.text or "").strip()
+        if child.tag == "age":
+            value = report.number(case_ref, "age", value, low=AGE_RANGE[0], high=AGE_RANGE[1], integer=True)
+        elif child.tag == "tirads":
+            value = parse_tirads(value) or value
+        clinical[col] = value
+    return clinical
+
+
+def _class_for(target: str, tirads: str | None, pathology: str | None) -> tuple[str | None, str]:
+    """(class or None, where it comes from / why there is none)."""
+    if target == "tirads":
+        return (tirads_class(tirads), "tirads") if tirads else (None, "tirads")
+    if pathology:
+        return pathology, "pathology"
+    if tirads:
+        return ("malignant" if tirads in TIRADS_MALIGNANT else "benign"), "tirads"
+    return None, "tirads"
+
+
+def _marks(root, xml_name: str):
+    """{image index: [polygons]} merged over the <mark> elements, the salvaged count, and per-mark problems."""
+    marks: dict[str, list] = {}
+    salvaged, problems = 0, []
+    for mark in root.findall("mark"):
+        index = (mark.findtext("image") or "").strip()
+        if not index.isdigit():
+            problems.append(f"a <mark> in {xml_name} has <image> {index!r}; expected the image number M of N_M.jpg")
+            continue
+        regions, fixed = parse_regions(mark.findtext("svg"))
+        salvaged += fixed
+        marks.setdefault(str(int(index)), []).extend(regions)
+    return marks, salvaged, problems
+
+
+def ddti_cases(source, report: ConversionReport, *, target: str = "tirads"):
+    """The DDTI cases, case by case and image by image in number order (a generator of :class:`Case` /
+    :class:`Skipped`)."""
+    root = find_layout(source, ["*.xml", "*_*.jp*g"], dataset="DDTI", expected=DDTI_LAYOUT)
+    images: dict[str, dict[str, Path]] = {}
+    for path in root.iterdir():
+        m = IMAGE_NAME.fullmatch(path.name)
+        if m:
+            images.setdefault(str(int(m["case"])), {})[str(int(m["image"]))] = path
+    xmls = {str(int(p.stem)): p for p in root.glob("*.xml") if p.stem.isdigit()}
+    report.note("DDTI publishes no pixel size: spacing empty (HD95 in pixels); patient = the case N (all images "
+                "N_M of one XML)")
+    salvaged_total, from_tirads = 0, 0
+    for number in sorted(set(xmls) | set(images), key=int):
+        xml = xmls.get(number)
+        own = images.get(number, {})
+        if xml is None:
+            for index in sorted(own, key=int):
+                yield Skipped(f"ddti_{int(number):04d}_{index}", f"{own[index].name} has no {number}.xml; expected "
+                                                                 f"one XML per case")
+            continue
+        case = f"ddti_{int(number):04d}"
+        root_el, reason = _read_case_xml(xml)
+        if root_el is None:
+            for index in sorted(own, key=int) or ["?"]:
+                yield Skipped(f"{case}_{index}", reason)
+            continue
+        clinical = _clinical(root_el, case, report)
+        tirads = parse_tirads(root_el.findtext("tirads"))
+        cls, class_source = _class_for(target, tirads, pathology_class(root_el.findtext("reportbacaf")))
+        marks, salvaged, problems = _marks(root_el, xml.name)
+        salvaged_total += salvaged
+        for problem in problems:
+            yield Skipped(case, problem)
+        for index in sorted(set(own) | set(marks), key=int):
+            case_id = f"{case}_{index}"
+            image = own.get(index)
+            if image is None:
+                yield Skipped(case_id, f"{number}_{index}.jpg does not exist; {xml.name} has a <mark> for it")
+            elif cls is None:
+                yield Skipped(case_id, f"<tirads> {root_el.findtext('tirads')!r} in {xml.name}: expected one of "
+                                       f"{', '.join(TIRADS_CATEGORIES)}"
+                                       + ("" if target == "tirads" else " (no pathology in <reportbacaf> either)"))
+            elif not marks.get(index):
+                yield Skipped(case_id, f"{xml.name} has no polygon for image {index}; expected a <mark> with "
+                                       f"<image>{index}</image> and its <svg> points")
+            else:
+                from_tirads += target == "malignancy" and class_source == "tirads"
+                yield Case(case_id, cls, patient_id=case, image=image, masks=tuple(marks[index]),
+                           clinical={**clinical, "source_image": image.name, "polygons": len(marks[index]),
+                                     "class_source": class_source},
+                           source=image.name)
+    if salvaged_total:
+        report.note(f"{salvaged_total} <svg> mark(s) cut off in the published XML: their points were read up to "
+                    f"the cut")
+    if from_tirads:
+        report.note(f"{from_tirads} image(s) without pathology in their report: malignancy derived from TI-RADS "
+                    f"(2-3 benign, 4a-5 malignant; a risk category, not a diagnosis; class_source=tirads)")
+
+
+def ddti_classes(target: str) -> tuple[str, ...]:
+    if target not in TARGETS:
+        raise NnunetMtlError(f"--target {target!r}: expected tirads or malignancy")
+    return MALIGNANCY if target == "malignancy" else tuple(tirads_class(c) for c in TIRADS_CATEGORIES)
+
+
+def convert_ddti(source, options: ConvertOptions, *, target: str = "tirads", raw_root=None) -> ConversionReport:
+    """Convert DDTI (``target`` tirads or malignancy); returns the report (``report.path`` is the folder)."""
+    return convert_source("DDTI", source, lambda report: ddti_cases(source, report, target=target), options,
+                          classes=ddti_classes(target), raw_root=raw_root, loader=load_ddti,
+                          description=f"DDTI (Pedraza et al. 2015) thyroid nodules, target {target}, masks from the "
+                                      f"XML polygons, converted by nnunet_mtl")

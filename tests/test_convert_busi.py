@@ -1,0 +1,156 @@
+"""BUSI converter: a fixture tree with BUSI's layout and quirks (several masks per image, 1-bit / RGBA / 0-255 /
+all-zero RGB masks, coloured marks on RGB images, the byte-identical benign (433) / malignant (145) pair, a missing
+mask, an orphan mask, a stray file), the CLI and nnU-Net's dataset check."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_conversion.busi import convert_busi
+from dataset_conversion.common import ConvertOptions
+from nnunet_mtl.cli.main import main
+from nnunet_mtl.dataset.contract import load_raw_dataset
+from nnunet_mtl.errors import NnunetMtlError
+
+SHAPE = (32, 40)
+
+
+def _opts(**kw):
+    return ConvertOptions(**{"dataset_id": 603, "name": "BUSI", "num_processes": 1, "progress": False, **kw})
+
+
+def _rgb(seed, mark=False):
+    """RGB B-mode-like noise (grey in all three channels), optionally with a coloured calliper mark."""
+    grey = np.random.default_rng(seed).integers(0, 256, SHAPE, dtype=np.uint8)
+    rgb = np.dstack([grey] * 3)
+    if mark:
+        rgb[2:4, 2:8] = (255, 255, 0)
+    return rgb
+
+
+def _box(box):
+    m = np.zeros(SHAPE, bool)
+    m[box[0]:box[1], box[2]:box[3]] = True
+    return m
+
+
+def _save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode is None else Image.fromarray(array).convert(mode).save(path)
+
+
+@pytest.fixture
+def busi_src(tmp_path):
+    src = tmp_path / "download" / "Dataset_BUSI_with_GT"
+    b, m, n = src / "benign", src / "malignant", src / "normal"
+    _save(b / "benign (1).png", _rgb(1, mark=True))
+    _save(b / "benign (1)_mask.png", _box((4, 12, 4, 12)), "1")  # 1-bit
+    _save(b / "benign (2).png", _rgb(2))
+    _save(b / "benign (2)_mask.png", _box((2, 6, 2, 6)), "1")
+    _save(b / "benign (2)_mask_1.png", _box((10, 14, 10, 14)), "1")
+    _save(b / "benign (2)_mask_2.png", _box((20, 25, 20, 25)).astype(np.uint8) * 255)
+    _save(b / "benign (3).png", _rgb(3))
+    rgba = np.zeros(SHAPE + (4,), np.uint8)
+    rgba[5:10, 5:15] = (255, 255, 255, 255)
+    rgba[20:30, 20:30] = (255, 255, 255, 0)  # transparent white: background
+    _save(b / "benign (3)_mask.png", rgba)
+    _save(b / "benign (4).png", _rgb(4))  # no mask
+    _save(b / "benign (433).png", _rgb(433))
+    _save(b / "benign (433)_mask.png", _box((1, 5, 1, 5)), "1")
+    _save(m / "malignant (1).png", _rgb(11))
+    _save(m / "malignant (1)_mask.png", _box((8, 20, 8, 20)).astype(np.uint8) * 255)
+    shutil.copyfile(b / "benign (433).png", m / "malignant (145).png")  # byte-identical, as published
+    _save(m / "malignant (145)_mask.png", _box((1, 5, 1, 5)), "1")
+    _save(m / "malignant (9)_mask.png", _box((1, 5, 1, 5)), "1")  # orphan mask
+    _save(n / "normal (1).png", _rgb(21))
+    _save(n / "normal (1)_mask.png", np.zeros(SHAPE + (3,), np.uint8))  # all-zero RGB
+    (n / "Thumbs.db").write_bytes(b"x")  # not a png: ignored
+    _save(n / "normal copy.png", _rgb(22))  # a png that does not fit the naming: reported
+    return tmp_path / "download"
+
+
+def converted(report):
+    """(the raw dataset a conversion wrote, its cases.csv indexed by case id)."""
+    raw = load_raw_dataset(report.path)
+    return raw, raw.cases.set_index("case_id")
+
+
+def case_label(raw, case_id) -> np.ndarray:
+    """A case's stored label map, from labelsTr or labelsTs by its split."""
+    split = raw.cases.set_index("case_id").at[case_id, "split"]
+    return np.array(Image.open(raw.folder / ("labelsTr" if split == "train" else "labelsTs") / f"{case_id}.png"))
+
+
+def test_busi_fixture(busi_src, tmp_path):
+    report = convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    assert raw.class_labels == {"benign": 0, "malignant": 1}
+    assert list(cases.index) == ["busi_benign_0001", "busi_benign_0002", "busi_benign_0003", "busi_malignant_0001"]
+    assert cases["class"].value_counts().to_dict() == {"benign": 3, "malignant": 1}
+    assert (cases.index == cases["patient_id"]).all()  # no patient ids: one patient per image
+    assert cases.at["busi_benign_0002", "masks"] == "3" and cases.at["busi_benign_0002", "source_image"] == \
+        "benign/benign (2).png"
+    for case_id in cases.index:
+        label = case_label(raw, case_id)
+        assert label.shape == SHAPE and set(np.unique(label)) == {0, 1}
+    assert case_label(raw, "busi_benign_0001").sum() == 64  # 1-bit mask
+    assert case_label(raw, "busi_benign_0002").sum() == 16 + 16 + 25  # three masks merged
+    assert case_label(raw, "busi_benign_0003").sum() == 50  # RGBA: the transparent block is background
+    assert case_label(raw, "busi_malignant_0001").sum() == 144  # 0/255
+    image = np.array(Image.open(raw.folder / "imagesTr" / "busi_benign_0001_0000.png"))
+    assert image.ndim == 2 and image.shape == SHAPE  # RGB with a coloured mark -> grey
+    # the byte-identical pair carries two classes: both dropped and reported
+    assert [d["cases"] for d in report.duplicates] == [["busi_benign_0433", "busi_malignant_0145"]]
+    assert "all dropped as ambiguous" in report.duplicates[0]["action"]
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "has no mask" in reasons["busi_benign_0004"]
+    assert "without its image" in reasons["malignant/malignant (9)_mask.png"]
+    assert "unexpected file name" in reasons["normal/normal copy.png"]
+    assert "normal image" in reasons["busi_normal_0001"]  # excluded by default
+    assert any("no patient ids" in n for n in report.notes)
+    assert any("1 image(s) with several masks" in n for n in report.notes)
+    text = report.format()
+    assert "exact duplicates: 1" in text and "busi_benign_0433, busi_malignant_0145" in text
+
+
+def nnunet_verify(folder, monkeypatch) -> None:
+    """What ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` runs, on a converted folder. Its worker
+    pool is forked instead of spawned: a spawned worker imports torch again (~5 s here), the checks are the same."""
+    import multiprocessing
+
+    from nnunetv2.experiment_planning import verify_dataset_integrity as vdi
+
+    fork = multiprocessing.get_context("fork")
+    monkeypatch.setattr(vdi.multiprocessing, "get_context", lambda method=None: fork)
+    vdi.verify_dataset_integrity(str(folder), num_processes=1)
+
+
+def test_busi_normal_include_as_test_and_nnunet_verify(busi_src, tmp_path, monkeypatch):
+    report = convert_busi(busi_src, _opts(normal="include", split="test"), raw_root=tmp_path / "raw")
+    raw = load_raw_dataset(report.path)
+    assert raw.class_labels == {"benign": 0, "malignant": 1, "normal": 2}
+    assert set(raw.cases["split"]) == {"test"} and raw.dataset_json["numTraining"] == 0
+    assert (raw.folder / "imagesTs" / "busi_normal_0001_0000.png").is_file()
+    assert not case_label(raw, "busi_normal_0001").any()
+    assert not any((raw.folder / "imagesTr").iterdir())
+    report = convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw2")
+    nnunet_verify(report.path, monkeypatch)
+
+
+def test_busi_wrong_folder_and_cli(busi_src, tmp_path, monkeypatch, capsys):
+    with pytest.raises(NnunetMtlError) as e:
+        convert_busi(busi_src / "Dataset_BUSI_with_GT" / "benign", _opts(), raw_root=tmp_path / "raw")
+    assert "\n" not in str(e.value) and "does not look like BUSI" in str(e.value)
+    assert "Dataset_BUSI_with_GT/{benign,malignant,normal}/" in str(e.value)
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    assert main(["convert", "BUSI", str(busi_src), "--no-progress", "-j", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Dataset603_BUSI" in out and "benign" in out and "exact duplicates: 1" in out
+    assert main(["convert", "busi", str(busi_src), "--no-progress"]) == 2  # exists: no overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["convert", "busi", str(busi_src), "--no-progress", "--overwrite", "--normal", "include"]) == 0
+    assert load_raw_dataset(tmp_path / "raw" / "Dataset603_BUSI").class_labels["normal"] == 2

@@ -1,0 +1,141 @@
+"""ThyroidXL converter: a fixture tree with the published layout and its quirks (patient id before the first '_',
+several images per patient, nodule records in a JSON keyed by patient, an age of 2005, a TIRADS of 7, FNAC as
+Bethesda numbers, a patient without a record, a missing mask), both targets, the official split, the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_conversion.common import ConvertOptions
+from dataset_conversion.thyroid_xl import (bethesda_category, convert_thyroid_xl, histopathology_class,
+                                           tirads_class)
+from nnunet_mtl.cli.main import main
+from nnunet_mtl.dataset.contract import load_raw_dataset
+from nnunet_mtl.errors import NnunetMtlError
+
+
+def thyroid_opts(**kw):
+    return ConvertOptions(**{"dataset_id": 605, "name": "ThyroidXL", "split": "official", "num_processes": 1,
+                             "progress": False, **kw})
+
+
+def _nodule(tirads, fnac, histo=None, conclusion=None):
+    return {"Position": "Left lobe", "Width": 12.0, "Height": 9.0, "Depth": None, "TIRADS": tirads, "FNAC": fnac,
+            "Conclusion": conclusion, "Histopathology": histo}
+
+
+# patient -> (split, image suffixes, record or None)
+THYROID_PATIENTS = {
+    "00000058": ("train", ["2201CE11_0", "A73CED93_1"],
+                 {"age": 60, "gender": 2, "conclusion": 3, "nodule_1": _nodule(4, "2", None, "Benign (FNAC) - 3"),
+                  "nodule_2": None}),
+    "00000101": ("train", ["0BADF00D_0"],
+                 {"age": 2005, "gender": 1, "conclusion": 1,
+                  "nodule_1": _nodule("5", "6", "Papillary thyroid carcinoma"), "nodule_2": _nodule(3, "2")}),
+    "00000400": ("train", ["DEADBEEF_0"], None),  # an image without a record
+    "00000200": ("test", ["11111111_0"], {"age": 45, "gender": 2, "conclusion": 3, "nodule_1": _nodule(3, "3")}),
+    "00000300": ("test", ["22222222_0"], {"age": 51, "gender": 2, "conclusion": 3, "nodule_1": _nodule(7, "V")}),
+    "00000500": ("test", ["33333333_0", "44444444_1"],
+                 {"age": 38, "gender": 2, "conclusion": 4, "nodule_1": _nodule(2, "II", "Nodular goiter")}),
+}
+NO_MASK = "00000500_44444444_1"
+
+
+@pytest.fixture
+def thyroid_src(tmp_path):
+    src = tmp_path / "ThyroidXL"
+    for split in ("train", "test"):
+        for sub in ("images", "masks"):
+            (src / split / sub).mkdir(parents=True)
+    (src / "train" / "labels_orig").mkdir()  # published extras: ignored
+    (src / "stats").mkdir()
+    seed = 0
+    for pid, (split, suffixes, _) in THYROID_PATIENTS.items():
+        for suffix in suffixes:
+            seed += 1
+            name = f"{pid}_{suffix}.png"
+            grey = np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)
+            # some images RGB, as exported
+            Image.fromarray(np.dstack([grey] * 3) if seed % 2 else grey).save(src / split / "images" / name)
+            if name[:-4] != NO_MASK:
+                mask = np.zeros((32, 32), np.uint8)
+                mask[8:8 + seed, 10:20] = 255
+                Image.fromarray(mask).save(src / split / "masks" / name)
+    info = {pid: rec for pid, (_, _, rec) in THYROID_PATIENTS.items() if rec is not None}
+    (src / "stats" / "id2info_eng.json").write_text(json.dumps(info, indent=1))
+    return src
+
+
+def test_value_parsers():
+    assert [tirads_class(v) for v in (4, "5", "TR3", "TI-RADS 2", 1.0, 7, "4a", None)] == \
+        ["TR4", "TR5", "TR3", "TR2", "TR1", None, None, None]
+    assert [bethesda_category(v) for v in ("2", 6, "II", "Bethesda V", "vi", "Benign", "7", "x")] == \
+        [2, 6, 2, 5, 6, 2, None, None]
+    assert histopathology_class("Papillary thyroid carcinoma") == "malignant"
+    assert histopathology_class("Follicular adenoma") == "benign"
+    assert histopathology_class("papillary carcinoma in a nodular goitre") is None  # both: not a label
+    assert histopathology_class("n/a") is None
+
+
+def test_thyroid_xl_tirads_official(thyroid_src, tmp_path):
+    report = convert_thyroid_xl(thyroid_src, thyroid_opts(), raw_root=tmp_path / "raw")
+    raw = load_raw_dataset(report.path)
+    assert raw.class_labels == {"TR1": 0, "TR2": 1, "TR3": 2, "TR4": 3, "TR5": 4}
+    assert report.added["train"] == {"TR1": 0, "TR2": 0, "TR3": 0, "TR4": 2, "TR5": 1}
+    assert report.added["test"] == {"TR1": 0, "TR2": 1, "TR3": 1, "TR4": 0, "TR5": 0}
+    cases = raw.cases.set_index("case_id")
+    assert cases.at["ThyroidXL_00000058_A73CED93_1", "patient_id"] == "00000058"
+    assert cases.at["ThyroidXL_00000058_A73CED93_1", "image_index"] == "1"
+    assert cases.at["ThyroidXL_00000101_0BADF00D_0", "age"] == ""  # 2005: reported, left empty
+    assert cases.at["ThyroidXL_00000058_2201CE11_0", "sex"] == "F"
+    assert cases.at["ThyroidXL_00000101_0BADF00D_0", "histopathology"] == "Papillary thyroid carcinoma"
+    assert cases.at["ThyroidXL_00000101_0BADF00D_0", "nodule_records"] == "2"
+    assert raw.spacing_mm("ThyroidXL_00000058_2201CE11_0") is None
+    assert [(b["case"], b["column"], b["value"]) for b in report.bad_values] == [
+        ("patient 00000101", "age", 2005), ("patient 00000300", "TIRADS", 7)]
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "no record in stats/id2info_eng.json" in reasons["ThyroidXL_00000400_DEADBEEF_0"]
+    assert "TIRADS 7" in reasons["ThyroidXL_00000300_22222222_0"]
+    assert "44444444_1.png does not exist" in reasons[f"ThyroidXL_{NO_MASK}"]
+    assert any("more than one nodule record" in n for n in report.notes)
+    image = np.array(Image.open(report.path / "imagesTs" / "ThyroidXL_00000200_11111111_0_0000.png"))
+    label = np.array(Image.open(report.path / "labelsTs" / "ThyroidXL_00000200_11111111_0.png"))
+    assert image.ndim == 2 and set(np.unique(label)) == {0, 1}
+
+
+def test_thyroid_xl_malignancy_and_nnunet_verify(thyroid_src, tmp_path):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    report = convert_thyroid_xl(thyroid_src, thyroid_opts(), target="malignancy", raw_root=tmp_path / "raw")
+    raw = load_raw_dataset(report.path)
+    assert raw.class_labels == {"benign": 0, "malignant": 1}
+    assert report.added["train"] == {"benign": 2, "malignant": 1}  # FNAC II x2; histopathology carcinoma
+    assert report.added["test"] == {"benign": 1, "malignant": 1}  # histopathology goitre; Bethesda V
+    cases = raw.cases.set_index("case_id")
+    assert cases.at["ThyroidXL_00000101_0BADF00D_0", "label_source"] == "histopathology"
+    assert cases.at["ThyroidXL_00000300_22222222_0", "bethesda"] == "5"
+    assert cases.at["ThyroidXL_00000300_22222222_0", "tirads"] == ""  # 7: left empty
+    assert "neither Histopathology" in {s["case"]: s["reason"] for s in report.skipped}["ThyroidXL_00000200_11111111_0"]
+    assert any("differs from the record's 'conclusion'" in n for n in report.notes)  # 00000300: code 3 vs Bethesda V
+    verify_dataset_integrity(str(report.path), num_processes=1)
+
+
+def test_thyroid_xl_as_train_wrong_folder_and_cli(thyroid_src, tmp_path, monkeypatch, capsys):
+    report = convert_thyroid_xl(thyroid_src, thyroid_opts(split="train"), raw_root=tmp_path / "a")
+    assert set(load_raw_dataset(report.path).cases["split"]) == {"train"}
+    with pytest.raises(NnunetMtlError) as e:
+        convert_thyroid_xl(thyroid_src / "train", thyroid_opts(), raw_root=tmp_path / "b")
+    assert "\n" not in str(e.value) and "does not look like ThyroidXL" in str(e.value)
+    assert "stats/id2info_eng.json" in str(e.value) and not (tmp_path / "b").exists()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    assert main(["convert", "ThyroidXL", str(thyroid_src), "-d", "615", "--no-progress", "-j", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Dataset615_ThyroidXL" in out and "TR4" in out and "bad clinical values (left empty): 2" in out
+    assert load_raw_dataset(tmp_path / "raw" / "Dataset615_ThyroidXL").dataset_json["numTest"] == 2
+    (thyroid_src / "stats" / "id2info_eng.json").unlink()
+    assert main(["convert", "thyroidxl", str(thyroid_src), "-d", "616", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no stats/id2info_eng.json" in err

@@ -1,0 +1,204 @@
+"""TN3K and DDTI converters: fixture trees with each dataset's layout and quirks (TN3K: JPEG masks with compression
+noise, headerless label files, the published trainval / test split; DDTI: one XML per case with TI-RADS like '4a',
+polygon marks per image, a cut-off <svg>), the CLI and nnU-Net's check."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_conversion.common import ConvertOptions
+from dataset_conversion.ddti import convert_ddti, parse_regions, parse_tirads, pathology_class, rasterize
+from dataset_conversion.tn3k import convert_tn3k
+from nnunet_mtl.cli.main import main
+from nnunet_mtl.dataset.contract import load_raw_dataset
+from nnunet_mtl.errors import NnunetMtlError
+from tests.test_convert_busi import case_label, converted, nnunet_verify
+
+SHAPE = (32, 40)
+BOX = (8, 24, 10, 30)  # rows 8..23, cols 10..29: 16 x 20
+
+
+def _opts(**kw):
+    return ConvertOptions(**{"dataset_id": 607, "name": "TN3K", "num_processes": 1, "progress": False, **kw})
+
+
+def _jpeg(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, quality=75)
+
+
+def _noise(seed):
+    return np.random.default_rng(seed).integers(0, 256, SHAPE, dtype=np.uint8)
+
+
+# --- TN3K ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tn3k_src(tmp_path):
+    src = tmp_path / "TN3K" / "tn3k"
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[BOX[0]:BOX[1], BOX[2]:BOX[3]] = 255
+    for prefix, names in (("trainval", ["0000", "0001", "0002", "0003", "0004"]), ("test", ["0000", "0001"])):
+        for i, name in enumerate(names):
+            _jpeg(src / f"{prefix}-image" / f"{name}.jpg", _noise(i + 10 * len(prefix)))
+            if name != "0003":  # 0003: no mask
+                _jpeg(src / f"{prefix}-mask" / f"{name}.jpg", mask)
+    # headerless 'name,label' rows (the first row is data, not a header); 0004 has no row, 0009 no image
+    (src / "label4trainval.csv").write_text("0000.jpg,0\n0001.jpg,1\n0002.jpg,0\n0003.jpg,1\n0009.jpg,1\n")
+    (src / "label4test.csv").write_text("0000.jpg,1\r\n1.jpg,2\r\n")  # zero padding lost; a bad label
+    (src / "tn3k-trainval-fold0.json").write_text(json.dumps({"train": [0, 1], "val": [2]}))
+    return tmp_path / "TN3K"
+
+
+def test_tn3k_official_split(tn3k_src, tmp_path):
+    report = convert_tn3k(tn3k_src, _opts(split="official"), raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    assert cases["split"].to_dict() == {"tn3k_trainval_0000": "train", "tn3k_trainval_0001": "train",
+                                        "tn3k_trainval_0002": "train", "tn3k_test_0000": "test"}
+    assert cases["class"].to_dict() == {"tn3k_trainval_0000": "benign", "tn3k_trainval_0001": "malignant",
+                                        "tn3k_trainval_0002": "benign", "tn3k_test_0000": "malignant"}
+    assert (cases.index == cases["patient_id"]).all()
+    assert cases.at["tn3k_test_0000", "source_image"] == "test-image/0000.jpg"
+    assert raw.dataset_json["numTraining"] == 3 and raw.dataset_json["numTest"] == 1
+    noisy = np.array(Image.open(tn3k_src / "tn3k" / "trainval-mask" / "0000.jpg"))
+    assert len(np.unique(noisy)) > 2  # the JPEG mask is not 0/255 ...
+    for case_id in cases.index:
+        label = case_label(raw, case_id)  # ... the stored one is 0/1, the box up to JPEG ringing
+        assert set(np.unique(label)) == {0, 1} and abs(int(label.sum()) - 16 * 20) <= 16
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "trainval-mask/0003.jpg does not exist" in reasons["tn3k_trainval_0003"]
+    assert "no row in label4trainval.csv" in reasons["tn3k_trainval_0004"]
+    assert "label '2' in label4test.csv" in reasons["tn3k_test_0001"]
+    assert "no such image" in reasons["label4trainval.csv 9"]
+    assert any("no patient ids" in n for n in report.notes)
+
+
+def test_tn3k_as_train_renamed_labels_and_nnunet_verify(tn3k_src, tmp_path, monkeypatch):
+    folder = tn3k_src / "tn3k"
+    (folder / "label4trainval.csv").rename(folder / "TN3K_trainval_labels.csv")  # a renamed copy is found
+    report = convert_tn3k(tn3k_src, _opts(split="train"), raw_root=tmp_path / "raw")
+    raw = load_raw_dataset(report.path)
+    assert set(raw.cases["split"]) == {"train"} and len(raw.cases) == 4
+    nnunet_verify(report.path, monkeypatch)
+    (folder / "label4test.csv").unlink()
+    with pytest.raises(NnunetMtlError) as e:
+        convert_tn3k(tn3k_src, _opts(overwrite=True), raw_root=tmp_path / "raw")
+    assert "\n" not in str(e.value) and "expected label4test.csv" in str(e.value)
+
+
+def test_tn3k_wrong_folder_and_cli(tn3k_src, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    assert main(["convert", "tn3k", str(tn3k_src / "tn3k" / "trainval-image"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "does not look like TN3K" in err and "label4trainval.csv" in err
+    assert main(["convert", "TN3K", str(tn3k_src), "--no-progress", "-j", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Dataset607_TN3K" in out and "malignant" in out
+    assert load_raw_dataset(tmp_path / "raw" / "Dataset607_TN3K").dataset_json["numTest"] == 1  # official default
+
+
+# --- DDTI ----------------------------------------------------------------------------------------------------
+def _svg(*polygons):
+    return json.dumps([{"points": [{"x": x, "y": y} for x, y in p], "annotation": {}, "regionType": "freehand"}
+                       for p in polygons])
+
+
+SQUARE = [(10, 10), (20, 10), (20, 20), (10, 20)]
+TRIANGLE = [(30, 2), (38, 2), (30, 8)]
+
+
+def _xml(number, tirads, marks, age="49", report=""):
+    fields = (f"<number>{number}</number><age>{age}</age><sex>F</sex><composition>solid</composition>"
+              f"<echogenicity>hypoechogenicity</echogenicity><margins>well defined</margins>"
+              f"<calcifications>non</calcifications><tirads>{tirads}</tirads><reportbacaf>{report}</reportbacaf>"
+              f"<reporteco></reporteco>")
+    body = "".join(f"<mark><image>{image}</image><svg>{svg}</svg></mark>" for image, svg in marks)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<case>{fields}{body}</case>\n'
+
+
+@pytest.fixture
+def ddti_src(tmp_path):
+    src = tmp_path / "DDTI"
+    src.mkdir()
+    files = {
+        1: (_xml(1, "4a", [(1, _svg(SQUARE, TRIANGLE)), (2, _svg(SQUARE))]), [1, 2]),  # two images, two polygons
+        2: (_xml(2, "3", [(1, _svg(SQUARE)), (1, _svg(TRIANGLE))], age="2005"), [1]),  # two marks for image 1
+        3: (_xml(3, "", [(1, _svg(SQUARE))]), [1]),  # no TI-RADS
+        4: (_xml(4, "5", [(1, _svg(SQUARE)[:-len('"regionType": "freehand"}]')])]), [1]),  # cut-off <svg>
+        6: (_xml(6, "4b", [(2, _svg(SQUARE))]), [1]),  # mark for 6_2 (no file), none for 6_1
+        8: (_xml(8, "4b", [(1, _svg(SQUARE))], report="Bethesda II: benign follicular nodule"), [1]),
+    }
+    for n, (xml, images) in files.items():
+        (src / f"{n}.xml").write_text(xml)
+        for m in images:
+            _jpeg(src / f"{n}_{m}.jpg", _noise(10 * n + m))
+    _jpeg(src / "5_1.jpg", _noise(51))  # no 5.xml
+    (src / "7.xml").write_text("<case><tirads>3</tirads><mark>")  # broken XML
+    _jpeg(src / "7_1.jpg", _noise(71))
+    return src
+
+
+def test_ddti_tirads_parsing_and_rasterization():
+    assert [parse_tirads(v) for v in ("4a", "4A", " 4 b", "TR4c", "TI-RADS 5", "3", "2")] == \
+        ["4a", "4a", "4b", "4c", "5", "3", "2"]
+    assert [parse_tirads(v) for v in ("", None, "4", "1", "6", "x")] == [None] * 6
+    assert pathology_class("Bethesda VI, papillary carcinoma") == "malignant"
+    assert pathology_class("Bethesda II: benign") == "benign" and pathology_class("") is None
+    assert pathology_class("Bethesda III") is None
+    mask = rasterize([SQUARE], SHAPE)  # corners (x, y) = (10..20, 10..20), outline included
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[10:21, 10:21] = 1
+    assert mask.dtype == np.uint8 and np.array_equal(mask, expected)
+    both = rasterize([SQUARE, [(-5, -5), (5, -5), (5, 5), (-5, 5)], [(1, 1), (2, 2)]], SHAPE)  # clipped; a line
+    assert both.sum() == 121 + 36 and both[0, 0] == 1
+    regions, salvaged = parse_regions(_svg(SQUARE, TRIANGLE)[:-5])  # cut inside the last region
+    assert salvaged and regions == [tuple(map(lambda p: (float(p[0]), float(p[1])), SQUARE)),
+                                    tuple(map(lambda p: (float(p[0]), float(p[1])), TRIANGLE))]
+    assert parse_regions("") == ([], False)
+
+
+def test_ddti_tirads_target(ddti_src, tmp_path, monkeypatch):
+    report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI"), raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    assert list(raw.class_labels) == ["TR2", "TR3", "TR4a", "TR4b", "TR4c", "TR5"]
+    assert cases["class"].to_dict() == {"ddti_0001_1": "TR4a", "ddti_0001_2": "TR4a", "ddti_0002_1": "TR3",
+                                        "ddti_0004_1": "TR5", "ddti_0008_1": "TR4b"}
+    assert cases.at["ddti_0001_1", "patient_id"] == cases.at["ddti_0001_2", "patient_id"] == "ddti_0001"
+    row = cases.loc["ddti_0001_1"]
+    assert (row["age"], row["sex"], row["composition"], row["margins"], row["tirads"], row["polygons"]) == \
+        ("49", "F", "solid", "well defined", "4a", "2")
+    assert cases.at["ddti_0002_1", "age"] == "" and [b["case"] for b in report.bad_values] == ["ddti_0002"]
+    triangle = int(rasterize([TRIANGLE], SHAPE).sum())
+    areas = {case_id: int(case_label(raw, case_id).sum()) for case_id in cases.index}
+    assert areas["ddti_0001_1"] == areas["ddti_0002_1"] == 121 + triangle  # polygons / marks merged
+    assert areas["ddti_0001_2"] == areas["ddti_0004_1"] == 121  # the cut-off <svg> salvaged
+    for case_id in cases.index:
+        assert set(np.unique(case_label(raw, case_id))) == {0, 1}
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "<tirads> '' in 3.xml" in reasons["ddti_0003_1"]
+    assert "5_1.jpg has no 5.xml" in reasons["ddti_0005_1"]
+    assert "no polygon for image 1" in reasons["ddti_0006_1"]
+    assert "6_2.jpg does not exist" in reasons["ddti_0006_2"]
+    assert "7.xml is not readable XML" in reasons["ddti_0007_1"]
+    assert any("1 <svg> mark(s) cut off" in n for n in report.notes)
+    nnunet_verify(report.path, monkeypatch)
+
+
+def test_ddti_malignancy_target_as_test_and_cli(ddti_src, tmp_path, monkeypatch, capsys):
+    report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI", split="test"), target="malignancy",
+                          raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    assert set(cases["split"]) == {"test"} and (raw.folder / "labelsTs" / "ddti_0001_1.png").is_file()
+    assert cases["class"].to_dict() == {"ddti_0001_1": "malignant", "ddti_0001_2": "malignant",
+                                        "ddti_0002_1": "benign", "ddti_0004_1": "malignant", "ddti_0008_1": "benign"}
+    assert cases.at["ddti_0008_1", "class_source"] == "pathology" and cases.at["ddti_0001_1", "class_source"] == \
+        "tirads"
+    assert any("4 image(s) without pathology" in n for n in report.notes)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "cli"))
+    assert main(["convert", "DDTI", str(ddti_src), "--no-progress", "--target", "malignancy"]) == 0
+    assert "Dataset608_DDTI" in capsys.readouterr().out
+    assert main(["convert", "ddti", str(tmp_path / "cli"), "-d", "609", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "does not look like DDTI" in err and "N.xml" in err
