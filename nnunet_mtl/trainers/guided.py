@@ -166,6 +166,11 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
         if self.is_ddp:
             fail(f"{self.__class__.__name__} does not support multi-GPU (DDP) training: its double backward runs on "
                  f"the unwrapped network; train on one GPU")
+        tasks = [t for t, w in self.task_weights().items() if w > 0]
+        if len(tasks) < 2:
+            fail(f"{self.__class__.__name__}: RLAR compares the gradients of at least two tasks, but only "
+                 f"{tasks or 'none'} has a positive loss weight; expected two of seg_loss_weight, cls_loss_weight, "
+                 f"clin_loss_weight > 0")
         super().on_train_start()
         stages = self.rlar_stages()
         self.print_to_log_file(f"RLAR: lambda_adv {self.adv_weight}, layer {self.rlar_layer} = encoder stage(s) "
