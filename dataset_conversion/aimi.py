@@ -31,16 +31,14 @@ Policies:
 from __future__ import annotations
 
 import csv
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.common import (NEAR_DUPLICATE_MAX_BITS, REPORT_LIST_LIMIT, Case, ConversionReport,
-                                       ConvertOptions, Skipped, SkipCase, add_common_arguments, column_name, convert,
-                                       find_layout, options_from_args)
-from dataset_conversion.thyroid_xl import (TARGETS, check_target, histopathology_class, missing, raw_root_or_env,
-                                           safe_id, target_class_labels, tirads_class)
+from dataset_conversion.common import (Case, CaseStream, ConversionReport, ConvertOptions, Skipped, SkipCase,
+                                       add_converter, column_name, convert_source, find_layout, is_missing, safe_id)
+from dataset_conversion.thyroid_xl import (TARGETS, check_target, histopathology_class, target_classes,
+                                           tirads_class)
 from nnunet_mtl.errors import NnunetMtlError
 
 HDF5_FILE = "dataset.hdf5"
@@ -51,79 +49,64 @@ LAYOUT = (f"{HDF5_FILE} (datasets {', '.join(HDF5_DATASETS)}; one frame per inde
           f"age, sex, ..., ti-rads_level, ..., histopath_diagnosis)")
 INDEX_CHUNK = 65536  # annot_id / frame_num entries read at once by the main process
 CHUNK_CACHE_BYTES = 32 * 2 ** 20  # per-process HDF5 chunk cache: consecutive frames of a multi-frame chunk hit it
-PAIR_BLOCK_ELEMENTS = 2 ** 21  # hash pairs compared at once (16 MiB of uint64) by the near-duplicate search
 AGE_RANGE = (0, 120)
 HISTOPATH_CODES = {0: "benign", 1: "malignant"}
 
 
 def register_converters(sources) -> None:
     """``convert aimi`` (aliases ``AIMI``, ``stanford-thyroid``)."""
-    p = sources.add_parser(
-        "aimi", aliases=["AIMI", "stanford-thyroid"],
+    p = add_converter(
+        sources, "aimi", convert_aimi, aliases=["AIMI", "stanford-thyroid"], default_id=606,
+        default_name="AIMIThyroid", default_split="test", passed=("target", "every_kth_frame"),
         help="Stanford AIMI thyroid ultrasound cine-clips (HDF5; TI-RADS TR1-TR5 or benign / malignant; "
              "external test set by default)",
         description=f"Converts the Stanford AIMI Thyroid Ultrasound Cine-clip dataset as downloaded (folder with "
                     f"{LAYOUT}). Every frame is a case (--every-kth-frame subsamples); all frames of a clip share "
                     "its annot_id as patient id. The HDF5 file is streamed frame by frame, never loaded whole. No "
-                    "pixel size is stored: spacing is left empty.")
-    p.add_argument("source", type=Path, help="the folder with dataset.hdf5 and metadata.csv")
-    add_common_arguments(p, 606, "AIMIThyroid")
-    _set_default_split(p, "test", "the thyroid paper's use of AIMI: an external test set")
+                    "pixel size is stored: spacing is left empty. Written as test set by default (the thyroid "
+                    "paper's use of AIMI: an external test set).",
+        source_help="the folder with dataset.hdf5 and metadata.csv")
     p.add_argument("--target", choices=TARGETS, default="tirads",
                    help="the class: tirads (default; TR1..TR5 from ti-rads_level) or malignancy (benign / malignant "
                         "from histopath_diagnosis 0 / 1)")
     p.add_argument("--every-kth-frame", type=int, default=1, metavar="K",
                    help="keep every K-th frame of each clip, starting with its first (default 1: all frames)")
-    p.set_defaults(func=run_aimi)
-
-
-def _set_default_split(parser, split: str, why: str) -> None:
-    """add_common_arguments has no per-dataset default for --as: change its default (and help) afterwards."""
-    for action in parser._actions:
-        if action.dest == "split":
-            action.default = split
-            action.help = action.help.split(". Default:")[0] + f". Default: {split} ({why})"
-
-
-def run_aimi(args) -> int:
-    report = convert_aimi(args.source, options_from_args(args), target=args.target,
-                          every_kth_frame=args.every_kth_frame)
-    print(report.format())
-    return 0
 
 
 # --- reading the HDF5 file ------------------------------------------------------------------------------------
 class HDF5Frames:
-    """The loader: ``case.image`` is a frame index; returns (image[i], mask[i]) read from the file, which each
-    process opens lazily on its first call (an open h5py handle cannot be pickled, so ``__getstate__`` drops it)."""
+    """The loader: ``case.image`` is (HDF5 file, frame index); returns (image[i], mask[i]) read from the file, which
+    each process opens on its first call and keeps open (an open h5py handle cannot be pickled, so ``__getstate__``
+    drops it)."""
 
-    def __init__(self, path):
-        self.path = str(path)
-        self._file = self._datasets = None
+    def __init__(self):
+        self._path = self._file = self._datasets = None
 
     def __getstate__(self):
-        return {"path": self.path}
+        return {}
 
     def __setstate__(self, state):
-        self.path, self._file, self._datasets = state["path"], None, None
+        self.__init__()
 
     def __call__(self, case: Case):
-        index = int(case.image)
+        path, index = case.image
         try:
-            if self._file is None:
+            if path != self._path:
                 import h5py
 
-                self._file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
+                self.close()
+                self._file = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
                 self._datasets = (self._file["image"], self._file["mask"])  # looked up once, not per frame
+                self._path = path
             image, mask = self._datasets
-            return np.asarray(image[index]), np.asarray(mask[index])
+            return np.asarray(image[int(index)]), np.asarray(mask[int(index)])
         except (OSError, KeyError, ValueError, IndexError) as e:
             raise SkipCase(f"{case.source}: not readable ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._file = self._datasets = None
+        self._path = self._file = self._datasets = None
 
 
 def annot_key(value) -> str:
@@ -188,7 +171,7 @@ def _read_metadata(path: Path) -> dict[str, dict]:
 
 def _clip_class(annot: str, row: dict, report: ConversionReport, target: str) -> tuple[str | None, str, dict]:
     """(class or None, reason, clinical columns) of one clip; bad values reported once per clip."""
-    ref = f"aimi_{safe_id(annot)}"
+    ref = f"aimi_{safe_id(annot, '-')}"
     clinical: dict = {}
     for header, value in row.items():
         if not header:
@@ -201,7 +184,7 @@ def _clip_class(annot: str, row: dict, report: ConversionReport, target: str) ->
         clinical[col] = value
     level = row.get("ti-rads_level")
     tirads = tirads_class(level)
-    if not missing(level) and tirads is None:
+    if not is_missing(level) and tirads is None:
         report.bad_value(ref, "ti-rads_level", level, "a TI-RADS level 1-5")
     clinical["ti_rads_level"] = int(tirads[2:]) if tirads else ""
     diagnosis = row.get("histopath_diagnosis")
@@ -211,7 +194,7 @@ def _clip_class(annot: str, row: dict, report: ConversionReport, target: str) ->
         bad = code is not None and malignancy is None
     else:
         malignancy = histopathology_class(diagnosis)
-        bad = not missing(diagnosis) and malignancy is None
+        bad = not is_missing(diagnosis) and malignancy is None
     if bad:
         report.bad_value(ref, "histopath_diagnosis", diagnosis, "0 (benign), 1 (malignant) or a diagnosis")
     if target == "tirads":
@@ -243,9 +226,9 @@ def _kept_frames(annots: list[str], frames: np.ndarray, every_kth_frame: int) ->
     return keep
 
 
-def aimi_cases(source, report: ConversionReport, *, target: str = "tirads", every_kth_frame: int = 1):
-    """(cases, total, hdf5 path): a generator of :class:`Case` / :class:`Skipped` in HDF5 index order (one
-    :class:`Skipped` per clip without a usable class) and the number of items it yields."""
+def aimi_cases(source, report: ConversionReport, *, target: str = "tirads", every_kth_frame: int = 1) -> CaseStream:
+    """The :class:`Case` / :class:`Skipped` entries in HDF5 index order (one :class:`Skipped` per clip without a
+    usable class), generated while they are converted; ``case.image`` is (HDF5 file, index)."""
     check_target(target)
     if not isinstance(every_kth_frame, int) or every_kth_frame < 1:
         raise NnunetMtlError(f"--every-kth-frame {every_kth_frame!r}: expected a whole number >= 1")
@@ -282,85 +265,29 @@ def aimi_cases(source, report: ConversionReport, *, target: str = "tirads", ever
             if class_name is None:
                 if annot not in reported:
                     reported.add(annot)
-                    yield Skipped(f"aimi_{safe_id(annot)} ({clips[annot]} frames)", reason)
+                    yield Skipped(f"aimi_{safe_id(annot, '-')} ({clips[annot]} frames)", reason)
                 continue
             if not keep[index]:
                 continue
-            case_id = f"aimi_{safe_id(annot)}_f{frame_num:04d}"
+            case_id = f"aimi_{safe_id(annot, '-')}_f{frame_num:04d}"
             source_ref = f"{HDF5_FILE}[{index}] (annot_id {annot}, frame_num {frame_num})"
             if case_id in used_ids:
                 yield Skipped(f"{case_id} (index {index})", f"{source_ref}: frame_num repeats within the clip; the "
                                                             f"first frame with it is kept")
                 continue
             used_ids.add(case_id)
-            yield Case(case_id, class_name, patient_id=annot, image=index, clinical={
+            yield Case(case_id, class_name, patient_id=annot, image=(str(path), index), clinical={
                 **clinical, "frame_num": frame_num, "hdf5_index": index}, source=source_ref)
 
-    return generate(), total, path
-
-
-# --- near-duplicates with bounded memory (workaround) ---------------------------------------------------------
-class _CountedPairs(list):
-    """The first near-duplicate pairs (what the report lists) whose len() is the number found."""
-
-    def __init__(self, head, total: int):
-        super().__init__(head)
-        self.total = total
-
-    def __len__(self):
-        return self.total
-
-
-def _bounded_near_duplicate_pairs(hashes, groups, max_bits: int = NEAR_DUPLICATE_MAX_BITS) -> _CountedPairs:
-    """:func:`common.near_duplicate_pairs` counting the pairs instead of collecting them all: cine frames of one
-    scanner share their layout (black borders, the scan area), so their difference hashes are alike across clips
-    and the pairs grow with the square of the frames (147,699 pairs among 2,000 synthetic frames of 20 clips, ~0.6
-    GB of Python tuples at 10,000). Same result for the report: the first pairs in (i, j) order and the total."""
-    h = np.asarray([int(x) for x in hashes], dtype=np.uint64)
-    g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
-    block = max(1, PAIR_BLOCK_ELEMENTS // max(1, len(h)))
-    head: list = []
-    total = 0
-    for start in range(0, len(h), block):
-        dist = np.bitwise_count(h[start:start + block, None] ^ h[None, :])
-        ii, jj = np.nonzero(dist <= max_bits)
-        ii += start
-        keep = (jj > ii) & (g[ii] != g[jj])
-        total += int(keep.sum())
-        if len(head) < REPORT_LIST_LIMIT:
-            ii, jj = ii[keep][:REPORT_LIST_LIMIT], jj[keep][:REPORT_LIST_LIMIT]
-            head.extend(zip(ii.tolist(), jj.tolist(), dist[ii - start, jj].tolist()))
-    return _CountedPairs(head[:REPORT_LIST_LIMIT], total)
-
-
-@contextmanager
-def _bounded_near_duplicates():
-    """convert() lists near-duplicates through common.near_duplicate_pairs, which keeps every pair: swap in the
-    counting version for this conversion only (remove once common.py bounds it itself)."""
-    from dataset_conversion import common
-
-    original = common.near_duplicate_pairs
-    common.near_duplicate_pairs = _bounded_near_duplicate_pairs
-    try:
-        yield
-    finally:
-        common.near_duplicate_pairs = original
+    return CaseStream(generate(), total)
 
 
 def convert_aimi(source, options: ConvertOptions, *, target: str = "tirads", every_kth_frame: int = 1,
                  raw_root=None) -> ConversionReport:
     """Convert the AIMI cine-clip dataset; returns the report (``report.path`` is the dataset folder). The cases
-    are streamed to :func:`convert` (no list of them is built)."""
-    labels = target_class_labels(target, options.normal)
-    root = raw_root_or_env(raw_root)
-    report = ConversionReport("AIMI", source)
-    cases, total, path = aimi_cases(source, report, target=target, every_kth_frame=every_kth_frame)
-    loader = HDF5Frames(path)
-    try:
-        with _bounded_near_duplicates():
-            convert(cases, options, report, class_labels=labels, raw_root=root, loader=loader, total=total,
-                    chunksize=16, description=f"Stanford AIMI thyroid ultrasound cine-clips, target {target}, "
-                                              f"every {every_kth_frame}. frame, converted by nnunet_mtl")
-    finally:
-        loader.close()
-    return report
+    are streamed to the workers (no list of them is built), 16 frames at a time."""
+    return convert_source("AIMI", source, lambda report: aimi_cases(source, report, target=target,
+                                                                    every_kth_frame=every_kth_frame),
+                          options, classes=target_classes(target), raw_root=raw_root, loader=HDF5Frames(),
+                          chunksize=16, description=f"Stanford AIMI thyroid ultrasound cine-clips, target {target}, "
+                                                    f"every {every_kth_frame}. frame, converted by nnunet_mtl")

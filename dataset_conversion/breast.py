@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, add_common_arguments,
-                                       class_labels_for, column_name, convert, find_layout, options_from_args,
-                                       read_xlsx_table, spacing_mm, split_cell)
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
+                                       column_name, convert_source, find_layout, list_files, read_xlsx_table,
+                                       spacing_mm, split_cell)
 from nnunet_mtl.errors import NnunetMtlError
 
-MALIGNANCY = ("benign", "malignant")
+TARGETS = ("malignancy", "birads")
 # BI-RADS assessment categories of a lesion (1 = negative, i.e. a normal image, is the 'normal' class; 0 and 6
 # are not assessments of the image's appearance)
 BIRADS_CATEGORIES = ("2", "3", "4a", "4b", "4c", "5")
@@ -44,55 +44,31 @@ UDIAT_LAYOUT = "original/NNNNNN.png, GT/NNNNNN.png and DatasetB.xlsx (columns Im
 
 def register_converters(sources) -> None:
     """``convert breast`` and ``convert udiat`` (argparse subcommands with their aliases)."""
-    b = sources.add_parser(
-        "breast", aliases=["BrEaST"],
+    b = add_converter(
+        sources, "breast", convert_breast, aliases=["BrEaST"], default_id=601, default_name="BrEaST",
+        passed=("target",),
         help="BrEaST-Lesions_USG (benign / malignant breast lesions, BI-RADS, clinical data)",
         description="Converts BrEaST-Lesions_USG as downloaded (folder with "
                     f"{BREAST_LAYOUT}). Only the tumor mask is the lesion; the 'other' masks are ignored. "
                     "RGBA images are composited onto black. Spacing from Pixel_size (cm). The clinical columns "
-                    "are kept in cases.csv. The sheet has no patient column: each case is its own patient.")
-    b.add_argument("source", type=Path, help="the downloaded BrEaST folder")
-    add_common_arguments(b, 601, "BrEaST")
-    b.add_argument("--target", choices=("malignancy", "birads"), default="malignancy",
+                    "are kept in cases.csv. The sheet has no patient column: each case is its own patient.",
+        source_help="the downloaded BrEaST folder")
+    b.add_argument("--target", choices=TARGETS, default="malignancy",
                    help="the class: malignancy (default; benign / malignant, from Classification) or the BI-RADS "
-                        "category "
-                        f"({', '.join(BIRADS_CATEGORIES)}) as classes")
-    b.set_defaults(func=run_breast)
-
-    u = sources.add_parser(
-        "udiat", aliases=["UDIAT"],
+                        f"category ({', '.join(BIRADS_CATEGORIES)}) as classes")
+    add_converter(
+        sources, "udiat", convert_udiat, aliases=["UDIAT"], default_id=602, default_name="UDIAT",
         help="UDIAT Dataset B (benign / malignant breast lesions)",
         description=f"Converts UDIAT Dataset B as distributed (folder with {UDIAT_LAYOUT}, or its parent). "
                     "Image ids keep their zero padding even when the sheet stores them as numbers. No pixel size "
-                    "and no patient ids are published: spacing is left empty and each image is its own patient.")
-    u.add_argument("source", type=Path, help="the UDIAT Dataset B folder (or the BUS folder inside it)")
-    add_common_arguments(u, 602, "UDIAT")
-    u.set_defaults(func=run_udiat)
-
-
-def run_breast(args) -> int:
-    report = convert_breast(args.source, options_from_args(args), target=args.target)
-    print(report.format())
-    return 0
-
-
-def run_udiat(args) -> int:
-    report = convert_udiat(args.source, options_from_args(args))
-    print(report.format())
-    return 0
-
-
-def _raw_root(raw_root):
-    from nnunet_mtl.paths import raw_root as env_raw_root
-
-    return Path(raw_root) if raw_root is not None else env_raw_root()  # nnUNet_raw unset: one line, before work
+                    "and no patient ids are published: spacing is left empty and each image is its own patient.",
+        source_help="the UDIAT Dataset B folder (or the BUS folder inside it)")
 
 
 # --- BrEaST -------------------------------------------------------------------------------------------------
 def _find_breast_sheet(root: Path) -> Path:
     """The clinical xlsx: the one whose header has BrEaST's columns (the file name carries a release date)."""
-    sheets = sorted(root.glob("*.xlsx"))
-    for path in sheets:
+    for path in list_files(root, "*.xlsx"):
         if path.name.startswith("~$"):  # an Excel lock file
             continue
         try:
@@ -161,31 +137,27 @@ def breast_cases(source, report: ConversionReport, *, target: str = "malignancy"
         yield Case(case_id, class_name, patient_id=case_id, image=images / names[0], masks=masks, lesion=lesion,
                    spacing_mm=spacing_mm(pixel_cm, "cm"), clinical=clinical, source=names[0])
     # files the sheet does not mention: reported, not converted (the sheet holds the classes)
-    unlisted = sorted(p.name for p in images.glob("*.png") if p.name not in listed)
+    unlisted = [p.name for p in list_files(images, "*.png") if p.name not in listed]
     for name in unlisted:
         yield Skipped(name, f"not listed in {sheet.name}; expected a row for every file")
-    others = sum(1 for p in images.glob("*_other*.png"))
+    others = len(list_files(images, "*_other*.png"))
     if others:
         report.note(f"{others} 'other' masks (other findings, not the lesion) ignored")
 
 
-def breast_class_labels(target: str, normal: str) -> dict[str, int]:
-    if target not in ("malignancy", "birads"):
+def breast_classes(target: str) -> tuple[str, ...]:
+    if target not in TARGETS:
         raise NnunetMtlError(f"--target {target!r}: expected malignancy or birads")
-    classes = MALIGNANCY if target == "malignancy" else tuple(f"birads_{c}" for c in BIRADS_CATEGORIES)
-    return class_labels_for(classes, normal)
+    return MALIGNANCY if target == "malignancy" else tuple(f"birads_{c}" for c in BIRADS_CATEGORIES)
 
 
 def convert_breast(source, options: ConvertOptions, *, target: str = "malignancy", raw_root=None
                    ) -> ConversionReport:
     """Convert BrEaST; returns the report (``report.path`` is the dataset folder)."""
-    labels = breast_class_labels(target, options.normal)
-    root = _raw_root(raw_root)
-    report = ConversionReport("BrEaST", source)
-    cases = list(breast_cases(source, report, target=target))  # 256 small records: the total for the bar
-    convert(cases, options, report, class_labels=labels, raw_root=root,
-            description=f"BrEaST-Lesions_USG (Pawlowska et al. 2024), target {target}, converted by nnunet_mtl")
-    return report
+    return convert_source("BrEaST", source, lambda report: breast_cases(source, report, target=target), options,
+                          classes=breast_classes(target), raw_root=raw_root,
+                          description=f"BrEaST-Lesions_USG (Pawlowska et al. 2024), target {target}, converted by "
+                                      f"nnunet_mtl")
 
 
 # --- UDIAT Dataset B --------------------------------------------------------------------------------------
@@ -221,15 +193,14 @@ def _udiat_legend(sheet: Path) -> dict[str, str]:
 def udiat_cases(source, report: ConversionReport):
     """The UDIAT cases in the sheet's order (a generator of :class:`Case` / :class:`Skipped`)."""
     root = find_layout(source, ["original/", "GT/", "*.xlsx"], dataset="UDIAT Dataset B", expected=UDIAT_LAYOUT)
-    sheet = root / "DatasetB.xlsx"
-    if not sheet.is_file():
-        sheet = sorted(p for p in root.glob("*.xlsx") if not p.name.startswith("~$"))[0]
+    sheets = [p for p in list_files(root, "*.xlsx") if not p.name.startswith("~$")]  # not Excel lock files
+    sheet = next((p for p in sheets if p.name.lower() == "datasetb.xlsx"), sheets[0])
     # the sheet's own header row ("Image" etc.) is read with the other columns; the legend sits beside the table
     rows = read_xlsx_table(sheet, ("Image", "Type"), dataset="UDIAT Dataset B")
     legend = _udiat_legend(sheet)
     listed = {_image_number(r.get("Image")) for r in rows}
     files = {}
-    for path in sorted((root / "original").glob("*.png")):
+    for path in list_files(root / "original", "*.png"):
         number = _image_number(path.stem)
         if number is not None:
             files[number] = path
@@ -268,10 +239,6 @@ def udiat_cases(source, report: ConversionReport):
 
 def convert_udiat(source, options: ConvertOptions, *, raw_root=None) -> ConversionReport:
     """Convert UDIAT Dataset B; returns the report (``report.path`` is the dataset folder)."""
-    labels = class_labels_for(MALIGNANCY, options.normal)
-    root = _raw_root(raw_root)
-    report = ConversionReport("UDIAT", source)
-    cases = list(udiat_cases(source, report))
-    convert(cases, options, report, class_labels=labels, raw_root=root,
-            description="UDIAT Dataset B (Yap et al. 2018), benign / malignant, converted by nnunet_mtl")
-    return report
+    return convert_source("UDIAT", source, lambda report: udiat_cases(source, report), options, classes=MALIGNANCY,
+                          raw_root=raw_root, description="UDIAT Dataset B (Yap et al. 2018), benign / malignant, "
+                                                         "converted by nnunet_mtl")

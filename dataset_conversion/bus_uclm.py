@@ -16,14 +16,13 @@ cross-checked and every disagreement is reported. Yes/no columns are normalized 
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.busi import MALIGNANCY, add_converter, convert_source
-from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, SkipCase, column_name,
-                                       find_layout, read_image)
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, SkipCase,
+                                       add_converter, column_name, convert_source, find_layout, list_files,
+                                       read_image, safe_id)
 from nnunet_mtl.errors import NnunetMtlError
 
 UCLM_LAYOUT = ("images/*.png, masks/*.png with the same names (RGB: green benign, red malignant, black normal) and "
@@ -38,8 +37,8 @@ PRINT_DISAGREEMENTS = 10  # listed in the note; the count is always complete
 def register_converters(sources) -> None:
     """``convert bus-uclm`` (argparse subcommand with its aliases)."""
     add_converter(
-        sources, "bus-uclm", aliases=["BUS-UCLM", "bus_uclm"], convert=convert_bus_uclm, default_id=604,
-        default_name="BUS-UCLM", help_line="BUS-UCLM (benign / malignant / normal breast ultrasound, 38 patients)",
+        sources, "bus-uclm", convert_bus_uclm, aliases=["BUS-UCLM", "bus_uclm"], default_id=604,
+        default_name="BUS-UCLM", help="BUS-UCLM (benign / malignant / normal breast ultrasound, 38 patients)",
         description=f"Converts BUS-UCLM as downloaded (folder with {UCLM_LAYOUT}, or its parent). The class "
                     "comes from the mask colour (green benign, red malignant, black normal); INFO.csv's Label is "
                     "cross-checked and disagreements are reported. Patient = the first four letters of the file "
@@ -110,18 +109,17 @@ def yes_no(report: ConversionReport, case: str, column: str, value):
 
 def bus_uclm_cases(source, report: ConversionReport):
     """The BUS-UCLM cases in file-name order (a generator of :class:`Case` / :class:`Skipped`)."""
-    root = find_layout(source, ["images/", "masks/", "*.csv"], dataset="BUS-UCLM", expected=UCLM_LAYOUT)
-    sheets = sorted(root.glob("*.csv"))
-    sheet = next((p for p in sheets if p.name.lower() == "info.csv"), sheets[0])
+    root = find_layout(source, ["images/", "masks/", "INFO.csv"], dataset="BUS-UCLM", expected=UCLM_LAYOUT)
+    sheet = list_files(root, "INFO.csv")[0]
     info = _info_table(sheet)
     report.note("BUS-UCLM publishes no pixel size: spacing empty (HD95 in pixels); patient = the first four "
                 "letters of the file name")
     disagree: list[str] = []
     no_row = 0
-    images = sorted((root / "images").glob("*.png"))
+    images = list_files(root / "images", "*.png")
     for path in images:
         stem = path.stem
-        case_id = "bus_uclm_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)
+        case_id = "bus_uclm_" + safe_id(stem)
         mask = root / "masks" / path.name
         if not mask.is_file():
             yield Skipped(case_id, f"{mask} does not exist; expected the mask of images/{path.name}")

@@ -14,21 +14,15 @@ Layout (the Kaggle / Cairo University download)::
 780 images (437 benign / 210 malignant / 133 normal). The folder is the class; there is no spreadsheet, no patient
 id and no pixel size. ``benign (433).png`` and ``malignant (145).png`` are the same image: the shared duplicate
 policy drops both (ambiguous label) and reports them.
-
-This module also holds :func:`add_converter` and :func:`convert_source`, the command-line and conversion plumbing
-shared by the BUSI, BUS-UCLM, TN3K and DDTI converters.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
-from typing import Callable, Iterable
 
-from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, add_common_arguments,
-                                       class_labels_for, convert, find_layout, load_files, options_from_args)
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
+                                       convert_source, find_layout, list_files)
 
-MALIGNANCY = ("benign", "malignant")
 BUSI_FOLDERS = MALIGNANCY + ("normal",)
 BUSI_LAYOUT = ("Dataset_BUSI_with_GT/{benign,malignant,normal}/ holding 'benign (N).png' with its "
                "'benign (N)_mask.png' (and '_mask_1.png', '_mask_2.png')")
@@ -41,8 +35,8 @@ BUSI_NAME = re.compile(r"(?P<cls>benign|malignant|normal) ?\((?P<number>\d+)\)(?
 def register_converters(sources) -> None:
     """``convert busi`` (argparse subcommand with its alias)."""
     add_converter(
-        sources, "busi", aliases=["BUSI"], convert=convert_busi, default_id=603, default_name="BUSI",
-        help_line="BUSI, Dataset_BUSI_with_GT (benign / malignant / normal breast ultrasound)",
+        sources, "busi", convert_busi, aliases=["BUSI"], default_id=603, default_name="BUSI",
+        help="BUSI, Dataset_BUSI_with_GT (benign / malignant / normal breast ultrasound)",
         description=f"Converts BUSI as downloaded (folder with {BUSI_LAYOUT}, or its parent). The folder is the "
                     "class. The masks of one image are merged; RGB images (some with coloured marks) are "
                     "converted to grey. No patient ids and no pixel size are published: each image is its own "
@@ -51,52 +45,12 @@ def register_converters(sources) -> None:
         source_help="the Dataset_BUSI_with_GT folder (or the folder holding it)")
 
 
-# --- shared by the converters of BUSI, BUS-UCLM, TN3K and DDTI ---------------------------------------------
-def add_converter(sources, name: str, *, aliases: list[str], convert: Callable, default_id: int, default_name: str,
-                  help_line: str, description: str, source_help: str, official_split: bool = False,
-                  passed: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """Add ``convert NAME SOURCE`` with the common options; running it calls ``convert(source, options,
-    **{p: args.p for p in passed})`` and prints the report. Returns the parser for dataset-specific options."""
-    p = sources.add_parser(name, aliases=aliases, help=help_line, description=description)
-    p.add_argument("source", type=Path, help=source_help)
-    add_common_arguments(p, default_id, default_name, official_split=official_split)
-
-    def run(args) -> int:
-        report = convert(args.source, options_from_args(args), **{k: getattr(args, k) for k in passed})
-        print(report.format())
-        return 0
-
-    p.set_defaults(func=run)
-    return p
-
-
-def convert_source(converter: str, source, cases: Callable[[ConversionReport], Iterable], options: ConvertOptions,
-                   *, classes: tuple[str, ...], description: str, raw_root=None, loader=load_files
-                   ) -> ConversionReport:
-    """Convert ``cases(report)`` (a generator of :class:`Case` / :class:`Skipped`) into a dataset with the target
-    ``classes`` (+ normal with ``--normal include``); returns the report (``report.path`` is the folder).
-
-    nnUNet_raw is resolved first, so its one-line error comes before any work; the cases are listed before
-    converting (a few thousand small records: the total for the progress bar)."""
-    from nnunet_mtl.paths import raw_root as env_raw_root
-
-    root = Path(raw_root) if raw_root is not None else env_raw_root()
-    report = ConversionReport(converter, source)
-    listed = list(cases(report))
-    convert(listed, options, report, class_labels=class_labels_for(classes, options.normal), raw_root=root,
-            description=description, loader=loader)
-    return report
-
-
-# --- BUSI ---------------------------------------------------------------------------------------------------
 def _busi_files(folder: Path, cls: str):
     """{number: image path}, {number: [mask paths, main mask first]} and the files that do not fit the naming."""
     images: dict[int, Path] = {}
     masks: dict[int, list[tuple[int, Path]]] = {}
     odd: list[tuple[str, str]] = []
-    for path in sorted(folder.glob("*")):
-        if path.suffix.lower() != ".png":  # Thumbs.db, .DS_Store, ...: not part of the dataset
-            continue
+    for path in list_files(folder, "*.png"):  # not Thumbs.db, .DS_Store, ...: not part of the dataset
         m = BUSI_NAME.fullmatch(path.name)
         if m is None:
             odd.append((f"{cls}/{path.name}", f"unexpected file name; expected '{cls} (N).png' or "

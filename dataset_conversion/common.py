@@ -1,19 +1,26 @@
-"""What every dataset converter shares: CLI options, layout checks, parallel conversion, duplicates, the report.
+"""What every dataset converter shares: the driver, CLI options, layout checks, parallel conversion, duplicates,
+the report.
 
-A converter module only knows its dataset's layout and quirks. It
+A converter module only knows its dataset's layout and quirks. It has two functions and a generator:
 
-1. adds its subcommand with :func:`add_common_arguments` (``-d``, ``--name``, ``--as``, ``--add-to-existing``,
-   ``--overwrite``, ``--normal``, ``-j``, ``--no-progress``) and turns the parsed args into
-   :class:`ConvertOptions` with :func:`options_from_args`;
-2. checks the source folder with :func:`find_layout` (a wrong folder gives one line naming the layout expected);
-3. yields one :class:`Case` per image (what to read, class, patient, spacing, clinical columns) or a
-   :class:`Skipped` (with the reason) for a row it cannot use, recording unusable clinical values with
-   :meth:`ConversionReport.number` / :meth:`ConversionReport.bad_value`;
-4. hands them to :func:`convert`, which loads, converts and PNG-encodes the cases in worker processes, keeps
-   the bookkeeping (cases.csv rows, duplicates, counts) in the main process in the source's order, and
-   publishes the dataset atomically through :class:`~dataset_conversion.writer.RawDatasetWriter` together with
-   ``conversion_report.json``;
-5. prints :meth:`ConversionReport.format`.
+- ``register_converters(sources)`` calls :func:`add_converter` (``nnunet_mtl convert NAME SOURCE`` with the
+  options every converter has, :func:`add_common_arguments`: ``-d``, ``--name``, ``--as`` (with the dataset's
+  default split), ``--add-to-existing``, ``--overwrite``, ``--normal``, ``-j``, ``--no-progress``) and adds its
+  own options (``--target``, ...) to the parser it returns; running the command calls the converter function and
+  prints :meth:`ConversionReport.format`.
+- ``convert_NAME(source, options, *, <its own options>, raw_root=None) -> ConversionReport`` calls
+  :func:`convert_source` with the dataset's target classes and a ``cases(report)`` function; the driver resolves
+  nnUNet_raw (its one-line error before any work), builds the report, lists the cases and converts them.
+- ``cases(report)`` checks the source folder with :func:`find_layout` (a wrong folder gives one line naming the
+  layout expected) and yields one :class:`Case` per image (what to read, class, patient, spacing, clinical
+  columns) or a :class:`Skipped` (with the reason) for an entry it cannot use, recording unusable clinical values
+  with :meth:`ConversionReport.number` / :meth:`ConversionReport.bad_value`. A source too large to list first
+  returns a :class:`CaseStream` (the cases with their number).
+
+:func:`convert` (called by the driver) loads, converts and PNG-encodes the cases in worker processes, keeps the
+bookkeeping (cases.csv rows, duplicates, counts) in the main process in the source's order, and publishes the
+dataset atomically through :class:`~dataset_conversion.writer.RawDatasetWriter` together with
+``conversion_report.json``.
 
 Policies (documented here once, for every converter)
 
@@ -31,7 +38,8 @@ Policies (documented here once, for every converter)
 - Near-duplicates (difference hashes at most :data:`NEAR_DUPLICATE_MAX_BITS` of 64 bits apart) between cases of
   *different* patients are listed in the report, never removed: they are often the same lesion seen twice
   (a patient id the dataset does not publish), which a patient-level split cannot see. Pairs within one patient
-  (cine frames, repeat views) are expected and not listed.
+  (cine frames, repeat views) are expected and not listed. All pairs are counted; the report lists the first
+  :data:`REPORT_LIST_LIMIT` (cine frames of one scanner hash alike: ~150,000 pairs per 2,000 frames).
 - A problem with one case's files (missing, unreadable, image and mask of different sizes, a lesion case with an
   empty mask) skips that case with a one-line reason naming the file; a problem with the dataset as a whole
   (wrong folder, unreadable spreadsheet, missing column) stops the run. Bad clinical values are reported, never
@@ -44,6 +52,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -56,19 +65,28 @@ import numpy as np
 
 from nnunet_mtl.errors import ContractError, NnunetMtlError
 
+MALIGNANCY = ("benign", "malignant")  # the benign / malignant target of every dataset that has one
 NORMAL_CLASS = "normal"
 NORMAL_CHOICES = ("exclude", "include")
+SPLIT_CHOICES = ("train", "test", "official")
 REPORT_FILE = "conversion_report.json"
 # dHash distance (of 64 bits) up to which two images are listed as near-duplicates. Measured on the real data:
 # two acquisitions of one lesion in UDIAT are 6 and 8 bits apart; unrelated BrEaST images are 7+ bits apart (their
 # common fan-shaped scan area makes the hashes alike), most 12+. 8 lists every re-acquisition found, at the cost of
 # an occasional unrelated pair: the list is for a human to check, nothing is removed.
 NEAR_DUPLICATE_MAX_BITS = 8
-REPORT_LIST_LIMIT = 1000  # near-duplicate pairs kept in the json (the total is always there)
+REPORT_LIST_LIMIT = 1000  # near-duplicate pairs listed in the report: the first in (i, j) order; the total is complete
+PAIR_BLOCK_BYTES = 32 * 2 ** 20  # working memory of the near-duplicate search (XOR, popcount and test of one block)
 PRINT_LIMIT = 15  # lines per section when the report is printed
 # cells that mean "no value" in published spreadsheets: left empty in cases.csv, not reported as bad values
 MISSING_TOKENS = frozenset({"", "-", "na", "n/a", "nan", "none", "null", "not available", "unknown", "?"})
 PIXEL_SIZE_TO_MM = {"mm": 1.0, "cm": 10.0, "um": 1e-3, "m": 1e3}
+
+
+def is_missing(value) -> bool:
+    """True for an empty cell: None, NaN or one of :data:`MISSING_TOKENS` ("", "n/a", "not available", ...)."""
+    return value is None or (isinstance(value, float) and value != value) or \
+        (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS)
 
 
 class SkipCase(NnunetMtlError):
@@ -83,17 +101,20 @@ def default_num_processes() -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_id: int, default_name: str, *,
-                         official_split: bool = False) -> None:
-    """Add the options every converter has. ``official_split``: the dataset has a published train/test split,
-    which ``--as official`` (then the default) keeps."""
+                         default_split: str = "train") -> None:
+    """Add the options every converter has. ``default_split`` is what ``--as`` defaults to (``--add-to-existing``
+    defaults to test): "train" or "test" (every case there), or "official" for a dataset with a published
+    train/test split, which then also offers ``--as official``."""
+    if default_split not in SPLIT_CHOICES:
+        raise ValueError(f"default_split {default_split!r}: expected one of {', '.join(SPLIT_CHOICES)}")
     parser.add_argument("-d", "--dataset-id", type=int, default=default_id, help="dataset id (DatasetNNN_...; default %(default)s)")
     parser.add_argument("--name", default=default_name, help="dataset name (folder DatasetNNN_NAME; default %(default)s)")
-    choices = ["train", "test"] + (["official"] if official_split else [])
+    official = default_split == "official"
     parser.add_argument(
-        "--as", dest="split", choices=choices, default=None,
+        "--as", dest="split", choices=SPLIT_CHOICES if official else SPLIT_CHOICES[:2], default=None,
         help="write every case as training set (imagesTr/labelsTr) or as external test set (imagesTs/labelsTs)"
-             + ("; 'official' keeps the publisher's train/test split" if official_split else "")
-             + ". Default: " + ("official" if official_split else "train") + ", or test with --add-to-existing")
+             + ("; 'official' keeps the publisher's train/test split" if official else "")
+             + f". Default: {default_split}" + ("" if default_split == "test" else ", or test with --add-to-existing"))
     parser.add_argument("--add-to-existing", action="store_true",
                         help="add the cases to the existing dataset with this id (e.g. as its external test set); "
                              "its classes must match")
@@ -105,7 +126,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_id: int, defau
                         help="worker processes for decoding / converting / PNG encoding (default %(default)s; "
                              "1: no workers)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(official_split=official_split)
+    parser.set_defaults(default_split=default_split)
 
 
 @dataclass
@@ -121,7 +142,7 @@ class ConvertOptions:
     progress: bool = True
 
     def __post_init__(self):
-        if self.split not in ("train", "test", "official"):
+        if self.split not in SPLIT_CHOICES:
             raise NnunetMtlError(f"--as {self.split!r}: expected train, test or official")
         if self.normal not in NORMAL_CHOICES:
             raise NnunetMtlError(f"--normal {self.normal!r}: expected one of {', '.join(NORMAL_CHOICES)}")
@@ -133,8 +154,7 @@ class ConvertOptions:
 
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     """:class:`ConvertOptions` from args parsed with :func:`add_common_arguments`."""
-    split = args.split or ("test" if args.add_to_existing else
-                           "official" if getattr(args, "official_split", False) else "train")
+    split = args.split or ("test" if args.add_to_existing else getattr(args, "default_split", "train"))
     return ConvertOptions(dataset_id=args.dataset_id, name=args.name, split=split,
                           add_to_existing=args.add_to_existing, overwrite=args.overwrite, normal=args.normal,
                           num_processes=args.num_processes, progress=not args.no_progress)
@@ -148,23 +168,28 @@ def class_labels_for(classes: Sequence[str], normal: str) -> dict[str, int]:
     return {c: i for i, c in enumerate(names)}
 
 
+def list_files(folder, pattern: str) -> list[Path]:
+    """The entries of ``folder`` whose name matches the glob ``pattern`` case-insensitively (``INFO.csv`` finds
+    info.csv, ``*.jpg`` finds 0001.JPG), sorted by name: files, or folders for a pattern ending in '/'. Dot files
+    (.DS_Store, ._x from macOS archives) are never listed."""
+    want_dir = pattern.endswith("/")
+    pattern = pattern.rstrip("/").lower()
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".")
+                  and fnmatch.fnmatchcase(p.name.lower(), pattern) and p.is_dir() == want_dir)
+
+
 def find_layout(source, required: Sequence[str], *, dataset: str, expected: str) -> Path:
-    """The folder holding every glob pattern of ``required`` (a trailing '/' means a folder): ``source`` itself or
-    one of its direct subfolders (archives often unpack into an extra folder). Otherwise a one-line error naming
-    ``source`` and the ``expected`` layout."""
+    """The folder holding every glob pattern of ``required`` (a trailing '/' means a folder; file patterns match
+    case-insensitively as in :func:`list_files`, folders by their exact name, which the converter opens):
+    ``source`` itself or one of its direct subfolders (archives often unpack into an extra folder). Otherwise a
+    one-line error naming ``source`` and the ``expected`` layout."""
     source = Path(source).expanduser()
     if not source.is_dir():
         raise NnunetMtlError(f"{source} is not a folder; expected the {dataset} folder: {expected}")
 
     def missing_in(folder: Path) -> list[str]:
-        names = [p for p in folder.iterdir()]
-        out = []
-        for pattern in required:
-            want_dir = pattern.endswith("/")
-            pat = pattern.rstrip("/")
-            if not any(fnmatch.fnmatch(p.name, pat) and p.is_dir() == want_dir for p in names):
-                out.append(pattern)
-        return out
+        return [pattern for pattern in required
+                if not ((folder / pattern).is_dir() if pattern.endswith("/") else list_files(folder, pattern))]
 
     missing = missing_in(source)
     if not missing:
@@ -175,11 +200,14 @@ def find_layout(source, required: Sequence[str], *, dataset: str, expected: str)
     raise NnunetMtlError(f"{source} does not look like {dataset} (no {', '.join(missing)}); expected {expected}")
 
 
+def safe_id(text, fill: str = "_") -> str:
+    """A source name as a case-id part: characters outside [A-Za-z0-9_.-] become ``fill``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", fill, str(text).strip())
+
+
 def column_name(header) -> str:
     """A published column header as a cases.csv column: snake_case ("Pixel_size" -> "pixel_size",
     "Tissue composition" -> "tissue_composition", "CaseID" -> "case_id")."""
-    import re
-
     text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(header).strip())
     return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
 
@@ -246,6 +274,21 @@ class Skipped:
     """A source entry the converter cannot use; yielded among the cases so the report keeps the source's order."""
     case: str
     reason: str
+
+
+class CaseStream:
+    """Cases (and :class:`Skipped` entries) generated while they are converted, with their number known in
+    advance for the progress bar: what ``cases(report)`` returns for a source too large to list first (AIMI's
+    frames). Anything else it returns is listed before converting."""
+
+    def __init__(self, items: Iterable, total: int):
+        self.items, self.total = items, total
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return self.total
 
 
 # --- images and masks -------------------------------------------------------------------------------------------
@@ -340,24 +383,29 @@ def difference_hash(grey: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def near_duplicate_pairs(hashes: Sequence[int], groups: Sequence[str], max_bits: int = NEAR_DUPLICATE_MAX_BITS
-                         ) -> list[tuple[int, int, int]]:
-    """(i, j, distance) with i < j for hashes at most ``max_bits`` apart whose ``groups`` (patients) differ.
+def near_duplicate_pairs(hashes: Sequence[int], groups: Sequence[str], max_bits: int = NEAR_DUPLICATE_MAX_BITS, *,
+                         limit: int = REPORT_LIST_LIMIT) -> tuple[int, list[tuple[int, int, int]]]:
+    """(number of pairs, the first ``limit`` pairs) of hashes at most ``max_bits`` apart whose ``groups``
+    (patients) differ; a pair is (i, j, distance) with i < j, in (i, j) order.
 
-    All pairs, vectorised in row blocks (XOR + popcount): 20,000 images take about a second, memory stays at one
-    block of distances."""
+    Pairs are counted in place, never collected: the frames of one scanner's cine clips share their layout and
+    hash alike across clips (~150,000 pairs among 2,000 frames). Vectorised in row blocks (XOR + popcount) whose
+    working memory stays under :data:`PAIR_BLOCK_BYTES` however many hashes: 20,000 images take about a second."""
     h = np.asarray([int(x) for x in hashes], dtype=np.uint64)
     g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
-    out = []
-    block = 512
-    for start in range(0, len(h), block):
-        rows = h[start:start + block]
-        dist = np.bitwise_count(rows[:, None] ^ h[None, :])
+    # bytes per compared pair at worst: uint64 XOR, uint8 popcount, bool tests, two int64 indices of a hit
+    rows = max(1, PAIR_BLOCK_BYTES // (32 * max(1, len(h))))
+    total, first = 0, []
+    for start in range(0, len(h), rows):
+        stop = min(len(h), start + rows)
+        dist = np.bitwise_count(h[start:stop, None] ^ h[None, start:])  # columns from `start`: only j >= i matter
         ii, jj = np.nonzero(dist <= max_bits)
-        ii = ii + start
-        keep = (jj > ii) & (g[ii] != g[jj])
-        out.extend(zip(ii[keep].tolist(), jj[keep].tolist(), dist[ii[keep] - start, jj[keep]].tolist()))
-    return sorted(out)
+        keep = (jj > ii) & (g[ii + start] != g[jj + start])
+        total += int(np.count_nonzero(keep))
+        if len(first) < limit:
+            ii, jj = ii[keep][:limit - len(first)], jj[keep][:limit - len(first)]
+            first.extend(zip((ii + start).tolist(), (jj + start).tolist(), dist[ii, jj].tolist()))
+    return total, first
 
 
 # --- the report -----------------------------------------------------------------------------------------------
@@ -398,9 +446,7 @@ class ConversionReport:
                integer: bool = False):
         """A clinical number, or None when the cell is empty / "not available" (silently) or unusable (reported
         as a bad value, not fatal): not a number, not an integer when ``integer``, outside [low, high]."""
-        if value is None or (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS):
-            return None
-        if isinstance(value, float) and np.isnan(value):
+        if is_missing(value):
             return None
         try:
             number = float(str(value).strip().replace(",", "."))  # European decimal commas occur in sheets
@@ -622,7 +668,8 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                 elif dups.admit(case, split, result):
                     writer.register_case(row)
                     added.append(row)
-        added = [r for r in added if r["case_id"] in writer.case_ids]  # minus copies dropped as ambiguous later
+        kept = writer.case_ids
+        added = [r for r in added if r["case_id"] in kept]  # minus copies dropped as ambiguous later
         if not added:
             first = report.skipped[0]["reason"] if report.skipped else "the source lists no cases"
             raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped; "
@@ -634,6 +681,55 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
         _write_report(writer.tmp / REPORT_FILE, report)
     report.path = writer.path
     return writer.path
+
+
+# --- the driver -------------------------------------------------------------------------------------------------
+def add_converter(sources, name: str, convert_fn: Callable[..., ConversionReport], *, aliases: Sequence[str] = (),
+                  help: str, description: str, source_help: str, default_id: int, default_name: str,
+                  default_split: str = "train", passed: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Add ``nnunet_mtl convert NAME SOURCE`` (and its ``aliases``) with :func:`add_common_arguments`; returns the
+    parser, for the dataset's own options. Running the command calls ``convert_fn(args.source,
+    options_from_args(args), **{opt: args.opt for opt in passed})`` and prints the report."""
+    p = sources.add_parser(name, aliases=list(aliases), help=help, description=description)
+    p.add_argument("source", type=Path, help=source_help)
+    add_common_arguments(p, default_id, default_name, default_split=default_split)
+
+    def run(args) -> int:
+        report = convert_fn(args.source, options_from_args(args), **{k: getattr(args, k) for k in passed})
+        print(report.format())
+        return 0
+
+    p.set_defaults(func=run)
+    return p
+
+
+def convert_source(converter: str, source, cases: Callable[[ConversionReport], Iterable], options: ConvertOptions,
+                   *, classes: Sequence[str], description: str, raw_root=None, loader: Callable = load_files,
+                   chunksize: int = 4) -> ConversionReport:
+    """Convert the dataset at ``source`` into ``nnUNet_raw/DatasetNNN_Name``; returns the report
+    (``report.path`` is the dataset folder).
+
+    ``converter`` names it in the report; ``cases(report)`` yields its :class:`Case` / :class:`Skipped` entries
+    (listed first for the progress bar's total, a few thousand small records, unless it returns a
+    :class:`CaseStream`); ``classes`` are the target classes (+ ``normal`` with ``--normal include``);
+    ``loader`` reads a case in the workers (a ``close()`` it has is called at the end); ``chunksize`` cases travel
+    to a worker at once (more for small frames). ``raw_root`` None: $nnUNet_raw, resolved before any work so that
+    its one-line error comes first."""
+    from nnunet_mtl.paths import raw_root as env_raw_root
+
+    root = Path(raw_root) if raw_root is not None else env_raw_root()
+    class_labels = class_labels_for(classes, options.normal)
+    report = ConversionReport(converter, source)
+    listed = cases(report)
+    if not isinstance(listed, CaseStream):
+        listed = list(listed)
+    try:
+        convert(listed, options, report, class_labels=class_labels, raw_root=root, description=description,
+                loader=loader, chunksize=chunksize)
+    finally:
+        if hasattr(loader, "close"):
+            loader.close()
+    return report
 
 
 def _write_report(path: Path, report: ConversionReport) -> None:
@@ -700,7 +796,6 @@ class _Duplicates:
 
     def near_duplicates(self) -> None:
         ids = list(self.kept)
-        pairs = near_duplicate_pairs([self.kept[c][1] for c in ids], [self.kept[c][0] for c in ids])
-        self.report.near_duplicates_total = len(pairs)
-        self.report.near_duplicates = [{"a": ids[i], "b": ids[j], "distance": d}
-                                       for i, j, d in pairs[:REPORT_LIST_LIMIT]]
+        total, pairs = near_duplicate_pairs([self.kept[c][1] for c in ids], [self.kept[c][0] for c in ids])
+        self.report.near_duplicates_total = total
+        self.report.near_duplicates = [{"a": ids[i], "b": ids[j], "distance": d} for i, j, d in pairs]

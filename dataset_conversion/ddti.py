@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.busi import MALIGNANCY, add_converter, convert_source
-from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, column_name, find_layout,
-                                       read_image)
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
+                                       column_name, convert_source, find_layout, list_files, read_image)
 from nnunet_mtl.errors import NnunetMtlError
 
 DDTI_LAYOUT = ("one flat folder of N.xml (case N: tirads, clinical fields, <mark><image>M</image><svg>polygon "
@@ -49,9 +48,8 @@ POINT = re.compile(r'"x"\s*:\s*(-?[\d.]+)\s*,\s*"y"\s*:\s*(-?[\d.]+)')
 def register_converters(sources) -> None:
     """``convert ddti`` (argparse subcommand with its alias and ``--target``)."""
     p = add_converter(
-        sources, "ddti", aliases=["DDTI"], convert=convert_ddti, default_id=608, default_name="DDTI",
-        passed=("target",),
-        help_line="DDTI thyroid nodules (TI-RADS 2-5, or malignancy), masks from the XML polygons",
+        sources, "ddti", convert_ddti, aliases=["DDTI"], default_id=608, default_name="DDTI", passed=("target",),
+        help="DDTI thyroid nodules (TI-RADS 2-5, or malignancy), masks from the XML polygons",
         description=f"Converts DDTI as downloaded ({DDTI_LAYOUT}). Masks are rasterized from the polygons of each "
                     "image's <mark> (several polygons merged). Patient = the case N (all its images). The XML's "
                     "clinical fields are kept in cases.csv. No pixel size is published: spacing is left empty.",
@@ -178,11 +176,11 @@ def ddti_cases(source, report: ConversionReport, *, target: str = "tirads"):
     :class:`Skipped`)."""
     root = find_layout(source, ["*.xml", "*_*.jp*g"], dataset="DDTI", expected=DDTI_LAYOUT)
     images: dict[str, dict[str, Path]] = {}
-    for path in root.iterdir():
+    for path in list_files(root, "*_*.jp*g"):
         m = IMAGE_NAME.fullmatch(path.name)
         if m:
             images.setdefault(str(int(m["case"])), {})[str(int(m["image"]))] = path
-    xmls = {str(int(p.stem)): p for p in root.glob("*.xml") if p.stem.isdigit()}
+    xmls = {str(int(p.stem)): p for p in list_files(root, "*.xml") if p.stem.isdigit()}
     report.note("DDTI publishes no pixel size: spacing empty (HD95 in pixels); patient = the case N (all images "
                 "N_M of one XML)")
     salvaged_total, from_tirads = 0, 0

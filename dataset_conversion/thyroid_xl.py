@@ -36,12 +36,12 @@ import json
 import re
 from pathlib import Path
 
-from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, add_common_arguments,
-                                       class_labels_for, column_name, convert, find_layout, options_from_args)
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
+                                       column_name, convert_source, find_layout, is_missing, list_files,
+                                       safe_id)
 from nnunet_mtl.errors import NnunetMtlError
 
 TIRADS_CLASSES = ("TR1", "TR2", "TR3", "TR4", "TR5")  # ACR TI-RADS levels; shared with the AIMI converter
-MALIGNANCY = ("benign", "malignant")
 TARGETS = ("tirads", "malignancy")
 INFO_FILE = "stats/id2info_eng.json"
 LAYOUT = ("train/{images,masks}/, test/{images,masks}/ (<patient>_<hash>_<K>.png) and "
@@ -69,37 +69,19 @@ CONCLUSION_CODES = {1: "malignant", 2: "malignant", 3: "benign", 4: "benign"}  #
 
 def register_converters(sources) -> None:
     """``convert thyroidxl`` (alias ``ThyroidXL``)."""
-    p = sources.add_parser(
-        "thyroidxl", aliases=["ThyroidXL"],
+    p = add_converter(
+        sources, "thyroidxl", convert_thyroid_xl, aliases=["ThyroidXL"], default_id=605, default_name="ThyroidXL",
+        default_split="official", passed=("target",),
         help="ThyroidXL (thyroid nodules: TI-RADS TR1-TR5 or benign / malignant, official train/test split)",
         description=f"Converts ThyroidXL as downloaded (folder with {LAYOUT}). Patient = the file name up to the "
                     "first '_'; the official split is the train/test folder (--as official, the default). The "
                     "patient's first nodule record describes all its images (the publisher: one nodule per image, "
-                    "the most suspicious). No pixel size is published: spacing is left empty.")
-    p.add_argument("source", type=Path, help="the downloaded ThyroidXL folder")
-    add_common_arguments(p, 605, "ThyroidXL", official_split=True)
+                    "the most suspicious). No pixel size is published: spacing is left empty.",
+        source_help="the downloaded ThyroidXL folder")
     p.add_argument("--target", choices=TARGETS, default="tirads",
                    help="the class: tirads (default; TR1..TR5 from the nodule's TIRADS) or malignancy (benign / "
                         "malignant from Histopathology, else the FNAC Bethesda category: II benign, V-VI malignant; "
                         "images without either are skipped)")
-    p.set_defaults(func=run_thyroid_xl)
-
-
-def run_thyroid_xl(args) -> int:
-    report = convert_thyroid_xl(args.source, options_from_args(args), target=args.target)
-    print(report.format())
-    return 0
-
-
-def raw_root_or_env(raw_root):
-    from nnunet_mtl.paths import raw_root as env_raw_root
-
-    return Path(raw_root) if raw_root is not None else env_raw_root()  # nnUNet_raw unset: one line, before work
-
-
-def safe_id(text: str) -> str:
-    """A source name as a case-id part: characters outside [A-Za-z0-9_.-] become '-'."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "-", str(text).strip())
 
 
 def check_target(target: str) -> None:
@@ -107,10 +89,10 @@ def check_target(target: str) -> None:
         raise NnunetMtlError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
 
 
-def target_class_labels(target: str, normal: str) -> dict[str, int]:
-    """class_labels of a thyroid target (the same for ThyroidXL and AIMI, so one can be the other's test set)."""
+def target_classes(target: str) -> tuple[str, ...]:
+    """The classes of a thyroid target (the same for ThyroidXL and AIMI, so one can be the other's test set)."""
     check_target(target)
-    return class_labels_for(TIRADS_CLASSES if target == "tirads" else MALIGNANCY, normal)
+    return TIRADS_CLASSES if target == "tirads" else MALIGNANCY
 
 
 # --- thyroid values (shared with the AIMI converter) ---------------------------------------------------------
@@ -150,13 +132,6 @@ def bethesda_category(value) -> int | None:
         if re.search(rf"(?<![a-z]){re.escape(words)}(?![a-z])", text):
             return number
     return None
-
-
-def missing(value) -> bool:
-    from dataset_conversion.common import MISSING_TOKENS
-
-    return value is None or (isinstance(value, float) and value != value) or \
-        (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS)
 
 
 # --- ThyroidXL --------------------------------------------------------------------------------------------
@@ -199,7 +174,7 @@ class _Patient:
                 v = report.number(ref, "age", v, low=AGE_RANGE[0], high=AGE_RANGE[1], integer=True)
             elif col == "gender":
                 clinical["sex"] = SEX_CODES.get(_text(v).lower(), "")
-                if not missing(v) and not clinical["sex"]:
+                if not is_missing(v) and not clinical["sex"]:
                     report.bad_value(ref, "gender", v, "1 (male) or 2 (female)")
             elif col == "conclusion":
                 col = "conclusion_code"
@@ -211,15 +186,15 @@ class _Patient:
             clinical["nodule_conclusion" if col == "conclusion" else
                      col if col not in clinical else f"nodule_{col}"] = v
         tirads = tirads_class(nodule.get("TIRADS"))
-        if not missing(nodule.get("TIRADS")) and tirads is None:
+        if not is_missing(nodule.get("TIRADS")) and tirads is None:
             report.bad_value(ref, "TIRADS", nodule.get("TIRADS"), "a TI-RADS level 1-5")
         clinical["tirads"] = int(tirads[2:]) if tirads else ""  # the level as a number; bad values left empty
         histo, fnac = nodule.get("Histopathology"), nodule.get("FNAC")
         histo_class = histopathology_class(histo)
-        if not missing(histo) and histo_class is None:
+        if not is_missing(histo) and histo_class is None:
             report.bad_value(ref, "Histopathology", histo, "a diagnosis naming a benign or a malignant lesion")
         bethesda = bethesda_category(fnac)
-        if not missing(fnac) and bethesda is None:
+        if not is_missing(fnac) and bethesda is None:
             report.bad_value(ref, "FNAC", fnac, "a Bethesda category I-VI")
         clinical["bethesda"] = bethesda or ""
         malignancy = histo_class or (BETHESDA_CLASS.get(bethesda) if bethesda else None)
@@ -242,8 +217,7 @@ class _Patient:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return [p for p in list_files(folder, "*") if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads"):
@@ -266,7 +240,7 @@ def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads"
         for image in _image_files(root / split / "images"):
             pid = image.stem.split("_")[0]
             seen[split].add(pid)
-            case_id = f"ThyroidXL_{safe_id(image.stem)}"
+            case_id = f"ThyroidXL_{safe_id(image.stem, '-')}"
             record = info.get(pid)
             if record is None:
                 yield Skipped(case_id, f"patient {pid} has no record in {INFO_FILE}; its class is unknown")
@@ -301,10 +275,7 @@ def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads"
 def convert_thyroid_xl(source, options: ConvertOptions, *, target: str = "tirads", raw_root=None
                        ) -> ConversionReport:
     """Convert ThyroidXL; returns the report (``report.path`` is the dataset folder)."""
-    labels = target_class_labels(target, options.normal)
-    root = raw_root_or_env(raw_root)
-    report = ConversionReport("ThyroidXL", source)
-    cases = list(thyroid_xl_cases(source, report, target=target))  # ~11,600 small records: the total for the bar
-    convert(cases, options, report, class_labels=labels, raw_root=root, chunksize=8,
-            description=f"ThyroidXL (Duong Viet et al., MICCAI 2025), target {target}, converted by nnunet_mtl")
-    return report
+    return convert_source("ThyroidXL", source, lambda report: thyroid_xl_cases(source, report, target=target),
+                          options, classes=target_classes(target), raw_root=raw_root, chunksize=8,
+                          description=f"ThyroidXL (Duong Viet et al., MICCAI 2025), target {target}, converted by "
+                                      f"nnunet_mtl")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dataset_conversion.busi import MALIGNANCY, add_converter, convert_source
-from dataset_conversion.common import Case, ConversionReport, ConvertOptions, Skipped, find_layout
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
+                                       convert_source, find_layout, list_files, safe_id)
 from nnunet_mtl.errors import NnunetMtlError
 
 # published folder prefix -> split under --as official
@@ -35,9 +35,9 @@ TN3K_LABELS = {0: "benign", 1: "malignant"}
 def register_converters(sources) -> None:
     """``convert tn3k`` (argparse subcommand with its alias)."""
     add_converter(
-        sources, "tn3k", aliases=["TN3K"], convert=convert_tn3k, default_id=607, default_name="TN3K",
-        official_split=True,
-        help_line="TN3K thyroid nodules (benign / malignant), published trainval / test split",
+        sources, "tn3k", convert_tn3k, aliases=["TN3K"], default_id=607, default_name="TN3K",
+        default_split="official",
+        help="TN3K thyroid nodules (benign / malignant), published trainval / test split",
         description=f"Converts TN3K as downloaded (folder with {TN3K_LAYOUT}, or its parent). JPEG masks are "
                     "thresholded at half their maximum (compression noise removed). By default the published "
                     "split is kept (trainval -> imagesTr, test -> imagesTs). No patient ids and no pixel size are "
@@ -55,13 +55,14 @@ def file_key(name):
 
 def _label_file(root: Path, prefix: str) -> Path:
     """label4<prefix>.csv, or the one other .csv whose name names the folder (copies renamed by other packagers)."""
-    exact = root / f"label4{prefix}.csv"
-    if exact.is_file():
-        return exact
-    others = [p for p in sorted(root.glob("*.csv")) if re.search(rf"(^|[^a-z]|4){prefix}([^a-z]|$)", p.stem.lower())]
+    exact = list_files(root, f"label4{prefix}.csv")
+    if exact:
+        return exact[0]
+    sheets = list_files(root, "*.csv")
+    others = [p for p in sheets if re.search(rf"(^|[^a-z]|4){prefix}([^a-z]|$)", p.stem.lower())]
     if len(others) == 1:
         return others[0]
-    found = ", ".join(p.name for p in sorted(root.glob("*.csv"))) or "none"
+    found = ", ".join(p.name for p in sheets) or "none"
     raise NnunetMtlError(f"{root}: no label file for {prefix}-image/ (.csv files: {found}); expected "
                          f"label4{prefix}.csv with rows 'NNNN.jpg,label' (0 benign, 1 malignant)")
 
@@ -98,10 +99,10 @@ def tn3k_cases(source, report: ConversionReport):
     for prefix, split in TN3K_SPLITS.items():
         sheet = label_files[prefix]
         labels = read_label_file(sheet)
-        masks = {p.stem: p for p in (root / f"{prefix}-mask").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        images = sorted(p for p in (root / f"{prefix}-image").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        masks = {p.stem: p for p in list_files(root / f"{prefix}-mask", "*") if p.suffix.lower() in IMAGE_SUFFIXES}
+        images = [p for p in list_files(root / f"{prefix}-image", "*") if p.suffix.lower() in IMAGE_SUFFIXES]
         for path in images:
-            case_id = f"tn3k_{prefix}_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem)
+            case_id = f"tn3k_{prefix}_" + safe_id(path.stem)
             cells = labels.get(file_key(path.name))
             if cells is None:
                 yield Skipped(case_id, f"{prefix}-image/{path.name} has no row in {sheet.name}; its class is unknown")

@@ -219,8 +219,7 @@ class RawDatasetWriter:
         self.tmp = self.root / f".{self.folder_name}.partial-{os.getpid()}"
         if self.tmp.exists():  # left over by a killed run of this same process id
             shutil.rmtree(self.tmp)
-        self._rows: list[dict] = []
-        self._case_ids: set[str] = set()
+        self._rows: dict[str, dict] = {}  # case id -> cases.csv row, in the order added
         self._clinical_columns: list[str] = []
         self._done = False
         self._summary: dict | None = None
@@ -250,8 +249,7 @@ class RawDatasetWriter:
             for col in SPACING_COLUMNS:  # back to text: the csv is rewritten as it was read
                 if col in row:
                     row[col] = "" if pd.isna(row[col]) else repr(float(row[col]))
-            self._rows.append(row)
-            self._case_ids.add(row["case_id"])
+            self._rows[row["case_id"]] = row
 
     # --- adding cases ---------------------------------------------------------------------------------------
     def add_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None, *, split: str, class_name: str,
@@ -277,7 +275,7 @@ class RawDatasetWriter:
         if not CASE_ID_PATTERN.fullmatch(case_id):
             raise ContractError(f"case id {case_id!r} is not usable as a file name; expected letters, digits, "
                                 f"'_', '-' or '.' (not starting with '_', '-' or '.')")
-        if case_id in self._case_ids:
+        if case_id in self._rows:
             raise ContractError(f"case id {case_id!r} is added twice to {self.folder_name}; expected unique ids")
         if split not in SPLIT_FOLDERS:
             raise ContractError(f"case {case_id}: split {split!r} is not one of {list(SPLITS)}")
@@ -304,7 +302,7 @@ class RawDatasetWriter:
     def register_case(self, row: dict) -> None:
         """Add a row from :meth:`check_case` whose files are already in :attr:`tmp` (written by a worker)."""
         case_id, split = row["case_id"], row["split"]
-        if case_id in self._case_ids:
+        if case_id in self._rows:
             raise ContractError(f"case id {case_id!r} is added twice to {self.folder_name}; expected unique ids")
         for path in case_file_paths(self.tmp, case_id, split):
             if not path.is_file():
@@ -313,30 +311,28 @@ class RawDatasetWriter:
         for key in row:
             if key not in REQUIRED_COLUMNS + SPACING_COLUMNS and key not in self._clinical_columns:
                 self._clinical_columns.append(key)
-        self._rows.append(row)
-        self._case_ids.add(case_id)
+        self._rows[case_id] = row
 
     def remove_case(self, case_id: str, split: str) -> None:
-        """Delete a case's files from :attr:`tmp` and its row, if any (e.g. a duplicate found after it was written)."""
+        """Delete a case's files from :attr:`tmp` and its row, if any (e.g. a duplicate found after it was written);
+        O(1): the rows are kept by case id."""
         for path in case_file_paths(self.tmp, case_id, split):
             path.unlink(missing_ok=True)
-        if case_id in self._case_ids:
-            self._rows = [r for r in self._rows if r["case_id"] != case_id]
-            self._case_ids.discard(case_id)
+        self._rows.pop(case_id, None)
 
     @property
     def rows(self) -> list[dict]:
         """The cases.csv rows so far (a copy), in order; with add_to_existing the existing ones first."""
-        return [dict(r) for r in self._rows]
+        return [dict(r) for r in self._rows.values()]
 
     @property
     def case_ids(self) -> frozenset[str]:
-        return frozenset(self._case_ids)
+        return frozenset(self._rows)
 
     # --- finishing ------------------------------------------------------------------------------------------
     def summary(self) -> dict:
         """``{"classes": [...], "train": {class: n}, "test": {class: n}}`` over all cases added so far."""
-        return summarize_cases([(r["split"], r["class"]) for r in self._rows], self.class_labels)
+        return summarize_cases([(r["split"], r["class"]) for r in self._rows.values()], self.class_labels)
 
     def finish(self) -> Path:
         """Write dataset.json + cases.csv, validate, move into place; returns the dataset folder."""
@@ -345,7 +341,7 @@ class RawDatasetWriter:
         try:
             if not self._rows:
                 raise ContractError(f"{self.folder_name}: no cases were added; expected at least one")
-            counts = {s: sum(r["split"] == s for r in self._rows) for s in SPLITS}
+            counts = {s: sum(r["split"] == s for r in self._rows.values()) for s in SPLITS}
             dataset_json = {
                 "channel_names": {"0": "ultrasound"},
                 "labels": {"background": 0, "lesion": 1},
@@ -358,7 +354,8 @@ class RawDatasetWriter:
             }
             (self.tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
             columns = list(REQUIRED_COLUMNS) + list(SPACING_COLUMNS) + self._clinical_columns
-            pd.DataFrame(self._rows, columns=columns).fillna("").to_csv(self.tmp / "cases.csv", index=False)
+            table = pd.DataFrame(list(self._rows.values()), columns=columns).fillna("")
+            table.to_csv(self.tmp / "cases.csv", index=False)
             load_raw_dataset(self.tmp, check_files=True)  # never publish a folder our own reader rejects
             self._move_into_place()
         except BaseException:

@@ -18,6 +18,7 @@ from dataset_conversion.thyroid_xl import convert_thyroid_xl
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
+from tests.convert_helpers import nnunet_verify
 from tests.test_convert_thyroid_xl import thyroid_opts, thyroid_src  # noqa: F401 (a fixture)
 
 SHAPE = (32, 40)
@@ -117,15 +118,14 @@ def test_aimi_streams_frames(aimi_src, tmp_path, monkeypatch):
     assert largest == {"/image": frame, "/mask": frame, "/annot_id": 5, "/frame_num": 5}
     assert sum(1 for name, _ in reads if name == "/image") == 12  # each kept frame once; clip 4 never read
     assert len(_case_ids(report)) == 11
-    loader = HDF5Frames(aimi_src / "dataset.hdf5")
-    loader(type("C", (), {"image": 0, "source": "x"})())
+    loader = HDF5Frames()
+    loader(type("C", (), {"image": (str(aimi_src / "dataset.hdf5"), 0), "source": "x"})())
+    assert loader._file is not None
     assert pickle.loads(pickle.dumps(loader))._file is None  # the open handle does not travel to workers
     loader.close()
 
 
 def test_aimi_as_external_test_of_thyroid_xl_and_nnunet_verify(thyroid_src, aimi_src, tmp_path):  # noqa: F811
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
     root = tmp_path / "raw"
     convert_thyroid_xl(thyroid_src, thyroid_opts(split="train"), raw_root=root)
     report = convert_aimi(aimi_src, _opts(dataset_id=605, add_to_existing=True, num_processes=2), raw_root=root)
@@ -133,7 +133,7 @@ def test_aimi_as_external_test_of_thyroid_xl_and_nnunet_verify(thyroid_src, aimi
     raw = load_raw_dataset(report.path)
     assert raw.dataset_json["numTraining"] == 5 and raw.dataset_json["numTest"] == 11
     assert raw.cases_in_split("test")["case_id"].str.startswith("aimi_").all()
-    verify_dataset_integrity(str(report.path), num_processes=1)
+    nnunet_verify(report.path)
 
 
 def test_aimi_wrong_folder_bad_file_and_cli(aimi_src, tmp_path, monkeypatch, capsys):
@@ -158,16 +158,22 @@ def test_aimi_wrong_folder_bad_file_and_cli(aimi_src, tmp_path, monkeypatch, cap
     assert raw.dataset_json["numTest"] == 6 and raw.dataset_json["numTraining"] == 0
 
 
-def test_bounded_near_duplicate_pairs_match_common(monkeypatch):
-    """The workaround counts near-duplicate pairs instead of keeping them all; the report gets the same total and
-    the same first pairs as from common.near_duplicate_pairs."""
-    from dataset_conversion.common import REPORT_LIST_LIMIT, near_duplicate_pairs
+def test_near_duplicate_pairs_counted_in_bounded_blocks(monkeypatch):
+    """Cine frames of one scanner hash alike across clips: the shared search counts every pair and keeps the first
+    REPORT_LIST_LIMIT, block by block, with the same result as comparing all pairs at once."""
+    from dataset_conversion import common
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2 ** 63, 20, dtype=np.uint64)
     hashes = [int(base[i % 20]) ^ (1 << int(rng.integers(0, 64))) for i in range(1500)]
     groups = [str(i % 37) for i in range(1500)]
-    expected = near_duplicate_pairs(hashes, groups)
-    monkeypatch.setattr(aimi, "PAIR_BLOCK_ELEMENTS", 5000)  # several blocks
-    got = aimi._bounded_near_duplicate_pairs(hashes, groups)
-    assert len(got) == len(expected) > REPORT_LIST_LIMIT and list(got) == expected[:REPORT_LIST_LIMIT]
+    h = np.array(hashes, dtype=np.uint64)
+    dist = np.bitwise_count(h[:, None] ^ h[None, :])
+    g = np.array(groups)
+    ii, jj = np.nonzero((dist <= common.NEAR_DUPLICATE_MAX_BITS) & (g[:, None] != g[None, :]))
+    expected = [(i, j, int(dist[i, j])) for i, j in zip(ii.tolist(), jj.tolist()) if i < j]
+    monkeypatch.setattr(common, "PAIR_BLOCK_BYTES", 32 * 1500 * 7)  # 7 rows a block: many blocks
+    total, pairs = common.near_duplicate_pairs(hashes, groups)
+    assert total == len(expected) > common.REPORT_LIST_LIMIT
+    assert pairs == expected[:common.REPORT_LIST_LIMIT]
+    assert common.near_duplicate_pairs(hashes, groups, limit=3) == (total, expected[:3])

@@ -15,6 +15,7 @@ from dataset_conversion.common import REPORT_FILE, ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
+from tests.convert_helpers import case_arrays, nnunet_verify
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BREAST_HEADER = ["CaseID", "Image_filename", "Mask_tumor_filename", "Mask_other_filename", "Pixel_size", "Age",
@@ -107,13 +108,6 @@ def udiat_src(tmp_path):
     return src
 
 
-def _arrays(raw, case_id):
-    split = raw.cases.set_index("case_id").at[case_id, "split"]
-    images, labels = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-    return (np.array(Image.open(raw.folder / images / f"{case_id}_0000.png")),
-            np.array(Image.open(raw.folder / labels / f"{case_id}.png")))
-
-
 # --- BrEaST fixture ------------------------------------------------------------------------------------------
 def test_breast_fixture(breast_src, tmp_path):
     report = convert_breast(breast_src, _opts(), raw_root=tmp_path / "raw")
@@ -128,11 +122,11 @@ def test_breast_fixture(breast_src, tmp_path):
     assert cases.at["BrEaST_case001", "age"] == "57" and cases.at["BrEaST_case001", "source_case_id"] == "1"
     assert cases.at["BrEaST_case001", "diagnosis"] == "Fibroadenoma"
     assert raw.spacing_mm("BrEaST_case001") == (0.078125, 0.078125)  # Pixel_size cm -> mm
-    image, label = _arrays(raw, "BrEaST_case001")
+    image, label = case_arrays(raw, "BrEaST_case001")
     assert image.ndim == 2 and (image[:, :6] == 0).all() and image[:, 6:].any()  # transparent -> black
     assert label.sum() == 10 * 20 and label[0, 0] == 0  # the 'other' mask (whole image) is ignored
-    assert _arrays(raw, "BrEaST_case002")[1].sum() == 100  # semi-transparent edge row is background
-    assert _arrays(raw, "BrEaST_case003")[1].sum() == 16 + 25  # two tumor masks merged
+    assert case_arrays(raw, "BrEaST_case002")[1].sum() == 100  # semi-transparent edge row is background
+    assert case_arrays(raw, "BrEaST_case003")[1].sum() == 16 + 25  # two tumor masks merged
     assert [s["case"] for s in report.skipped] == ["BrEaST_case004"]  # normal, excluded by default
     assert [(b["case"], b["value"]) for b in report.bad_values] == [("BrEaST_case003", 2005)]
     assert any("no patient column" in n for n in report.notes) and any("1 'other' mask" in n for n in report.notes)
@@ -144,7 +138,7 @@ def test_breast_normal_include_and_birads_target(breast_src, tmp_path):
     raw = load_raw_dataset(report.path)
     assert raw.class_labels == {"benign": 0, "malignant": 1, "normal": 2}
     assert raw.cases.set_index("case_id").at["BrEaST_case004", "class"] == "normal"
-    assert not _arrays(raw, "BrEaST_case004")[1].any()
+    assert not case_arrays(raw, "BrEaST_case004")[1].any()
     report = convert_breast(breast_src, _opts(), target="birads", raw_root=tmp_path / "b")
     raw = load_raw_dataset(report.path)
     assert list(raw.class_labels) == ["birads_2", "birads_3", "birads_4a", "birads_4b", "birads_4c", "birads_5"]
@@ -183,7 +177,7 @@ def test_udiat_fixture(udiat_src, tmp_path):
     assert cases.at["UDIAT_000001", "diagnosis_name"] == "Fibroadenoma"
     assert cases.at["UDIAT_000295", "source_image"] == "original/000295.png"
     for case_id in cases.index:
-        image, label = _arrays(raw, case_id)
+        image, label = case_arrays(raw, case_id)
         assert image.shape == label.shape and set(np.unique(label)) == {0, 1} and label.sum() == 7 * 12
     reasons = {s["case"]: s["reason"] for s in report.skipped}
     assert "000147.png does not exist" in reasons["UDIAT_000147"]
@@ -270,8 +264,6 @@ def test_real_udiat(real_breast_udiat):
 
 @pytest.mark.shared_data
 def test_real_files_and_nnunet_verify(real_breast_udiat):
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
     _, _, raw = real_breast_udiat
     _check_real(raw)
-    verify_dataset_integrity(str(raw.folder), num_processes=1)  # what --verify_dataset_integrity runs
+    nnunet_verify(raw.folder)

@@ -11,7 +11,7 @@ from dataset_conversion.common import ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.test_convert_busi import case_label, converted, nnunet_verify
+from tests.convert_helpers import case_label, converted, nnunet_verify
 
 SHAPE = (32, 36)
 GREEN, RED, BLACK = (0, 255, 0), (255, 0, 0), (0, 0, 0)
@@ -85,7 +85,7 @@ def test_bus_uclm_fixture(uclm_src, tmp_path):
     assert "1 image(s) without a row in INFO.csv" in notes
 
 
-def test_bus_uclm_normal_include_as_test_and_nnunet_verify(uclm_src, tmp_path, monkeypatch):
+def test_bus_uclm_normal_include_as_test_and_nnunet_verify(uclm_src, tmp_path):
     report = convert_bus_uclm(uclm_src, _opts(normal="include", split="test"), raw_root=tmp_path / "raw")
     raw = load_raw_dataset(report.path)
     assert raw.class_labels == {"benign": 0, "malignant": 1, "normal": 2}
@@ -94,7 +94,7 @@ def test_bus_uclm_normal_include_as_test_and_nnunet_verify(uclm_src, tmp_path, m
     assert not case_label(raw, "bus_uclm_ALWI_001").any()
     assert (raw.folder / "imagesTs" / "bus_uclm_ALWI_000_0000.png").is_file()
     report = convert_bus_uclm(uclm_src, _opts(), raw_root=tmp_path / "raw2")
-    nnunet_verify(report.path, monkeypatch)
+    nnunet_verify(report.path)
 
 
 def test_bus_uclm_wrong_folder_bad_info_and_cli(uclm_src, tmp_path, monkeypatch, capsys):
@@ -104,9 +104,10 @@ def test_bus_uclm_wrong_folder_bad_info_and_cli(uclm_src, tmp_path, monkeypatch,
     (uclm_src / "INFO.csv").write_text("Image,Label\nALWI_000.png,Benign\n")  # comma-separated: not the file
     with pytest.raises(NnunetMtlError, match="separated by ';'"):
         convert_bus_uclm(uclm_src, _opts(), raw_root=tmp_path / "raw")
-    (uclm_src / "INFO.csv").write_text("Image;Resolution;Label;Doppler;Marks;Combined\n")
+    (uclm_src / "INFO.csv").unlink()
+    (uclm_src / "info.csv").write_text("Image;Resolution;Label;Doppler;Marks;Combined\n")  # found case-insensitively
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
     assert main(["convert", "BUS-UCLM", str(uclm_src.parent), "--no-progress", "--as", "test"]) == 0
     out = capsys.readouterr().out
-    assert "Dataset604_BUS-UCLM" in out and "malignant" in out and "without a row in INFO.csv" in out
+    assert "Dataset604_BUS-UCLM" in out and "malignant" in out and "without a row in info.csv" in out
     assert load_raw_dataset(tmp_path / "raw" / "Dataset604_BUS-UCLM").dataset_json["numTest"] == 4

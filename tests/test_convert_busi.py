@@ -14,6 +14,7 @@ from dataset_conversion.common import ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
+from tests.convert_helpers import case_label, converted, nnunet_verify
 
 SHAPE = (32, 40)
 
@@ -72,18 +73,6 @@ def busi_src(tmp_path):
     return tmp_path / "download"
 
 
-def converted(report):
-    """(the raw dataset a conversion wrote, its cases.csv indexed by case id)."""
-    raw = load_raw_dataset(report.path)
-    return raw, raw.cases.set_index("case_id")
-
-
-def case_label(raw, case_id) -> np.ndarray:
-    """A case's stored label map, from labelsTr or labelsTs by its split."""
-    split = raw.cases.set_index("case_id").at[case_id, "split"]
-    return np.array(Image.open(raw.folder / ("labelsTr" if split == "train" else "labelsTs") / f"{case_id}.png"))
-
-
 def test_busi_fixture(busi_src, tmp_path):
     report = convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw")
     raw, cases = converted(report)
@@ -116,19 +105,7 @@ def test_busi_fixture(busi_src, tmp_path):
     assert "exact duplicates: 1" in text and "busi_benign_0433, busi_malignant_0145" in text
 
 
-def nnunet_verify(folder, monkeypatch) -> None:
-    """What ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` runs, on a converted folder. Its worker
-    pool is forked instead of spawned: a spawned worker imports torch again (~5 s here), the checks are the same."""
-    import multiprocessing
-
-    from nnunetv2.experiment_planning import verify_dataset_integrity as vdi
-
-    fork = multiprocessing.get_context("fork")
-    monkeypatch.setattr(vdi.multiprocessing, "get_context", lambda method=None: fork)
-    vdi.verify_dataset_integrity(str(folder), num_processes=1)
-
-
-def test_busi_normal_include_as_test_and_nnunet_verify(busi_src, tmp_path, monkeypatch):
+def test_busi_normal_include_as_test_and_nnunet_verify(busi_src, tmp_path):
     report = convert_busi(busi_src, _opts(normal="include", split="test"), raw_root=tmp_path / "raw")
     raw = load_raw_dataset(report.path)
     assert raw.class_labels == {"benign": 0, "malignant": 1, "normal": 2}
@@ -137,7 +114,7 @@ def test_busi_normal_include_as_test_and_nnunet_verify(busi_src, tmp_path, monke
     assert not case_label(raw, "busi_normal_0001").any()
     assert not any((raw.folder / "imagesTr").iterdir())
     report = convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw2")
-    nnunet_verify(report.path, monkeypatch)
+    nnunet_verify(report.path)
 
 
 def test_busi_wrong_folder_and_cli(busi_src, tmp_path, monkeypatch, capsys):

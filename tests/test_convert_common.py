@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from dataset_conversion import common
-from dataset_conversion.common import (Case, ConversionReport, ConvertOptions, Skipped, SkipCase,
-                                       add_common_arguments, class_labels_for, column_name, convert,
-                                       difference_hash, find_layout, load_files, merge_masks, near_duplicate_pairs,
-                                       options_from_args, read_image, spacing_mm)
+from dataset_conversion.common import (Case, CaseStream, ConversionReport, ConvertOptions, Skipped, SkipCase,
+                                       add_common_arguments, add_converter, class_labels_for, column_name, convert,
+                                       convert_source, difference_hash, find_layout, list_files, load_files,
+                                       merge_masks, near_duplicate_pairs, options_from_args, read_image, spacing_mm)
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import ContractError, NnunetMtlError
 
@@ -73,8 +73,17 @@ def test_common_arguments_defaults_and_resolution():
     with pytest.raises(SystemExit):
         p.parse_args(["--as", "official"])  # only datasets with a published split offer it
     q = argparse.ArgumentParser()
-    add_common_arguments(q, 1, "X", official_split=True)
+    add_common_arguments(q, 1, "X", default_split="official")
     assert options_from_args(q.parse_args([])).split == "official"
+    assert options_from_args(q.parse_args(["--add-to-existing"])).split == "test"
+    t = argparse.ArgumentParser()
+    add_common_arguments(t, 1, "X", default_split="test")  # an external test set by default (AIMI)
+    assert options_from_args(t.parse_args([])).split == "test"
+    assert options_from_args(t.parse_args(["--as", "train"])).split == "train"
+    with pytest.raises(SystemExit):
+        t.parse_args(["--as", "official"])
+    with pytest.raises(ValueError, match="default_split 'val'"):
+        add_common_arguments(argparse.ArgumentParser(), 1, "X", default_split="val")
     with pytest.raises(NnunetMtlError, match="--add-to-existing and --overwrite"):
         options_from_args(p.parse_args(["--add-to-existing", "--overwrite"]))
     with pytest.raises(NnunetMtlError, match="-j 0"):
@@ -98,6 +107,11 @@ def test_find_layout(tmp_path):
     assert "\n" not in msg and "original" in msg and "expected original/NNN.png and a sheet" in msg
     with pytest.raises(NnunetMtlError, match="is not a folder; expected the X folder"):
         find_layout(tmp_path / "missing", ["a/"], dataset="X", expected="a/")
+    # file patterns match case-insensitively (INFO.csv, *.JPG); dot files never
+    (tmp_path / "ds" / "inner" / "sheet.xlsx").rename(tmp_path / "ds" / "inner" / "SHEET.XLSX")
+    (tmp_path / "ds" / "inner" / "._x.xlsx").write_bytes(b"")
+    assert find_layout(tmp_path / "ds", ["original/", "sheet.xlsx"], dataset="X", expected="") == found
+    assert list_files(found, "*.xlsx") == [found / "SHEET.XLSX"] and list_files(found, "*/") == [found / "original"]
 
 
 def test_helpers(tmp_path):
@@ -131,8 +145,50 @@ def test_near_duplicate_pairs_and_hash():
     brighter = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
     ha, hb, hc = difference_hash(a), difference_hash(brighter), difference_hash(_noise(2, (64, 64)))
     assert bin(ha ^ hb).count("1") <= 8 < bin(ha ^ hc).count("1")
-    assert near_duplicate_pairs([ha, hb, hc], ["p1", "p2", "p3"]) == [(0, 1, bin(ha ^ hb).count("1"))]
-    assert near_duplicate_pairs([ha, hb, hc], ["p1", "p1", "p3"]) == []  # one patient: expected, not listed
+    assert near_duplicate_pairs([ha, hb, hc], ["p1", "p2", "p3"]) == (1, [(0, 1, bin(ha ^ hb).count("1"))])
+    assert near_duplicate_pairs([ha, hb, hc], ["p1", "p1", "p3"]) == (0, [])  # one patient: expected, not listed
+    assert near_duplicate_pairs([], []) == (0, [])
+
+
+# --- the driver ----------------------------------------------------------------------------------------------
+def test_driver_add_converter_and_convert_source(tmp_path, monkeypatch, capsys):
+    """A converter is add_converter + convert_source: the subcommand passes its own options on, the driver
+    resolves nnUNet_raw before any work, streams a CaseStream, closes the loader and the command prints the report."""
+    src = tmp_path / "src"
+    cases = [_case(src, "c1", _noise(1)), _case(src, "c2", _noise(2), "malignant"), Skipped("c3", "no class")]
+    listed, closed = [], []
+
+    class Loader:
+        def __call__(self, case):
+            return load_files(case)
+
+        def close(self):
+            closed.append(True)
+
+    def convert_fx(source, options, *, flavour="plain", raw_root=None):
+        def fx_cases(report):
+            listed.append(source)
+            report.note(f"flavour {flavour}")
+            return CaseStream(iter(cases), len(cases))
+
+        return convert_source("FX", source, fx_cases, options, classes=("benign", "malignant"),
+                              description="fixture", raw_root=raw_root, loader=Loader())
+
+    parser = argparse.ArgumentParser()
+    p = add_converter(parser.add_subparsers(), "fx", convert_fx, aliases=["FX"], help="h", description="d",
+                      source_help="s", default_id=9, default_name="Fx", default_split="test", passed=("flavour",))
+    p.add_argument("--flavour", default="plain")
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    args = parser.parse_args(["FX", str(src), "--flavour", "x", "-j", "1", "--no-progress"])
+    with pytest.raises(NnunetMtlError, match="nnUNet_raw"):
+        args.func(args)
+    assert listed == []  # nothing read before the environment is checked
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    assert args.func(args) == 0 and closed == [True]
+    out = capsys.readouterr().out
+    assert out.startswith(f"FX: {src} -> Dataset009_Fx") and "note: flavour x" in out and "skipped: 1" in out
+    raw = load_raw_dataset(tmp_path / "raw" / "Dataset009_Fx")
+    assert raw.cases["case_id"].tolist() == ["c1", "c2"] and set(raw.cases["split"]) == {"test"}
 
 
 # --- conversion ------------------------------------------------------------------------------------------

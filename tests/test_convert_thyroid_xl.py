@@ -15,6 +15,7 @@ from dataset_conversion.thyroid_xl import (bethesda_category, convert_thyroid_xl
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
+from tests.convert_helpers import nnunet_verify
 
 
 def thyroid_opts(**kw):
@@ -107,8 +108,6 @@ def test_thyroid_xl_tirads_official(thyroid_src, tmp_path):
 
 
 def test_thyroid_xl_malignancy_and_nnunet_verify(thyroid_src, tmp_path):
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
     report = convert_thyroid_xl(thyroid_src, thyroid_opts(), target="malignancy", raw_root=tmp_path / "raw")
     raw = load_raw_dataset(report.path)
     assert raw.class_labels == {"benign": 0, "malignant": 1}
@@ -120,7 +119,7 @@ def test_thyroid_xl_malignancy_and_nnunet_verify(thyroid_src, tmp_path):
     assert cases.at["ThyroidXL_00000300_22222222_0", "tirads"] == ""  # 7: left empty
     assert "neither Histopathology" in {s["case"]: s["reason"] for s in report.skipped}["ThyroidXL_00000200_11111111_0"]
     assert any("differs from the record's 'conclusion'" in n for n in report.notes)  # 00000300: code 3 vs Bethesda V
-    verify_dataset_integrity(str(report.path), num_processes=1)
+    nnunet_verify(report.path)
 
 
 def test_thyroid_xl_as_train_wrong_folder_and_cli(thyroid_src, tmp_path, monkeypatch, capsys):

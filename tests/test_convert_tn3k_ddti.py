@@ -15,7 +15,7 @@ from dataset_conversion.tn3k import convert_tn3k
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.test_convert_busi import case_label, converted, nnunet_verify
+from tests.convert_helpers import case_label, converted, nnunet_verify
 
 SHAPE = (32, 40)
 BOX = (8, 24, 10, 30)  # rows 8..23, cols 10..29: 16 x 20
@@ -75,13 +75,13 @@ def test_tn3k_official_split(tn3k_src, tmp_path):
     assert any("no patient ids" in n for n in report.notes)
 
 
-def test_tn3k_as_train_renamed_labels_and_nnunet_verify(tn3k_src, tmp_path, monkeypatch):
+def test_tn3k_as_train_renamed_labels_and_nnunet_verify(tn3k_src, tmp_path):
     folder = tn3k_src / "tn3k"
     (folder / "label4trainval.csv").rename(folder / "TN3K_trainval_labels.csv")  # a renamed copy is found
     report = convert_tn3k(tn3k_src, _opts(split="train"), raw_root=tmp_path / "raw")
     raw = load_raw_dataset(report.path)
     assert set(raw.cases["split"]) == {"train"} and len(raw.cases) == 4
-    nnunet_verify(report.path, monkeypatch)
+    nnunet_verify(report.path)
     (folder / "label4test.csv").unlink()
     with pytest.raises(NnunetMtlError) as e:
         convert_tn3k(tn3k_src, _opts(overwrite=True), raw_root=tmp_path / "raw")
@@ -159,7 +159,7 @@ def test_ddti_tirads_parsing_and_rasterization():
     assert parse_regions("") == ([], False)
 
 
-def test_ddti_tirads_target(ddti_src, tmp_path, monkeypatch):
+def test_ddti_tirads_target(ddti_src, tmp_path):
     report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI"), raw_root=tmp_path / "raw")
     raw, cases = converted(report)
     assert list(raw.class_labels) == ["TR2", "TR3", "TR4a", "TR4b", "TR4c", "TR5"]
@@ -183,7 +183,7 @@ def test_ddti_tirads_target(ddti_src, tmp_path, monkeypatch):
     assert "6_2.jpg does not exist" in reasons["ddti_0006_2"]
     assert "7.xml is not readable XML" in reasons["ddti_0007_1"]
     assert any("1 <svg> mark(s) cut off" in n for n in report.notes)
-    nnunet_verify(report.path, monkeypatch)
+    nnunet_verify(report.path)
 
 
 def test_ddti_malignancy_target_as_test_and_cli(ddti_src, tmp_path, monkeypatch, capsys):

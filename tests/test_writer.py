@@ -196,3 +196,18 @@ def test_rgb_image_is_stored_grey(tmp_path):
     stored = Image.open(tmp_path / "Dataset007_Small" / "imagesTr" / "c_0000.png")
     assert stored.mode == "L" and np.array(stored).max() == 100
     assert pd.read_csv(tmp_path / "Dataset007_Small" / "cases.csv", dtype=str)["split"].tolist() == ["train"]
+
+
+def test_remove_case_keeps_order_and_files(tmp_path):
+    w = RawDatasetWriter(7, "Rm", CLASSES, raw_root=tmp_path)
+    for i in range(5):
+        w.add_case(f"c{i}", np.full((8, 8), i * 40, np.uint8), np.eye(8, dtype=np.uint8), split="train",
+                   class_name="benign", patient_id=f"p{i}")
+    w.remove_case("c1", "train")
+    w.remove_case("c9", "train")  # unknown: nothing happens
+    assert [r["case_id"] for r in w.rows] == ["c0", "c2", "c3", "c4"] and w.case_ids == {"c0", "c2", "c3", "c4"}
+    assert not (w.tmp / "imagesTr" / "c1_0000.png").exists() and not (w.tmp / "labelsTr" / "c1.png").exists()
+    w.add_case("c1", np.zeros((8, 8), np.uint8), np.eye(8, dtype=np.uint8), split="test", class_name="benign",
+               patient_id="p1")  # the id is free again; it comes last
+    path = w.finish()
+    assert pd.read_csv(path / "cases.csv")["case_id"].tolist() == ["c0", "c2", "c3", "c4", "c1"]
