@@ -1,0 +1,109 @@
+"""``nnunet_mtl pretrained``: make a plain nnU-Net checkpoint usable as ``nnUNetv2_train -pretrained_weights``.
+
+The thyroid paper starts multitask training from a pretrained nnU-Net. Our networks keep nnU-Net's encoder and
+decoder keys, but nnU-Net's ``load_pretrained_weights`` asserts that *every* key of the new network is in the
+checkpoint, so the classification head's keys are missing from a plain nnU-Net checkpoint. This command copies the
+checkpoint and adds a freshly initialized head of exactly the shape the chosen trainer will build (classes from the
+dataset, widths and guided dimensions from the trainer); nnU-Net then loads encoder and decoder from the
+pretrained network and the head starts from scratch, as it would without pretraining.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nnunet_mtl.errors import NnunetMtlError
+
+HEAD_PREFIX = "cls_head."
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "pretrained", help="add our classification head to a plain nnU-Net checkpoint (for -pretrained_weights)",
+        description="Writes a copy of an nnU-Net checkpoint with a freshly initialized classification head shaped "
+                    "for TRAINER on DATASET, so that 'nnUNetv2_train DATASET 2d FOLD -tr TRAINER -pretrained_weights "
+                    "OUT' starts from the pretrained encoder and decoder.")
+    p.add_argument("-i", required=True, help="nnU-Net checkpoint (e.g. .../nnUNetTrainer__nnUNetPlans__2d/fold_0/"
+                                             "checkpoint_final.pth)")
+    p.add_argument("-o", required=True, help="output checkpoint")
+    p.add_argument("-d", required=True, help="dataset id or name the multitask model will be trained on")
+    p.add_argument("-tr", default="nnUNetTrainerRLAR", help="our trainer that will be trained (default nnUNetTrainerRLAR)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=run)
+
+
+def head_config_for(trainer_name: str, class_labels: dict):
+    """The HeadConfig the trainer will write into the plans (same rule as nnUNetTrainerMTL.__init__)."""
+    import nnunet_mtl.trainers as trainers
+    from nnunet_mtl.networks.multitask_unet import HeadConfig
+    if trainer_name not in trainers.__all__:
+        raise NnunetMtlError(f"trainer {trainer_name!r} is not an nnunet_mtl trainer; expected one of "
+                             f"{', '.join(trainers.__all__)}")
+    cls = getattr(trainers, trainer_name)
+    guided = len(cls.guidance_features) if hasattr(cls, "guidance_features") else cls.head_guided_dim
+    return HeadConfig(num_classes=len(class_labels), hidden=cls.head_hidden, embed_dim=cls.head_embed_dim,
+                      dropout=cls.head_dropout, guided_dim=guided)
+
+
+def bottleneck_channels(weights: dict, source) -> int:
+    """Output channels of the encoder's last stage: the first dimension of its last convolution weight."""
+    stage_of = {}
+    for key in weights:
+        m = re.match(r"encoder\.stages\.(\d+)\.", key)
+        if m:
+            stage_of[key] = int(m.group(1))
+    if not stage_of:
+        raise NnunetMtlError(f"{source} has no encoder.stages.* weights; expected a checkpoint of nnU-Net's U-Net "
+                             f"(nnUNetv2_train)")
+    last = max(stage_of.values())
+    convs = [weights[k] for k, s in stage_of.items() if s == last and k.endswith(".weight") and weights[k].ndim >= 3]
+    return int(convs[-1].shape[0])
+
+
+def add_head_to_checkpoint(checkpoint_path: Path, out_path: Path, head_config, seed: int = 0) -> int:
+    """Copy the checkpoint with a fresh classification head added; returns the number of tensors added."""
+    import torch
+
+    from nnunet_mtl.networks.multitask_unet import ClassificationHead
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise NnunetMtlError(f"{checkpoint_path} cannot be read as a checkpoint ({type(e).__name__}); expected an "
+                             f"nnU-Net checkpoint_*.pth")
+    weights = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
+    if not isinstance(weights, dict):
+        raise NnunetMtlError(f"{checkpoint_path} has no 'network_weights'; expected a checkpoint written by "
+                             f"nnUNetv2_train")
+    if any(k.startswith(HEAD_PREFIX) for k in weights):
+        raise NnunetMtlError(f"{checkpoint_path} already has a classification head (an nnunet_mtl checkpoint); pass "
+                             f"it to -pretrained_weights directly")
+    torch.manual_seed(seed)
+    head = ClassificationHead(bottleneck_channels(weights, checkpoint_path), head_config)
+    added = {HEAD_PREFIX + k: v for k, v in head.state_dict().items()}
+    checkpoint["network_weights"] = {**weights, **added}
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(out_path)
+    return len(added)
+
+
+def run(args) -> int:
+    from nnunet_mtl.dataset.contract import read_class_labels, read_json_object
+    from nnunet_mtl.paths import find_dataset_folder, preprocessed_root, raw_root
+    source, out = Path(args.i), Path(args.o)
+    if not source.is_file():
+        raise NnunetMtlError(f"checkpoint {source} does not exist")
+    if out.exists() and not args.overwrite:
+        raise NnunetMtlError(f"{out} exists; pass --overwrite to replace it")
+    try:
+        dataset_json_path = find_dataset_folder(args.d, preprocessed_root()) / "dataset.json"
+    except NnunetMtlError:
+        dataset_json_path = find_dataset_folder(args.d, raw_root()) / "dataset.json"
+    class_labels = read_class_labels(read_json_object(dataset_json_path), source=str(dataset_json_path))
+    config = head_config_for(args.tr, class_labels)
+    added = add_head_to_checkpoint(source, out, config, args.seed)
+    print(f"added a fresh classification head ({added} tensors: {config.num_classes} classes, embedding "
+          f"{config.embed_dim}, guided {config.guided_dim}) for {args.tr} to a copy of {source}")
+    print(f"wrote {out}\nnow: nnUNetv2_train {args.d} 2d FOLD -tr {args.tr} -pretrained_weights {out}")
+    return 0
