@@ -34,16 +34,12 @@ def register(subparsers):
 
 
 def head_config_for(trainer_name: str, class_labels: dict):
-    """The HeadConfig the trainer will write into the plans (same rule as nnUNetTrainerMTL.__init__)."""
+    """The HeadConfig the trainer will write into the plans."""
     import nnunet_mtl.trainers as trainers
-    from nnunet_mtl.networks.multitask_unet import HeadConfig
     if trainer_name not in trainers.__all__:
         raise NnunetMtlError(f"trainer {trainer_name!r} is not an nnunet_mtl trainer; expected one of "
                              f"{', '.join(trainers.__all__)}")
-    cls = getattr(trainers, trainer_name)
-    guided = len(cls.guidance_features) if hasattr(cls, "guidance_features") else cls.head_guided_dim
-    return HeadConfig(num_classes=len(class_labels), hidden=cls.head_hidden, embed_dim=cls.head_embed_dim,
-                      dropout=cls.head_dropout, guided_dim=guided)
+    return getattr(trainers, trainer_name).head_config(len(class_labels))
 
 
 def bottleneck_channels(weights: dict, source) -> int:

@@ -116,10 +116,10 @@ def load_targets(cache_csv: Path, features) -> dict[str, np.ndarray]:
 def standardization(targets: dict[str, np.ndarray], train_keys) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of each feature over the training fold's cases with a lesion only (no validation leakage);
     a constant feature gets std 1 so it standardizes to 0 instead of NaN."""
-    rows = np.stack([targets[k] for k in train_keys if k in targets and np.isfinite(targets[k]).all()]) \
-        if any(k in targets and np.isfinite(targets[k]).all() for k in train_keys) else None
-    if rows is None:
+    lesions = [targets[k] for k in train_keys if k in targets and np.isfinite(targets[k]).all()]
+    if not lesions:
         raise NnunetMtlError("no training case of this fold has a lesion; clinical guidance needs radiomics targets")
+    rows = np.stack(lesions)
     mean, std = rows.mean(0), rows.std(0)
     std[~(std > 1e-12)] = 1.0
     return mean, std

@@ -12,7 +12,7 @@ after what it changes (``nnUNetTrainerRLAR_mid``, ``nnUNetTrainerRLAR_adv1`` ...
 """
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.losses.guidance import clinical_guidance_loss
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY
 from nnunet_mtl.radiomics.features import DEFAULT_FEATURES, check_feature_names
-from nnunet_mtl.trainers.mtl import DemoSchedule, TinySchedule, fail, nnUNetTrainerMTL
+from nnunet_mtl.trainers.mtl import DemoSchedule, Schedule, TinySchedule, fail, nnUNetTrainerMTL
 from nnunet_mtl.trainers.rlar_step import rlar_backward
 
 # where to regularize (Tables 3-4): names -> encoder stage indices, for an encoder of n stages (n-1 = bottleneck)
@@ -49,7 +49,6 @@ class nnUNetTrainerClinGuided(nnUNetTrainerMTL):
             self.guidance_features = check_feature_names(self.guidance_features)
         except NnunetMtlError as e:
             fail(f"{self.__class__.__name__}.guidance_features: {e}")
-        self.head_guided_dim = len(self.guidance_features)  # stored in the plans: the predictor needs the shape
         super().__init__(plans, configuration, fold, dataset_json, device)
         # which entry of h_tirads is which feature (for ablate-guidance and the reader of plans.json)
         self.plans_manager.plans[PLANS_KEY]["guidance_features"] = list(self.guidance_features)
@@ -58,17 +57,12 @@ class nnUNetTrainerClinGuided(nnUNetTrainerMTL):
     def extra_logging_keys(self) -> tuple[str, ...]:
         return ("train_clin_losses", "val_clin_losses")
 
-    # ------------------------------------------------------------------ radiomics targets
-    def _raw_dataset_folder(self) -> Path | None:
-        from nnunet_mtl.paths import find_dataset_folder
-        raw_root = os.environ.get("nnUNet_raw")
-        if not raw_root:
-            return None
-        try:
-            return find_dataset_folder(self.plans_manager.dataset_name, Path(raw_root))
-        except NnunetMtlError:
-            return None
+    @classmethod
+    def head_config(cls, num_classes: int):
+        # h_tirads has one entry per guided feature (Eq. 2); stored in the plans, the predictor needs the shape
+        return replace(super().head_config(num_classes), guided_dim=len(cls.guidance_features))
 
+    # ------------------------------------------------------------------ radiomics targets
     def load_radiomics_targets(self) -> None:
         """Targets of every training case, standardized with the training fold's lesion cases (Sec. 2.2).
 
@@ -113,7 +107,7 @@ class nnUNetTrainerClinGuided(nnUNetTrainerMTL):
     # ------------------------------------------------------------------ losses
     def clin_loss(self, output: dict, keys) -> torch.Tensor:
         targets, valid = self.radiomics_batch(keys)
-        h_tirads = output["embedding"][:, :self.head_guided_dim]  # Eq. 2: h = [h_tirads, h_deep]
+        h_tirads = output["embedding"][:, :len(self.guidance_features)]  # Eq. 2: h = [h_tirads, h_deep]
         return clinical_guidance_loss(h_tirads, targets, valid)  # Eq. 3
 
     def compute_task_losses(self, output: dict, target, keys) -> dict[str, torch.Tensor]:
@@ -181,9 +175,8 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
         data, target = self._to_device(batch)
         keys = batch["keys"]
         self.optimizer.zero_grad(set_to_none=True)
-        network = self.network.module if self.is_ddp else self.network
-        losses, penalty = rlar_backward(
-            network, data, lambda output: self.compute_task_losses(output, target, keys), self.task_weights(),
+        losses, penalty = rlar_backward(  # DDP is refused in on_train_start: self.network is the bare network
+            self.network, data, lambda output: self.compute_task_losses(output, target, keys), self.task_weights(),
             self.rlar_stages(), self.adv_weight,
             scale=self.grad_scaler.scale if self.grad_scaler is not None else (lambda x: x),
             autocast=self._autocast)
@@ -225,18 +218,12 @@ class nnUNetTrainerClinGuided_clin1(nnUNetTrainerClinGuided):
     clin_loss_weight = 1.0
 
 
-class _PaperSchedule:
+class _PaperSchedule(Schedule):
     """Sec. 3 'Implementation Details': AdamW (lr 1e-4, default betas), batch size 8, 500 epochs of 250 training
     and 50 validation iterations, best checkpoint by validation (our multitask score). Weight decay and the poly
     learning-rate decay stay nnU-Net's (the paper does not say)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 1e-4
-        self.num_epochs = 500
-        self.num_iterations_per_epoch = 250
-        self.num_val_iterations_per_epoch = 50
+    schedule = {"initial_lr": 1e-4, "num_epochs": 500, "num_iterations_per_epoch": 250,
+                "num_val_iterations_per_epoch": 50}
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()

@@ -106,8 +106,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.num_cls_classes = len(self.class_names)
         # Everything the network's shape depends on goes into the plans: nnU-Net saves them as plans.json next to
         # the checkpoints, and the predictor rebuilds the network from them.
-        head = HeadConfig(num_classes=self.num_cls_classes, hidden=self.head_hidden, embed_dim=self.head_embed_dim,
-                          dropout=self.head_dropout, guided_dim=self.head_guided_dim)
+        head = self.head_config(self.num_cls_classes)
         self.plans_manager.plans[PLANS_KEY] = {
             "head": head.to_dict(),
             "class_labels": self.class_labels,
@@ -120,6 +119,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.cls_loss = None
 
     # ------------------------------------------------------------------ network
+    @classmethod
+    def head_config(cls, num_classes: int) -> HeadConfig:
+        """The head this trainer builds for a dataset with ``num_classes`` classes (also used by
+        ``nnunet_mtl pretrained`` to shape a head before training)."""
+        return HeadConfig(num_classes=num_classes, hidden=cls.head_hidden, embed_dim=cls.head_embed_dim,
+                          dropout=cls.head_dropout, guided_dim=cls.head_guided_dim)
+
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
@@ -139,20 +145,28 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return ()
 
     # ------------------------------------------------------------------ data: classes, splits, augmentation
+    def _raw_dataset_folder(self) -> Path | None:
+        """This dataset's folder in nnUNet_raw, or None when nnUNet_raw is unset or lacks it (training needs only
+        the preprocessed data)."""
+        import os
+
+        from nnunet_mtl.paths import find_dataset_folder
+        raw_root = os.environ.get("nnUNet_raw")
+        if not raw_root:
+            return None
+        try:
+            return find_dataset_folder(self.plans_manager.dataset_name, Path(raw_root))
+        except NnunetMtlError:
+            return None
+
     def _case_table_path(self) -> Path:
         """cases.csv beside the preprocessed data (copied there from nnUNet_raw, the source of truth)."""
         pre = Path(self.preprocessed_dataset_folder_base) / "cases.csv"
-        from nnunet_mtl.paths import find_dataset_folder
-        import os
-        raw_root = os.environ.get("nnUNet_raw")
-        if raw_root:
-            try:
-                raw_csv = find_dataset_folder(self.plans_manager.dataset_name, Path(raw_root)) / "cases.csv"
-            except NnunetMtlError:
-                raw_csv = None
-            if raw_csv is not None and raw_csv.is_file():
-                if not pre.is_file() or pre.read_bytes() != raw_csv.read_bytes():
-                    shutil.copyfile(raw_csv, pre)
+        raw = self._raw_dataset_folder()
+        raw_csv = raw / "cases.csv" if raw is not None else None
+        if raw_csv is not None and raw_csv.is_file():
+            if not pre.is_file() or pre.read_bytes() != raw_csv.read_bytes():
+                shutil.copyfile(raw_csv, pre)
         if not pre.is_file():
             fail(f"no cases.csv for {self.plans_manager.dataset_name}: looked in {pre} and in nnUNet_raw; expected "
                  f"the case table written by 'nnunet_mtl convert' (columns case_id, split, class, patient_id)")
@@ -410,29 +424,28 @@ class nnUNetTrainerMTL_nnUNetDA(nnUNetTrainerMTL):
     ultrasound_augmentation = False
 
 
-class DemoSchedule:
+class Schedule:
+    """Mixin for schedule variants: ``schedule`` holds trainer attributes set after nnU-Net's __init__ (nnU-Net
+    passes no arguments to trainers, so a schedule is a class). Put it before the trainer class."""
+    schedule: dict = {}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for name, value in self.schedule.items():
+            setattr(self, name, value)
+
+
+class DemoSchedule(Schedule):
     """CPU-friendly short schedule used by ``nnunet_mtl demo`` on the synthetic phantom (16 x 25 iterations:
     about 6 minutes on 2 CPU cores for nnUNetTrainerMTL; the phantom's val AUC passes 0.95 within 3 epochs, Dice 0.9
-    within 4). A mixin: put it before the trainer class."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 16
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 5
-        self.save_every = 8
+    within 4)."""
+    schedule = {"num_epochs": 16, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5, "save_every": 8}
 
 
-class TinySchedule:
-    """Smoke-test schedule (tests, CI): 2 epochs of 3 iterations. A mixin: put it before the trainer class."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 2
+class TinySchedule(Schedule):
+    """Smoke-test schedule (tests, CI): 2 epochs of 3 iterations."""
+    schedule = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2}
 
 
 class nnUNetTrainerMTL_demo(DemoSchedule, nnUNetTrainerMTL):
