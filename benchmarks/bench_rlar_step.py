@@ -1,14 +1,19 @@
 """Time one training step of nnUNetTrainerRLAR against nnUNetTrainerMTL on the same batch.
 
-Three trainers' own ``train_step`` on the same real nnU-Net plan (a phantom planned with
+Four trainers' own ``train_step`` on the same real nnU-Net plan (a phantom planned with
 nnUNetv2_plan_and_preprocess), same weights, same batch:
   - nnUNetTrainerMTL: forward, seg + cls loss, backward, step (the multitask baseline)
   - nnUNetTrainerClinGuided: + the clinical guidance loss (no penalty)
-  - nnUNetTrainerRLAR: + the gradients of every task at z (create_graph) and the penalty's double backward
-Steps are interleaved so drift of the machine hits all alike; ratios of the medians are printed.
+  - nnUNetTrainerRLAR_autograd: + every task's gradient at z from autograd (create_graph) and the penalty's double
+    backward: the straightforward implementation ("before")
+  - nnUNetTrainerRLAR: the same values, with the segmentation gradient at z and instance norm's double backward
+    written out (nnunet_mtl.autodiff) ("after")
+Steps are interleaved so drift of the machine hits all alike; ratios of the medians are printed, and the
+largest difference between the two RLAR variants' parameter gradients after the timed steps' first step.
 Target: nnUNetTrainerRLAR / nnUNetTrainerMTL <= 1.5.
 
     python benchmarks/bench_rlar_step.py [--device cpu|cuda] [--steps 10] [--size 128] [--layer bottleneck]
+                                         [--mtl-fast-norm]
 """
 from __future__ import annotations
 
@@ -35,64 +40,90 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128, help="phantom image size, sets the planned patch")
     parser.add_argument("--layer", default="bottleneck", help="bottleneck | last | mid | last3")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--mtl-fast-norm", action="store_true",
+                        help="also time nnUNetTrainerMTL with RLAR's instance norm (what that alone changes)")
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_compile", "0")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from nnunet_mtl.trainers.guided import nnUNetTrainerRLAR
+    from nnunet_mtl.autodiff import use_fast_instance_norm
+    from nnunet_mtl.trainers.guided import nnUNetTrainerClinGuided, nnUNetTrainerRLAR, nnUNetTrainerRLAR_autograd
     from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
-    from nnunet_mtl.trainers.guided import nnUNetTrainerClinGuided
 
-    class RLARLayer(nnUNetTrainerRLAR):
-        rlar_layer = args.layer
-
+    variants = {"nnUNetTrainerMTL": nnUNetTrainerMTL, "nnUNetTrainerClinGuided": nnUNetTrainerClinGuided,
+                "nnUNetTrainerRLAR_autograd": type("RLARAutograd", (nnUNetTrainerRLAR_autograd,),
+                                                   {"rlar_layer": args.layer}),
+                "nnUNetTrainerRLAR": type("RLAR", (nnUNetTrainerRLAR,), {"rlar_layer": args.layer})}
+    if args.mtl_fast_norm:
+        variants["MTL + fast instance norm"] = nnUNetTrainerMTL
     with tempfile.TemporaryDirectory() as tmp:
         plans, dataset_json = plan_phantom(Path(tmp), args.size)
         trainers = {}
-        for name, cls in (("nnUNetTrainerMTL", nnUNetTrainerMTL), ("nnUNetTrainerClinGuided", nnUNetTrainerClinGuided),
-                          ("nnUNetTrainerRLAR", RLARLayer)):
+        for name, cls in variants.items():
             t = cls({**json.loads(json.dumps(plans)), "continue_training": False}, "2d", 0, dataset_json, device)
             t.initialize()
+            if name == "MTL + fast instance norm":
+                use_fast_instance_norm(t.network)
             trainers[name] = t
         first = trainers["nnUNetTrainerMTL"]
         batch_size = first.configuration_manager.batch_size
         batch = make_batch(first, batch_size, torch.Generator().manual_seed(0))
         rng = np.random.default_rng(0)
         reference_state = trainers["nnUNetTrainerRLAR"].network.state_dict()
+        targets = {k: rng.standard_normal(len(nnUNetTrainerRLAR.guidance_features)) for k in batch["keys"]}
         for name, t in trainers.items():
             t.network.load_state_dict(reference_state)  # same shapes: guided_dim only names part of h
             t.cls_loss = torch.nn.CrossEntropyLoss(weight=torch.ones(t.num_cls_classes, device=device))
             t._class_of_case = {k: i % t.num_cls_classes for i, k in enumerate(batch["keys"])}
             if hasattr(t, "guidance_features"):
-                t._targets = {k: rng.standard_normal(len(t.guidance_features)) for k in batch["keys"]}
+                t._targets = targets
             t.network.train()
-
-        def timed(trainer) -> float:
-            return time_step(trainer, batch, device)
+        difference = gradient_difference(trainers["nnUNetTrainerRLAR_autograd"], trainers["nnUNetTrainerRLAR"], batch)
 
         for _ in range(args.warmup):
             for t in trainers.values():
-                timed(t)
+                time_step(t, batch, device)
         times = {name: [] for name in trainers}
         for _ in range(args.steps):
             for name, t in trainers.items():
-                times[name].append(timed(t))
-        stages = trainers["nnUNetTrainerRLAR"].rlar_stages()
+                times[name].append(time_step(t, batch, device))
+        rlar = trainers["nnUNetTrainerRLAR"]
+        stages, fast = rlar.rlar_stages(), rlar._fast_seg_gradient
 
     med = {k: statistics.median(v) for k, v in times.items()}
     patch = "x".join(map(str, first.configuration_manager.patch_size))
     amp = "AMP fp16" if device.type == "cuda" else "fp32"
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "
-          f"{args.layer} (stage {stages}), lambda_adv {trainers['nnUNetTrainerRLAR'].adv_weight}, {args.steps} "
-          f"interleaved steps each (median):")
+          f"{args.layer} (stage {stages}), lambda_adv {rlar.adv_weight}, {args.steps} interleaved steps each "
+          f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rlar._slow_reason)}:")
     for name, value in med.items():
-        print(f"  {name:22s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.2f}x MTL")
+        print(f"  {name:27s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.3f}x MTL")
+    before = med["nnUNetTrainerRLAR_autograd"] / med["nnUNetTrainerMTL"]
     ratio = med["nnUNetTrainerRLAR"] / med["nnUNetTrainerMTL"]
-    print(f"ratio nnUNetTrainerRLAR / nnUNetTrainerMTL = {ratio:.3f}  (target <= 1.5: "
-          f"{'met' if ratio <= 1.5 else 'NOT met'})")
+    print(f"same gradients: largest |difference| / largest |gradient| over all parameters = {difference:.2e}")
+    print(f"ratio nnUNetTrainerRLAR / nnUNetTrainerMTL = {ratio:.3f} (before: nnUNetTrainerRLAR_autograd {before:.3f}; "
+          f"target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
     return 0
+
+
+def gradient_difference(a, b, batch) -> float:
+    """Both trainers' train_step on the same weights and batch, without the optimizer step: the largest absolute
+    difference of their parameter gradients, relative to the largest gradient entry."""
+    grads = []
+    for t in (a, b):
+        t.optimizer_step = lambda: None  # keep the gradients, leave the weights
+        torch.manual_seed(0)  # the same dropout masks in the head
+        try:
+            t.train_step(batch)
+        finally:
+            del t.optimizer_step
+        # None: a parameter the loss does not reach (the deep-supervision output nnU-Net weights 0)
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                      for p in t.network.parameters()])
+    diff = max((x - y).abs().max().item() for x, y in zip(*grads))
+    return diff / max(x.abs().max().item() for x in grads[0])
 
 
 if __name__ == "__main__":

@@ -134,6 +134,8 @@ def test_rlar_trains_and_predicts_through_nnunet(rlar_trained):
     assert {r["case_id"] for r in table} == train_cases
     plans = json.loads((model / "plans.json").read_text())
     assert plans["nnunet_mtl"]["head"]["guided_dim"] == 13 and len(plans["nnunet_mtl"]["guidance_features"]) == 13
+    log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
+    assert "segmentation gradient at z: written out" in log  # nnU-Net's planned U-Net takes the fast path
     logged = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert len(logged["train_rlar_penalty"]) == 2 and all(0 <= p <= 1 for p in logged["train_rlar_penalty"])
     assert all(np.isfinite(logged["train_clin_losses"])) and all(np.isfinite(logged["val_clin_losses"]))

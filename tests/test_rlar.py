@@ -7,8 +7,9 @@ import torch
 
 from nnunet_mtl.losses import clinical_guidance_loss, rlar_penalty
 from nnunet_mtl.networks.multitask_unet import HeadConfig, MultitaskUNet
-from nnunet_mtl.trainers.rlar_step import rlar_backward, rlar_penalty_at
-from tests.test_network import make_unet
+from nnunet_mtl.autodiff import use_fast_instance_norm
+from nnunet_mtl.trainers.rlar_step import rlar_backward, rlar_penalty_at, written_out_seg_gradient
+from tests.test_network import ARCH, make_unet
 
 
 def t(*rows):
@@ -136,15 +137,20 @@ def test_amp_scale_scales_the_gradients_not_the_penalty():
         assert close(a.grad, 1024.0 * b.grad)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["written-out", "autograd"])
 @pytest.mark.parametrize("layers", [[3], [2], [1], [1, 2, 3]], ids=["bottleneck", "last", "mid", "last3"])
-def test_penalty_changes_the_gradient_by_its_own_derivative(layers):
-    """lambda_adv adds lambda_adv * dP/dtheta (through the double backward), for every layer choice; P at several
-    layers is the mean of the per-layer penalties."""
+def test_penalty_changes_the_gradient_by_its_own_derivative(layers, fast):
+    """lambda_adv adds lambda_adv * dP/dtheta (through the double backward), for every layer choice and both ways
+    of computing the segmentation gradient at z; P at several layers is the mean of the per-layer penalties.
+    The reference is plain autograd on nnU-Net's own decoder forward."""
     data, seg, cls, radiomics, valid = batch()
     losses_fn = task_losses_for(seg, cls, radiomics, valid)
     with_pen, without = make_net(), make_net()
-    _, penalty = rlar_backward(with_pen, data, losses_fn, WEIGHTS, layers, adv_weight=0.5)
-    rlar_backward(without, data, losses_fn, WEIGHTS, layers, adv_weight=0.0)
+    if fast:
+        assert written_out_seg_gradient(with_pen) is None  # the test network is nnU-Net's: the fast path is taken
+        use_fast_instance_norm(with_pen.encoder)  # as the trainer does for the stages above a z below the bottleneck
+    _, penalty = rlar_backward(with_pen, data, losses_fn, WEIGHTS, layers, adv_weight=0.5, fast=fast)
+    rlar_backward(without, data, losses_fn, WEIGHTS, layers, adv_weight=0.0, fast=fast)
     only = make_net()
     out = only(data, return_aux=True)
     losses = losses_fn(out)
@@ -164,7 +170,53 @@ def test_penalty_gradient_reaches_encoder_weights():
     net = make_net()
     out = net(data, return_aux=True)
     weighted = {t: WEIGHTS[t] * v for t, v in losses_fn(out).items()}
-    rlar_penalty_at(weighted, list(WEIGHTS), [out["skips"][3]]).backward()
+    rlar_penalty_at(weighted, list(WEIGHTS), out, [3]).backward()
     for stage in net.encoder.stages:
         weight = next(stage.parameters())
         assert weight.grad is not None and torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
+
+
+def make_net_with(**arch_changes):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    torch.manual_seed(0)
+    kwargs = {**ARCH["arch_kwargs"], **arch_changes}
+    unet = get_network_from_plans(ARCH["network_class_name"], kwargs, ARCH["_kw_requires_import"], 1, 2,
+                                  allow_init=True, deep_supervision=True)
+    return MultitaskUNet(unet, HeadConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0, guided_dim=4)).double()
+
+
+def test_a_decoder_the_fast_path_does_not_know_falls_back_to_autograd():
+    """nonlin_first (norm after the non-linearity) is not written out: the step says why and uses autograd, with
+    the same result as asking for autograd explicitly."""
+    data, seg, cls, radiomics, valid = batch()
+    losses_fn = task_losses_for(seg, cls, radiomics, valid)
+    auto, plain = make_net_with(nonlin_first=True), make_net_with(nonlin_first=True)
+    assert "non-linearity" in written_out_seg_gradient(auto)
+    _, p_auto = rlar_backward(auto, data, losses_fn, WEIGHTS, [3], adv_weight=0.5)  # fast=None: decides itself
+    _, p_plain = rlar_backward(plain, data, losses_fn, WEIGHTS, [3], adv_weight=0.5, fast=False)
+    assert p_auto.item() == p_plain.item()
+    for a, b in zip(auto.parameters(), plain.parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_written_out_and_autograd_agree_under_autocast():
+    """Mixed precision (CPU bfloat16 autocast, the code path of CUDA AMP: low-precision activations, float32
+    parameters): both ways give the same penalty and gradients up to bfloat16 rounding."""
+    data, seg, cls, radiomics, valid = batch()
+    losses_fn = task_losses_for(seg, cls, radiomics, valid)
+
+    def losses32(output):  # the losses in float32, as nnU-Net computes them from autocast outputs
+        out = {k: ([s.float() for s in v] if k == "seg" else v.float()) if k in ("seg", "logits", "embedding") else v
+               for k, v in output.items()}
+        return losses_fn(out)
+
+    grads, penalties = [], []
+    for fast in (True, False):
+        net = make_net().float()
+        _, p = rlar_backward(net, data.float(), losses32, WEIGHTS, [3], adv_weight=0.5, fast=fast,
+                             scale=lambda x: 64.0 * x, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        penalties.append(p.item())
+        grads.append(torch.cat([q.grad.flatten() for q in net.parameters() if q.grad is not None]))
+    assert penalties[0] == pytest.approx(penalties[1], abs=0.02)
+    assert torch.isfinite(grads[0]).all()
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99

@@ -5,7 +5,9 @@ Why this shape:
   nnU-Net's own network, so nnU-Net's predictor (sliding window, test-time mirroring) works unchanged.
 - ``forward(x, return_aux=True)`` additionally returns the class logits, the head's embedding h and every
   encoder stage's output (the bottleneck is the last one): trainers use this for the extra losses, and the
-  class-aware predictor for the class probabilities. One encoder pass serves both tasks.
+  class-aware predictor for the class probabilities. One encoder pass serves both tasks. With
+  ``record_decoder=True`` the decoder pass also records what RLAR's hand-written gradient needs
+  (``nnunet_mtl.autodiff``); the values are the same.
 - ``encoder`` / ``decoder`` are registered under the same names as in nnU-Net's U-Nets, so their state_dict
   keys match a plain nnU-Net checkpoint (a pretrained nnU-Net encoder loads as is), and nnU-Net's
   ``set_deep_supervision_enabled`` (which sets ``network.decoder.deep_supervision``) keeps working.
@@ -90,13 +92,20 @@ class MultitaskUNet(nn.Module):
         self.cls_head = ClassificationHead(bottleneck_channels, head_config)
         self.head_config = head_config
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False):
+    def forward(self, x: torch.Tensor, return_aux: bool = False, record_decoder: bool = False):
         skips = self.encoder(x)
-        seg = self.decoder(skips)
+        if record_decoder:  # the same decoder pass, recording what RLAR's hand-written seg gradient needs
+            from nnunet_mtl.autodiff import decoder_forward
+            seg, records = decoder_forward(self.decoder, skips)
+        else:
+            seg, records = self.decoder(skips), None
         if not return_aux:
             return seg
         logits, embedding = self.cls_head(skips[-1])
-        return {"seg": seg, "logits": logits, "embedding": embedding, "skips": skips}
+        out = {"seg": seg, "logits": logits, "embedding": embedding, "skips": skips}
+        if records is not None:
+            out["decoder_records"] = records
+        return out
 
     @property
     def num_stages(self) -> int:

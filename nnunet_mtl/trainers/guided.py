@@ -25,7 +25,8 @@ from nnunet_mtl.losses.guidance import clinical_guidance_loss
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY
 from nnunet_mtl.radiomics.features import DEFAULT_FEATURES, check_feature_names
 from nnunet_mtl.trainers.mtl import DemoSchedule, Schedule, TinySchedule, fail, nnUNetTrainerMTL
-from nnunet_mtl.trainers.rlar_step import rlar_backward
+from nnunet_mtl.autodiff import use_fast_instance_norm
+from nnunet_mtl.trainers.rlar_step import rlar_backward, written_out_seg_gradient
 
 # where to regularize (Tables 3-4): names -> encoder stage indices, for an encoder of n stages (n-1 = bottleneck)
 RLAR_LAYERS = {
@@ -135,6 +136,9 @@ class nnUNetTrainerClinGuided(nnUNetTrainerMTL):
 class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
     adv_weight: float = 0.1        # lambda_adv (Eq. 6): P lies in [0, 1]
     rlar_layer: str = "bottleneck"  # one of RLAR_LAYERS
+    # write out the segmentation gradient at z and instance norm's double backward (nnunet_mtl.autodiff) where the
+    # network allows; False: plain autograd (same values, slower; nnUNetTrainerRLAR_autograd, for checking)
+    rlar_fast_gradient: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -148,6 +152,21 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
     def _do_i_compile(self):
         # torch.compile cannot differentiate twice; the penalty needs create_graph=True
         return False
+
+    def initialize(self):
+        super().initialize()
+        self._fast_seg_gradient = False
+        self._slow_reason = "rlar_fast_gradient is False"
+        if self.rlar_fast_gradient:
+            self._slow_reason = written_out_seg_gradient(self.network)
+            self._fast_seg_gradient = self._slow_reason is None
+            # instance norm's closed-form double backward (same parameters, state_dict and values) where autograd
+            # differentiates twice: the encoder stages above the lowest z, and the decoder when it is not written
+            # out. Nowhere else, so that the step's other parts stay exactly nnUNetTrainerMTL's.
+            for stage in self.network.encoder.stages[min(self.rlar_stages()) + 1:]:
+                use_fast_instance_norm(stage)
+            if not self._fast_seg_gradient:
+                use_fast_instance_norm(self.network.decoder)
 
     def rlar_stages(self) -> list[int]:
         n = self.network.num_stages
@@ -169,7 +188,9 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
         stages = self.rlar_stages()
         self.print_to_log_file(f"RLAR: lambda_adv {self.adv_weight}, layer {self.rlar_layer} = encoder stage(s) "
                                f"{stages} of 0..{self.network.num_stages - 1}; tasks "
-                               f"{[t for t, w in self.task_weights().items() if w > 0]}")
+                               f"{[t for t, w in self.task_weights().items() if w > 0]}; segmentation gradient at z: "
+                               + ("written out (nnunet_mtl.autodiff)" if self._fast_seg_gradient else
+                                  f"autograd ({self._slow_reason})"))
 
     def train_step(self, batch: dict) -> dict:
         data, target = self._to_device(batch)
@@ -179,7 +200,7 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
             self.network, data, lambda output: self.compute_task_losses(output, target, keys), self.task_weights(),
             self.rlar_stages(), self.adv_weight,
             scale=self.grad_scaler.scale if self.grad_scaler is not None else (lambda x: x),
-            autocast=self._autocast)
+            autocast=self._autocast, fast=self._fast_seg_gradient)
         self.optimizer_step()
         total = self.combine_losses(losses) + self.adv_weight * penalty  # Eq. 7
         return {"loss": total.cpu().numpy(), "rlar_penalty": penalty.float().cpu().numpy(),
@@ -204,6 +225,12 @@ class nnUNetTrainerRLAR_mid(nnUNetTrainerRLAR):
 class nnUNetTrainerRLAR_last3(nnUNetTrainerRLAR):
     """RLAR averaged over the last three encoder stages (Tables 3-4)."""
     rlar_layer = "last3"
+
+
+class nnUNetTrainerRLAR_autograd(nnUNetTrainerRLAR):
+    """RLAR with every gradient from plain autograd (the straightforward implementation): the same values as
+    nnUNetTrainerRLAR, slower; for checking and for benchmarks/bench_rlar_step.py."""
+    rlar_fast_gradient = False
 
 
 class nnUNetTrainerRLAR_adv0p01(nnUNetTrainerRLAR):
