@@ -91,6 +91,7 @@ def main() -> int:
                 times[name].append(time_step(t, batch, device))
         rlar = trainers["nnUNetTrainerRLAR"]
         stages, fast = rlar.rlar_stages(), rlar._fast_seg_gradient
+        work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
 
     med = {k: statistics.median(v) for k, v in times.items()}
     patch = "x".join(map(str, first.configuration_manager.patch_size))
@@ -103,9 +104,50 @@ def main() -> int:
     before = med["nnUNetTrainerRLAR_autograd"] / med["nnUNetTrainerMTL"]
     ratio = med["nnUNetTrainerRLAR"] / med["nnUNetTrainerMTL"]
     print(f"same gradients: largest |difference| / largest |gradient| over all parameters = {difference:.2e}")
+    e, d, u = work["encoder"], work["decoder"], work["path"]
+    print(f"convolution work per image (GMAC): encoder {e:.3f}, decoder {d:.3f}; on the path from z to the outputs "
+          f"{u:.3f}. An MTL step does 3 x (encoder + decoder) (forward, data and weight gradients); an exact RLAR step "
+          f"adds 3 x path (the data gradient to z, and its derivative: tangent and weight gradients), so in "
+          f"convolution work alone its floor is 1 + path / (encoder + decoder) = {1 + u / (e + d):.3f}x")
     print(f"ratio nnUNetTrainerRLAR / nnUNetTrainerMTL = {ratio:.3f} (before: nnUNetTrainerRLAR_autograd {before:.3f}; "
           f"target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
     return 0
+
+
+def convolution_work(network, image, lowest_z: int) -> dict[str, float]:
+    """Multiply-accumulates (GMAC) of the convolutions of one forward pass, counted with forward hooks: encoder,
+    decoder, and those on the path from the outputs back to the lowest z (the decoder without the skip halves of
+    the stages below z's level, plus the encoder stages above z)."""
+    from torch import nn
+    encoder, decoder = network.encoder, network.decoder
+    n_levels = len(encoder.output_channels)
+    work = {"encoder": 0.0, "decoder": 0.0, "path": 0.0}
+    first_convs = {stage.convs[0].conv: n_levels - 2 - s for s, stage in enumerate(decoder.stages)}  # -> level
+    stage_of = {m: k for k, stage in enumerate(encoder.stages) for m in stage.modules()}
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            macs = x.numel() * module.out_channels * np.prod(module.kernel_size)
+        else:
+            macs = output.numel() * module.in_channels // module.groups * np.prod(module.kernel_size)
+        macs /= 1e9
+        if module in stage_of:
+            work["encoder"] += macs
+            work["path"] += macs if stage_of[module] > lowest_z else 0.0
+        else:
+            work["decoder"] += macs
+            level = first_convs.get(module)
+            # a first block reads cat(up, skip): the skip half is on the path only at or above z's level
+            work["path"] += macs if level is None or level >= lowest_z else macs / 2
+    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    try:
+        with torch.no_grad():
+            network(image)
+    finally:
+        for h in handles:
+            h.remove()
+    return work
 
 
 def gradient_difference(a, b, batch) -> float:

@@ -1,6 +1,7 @@
 """The hand-written derivatives of nnunet_mtl.autodiff against PyTorch's autograd: instance norm's closed-form double
 backward, and the decoder's written-out data gradient (values, first and second derivatives)."""
 import copy
+import pickle
 
 import pytest
 import torch
@@ -81,11 +82,12 @@ def test_instance_norm_low_precision_input_is_computed_in_float32():
     u64 = torch.randn_like(x64) * 100
     gy64 = torch.randn_like(x64) * 100
     reference = InstanceNormBackward.apply(gy64.requires_grad_(), x64.requires_grad_(), norm.weight.double(),
-                                           x64.mean((2, 3)), 1 / torch.sqrt(x64.var((2, 3), unbiased=False) + 1e-5))
+                                           x64.mean((2, 3)), 1 / torch.sqrt(x64.var((2, 3), unbiased=False) + 1e-5),
+                                           1e-5)
     ref_grads = torch.autograd.grad(reference[0], (gy64, x64), u64)
     x, gy = x64.bfloat16().requires_grad_(), gy64.bfloat16().requires_grad_()
     _, mean, invstd = instance_norm_with_stats(x, norm)
-    gx = InstanceNormBackward.apply(gy, x, norm.weight, mean, invstd)[0]
+    gx = InstanceNormBackward.apply(gy, x, norm.weight, mean, invstd, norm.eps)[0]
     assert gx.dtype == torch.bfloat16
     grads = torch.autograd.grad(gx, (gy, x), u64.bfloat16())
     for g, r in zip(grads, ref_grads):
@@ -106,6 +108,7 @@ def test_use_fast_instance_norm_keeps_parameters_values_and_state_dict():
     assert torch.allclose(net[:2](x), before[:2](x), atol=1e-6)
     with torch.no_grad():  # evaluation goes through the module's own forward
         assert torch.equal(net[:2](x), before[:2](x))
+    assert torch.equal(pickle.loads(pickle.dumps(net))[:2](x), net[:2](x))
 
 
 # ---------------------------------------------------------------------------------------------- decoder

@@ -168,7 +168,8 @@ def decoder_input_gradients(decoder: nn.Module, records, seeds: Sequence[torch.T
             block = record.block
             mask_source = record.output.detach()
             g = torch.ops.aten.leaky_relu_backward(g.to(mask_source.dtype), mask_source, _slope(block.nonlin), True)
-            g = InstanceNormBackward.apply(g, record.pre_norm, block.norm.weight, record.mean, record.invstd)[0]
+            g = InstanceNormBackward.apply(g, record.pre_norm, block.norm.weight, record.mean, record.invstd,
+                                           block.norm.eps)[0]
             if record.weight_halves is None:
                 g = _data_gradient(g, block.conv.weight, block.conv, record.input_size)
             else:

@@ -157,7 +157,7 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
         super().initialize()
         self._fast_seg_gradient = False
         self._slow_reason = "rlar_fast_gradient is False"
-        if self.rlar_fast_gradient:
+        if self.rlar_fast_gradient and not self.is_ddp:  # DDP training is refused in on_train_start
             self._slow_reason = written_out_seg_gradient(self.network)
             self._fast_seg_gradient = self._slow_reason is None
             # instance norm's closed-form double backward (same parameters, state_dict and values) where autograd
