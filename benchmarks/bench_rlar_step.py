@@ -8,8 +8,9 @@ nnUNetv2_plan_and_preprocess), same weights, same batch:
     backward: the straightforward implementation ("before")
   - nnUNetTrainerRLAR: the same values, with the segmentation gradient at z and instance norm's double backward
     written out (nnunet_mtl.autodiff) ("after")
-Steps are interleaved so drift of the machine hits all alike; ratios of the medians are printed, and the
-largest difference between the two RLAR variants' parameter gradients after the timed steps' first step.
+Steps are interleaved so drift of the machine hits all alike; ratios of the medians are printed. Before timing,
+both RLAR variants take one step on the same weights and batch (without the optimizer step), and the largest
+difference of their parameter gradients is printed; the convolution work is counted to print the step's floor.
 Target: nnUNetTrainerRLAR / nnUNetTrainerMTL <= 1.5.
 
     python benchmarks/bench_rlar_step.py [--device cpu|cuda] [--steps 10] [--size 128] [--layer bottleneck]

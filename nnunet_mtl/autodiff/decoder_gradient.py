@@ -3,8 +3,8 @@
 Why (RLAR, thyroid paper Eq. 4-6): the penalty needs g = dL_seg/dz and is then differentiated itself, so g must be
 computed with a graph. ``autograd.grad(L_seg, z, create_graph=True)`` does that, but
 - the first convolution of every decoder stage reads cat(up, skip): autograd computes the data gradient for all its
-  input channels and differentiates all of them again, although only the up half leads to z (measured: a third
-  of the decoder's convolution work on that path);
+  input channels and differentiates all of them again, although only the up half leads to z (the other half is
+  31 % of the decoder's convolution work, counted by benchmarks/bench_rlar_step.py);
 - instance norm's double backward is PyTorch's slow composite (see instance_norm.py);
 - cat's gradient is recorded as slices, whose derivative fills a zero tensor of the full concatenation.
 Here the decoder's forward pass is written out with the same operations (the first convolution as

@@ -83,24 +83,20 @@ class _InstanceNorm(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a backward that can itself be differentiated
             return (*InstanceNormBackward.apply(gy, x, weight, mean, invstd, ctx.eps), None)
-        b, c = x.shape[:2]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            gy.contiguous().view(1, b * c, *x.shape[2:]), x.view(1, b * c, *x.shape[2:]), weight.repeat(b), None,
-            None, mean.view(-1), invstd.view(-1), True, ctx.eps, list(ctx.needs_input_grad[:3]))
-        return (gx.view(x.shape) if gx is not None else None,
-                gw.view(b, c).sum(0) if gw is not None else None,
-                gb.view(b, c).sum(0) if gb is not None else None, None)
+        gx, gw, gb = _native_backward(gy, x, weight, mean, invstd, ctx.eps, ctx.needs_input_grad[:3])
+        return gx, gw.sum(0) if gw is not None else None, gb.sum(0) if gb is not None else None, None
 
 
 def _native_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                     invstd: torch.Tensor, eps: float):
-    """PyTorch's fused kernel: (w P(g), sum g xhat, sum g), the sums per (sample, channel) as (B, C) in float32 for
-    low-precision input (the kernel accumulates in float32)."""
+                     invstd: torch.Tensor, eps: float, wanted=(True, True, True)):
+    """PyTorch's fused kernel: (w P(g), sum g xhat, sum g), the sums per (sample, channel) as (B, C) in the weight's
+    dtype (the kernel accumulates in float32); None for what ``wanted`` leaves out."""
     b, c = x.shape[:2]
     gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
         g.contiguous().view(1, b * c, *x.shape[2:]), x.view(1, b * c, *x.shape[2:]), weight.repeat(b), None, None,
-        mean.reshape(-1), invstd.reshape(-1), True, eps, [True, True, True])
-    return gx.view(x.shape), gw.view(b, c), gb.view(b, c)
+        mean.reshape(-1), invstd.reshape(-1), True, eps, list(wanted))
+    return (gx.view(x.shape) if gx is not None else None, gw.view(b, c) if gw is not None else None,
+            gb.view(b, c) if gb is not None else None)
 
 
 class InstanceNormBackward(torch.autograd.Function):

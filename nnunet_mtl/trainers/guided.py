@@ -20,12 +20,12 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
 
+from nnunet_mtl.autodiff import use_fast_instance_norm
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.losses.guidance import clinical_guidance_loss
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY
 from nnunet_mtl.radiomics.features import DEFAULT_FEATURES, check_feature_names
 from nnunet_mtl.trainers.mtl import DemoSchedule, Schedule, TinySchedule, fail, nnUNetTrainerMTL
-from nnunet_mtl.autodiff import use_fast_instance_norm
 from nnunet_mtl.trainers.rlar_step import rlar_backward, written_out_seg_gradient
 
 # where to regularize (Tables 3-4): names -> encoder stage indices, for an encoder of n stages (n-1 = bottleneck)
@@ -155,11 +155,9 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
 
     def initialize(self):
         super().initialize()
-        self._fast_seg_gradient = False
-        self._slow_reason = "rlar_fast_gradient is False"
+        self._slow_reason = "multi-GPU (DDP)" if self.is_ddp else "rlar_fast_gradient is False"
         if self.rlar_fast_gradient and not self.is_ddp:  # DDP training is refused in on_train_start
-            self._slow_reason = written_out_seg_gradient(self.network)
-            self._fast_seg_gradient = self._slow_reason is None
+            self._slow_reason = written_out_seg_gradient(self.network)  # None: written out
             # instance norm's closed-form double backward (same parameters, state_dict and values) where autograd
             # differentiates twice: the encoder stages above the lowest z, and the decoder when it is not written
             # out. Nowhere else, so that the step's other parts stay exactly nnUNetTrainerMTL's.
@@ -167,6 +165,10 @@ class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
                 use_fast_instance_norm(stage)
             if not self._fast_seg_gradient:
                 use_fast_instance_norm(self.network.decoder)
+
+    @property
+    def _fast_seg_gradient(self) -> bool:
+        return self._slow_reason is None
 
     def rlar_stages(self) -> list[int]:
         n = self.network.num_stages
