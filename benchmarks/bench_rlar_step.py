@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import make_batch, plan_phantom, time_step  # noqa: E402
+from bench_train_step import make_batch, plan_phantom, prepare, time_step  # noqa: E402
 
 
 def main() -> int:
@@ -49,14 +49,18 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from dataclasses import replace
+
     from nnunet_mtl.autodiff import use_fast_instance_norm
-    from nnunet_mtl.trainers.guided import nnUNetTrainerClinGuided, nnUNetTrainerRLAR, nnUNetTrainerRLAR_autograd
-    from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
+    from nnunet_mtl.trainers import (nnUNetTrainerClinGuided, nnUNetTrainerMTL, nnUNetTrainerRLAR,
+                                     nnUNetTrainerRLAR_autograd)
+
+    def at_layer(cls):
+        return type(cls.__name__, (cls,), {"backward": replace(cls.backward, layer=args.layer)})
 
     variants = {"nnUNetTrainerMTL": nnUNetTrainerMTL, "nnUNetTrainerClinGuided": nnUNetTrainerClinGuided,
-                "nnUNetTrainerRLAR_autograd": type("RLARAutograd", (nnUNetTrainerRLAR_autograd,),
-                                                   {"rlar_layer": args.layer}),
-                "nnUNetTrainerRLAR": type("RLAR", (nnUNetTrainerRLAR,), {"rlar_layer": args.layer})}
+                "nnUNetTrainerRLAR_autograd": at_layer(nnUNetTrainerRLAR_autograd),
+                "nnUNetTrainerRLAR": at_layer(nnUNetTrainerRLAR)}
     if args.mtl_fast_norm:
         variants["MTL + fast instance norm"] = nnUNetTrainerMTL
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,13 +77,11 @@ def main() -> int:
         batch = make_batch(first, batch_size, torch.Generator().manual_seed(0))
         rng = np.random.default_rng(0)
         reference_state = trainers["nnUNetTrainerRLAR"].network.state_dict()
-        targets = {k: rng.standard_normal(len(nnUNetTrainerRLAR.guidance_features)) for k in batch["keys"]}
+        guided = nnUNetTrainerRLAR.head_config(2).guided_dim
+        targets = {k: rng.standard_normal(guided).astype(np.float32) for k in batch["keys"]}
         for name, t in trainers.items():
             t.network.load_state_dict(reference_state)  # same shapes: guided_dim only names part of h
-            t.cls_loss = torch.nn.CrossEntropyLoss(weight=torch.ones(t.num_cls_classes, device=device))
-            t._class_of_case = {k: i % t.num_cls_classes for i, k in enumerate(batch["keys"])}
-            if hasattr(t, "guidance_features"):
-                t._targets = targets
+            prepare(t, batch, targets)
             t.network.train()
         difference = gradient_difference(trainers["nnUNetTrainerRLAR_autograd"], trainers["nnUNetTrainerRLAR"], batch)
 
@@ -91,15 +93,16 @@ def main() -> int:
             for name, t in trainers.items():
                 times[name].append(time_step(t, batch, device))
         rlar = trainers["nnUNetTrainerRLAR"]
-        stages, fast = rlar.rlar_stages(), rlar._fast_seg_gradient
+        rule = rlar.backward_rule
+        stages, fast = rule._stages, rule.written_out
         work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
 
     med = {k: statistics.median(v) for k, v in times.items()}
     patch = "x".join(map(str, first.configuration_manager.patch_size))
     amp = "AMP fp16" if device.type == "cuda" else "fp32"
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "
-          f"{args.layer} (stage {stages}), lambda_adv {rlar.adv_weight}, {args.steps} interleaved steps each "
-          f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rlar._slow_reason)}:")
+          f"{args.layer} (stage {stages}), lambda_adv {rule.adv_weight}, {args.steps} interleaved steps each "
+          f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rule._slow_reason)}:")
     for name, value in med.items():
         print(f"  {name:27s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.3f}x MTL")
     before = med["nnUNetTrainerRLAR_autograd"] / med["nnUNetTrainerMTL"]

@@ -48,6 +48,30 @@ def make_batch(trainer, batch_size: int, generator: torch.Generator) -> dict:
     return {"data": data, "target": target, "keys": [f"case{i}" for i in range(batch_size)]}
 
 
+def prepare(trainer, batch: dict, radiomics: dict | None = None) -> None:
+    """What a training run's start gives an nnunet_mtl trainer, for the benchmark's batch without a dataset: a case
+    table of the batch's cases (classes in turn), the terms set up on it (radiomics targets given instead of
+    computed), the first stage entered."""
+    import pandas as pd
+
+    from nnunet_mtl.dataset.case_table import CaseTable
+    from nnunet_mtl.seams.terms import Setup
+    keys = list(batch["keys"])
+    names = trainer.class_names
+    frame = pd.DataFrame({"case_id": keys, "split": "train", "class": [names[i % len(names)] for i in range(len(keys))],
+                          "patient_id": keys})
+    trainer.cases = CaseTable(frame, trainer.class_labels)
+    trainer._train_keys = keys
+    if radiomics is not None:
+        trainer.cases.add("radiomics", radiomics)
+    setup = Setup(cases=trainer.cases, train_keys=keys, class_names=list(names), device=trainer.device,
+                  log=lambda *args: None, nnunet_loss=trainer.loss)
+    for term in trainer.terms:
+        if term.name != "clin":  # the guidance term's targets are the given ones
+            term.setup(setup)
+    trainer._enter_stage(0)
+
+
 def time_step(trainer, batch: dict, device: torch.device) -> float:
     """Seconds of one ``trainer.train_step(batch)`` (synchronized on CUDA)."""
     if device.type == "cuda":
@@ -82,10 +106,9 @@ def main() -> int:
         mtl.initialize()
         # same starting weights for the shared part; the classification loss as training sets it up
         mtl.network.load_state_dict(base.network.state_dict(), strict=False)
-        mtl.cls_loss = torch.nn.CrossEntropyLoss(weight=torch.ones(mtl.num_cls_classes, device=device))
         batch_size = base.configuration_manager.batch_size
         batch = make_batch(base, batch_size, torch.Generator().manual_seed(0))
-        mtl._class_of_case = {k: i % mtl.num_cls_classes for i, k in enumerate(batch["keys"])}
+        prepare(mtl, batch)
         for t in (base, mtl):
             t.network.train()
 

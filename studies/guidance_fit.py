@@ -77,10 +77,10 @@ def main() -> int:
             pad = [int((-s) % k) for s, k in zip(x.shape[1:], stride)]
             x = F.pad(x, [p for q in reversed(pad) for p in (0, q)])[None]
             with torch.no_grad():
-                bottleneck = network.encoder(x)[-1]
-                flat = bottleneck.flatten(2)
+                skips = network.encoder(x)
+                flat = skips[-1].flatten(2)
                 pooled.append(torch.cat([flat.mean(-1), flat.amax(-1)], 1)[0].numpy())
-                guided.append(network.cls_head(bottleneck)[1][0, :len(features)].numpy())
+                guided.append(network.head(skips)["embedding"][0, :len(features)].numpy())
             wanted.append((t - mean) / std)
         return np.array(pooled), np.array(guided), np.array(wanted)
 

@@ -4,7 +4,8 @@ import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_mtl.networks.multitask_unet import PLANS_KEY, HeadConfig, MultitaskUNet, head_config_from_plans
+from nnunet_mtl.methods.multitask import BottleneckMLPConfig
+from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
 
 ARCH = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -41,18 +42,18 @@ def make_plans(num_classes=3):
                                   "batch_dice": True}},
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {},
-        PLANS_KEY: {"head": HeadConfig(num_classes=num_classes, hidden=16, embed_dim=8).to_dict()},
+        PLANS_KEY: {"head": BottleneckMLPConfig(num_classes=num_classes, hidden=16, embed_dim=8).to_dict()},
     }
 
 
 def test_plain_forward_is_segmentation_only():
-    net = MultitaskUNet(make_unet(deep_supervision=False), HeadConfig(num_classes=3, hidden=16, embed_dim=8))
+    net = MultitaskUNet(make_unet(deep_supervision=False), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8))
     out = net(torch.randn(2, 1, 32, 32))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 2, 32, 32)
 
 
 def test_aux_outputs_share_one_encoder_pass():
-    net = MultitaskUNet(make_unet(), HeadConfig(num_classes=3, hidden=16, embed_dim=8)).eval()
+    net = MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8)).eval()
     x = torch.randn(2, 1, 32, 32)
     out = net(x, return_aux=True)
     assert isinstance(out["seg"], list) and out["seg"][0].shape == (2, 2, 32, 32)  # deep supervision
@@ -64,7 +65,7 @@ def test_aux_outputs_share_one_encoder_pass():
 
 def test_state_dict_keys_match_plain_nnunet():
     unet = make_unet()
-    net = MultitaskUNet(make_unet(), HeadConfig(num_classes=2))
+    net = MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=2))
     seg_keys = {k for k in net.state_dict() if not k.startswith("cls_head.")}
     assert seg_keys == set(unet.state_dict())
     # a plain nnU-Net checkpoint's weights load into the segmentation part
@@ -73,7 +74,7 @@ def test_state_dict_keys_match_plain_nnunet():
 
 
 def test_deep_supervision_toggle_reaches_decoder():
-    net = MultitaskUNet(make_unet(), HeadConfig(num_classes=2))
+    net = MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=2))
     net.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
     assert isinstance(net(torch.randn(1, 1, 32, 32)), torch.Tensor)
 
@@ -101,4 +102,4 @@ def test_missing_plans_section_is_a_clear_error():
 
 def test_guided_dim_cannot_exceed_embedding():
     with pytest.raises(ValueError):
-        MultitaskUNet(make_unet(), HeadConfig(num_classes=2, embed_dim=8, guided_dim=13))
+        MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=2, embed_dim=8, guided_dim=13))

@@ -7,10 +7,11 @@ from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
 from nnunet_mtl.cli.pretrained import add_head_to_checkpoint, head_config_for
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.networks.multitask_unet import HeadConfig, MultitaskUNet
+from nnunet_mtl.methods.multitask import BottleneckMLPConfig
+from nnunet_mtl.networks.multitask_unet import MultitaskUNet
 from tests.test_network import make_unet
 
-CONFIG = HeadConfig(num_classes=3, hidden=16, embed_dim=8, guided_dim=4)
+CONFIG = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, guided_dim=4)
 
 
 def plain_checkpoint(tmp_path):

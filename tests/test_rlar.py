@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from nnunet_mtl.losses import clinical_guidance_loss, rlar_penalty
-from nnunet_mtl.networks.multitask_unet import HeadConfig, MultitaskUNet
+from nnunet_mtl.methods.clinical_guidance import clinical_guidance_loss
+from nnunet_mtl.methods.rlar import rlar_penalty
+from nnunet_mtl.methods.multitask import BottleneckMLPConfig
+from nnunet_mtl.networks.multitask_unet import MultitaskUNet
 from nnunet_mtl.autodiff import use_fast_instance_norm
-from nnunet_mtl.trainers.rlar_step import rlar_backward, rlar_penalty_at, written_out_seg_gradient
+from nnunet_mtl.methods.rlar import rlar_backward, rlar_penalty_at, written_out_seg_gradient
 from tests.test_network import ARCH, make_unet
 
 
@@ -73,7 +75,7 @@ def test_guidance_loss_skips_cases_without_lesion():
 # ---------------------------------------------------------------------------------------- the training step
 def make_net(seed=0):
     torch.manual_seed(seed)
-    net = MultitaskUNet(make_unet(deep_supervision=True), HeadConfig(num_classes=3, hidden=16, embed_dim=8,
+    net = MultitaskUNet(make_unet(deep_supervision=True), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8,
                                                                      dropout=0.0, guided_dim=4))
     return net.double()
 
@@ -182,7 +184,7 @@ def make_net_with(**arch_changes):
     kwargs = {**ARCH["arch_kwargs"], **arch_changes}
     unet = get_network_from_plans(ARCH["network_class_name"], kwargs, ARCH["_kw_requires_import"], 1, 2,
                                   allow_init=True, deep_supervision=True)
-    return MultitaskUNet(unet, HeadConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0, guided_dim=4)).double()
+    return MultitaskUNet(unet, BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0, guided_dim=4)).double()
 
 
 def test_a_decoder_the_fast_path_does_not_know_falls_back_to_autograd():

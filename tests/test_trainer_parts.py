@@ -2,7 +2,14 @@
 import numpy as np
 import pytest
 
-from nnunet_mtl.trainers.mtl import class_weights_from_counts, classification_scores
+from nnunet_mtl.methods.multitask import class_weights_from_counts
+from nnunet_mtl.trainers.mtl import validation_classification
+
+
+def classification_scores(y, probs, num_classes):
+    """The per-epoch validation metrics, as the trainer computes them from its collated validation outputs."""
+    return validation_classification({"cls_probs": list(probs), "cls_target": list(y)},
+                                     [f"class{i}" for i in range(num_classes)])
 
 
 def test_balanced_class_weights():

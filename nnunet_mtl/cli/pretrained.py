@@ -3,9 +3,9 @@
 The thyroid paper starts multitask training from a pretrained nnU-Net. Our networks keep nnU-Net's encoder and
 decoder keys, but nnU-Net's ``load_pretrained_weights`` asserts that *every* key of the new network is in the
 checkpoint, so the classification head's keys are missing from a plain nnU-Net checkpoint. This command copies the
-checkpoint and adds a freshly initialized head of exactly the shape the chosen trainer will build (classes from the
-dataset, widths and guided dimensions from the trainer); nnU-Net then loads encoder and decoder from the
-pretrained network and the head starts from scratch, as it would without pretraining.
+checkpoint and adds a freshly initialized head of exactly the kind and shape the chosen trainer will build (classes
+from the dataset, the rest from the trainer's head and terms, loss modules included); nnU-Net then loads encoder and
+decoder from the pretrained network and the head starts from scratch, as it would without pretraining.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
 
-HEAD_PREFIX = "cls_head."
 
 
 def register(subparsers):
@@ -34,34 +33,37 @@ def register(subparsers):
 
 
 def head_config_for(trainer_name: str, class_labels: dict):
-    """The HeadConfig the trainer will write into the plans."""
-    import nnunet_mtl.trainers as trainers
-    if trainer_name not in trainers.__all__:
+    """The head config the trainer will write into the plans."""
+    from nnunet_mtl.trainers import TRAINERS
+    if trainer_name not in TRAINERS:
         raise NnunetMtlError(f"trainer {trainer_name!r} is not an nnunet_mtl trainer; expected one of "
-                             f"{', '.join(trainers.__all__)}")
-    return getattr(trainers, trainer_name).head_config(len(class_labels))
+                             f"{', '.join(sorted(TRAINERS))}")
+    return TRAINERS[trainer_name].head_config(len(class_labels))
 
 
-def bottleneck_channels(weights: dict, source) -> int:
-    """Output channels of the encoder's last stage: the first dimension of its last convolution weight."""
+def encoder_channels(weights: dict, source) -> list[int]:
+    """Output channels of every encoder stage: the first dimension of each stage's last convolution weight."""
     stage_of = {}
     for key in weights:
         m = re.match(r"encoder\.stages\.(\d+)\.", key)
-        if m:
+        if m and key.endswith(".weight") and weights[key].ndim >= 3:
             stage_of[key] = int(m.group(1))
     if not stage_of:
         raise NnunetMtlError(f"{source} has no encoder.stages.* weights; expected a checkpoint of nnU-Net's U-Net "
                              f"(nnUNetv2_train)")
-    last = max(stage_of.values())
-    convs = [weights[k] for k, s in stage_of.items() if s == last and k.endswith(".weight") and weights[k].ndim >= 3]
-    return int(convs[-1].shape[0])
+    stages = sorted(set(stage_of.values()))
+    if stages != list(range(len(stages))):
+        raise NnunetMtlError(f"{source} has encoder stages {stages}; expected 0..{len(stages) - 1}")
+    last_conv = {s: [k for k, t in stage_of.items() if t == s][-1] for s in stages}
+    return [int(weights[last_conv[s]].shape[0]) for s in stages]
 
 
 def add_head_to_checkpoint(checkpoint_path: Path, out_path: Path, head_config, seed: int = 0) -> int:
     """Copy the checkpoint with a fresh classification head added; returns the number of tensors added."""
     import torch
 
-    from nnunet_mtl.networks.multitask_unet import ClassificationHead
+    from nnunet_mtl.networks.multitask_unet import HEAD_PREFIX
+    from nnunet_mtl.seams.heads import build_head
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -75,7 +77,7 @@ def add_head_to_checkpoint(checkpoint_path: Path, out_path: Path, head_config, s
         raise NnunetMtlError(f"{checkpoint_path} already has a classification head (an nnunet_mtl checkpoint); pass "
                              f"it to -pretrained_weights directly")
     torch.manual_seed(seed)
-    head = ClassificationHead(bottleneck_channels(weights, checkpoint_path), head_config)
+    head = build_head(head_config, encoder_channels(weights, checkpoint_path))
     added = {HEAD_PREFIX + k: v for k, v in head.state_dict().items()}
     checkpoint["network_weights"] = {**weights, **added}
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -99,7 +101,7 @@ def run(args) -> int:
     class_labels = read_class_labels(read_json_object(dataset_json_path), source=str(dataset_json_path))
     config = head_config_for(args.tr, class_labels)
     added = add_head_to_checkpoint(source, out, config, args.seed)
-    print(f"added a fresh classification head ({added} tensors: {config.num_classes} classes, embedding "
-          f"{config.embed_dim}, guided {config.guided_dim}) for {args.tr} to a copy of {source}")
+    shape = ", ".join(f"{k} {v}" for k, v in config.to_dict().items() if k not in ("kind", "loss_modules"))
+    print(f"added a fresh {config.kind} head ({added} tensors: {shape}) for {args.tr} to a copy of {source}")
     print(f"wrote {out}\nnow: nnUNetv2_train {args.d} 2d FOLD -tr {args.tr} -pretrained_weights {out}")
     return 0

@@ -3,7 +3,9 @@
 ``nnUNet_raw/DatasetNNN_Name/``: nnU-Net's 2D PNG layout (``imagesTr/{case}_0000.png``, ``labelsTr/{case}.png``,
 ``imagesTs``, ``labelsTs``), ``dataset.json`` with nnU-Net's keys plus ``class_labels`` ({name: index 0..C-1})
 and ``numTest``, and ``cases.csv`` with one row per case: ``case_id, split, class, patient_id``, optionally
-``spacing_row_mm, spacing_col_mm``, then dataset-specific clinical columns.
+``spacing_row_mm, spacing_col_mm`` and ``mask`` (how the case's mask is annotated: ``full``, ``box`` or ``none``; a
+missing column or an empty value means ``full``; test cases must be ``full``), then dataset-specific clinical
+columns.
 
 Everything here raises :class:`ContractError` with a one-line message naming the file and the bad value.
 """
@@ -20,6 +22,8 @@ from nnunet_mtl.errors import ContractError
 
 REQUIRED_COLUMNS = ("case_id", "split", "class", "patient_id")
 SPACING_COLUMNS = ("spacing_row_mm", "spacing_col_mm")
+MASK_COLUMN = "mask"
+MASK_KINDS = ("full", "box", "none")  # a drawn outline (or an empty mask: no lesion); a bounding box; no mask
 SPLITS = ("train", "test")
 SPLIT_IMAGE_FOLDERS = {"train": "imagesTr", "test": "imagesTs"}
 SPLIT_LABEL_FOLDERS = {"train": "labelsTr", "test": "labelsTs"}
@@ -100,6 +104,19 @@ def read_cases_csv(path, class_labels: dict[str, int] | None = None) -> pd.DataF
             raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): {col} {text[i]!r} is not "
                                 f"a positive number of mm (leave it empty when unknown)")
         cases[col] = values.astype(float)
+    if MASK_COLUMN in cases.columns:
+        cases[MASK_COLUMN] = cases[MASK_COLUMN].str.strip().replace("", "full")
+        bad = ~cases[MASK_COLUMN].isin(MASK_KINDS)
+        if bad.any():
+            i = cases.index[bad][0]
+            raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): mask "
+                                f"{cases.at[i, MASK_COLUMN]!r} is not one of {', '.join(MASK_KINDS)}")
+        partial = (cases["split"] == "test") & (cases[MASK_COLUMN] != "full")
+        if partial.any():
+            i = cases.index[partial][0]
+            raise ContractError(f"{path} line {line(i)} (case {cases.at[i, 'case_id']}): a test case has mask "
+                                f"{cases.at[i, MASK_COLUMN]!r}; expected 'full' (test cases are evaluated against "
+                                f"their masks)")
     return cases
 
 

@@ -68,7 +68,7 @@ class MultitaskPredictor(nnUNetPredictor):
         out = self.network(x, return_aux=True)
         prediction = out["seg"]
         probs = torch.softmax(out["logits"].float(), 1)
-        embeddings = [out["embedding"].float()]
+        embeddings = [self._embedding(out)] if self.record_embeddings else []
         if mirror_axes is not None:
             assert max(mirror_axes) <= x.ndim - 3, "mirror_axes does not match the dimension of the input!"
             mirror_axes = [m + 2 for m in mirror_axes]
@@ -77,13 +77,20 @@ class MultitaskPredictor(nnUNetPredictor):
                 out = self.network(torch.flip(x, axes), return_aux=True)
                 prediction += torch.flip(out["seg"], axes)
                 probs += torch.softmax(out["logits"].float(), 1)
-                embeddings.append(out["embedding"].float())
+                if self.record_embeddings:
+                    embeddings.append(self._embedding(out))
             prediction /= (len(axes_combinations) + 1)
             probs /= (len(axes_combinations) + 1)
         self._tile_probs.append(probs.to("cpu"))
         if self.record_embeddings:
             self._tile_embeddings.append(torch.stack(embeddings).to("cpu"))  # (mirrors, tiles in batch, K)
         return prediction
+
+    def _embedding(self, out: dict) -> torch.Tensor:
+        if "embedding" not in out:
+            raise NnunetMtlError(f"the head of {self.trainer_name} returns no embedding; recording embeddings needs a "
+                                 f"head with a linear classifier on an embedding (e.g. bottleneck_mlp)")
+        return out["embedding"].float()
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
@@ -154,13 +161,19 @@ class MultitaskPredictor(nnUNetPredictor):
         return logits
 
     def fold_classifiers(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(W, b) of the final linear classifier (logits = W h + b, Eq. 1) of every fold, in prediction order."""
-        prefix = "cls_head.classifier."
+        """(W, b) of the head's final linear classifier (logits = W h + b; Salama et al. 2026, Eq. 1) of every fold, in
+        prediction order."""
+        network = getattr(self.network, "_orig_mod", self.network)
+        keys = network.classifier_keys()
+        if keys is None:
+            raise NnunetMtlError(f"the head of {self.trainer_name} ({network.head_config.kind}) has no linear "
+                                 f"classifier on an embedding; expected e.g. the bottleneck_mlp head")
+        weight_key, bias_key = keys
         if not self.list_of_parameters:
-            head = getattr(self.network, "_orig_mod", self.network).cls_head.classifier
-            return [(head.weight.detach().cpu().double().numpy(), head.bias.detach().cpu().double().numpy())]
-        return [(params[prefix + "weight"].detach().cpu().double().numpy(),
-                 params[prefix + "bias"].detach().cpu().double().numpy()) for params in self.list_of_parameters]
+            state = network.state_dict()
+            return [(state[weight_key].detach().cpu().double().numpy(), state[bias_key].detach().cpu().double().numpy())]
+        return [(params[weight_key].detach().cpu().double().numpy(),
+                 params[bias_key].detach().cpu().double().numpy()) for params in self.list_of_parameters]
 
     # --- output --------------------------------------------------------------------------------------------
     def write_class_predictions(self, path: Path, merge_existing: bool = False) -> Path:

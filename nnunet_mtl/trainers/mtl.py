@@ -1,32 +1,55 @@
-"""nnUNetTrainerMTL: nnU-Net's trainer with a bottleneck classification head (segmentation + lesion class).
+"""nnUNetTrainerMTL: nnU-Net's trainer with a classification head, and the base every nnunet_mtl trainer composes.
+
+This is the one place that overrides nnU-Net's ``train_step``, ``validation_step`` and epoch hooks. A trainer is
+a declaration of five seams (docs/extending.md):
+
+- ``head``: the head's config (:mod:`nnunet_mtl.seams.heads`); ``num_classes`` comes from the dataset, fields a
+  term needs (``head_params``) are filled in; written into the plans, so the predictor rebuilds it;
+- ``terms`` and ``loss_weights``: the loss terms (:mod:`nnunet_mtl.seams.terms`) and their weights (``loss_weights``
+  dicts are merged along the class hierarchy, so a variant names only what it changes);
+- ``backward``: the backward rule (:mod:`nnunet_mtl.seams.backward`);
+- ``stages``: the staged schedule (:mod:`nnunet_mtl.seams.stages`);
+- ``schedule``: nnU-Net attributes set after nnU-Net's ``__init__`` (``num_epochs``, ``initial_lr``, ...; merged
+  along the class hierarchy like ``loss_weights``), plus ``optimizer_name`` (``sgd``: nnU-Net's SGD with Nesterov
+  momentum 0.99; ``adamw``) and ``fixed_batch_size``.
 
 Found by nnU-Net's own ``nnUNetv2_train`` / ``nnUNetv2_predict`` through ``nnUNet_extTrainer`` (see README).
-Loss (per training step):  w_seg * nnU-Net's Dice+CE (deep supervision)  +  w_cls * class-weighted CE.
+Everything else is nnU-Net's: planner, data loader, augmentation (except the ultrasound-aware mirroring and
+rotation below), deep supervision, poly learning rate, AMP, checkpoints, final validation.
 """
 from __future__ import annotations
 
-import shutil
-import warnings
+import copy
+import json
+import os
 from pathlib import Path
 from time import time
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.helpers import dummy_context
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from torch import autocast, nn
 
 from nnunet_mtl import __version__
-from nnunet_mtl.dataset.contract import class_index_by_case, read_cases_csv, read_class_labels
+from nnunet_mtl.dataset.case_table import CaseTable, copy_if_changed
+from nnunet_mtl.dataset.contract import read_class_labels
 from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, check_splits_grouped, describe_splits,
                                        grouped_stratified_splits, write_splits)
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.networks.multitask_unet import PLANS_KEY, HeadConfig, MultitaskUNet, head_config_from_plans
+from nnunet_mtl.evaluation.classification import classification_metrics
+from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Segmentation
+from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
+from nnunet_mtl.seams.backward import WeightedSum, unwrap
+from nnunet_mtl.seams.stages import Stage, StagedPolyLRScheduler, resolve_stages, stage_at
+from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
+from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
 
 
 def fail(message: str):
@@ -34,66 +57,74 @@ def fail(message: str):
     raise SystemExit(f"nnunet_mtl: error: {message}")
 
 
-def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
-    """'Balanced' weights n / (C * n_c) (as sklearn's class_weight='balanced'); a class absent from the fold gets
-    weight 1 (it never occurs as a target, so its weight does not matter, but it must be finite)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total, num_classes = counts.sum(), len(counts)
-    weights = np.ones(num_classes)
-    present = counts > 0
-    weights[present] = total / (num_classes * counts[present])
-    return weights
+def merged_along_mro(cls: type, attribute: str) -> dict:
+    """The ``attribute`` dicts of ``cls`` and its bases, merged (a subclass' entries win)."""
+    merged = {}
+    for klass in reversed(cls.__mro__):
+        value = klass.__dict__.get(attribute)
+        if isinstance(value, dict):
+            merged.update(value)
+    return merged
 
 
-def classification_scores(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> dict:
-    """Macro F1, balanced accuracy and AUC (binary: positive class 1; more classes: one-vs-rest macro).
-    AUC is NaN when the reference holds a single class (undefined)."""
-    y_pred = probs.argmax(1)
-    labels = list(range(num_classes))
-    scores = {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-    }
-    with warnings.catch_warnings():
-        # sklearn warns when a predicted class is absent from the (small) validation reference; nothing is wrong
-        warnings.simplefilter("ignore", UserWarning)
-        scores["balanced_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
-    present = np.unique(y_true)
-    auc = float("nan")
-    if len(present) > 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if num_classes == 2:
-                auc = float(roc_auc_score(y_true, probs[:, 1]))
-            else:
-                # only the classes present in the reference can have a one-vs-rest ROC curve
-                p = probs[:, present] / np.clip(probs[:, present].sum(1, keepdims=True), 1e-12, None)
-                auc = float(roc_auc_score(y_true, p if len(present) > 2 else p[:, 1], multi_class="ovr",
-                                          labels=present if len(present) > 2 else None, average="macro"))
-    scores["auc"] = auc
-    return scores
+def gather(values: Sequence) -> list:
+    """All ranks' ``values`` concatenated in rank order under multi-GPU training (DDP); ``values`` otherwise."""
+    values = list(values)
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values)
+    return [v for part in parts for v in part]
+
+
+def epoch_means(collated: dict, keys: Sequence[str]) -> dict[str, float]:
+    """Per key the mean over the epoch's steps (and over all ranks under DDP)."""
+    return {k: float(np.mean(np.asarray(gather(collated[k]), dtype=np.float64))) for k in keys}
+
+
+def validation_classification(collated: dict, class_names: Sequence[str]) -> dict:
+    """The classification metrics of one validation epoch (all ranks' patches), by the same definitions as
+    ``nnunet_mtl evaluate`` (:func:`nnunet_mtl.evaluation.classification.classification_metrics`)."""
+    probs = np.stack(gather(collated["cls_probs"]))
+    y = np.asarray(gather(collated["cls_target"]), dtype=int)
+    return classification_metrics(y, probs.argmax(1), probs, list(class_names))
 
 
 class nnUNetTrainerMTL(nnUNetTrainer):
-    # loss weights (total = w_seg * L_seg + w_cls * L_cls)
-    seg_loss_weight: float = 1.0
-    cls_loss_weight: float = 1.0
-    # classification head (stored in the plans so the predictor rebuilds the same network)
-    head_hidden: int = 256
-    head_embed_dim: int = 128
-    head_dropout: float = 0.2
-    head_guided_dim: int = 0
+    # ------------------------------------------------------------------ the composition
+    head = BottleneckMLPConfig(hidden=256, embed_dim=128, dropout=0.2)
+    terms = (Segmentation(), Classification())
+    loss_weights = {"seg": 1.0, "cls": 1.0}
+    backward = WeightedSum()
+    stages = (Stage("train"),)
+    schedule: dict = {}
+    optimizer_name: str = "sgd"
+    fixed_batch_size: int | None = None  # None: nnU-Net's planned batch size
     # ultrasound-aware augmentation: the image has a depth direction (skin on top)
     ultrasound_augmentation: bool = True
     max_rotation_degrees: float = 15.0
     # patient-grouped, class-stratified split written when splits_final.json is missing
     num_split_folds: int = DEFAULT_NUM_FOLDS
-    # checkpoint selection: EMA of 0.5 * pseudo Dice + 0.5 * classification score (AUC, or balanced accuracy
-    # when AUC is undefined on the validation patches)
+    # checkpoint selection: EMA of w * pseudo Dice + (1 - w) * AUC (balanced accuracy where AUC is undefined)
     selection_seg_weight: float = 0.5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        for name, value in merged_along_mro(type(self), "schedule").items():
+            setattr(self, name, value)
+        trainer = self.__class__.__name__
+        self.terms = [copy.deepcopy(t) for t in type(self).terms]
+        self.backward_rule = copy.deepcopy(type(self).backward)
+        try:
+            for term in self.terms:
+                term.validate()
+            self.backward_rule.validate()
+            self.base_loss_weights = type(self).resolved_loss_weights()
+        except (ValueError, NnunetMtlError) as e:
+            fail(f"{trainer}: {e}")
+        self.task_names = [t.name for t in self.terms if t.task]
+        self.loss_weights_now = dict(self.base_loss_weights)
         dataset_name = self.plans_manager.dataset_name
         try:
             self.class_labels = read_class_labels(dataset_json, source=f"dataset.json of {dataset_name}")
@@ -106,25 +137,57 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.num_cls_classes = len(self.class_names)
         # Everything the network's shape depends on goes into the plans: nnU-Net saves them as plans.json next to
         # the checkpoints, and the predictor rebuilds the network from them.
-        head = self.head_config(self.num_cls_classes)
-        self.plans_manager.plans[PLANS_KEY] = {
-            "head": head.to_dict(),
-            "class_labels": self.class_labels,
-            "trainer": self.__class__.__name__,
-            "version": __version__,
-        }
-        self.logger.local_logger = MultitaskLocalLogger(extra_keys=self.extra_logging_keys())
-        self._class_of_case: dict[str, int] | None = None
-        self._patient_of_case: dict[str, str] | None = None
-        self.cls_loss = None
+        try:
+            head = self.head_config(self.num_cls_classes)
+        except ValueError as e:
+            fail(f"{trainer}: {e}")
+        section = {"head": head.to_dict(), "class_labels": self.class_labels, "trainer": trainer,
+                   "version": __version__}
+        for term in self.terms:
+            section.update(term.plans_entries())
+        self.plans_manager.plans[PLANS_KEY] = section
+        self.logger.local_logger = MultitaskLocalLogger(
+            term_names=[t.name for t in self.terms], extra_keys=[f"train_{k}" for k in self.backward_rule.logged])
+        self.cases: CaseTable | None = None
+        self._train_keys: list[str] | None = None
+        self._stage_spans = None
+        self._stage = None                # the StageSpan entered last
+        self._stage_flags_applied = False
+        self._frozen_modules: list[nn.Module] = []
 
-    # ------------------------------------------------------------------ network
+    # ------------------------------------------------------------------ the declaration, resolved
     @classmethod
-    def head_config(cls, num_classes: int) -> HeadConfig:
+    def resolved_loss_weights(cls) -> dict[str, float]:
+        """``loss_weights`` merged along the class hierarchy, restricted to this trainer's terms and checked."""
+        names = [t.name for t in cls.terms]
+        for klass in cls.__mro__:
+            own = klass.__dict__.get("loss_weights")
+            if isinstance(own, dict):
+                their_terms = [t.name for t in getattr(klass, "terms", ())]
+                unknown = [n for n in own if n not in their_terms]
+                if unknown:
+                    raise ValueError(f"{klass.__name__}.loss_weights names {', '.join(unknown)}, which is not one of "
+                                     f"its terms {their_terms}")
+        weights = {n: w for n, w in merged_along_mro(cls, "loss_weights").items() if n in names}
+        check_weights(cls.terms, weights, f"{cls.__name__}.loss_weights")
+        for stage in cls.stages:
+            unknown = [n for n in stage.weights if n not in names]
+            if unknown:
+                raise ValueError(f"stage {stage.name!r} sets the weight of {', '.join(unknown)}, which is not a term "
+                                 f"of {cls.__name__} ({names})")
+            check_weights(cls.terms, {**weights, **stage.weights}, f"{cls.__name__} stage {stage.name!r}")
+        return weights
+
+    @classmethod
+    def head_config(cls, num_classes: int):
         """The head this trainer builds for a dataset with ``num_classes`` classes (also used by
-        ``nnunet_mtl pretrained`` to shape a head before training)."""
-        return HeadConfig(num_classes=num_classes, hidden=cls.head_hidden, embed_dim=cls.head_embed_dim,
-                          dropout=cls.head_dropout, guided_dim=cls.head_guided_dim)
+        ``nnunet_mtl pretrained`` to shape a head before training): the declared head, with the fields and the loss
+        modules its terms ask for."""
+        params, modules = {}, dict(cls.head.loss_modules)
+        for term in cls.terms:
+            params.update(term.head_params())
+            modules.update(term.loss_modules())
+        return cls.head.with_params(num_classes=num_classes, loss_modules=modules, **params)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -140,16 +203,18 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             num_input_channels, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
         return MultitaskUNet(unet, head)
 
-    def extra_logging_keys(self) -> tuple[str, ...]:
-        """Per-epoch logging keys of subclasses (each must be logged once per epoch)."""
-        return ()
+    def describe_composition(self) -> str:
+        head = unwrap(self.network).head_config if self.network is not None else self.head_config(self.num_cls_classes)
+        terms = ", ".join(f"{t.name} x {self.base_loss_weights[t.name]:g}{'' if t.task else ' (regularizer)'}"
+                          for t in self.terms)
+        stages = "; ".join(s.describe(len(self._stage_spans)) for s in self._stage_spans)
+        return (f"nnunet_mtl {type(self).__name__}: head {head.kind}; terms {terms}; backward "
+                f"{self.backward_rule.name}; optimizer {self.optimizer_name}; {stages}")
 
     # ------------------------------------------------------------------ data: classes, splits, augmentation
     def _raw_dataset_folder(self) -> Path | None:
         """This dataset's folder in nnUNet_raw, or None when nnUNet_raw is unset or lacks it (training needs only
         the preprocessed data)."""
-        import os
-
         from nnunet_mtl.paths import find_dataset_folder
         raw_root = os.environ.get("nnUNet_raw")
         if not raw_root:
@@ -160,32 +225,28 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             return None
 
     def _case_table_path(self) -> Path:
-        """cases.csv beside the preprocessed data (copied there from nnUNet_raw, the source of truth)."""
+        """cases.csv beside the preprocessed data (copied there from nnUNet_raw, the source of truth, atomically)."""
         pre = Path(self.preprocessed_dataset_folder_base) / "cases.csv"
         raw = self._raw_dataset_folder()
         raw_csv = raw / "cases.csv" if raw is not None else None
         if raw_csv is not None and raw_csv.is_file():
-            if not pre.is_file() or pre.read_bytes() != raw_csv.read_bytes():
-                shutil.copyfile(raw_csv, pre)
+            copy_if_changed(raw_csv, pre)
         if not pre.is_file():
             fail(f"no cases.csv for {self.plans_manager.dataset_name}: looked in {pre} and in nnUNet_raw; expected "
                  f"the case table written by 'nnunet_mtl convert' (columns case_id, split, class, patient_id)")
         return pre
 
     def _load_case_table(self) -> None:
-        if self._class_of_case is not None:
+        if self.cases is not None:
             return
         path = self._case_table_path()
         try:
-            cases = read_cases_csv(path, self.class_labels)
+            self.cases = CaseTable.from_csv(path, self.class_labels, split="train",
+                                            preprocessed_folder=Path(self.preprocessed_dataset_folder))
         except NnunetMtlError as e:
             fail(str(e))
-        cases = cases[cases["split"] == "train"]
-        self._class_of_case = class_index_by_case(cases, self.class_labels)
-        self._patient_of_case = dict(zip(cases["case_id"], cases["patient_id"]))
         if self.output_folder_base is not None:
-            Path(self.output_folder_base).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, Path(self.output_folder_base) / "cases.csv")
+            copy_if_changed(path, Path(self.output_folder_base) / "cases.csv")
 
     def do_split(self):
         self._load_case_table()
@@ -193,27 +254,27 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             from nnunetv2.training.dataloading.utils import infer_dataset_class
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         identifiers = sorted(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
-        missing = [i for i in identifiers if i not in self._class_of_case]
+        missing = [i for i in identifiers if i not in self.cases]
         if missing:
             fail(f"{len(missing)} preprocessed case(s) have no 'train' row in cases.csv (e.g. {missing[0]}); "
                  f"expected one row per training case")
+        classes = self.cases.column("class")
+        patients = self.cases.column("patient_id")
         splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
         if self.fold != "all":
             if not splits_file.is_file():
-                splits = grouped_stratified_splits(
-                    identifiers, [self._patient_of_case[i] for i in identifiers],
-                    [self._class_of_case[i] for i in identifiers], num_folds=self.num_split_folds)
+                splits = grouped_stratified_splits(identifiers, [patients[i] for i in identifiers],
+                                                   [classes[i] for i in identifiers], num_folds=self.num_split_folds)
                 write_splits(splits, splits_file)
                 self.print_to_log_file(
                     f"Created a {self.num_split_folds}-fold split grouped by patient and stratified by class:\n"
-                    + describe_splits(splits, {k: self.class_names[v] for k, v in self._class_of_case.items()}))
-            import json
+                    + describe_splits(splits, {k: self.class_names[v] for k, v in classes.items()}))
             splits = json.loads(splits_file.read_text())
             if self.fold >= len(splits):
                 # nnU-Net would silently train on a random 80:20 split that ignores patients
                 fail(f"fold {self.fold} requested but {splits_file} defines {len(splits)} folds (0..{len(splits) - 1})")
             try:
-                check_splits_grouped(splits, self._patient_of_case)
+                check_splits_grouped(splits, patients)
             except NnunetMtlError as e:
                 self.print_to_log_file(f"WARNING: {e}")
         tr_keys, val_keys = super().do_split()
@@ -236,29 +297,155 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.inference_allowed_mirroring_axes = mirror_axes
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
-    # ------------------------------------------------------------------ training
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        if self.fixed_batch_size is not None and not self.is_ddp:
+            self.batch_size = int(self.fixed_batch_size)
+
+    # ------------------------------------------------------------------ network, optimizer, stages
+    def _stage_plan(self):
+        if self._stage_spans is None:
+            try:
+                self._stage_spans = resolve_stages(type(self).stages, self.num_epochs)
+            except ValueError as e:
+                fail(f"{type(self).__name__}.stages: {e}")
+        return self._stage_spans
+
+    def _refuse_unsupported_ddp(self) -> None:
+        trainer = type(self).__name__
+        if not self.backward_rule.supports_ddp:
+            fail(f"{trainer} does not support multi-GPU (DDP) training: its backward rule "
+                 f"({self.backward_rule.name}) differentiates twice, which DDP does not support; train on one GPU")
+        if any(s.trainable is not None for s in type(self).stages):
+            fail(f"{trainer} does not support multi-GPU (DDP) training: its stages freeze parts of the network, and "
+                 f"DDP fixes the trainable parameters when it wraps the network; train on one GPU")
+
+    def initialize(self):
+        if self.is_ddp:
+            self._refuse_unsupported_ddp()
+        super().initialize()
+        try:
+            self.backward_rule.setup(self.network, self.print_to_log_file)
+        except ValueError as e:
+            fail(f"{type(self).__name__}: {e}")
+
+    def _do_i_compile(self):
+        # a rule that differentiates twice (RLAR) cannot run under torch.compile
+        return type(self).backward.compiles and super()._do_i_compile()
+
+    def configure_optimizers(self):
+        spans = self._stage_plan()
+        stage = stage_at(spans, self.current_epoch).stage
+        network = unwrap(self.network)
+        no_decay = {id(p) for p in network.head.no_weight_decay_parameters()}
+        groups = [{"params": [p for p in self.network.parameters() if id(p) not in no_decay]}]
+        if no_decay:
+            groups.append({"params": [p for p in self.network.parameters() if id(p) in no_decay], "weight_decay": 0.0,
+                           "no_weight_decay": True})
+        lr = stage.lr if stage.lr is not None else self.initial_lr
+        weight_decay = stage.weight_decay if stage.weight_decay is not None else self.weight_decay
+        if self.optimizer_name == "sgd":  # nnU-Net's
+            optimizer = torch.optim.SGD(groups, lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
+        elif self.optimizer_name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        else:
+            fail(f"{type(self).__name__}.optimizer_name is {self.optimizer_name!r}; expected 'sgd' or 'adamw'")
+        return optimizer, StagedPolyLRScheduler(optimizer, self.initial_lr, spans)
+
+    def _apply_trainable(self, trainable) -> None:
+        network = unwrap(self.network)
+        if trainable is None:
+            for p in network.parameters():
+                p.requires_grad_(True)
+            self._frozen_modules = []
+            return
+        try:
+            keep = {id(p) for name in trainable for p in network.part(name).parameters()}
+        except KeyError as e:
+            fail(f"{type(self).__name__}.stages: {e.args[0]}")
+        for p in network.parameters():
+            p.requires_grad_(id(p) in keep)
+
+        def frozen(module):
+            params = list(module.parameters())
+            return bool(params) and not any(p.requires_grad for p in params)
+
+        # the largest fully frozen submodules: they run in eval mode (dropout off, batch-norm statistics kept)
+        self._frozen_modules = [m for name, m in network.named_modules()
+                                if frozen(m) and not (name and frozen(network.get_submodule(name.rpartition(".")[0])))]
+
+    def _enter_stage(self, epoch: int) -> None:
+        span = stage_at(self._stage_plan(), epoch)
+        if self._stage is not None and span.index == self._stage.index and self._stage_flags_applied:
+            return
+        transition = self._stage is not None and span.index != self._stage.index
+        resumed = self._stage is not None and not transition
+        stage = span.stage
+        self._stage = span
+        self.loss_weights_now = {**self.base_loss_weights, **stage.weights}
+        self._apply_trainable(stage.trainable)
+        if transition and stage.reset_optimizer:
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        weight_decay = stage.weight_decay if stage.weight_decay is not None else self.weight_decay
+        for group in self.optimizer.param_groups:
+            if not group.get("no_weight_decay"):
+                group["weight_decay"] = weight_decay
+        self._stage_flags_applied = True
+        if len(self._stage_spans) > 1 or transition or resumed:
+            self.print_to_log_file(
+                f"{'resumed in ' if resumed else 'entering '}{span.describe(len(self._stage_spans))}: loss weights "
+                f"{self.loss_weights_now}, trainable {list(stage.trainable) if stage.trainable else 'everything'}, "
+                f"lr {stage.lr if stage.lr is not None else self.initial_lr:g} (poly over the stage), weight decay "
+                f"{weight_decay:g}{', fresh optimizer state' if transition and stage.reset_optimizer else ''}"
+                f"{'' if stage.select_best else ', no best-checkpoint selection'}")
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        # the saved optimizer state belongs to the stage of the last finished epoch; its flags are re-applied at the
+        # start of the next epoch (a stage change there is a regular transition)
+        self._stage = stage_at(self._stage_plan(), max(self.current_epoch - 1, 0))
+        self._stage_flags_applied = False
+
     def on_train_start(self):
+        if self.is_ddp:
+            self._refuse_unsupported_ddp()
+        spans = self._stage_plan()
+        for span in spans:
+            try:
+                self.backward_rule.check({**self.base_loss_weights, **span.stage.weights}, self.task_names)
+            except ValueError as e:
+                fail(f"{type(self).__name__} ({span.stage.name!r}): {e}")
         super().on_train_start()
         self._load_case_table()
-        counts = np.bincount([self._class_of_case[k] for k in self._train_keys], minlength=self.num_cls_classes)
-        weights = class_weights_from_counts(counts)
-        self.print_to_log_file("classification: classes " + ", ".join(
-            f"{n} (n={c}, weight={w:.3f})" for n, c, w in zip(self.class_names, counts, weights)))
-        self.cls_loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.device))
+        self._setup_terms()
+        self.print_to_log_file(self.describe_composition())
+        self.print_to_log_file(self.backward_rule.describe(self.base_loss_weights, self.task_names))
 
-    def class_targets(self, keys) -> torch.Tensor:
-        return torch.tensor([self._class_of_case[k] for k in keys], dtype=torch.long, device=self.device)
+    def _setup_terms(self) -> None:
+        from nnunetv2.configuration import default_num_processes
+        raw = self._raw_dataset_folder()
 
-    def compute_task_losses(self, output: dict, target, keys) -> dict[str, torch.Tensor]:
-        """The per-task losses of one batch; subclasses add theirs (clinical guidance ...)."""
-        return {
-            "seg": self.loss(output["seg"], target),
-            "cls": self.cls_loss(output["logits"].float(), self.class_targets(keys)),
-        }
+        def setup_all(main: bool):
+            setup = Setup(cases=self.cases, train_keys=list(self._train_keys), class_names=list(self.class_names),
+                          device=self.device, log=self.print_to_log_file, nnunet_loss=self.loss,
+                          preprocessed_folder=Path(self.preprocessed_dataset_folder_base),
+                          raw_folder=raw if main else None, dataset_name=self.plans_manager.dataset_name,
+                          main_process=main, num_processes=min(default_num_processes, 8))
+            for term in self.terms:
+                try:
+                    term.setup(setup)
+                except NnunetMtlError as e:
+                    fail(str(e))
 
-    def combine_losses(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.seg_loss_weight * losses["seg"] + self.cls_loss_weight * losses["cls"]
+        # shared files (caches) are written by the main process; the others read them after a barrier
+        if self.local_rank == 0:
+            setup_all(True)
+        if self.is_ddp:
+            dist.barrier()
+            if self.local_rank != 0:
+                setup_all(False)
 
+    # ------------------------------------------------------------------ one step
     def _to_device(self, batch):
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -272,20 +459,28 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         # nnU-Net's rule: autocast on CUDA only (slow or unsupported elsewhere)
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
+    def _scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss
+
+    def _batch(self, data, target, keys, training: bool) -> Batch:
+        return Batch(data=data, target=target, keys=list(keys), cases=self.cases, training=training,
+                     epoch=self.current_epoch, stage=self._stage.stage.name if self._stage else "",
+                     network=unwrap(self.network))
+
+    def compute_losses(self, outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
+        return compute_losses(self.terms, outputs, batch)
+
     def train_step(self, batch: dict) -> dict:
         data, target = self._to_device(batch)
+        context = self._batch(data, target, batch["keys"], training=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            output = self.network(data, return_aux=True)
-            losses = self.compute_task_losses(output, target, batch["keys"])
-            total = self.combine_losses(losses)
-        self.backward_and_step(total)
-        return {"loss": total.detach().cpu().numpy(),
-                **{f"{k}_loss": v.detach().float().cpu().numpy() for k, v in losses.items()}}
-
-    def backward_and_step(self, total: torch.Tensor) -> None:
-        (self.grad_scaler.scale(total) if self.grad_scaler is not None else total).backward()
+        result = self.backward_rule(self.network, data, lambda outputs: self.compute_losses(outputs, context),
+                                    self.loss_weights_now, tasks=self.task_names, scale=self._scale,
+                                    autocast=self._autocast)
         self.optimizer_step()
+        return {"loss": result.total.float().cpu().numpy(),
+                **{f"{k}_loss": v.float().cpu().numpy() for k, v in result.losses.items()},
+                **{k: v.float().cpu().numpy() for k, v in result.extras.items()}}
 
     def optimizer_step(self) -> None:
         """nnU-Net's step on gradients already in .grad (scaled when AMP is on): unscale, clip at 12, step."""
@@ -298,77 +493,80 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
 
-    def on_train_epoch_end(self, train_outputs: list[dict]):
-        super().on_train_epoch_end(train_outputs)
-        outputs = collate_outputs(train_outputs)
-        self.logger.log("train_seg_losses", float(np.mean(outputs["seg_loss"])), self.current_epoch)
-        self.logger.log("train_cls_losses", float(np.mean(outputs["cls_loss"])), self.current_epoch)
-        self.log_extra_train_losses(outputs)
-
-    def log_extra_train_losses(self, outputs: dict) -> None:
-        """Subclasses log their extra per-epoch training values here."""
-
-    def extra_validation_outputs(self, output: dict, keys) -> dict:
-        """Subclasses add per-batch validation values (collated and handed to log_extra_validation)."""
-        return {}
-
-    def log_extra_validation(self, outputs: dict) -> None:
-        """Subclasses log their extra per-epoch validation values here."""
-
-    # ------------------------------------------------------------------ validation (online, on random patches)
     def validation_step(self, batch: dict) -> dict:
         data, target = self._to_device(batch)
+        context = self._batch(data, target, batch["keys"], training=False)
         with self._autocast():
             output = self.network(data, return_aux=True)
-            seg_loss = self.loss(output["seg"], target)
-            cls_target = self.class_targets(batch["keys"])
-            cls_loss = self.cls_loss(output["logits"].float(), cls_target)
+            losses = self.compute_losses(output, context)
+            total = weighted_total(losses, self.loss_weights_now)
         seg = output["seg"][0] if self.enable_deep_supervision else output["seg"]
-        seg_target = target[0] if self.enable_deep_supervision else target
+        seg_target = context.seg_target
         # pseudo Dice as in nnU-Net: hard prediction vs target on the validation patches
         predicted = torch.zeros(seg.shape, device=seg.device, dtype=torch.float16)
         predicted.scatter_(1, seg.argmax(1)[:, None], 1)
         axes = [0] + list(range(2, seg.ndim))
         tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, seg_target, axes=axes, mask=None)
         probs = torch.softmax(output["logits"].float(), 1).detach().cpu().numpy()
-        return {**self.extra_validation_outputs(output, batch["keys"]),
-                "loss": seg_loss.detach().cpu().numpy(),
+        return {"loss": total.detach().float().cpu().numpy(),
+                **{f"{k}_loss": v.detach().float().cpu().numpy() for k, v in losses.items()},
                 "tp_hard": tp.detach().cpu().numpy()[1:], "fp_hard": fp.detach().cpu().numpy()[1:],
                 "fn_hard": fn.detach().cpu().numpy()[1:],
-                "cls_loss": cls_loss.detach().cpu().numpy(),
-                "cls_probs": list(probs), "cls_target": cls_target.cpu().tolist()}
+                "cls_probs": list(probs), "cls_target": context.case("class").cpu().tolist()}
+
+    # ------------------------------------------------------------------ epoch hooks
+    def on_train_epoch_start(self):
+        self._enter_stage(self.current_epoch)
+        super().on_train_epoch_start()  # network.train(), learning rate of this epoch
+        for module in self._frozen_modules:
+            module.eval()
+        self.logger.log("stage", self._stage.index, self.current_epoch)
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)  # train_losses: the weighted total
+        outputs = collate_outputs(train_outputs)
+        means = epoch_means(outputs, [f"{t.name}_loss" for t in self.terms] + list(self.backward_rule.logged))
+        for term in self.terms:
+            self.logger.log(f"train_{term.name}_losses", means[f"{term.name}_loss"], self.current_epoch)
+        for key in self.backward_rule.logged:
+            self.logger.log(f"train_{key}", means[key], self.current_epoch)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
-        super().on_validation_epoch_end(val_outputs)  # segmentation: pseudo Dice, val loss
+        super().on_validation_epoch_end(val_outputs)  # pseudo Dice; val_losses: the weighted total
         outputs = collate_outputs(val_outputs)
-        probs = np.stack(outputs["cls_probs"])
-        y = np.asarray(outputs["cls_target"])
-        scores = classification_scores(y, probs, self.num_cls_classes)
-        self.logger.log("val_cls_losses", float(np.mean(outputs["cls_loss"])), self.current_epoch)
+        means = epoch_means(outputs, [f"{t.name}_loss" for t in self.terms])
+        for term in self.terms:
+            self.logger.log(f"val_{term.name}_losses", means[f"{term.name}_loss"], self.current_epoch)
+        scores = validation_classification(outputs, self.class_names)
         self.logger.log("val_macro_f1", scores["macro_f1"], self.current_epoch)
         self.logger.log("val_auc", scores["auc"], self.current_epoch)
         self.logger.log("val_balanced_accuracy", scores["balanced_accuracy"], self.current_epoch)
-        self.log_extra_validation(outputs)
         cls_score = scores["auc"] if np.isfinite(scores["auc"]) else scores["balanced_accuracy"]
         dice = self.logger.get_value("mean_fg_dice", step=-1)
         score = self.selection_seg_weight * dice + (1 - self.selection_seg_weight) * cls_score
         self.logger.log("mtl_score", float(score), self.current_epoch)
         previous = self.logger.get_value("ema_mtl_score", step=None)
-        ema = 0.9 * previous[-1] + 0.1 * score if len(previous) else score  # same smoothing as nnU-Net's EMA Dice
+        restart = self._stage is not None and self.current_epoch == self._stage.start
+        # the same smoothing as nnU-Net's EMA Dice, restarted at the first epoch of every stage
+        ema = 0.9 * previous[-1] + 0.1 * score if len(previous) and not restart else score
         self.logger.log("ema_mtl_score", float(ema), self.current_epoch)
+
+    def selection_description(self) -> str:
+        w = self.selection_seg_weight
+        return f"EMA of {w:g} x pseudo Dice + {1 - w:g} x AUC (balanced accuracy where AUC is undefined)"
 
     def on_epoch_end(self):
         # Same bookkeeping as nnU-Net's on_epoch_end, but the best checkpoint is chosen by the multitask score.
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         get = lambda k: self.logger.get_value(k, step=-1)  # noqa: E731
-        self.print_to_log_file("train_loss", np.round(get("train_losses"), 4),
-                               "(seg", np.round(get("train_seg_losses"), 4), "cls", np.round(get("train_cls_losses"), 4), ")")
-        self.print_to_log_file("val_loss (seg)", np.round(get("val_losses"), 4),
-                               "val_loss (cls)", np.round(get("val_cls_losses"), 4))
+        self.print_to_log_file("train_loss", np.round(get("train_losses"), 4), "(" + "  ".join(
+            f"{t.name} {get(f'train_{t.name}_losses'):.4f}" for t in self.terms) + ")")
+        self.print_to_log_file("val_loss", np.round(get("val_losses"), 4), "(" + "  ".join(
+            f"{t.name} {get(f'val_{t.name}_losses'):.4f}" for t in self.terms) + ")")
         self.print_to_log_file("Pseudo dice", [np.round(i, 4) for i in get("dice_per_class_or_region")])
         self.print_to_log_file(f"val AUC {get('val_auc'):.4f}  macro F1 {get('val_macro_f1'):.4f}  "
                                f"balanced acc {get('val_balanced_accuracy'):.4f}")
-        extras = [f"{k} {get(k):.4f}" for k in self.extra_logging_keys()]
+        extras = [f"train_{k} {get(f'train_{k}'):.4f}" for k in self.backward_rule.logged]
         if extras:
             self.print_to_log_file("  ".join(extras))
         self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps') - get('epoch_start_timestamps'), 2)} s")
@@ -376,14 +574,14 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_latest.pth"))
         ema = get("ema_mtl_score")
-        if self._best_ema is None or ema > self._best_ema:
+        selectable = self._stage is None or self._stage.stage.select_best
+        if selectable and (self._best_ema is None or ema > self._best_ema):
             self._best_ema = ema
-            self.print_to_log_file(f"New best multitask score (EMA of 0.5 Dice + 0.5 AUC): {np.round(ema, 4)}")
+            self.print_to_log_file(f"New best multitask score ({self.selection_description()}): {np.round(ema, 4)}")
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
-
 
     # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -397,12 +595,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def write_validation_class_predictions(self) -> Path:
         from nnunet_mtl.inference.predictor import MultitaskPredictor
         self.set_deep_supervision_enabled(False)
-        self.network.eval()
+        network = unwrap(self.network)
+        network.eval()
         # the same predictor as `nnunet_mtl predict` (sliding window, test-time mirroring), on preprocessed data
         predictor = MultitaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                        perform_everything_on_device=True, device=self.device, verbose=False,
                                        verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
         _, val_keys = self.do_split()
@@ -419,38 +618,30 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return out
 
 
+# ---------------------------------------------------------------------------------------------- variants
 class nnUNetTrainerMTL_nnUNetDA(nnUNetTrainerMTL):
     """nnU-Net's default 2D augmentation (rotations up to 180 degrees, flips along both axes, also at test time)."""
     ultrasound_augmentation = False
 
 
-class Schedule:
-    """Mixin for schedule variants: ``schedule`` holds trainer attributes set after nnU-Net's __init__ (nnU-Net
-    passes no arguments to trainers, so a schedule is a class). Put it before the trainer class."""
-    schedule: dict = {}
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        for name, value in self.schedule.items():
-            setattr(self, name, value)
-
-
-class DemoSchedule(Schedule):
-    """CPU-friendly short schedule used by ``nnunet_mtl demo`` on the synthetic phantom (16 x 25 iterations:
-    about 6 minutes on 2 CPU cores for nnUNetTrainerMTL; the phantom's val AUC passes 0.95 within 3 epochs, Dice 0.9
-    within 4)."""
-    schedule = {"num_epochs": 16, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5, "save_every": 8}
-
-
-class TinySchedule(Schedule):
-    """Smoke-test schedule (tests, CI): 2 epochs of 3 iterations."""
-    schedule = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2}
-
-
 class nnUNetTrainerMTL_demo(DemoSchedule, nnUNetTrainerMTL):
-    pass
+    """The demo's short CPU schedule."""
 
 
 class nnUNetTrainerMTL_tiny(TinySchedule, nnUNetTrainerMTL):
-    pass
+    """Smoke tests."""
+
+
+class nnUNetTrainerMTL_paper(ThyroidPaperSchedule, nnUNetTrainerMTL):
+    """The 'Vanilla Multitask' baseline of Salama et al. 2026 with their schedule."""
+
+
+def define_variant(base: type, name: str, namespace: dict, doc: str = "", bases: tuple = (), **attributes) -> type:
+    """A trainer variant generated in a loop (say one per layer or per weight), defined as a module-level class of
+    ``namespace``'s module so that nnU-Net's lookup finds it and it pickles like a written one."""
+    cls = type(name, (*bases, base), {"__doc__": doc or None, "__module__": namespace["__name__"],
+                                      "__qualname__": name, **attributes})
+    if name in namespace:
+        raise ValueError(f"trainer {name} is defined twice")
+    namespace[name] = cls
+    return cls

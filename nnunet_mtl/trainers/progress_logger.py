@@ -1,11 +1,14 @@
-"""nnU-Net's LocalLogger with the classification curves added to progress.png.
+"""nnU-Net's LocalLogger with every loss term, the classification curves and the stages added to progress.png.
 
-nnU-Net's logger asserts that every key it is given was registered, and draws the plot up to the shortest
-logged list, so every key registered here is logged exactly once per epoch by the multitask trainer.
+nnU-Net's logger asserts that every key it is given was registered, and draws the plot up to the shortest logged
+list, so every key registered here is logged exactly once per epoch by the base trainer: per loss term
+``train_<name>_losses`` and ``val_<name>_losses``, per value a backward rule reports ``train_<value>``, and the keys
+of :data:`MTL_KEYS`.
 """
 from __future__ import annotations
 
 from os.path import join
+from typing import Sequence
 
 import matplotlib
 
@@ -13,17 +16,21 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
-MTL_KEYS = (
-    "train_seg_losses", "train_cls_losses", "val_cls_losses",
-    "val_macro_f1", "val_auc", "val_balanced_accuracy", "mtl_score", "ema_mtl_score",
-)
+MTL_KEYS = ("val_macro_f1", "val_auc", "val_balanced_accuracy", "mtl_score", "ema_mtl_score", "stage")
+TERM_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def term_keys(term_names: Sequence[str]) -> list[str]:
+    return [f"{split}_{name}_losses" for name in term_names for split in ("train", "val")]
 
 
 class MultitaskLocalLogger(LocalLogger):
-    def __init__(self, verbose: bool = False, extra_keys: tuple[str, ...] = ()):
+    def __init__(self, verbose: bool = False, term_names: Sequence[str] = ("seg", "cls"),
+                 extra_keys: Sequence[str] = ()):
         super().__init__(verbose)
+        self.term_names = tuple(term_names)
         self.extra_keys = tuple(extra_keys)
-        for key in (*MTL_KEYS, *extra_keys):
+        for key in (*term_keys(self.term_names), *MTL_KEYS, *self.extra_keys):
             self.my_fantastic_logging.setdefault(key, [])
 
     def load_checkpoint(self, checkpoint: dict):
@@ -39,17 +46,18 @@ class MultitaskLocalLogger(LocalLogger):
             return
         x = list(range(epoch + 1))
         fig, axes = plt.subplots(4, 1, figsize=(16, 26))
+        stage_changes = [e for e in range(1, epoch + 1) if log["stage"][e] != log["stage"][e - 1]]
 
-        # 1. nnU-Net's panel: losses and pseudo Dice
+        # 1. losses: the weighted totals, every term, and the backward rule's values; pseudo Dice
         ax = axes[0]
-        ax.plot(x, log["train_losses"][:epoch + 1], color="b", label="loss_tr (total)", linewidth=2)
-        ax.plot(x, log["val_losses"][:epoch + 1], color="r", label="loss_val (segmentation)", linewidth=2)
-        ax.plot(x, log["train_seg_losses"][:epoch + 1], color="b", ls="--", label="loss_tr segmentation")
-        ax.plot(x, log["train_cls_losses"][:epoch + 1], color="b", ls=":", label="loss_tr classification")
-        ax.plot(x, log["val_cls_losses"][:epoch + 1], color="r", ls=":", label="loss_val classification")
-        for key in self.extra_keys:  # the subclass' losses (clinical guidance, RLAR penalty ...)
-            ax.plot(x, log[key][:epoch + 1], color="b" if key.startswith("train") else "r", ls="-.", alpha=0.7,
-                    label=key)
+        ax.plot(x, log["train_losses"][:epoch + 1], color="b", label="loss_tr (weighted total)", linewidth=2)
+        ax.plot(x, log["val_losses"][:epoch + 1], color="r", label="loss_val (weighted total)", linewidth=2)
+        for i, name in enumerate(self.term_names):
+            color = TERM_COLORS[i % len(TERM_COLORS)]
+            ax.plot(x, log[f"train_{name}_losses"][:epoch + 1], color=color, ls="--", label=f"loss_tr {name}")
+            ax.plot(x, log[f"val_{name}_losses"][:epoch + 1], color=color, ls=":", label=f"loss_val {name}")
+        for key in self.extra_keys:  # e.g. the RLAR penalty
+            ax.plot(x, log[key][:epoch + 1], color="k", ls="-.", alpha=0.7, label=key)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.legend(loc="upper left")
@@ -70,6 +78,11 @@ class MultitaskLocalLogger(LocalLogger):
         ax.set_xlabel("epoch")
         ax.set_ylabel("classification")
         ax.legend(loc="lower right")
+        for a in axes[:2]:
+            for e in stage_changes:
+                a.axvline(e - 0.5, color="0.5", ls="--", linewidth=1)
+                a.text(e - 0.5, 1.0, f" stage {log['stage'][e] + 1}", transform=a.get_xaxis_transform(),
+                       va="top", fontsize=9, color="0.3")
 
         # 3. epoch duration, 4. learning rate (as in nnU-Net)
         ax = axes[2]

@@ -1,0 +1,134 @@
+"""Seam 3, backward rules: how one training step turns the loss terms into parameter gradients.
+
+The base trainer zeroes the gradients, calls the rule, then takes nnU-Net's optimizer step (unscale, clip at 12,
+step). AMP is handled there once: the rule gets ``autocast`` (a context-manager factory for the forward pass; a
+no-op off CUDA) and ``scale`` (the grad scaler's ``scale``, or the identity) and must leave ``.grad`` equal to
+``scale`` times the gradient it means.
+
+A rule is a dataclass instance declared on a trainer (``backward = WeightedSum()``), copied per training run, with:
+
+- ``__call__(network, data, compute_losses, weights, *, tasks, scale, autocast) -> StepResult``: one forward pass
+  (``network(data, return_aux=True)``), ``compute_losses(outputs)`` -> {term: unweighted loss}, gradients into
+  ``.grad``. ``tasks`` names the terms that are task objectives (:attr:`LossTerm.task`). ``network`` is the
+  trainer's network as nnU-Net holds it (possibly DDP- or compile-wrapped; :func:`unwrap` gives the module);
+- optional ``setup(network, log)`` once the network is built, ``check(weights, tasks)`` (raise ValueError when
+  the rule cannot work with these weights), ``describe(weights, tasks)`` (one line for the training log);
+- class flags ``compiles`` (torch.compile may be used), ``supports_ddp`` (multi-GPU), ``logged`` (names of the
+  values of :attr:`StepResult.extras`, logged as ``train_<name>``).
+
+Implemented: :class:`WeightedSum` (nnU-Net's step for the weighted total), :class:`GradientAggregation` (the slot
+for gradient-aggregation baselines such as TorchJD's ``mtl_backward`` + an aggregator), and RLAR
+(:class:`nnunet_mtl.methods.rlar.RLAR`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from nnunet_mtl.seams.terms import StepResult, weighted_total
+
+
+def identity(x):
+    return x
+
+
+def no_autocast():
+    from contextlib import nullcontext
+    return nullcontext()
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The network inside DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(network, nn.parallel.DistributedDataParallel):
+            network = network.module
+        elif hasattr(network, "_orig_mod"):
+            network = network._orig_mod
+        else:
+            return network
+
+
+@dataclass
+class BackwardRule:
+    name: ClassVar[str] = ""
+    compiles: ClassVar[bool] = True
+    supports_ddp: ClassVar[bool] = True
+    logged: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        """When the trainer is created: raise ValueError for a setting that cannot work."""
+
+    def setup(self, network: nn.Module, log: Callable[[str], None]) -> None:
+        """Once, after nnU-Net built (and possibly wrapped) the network."""
+
+    def check(self, weights: Mapping[str, float], tasks: Sequence[str]) -> None:
+        """Raise ValueError with a one-line reason when this rule cannot train with ``weights``."""
+
+    def describe(self, weights: Mapping[str, float], tasks: Sequence[str]) -> str:
+        return f"backward: {self.name}"
+
+    def __call__(self, network, data, compute_losses, weights, *, tasks=(), scale=identity,
+                 autocast=no_autocast) -> StepResult:
+        raise NotImplementedError
+
+
+@dataclass
+class WeightedSum(BackwardRule):
+    """total = sum_t w_t L_t; one backward of the (scaled) total: nnU-Net's own step, with more terms."""
+
+    name: ClassVar[str] = "weighted sum"
+
+    def __call__(self, network, data, compute_losses, weights, *, tasks=(), scale=identity,
+                 autocast=no_autocast) -> StepResult:
+        with autocast():
+            outputs = network(data, return_aux=True)
+            losses = compute_losses(outputs)
+            total = weighted_total(losses, weights)
+        scale(total).backward()
+        return StepResult({k: v.detach() for k, v in losses.items()}, total.detach())
+
+
+@dataclass
+class GradientAggregation(BackwardRule):
+    """The slot for gradient-aggregation baselines.
+
+    One forward pass; the weighted task losses (terms with ``task``; scaled for AMP, outside autocast) and the
+    shared features (every encoder output that the decoder and the head read, not only the bottleneck, so that no
+    skip connection's gradient is lost) go to ``aggregate(losses, features, shared_parameters)``, which must add
+    to ``.grad`` of every parameter: the aggregated gradient for the shared (encoder) parameters and each task's
+    plain gradient for the task-specific ones. TorchJD's ``mtl_backward(losses, features)`` followed by
+    ``jac_to_grad(shared_parameters, aggregator)`` is such a function. Regularizer terms (``task`` False) are not
+    aggregated: their gradient is added as is.
+    """
+
+    name: ClassVar[str] = "gradient aggregation"
+    aggregate: Callable[[list, list, list], None] | None = None
+    label: str = ""
+
+    def check(self, weights, tasks) -> None:
+        if self.aggregate is None:
+            raise ValueError("GradientAggregation needs an aggregate function")
+        if len([t for t in tasks if weights[t] > 0]) < 1:
+            raise ValueError("gradient aggregation needs at least one task with a positive loss weight")
+
+    def describe(self, weights, tasks) -> str:
+        return f"backward: gradient aggregation ({self.label or getattr(self.aggregate, '__name__', 'custom')}) " \
+               f"of tasks {[t for t in tasks if weights[t] > 0]} at every encoder output"
+
+    def __call__(self, network, data, compute_losses, weights, *, tasks=(), scale=identity,
+                 autocast=no_autocast) -> StepResult:
+        with autocast():
+            outputs = network(data, return_aux=True)
+            losses = compute_losses(outputs)
+        total = weighted_total(losses, weights)
+        task_losses = [scale(weights[t] * losses[t]) for t in losses if t in tasks and weights[t] > 0]
+        others = [weights[t] * losses[t] for t in losses if t not in tasks]
+        if others:  # regularizers: plain gradients, accumulated before the aggregation frees the graph
+            scale(sum(others)).backward(retain_graph=True)
+        features = list(outputs["skips"])
+        shared = [p for p in unwrap(network).encoder.parameters() if p.requires_grad]
+        self.aggregate(task_losses, features, shared)
+        return StepResult({k: v.detach() for k, v in losses.items()}, total.detach())

@@ -1,0 +1,24 @@
+"""Schedules: mixins that set nnU-Net's training attributes by a ``schedule`` dict (merged along the class
+hierarchy by the base trainer, a subclass' entries winning). nnU-Net passes no arguments to trainers, so a schedule
+is a class: put the mixin first, ``class nnUNetTrainerMTL_demo(DemoSchedule, nnUNetTrainerMTL)``."""
+from __future__ import annotations
+
+
+class DemoSchedule:
+    """CPU-friendly short schedule of ``nnunet_mtl demo`` on the synthetic phantom (docs/demo numbers in the README);
+    the phantom's validation AUC reaches 1.0 within 4 epochs and the pseudo Dice 0.9 within 5."""
+    schedule = {"num_epochs": 10, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5, "save_every": 5}
+
+
+class TinySchedule:
+    """Smoke-test schedule (tests, CI): 2 epochs of 3 iterations."""
+    schedule = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2}
+
+
+class ThyroidPaperSchedule:
+    """Salama et al. 2026, Sec. 3 'Implementation Details': AdamW (lr 1e-4, default betas), batch size 8, up to 500
+    epochs of 250 training and 50 validation iterations, best checkpoint by validation (our multitask score).
+    Weight decay: PyTorch's AdamW default 1e-2 (the paper names only lr and betas; an AdamW built with only those
+    has this decay). The poly learning-rate decay stays nnU-Net's (the paper does not say)."""
+    schedule = {"optimizer_name": "adamw", "initial_lr": 1e-4, "weight_decay": 1e-2, "fixed_batch_size": 8,
+                "num_epochs": 500, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}

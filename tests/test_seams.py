@@ -1,0 +1,359 @@
+"""The seams (nnunet_mtl.seams, the case table): each takes a new implementation in at most 10 lines, and the base
+trainer does the rest (logging, plots, checkpoints, plans, stages, resume). Trainings here run in-process on a
+tiny preprocessed phantom (2-3 epochs of 3 iterations)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nnunet_mtl.seams import (Batch, GradientAggregation, Head, HeadConfig, LossTerm, Stage, StepResult, WeightedSum,
+                              register_head, register_loss_module)
+from nnunet_mtl.seams.terms import weighted_total
+from nnunet_mtl.trainers import nnUNetTrainerMTL, nnUNetTrainerMTL_tiny
+
+BIN = Path(sys.executable).parent
+
+
+# ------------------------------------------------------------------------------------------------ a new term
+class MaskArea(LossTerm):  # a regularizer: the mean soft lesion mask
+    name, task = "area", False
+
+    def __call__(self, outputs, batch):
+        seg = outputs["seg"][0] if isinstance(outputs["seg"], list) else outputs["seg"]
+        return torch.softmax(seg.float(), 1)[:, 1].mean()
+
+
+class TrainerWithArea(nnUNetTrainerMTL_tiny):
+    terms = (*nnUNetTrainerMTL.terms, MaskArea())
+    loss_weights = {"area": 0.01}
+
+
+# ------------------------------------------------------------------------------------------------ a new head
+@dataclass(kw_only=True)
+class LinearConfig(HeadConfig):
+    kind: ClassVar[str] = "test_linear"
+
+
+@register_head
+class LinearHead(Head):  # global average pool of the bottleneck -> linear
+    config_class = LinearConfig
+
+    def __init__(self, encoder_channels, config):
+        super().__init__(encoder_channels, config)
+        self.classifier = nn.Linear(encoder_channels[-1], config.num_classes)
+
+    def forward(self, skips):
+        return {"logits": self.classifier(skips[-1].flatten(2).mean(-1))}
+
+
+class TrainerWithLinearHead(nnUNetTrainerMTL_tiny):
+    head = LinearConfig()
+
+
+# ------------------------------------------------------------------------------------------------ a head-owned loss module
+@register_loss_module("test_prior")
+class RunningPrior(nn.Module):  # a learnable logit and a running maximum, both in the network's state
+    no_weight_decay = True
+
+    def __init__(self, init: float = 0.0):
+        super().__init__()
+        self.u = nn.Parameter(torch.tensor(float(init)))
+        self.register_buffer("running_max", torch.tensor(0.0))
+
+
+class PriorTerm(LossTerm):
+    name = "prior"
+
+    def loss_modules(self):
+        return {"prior": {"kind": "test_prior", "init": 0.5}}
+
+    def __call__(self, outputs, batch):
+        prior = batch.loss_module("prior")
+        if batch.training:
+            prior.running_max.copy_(torch.maximum(prior.running_max, outputs["logits"].detach().abs().max()))
+        return (torch.sigmoid(prior.u) - torch.softmax(outputs["logits"].float(), 1)[:, 0].mean()) ** 2
+
+
+class TrainerWithPrior(nnUNetTrainerMTL_tiny):
+    terms = (*nnUNetTrainerMTL.terms, PriorTerm())
+    loss_weights = {"prior": 1.0}
+
+
+# ------------------------------------------------------------------------------------------------ a new backward rule
+@dataclass
+class PerTaskBackward(WeightedSum):  # one backward per weighted term, accumulated: the same gradients
+    name: ClassVar[str] = "per task"
+
+    def __call__(self, network, data, compute_losses, weights, *, tasks=(), scale=lambda x: x, autocast=None):
+        losses = compute_losses(network(data, return_aux=True))
+        for i, (name, loss) in enumerate(losses.items()):
+            scale(weights[name] * loss).backward(retain_graph=i < len(losses) - 1)
+        return StepResult({k: v.detach() for k, v in losses.items()}, weighted_total(losses, weights).detach())
+
+
+# ------------------------------------------------------------------------------------------------ a new stage
+class TrainerInStages(nnUNetTrainerMTL_tiny):
+    stages = (Stage("segmentation first", epochs=1, weights={"cls": 0.0}, trainable=("encoder", "decoder"),
+                    select_best=False),
+              Stage("joint", lr=5e-3, reset_optimizer=True))
+    schedule = {"num_epochs": 3, "save_every": 1}
+
+
+class Interrupted(Exception):
+    pass
+
+
+class TrainerInStagesInterrupted(TrainerInStages):
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.current_epoch == 2:  # after epoch 1 (the first of stage 2) and its checkpoint_latest
+            raise Interrupted
+
+
+# ================================================================================================ fixtures
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seams")
+    env = {**os.environ, "nnUNet_def_n_proc": "1"}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = str(root / var)
+        (root / var).mkdir()
+    from dataset_conversion.synthetic import convert_synthetic
+    convert_synthetic(503, num_patients=12, images_per_patient=2, size=64, seed=5, raw_root=root / "nnUNet_raw",
+                      progress=False)
+    subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "503", "-c", "2d", "-np", "1"], env=env,
+                   check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture
+def nnunet_env(phantom, monkeypatch):
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(phantom / var))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # in-process data loading
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    return phantom
+
+
+def make_trainer(root: Path, cls, fold=0):
+    pre = next((root / "nnUNet_preprocessed").glob("Dataset503_*"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    return cls({**plans, "continue_training": False}, "2d", fold, dataset_json, torch.device("cpu"))
+
+
+def train(root: Path, cls):
+    torch.manual_seed(0)
+    trainer = make_trainer(root, cls)
+    trainer.run_training()
+    return trainer
+
+
+def checkpoint(trainer, name="checkpoint_final.pth"):
+    return torch.load(Path(trainer.output_folder) / name, map_location="cpu", weights_only=False)
+
+
+def log_text(trainer) -> str:
+    return Path(trainer.log_file).read_text()
+
+
+# ================================================================================================ tests
+def test_a_new_term_is_logged_plotted_and_checkpointed(nnunet_env):
+    trainer = train(nnunet_env, TrainerWithArea)
+    logged = checkpoint(trainer)["logging"]
+    for key in ("train_area_losses", "val_area_losses", "train_seg_losses", "val_cls_losses"):
+        assert len(logged[key]) == 2 and all(np.isfinite(logged[key])), key
+    assert all(0 <= v <= 1 for v in logged["train_area_losses"] + logged["val_area_losses"])
+    # train_losses / val_losses are the weighted totals of the same terms
+    for split in ("train", "val"):
+        expected = [s + c + 0.01 * a for s, c, a in zip(*(logged[f"{split}_{n}_losses"] for n in ("seg", "cls", "area")))]
+        assert np.allclose(logged[f"{split}_losses"], expected, rtol=1e-5)
+    assert (Path(trainer.output_folder) / "progress.png").is_file()
+    assert "area x 0.01 (regularizer)" in log_text(trainer)
+
+
+def test_a_new_head_is_rebuilt_from_the_plans_and_loads_strictly(nnunet_env):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    trainer = train(nnunet_env, TrainerWithLinearHead)
+    plans = json.loads((Path(trainer.output_folder_base) / "plans.json").read_text())
+    assert plans["nnunet_mtl"]["head"] == {"kind": "test_linear", "num_classes": 3, "loss_modules": {}}
+    manager = PlansManager(plans)
+    network = nnUNetTrainerMTL.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2,
+                                                          enable_deep_supervision=False)
+    assert isinstance(network.head, LinearHead)
+    network.load_state_dict(checkpoint(trainer)["network_weights"], strict=True)  # what nnUNetv2_predict does
+    assert network.classifier_keys() == ("cls_head.classifier.weight", "cls_head.classifier.bias")
+    out = network(torch.zeros(1, 1, 64, 64), return_aux=True)
+    assert out["logits"].shape == (1, 3) and "embedding" not in out
+
+
+def test_a_head_owned_loss_module_is_saved_resumed_and_free_of_weight_decay(nnunet_env):
+    trainer = train(nnunet_env, TrainerWithPrior)
+    weights = checkpoint(trainer)["network_weights"]
+    assert {"cls_head.loss_modules.prior.u", "cls_head.loss_modules.prior.running_max"} <= set(weights)
+    assert weights["cls_head.loss_modules.prior.running_max"] > 0  # updated in training
+    assert weights["cls_head.loss_modules.prior.u"] != 0.5  # learned
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0 and groups[1]["params"] == [
+        trainer.network.head.loss_modules["prior"].u]
+    plans = json.loads((Path(trainer.output_folder_base) / "plans.json").read_text())
+    assert plans["nnunet_mtl"]["head"]["loss_modules"] == {"prior": {"kind": "test_prior", "init": 0.5}}
+    resumed = make_trainer(nnunet_env, TrainerWithPrior)
+    resumed.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))  # what --c does
+    state = resumed.network.state_dict()
+    for key in ("cls_head.loss_modules.prior.u", "cls_head.loss_modules.prior.running_max"):
+        assert torch.equal(state[key], weights[key])
+
+
+def test_a_new_backward_rule_gives_the_weighted_sum_gradients():
+    from tests.test_network import make_unet
+    from nnunet_mtl.methods.multitask import BottleneckMLPConfig
+    from nnunet_mtl.networks.multitask_unet import MultitaskUNet
+    grads = []
+    for rule in (WeightedSum(), PerTaskBackward(), GradientAggregation(aggregate=summed, label="sum")):
+        torch.manual_seed(0)
+        net = MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0)).double()
+        data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        result = rule(net, data, toy_losses, {"seg": 1.0, "cls": 0.5, "area": 0.1}, tasks=("seg", "cls"))
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+        assert set(result.losses) == {"seg", "cls", "area"}
+    for other in grads[1:]:
+        assert torch.allclose(other, grads[0], rtol=1e-10, atol=1e-14)
+
+
+def summed(losses, features, shared):
+    """TorchJD's Sum aggregator written out: the plain sum of the task losses' gradients."""
+    sum(losses).backward()
+
+
+def toy_losses(outputs):
+    seg = outputs["seg"][0]
+    return {"seg": seg.square().mean(), "cls": outputs["logits"].square().mean(), "area": seg.abs().mean()}
+
+
+def test_a_new_stage_freezes_selects_and_resumes(nnunet_env):
+    first = make_trainer(nnunet_env, TrainerInStagesInterrupted)
+    with pytest.raises(Interrupted):
+        first.run_training()
+    saved = checkpoint(first, "checkpoint_latest.pth")
+    assert saved["current_epoch"] == 2 and saved["logging"]["stage"] == [0, 1]
+    best = checkpoint(first, "checkpoint_best.pth")
+    assert best["current_epoch"] == 2  # chosen in stage 2: stage 1 (untrained head) is not selectable
+    logged = saved["logging"]
+    assert logged["ema_mtl_score"][1] == logged["mtl_score"][1]  # the selection EMA restarts with the stage
+    assert logged["lrs"][1] == pytest.approx(5e-3)  # stage 2's own learning rate, poly over its 2 epochs
+    text = log_text(first)
+    assert "entering stage 1/2 'segmentation first' (epochs 0-0)" in text
+    assert "entering stage 2/2 'joint' (epochs 1-2)" in text and "fresh optimizer state" in text
+    resumed = make_trainer(nnunet_env, TrainerInStages)
+    resumed.load_checkpoint(str(Path(first.output_folder) / "checkpoint_latest.pth"))  # nnUNetv2_train --c
+    resumed.run_training()
+    assert "resumed in stage 2/2 'joint'" in log_text(resumed)
+    final = checkpoint(resumed)["logging"]
+    assert final["stage"] == [0, 1, 1] and final["lrs"][2] == pytest.approx(5e-3 * 0.5 ** 0.9)
+
+
+def test_a_frozen_part_does_not_change_in_its_stage(nnunet_env):
+    trainer = make_trainer(nnunet_env, TrainerInStages)
+    trainer.on_train_start()
+    head_before = {k: v.clone() for k, v in trainer.network.head.state_dict().items()}
+    encoder_before = next(trainer.network.encoder.parameters()).clone()
+    trainer.on_epoch_start()
+    trainer.on_train_epoch_start()
+    assert trainer.loss_weights_now == {"seg": 1.0, "cls": 0.0}
+    assert not trainer.network.head.training and trainer.network.encoder.training
+    for _ in range(2):
+        trainer.train_step(next(trainer.dataloader_train))
+    for key, value in trainer.network.head.state_dict().items():
+        assert torch.equal(value, head_before[key]), key  # weights and batch-norm statistics alike
+    assert not torch.equal(next(trainer.network.encoder.parameters()), encoder_before)
+    trainer.on_train_end()
+
+
+def test_every_trainer_is_a_thin_composition():
+    """Only the base trainer overrides nnU-Net's step and epoch hooks; every other trainer is a declaration."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_mtl.trainers import TRAINERS
+    hooks = {n for n in vars(nnUNetTrainer) if n in ("train_step", "validation_step", "run_training")
+             or n.startswith("on_")}
+    assert {"train_step", "validation_step", "on_epoch_end", "on_train_epoch_end"} <= hooks
+    assert len(TRAINERS) >= 20
+    for name, cls in TRAINERS.items():
+        for klass in cls.__mro__:
+            if klass in (nnUNetTrainerMTL, nnUNetTrainer) or not issubclass(klass, nnUNetTrainer):
+                continue
+            assert not hooks & set(vars(klass)), f"{name}: {klass.__name__} overrides {hooks & set(vars(klass))}"
+
+
+def test_loss_weights_merge_along_the_hierarchy_and_are_checked():
+    from nnunet_mtl.trainers import nnUNetTrainerClinGuided_clin1, nnUNetTrainerRLAR
+    assert nnUNetTrainerRLAR.resolved_loss_weights() == {"seg": 1.0, "cls": 1.0, "clin": 0.1}
+    assert nnUNetTrainerClinGuided_clin1.resolved_loss_weights() == {"seg": 1.0, "cls": 1.0, "clin": 1.0}
+
+    class Typo(nnUNetTrainerMTL):
+        loss_weights = {"clss": 1.0}
+
+    with pytest.raises(ValueError, match="Typo.loss_weights names clss"):
+        Typo.resolved_loss_weights()
+
+    class SegOnly(nnUNetTrainerMTL):
+        terms = nnUNetTrainerMTL.terms[:1]
+
+    assert SegOnly.resolved_loss_weights() == {"seg": 1.0}
+
+    class BadStage(nnUNetTrainerMTL):
+        stages = (Stage("x", weights={"clin": 1.0}),)
+
+    with pytest.raises(ValueError, match="stage 'x' sets the weight of clin"):
+        BadStage.resolved_loss_weights()
+
+
+def test_head_config_takes_what_the_terms_need():
+    from nnunet_mtl.trainers import nnUNetTrainerClinGuided
+    config = nnUNetTrainerClinGuided.head_config(5)
+    assert (config.kind, config.num_classes, config.embed_dim, config.guided_dim) == ("bottleneck_mlp", 5, 128, 13)
+
+    class Mismatch(nnUNetTrainerClinGuided):
+        head = LinearConfig()
+
+    with pytest.raises(ValueError, match="head kind 'test_linear' has no parameter.*guided_dim"):
+        Mismatch.head_config(2)
+    assert TrainerWithPrior.head_config(2).loss_modules == {"prior": {"kind": "test_prior", "init": 0.5}}
+
+
+def test_plans_of_the_first_release_still_build_the_same_head():
+    from nnunet_mtl.seams.heads import head_config_from_dict
+    old = {"num_classes": 3, "hidden": 16, "embed_dim": 8, "dropout": 0.2, "guided_dim": 4}  # no kind
+    config = head_config_from_dict(old)
+    assert config.kind == "bottleneck_mlp" and config.guided_dim == 4
+    with pytest.raises(KeyError, match="head kind 'nope' is not registered"):
+        head_config_from_dict({"kind": "nope", "num_classes": 2})
+    with pytest.raises(KeyError, match="parameter.*width"):
+        head_config_from_dict({**old, "width": 3})
+
+
+def test_batch_context_reads_the_case_table():
+    import pandas as pd
+    from nnunet_mtl.dataset.case_table import CaseTable
+    cases = pd.DataFrame({"case_id": ["a", "b", "c"], "split": "train", "class": ["benign", "malignant", "benign"],
+                          "patient_id": ["p1", "p1", "p2"], "mask": ["full", "none", "box"]})
+    table = CaseTable(cases, {"benign": 0, "malignant": 1})
+    table.add("radiomics", {"a": np.array([1.0, 2.0]), "b": np.array([np.nan, np.nan]), "c": np.array([0.0, 1.0])})
+    batch = Batch(data=torch.zeros(2, 1, 4, 4), target=torch.zeros(2, 1, 4, 4), keys=["c", "a"], cases=table)
+    assert batch.case("class").tolist() == [0, 0] and batch.case("class").dtype == torch.long
+    assert batch.case("mask").tolist() == [1, 0]  # box, full
+    assert batch.case("radiomics").shape == (2, 2) and batch.case("radiomics").dtype == torch.float32
+    with pytest.raises(KeyError, match="no column 'texture'"):
+        batch.case("texture")
+    with pytest.raises(ValueError, match="no value for 1 case"):
+        table.add("x", {"a": 1, "b": 2})
