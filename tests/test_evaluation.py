@@ -380,3 +380,118 @@ def test_cli_bad_path_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "/nonexistent/" in err
+
+
+# ------------------------------------------------------------------------------------------------ weighted metrics
+EXISTING_CLASSIFICATION_KEYS = ["num_cases", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall",
+                                "macro_f1", "auc", "per_class", "confusion_matrix", "notes"]
+WEIGHTED = ("weighted_precision", "weighted_recall", "weighted_f1")
+
+
+def test_weighted_metrics_by_hand():
+    # support: a 3, b 2, c 1
+    # a: predicted {0, 1} both right -> P 1, R 2/3, F1 0.8; b: predicted {2, 3}, 3 right -> P 1/2, R 1/2, F1 1/2;
+    # c: predicted {4, 5}, 5 right -> P 1/2, R 1, F1 2/3
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 2, 2]
+    probs = np.eye(3)[y_pred] * 0.7 + 0.1
+    m = classification_metrics(y_true, y_pred, probs, ["a", "b", "c"])
+    assert m["weighted_precision"] == pytest.approx((3 * 1 + 2 * 0.5 + 1 * 0.5) / 6)
+    assert m["weighted_recall"] == pytest.approx((3 * 2 / 3 + 2 * 0.5 + 1 * 1) / 6)
+    assert m["weighted_recall"] == pytest.approx(m["accuracy"])  # support-weighted recall is accuracy
+    assert m["weighted_f1"] == pytest.approx((3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6)
+    assert m["macro_precision"] == pytest.approx(2 / 3)  # unweighted, for contrast: the two differ here
+    # a class predicted but absent from the reference has weight 0 (macro counts it with precision 0)
+    m = classification_metrics([0, 0, 1, 1], [0, 2, 1, 1], np.full((4, 3), 1 / 3), ["a", "b", "c"])
+    assert m["weighted_precision"] == pytest.approx(1.0) and m["macro_precision"] == pytest.approx(2 / 3)
+    assert m["weighted_recall"] == pytest.approx(0.75)
+    assert m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 * 1) / 4)
+
+
+@pytest.mark.parametrize("seed, k", [(0, 2), (1, 3), (2, 5)])
+def test_weighted_metrics_match_sklearn(seed, k):
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, k, 40)
+    y_pred = np.where(rng.random(40) < 0.6, y_true, rng.integers(0, k, 40))
+    y_pred[:2] = k - 1  # the last class always predicted, maybe never in the reference
+    probs = rng.dirichlet(np.ones(k), 40)
+    m = classification_metrics(y_true, y_pred, probs, [f"c{i}" for i in range(k)])
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
+    assert (m["weighted_precision"], m["weighted_recall"], m["weighted_f1"]) == pytest.approx((p, r, f), abs=1e-12)
+    assert m["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+
+def test_weighted_metrics_are_added_without_changing_the_existing_keys():
+    y_true, y_pred = [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]
+    p1 = np.array([0.1, 0.6, 0.8, 0.7, 0.4])
+    m = classification_metrics(y_true, y_pred, np.stack([1 - p1, p1], axis=1), ["benign", "malignant"])
+    assert sorted(m) == sorted(EXISTING_CLASSIFICATION_KEYS + list(WEIGHTED))
+    assert all(type(m[w]) is float for w in WEIGHTED)
+    from nnunet_mtl.evaluation.classification import DEFINITIONS
+    assert "weighted" in DEFINITIONS["weighted_precision_recall_f1"] and "support" in DEFINITIONS[
+        "weighted_precision_recall_f1"]
+
+
+def test_weighted_metrics_in_summary_table_and_aggregate(folders):
+    summary = evaluate_folder(folders / "pred", folders / "ref", class_predictions_csv=folders / "pred" /
+                              "class_predictions.csv", cases_csv=folders / "cases.csv", class_labels=CLASS_LABELS,
+                              output_dir=folders / "eval")
+    on_disk = json.loads((folders / "eval" / "summary.json").read_text())
+    # reference benign, malignant, malignant; predicted benign, malignant, benign:
+    # benign P 1/2 R 1 F1 2/3 (support 1); malignant P 1 R 1/2 F1 2/3 (support 2)
+    assert on_disk["classification"]["weighted_precision"] == pytest.approx((1 * 0.5 + 2 * 1) / 3)
+    assert on_disk["classification"]["weighted_recall"] == pytest.approx(2 / 3)
+    assert on_disk["classification"]["weighted_f1"] == pytest.approx(2 / 3)
+    assert "weighted_precision_recall_f1" in on_disk["definitions"]
+    table = format_summary_table(summary)
+    assert "weighted precision" in table and "weighted recall" in table and "weighted F1" in table
+    agg = aggregate_summaries([folders / "eval" / "summary.json"] * 2)
+    assert agg["metrics"]["classification.weighted_f1"]["mean"] == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------------------------ never overwrite
+def test_aggregate_refuses_to_write_over_an_input(folders, capsys):
+    evaluate_folder(folders / "pred", folders / "ref", output_dir=folders / "e1")
+    evaluate_folder(folders / "pred", folders / "ref", output_dir=folders / "e2")
+    s1, s2 = folders / "e1" / "summary.json", folders / "e2" / "summary.json"
+    before = s2.read_bytes()
+    capsys.readouterr()
+    for target in (str(s2), str(folders / "e2" / ".." / "e2" / "summary.json")):
+        code = main(["evaluate", "--aggregate", str(s1), str(s2), "-o", target])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "one of the summaries" in err and "summary.json" in err
+        assert s2.read_bytes() == before
+    with pytest.raises(NnunetMtlError, match="is a folder"):
+        aggregate_summaries([s1, s2], output_path=folders / "e2")
+    assert sorted(p.name for p in (folders / "e2").iterdir()) == ["per_case.csv", "summary.json"]
+
+
+def test_json_and_csv_are_written_atomically(tmp_path):
+    from nnunet_mtl.evaluation.evaluate import write_csv, write_json
+    path = tmp_path / "out.json"
+    write_json({"a": float("nan"), "b": 1}, path)
+    assert json.loads(path.read_text()) == {"a": None, "b": 1}
+    with pytest.raises(TypeError):
+        write_json({"a": {1, 2}}, path)  # not serializable: fails before anything replaces the file
+    assert json.loads(path.read_text()) == {"a": None, "b": 1}
+
+    class Boom(dict):
+        def get(self, *a):
+            raise RuntimeError("interrupted")
+    with pytest.raises(Exception):
+        write_csv([{"x": 1}, Boom()], ["x"], tmp_path / "t.csv")
+    assert not (tmp_path / "t.csv").exists()
+    write_csv([{"x": 1, "y": 2}], ["x"], tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["x", "1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "t.csv"]  # no temporary file left
+
+
+def test_evaluate_output_folder_is_never_an_input_folder(folders, capsys):
+    for target in ("pred", "ref"):
+        before = sorted(p.name for p in (folders / target).iterdir())
+        code = main(["evaluate", "-pred", str(folders / "pred"), "-ref", str(folders / "ref"), "-o",
+                     str(folders / target)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "is the input folder" in err
+        assert sorted(p.name for p in (folders / target).iterdir()) == before

@@ -1,5 +1,6 @@
 """``nnunet_mtl evaluate``: Dice / IoU / HD95 and classification metrics of a prediction folder, or mean ± std over
-several runs' summary.json files (``--aggregate``)."""
+several runs' summary.json files (``--aggregate``). A folder written by ``nnunet_mtl predict --per-fold`` is
+evaluated subfolder by subfolder, with the folds' mean ± std next to the fold ensemble (docs/evaluation.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,16 +13,23 @@ def register(subparsers):
         "evaluate", help="Dice/IoU/HD95 + precision/recall/F1/AUC of predictions; or aggregate several summaries",
         description="Mode 1: evaluate the masks in -pred against -ref (and class_predictions.csv against the classes "
                     "in cases.csv); writes per_case.csv, summary.json and plots to -o (default PRED/evaluation). "
+                    "A -pred folder written by nnunet_mtl predict --per-fold (per_fold.json, fold_K/, ensemble/) is "
+                    "evaluated per subfolder (each into SUB/evaluation), and PRED/evaluation/per_fold_summary.json "
+                    "holds the mean ± std over the folds next to the fold ensemble's numbers. "
                     "Mode 2: --aggregate S1.json S2.json ...: mean ± std of every metric over folds or runs. "
-                    "HD95 follows MONAI (max of the two directed 95th percentiles); see summary.json 'definitions'.")
-    p.add_argument("-pred", help="folder of predicted CASE_ID.png masks (e.g. the output of nnunet_mtl predict)")
+                    "HD95 follows MONAI (max of the two directed 95th percentiles); see summary.json 'definitions' "
+                    "and docs/evaluation.md.")
+    p.add_argument("-pred", help="folder of predicted CASE_ID.png masks (e.g. the output of nnunet_mtl predict), or a "
+                                 "folder written by nnunet_mtl predict --per-fold")
     p.add_argument("-ref", help="folder of reference CASE_ID.png masks (default with -d: nnUNet_raw/DatasetNNN_X/labelsTs)")
     p.add_argument("-d", help="dataset id or name: takes -ref, --cases and --class-labels from nnUNet_raw/DatasetNNN_X")
     p.add_argument("--classes", help="class_predictions.csv (default: PRED/class_predictions.csv when it exists)")
     p.add_argument("--cases", help="the raw dataset's cases.csv (reference classes, pixel spacing for HD95 in mm)")
     p.add_argument("--class-labels", dest="class_labels",
                    help="dataset.json with 'class_labels' (names and indices of the classes)")
-    p.add_argument("-o", help="output folder (default PRED/evaluation); with --aggregate: the aggregate JSON file")
+    p.add_argument("-o", help="output folder (default PRED/evaluation; for a per-fold folder: O/fold_K, O/ensemble and "
+                              "O/per_fold_summary.json instead of PRED/SUB/evaluation and PRED/evaluation); with "
+                              "--aggregate: the aggregate JSON file (a new file, never one of the inputs)")
     p.add_argument("-np", type=int, default=1, help="worker processes for the per-case metrics (default 1)")
     p.add_argument("--allow-missing", dest="allow_missing", action="store_true",
                    help="report reference cases without prediction instead of failing")
@@ -37,9 +45,20 @@ def _existing_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def _check_output_folder(out: Path, inputs: list[Path]) -> None:
+    """The evaluation's output folder must not be one of the folders it reads: its CSV, JSON and PNG files would
+    land among the masks (and a case named like one of them would be overwritten)."""
+    for folder in inputs:
+        if folder.exists() and out.resolve() == folder.resolve():
+            raise NnunetMtlError(f"-o {out} is the input folder {folder}; expected a separate output folder "
+                                 f"(default {folder / 'evaluation'} for -pred)")
+
+
 def run(args) -> int:
-    from nnunet_mtl.evaluation.evaluate import (aggregate_summaries, evaluate_folder, format_aggregate_table,
-                                                format_summary_table, load_class_labels, written_files)
+    from nnunet_mtl.evaluation.evaluate import (PER_FOLD_SUMMARY, PER_FOLD_SUMMARY_CSV, aggregate_summaries,
+                                                evaluate_folder, evaluate_per_fold, format_aggregate_table,
+                                                format_per_fold_table, format_summary_table, load_class_labels,
+                                                per_fold_layout, written_files)
     if args.aggregate:
         if args.pred or args.ref or args.d:
             raise NnunetMtlError("--aggregate takes summary.json files only; do not combine it with -pred/-ref/-d")
@@ -68,6 +87,30 @@ def run(args) -> int:
     if ref is None:
         raise NnunetMtlError("no reference: pass -ref REF_DIR or -d DATASET (uses nnUNet_raw/DatasetNNN_X/labelsTs)")
 
+    layout = per_fold_layout(pred)
+    if args.o:
+        inputs = [pred, ref]
+        if layout is not None:
+            inputs += [pred / name for name, _ in layout["folds"]]
+            if layout["ensemble"]:
+                inputs.append(pred / layout["ensemble"][0])
+        _check_output_folder(Path(args.o), inputs)
+    if layout is not None:
+        if args.classes:
+            raise NnunetMtlError(f"--classes names one class_predictions.csv, but {pred} is a per-fold folder with one "
+                                 f"per subfolder (used automatically); leave --classes out")
+        if cases is not None:
+            _existing_file(cases, "case table")
+        class_labels = load_class_labels(labels_json) if labels_json is not None else None
+        result = evaluate_per_fold(pred, ref, layout, cases_csv=cases, class_labels=class_labels, output_dir=args.o,
+                                   num_processes=args.np, allow_missing=args.allow_missing)
+        print()
+        print(format_per_fold_table(result))
+        print()
+        out = Path(args.o) if args.o else pred / "evaluation"
+        print(f"wrote {out / PER_FOLD_SUMMARY}, {out / PER_FOLD_SUMMARY_CSV}")
+        return 0
+
     classes = Path(args.classes) if args.classes else None
     if classes is not None:
         _existing_file(classes, "class predictions")
@@ -76,6 +119,9 @@ def run(args) -> int:
             classes = pred / "class_predictions.csv"
         else:
             print(f"note: {pred / 'class_predictions.csv'} not evaluated: the reference classes need --cases or -d")
+    elif any(pred.glob("class_predictions_part*.csv")):
+        print(f"note: {pred} has class_predictions_part*.csv (from -num_parts) but no class_predictions.csv: "
+              f"classification not evaluated (merge the parts, or pass one with --classes)")
     if cases is not None:
         _existing_file(cases, "case table")
     class_labels = load_class_labels(labels_json) if labels_json is not None else None

@@ -1,8 +1,18 @@
-"""``nnunet_mtl predict``: nnUNetv2_predict's flags; same masks, plus ``class_predictions.csv``."""
+"""``nnunet_mtl predict``: nnUNetv2_predict's flags; same masks, plus ``class_predictions.csv``.
+
+``--per-fold`` (with ``-f K1 K2 ...``, at least two folds) runs the same prediction once per fold's model alone,
+into ``OUT/fold_K/``, and once with all folds, into ``OUT/ensemble/`` (exactly what ``-f K1 K2 ...`` without the
+flag writes into OUT), and records in ``OUT/per_fold.json`` which subfolder is which. Everything that can be
+checked (folds, checkpoints, inputs, the output folder) is checked before the first prediction.
+"""
 from __future__ import annotations
 
+import argparse
+import gc
+import json
 import multiprocessing
 import os
+import shlex
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
@@ -26,7 +36,15 @@ def register(subparsers):
     p.add_argument("-prev_stage_predictions", default=None, help="previous stage predictions (cascade)")
     p.add_argument("-num_parts", type=int, default=1)
     p.add_argument("-part_id", type=int, default=0)
+    add_per_fold_argument(p, "masks and class_predictions.csv")
     p.set_defaults(func=run)
+
+
+def add_per_fold_argument(p, what: str) -> None:
+    p.add_argument("--per-fold", dest="per_fold", action="store_true",
+                   help=f"with -f K1 K2 ... (two folds or more): {what} of each fold's model alone in OUTPUT/fold_K/ "
+                        f"and of the fold ensemble in OUTPUT/ensemble/ (what -f K1 K2 ... writes without the flag), "
+                        f"plus OUTPUT/per_fold.json; for mean ± std over folds (see docs/evaluation.md)")
 
 
 def add_model_arguments(p, default_trainer: str = "nnUNetTrainerMTL") -> None:
@@ -98,6 +116,145 @@ def check_inputs(input_folder: Path, file_ending: str) -> None:
                 raise NnunetMtlError(f"image {image} is not a readable PNG")
 
 
+# ----------------------------------------------------------------------------------------------- folds
+def parse_folds(values) -> list:
+    """-f's values as nnU-Net takes them: fold numbers (int) or 'all'; anything else is a one-line error."""
+    folds = []
+    for value in values:
+        if value == "all":
+            folds.append("all")
+        elif str(value).isdigit():
+            folds.append(int(value))
+        else:
+            raise NnunetMtlError(f"-f {value!r} is not a fold; expected fold numbers (e.g. -f 0 1 2) or -f all")
+    return folds
+
+
+def check_per_fold_folds(values) -> list[int]:
+    """The folds of a --per-fold run: two or more distinct fold numbers, never 'all'."""
+    folds = parse_folds(values)
+    if "all" in folds:
+        raise NnunetMtlError("-f all cannot be combined with --per-fold: 'all' is one model trained on every case, "
+                             "not a cross-validation fold; expected the folds, e.g. -f 0 1 2 --per-fold")
+    if len(folds) < 2:
+        given = " ".join(map(str, folds))
+        raise NnunetMtlError(f"--per-fold needs at least two folds, got -f {given}; expected e.g. -f 0 1 2 (one fold "
+                             f"alone is simply -f {given} without --per-fold)")
+    repeated = sorted({f for f in folds if folds.count(f) > 1})
+    if repeated:
+        raise NnunetMtlError(f"-f names fold {repeated[0]} more than once; expected each fold once with --per-fold")
+    return folds
+
+
+def preflight(args, folds: list) -> dict:
+    """The checks load_predictor makes, for all ``folds`` at once and without loading a network: the model folder,
+    every fold's checkpoint, the input images. Returns {"model_folder", "plans", "dataset_json"}."""
+    model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
+    check_checkpoints(model_folder, folds, args.chk)
+    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"))
+    return {"model_folder": model_folder, "plans": json.loads((model_folder / "plans.json").read_text()),
+            "dataset_json": dataset_json}
+
+
+def check_parts(args) -> None:
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        raise NnunetMtlError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts} (and both "
+                             f"at least 0 and 1)")
+
+
+def command_line(args, subcommand: str, folds: list, output, per_fold: bool = False) -> str:
+    """The nnunet_mtl command that does what ``args`` asks with ``folds`` into ``output`` (for per_fold.json)."""
+    cmd = ["nnunet_mtl", subcommand, "-i", str(args.i), "-o", str(output), "-d", str(args.d), "-c", args.c,
+           "-tr", args.tr, "-p", args.p, "-f", *map(str, folds), "-chk", args.chk, "-device", args.device]
+    if args.step_size != 0.5:
+        cmd += ["-step_size", str(args.step_size)]
+    for flag in ("disable_tta", "save_probabilities", "continue_prediction"):
+        if getattr(args, flag, False):
+            cmd.append(f"--{flag}")
+    if getattr(args, "prev_stage_predictions", None):
+        cmd += ["-prev_stage_predictions", str(args.prev_stage_predictions)]
+    if getattr(args, "num_parts", 1) > 1:
+        cmd += ["-num_parts", str(args.num_parts), "-part_id", str(args.part_id)]
+    if getattr(args, "cases", None):
+        cmd += ["--cases", str(args.cases)]
+    if per_fold:
+        cmd.append("--per-fold")
+    return shlex.join(cmd)
+
+
+# what must agree for --continue_prediction to continue a per-fold folder instead of mixing two models
+_SAME_MODEL_KEYS = ("dataset", "trainer", "plans", "configuration", "checkpoint", "folds", "step_size",
+                    "disable_tta")
+
+
+def per_fold_info(args, subcommand: str, folds: list[int], model_folder: Path, output: Path) -> dict:
+    """The content of per_fold.json: which subfolder holds which folds, and with what they were predicted."""
+    from nnunet_mtl.evaluation.evaluate import ENSEMBLE_SUBFOLDER, fold_subfolder
+    subfolders = {fold_subfolder(k): {"folds": [k], "what": f"fold {k}'s model alone",
+                                      "command": command_line(args, subcommand, [k], output / fold_subfolder(k))}
+                  for k in folds}
+    subfolders[ENSEMBLE_SUBFOLDER] = {
+        "folds": list(folds),
+        "what": f"the ensemble of folds {', '.join(map(str, folds))} (what -f {' '.join(map(str, folds))} writes "
+                f"without --per-fold)",
+        "command": command_line(args, subcommand, folds, output / ENSEMBLE_SUBFOLDER)}
+    return {"written_by": f"nnunet_mtl {subcommand} --per-fold", "folds": list(folds), "subfolders": subfolders,
+            "dataset": model_folder.parent.name, "trainer": args.tr, "plans": args.p, "configuration": args.c,
+            "checkpoint": args.chk, "step_size": args.step_size, "disable_tta": bool(args.disable_tta),
+            "model_folder": str(model_folder), "input": str(Path(args.i).resolve()),
+            "command": command_line(args, subcommand, folds, output, per_fold=True),
+            "evaluate": f"nnunet_mtl evaluate -pred {shlex.quote(str(output))} -d {shlex.quote(str(args.d))}"}
+
+
+def start_per_fold_output(args, info: dict, file_ending: str = ".png") -> Path:
+    """Check the output folder for a per-fold run (no plain prediction in it; with --continue_prediction the same
+    model as the per_fold.json already there), then create it and write per_fold.json (atomically)."""
+    from nnunet_mtl.evaluation.evaluate import PER_FOLD_FILE, read_json_object, write_json
+    output = Path(args.o)
+    if output.is_dir():
+        masks = [p for p in output.iterdir() if p.is_file() and p.name.endswith(file_ending)]
+        if masks:
+            raise NnunetMtlError(f"{output} already holds a plain prediction ({len(masks)} masks such as "
+                                 f"{masks[0].name} at its top level); --per-fold writes {output}/fold_K/ and "
+                                 f"{output}/ensemble/: expected an empty, new or per-fold output folder")
+        info_path = output / PER_FOLD_FILE
+        if info_path.is_file():
+            old = read_json_object(info_path, "the per_fold.json written by nnunet_mtl --per-fold")
+            if getattr(args, "continue_prediction", False):
+                differ = [k for k in _SAME_MODEL_KEYS if old.get(k) != info.get(k)]
+                if differ:
+                    k = differ[0]
+                    raise NnunetMtlError(
+                        f"--continue_prediction: {info_path} was written with {k} {old.get(k)!r}, this run has "
+                        f"{info.get(k)!r}; continuing would mix the predictions of two models (expected the same "
+                        f"{', '.join(_SAME_MODEL_KEYS)}, or another -o)")
+            stale = sorted(set(old.get("subfolders") or {}) - set(info["subfolders"]))
+            stale = [n for n in stale if (output / n).is_dir()]
+            if stale:
+                print(f"note: {', '.join(stale)} in {output} are left from an earlier run and not part of this one "
+                      f"({PER_FOLD_FILE} lists the subfolders of this run)")
+    elif output.exists():
+        raise NnunetMtlError(f"output {output} is a file; expected a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(info, output / PER_FOLD_FILE)
+    return output
+
+
+def sub_run_args(args, folds: list, output: Path) -> argparse.Namespace:
+    """A copy of ``args`` for one prediction of a per-fold run: these folds, into that folder, without --per-fold."""
+    return argparse.Namespace(**{**vars(args), "f": [str(k) for k in folds], "o": str(output), "per_fold": False})
+
+
+def free_memory(device) -> None:
+    """After the last reference to a predictor is gone: collect it, and give its GPU memory back to the driver's
+    cache, before the next predictor of a per-fold run is loaded."""
+    gc.collect()
+    if getattr(device, "type", None) == "cuda":
+        import torch
+        torch.cuda.empty_cache()
+
+
 def load_predictor(args):
     """The MultitaskPredictor for the model chosen by add_model_arguments' flags, inputs checked first."""
     # our trainers must be findable by nnU-Net's lookup in this process, whether or not the user exported it
@@ -109,7 +266,7 @@ def load_predictor(args):
     from nnunet_mtl.inference.predictor import MultitaskPredictor
 
     model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
-    folds = [f if f == "all" else int(f) for f in args.f]
+    folds = parse_folds(args.f)
     check_checkpoints(model_folder, folds, args.chk)
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
     check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"))
@@ -160,14 +317,58 @@ def predict_folder(predictor, args, output: Path) -> None:
                                      num_parts=getattr(args, "num_parts", 1), part_id=getattr(args, "part_id", 0))
 
 
-def run(args) -> int:
-    if args.part_id >= args.num_parts:
-        raise NnunetMtlError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts}")
+def class_predictions_name(args) -> str:
+    return "class_predictions.csv" if args.num_parts == 1 else f"class_predictions_part{args.part_id}.csv"
+
+
+def predict_into(args, output: Path) -> tuple[Path, int]:
+    """The plain prediction: the predictor of ``args``' folds, masks and class_predictions.csv into ``output``.
+    Returns the CSV's path and the number of cases predicted now."""
     predictor = load_predictor(args)
-    output = Path(args.o)
     output.mkdir(parents=True, exist_ok=True)
     predict_folder(predictor, args, output)
-    name = "class_predictions.csv" if args.num_parts == 1 else f"class_predictions_part{args.part_id}.csv"
-    csv_path = predictor.write_class_predictions(output / name, merge_existing=args.continue_prediction)
-    print(f"segmentations: {output}\nclass probabilities ({len(predictor.class_probabilities)} cases predicted now): {csv_path}")
+    csv_path = predictor.write_class_predictions(output / class_predictions_name(args),
+                                                 merge_existing=args.continue_prediction)
+    count = len(predictor.class_probabilities)
+    device = getattr(predictor, "device", None)
+    del predictor
+    free_memory(device)
+    return csv_path, count
+
+
+def run(args) -> int:
+    check_parts(args)
+    if args.per_fold:
+        return run_per_fold(args)
+    from nnunet_mtl.evaluation.evaluate import PER_FOLD_FILE
+    output = Path(args.o)
+    if (output / PER_FOLD_FILE).is_file():
+        raise NnunetMtlError(f"{output} holds a per-fold prediction ({output / PER_FOLD_FILE}); predicting into it "
+                             f"without --per-fold would mix the two layouts: expected --per-fold or another -o")
+    csv_path, count = predict_into(args, output)
+    print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
+    return 0
+
+
+def run_per_fold(args) -> int:
+    """One prediction per fold's model alone (OUT/fold_K) and one of the fold ensemble (OUT/ensemble)."""
+    from nnunet_mtl.evaluation.evaluate import ENSEMBLE_SUBFOLDER, fold_subfolder
+    folds = check_per_fold_folds(args.f)
+    checked = preflight(args, folds)
+    output = Path(args.o)
+    info = per_fold_info(args, "predict", folds, checked["model_folder"], output)
+    start_per_fold_output(args, info, checked["dataset_json"].get("file_ending", ".png"))
+    runs = [(f"fold {i + 1}/{len(folds)}: fold {k}'s model alone", [k], output / fold_subfolder(k))
+            for i, k in enumerate(folds)]
+    runs.append((f"ensemble: folds {', '.join(map(str, folds))} together", folds, output / ENSEMBLE_SUBFOLDER))
+    written = []
+    for label, run_folds, sub in runs:
+        print(f"{label} -> {sub}", flush=True)
+        csv_path, count = predict_into(sub_run_args(args, run_folds, sub), sub)
+        written.append((sub, csv_path, count))
+        print(f"{label}: {count} cases predicted now, {csv_path}", flush=True)
+    print(f"\nper-fold prediction in {output} ({output / 'per_fold.json'} says which subfolder is which):")
+    for sub, csv_path, count in written:
+        print(f"  {sub.name + '/':<12} masks and {csv_path.name} ({count} cases predicted now)")
+    print(f"evaluate all subfolders (mean ± std over folds, and the ensemble): {info['evaluate']}")
     return 0

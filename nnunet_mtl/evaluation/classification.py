@@ -9,6 +9,9 @@ Definitions (the strings in :data:`DEFINITIONS` go into summary.json):
   ``zero_division=0``). macro_*: the unweighted mean over the classes that occur in the reference or in the
   predictions (sklearn's default label set), so a class absent from both does not pull the mean to 0.
   Per-class entries are given for every class; a class absent from both gets NaN there.
+  weighted_*: the mean of the per-class values weighted by each class's support (its number of reference cases;
+  sklearn's ``average="weighted"``, ``zero_division=0``), so a class without reference cases has weight 0 and
+  frequent classes count more. weighted_recall therefore equals accuracy.
 - AUC: binary -> ROC AUC of the positive class (index 1) scored by its probability; more than two classes ->
   one-vs-rest macro AUC: the unweighted mean over classes of the ROC AUC of "class k vs the rest" scored by
   prob_k (equals sklearn's ``roc_auc_score(multi_class='ovr', average='macro')`` when every class is present).
@@ -30,6 +33,9 @@ DEFINITIONS = {
     "balanced_accuracy": "mean per-class recall over classes present in the reference (sklearn)",
     "precision_recall_f1": "per class one-vs-rest, zero denominator -> 0 (sklearn zero_division=0); macro = "
                            "unweighted mean over classes present in reference or prediction",
+    "weighted_precision_recall_f1": "per-class precision / recall / F1 (zero denominator -> 0) averaged with "
+                                    "weights = support, the number of reference cases of each class (sklearn "
+                                    "average='weighted', zero_division=0); weighted recall = accuracy",
     "auc": "binary: ROC AUC of class index 1 by its probability; >2 classes: one-vs-rest macro ROC AUC (mean of "
            "per-class AUCs, classes without both sides in the reference left out); undefined -> NaN (null)",
     "confusion_matrix": "rows = reference class, columns = predicted class, ordered by class index",
@@ -78,6 +84,9 @@ def classification_metrics(y_true, y_pred, probabilities, class_names: list[str]
         y_true, y_pred, labels=all_labels, zero_division=0)
     macro_p, macro_r, macro_f, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=present, average="macro", zero_division=0)
+    # support-weighted: classes without reference cases get weight 0, so the label set does not matter
+    weighted_p, weighted_r, weighted_f, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=all_labels, average="weighted", zero_division=0)
 
     per_class_auc = []
     for c in all_labels:
@@ -117,6 +126,9 @@ def classification_metrics(y_true, y_pred, probabilities, class_names: list[str]
         "macro_precision": float(macro_p),
         "macro_recall": float(macro_r),
         "macro_f1": float(macro_f),
+        "weighted_precision": float(weighted_p),
+        "weighted_recall": float(weighted_r),
+        "weighted_f1": float(weighted_f),
         "auc": auc,
         "per_class": per_class,
         "confusion_matrix": {"labels": list(class_names),

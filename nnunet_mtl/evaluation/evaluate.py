@@ -23,7 +23,8 @@ summary.json (NaN written as null)::
         "empty_prediction_cases": int
       },
       "classification": {                       # null when no class predictions or no reference classes
-        "num_cases", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auc",
+        "num_cases", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
+        "weighted_precision", "weighted_recall", "weighted_f1", "auc",
         "per_class": {name: {"precision", "recall", "f1", "support", "auc_ovr"}},
         "confusion_matrix": {"labels": [names by index], "matrix": [[rows = reference, columns = predicted]]},
         "notes": [str]
@@ -43,14 +44,32 @@ Aggregate (several folds / runs, :func:`aggregate_summaries`)::
 Every number of the summaries (flattened to dotted keys; confusion matrices, notes and definitions left out) gets the
 mean and the sample std (ddof=1) over the runs where it is defined; a metric defined in fewer than two runs has std
 null.
+
+Per-fold prediction folders (written by ``nnunet_mtl predict --per-fold``: ``fold_K/`` per fold's model alone,
+``ensemble/`` for all folds together, ``per_fold.json`` saying which is which): :func:`per_fold_layout` recognizes
+them, :func:`evaluate_per_fold` evaluates every subfolder into its own ``evaluation/`` and writes
+``per_fold_summary.json``::
+
+    {"num_folds": K,
+     "folds": {"fold_0": {"folds": [0], "pred_dir", "summary", "num_cases"}, ...},
+     "ensemble": {"folds": [0, 1, ...], "pred_dir", "summary", "num_cases"} or null,
+     "mean_std_over_folds": <aggregate of the folds' summaries, as above>,
+     "fold_ensemble": {"metrics": {dotted key: value}},   # the ensemble's summary, flattened like the aggregate
+     "definitions": {...}, "notes": [str], "per_fold_json": <per_fold.json> or null, "ref_dir", "pred_dir"}
+
+Every JSON / CSV / PNG written here is written to a temporary file in the same folder and renamed into place
+(``os.replace``), so a reader never sees a half-written file and an interrupted run leaves the old file.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import re
 import sys
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -92,10 +111,53 @@ def _json_safe(obj):
     return obj
 
 
-def write_json(obj, path: Path) -> Path:
+def _temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path``, unique to this process and call (same folder, so os.replace is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w", newline: str | None = None):
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` (os.replace), on an error
+    it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, mode.replace("w", "x"), newline=newline) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(text: str, path) -> Path:
+    with atomic_open(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(obj, path: Path) -> Path:
+    """JSON (NaN as null), written atomically."""
+    return write_text_atomic(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n", path)
+
+
+def write_csv(rows: list[dict], fieldnames: list[str], path) -> Path:
+    """A CSV with a header, written atomically; keys of a row outside ``fieldnames`` are ignored."""
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def save_figure_atomic(fig, path) -> Path:
+    """``fig.savefig`` into a temporary file, then renamed into place (PNG unless the suffix says otherwise)."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=path.suffix[1:] or "png")
     return path
 
 
@@ -377,12 +439,7 @@ def write_per_case_csv(per_case: list[dict], class_names: list[str] | None, path
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.6f}"
         return v
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for r in per_case:
-            writer.writerow({k: fmt(r.get(k, "")) for k in fields})
-    return path
+    return write_csv([{k: fmt(r.get(k, "")) for k in fields} for r in per_case], fields, path)
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -412,8 +469,7 @@ def plot_confusion_matrix(classification: dict, path: Path) -> Path:
                     color="white" if top and matrix[i, j] > top / 2 else "black")
     ax.set_title("confusion matrix")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def plot_roc_curve(y_true, probs: np.ndarray, class_names: list[str], path: Path) -> Path:
@@ -440,8 +496,7 @@ def plot_roc_curve(y_true, probs: np.ndarray, class_names: list[str], path: Path
     else:
         ax.text(0.5, 0.5, "undefined: one class only in the reference", ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
@@ -461,10 +516,33 @@ def _flatten(obj, prefix="") -> dict[str, float]:
     return out
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def check_output_is_not_an_input(output_path, input_paths) -> None:
+    """An aggregate output must be a new file: not one of the inputs (which it would overwrite), not a folder."""
+    output_path = Path(output_path)
+    for p in input_paths:
+        if _same_file(output_path, Path(p)):
+            raise NnunetMtlError(f"-o {output_path} is one of the summaries to aggregate; it would be overwritten. "
+                                 f"Expected a new file, e.g. -o {output_path.parent / 'cv_summary.json'}")
+    if output_path.is_dir():
+        raise NnunetMtlError(f"-o {output_path} is a folder; expected the path of the aggregate JSON file, e.g. "
+                             f"-o {output_path / 'cv_summary.json'}")
+
+
 def aggregate_summaries(summary_paths: list, output_path=None) -> dict:
     """Mean and sample std (ddof=1) of every scalar metric over several summary.json files (folds / runs)."""
     if not summary_paths:
         raise NnunetMtlError("no summary.json given to aggregate; expected one per fold or run")
+    if output_path is not None:
+        check_output_is_not_an_input(output_path, summary_paths)
     flat = []
     for p in summary_paths:
         data = read_json_object(p, "a summary.json written by nnunet_mtl evaluate")
@@ -488,6 +566,192 @@ def aggregate_summaries(summary_paths: list, output_path=None) -> dict:
     if output_path is not None:
         write_json(agg, Path(output_path))
     return agg
+
+
+# ----------------------------------------------------------------------------------------------- per-fold folders
+PER_FOLD_FILE = "per_fold.json"
+PER_FOLD_SUMMARY = "per_fold_summary.json"
+PER_FOLD_SUMMARY_CSV = "per_fold_summary.csv"
+ENSEMBLE_SUBFOLDER = "ensemble"
+_FOLD_SUBFOLDER = re.compile(r"fold_(\d+)")
+_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+PER_FOLD_DEFINITIONS = {
+    "mean_std_over_folds": "each fold's model alone on the same test cases, one summary per fold; mean and sample "
+                           "std (ddof=1) over the folds of each number (e.g. of the folds' mean Dice, of their macro "
+                           "F1). The cross-validation spread the thyroid paper (Salama et al. 2026) reports",
+    "fold_ensemble": "all folds together, one prediction (nnU-Net's fold ensemble: segmentation and class softmax "
+                     "averaged over the folds), what nnunet_mtl predict -f 0 1 2 writes; a single number, no std",
+}
+
+
+def fold_subfolder(fold) -> str:
+    """The subfolder of one fold's own predictions in a per-fold folder."""
+    return f"fold_{fold}"
+
+
+def _has_masks(folder: Path) -> bool:
+    return any(p.name.endswith(".png") and p.is_file() for p in folder.iterdir())
+
+
+def per_fold_layout(pred_dir) -> dict | None:
+    """The subfolders of a per-fold prediction folder, or None for a plain one (masks at the top level).
+
+    Recognized by ``per_fold.json`` (which names the subfolders and their folds), or, without it, by ``fold_K``
+    subfolders and no masks at the top level. Returns ``{"folds": [(name, [k])...] in fold order, "ensemble":
+    (name, [k...] or None) or None, "info": per_fold.json's content or None, "notes": [str]}``.
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        return None
+    info_path = pred_dir / PER_FOLD_FILE
+    if info_path.is_file():
+        expected = "the per_fold.json written by nnunet_mtl predict --per-fold"
+        info = read_json_object(info_path, expected)
+        subfolders = info.get("subfolders")
+        if not isinstance(subfolders, dict) or not subfolders:
+            raise NnunetMtlError(f"{info_path} has no 'subfolders' object; expected {expected}")
+        folds, ensemble = [], None
+        for name, entry in subfolders.items():
+            listed = entry.get("folds") if isinstance(entry, dict) else None
+            if (not isinstance(listed, list) or not listed or not all(type(k) is int for k in listed)
+                    or not (_FOLD_SUBFOLDER.fullmatch(name) or name == ENSEMBLE_SUBFOLDER)):
+                raise NnunetMtlError(f"{info_path}: subfolder entry {name!r} is not understood; expected fold_K or "
+                                     f"ensemble with a list of integer 'folds' ({expected})")
+            if name == ENSEMBLE_SUBFOLDER:
+                ensemble = (name, listed)
+            else:
+                folds.append((name, listed))
+        if not folds:
+            raise NnunetMtlError(f"{info_path} lists no fold_K subfolder; expected {expected}")
+        if _has_masks(pred_dir):
+            raise NnunetMtlError(f"{pred_dir} holds both {PER_FOLD_FILE} and masks at the top level; expected a "
+                                 f"per-fold folder (fold_K/, ensemble/) or a plain prediction folder, not both")
+        folds.sort(key=lambda nf: nf[1])
+        return {"folds": folds, "ensemble": ensemble, "info": info, "notes": []}
+    if _has_masks(pred_dir):
+        return None
+    found = sorted((int(m.group(1)), d.name) for d in pred_dir.iterdir()
+                   if d.is_dir() and (m := _FOLD_SUBFOLDER.fullmatch(d.name)))
+    if not found:
+        return None
+    for _, name in found:
+        ckpt = next((pred_dir / name / c for c in _CHECKPOINTS if (pred_dir / name / c).is_file()), None)
+        if ckpt is not None:
+            raise NnunetMtlError(f"{pred_dir} is a trained model folder ({ckpt} is a checkpoint), not predictions; "
+                                 f"expected a folder written by nnunet_mtl predict (for a cross-validation evaluate "
+                                 f"{pred_dir / name / 'validation'}, see docs/evaluation.md)")
+    ensemble = (ENSEMBLE_SUBFOLDER, None) if (pred_dir / ENSEMBLE_SUBFOLDER).is_dir() else None
+    notes = [f"no {PER_FOLD_FILE} in {pred_dir}: subfolders {', '.join(n for _, n in found)}"
+             f"{' and ensemble' if ensemble else ''} taken from their names"]
+    return {"folds": [(name, [k]) for k, name in found], "ensemble": ensemble, "info": None, "notes": notes}
+
+
+def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_labels=None, output_dir=None,
+                      num_processes: int = 1, allow_missing: bool = False, log=print) -> dict:
+    """Evaluate every subfolder of a per-fold folder (see :func:`per_fold_layout`) and aggregate the folds.
+
+    Each subfolder is evaluated by :func:`evaluate_folder` into ``SUB/evaluation/`` (or ``output_dir/SUB/`` when
+    ``output_dir`` is given) with its own class_predictions.csv; the folds' summaries are aggregated by
+    :func:`aggregate_summaries` (mean ± sample std over folds) and, next to them, the ensemble's numbers are kept
+    as they are. per_fold_summary.json (and .csv) go into ``pred_dir/evaluation/`` (or ``output_dir``).
+    Everything that can be checked is checked before the first file is written.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    subfolders = list(layout["folds"]) + ([layout["ensemble"]] if layout.get("ensemble") else [])
+    notes = list(layout.get("notes") or [])
+    source = PER_FOLD_FILE if layout.get("info") is not None else "the fold_K folder names"
+    ref_cases = list_png_cases(ref_dir, "reference")
+    if not ref_cases:
+        raise NnunetMtlError(f"reference folder {ref_dir} has no .png files; expected CASE_ID.png label maps")
+    for name, _folds in subfolders:
+        if not (pred_dir / name).is_dir():
+            raise NnunetMtlError(f"{pred_dir / name} (listed in {pred_dir / PER_FOLD_FILE}) does not exist; expected "
+                                 f"the per-fold prediction to have finished (rerun it with --continue_prediction)")
+    class_csvs = {}
+    for name, _folds in subfolders:
+        sub = pred_dir / name
+        missing = sorted(set(ref_cases) - set(list_png_cases(sub, "prediction")))
+        if missing and not allow_missing:
+            raise NnunetMtlError(f"{len(missing)} reference case(s) have no prediction in {sub}: {_some(missing)}; "
+                                 f"expected CASE_ID.png for every reference (or pass --allow-missing)")
+        csv_path = sub / "class_predictions.csv"
+        if csv_path.is_file() and cases_csv is not None:
+            class_csvs[name] = csv_path
+        elif csv_path.is_file():
+            notes.append(f"{csv_path} not evaluated: the reference classes need --cases or -d")
+        elif any(sub.glob("class_predictions_part*.csv")):
+            notes.append(f"{sub} has class_predictions_part*.csv (from -num_parts) but no class_predictions.csv: "
+                         f"classification not evaluated there (merge the parts into class_predictions.csv)")
+    if cases_csv is not None and class_csvs and len(class_csvs) < len(subfolders):
+        without = [n for n, _ in subfolders if n not in class_csvs]
+        notes.append(f"no class_predictions.csv in {', '.join(without)}: classification over fewer subfolders")
+
+    out_root = Path(output_dir) if output_dir is not None else pred_dir / "evaluation"
+    summary_path = out_root / PER_FOLD_SUMMARY
+    for stale in (summary_path, out_root / PER_FOLD_SUMMARY_CSV):
+        stale.unlink(missing_ok=True)  # it exists again only when every subfolder was evaluated
+    entries, fold_summaries, ensemble_summary, ensemble_entry = {}, [], None, None
+    num_folds = len(layout["folds"])
+    for i, (name, folds) in enumerate(subfolders):
+        sub = pred_dir / name
+        out = (Path(output_dir) / name) if output_dir is not None else sub / "evaluation"
+        is_ensemble = name == ENSEMBLE_SUBFOLDER
+        what = (f"ensemble of folds {', '.join(map(str, folds))}" if is_ensemble and folds else
+                "fold ensemble" if is_ensemble else f"fold {folds[0]}'s model alone")
+        log(f"{'ensemble' if is_ensemble else f'fold {i + 1}/{num_folds}'}: evaluating {sub} ({what})")
+        summary = evaluate_folder(sub, ref_dir, class_predictions_csv=class_csvs.get(name), cases_csv=cases_csv,
+                                  class_labels=class_labels, output_dir=out, num_processes=num_processes,
+                                  allow_missing=allow_missing)
+        entry = {"folds": folds, "pred_dir": str(sub), "summary": str(out / OUTPUT_FILES[1]),
+                 "num_cases": summary["num_cases"]}
+        if is_ensemble:
+            ensemble_summary, ensemble_entry = summary, entry
+        else:
+            entries[name] = entry
+            fold_summaries.append(out / OUTPUT_FILES[1])
+        log(f"  {_short_line(summary)}; wrote {out}")
+    counts = sorted({e["num_cases"] for e in entries.values()})
+    if len(counts) > 1:
+        notes.append(f"the folds were evaluated on different numbers of cases ({', '.join(map(str, counts))})")
+    if num_folds < 2:
+        notes.append("one fold only: no standard deviation over folds")
+    aggregate = aggregate_summaries(fold_summaries)
+    result = {
+        "num_folds": num_folds,
+        "folds": entries,
+        "ensemble": ensemble_entry if ensemble_summary is not None else None,
+        "mean_std_over_folds": aggregate,
+        "fold_ensemble": None if ensemble_summary is None else {"metrics": _flatten(ensemble_summary)},
+        "definitions": PER_FOLD_DEFINITIONS,
+        "notes": notes,
+        "pred_dir": str(pred_dir),
+        "ref_dir": str(ref_dir),
+        "subfolders_from": source,
+        "per_fold_json": layout.get("info"),
+    }
+    result = _json_safe(result)
+    write_json(result, summary_path)
+    rows = []
+    ensemble_metrics = (result["fold_ensemble"] or {}).get("metrics", {})
+    for key, m in result["mean_std_over_folds"]["metrics"].items():
+        row = {"metric": key, "mean_over_folds": m["mean"], "std_over_folds": m["std"], "folds_defined": m["n"],
+               "fold_ensemble": ensemble_metrics.get(key)}
+        row.update({name: v for name, v in zip(entries, m["values"])})
+        rows.append({k: "" if v is None else v for k, v in row.items()})
+    fields = ["metric", "mean_over_folds", "std_over_folds", "folds_defined", "fold_ensemble", *entries]
+    write_csv(rows, fields, out_root / PER_FOLD_SUMMARY_CSV)
+    return result
+
+
+def _short_line(summary: dict) -> str:
+    seg = summary.get("segmentation") or {}
+    dice = (seg.get("dice") or {}).get("mean")
+    text = f"{summary.get('num_cases')} cases, Dice {_num(dice)}"
+    cls = summary.get("classification")
+    if cls:
+        text += (f", accuracy {_num(cls.get('accuracy'))}, macro F1 {_num(cls.get('macro_f1'))}, "
+                 f"AUC {_num(cls.get('auc'))}")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -520,7 +784,8 @@ def format_summary_table(summary: dict) -> str:
         lines += ["", f"Classification ({cls.get('num_cases', '?')} cases)", f"  {'metric':<20}{'value':>10}"]
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                            ("macro_precision", "macro precision"), ("macro_recall", "macro recall"),
-                           ("macro_f1", "macro F1"),
+                           ("macro_f1", "macro F1"), ("weighted_precision", "weighted precision"),
+                           ("weighted_recall", "weighted recall"), ("weighted_f1", "weighted F1"),
                            ("auc", "AUC" if len(cls["per_class"]) == 2 else "AUC (OvR macro)")):
             lines.append(f"  {label:<20}{_num(cls.get(key)):>10}")
         width = max(10, *(len(n) + 2 for n in cls["per_class"]))
@@ -551,4 +816,47 @@ def format_aggregate_table(agg: dict) -> str:
              f"  {'metric':<{width}}{'mean ± std':>24}{'runs':>6}"]
     for key, m in metrics.items():
         lines.append(f"  {key:<{width}}{_num(m['mean']) + ' ± ' + _num(m['std']):>24}{m['n']:>6}")
+    return "\n".join(lines)
+
+
+_PER_FOLD_ROWS = (("num_cases", "cases"),
+                  ("segmentation.dice.mean", "Dice"), ("segmentation.iou.mean", "IoU"),
+                  ("segmentation.hd95_px.mean", "HD95 [px]"), ("segmentation.hd95_mm.mean", "HD95 [mm]"),
+                  ("classification.accuracy", "accuracy"), ("classification.balanced_accuracy", "balanced accuracy"),
+                  ("classification.macro_precision", "macro precision"),
+                  ("classification.macro_recall", "macro recall"), ("classification.macro_f1", "macro F1"),
+                  ("classification.weighted_precision", "weighted precision"),
+                  ("classification.weighted_recall", "weighted recall"),
+                  ("classification.weighted_f1", "weighted F1"), ("classification.auc", "AUC"))
+
+
+def format_per_fold_table(result: dict) -> str:
+    """The folds' mean ± std next to the fold ensemble (and each fold's own value), one metric per row."""
+    k = result.get("num_folds", 0)
+    metrics = result["mean_std_over_folds"]["metrics"]
+    ensemble = (result.get("fold_ensemble") or {}).get("metrics")
+    names = list(result.get("folds") or {})
+    head_mean, head_ens = f"mean ± std over {k} folds", "fold ensemble"
+    w_mean, w_ens, w_fold = max(len(head_mean), 21) + 2, len(head_ens) + 4, max(9, *(len(n) + 2 for n in names))
+    ens_folds = (result.get("ensemble") or {}).get("folds")
+    lines = [f"Per-fold evaluation of {result.get('pred_dir')}: {k} folds"
+             + (f" + the ensemble of folds {', '.join(map(str, ens_folds))}" if ens_folds else
+                " + the fold ensemble" if ensemble is not None else " (no ensemble/ subfolder)"),
+             f"  {'metric':<20}{head_mean:>{w_mean}}{head_ens:>{w_ens}}" + "".join(f"{n:>{w_fold}}" for n in names)]
+    for key, label in _PER_FOLD_ROWS:
+        m = metrics.get(key)
+        if m is None or (m["n"] == 0 and (ensemble or {}).get(key) is None):
+            continue  # not evaluated (no classification, no spacing)
+        digits = 0 if key == "num_cases" else 4
+        mean_std = (_num(m["mean"], digits) if key == "num_cases" and m["std"] in (0, None)
+                    else f"{_num(m['mean'], digits)} ± {_num(m['std'], digits)}")
+        ens = "n/a" if ensemble is None else _num(ensemble.get(key), digits)
+        folds = "".join(f"{_num(v, digits):>{w_fold}}" for v in m["values"])
+        lines.append(f"  {label:<20}{mean_std:>{w_mean}}{ens:>{w_ens}}{folds}")
+    lines += ["", f"  mean ± std over {k} folds: each fold's model alone, sample std (ddof=1) over the folds",
+              "      (what Salama et al. 2026 report; see docs/evaluation.md)",
+              "  fold ensemble: the folds' softmax averaged, one prediction (what -f K1 K2 ... writes)",
+              "  Dice / IoU / HD95: the mean over the cases of each prediction"]
+    for note in result.get("notes") or []:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
