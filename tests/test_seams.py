@@ -357,3 +357,53 @@ def test_batch_context_reads_the_case_table():
         batch.case("texture")
     with pytest.raises(ValueError, match="no value for 1 case"):
         table.add("x", {"a": 1, "b": 2})
+
+
+def test_the_thyroid_paper_schedule_builds_adamw(nnunet_env):
+    """Salama et al. 2026, Sec. 3: AdamW lr 1e-4 (weight decay: PyTorch's default 1e-2, our choice), batch 8,
+    500 x 250 / 50 iterations; the RLAR defaults lambda_adv 0.1 at the bottleneck, w_clin 0.1."""
+    from nnunet_mtl.trainers import nnUNetTrainerRLAR_mid_paper, nnUNetTrainerRLAR_paper
+    trainer = make_trainer(nnunet_env, nnUNetTrainerRLAR_paper)
+    trainer.initialize()
+    optimizer = trainer.optimizer
+    assert type(optimizer) is torch.optim.AdamW and len(optimizer.param_groups) == 1
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-2)
+    assert trainer.batch_size == 8
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (500, 250, 50)
+    assert (trainer.backward_rule.layer, trainer.backward_rule.adv_weight) == ("bottleneck", 0.1)
+    assert trainer.base_loss_weights == {"seg": 1.0, "cls": 1.0, "clin": 0.1}
+    from nnunet_mtl.trainers.mtl import merged_along_mro
+    assert nnUNetTrainerRLAR_mid_paper.backward.layer == "mid"
+    assert merged_along_mro(nnUNetTrainerRLAR_mid_paper, "schedule") == merged_along_mro(nnUNetTrainerRLAR_paper, "schedule")
+    plain = make_trainer(nnunet_env, nnUNetTrainerMTL)  # nnU-Net's own optimizer otherwise
+    plain.initialize()
+    assert type(plain.optimizer) is torch.optim.SGD and plain.optimizer.param_groups[0]["weight_decay"] == 3e-5
+    assert plain.optimizer.defaults["momentum"] == 0.99 and plain.optimizer.defaults["nesterov"]
+
+
+def test_one_stage_is_nnunets_poly_learning_rate():
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+    from nnunet_mtl.seams.stages import StagedPolyLRScheduler, resolve_stages
+    ours = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    a = StagedPolyLRScheduler(ours, 0.01, resolve_stages([Stage("all")], 7))
+    b = PolyLRScheduler(theirs, 0.01, 7)
+    for epoch in range(7):
+        a.step(epoch), b.step(epoch)
+        assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+
+
+def test_stages_tile_the_epochs_or_say_why():
+    from nnunet_mtl.seams.stages import resolve_stages, stage_at
+    spans = resolve_stages([Stage("a", epochs=0.3), Stage("b", epochs=2), Stage("c")], 10)
+    assert [(s.start, s.end) for s in spans] == [(0, 3), (3, 5), (5, 10)]
+    assert stage_at(spans, 4).stage.name == "b" and stage_at(spans, 12).stage.name == "c"
+    assert [(s.start, s.end) for s in resolve_stages([Stage("a", epochs=0.3), Stage("b")], 2)] == [(0, 1), (1, 2)]
+    for stages, message in [([Stage("a"), Stage("b")], "not the last stage"),
+                            ([Stage("a", epochs=4)], "cover 4 epochs but num_epochs is 10"),
+                            ([Stage("a", epochs=8), Stage("b", epochs=5), Stage("c")], "need more than"),
+                            ([Stage("a", epochs=1.5), Stage("b")], "fraction"),
+                            ([Stage("a"), Stage("a")], "must differ")]:
+        with pytest.raises(ValueError, match=message):
+            resolve_stages(stages, 10)

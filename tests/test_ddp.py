@@ -1,0 +1,62 @@
+"""Multi-GPU (nnU-Net's -num_gpus N, DDP) needs CUDA and NCCL, which CI does not have; what our trainers add to a
+DDP epoch is the reduction of their per-step values over the ranks. Here two CPU processes (gloo) each hold half
+of an epoch's outputs, and the per-epoch numbers must equal those of one process holding all of them."""
+import numpy as np
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nnunet_mtl.trainers.mtl import epoch_means, validation_classification
+
+CLASSES = ["benign", "malignant", "normal"]
+
+
+def epoch_outputs(seed=0, steps=6, batch=3):
+    rng = np.random.default_rng(seed)
+    outputs = []
+    for _ in range(steps):
+        probs = rng.dirichlet(np.ones(3), size=batch)
+        outputs.append({"seg_loss": np.asarray(rng.random()), "cls_loss": np.asarray(rng.random()),
+                        "cls_probs": list(probs), "cls_target": list(rng.integers(0, 3, size=batch))})
+    return outputs
+
+
+def collate(outputs):
+    from nnunetv2.utilities.collate_outputs import collate_outputs
+    return collate_outputs(outputs)
+
+
+def summary(outputs):
+    collated = collate(outputs)
+    scores = validation_classification(collated, CLASSES)
+    return {**epoch_means(collated, ["seg_loss", "cls_loss"]),
+            **{k: scores[k] for k in ("auc", "macro_f1", "balanced_accuracy", "num_cases")}}
+
+
+def _rank(rank, world, init_file, queue):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        outputs = epoch_outputs()
+        half = outputs[rank::world]  # nnU-Net's ranks draw their own batches
+        queue.put((rank, summary(half)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_give_the_numbers_of_one_process(tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    single = summary(epoch_outputs()[0::2] + epoch_outputs()[1::2])
+    for rank in range(2):
+        assert results[rank]["num_cases"] == 18
+        for key, value in single.items():
+            assert results[rank][key] == pytest.approx(value, rel=1e-12), key
+    # and one rank alone would have given other numbers: the reduction is what makes them equal
+    assert summary(epoch_outputs()[0::2])["auc"] != pytest.approx(single["auc"])
