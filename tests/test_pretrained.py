@@ -72,3 +72,36 @@ def test_pretrained_command(tmp_path, monkeypatch, capsys):
     assert weights["cls_head.classifier.weight"].shape == (2, 128)
     assert "-pretrained_weights" in capsys.readouterr().out
     assert main(["pretrained", "-i", str(source), "-o", str(out), "-d", "777"]) != 0  # exists, no --overwrite
+
+
+def test_a_head_reading_every_encoder_stage_is_added_too(tmp_path):
+    """`pretrained` builds whatever head the trainer declares, from the encoder widths it reads off the checkpoint."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from nnunet_mtl.cli.pretrained import encoder_channels
+    from nnunet_mtl.seams import Head, HeadConfig, register_head
+
+    @dataclass(kw_only=True)
+    class StagesConfig(HeadConfig):
+        kind: ClassVar[str] = "test_all_stages"
+
+    @register_head
+    class StagesHead(Head):
+        config_class = StagesConfig
+
+        def __init__(self, encoder_channels, config):
+            super().__init__(encoder_channels, config)
+            self.classifier = torch.nn.Linear(sum(encoder_channels), config.num_classes)
+
+        def forward(self, skips):
+            return {"logits": self.classifier(torch.cat([s.flatten(2).mean(-1) for s in skips], 1))}
+
+    source, unet = plain_checkpoint(tmp_path)
+    assert encoder_channels(unet.state_dict(), source) == list(unet.encoder.output_channels) == [8, 16, 32, 32]
+    out = tmp_path / "with_stages_head.pth"
+    config = StagesConfig(num_classes=2)
+    assert add_head_to_checkpoint(source, out, config) == 2
+    net = MultitaskUNet(make_unet(), config)
+    load_pretrained_weights(net, str(out))
+    assert net.head.classifier.in_features == 88

@@ -407,3 +407,46 @@ def test_stages_tile_the_epochs_or_say_why():
                             ([Stage("a"), Stage("a")], "must differ")]:
         with pytest.raises(ValueError, match=message):
             resolve_stages(stages, 10)
+
+
+def _copy_many(source: str, target: str, n: int) -> None:
+    from nnunet_mtl.dataset.case_table import copy_if_changed
+    for _ in range(n):
+        copy_if_changed(Path(source), Path(target))
+        Path(target).unlink(missing_ok=True)  # force a real copy every time
+
+
+def test_cases_csv_copies_never_show_a_half_written_file(tmp_path):
+    """Two folds started at once copy cases.csv beside the preprocessed data: a reader sees one whole file or none."""
+    import multiprocessing as mp
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("case_id,split,class,patient_id\n" + "x,train,benign,p\n" * 20000)
+    b.write_text("case_id,split,class,patient_id\n" + "y,train,malignant,q\n" * 20000)
+    target = tmp_path / "pre" / "cases.csv"
+    target.parent.mkdir()
+    ctx = mp.get_context("fork")
+    writers = [ctx.Process(target=_copy_many, args=(str(src), str(target), 60)) for src in (a, b)]
+    for w in writers:
+        w.start()
+    whole = {a.read_bytes(), b.read_bytes()}
+    seen = 0
+    while any(w.is_alive() for w in writers):
+        try:
+            data = target.read_bytes()
+        except FileNotFoundError:
+            continue
+        assert data in whole
+        seen += 1
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert seen > 0 and not list(target.parent.glob(".cases.csv.*"))  # no temporary file left behind
+
+
+def test_methods_and_seams_import_nothing_of_nnunet():
+    """The losses are pure functions: the methods, the seams and the case table load without nnunetv2."""
+    code = ("import sys, nnunet_mtl.methods, nnunet_mtl.seams, nnunet_mtl.dataset.case_table; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'dynamic_network_architectures', "
+            "'batchgenerators', 'batchgeneratorsv2')); print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
