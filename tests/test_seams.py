@@ -215,25 +215,62 @@ def test_a_head_owned_loss_module_is_saved_resumed_and_free_of_weight_decay(nnun
         assert torch.equal(state[key], weights[key])
 
 
-def test_a_new_backward_rule_gives_the_weighted_sum_gradients():
+def small_net():
     from tests.test_network import make_unet
     from nnunet_mtl.methods.multitask import BottleneckMLPConfig
     from nnunet_mtl.networks.multitask_unet import MultitaskUNet
+    torch.manual_seed(0)
+    return MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0)).double()
+
+
+def jacobian_sum(network):
+    """TorchJD's mtl_backward + jac_to_grad with its Sum aggregator, written out: every task's gradient at the
+    features (one row of the Jacobian), their sum back-propagated into the shared parameters; the task-specific
+    parameters get the tasks' plain gradients."""
+    def aggregate(losses, features, shared):
+        rows = [torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True) for loss in losses]
+        shared_ids = {id(p) for p in shared}
+        specific = [p for p in network.parameters() if id(p) not in shared_ids and p.requires_grad]
+        torch.autograd.backward(sum(losses), inputs=specific, retain_graph=True)
+        summed = [sum(r[k] for r in rows if r[k] is not None) for k in range(len(features))]
+        pairs = [(f, g) for f, g in zip(features, summed) if not isinstance(g, int)]
+        torch.autograd.backward([f for f, _ in pairs], grad_tensors=[g for _, g in pairs], inputs=shared)
+    return aggregate
+
+
+def test_a_new_backward_rule_gives_the_weighted_sum_gradients():
+    data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    weights = {"seg": 1.0, "cls": 0.5, "area": 0.1}
     grads = []
-    for rule in (WeightedSum(), PerTaskBackward(), GradientAggregation(aggregate=summed, label="sum")):
-        torch.manual_seed(0)
-        net = MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0)).double()
-        data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        result = rule(net, data, toy_losses, {"seg": 1.0, "cls": 0.5, "area": 0.1}, tasks=("seg", "cls"))
+    for make_rule in (WeightedSum, PerTaskBackward, lambda: None):
+        net = small_net()
+        rule = make_rule() or GradientAggregation(aggregate=jacobian_sum(net), label="sum")
+        result = rule(net, data, toy_losses, weights, tasks=("seg", "cls"))
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
         assert set(result.losses) == {"seg", "cls", "area"}
     for other in grads[1:]:
         assert torch.allclose(other, grads[0], rtol=1e-10, atol=1e-14)
+    # the aliases the decoder and head read make the features a cut: with the encoder's own outputs as features,
+    # the paths through the later encoder stages would be counted again
+    net = small_net()
+    outputs = net(data, return_aux=True)  # no feature_cut
+    losses = toy_losses(outputs)
+    (0.1 * losses["area"]).backward(retain_graph=True)
+    jacobian_sum(net)([losses["seg"], 0.5 * losses["cls"]], list(outputs["skips"]),
+                      list(net.encoder.parameters()))
+    wrong = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+    assert not torch.allclose(wrong, grads[0], rtol=1e-6)
 
 
-def summed(losses, features, shared):
-    """TorchJD's Sum aggregator written out: the plain sum of the task losses' gradients."""
-    sum(losses).backward()
+def test_gradient_aggregation_falls_back_on_non_finite_losses():
+    net = small_net()
+    called = []
+    rule = GradientAggregation(aggregate=lambda *args: called.append(args))
+    data = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+    rule(net, data, lambda out: {"seg": toy_losses(out)["seg"] * float("inf"), "cls": toy_losses(out)["cls"]},
+         {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
+    assert not called  # the weighted sum's inf gradients make AMP's grad scaler skip the step
+    assert any(not torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
 def toy_losses(outputs):
@@ -409,11 +446,10 @@ def test_stages_tile_the_epochs_or_say_why():
             resolve_stages(stages, 10)
 
 
-def _copy_many(source: str, target: str, n: int) -> None:
+def _copy_many(sources: list, target: str, n: int) -> None:
     from nnunet_mtl.dataset.case_table import copy_if_changed
-    for _ in range(n):
-        copy_if_changed(Path(source), Path(target))
-        Path(target).unlink(missing_ok=True)  # force a real copy every time
+    for i in range(n):  # alternate the contents, so that every call really copies
+        copy_if_changed(Path(sources[i % 2]), Path(target))
 
 
 def test_cases_csv_copies_never_show_a_half_written_file(tmp_path):
@@ -425,7 +461,8 @@ def test_cases_csv_copies_never_show_a_half_written_file(tmp_path):
     target = tmp_path / "pre" / "cases.csv"
     target.parent.mkdir()
     ctx = mp.get_context("fork")
-    writers = [ctx.Process(target=_copy_many, args=(str(src), str(target), 60)) for src in (a, b)]
+    writers = [ctx.Process(target=_copy_many, args=(order, str(target), 80)) for order in ([str(a), str(b)],
+                                                                                          [str(b), str(a)])]
     for w in writers:
         w.start()
     whole = {a.read_bytes(), b.read_bytes()}
@@ -450,3 +487,98 @@ def test_methods_and_seams_import_nothing_of_nnunet():
             "'batchgenerators', 'batchgeneratorsv2')); print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_head_module_imported_again_registers_again():
+    """nnU-Net's lookup drops the modules of an nnUNet_extTrainer folder after each lookup and imports them anew
+    at the next (predict --per-fold looks up once per fold): the same class again is no conflict."""
+    from nnunet_mtl.seams.heads import HEADS
+    source = ("from dataclasses import dataclass\nfrom typing import ClassVar\n"
+              "from nnunet_mtl.seams import Head, HeadConfig, register_head\n"
+              "@dataclass(kw_only=True)\nclass C(HeadConfig):\n    kind: ClassVar[str] = 'test_reimported'\n"
+              "@register_head\nclass H(Head):\n    config_class = C\n")
+    import types
+
+    def import_module(name):  # what importing a fresh copy of a module does
+        module = types.ModuleType(name)
+        sys.modules[name] = module
+        try:
+            exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+        finally:
+            del sys.modules[name]
+
+    import_module("user_trainers")
+    import_module("user_trainers")
+    first = HEADS["test_reimported"]
+    with pytest.raises(ValueError, match="registered twice"):
+        import_module("other_module")
+    assert HEADS["test_reimported"] is first
+
+
+def test_partially_annotated_cases_are_refused_unless_a_term_handles_them(nnunet_env):
+    import pandas as pd
+    from nnunet_mtl.dataset.case_table import CaseTable
+    trainer = make_trainer(nnunet_env, nnUNetTrainerMTL_tiny)
+    trainer.do_split()
+    frame = pd.DataFrame({"case_id": trainer.cases.keys(), "split": "train",
+                          "class": [trainer.class_names[c] for c in trainer.cases.values("class", trainer.cases.keys())],
+                          "patient_id": trainer.cases.values("patient_id", trainer.cases.keys())})
+    frame["mask"] = "full"
+    frame.loc[frame["case_id"] == trainer._train_keys[0], "mask"] = "box"
+    trainer.cases = CaseTable(frame, trainer.class_labels)
+    with pytest.raises(SystemExit, match=f"1 training case.*{trainer._train_keys[0]}: 'box'"):
+        trainer._check_mask_annotation()
+    trainer.terms.append(type("Partial", (MaskArea,), {"partial_masks": True})())
+    trainer._check_mask_annotation()  # a term that knows partial masks: accepted
+
+
+def test_a_rule_taking_encoder_gradients_refuses_a_stage_freezing_the_encoder(nnunet_env):
+    from nnunet_mtl.trainers import nnUNetTrainerRLAR_tiny
+
+    class FrozenEncoder(nnUNetTrainerRLAR_tiny):
+        stages = (Stage("head", epochs=1, trainable=("decoder", "head")), Stage("all"))
+
+    trainer = make_trainer(nnunet_env, FrozenEncoder)
+    trainer.initialize()
+    with pytest.raises(SystemExit, match="stage 'head' freezes part of the encoder.*RLAR"):
+        trainer._check_stages_against_rule(trainer._stage_plan())
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_in_step():
+    from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
+    logger = MultitaskLocalLogger(term_names=("seg", "cls"))
+    old = {k: [0.5, 0.4, 0.3] for k in ("train_losses", "val_losses", "train_seg_losses", "train_cls_losses",
+                                        "val_cls_losses", "mean_fg_dice", "ema_fg_dice", "lrs",
+                                        "epoch_start_timestamps", "epoch_end_timestamps", "val_auc", "val_macro_f1",
+                                        "val_balanced_accuracy", "mtl_score", "ema_mtl_score")}
+    old["dice_per_class_or_region"] = [[0.5]] * 3
+    logger.load_checkpoint(old)
+    log = logger.my_fantastic_logging
+    assert log["stage"] == [0, 0, 0] and len(log["val_seg_losses"]) == 3 and np.isnan(log["val_seg_losses"]).all()
+    logger.log("stage", 0, 3)
+    assert len(log["stage"]) == 4
+
+
+def test_pretrained_finds_a_users_trainer_in_an_ext_folder(tmp_path, monkeypatch):
+    from nnunet_mtl.cli.pretrained import head_config_for
+    from nnunet_mtl.paths import ext_trainer_dir
+    (tmp_path / "my_trainers.py").write_text(
+        "from nnunet_mtl.trainers import nnUNetTrainerMTL\n"
+        "from nnunet_mtl.methods.multitask import BottleneckMLPConfig\n"
+        "class nnUNetTrainerMine(nnUNetTrainerMTL):\n    head = BottleneckMLPConfig(embed_dim=32)\n")
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([str(ext_trainer_dir()), str(tmp_path)]))
+    assert head_config_for("nnUNetTrainerMine", {"a": 0, "b": 1}).embed_dim == 32
+
+
+def test_the_decoder_part_is_the_decoder_without_its_encoder_reference():
+    """nnU-Net's decoder holds the encoder (decoder.encoder.* in the state_dict): freezing the decoder must not
+    freeze the encoder, and the three parts cover every parameter once."""
+    net = small_net()
+    encoder = {id(p) for p in net.part_parameters("encoder")}
+    decoder = {id(p) for p in net.part_parameters("decoder")}
+    head = {id(p) for p in net.part_parameters("head")}
+    assert decoder and not encoder & decoder and not head & (encoder | decoder)
+    assert encoder | decoder | head == {id(p) for p in net.parameters()}
+    assert len(net.part_parameters("head.classifier")) == 2
+    with pytest.raises(KeyError, match="no part 'neck'"):
+        net.part("neck")

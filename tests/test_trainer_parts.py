@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from nnunet_mtl.methods.multitask import class_weights_from_counts
 from nnunet_mtl.trainers.mtl import validation_classification
 
 
@@ -10,18 +9,6 @@ def classification_scores(y, probs, num_classes):
     """The per-epoch validation metrics, as the trainer computes them from its collated validation outputs."""
     return validation_classification({"cls_probs": list(probs), "cls_target": list(y)},
                                      [f"class{i}" for i in range(num_classes)])
-
-
-def test_balanced_class_weights():
-    w = class_weights_from_counts(np.array([60, 30, 10]))
-    assert np.allclose(w, [100 / 180, 100 / 90, 100 / 30])
-    # weighted counts are equal: every class contributes the same total weight
-    assert np.allclose(w * [60, 30, 10], 100 / 3)
-
-
-def test_absent_class_gets_finite_weight():
-    w = class_weights_from_counts(np.array([5, 0, 5]))
-    assert np.all(np.isfinite(w)) and w[1] == 1.0 and np.allclose(w[[0, 2]], 10 / 15)
 
 
 def test_classification_scores_binary_and_multiclass():

@@ -22,7 +22,7 @@ DEFAULT_TRAINER = "nnUNetTrainerMTL_demo"
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "demo", help="run the whole pipeline on a synthetic ultrasound phantom (about 10 minutes on 2 CPU cores)",
+        "demo", help="run the whole pipeline on a synthetic ultrasound phantom (about 8 minutes on 2 CPU cores)",
         description="Generates a synthetic ultrasound dataset, plans and preprocesses it with nnU-Net, trains the "
                     "multitask trainer on a short schedule, predicts the held-out test split and evaluates it.")
     p.add_argument("--workdir", default="nnunet_mtl_demo", help="folder for all demo data (default ./nnunet_mtl_demo)")

@@ -33,12 +33,25 @@ def register(subparsers):
 
 
 def head_config_for(trainer_name: str, class_labels: dict):
-    """The head config the trainer will write into the plans."""
-    from nnunet_mtl.trainers import TRAINERS
-    if trainer_name not in TRAINERS:
+    """The head config the trainer will write into the plans. Ours by name; any other through nnU-Net's own lookup
+    (the folders of nnUNet_extTrainer), so that a user's trainer is found as nnUNetv2_train finds it."""
+    from nnunet_mtl.trainers import TRAINERS, nnUNetTrainerMTL
+    cls = TRAINERS.get(trainer_name)
+    if cls is None:
+        import os
+
+        from nnunet_mtl.paths import env_with_ext_trainer
+        os.environ.update(env_with_ext_trainer())
+        try:
+            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+            cls = recursive_find_trainer_class_by_name(trainer_name)
+        except RuntimeError:
+            cls = None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, nnUNetTrainerMTL)):
         raise NnunetMtlError(f"trainer {trainer_name!r} is not an nnunet_mtl trainer; expected one of "
-                             f"{', '.join(sorted(TRAINERS))}")
-    return TRAINERS[trainer_name].head_config(len(class_labels))
+                             f"{', '.join(sorted(TRAINERS))} or a subclass of nnUNetTrainerMTL in a folder of "
+                             f"nnUNet_extTrainer")
+    return cls.head_config(len(class_labels))
 
 
 def encoder_channels(weights: dict, source) -> list[int]:

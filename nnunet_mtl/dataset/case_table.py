@@ -1,10 +1,11 @@
 """Seam 4, per-case data: one table of the training cases, looked up by nnU-Net's case keys (``batch['keys']``).
 
 Built on the raw dataset contract (``cases.csv``, read and checked by :func:`~nnunet_mtl.dataset.contract.read_cases_csv`)
-and gives per-batch tensors by column:
+and gives per-batch tensors of its numeric columns (:meth:`CaseTable.tensor`) and values of any column
+(:meth:`CaseTable.values`):
 
 - ``class``: the class index (``class_labels`` of dataset.json);
-- ``patient_id``: text;
+- ``patient_id``: text (values only);
 - ``mask``: how the case's mask is annotated, as an index into :data:`MASK_KINDS` (``full``, ``box``, ``none``;
   the optional ``cases.csv`` column ``mask``, missing = ``full``);
 - ``has_lesion``: 1 / 0 whether the image shows a lesion, -1 when unknown (an unannotated image). Read on first use
@@ -93,6 +94,8 @@ class CaseTable:
     def tensor(self, name: str, keys: Sequence[str], device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The column for ``keys`` as one tensor (scalars -> (B,), arrays of shape S -> (B, *S))."""
         values = self.values(name, keys)
+        if values and isinstance(values[0], str):
+            raise TypeError(f"column {name!r} is text; use values({name!r}, keys) (or Batch.values) instead of a tensor")
         if values and isinstance(values[0], np.ndarray):
             array = np.stack(values)
         else:

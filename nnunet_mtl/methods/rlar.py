@@ -3,12 +3,13 @@
 For each task loss L_t (t in {seg, cls, clin}) take its gradient at the shared representation z (the bottleneck by
 default), flatten it per sample, and penalize the alignment of every pair of tasks:
 
-- Eq. 4: f_t^(i) = the per-sample gradient dL_t/dz of sample i, normalized to an epsilon-length direction; a
-  cosine does not change under positive scaling, so the normalization drops out and the penalty is computed on
-  the gradients directly;
-- Eq. 5: c_tt'^(i) = |cos(f_t^(i), f_t'^(i))|;
-- Eq. 6: P = mean over samples of the mean over task pairs of c_tt'^(i);
-- Eq. 7: total = w_seg L_seg + w_cls L_cls + w_clin L_clin + lambda_adv P, lambda_adv = 0.1 (P lies in [0, 1]).
+- Eq. 4: delta_t = epsilon grad_z L_t / (||grad_z L_t|| + epsilon), the task's gradient at z normalized to an
+  epsilon-length direction; f_t^(i) is sample i's part of it, flattened. A cosine does not change under positive
+  scaling, so the normalization drops out and the penalty is computed on the gradients directly;
+- Eq. 5: sim_tt'^(i) = cos(f_t^(i), f_t'^(i));
+- Eq. 6: L_RLAR = lambda_adv * P, P = mean over samples of the mean over task pairs of |sim_tt'^(i)|;
+  lambda_adv = 0.1 (P lies in [0, 1]);
+- Eq. 7: total = w_seg L_seg + w_cls L_cls + w_clin L_clin + L_RLAR.
 
 Choice (Eq. 6 is ambiguous, docs/clinical_guidance_rlar.md): its sum runs over t != t' with the factor
 2 / (|T| (|T| - 1)); we read it as the mean over the |T| (|T| - 1) / 2 unordered pairs, each pair once. The tasks
@@ -154,7 +155,7 @@ def rlar_backward(network, data: torch.Tensor, task_losses: Callable[[dict], dic
 
     network: a :class:`~nnunet_mtl.networks.multitask_unet.MultitaskUNet`; task_losses(output) -> {term: unweighted
     loss}; task_weights: {term: w_t}; tasks: the terms whose gradients the penalty compares (default: every term
-    with w_t > 0; the others are only added to the total); layers: encoder stage indices whose outputs are z (the
+    with w_t > 0; the others with w_t > 0 are only added to the total, terms with w_t = 0 not at all); layers: encoder stage indices whose outputs are z (the
     penalty is the mean over them); autocast: a context-manager factory for the forward pass (AMP), or None; fast:
     write out the segmentation gradient (None: whenever :func:`written_out_seg_gradient` allows; False: autograd).
     Returns the unweighted losses and P (without lambda_adv), detached.
@@ -187,6 +188,7 @@ class RLAR(BackwardRule):
     name: ClassVar[str] = "RLAR"
     compiles: ClassVar[bool] = False       # torch.compile cannot differentiate twice
     supports_ddp: ClassVar[bool] = False   # DDP's hooks do not support the double backward
+    needs_encoder_gradient: ClassVar[bool] = True  # the gradients at z
     logged: ClassVar[tuple[str, ...]] = ("rlar_penalty",)
 
     layer: str = "bottleneck"

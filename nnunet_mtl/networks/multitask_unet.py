@@ -5,7 +5,8 @@ Why this shape:
   nnU-Net's own network, so nnU-Net's predictor (sliding window, test-time mirroring) works unchanged.
 - ``forward(x, return_aux=True)`` returns a dict: ``seg``, ``skips`` (every encoder stage's output, the bottleneck
   last) and everything the head returns (at least ``logits``; the bottleneck MLP head also ``embedding``). One
-  encoder pass serves all tasks. With ``record_decoder=True`` the decoder pass also records what RLAR's
+  encoder pass serves all tasks. ``feature_cut=True`` returns as ``skips`` the aliases that the decoder and the
+  head read (see forward). With ``record_decoder=True`` the decoder pass also records what RLAR's
   hand-written gradient needs (``nnunet_mtl.autodiff``); the values are the same.
 - ``encoder`` / ``decoder`` are registered under the same names as in nnU-Net's U-Nets, so their state_dict keys
   match a plain nnU-Net checkpoint (a pretrained nnU-Net loads as is), and nnU-Net's
@@ -43,8 +44,15 @@ class MultitaskUNet(nn.Module):
     def head(self) -> Head:
         return getattr(self, HEAD_ATTRIBUTE)
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False, record_decoder: bool = False):
+    def forward(self, x: torch.Tensor, return_aux: bool = False, record_decoder: bool = False,
+                feature_cut: bool = False):
         skips = self.encoder(x)
+        if feature_cut:
+            # the decoder and the head read aliases of the encoder's outputs: gradients at them are the partial
+            # derivatives through the direct paths only (each output also feeds the next encoder stage), so they
+            # form a cut of the graph through which every parameter gradient passes exactly once (gradient
+            # aggregation at "every encoder output"; the values are unchanged)
+            skips = [s.view_as(s) for s in skips]
         if record_decoder:  # the same decoder pass, recording what RLAR's hand-written seg gradient needs
             from nnunet_mtl.autodiff import decoder_forward
             seg, records = decoder_forward(self.decoder, skips)
@@ -71,6 +79,15 @@ class MultitaskUNet(nn.Module):
         except AttributeError:
             raise KeyError(f"the network has no part {name!r}; expected encoder, decoder, head or a submodule path "
                            f"such as head.{next(iter(dict(self.head.named_children())), 'classifier')}") from None
+
+    def part_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters of a part. nnU-Net's decoder keeps a reference to the encoder (its state_dict has
+        ``decoder.encoder.*`` keys): the decoder's own parameters are those that are not the encoder's."""
+        params = list(self.part(name).parameters())
+        if name.split(".")[0] != "encoder":
+            encoder = {id(p) for p in self.encoder.parameters()}
+            params = [p for p in params if id(p) not in encoder]
+        return params
 
     def classifier_keys(self) -> tuple[str, str] | None:
         """state_dict keys (weight, bias) of the head's final linear classifier on its embedding, or None."""

@@ -13,8 +13,9 @@ A rule is a dataclass instance declared on a trainer (``backward = WeightedSum()
   trainer's network as nnU-Net holds it (possibly DDP- or compile-wrapped; :func:`unwrap` gives the module);
 - optional ``setup(network, log)`` once the network is built, ``check(weights, tasks)`` (raise ValueError when
   the rule cannot work with these weights), ``describe(weights, tasks)`` (one line for the training log);
-- class flags ``compiles`` (torch.compile may be used), ``supports_ddp`` (multi-GPU), ``logged`` (names of the
-  values of :attr:`StepResult.extras`, logged as ``train_<name>``).
+- class flags ``compiles`` (torch.compile may be used), ``supports_ddp`` (multi-GPU), ``needs_encoder_gradient``
+  (gradients at the encoder's outputs: a stage may not freeze the encoder), ``logged`` (names of the values of
+  :attr:`StepResult.extras`, logged as ``train_<name>``).
 
 Implemented: :class:`WeightedSum` (nnU-Net's step for the weighted total), :class:`GradientAggregation` (the slot
 for gradient-aggregation baselines such as TorchJD's ``mtl_backward`` + an aggregator), and RLAR
@@ -56,6 +57,7 @@ class BackwardRule:
     name: ClassVar[str] = ""
     compiles: ClassVar[bool] = True
     supports_ddp: ClassVar[bool] = True
+    needs_encoder_gradient: ClassVar[bool] = False  # True: stages may not freeze the encoder (gradients at z)
     logged: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
@@ -95,16 +97,28 @@ class WeightedSum(BackwardRule):
 class GradientAggregation(BackwardRule):
     """The slot for gradient-aggregation baselines.
 
-    One forward pass; the weighted task losses (terms with ``task``; scaled for AMP, outside autocast) and the
-    shared features (every encoder output that the decoder and the head read, not only the bottleneck, so that no
-    skip connection's gradient is lost) go to ``aggregate(losses, features, shared_parameters)``, which must add
-    to ``.grad`` of every parameter: the aggregated gradient for the shared (encoder) parameters and each task's
-    plain gradient for the task-specific ones. TorchJD's ``mtl_backward(losses, features)`` followed by
-    ``jac_to_grad(shared_parameters, aggregator)`` is such a function. Regularizer terms (``task`` False) are not
-    aggregated: their gradient is added as is.
+    One forward pass; then ``aggregate(losses, features, shared_parameters)`` with
+    - ``losses``: the weighted task losses (terms with ``task`` and a positive weight), scaled for AMP: each is
+      ``scale`` times the loss, so a degree-1 homogeneous aggregator (a sum, UPGrad, PCGrad, MGDA) returns ``scale``
+      times its aggregate, as the optimizer step expects; one that is not (Nash-MTL) must divide by the scale first;
+    - ``features``: every encoder output that the decoder and the head read, as a cut of the graph (the network's
+      ``feature_cut``: each output also feeds the next encoder stage, and only the aliases the decoder and the head
+      read make the gradients at the features partial derivatives through which every parameter's gradient passes
+      exactly once), so that no skip connection's gradient is lost and none is counted twice;
+    - ``shared_parameters``: the encoder's trainable parameters.
+    ``aggregate`` must add to ``.grad`` of every parameter: the aggregated gradient for the shared parameters and
+    the tasks' plain gradients for the task-specific ones (decoder, head). TorchJD's ``mtl_backward(losses,
+    features)`` followed by ``jac_to_grad(shared_parameters, aggregator)`` is such a function. Regularizer terms
+    (``task`` False) are not aggregated: their plain gradient is added. A step whose losses are not finite (AMP's
+    first steps overflow) falls back to the weighted sum, whose inf/NaN gradients make the grad scaler skip it and
+    lower its scale, as in nnU-Net's own step. No torch.compile (an aggregator may take per-task Jacobians), no
+    multi-GPU (DDP averages only what ``backward`` produces, not gradients an aggregator writes).
     """
 
     name: ClassVar[str] = "gradient aggregation"
+    compiles: ClassVar[bool] = False
+    supports_ddp: ClassVar[bool] = False
+    needs_encoder_gradient: ClassVar[bool] = True
     aggregate: Callable[[list, list, list], None] | None = None
     label: str = ""
 
@@ -121,14 +135,16 @@ class GradientAggregation(BackwardRule):
     def __call__(self, network, data, compute_losses, weights, *, tasks=(), scale=identity,
                  autocast=no_autocast) -> StepResult:
         with autocast():
-            outputs = network(data, return_aux=True)
+            outputs = network(data, return_aux=True, feature_cut=True)
             losses = compute_losses(outputs)
         total = weighted_total(losses, weights)
+        if not all(bool(torch.isfinite(v).all()) for v in losses.values()):
+            scale(total).backward()
+            return StepResult({k: v.detach() for k, v in losses.items()}, total.detach())
         task_losses = [scale(weights[t] * losses[t]) for t in losses if t in tasks and weights[t] > 0]
         others = [weights[t] * losses[t] for t in losses if t not in tasks]
         if others:  # regularizers: plain gradients, accumulated before the aggregation frees the graph
             scale(sum(others)).backward(retain_graph=True)
-        features = list(outputs["skips"])
         shared = [p for p in unwrap(network).encoder.parameters() if p.requires_grad]
-        self.aggregate(task_losses, features, shared)
+        self.aggregate(task_losses, list(outputs["skips"]), shared)
         return StepResult({k: v.detach() for k, v in losses.items()}, total.detach())

@@ -95,23 +95,29 @@ class Head(nn.Module):
                 for p in m.parameters()]
 
 
+def _register(registry: dict, kind: str, cls: type, what: str) -> None:
+    old = registry.get(kind)
+    # the same class imported again is no conflict: nnU-Net's trainer lookup drops the modules of an
+    # nnUNet_extTrainer folder from sys.modules after each lookup, and the next lookup imports them anew
+    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"{what} kind {kind!r} is registered twice ({old.__module__}.{old.__qualname__}, "
+                         f"{cls.__module__}.{cls.__qualname__})")
+    registry[kind] = cls
+
+
 def register_head(cls: type[Head]) -> type[Head]:
     """Class decorator: make a head kind buildable from the plans."""
     kind = cls.config_class.kind
     if not kind:
         raise ValueError(f"{cls.__name__}.config_class has no kind")
-    if kind in HEADS and HEADS[kind] is not cls:
-        raise ValueError(f"head kind {kind!r} is registered twice ({HEADS[kind].__name__}, {cls.__name__})")
-    HEADS[kind] = cls
+    _register(HEADS, kind, cls, "head")
     return cls
 
 
 def register_loss_module(kind: str):
     """Class decorator: make an ``nn.Module`` buildable as a head-owned loss module ``{"kind": kind, ...}``."""
     def decorate(cls):
-        if kind in LOSS_MODULES and LOSS_MODULES[kind] is not cls:
-            raise ValueError(f"loss module kind {kind!r} is registered twice")
-        LOSS_MODULES[kind] = cls
+        _register(LOSS_MODULES, kind, cls, "loss module")
         return cls
     return decorate
 

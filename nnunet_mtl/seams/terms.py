@@ -63,8 +63,12 @@ class Batch:
     network: nn.Module | None = None     # the bare network (its head's loss modules)
 
     def case(self, column: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The case table's ``column`` for this batch's cases, in batch order, on the data's device."""
+        """The case table's numeric ``column`` for this batch's cases, in batch order, on the data's device."""
         return self.cases.tensor(column, self.keys, device=self.data.device, dtype=dtype)
+
+    def values(self, column: str) -> list:
+        """Any column (text too, e.g. ``patient_id``) for this batch's cases, in batch order."""
+        return self.cases.values(column, self.keys)
 
     @property
     def seg_target(self) -> torch.Tensor:
@@ -72,7 +76,9 @@ class Batch:
         return self.target[0] if isinstance(self.target, (list, tuple)) else self.target
 
     def loss_module(self, name: str) -> nn.Module:
-        """A loss module owned by the network's head (declared by a term's ``loss_modules``)."""
+        """A loss module owned by the network's head (declared by a term's ``loss_modules``). Under multi-GPU
+        training DDP copies rank 0's buffers to the other ranks at every forward pass: a term that updates running
+        statistics must all-reduce them itself (or its trainer must refuse DDP)."""
         modules = self.network.head.loss_modules
         if name not in modules:
             raise KeyError(f"the head owns no loss module {name!r} (it has: {', '.join(modules) or 'none'})")
@@ -82,6 +88,9 @@ class Batch:
 class LossTerm:
     name: ClassVar[str] = ""
     task: ClassVar[bool] = True
+    # True: the term knows cases whose mask is a box or missing (cases.csv column mask); without such a term the
+    # trainer refuses them (they would be trained as full outlines or as lesion-free images)
+    partial_masks: ClassVar[bool] = False
 
     def validate(self) -> None:
         """When the trainer is created: raise ValueError (or NnunetMtlError) for a setting that cannot work."""
@@ -111,8 +120,8 @@ def compute_losses(terms: Sequence[LossTerm], outputs: dict, batch: Batch) -> di
 
 
 def weighted_total(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
-    """sum_t w_t L_t, in the order of ``losses`` (a term with weight 0 still contributes 0 * L_t, so that its
-    parameters get a (zero) gradient, which multi-GPU training expects of every parameter)."""
+    """sum_t w_t L_t, in the order of ``losses`` (a term with weight 0 still contributes 0 * L_t, so that under the
+    weighted-sum rule its parameters get a (zero) gradient, which multi-GPU training expects of every parameter)."""
     return sum(weights[name] * loss for name, loss in losses.items())
 
 

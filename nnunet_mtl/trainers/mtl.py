@@ -251,7 +251,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def do_split(self):
         self._load_case_table()
         if self.dataset_class is None:
-            from nnunetv2.training.dataloading.utils import infer_dataset_class
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         identifiers = sorted(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
         missing = [i for i in identifiers if i not in self.cases]
@@ -299,8 +299,12 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
-        if self.fixed_batch_size is not None and not self.is_ddp:
-            self.batch_size = int(self.fixed_batch_size)
+        if self.fixed_batch_size is not None:
+            if self.is_ddp:  # nnU-Net has split its planned batch over the ranks; that split is kept
+                self.print_to_log_file(f"fixed_batch_size {self.fixed_batch_size} is not applied under multi-GPU "
+                                       f"training: nnU-Net's per-rank batch size {self.batch_size} is used")
+            else:
+                self.batch_size = int(self.fixed_batch_size)
 
     # ------------------------------------------------------------------ network, optimizer, stages
     def _stage_plan(self):
@@ -321,8 +325,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                  f"DDP fixes the trainable parameters when it wraps the network; train on one GPU")
 
     def initialize(self):
-        if self.is_ddp:
-            self._refuse_unsupported_ddp()
+        # no DDP refusal here: validation-only runs (--val, -num_gpus > 1) initialize too, and they work
         super().initialize()
         try:
             self.backward_rule.setup(self.network, self.print_to_log_file)
@@ -360,19 +363,25 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self._frozen_modules = []
             return
         try:
-            keep = {id(p) for name in trainable for p in network.part(name).parameters()}
+            keep = {id(p) for name in trainable for p in network.part_parameters(name)}
         except KeyError as e:
             fail(f"{type(self).__name__}.stages: {e.args[0]}")
         for p in network.parameters():
             p.requires_grad_(id(p) in keep)
+        encoder = {id(p) for p in network.encoder.parameters()}
 
-        def frozen(module):
+        def frozen(name: str, module) -> bool:
             params = list(module.parameters())
+            if name.split(".")[0] != "encoder":  # the decoder's reference to the encoder is not the decoder's
+                params = [p for p in params if id(p) not in encoder]
             return bool(params) and not any(p.requires_grad for p in params)
 
+        def parent(name: str) -> str:
+            return name.rpartition(".")[0]
+
         # the largest fully frozen submodules: they run in eval mode (dropout off, batch-norm statistics kept)
-        self._frozen_modules = [m for name, m in network.named_modules()
-                                if frozen(m) and not (name and frozen(network.get_submodule(name.rpartition(".")[0])))]
+        self._frozen_modules = [m for name, m in network.named_modules() if name and frozen(name, m)
+                                and not (parent(name) and frozen(parent(name), network.get_submodule(parent(name))))]
 
     def _enter_stage(self, epoch: int) -> None:
         span = stage_at(self._stage_plan(), epoch)
@@ -416,10 +425,45 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             except ValueError as e:
                 fail(f"{type(self).__name__} ({span.stage.name!r}): {e}")
         super().on_train_start()
+        self._check_stages_against_rule(spans)
         self._load_case_table()
+        self._check_mask_annotation()
         self._setup_terms()
         self.print_to_log_file(self.describe_composition())
         self.print_to_log_file(self.backward_rule.describe(self.base_loss_weights, self.task_names))
+
+    def _check_stages_against_rule(self, spans) -> None:
+        """A rule that needs gradients at the encoder's outputs (RLAR, gradient aggregation) cannot train a stage
+        that freezes part of the encoder."""
+        if not self.backward_rule.needs_encoder_gradient:
+            return
+        network = unwrap(self.network)
+        encoder = {id(p) for p in network.encoder.parameters()}
+        for span in spans:
+            if span.stage.trainable is None:
+                continue
+            try:
+                kept = {id(p) for name in span.stage.trainable for p in network.part_parameters(name)}
+            except KeyError as e:
+                fail(f"{type(self).__name__}.stages: {e.args[0]}")
+            if not encoder <= kept:
+                fail(f"{type(self).__name__}: stage {span.stage.name!r} freezes part of the encoder, but its backward "
+                     f"rule ({self.backward_rule.name}) takes gradients at the encoder's outputs; expected the stage "
+                     f"to train the whole encoder")
+
+    def _check_mask_annotation(self) -> None:
+        """Cases whose mask is a box or missing (cases.csv column mask) would be trained as full outlines or as
+        lesion-free images, unless a term knows how to use them."""
+        if any(getattr(t, "partial_masks", False) for t in self.terms):
+            return
+        kinds = self.cases.column("mask")
+        partial = sorted(k for k in self._train_keys if kinds[k] != 0)
+        if partial:
+            from nnunet_mtl.dataset.contract import MASK_KINDS
+            fail(f"{len(partial)} training case(s) of {self.plans_manager.dataset_name} are not fully annotated "
+                 f"(cases.csv column mask, e.g. {partial[0]}: {MASK_KINDS[kinds[partial[0]]]!r}); "
+                 f"{type(self).__name__} would train them as full outlines or lesion-free images; expected mask "
+                 f"'full' for every training case, or a trainer whose terms handle partial masks")
 
     def _setup_terms(self) -> None:
         from nnunetv2.configuration import default_num_processes

@@ -34,9 +34,12 @@ class MultitaskLocalLogger(LocalLogger):
             self.my_fantastic_logging.setdefault(key, [])
 
     def load_checkpoint(self, checkpoint: dict):
-        # a checkpoint written before a key existed keeps working: missing keys start empty
-        for key, values in self.my_fantastic_logging.items():
-            checkpoint.setdefault(key, list(values))
+        # a checkpoint written before a key existed keeps working: its epochs get NaN for the new key (stage 0), so
+        # that every list stays one entry per epoch and the plot keeps the epochs before the resume
+        epochs = len(checkpoint.get("train_losses", []))
+        for key in self.my_fantastic_logging:
+            if key not in checkpoint:
+                checkpoint[key] = [0 if key == "stage" else float("nan")] * epochs
         self.my_fantastic_logging = checkpoint
 
     def plot_progress_png(self, output_folder):

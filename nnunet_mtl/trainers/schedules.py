@@ -5,8 +5,8 @@ from __future__ import annotations
 
 
 class DemoSchedule:
-    """CPU-friendly short schedule of ``nnunet_mtl demo`` on the synthetic phantom (docs/demo numbers in the README);
-    the phantom's validation AUC reaches 1.0 within 4 epochs and the pseudo Dice 0.9 within 5."""
+    """CPU-friendly short schedule of ``nnunet_mtl demo`` on the synthetic phantom (measured in the README): the
+    phantom's validation AUC reached 1.0 at the 4th epoch, the pseudo Dice 0.90 at the 2nd, and the demo took 8 min."""
     schedule = {"num_epochs": 10, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5, "save_every": 5}
 
 
