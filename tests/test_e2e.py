@@ -2,47 +2,25 @@
 nnUNetv2_train (tiny-schedule multitask trainer), nnUNetv2_predict, nnunet_mtl predict, nnunet_mtl evaluate."""
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from nnunet_mtl.paths import ext_trainer_dir
+from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
 DATASET = "501"
 TRAINER = "nnUNetTrainerMTL_tiny"
-
-
-def run(cmd, env, check=True):
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{cmd[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    env = dict(os.environ)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = str(root / var)
-        (root / var).mkdir()
-    env["nnUNet_extTrainer"] = str(ext_trainer_dir())
-    env["nnUNet_def_n_proc"] = "1"
-    env["nnUNet_n_proc_DA"] = "1"
-    run([str(BIN / "nnunet_mtl"), "convert", "synthetic", "-d", DATASET, "--num-patients", "12",
-         "--images-per-patient", "2", "--size", "64", "--seed", "3"], env)
-    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "2d", "-np", "1",
-         "--verify_dataset_integrity"], env)
+    env = nnunet_env(root)
+    raw = planned_phantom(env, DATASET)
     train = run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
-    raw = next((root / "nnUNet_raw").glob(f"Dataset{DATASET}_*"))
     model = next((root / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{TRAINER}__nnUNetPlans__2d"
     return {"root": root, "env": env, "raw": raw, "model": model, "train_log": train.stdout}
 

@@ -4,9 +4,6 @@ and one end-to-end run through the real commands (two folds of a tiny phantom)."
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from PIL import Image
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.cli.predict import check_per_fold_folds, parse_folds
 from nnunet_mtl.errors import NnunetMtlError
+from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run
 
 CLASSES = ["benign", "malignant"]
 
@@ -437,38 +435,18 @@ def test_a_plain_prediction_folder_is_evaluated_as_before(per_fold_folder, capsy
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-BIN = Path(sys.executable).parent
 DATASET = "502"
 TRAINER = "nnUNetTrainerMTL_tiny"
-
-
-def run(cmd, env):
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(f"{cmd[:2]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")
 def two_folds(tmp_path_factory):
     """A tiny phantom, planned, and folds 0 and 1 trained with the smoke-test schedule."""
-    from nnunet_mtl.paths import ext_trainer_dir
     root = tmp_path_factory.mktemp("per_fold_e2e")
-    env = dict(os.environ)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = str(root / var)
-        (root / var).mkdir()
-    env["nnUNet_extTrainer"] = str(ext_trainer_dir())
-    env["nnUNet_def_n_proc"] = "1"
-    env["nnUNet_n_proc_DA"] = "1"
-    run([str(BIN / "nnunet_mtl"), "convert", "synthetic", "-d", DATASET, "--num-patients", "12",
-         "--images-per-patient", "2", "--size", "64", "--seed", "3"], env)
-    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "2d", "-np", "1",
-         "--verify_dataset_integrity"], env)
+    env = nnunet_env(root)
+    raw = planned_phantom(env, DATASET)
     for fold in ("0", "1"):
         run([str(BIN / "nnUNetv2_train"), DATASET, "2d", fold, "-tr", TRAINER, "-device", "cpu"], env)
-    raw = next((root / "nnUNet_raw").glob(f"Dataset{DATASET}_*"))
     return {"root": root, "env": env, "raw": raw}
 
 

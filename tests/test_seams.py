@@ -21,8 +21,6 @@ from nnunet_mtl.seams import (Batch, GradientAggregation, Head, HeadConfig, Loss
 from nnunet_mtl.seams.terms import weighted_total
 from nnunet_mtl.trainers import nnUNetTrainerMTL, nnUNetTrainerMTL_tiny
 
-BIN = Path(sys.executable).parent
-
 
 # ------------------------------------------------------------------------------------------------ a new term
 class MaskArea(LossTerm):  # a regularizer: the mean soft lesion mask
@@ -123,16 +121,9 @@ class TrainerInStagesInterrupted(TrainerInStages):
 # ================================================================================================ fixtures
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
+    from tests.e2e_helpers import nnunet_env as environment, planned_phantom
     root = tmp_path_factory.mktemp("seams")
-    env = {**os.environ, "nnUNet_def_n_proc": "1"}
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = str(root / var)
-        (root / var).mkdir()
-    from dataset_conversion.synthetic import convert_synthetic
-    convert_synthetic(503, num_patients=12, images_per_patient=2, size=64, seed=5, raw_root=root / "nnUNet_raw",
-                      progress=False)
-    subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "503", "-c", "2d", "-np", "1"], env=env,
-                   check=True, capture_output=True)
+    planned_phantom(environment(root), "503", seed=5)
     return root
 
 

@@ -106,14 +106,11 @@ def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_c
 def run(args) -> int:
     if args.per_fold:
         return run_per_fold(args)
-    from nnunet_mtl.cli.predict import parse_folds, preflight
-    from nnunet_mtl.evaluation.evaluate import PER_FOLD_FILE
+    from nnunet_mtl.cli.predict import parse_folds, preflight, refuse_per_fold_folder
     from nnunet_mtl.evaluation.guidance_ablation import format_ablation_table
 
     output = Path(args.o)
-    if (output / PER_FOLD_FILE).is_file():
-        raise NnunetMtlError(f"{output} holds a per-fold run ({output / PER_FOLD_FILE}); writing into it without "
-                             f"--per-fold would mix the two layouts: expected --per-fold or another -o")
+    refuse_per_fold_folder(output, "writing")
     cases_csv = reference_cases_csv(args)
     checked = preflight(args, parse_folds(args.f))
     features, y_by_case = _reference(args, checked, cases_csv)

@@ -241,6 +241,14 @@ def start_per_fold_output(args, info: dict, file_ending: str = ".png") -> Path:
     return output
 
 
+def refuse_per_fold_folder(output: Path, doing: str) -> None:
+    """A run without --per-fold must not write into a folder a --per-fold run made (the layouts would mix)."""
+    from nnunet_mtl.evaluation.evaluate import PER_FOLD_FILE
+    if (output / PER_FOLD_FILE).is_file():
+        raise NnunetMtlError(f"{output} holds a per-fold run ({output / PER_FOLD_FILE}); {doing} into it without "
+                             f"--per-fold would mix the two layouts: expected --per-fold or another -o")
+
+
 def sub_run_args(args, folds: list, output: Path) -> argparse.Namespace:
     """A copy of ``args`` for one prediction of a per-fold run: these folds, into that folder, without --per-fold."""
     return argparse.Namespace(**{**vars(args), "f": [str(k) for k in folds], "o": str(output), "per_fold": False})
@@ -340,11 +348,8 @@ def run(args) -> int:
     check_parts(args)
     if args.per_fold:
         return run_per_fold(args)
-    from nnunet_mtl.evaluation.evaluate import PER_FOLD_FILE
     output = Path(args.o)
-    if (output / PER_FOLD_FILE).is_file():
-        raise NnunetMtlError(f"{output} holds a per-fold prediction ({output / PER_FOLD_FILE}); predicting into it "
-                             f"without --per-fold would mix the two layouts: expected --per-fold or another -o")
+    refuse_per_fold_folder(output, "predicting")
     csv_path, count = predict_into(args, output)
     print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
     return 0

@@ -13,20 +13,7 @@ into ``head.loss_modules[name]``; they are then part of the network's state_dict
 restored by ``--c`` and loaded strictly by the predictor. A loss module whose class sets ``no_weight_decay = True``
 is left out of the optimizer's weight decay.
 
-Adding a head (see docs/extending.md)::
-
-    @dataclass(kw_only=True)
-    class LinearConfig(HeadConfig):
-        kind: ClassVar[str] = "linear"
-
-    @register_head
-    class LinearHead(Head):
-        config_class = LinearConfig
-        def __init__(self, encoder_channels, config):
-            super().__init__(encoder_channels, config)
-            self.classifier = nn.Linear(encoder_channels[-1], config.num_classes)
-        def forward(self, skips):
-            return {"logits": self.classifier(skips[-1].flatten(2).mean(-1))}
+Adding a head: docs/extending.md (the example there is trained by tests/test_seams.py).
 """
 from __future__ import annotations
 
@@ -124,7 +111,7 @@ def register_loss_module(kind: str):
 
 def _load_methods() -> None:
     # every method module registers its heads and loss modules when imported
-    import nnunet_mtl.methods  # noqa: F401
+    import nnunet_mtl.methods  # noqa: F401  (imported for its registrations)
 
 
 def head_class(kind: str) -> type[Head]:

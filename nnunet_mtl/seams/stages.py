@@ -22,10 +22,7 @@ epoch; the optimizer state saved in the checkpoint belongs to it).
 ``epochs``: an int (that many epochs), a float in (0, 1) (that fraction of ``num_epochs``, at least 1 epoch) or
 None (the rest; only the last stage). Nothing here imports nnU-Net.
 
-Adding a stage (see docs/extending.md)::
-
-    class nnUNetTrainerMTL_headFirst(nnUNetTrainerMTL):
-        stages = (Stage("head only", epochs=0.25, trainable=("head",), select_best=False), Stage("all"))
+Adding a stage: docs/extending.md (the example there is trained and resumed by tests/test_seams.py).
 """
 from __future__ import annotations
 

@@ -14,13 +14,7 @@ A term is an object (declared in a trainer's ``terms`` tuple, copied per trainin
 
 Nothing here imports nnU-Net: terms are tested without it.
 
-Adding a term (see docs/extending.md)::
-
-    class MaskArea(LossTerm):
-        name, task = "area", False
-        def __call__(self, outputs, batch):
-            seg = outputs["seg"][0] if isinstance(outputs["seg"], list) else outputs["seg"]
-            return torch.softmax(seg.float(), 1)[:, 1].mean()
+Adding a term: docs/extending.md (the example there is trained by tests/test_seams.py).
 """
 from __future__ import annotations
 
