@@ -60,3 +60,36 @@ def test_two_ranks_give_the_numbers_of_one_process(tmp_path):
             assert results[rank][key] == pytest.approx(value, rel=1e-12), key
     # and one rank alone would have given other numbers: the reduction is what makes them equal
     assert summary(epoch_outputs()[0::2])["auc"] != pytest.approx(single["auc"])
+
+
+def _prior_rank(rank, world, init_file, queue):
+    import torch
+    from nnunet_mtl.methods.birads_consistency import BIRADSPrior
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        prior = BIRADSPrior()
+        values = torch.tensor([[2.0, 0.5], [3.0, 1.0]]) if rank == 0 else torch.tensor([[1.0, 2.0]])
+        prior.update(values)
+        prior.update(values * 2 if rank == 0 else torch.zeros(0, 2))  # rank 1 has no lesion patch this time
+        queue.put((rank, prior.running_min.tolist(), prior.running_max.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_birads_running_statistics_are_the_same_on_every_rank(tmp_path):
+    """Zhang, Moradi, Saha's running min/max of R and T: each batch's extremes are all-reduced over the ranks, so
+    DDP's broadcast of rank 0's buffers changes nothing and the statistics are those of the whole batch."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_prior_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r, (lo, hi)) for r, lo, hi in (queue.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    # first batch over both ranks: min (1, 0.5), max (3, 2); second (rank 0 only): min (4, 1), max (6, 2)
+    expected_min = [0.99 * 1 + 0.01 * 4, 0.99 * 0.5 + 0.01 * 1]
+    expected_max = [0.99 * 3 + 0.01 * 6, 0.99 * 2 + 0.01 * 2]
+    for rank in range(2):
+        assert results[rank][0] == pytest.approx(expected_min) and results[rank][1] == pytest.approx(expected_max)

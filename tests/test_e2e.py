@@ -140,3 +140,43 @@ def test_ablate_guidance(rlar_trained):
     assert "baseline: macro precision" in result.stdout and (out / "guidance_ablation.png").is_file()
     summary = json.loads((out / "guidance_ablation.json").read_text())
     assert summary["baseline"]["num_cases"] == len(list((raw / "imagesTs").glob("*.png")))
+
+
+@pytest.fixture(scope="module")
+def birads_trained(trained):
+    """nnUNetv2_train -tr nnUNetTrainerBIRADS_tiny (Zhang, Moradi, Saha) on the same preprocessed phantom."""
+    trainer = "nnUNetTrainerBIRADS_tiny"
+    run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", trainer, "-device", "cpu"], trained["env"])
+    model = next((trained["root"] / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{trainer}__nnUNetPlans__2d"
+    return {**trained, "trainer": trainer, "model": model}
+
+
+def test_birads_trains_saves_its_prior_and_predicts_through_nnunet(birads_trained):
+    """The prior's u and running statistics are in the checkpoint (updated by training), the network is rebuilt
+    from plans.json and loads strictly, and both prediction commands run."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_mtl.trainers import nnUNetTrainerBIRADS
+    env, raw, root, model = (birads_trained[k] for k in ("env", "raw", "root", "model"))
+    checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    weights = checkpoint["network_weights"]
+    prefix = "cls_head.loss_modules.birads_prior."
+    assert bool(weights[prefix + "initialized"])
+    assert (weights[prefix + "running_max"] > weights[prefix + "running_min"]).all()
+    assert not torch.allclose(torch.softmax(weights[prefix + "u"], 0), torch.tensor([0.15, 0.35, 0.25, 0.25]))
+    logged = checkpoint["logging"]
+    assert len(logged["train_consistency_losses"]) == 2 and all(np.isfinite(logged["val_ntp_losses"]))
+    plans = json.loads((model / "plans.json").read_text())
+    manager = PlansManager(plans)
+    network = nnUNetTrainerBIRADS.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2,
+                                                             enable_deep_supervision=False)
+    network.load_state_dict(weights, strict=True)
+    assert torch.equal(network.head.loss_modules["birads_prior"].running_min, weights[prefix + "running_min"])
+    log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
+    assert "New best (lowest validation loss" in log
+    for command, out in (("nnUNetv2_predict", root / "pred_birads_nnunet"), ("nnunet_mtl", root / "pred_birads")):
+        prefix_args = [str(BIN / command)] + (["predict"] if command == "nnunet_mtl" else [])
+        run([*prefix_args, "-i", str(raw / "imagesTs"), "-o", str(out), "-d", DATASET, "-c", "2d",
+             "-tr", birads_trained["trainer"], "-f", "0", "-device", "cpu", "--disable_tta"], env)
+        assert len(list(out.glob("*.png"))) == len(list((raw / "imagesTs").glob("*.png")))
+    assert (root / "pred_birads" / "class_predictions.csv").is_file()

@@ -27,6 +27,7 @@ OVERRIDDEN = {
     ("nnUNetTrainer", "on_train_start"): ["self"],
     ("nnUNetTrainer", "on_validation_epoch_end"): ["self", "val_outputs"],
     ("nnUNetTrainer", "perform_actual_validation"): ["self", "save_probabilities"],
+    ("nnUNetTrainer", "run_training"): ["self"],
     ("nnUNetTrainer", "train_step"): ["self", "batch"],
     ("nnUNetTrainer", "validation_step"): ["self", "batch"],
     ("nnUNetPredictor", "__init__"): ["self", "tile_step_size", "use_gaussian", "use_mirroring",
@@ -101,3 +102,25 @@ def test_the_installed_nnunet_is_in_the_pinned_range():
     assert Version(PINNED_AGAINST) in pin.specifier and Version(version("nnunetv2")) in pin.specifier, \
         f"nnunetv2 {version('nnunetv2')} is outside the tested range {pin.specifier} of setup.cfg"
     assert not pin.specifier.contains("2.9.0"), "pin an upper bound: overrides of private methods may break"
+
+
+def test_our_training_loop_calls_what_nnunets_calls():
+    """The base trainer's run_training is nnU-Net's loop plus early stopping: nnU-Net's must still call exactly
+    these hooks, in this order (a new hook there would be skipped by ours)."""
+    import ast
+    import textwrap
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_mtl.trainers import nnUNetTrainerMTL
+
+    def self_calls(function):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and isinstance(n.func.value, ast.Name) and n.func.value.id == "self"]
+        return [n.func.attr for n in sorted(calls, key=lambda n: (n.lineno, n.col_offset))]
+
+    hooks = ["on_train_start", "on_epoch_start", "on_train_epoch_start", "train_step", "on_train_epoch_end",
+             "on_validation_epoch_start", "validation_step", "on_validation_epoch_end", "on_epoch_end", "on_train_end"]
+    assert self_calls(nnUNetTrainer.run_training) == hooks
+    assert [c for c in self_calls(nnUNetTrainerMTL.run_training) if c in hooks] == hooks

@@ -412,10 +412,10 @@ def test_the_thyroid_paper_schedule_builds_adamw(nnunet_env):
 
 def test_one_stage_is_nnunets_poly_learning_rate():
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-    from nnunet_mtl.seams.stages import StagedPolyLRScheduler, resolve_stages
+    from nnunet_mtl.seams.stages import StagedLRScheduler, resolve_stages
     ours = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
     theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
-    a = StagedPolyLRScheduler(ours, 0.01, resolve_stages([Stage("all")], 7))
+    a = StagedLRScheduler(ours, 0.01, resolve_stages([Stage("all")], 7))
     b = PolyLRScheduler(theirs, 0.01, 7)
     for epoch in range(7):
         a.step(epoch), b.step(epoch)
@@ -573,3 +573,33 @@ def test_the_decoder_part_is_the_decoder_without_its_encoder_reference():
     assert len(net.part_parameters("head.classifier")) == 2
     with pytest.raises(KeyError, match="no part 'neck'"):
         net.part("neck")
+
+
+class TrainerStoppingEarly(nnUNetTrainerMTL_tiny):
+    selection = "val_loss"
+    schedule = {"num_epochs": 3, "early_stopping_patience": 0}
+
+
+def test_selection_by_validation_loss_and_early_stopping_survive_a_resume(nnunet_env):
+    trainer = train(nnunet_env, TrainerStoppingEarly)
+    final = checkpoint(trainer)
+    assert final["current_epoch"] == 1 and len(final["logging"]["val_losses"]) == 1
+    assert final["_best_ema"] == pytest.approx(-final["logging"]["val_losses"][0])
+    text = log_text(trainer)
+    assert "New best (lowest validation loss (the weighted total))" in text
+    assert "early stopping: the lowest validation loss (the weighted total) has not improved for 0 epochs" in text
+    resumed = make_trainer(nnunet_env, TrainerStoppingEarly)
+    resumed.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))  # nnUNetv2_train --c
+    resumed.run_training()
+    assert len(checkpoint(resumed)["logging"]["val_losses"]) == 1  # stopped runs stay stopped
+
+
+def test_early_stopping_counts_epochs_since_the_best_selectable_score(nnunet_env):
+    trainer = make_trainer(nnunet_env, TrainerInStages)  # stage 1 (epoch 0) is not selectable
+    trainer.selection, trainer.early_stopping_patience = "val_loss", 2
+    log = trainer.logger.local_logger.my_fantastic_logging
+    log["val_losses"], log["stage"] = [0.1, 0.9, 0.5, 0.6], [0, 1, 1, 1]
+    log["ema_mtl_score"] = [0.0] * 4
+    assert trainer.early_stopped() is None  # best selectable epoch 2, one epoch ago
+    log["val_losses"].append(0.7), log["stage"].append(1), log["ema_mtl_score"].append(0.0)
+    assert "not improved for 2 epochs (best at epoch 2" in trainer.early_stopped()

@@ -9,9 +9,9 @@ Stage("joint"))``. The base trainer, at the start of every epoch, enters the sta
   ``"head"``, or a submodule path such as ``"head.attention"``); the other parameters get ``requires_grad = False``
   and their modules run in eval mode (dropout off, batch-norm statistics frozen);
 - optimizer: ``lr`` (the stage's initial learning rate; default the trainer's ``initial_lr``) and
-  ``weight_decay``; the learning rate decays as nnU-Net's poly schedule over the stage's own epochs (for a single
-  stage exactly nnU-Net's ``PolyLRScheduler``); ``reset_optimizer`` starts the stage with a fresh optimizer state
-  (momentum, Adam moments);
+  ``weight_decay``; the learning rate decays over the stage's own epochs, as nnU-Net's poly schedule (for a single
+  stage exactly nnU-Net's ``PolyLRScheduler``) or by cosine annealing (the trainer's ``lr_schedule``);
+  ``reset_optimizer`` starts the stage with a fresh optimizer state (momentum, Adam moments);
 - checkpoint selection: ``select_best=False`` stages never write ``checkpoint_best.pth`` (their head may be
   untrained); the selection score's moving average restarts at the first epoch of every stage.
 
@@ -26,6 +26,7 @@ Adding a stage: docs/extending.md (the example there is trained and resumed by t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -97,14 +98,21 @@ def stage_at(spans: Sequence[StageSpan], epoch: int) -> StageSpan:
     return spans[-1]  # past the end (nnU-Net's final checkpoint bookkeeping): the last stage
 
 
-class StagedPolyLRScheduler(_LRScheduler):
-    """nnU-Net's poly learning rate, lr = lr_0 * (1 - e / E) ** 0.9, run within each stage: e counts the epochs since
-    the stage began, E is its length and lr_0 its ``lr`` (or ``initial_lr``). One stage: nnU-Net's PolyLRScheduler."""
+class StagedLRScheduler(_LRScheduler):
+    """The learning rate within each stage: e counts the epochs since the stage began, E is its length and lr_0 its
+    ``lr`` (or ``initial_lr``). ``shape`` "poly": nnU-Net's lr_0 (1 - e / E) ** 0.9 (one stage: exactly nnU-Net's
+    PolyLRScheduler); "cosine": cosine annealing lr_0 (1 + cos(pi e / E)) / 2."""
 
-    def __init__(self, optimizer, initial_lr: float, spans: Sequence[StageSpan], exponent: float = 0.9):
+    SHAPES = ("poly", "cosine")
+
+    def __init__(self, optimizer, initial_lr: float, spans: Sequence[StageSpan], shape: str = "poly",
+                 exponent: float = 0.9):
+        if shape not in self.SHAPES:
+            raise ValueError(f"learning-rate schedule {shape!r}; expected one of {', '.join(self.SHAPES)}")
         self.optimizer = optimizer
         self.initial_lr = initial_lr
         self.spans = list(spans)
+        self.shape = shape
         self.exponent = exponent
         self.ctr = 0
         super().__init__(optimizer, -1)
@@ -112,7 +120,10 @@ class StagedPolyLRScheduler(_LRScheduler):
     def lr_at(self, epoch: int) -> float:
         span = stage_at(self.spans, epoch)
         lr0 = span.stage.lr if span.stage.lr is not None else self.initial_lr
-        return lr0 * (1 - (epoch - span.start) / (span.end - span.start)) ** self.exponent
+        progress = (epoch - span.start) / (span.end - span.start)
+        if self.shape == "cosine":
+            return lr0 * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr0 * (1 - progress) ** self.exponent
 
     def step(self, current_step=None):
         if current_step is None or current_step == -1:

@@ -46,7 +46,7 @@ from nnunet_mtl.evaluation.classification import classification_metrics
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Segmentation
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
 from nnunet_mtl.seams.backward import WeightedSum, unwrap
-from nnunet_mtl.seams.stages import Stage, StagedPolyLRScheduler, resolve_stages, stage_at
+from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
 from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
@@ -105,8 +105,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     max_rotation_degrees: float = 15.0
     # patient-grouped, class-stratified split written when splits_final.json is missing
     num_split_folds: int = DEFAULT_NUM_FOLDS
-    # checkpoint selection: EMA of w * pseudo Dice + (1 - w) * AUC (balanced accuracy where AUC is undefined)
+    # checkpoint selection (checkpoint_best.pth): "mtl_score", the EMA of w * pseudo Dice + (1 - w) * AUC (balanced
+    # accuracy where AUC is undefined); or "val_loss", the lowest weighted total validation loss
+    selection: str = "mtl_score"
     selection_seg_weight: float = 0.5
+    # stop when the selection score has not improved for this many epochs (None: never; the best checkpoint stays)
+    early_stopping_patience: int | None = None
+    lr_schedule: str = "poly"  # nnU-Net's poly decay, or "cosine" annealing (per stage, see nnunet_mtl.seams.stages)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -148,6 +153,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.plans_manager.plans[PLANS_KEY] = section
         self.logger.local_logger = MultitaskLocalLogger(
             term_names=[t.name for t in self.terms], extra_keys=[f"train_{k}" for k in self.backward_rule.logged])
+        if self.selection not in ("mtl_score", "val_loss"):
+            fail(f"{trainer}.selection is {self.selection!r}; expected 'mtl_score' or 'val_loss'")
         self.cases: CaseTable | None = None
         self._train_keys: list[str] | None = None
         self._stage_spans = None
@@ -353,7 +360,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         else:
             fail(f"{type(self).__name__}.optimizer_name is {self.optimizer_name!r}; expected 'sgd' or 'adamw'")
-        return optimizer, StagedPolyLRScheduler(optimizer, self.initial_lr, spans)
+        try:
+            scheduler = StagedLRScheduler(optimizer, self.initial_lr, spans, shape=self.lr_schedule)
+        except ValueError as e:
+            fail(f"{type(self).__name__}.lr_schedule: {e}")
+        return optimizer, scheduler
 
     def _apply_trainable(self, trainable) -> None:
         network = unwrap(self.network)
@@ -596,8 +607,34 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.logger.log("ema_mtl_score", float(ema), self.current_epoch)
 
     def selection_description(self) -> str:
+        if self.selection == "val_loss":
+            return "lowest validation loss (the weighted total)"
         w = self.selection_seg_weight
         return f"EMA of {w:g} x pseudo Dice + {1 - w:g} x AUC (balanced accuracy where AUC is undefined)"
+
+    def _selection_scores(self) -> list[float]:
+        """Per logged epoch the selection score, higher is better (NaN where the epoch's stage is not selectable)."""
+        log = self.logger.get_value
+        values = log("ema_mtl_score", step=None) if self.selection == "mtl_score" else \
+            [-v for v in log("val_losses", step=None)]
+        spans = self._stage_plan()
+        stages = log("stage", step=None)
+        return [float(v) if spans[min(int(stages[e]) if e < len(stages) else 0, len(spans) - 1)].stage.select_best
+                else float("nan") for e, v in enumerate(values)]
+
+    def early_stopped(self) -> str | None:
+        """Why training stops now (the selection score has not improved for early_stopping_patience epochs), or None."""
+        if self.early_stopping_patience is None:
+            return None
+        scores = np.asarray(self._selection_scores(), dtype=float)
+        if not np.isfinite(scores).any():
+            return None
+        best = int(np.nanargmax(scores))
+        waited = len(scores) - 1 - best
+        if waited < self.early_stopping_patience:
+            return None
+        return (f"early stopping: the {self.selection_description()} has not improved for {waited} epochs (best at "
+                f"epoch {best}; patience {self.early_stopping_patience})")
 
     def on_epoch_end(self):
         # Same bookkeeping as nnU-Net's on_epoch_end, but the best checkpoint is chosen by the multitask score.
@@ -617,15 +654,36 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_latest.pth"))
-        ema = get("ema_mtl_score")
+        score = get("ema_mtl_score") if self.selection == "mtl_score" else -get("val_losses")
         selectable = self._stage is None or self._stage.stage.select_best
-        if selectable and (self._best_ema is None or ema > self._best_ema):
-            self._best_ema = ema
-            self.print_to_log_file(f"New best multitask score ({self.selection_description()}): {np.round(ema, 4)}")
+        if selectable and np.isfinite(score) and (self._best_ema is None or score > self._best_ema):
+            self._best_ema = score
+            self.print_to_log_file(f"New best ({self.selection_description()}): {np.round(abs(score), 4)}")
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
+
+    def run_training(self):
+        """nnU-Net's training loop, which can stop early (``early_stopping_patience``; decided from the logged
+        scores, so a run resumed with --c after it stopped does not train on)."""
+        self.on_train_start()
+        for epoch in range(self.current_epoch, self.num_epochs):
+            reason = self.early_stopped()
+            if reason is not None:
+                self.print_to_log_file(reason)
+                break
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            train_outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(train_outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [self.validation_step(next(self.dataloader_val))
+                               for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
+        self.on_train_end()
 
     # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
