@@ -36,7 +36,7 @@ PRINT_DISAGREEMENTS = 10  # listed in the note; the count is always complete
 
 def register_converters(sources) -> None:
     """``convert bus-uclm`` (argparse subcommand with its aliases)."""
-    add_converter(
+    p = add_converter(
         sources, "bus-uclm", convert_bus_uclm, aliases=["BUS-UCLM", "bus_uclm"], default_id=604,
         default_name="BUS-UCLM", help="BUS-UCLM (benign / malignant / normal breast ultrasound, 38 patients)",
         description=f"Converts BUS-UCLM as downloaded (folder with {UCLM_LAYOUT}, or its parent). The class "
@@ -44,7 +44,10 @@ def register_converters(sources) -> None:
                     "cross-checked and disagreements are reported. Patient = the first four letters of the file "
                     "name. INFO.csv's columns are kept in cases.csv (yes/no columns normalized). No pixel size is "
                     "published: spacing is left empty.",
-        source_help="the BUS-UCLM folder (with images/, masks/ and INFO.csv)")
+        source_help="the BUS-UCLM folder (with images/, masks/ and INFO.csv)", passed=("bmode_only",))
+    p.add_argument("--bmode-only", action="store_true",
+                   help="leave out the images INFO.csv marks as Doppler, with marks, or combined (the breast "
+                        "consistency paper's test set: 117 images, 81 benign / 36 malignant, normal excluded)")
 
 
 def mask_colour_class(path) -> str:
@@ -107,8 +110,9 @@ def yes_no(report: ConversionReport, case: str, column: str, value):
     return ""
 
 
-def bus_uclm_cases(source, report: ConversionReport):
-    """The BUS-UCLM cases in file-name order (a generator of :class:`Case` / :class:`Skipped`)."""
+def bus_uclm_cases(source, report: ConversionReport, bmode_only: bool = False):
+    """The BUS-UCLM cases in file-name order (a generator of :class:`Case` / :class:`Skipped`); ``bmode_only``
+    skips the images INFO.csv marks as Doppler, with marks, or combined."""
     root = find_layout(source, ["images/", "masks/", "INFO.csv"], dataset="BUS-UCLM", expected=UCLM_LAYOUT)
     sheet = list_files(root, "INFO.csv")[0]
     info = _info_table(sheet)
@@ -133,6 +137,10 @@ def bus_uclm_cases(source, report: ConversionReport):
         clinical = {"source_image": f"images/{path.name}"}
         if row is None:
             no_row += 1
+            if bmode_only:
+                yield Skipped(case_id, f"images/{path.name} has no row in {sheet.name}: --bmode-only cannot tell "
+                                       f"whether it is a plain B-mode image, left out")
+                continue
         else:
             label = row.get("Label", "")
             if label.lower() != cls:
@@ -141,6 +149,11 @@ def bus_uclm_cases(source, report: ConversionReport):
                 if header and header != "Image":
                     clinical[column_name(header)] = (yes_no(report, case_id, header, value)
                                                      if header in YES_NO_COLUMNS else value)
+            features = [h for h in YES_NO_COLUMNS if clinical.get(column_name(h)) == "yes"]
+            if bmode_only and features:
+                yield Skipped(case_id, f"INFO.csv marks images/{path.name} as {', '.join(features)}: left out by "
+                                       f"--bmode-only")
+                continue
         # the file names start with a four-letter code per patient (38 codes for 38 patients in the paper)
         yield Case(case_id, cls, patient_id=stem[:4], image=path, masks=(mask,), lesion=cls != "normal",
                    clinical=clinical, source=f"images/{path.name}")
@@ -154,8 +167,8 @@ def bus_uclm_cases(source, report: ConversionReport):
         report.note(f"{no_row} image(s) without a row in {sheet.name}: class from the mask, clinical columns empty")
 
 
-def convert_bus_uclm(source, options: ConvertOptions, *, raw_root=None) -> ConversionReport:
+def convert_bus_uclm(source, options: ConvertOptions, *, bmode_only: bool = False, raw_root=None) -> ConversionReport:
     """Convert BUS-UCLM (benign / malignant; ``normal`` with ``--normal include``); returns the report."""
-    return convert_source("BUS-UCLM", source, lambda report: bus_uclm_cases(source, report), options,
+    return convert_source("BUS-UCLM", source, lambda report: bus_uclm_cases(source, report, bmode_only), options,
                           classes=MALIGNANCY, raw_root=raw_root, description="BUS-UCLM (Vallez et al. 2025), "
                           "benign / malignant from the mask colours, converted by nnunet_mtl")

@@ -35,6 +35,10 @@ Policies (documented here once, for every converter)
   (BUSI files one image as both benign and malignant), every copy is dropped: the label is ambiguous, training on
   it teaches both answers and a test case with two truths cannot be scored. A new case identical to a case of the
   existing dataset (``--add-to-existing``) is skipped: a test image that is also a training image is leakage.
+  ``--duplicates keep`` keeps every copy within the source, as published (to test on a paper's count; copies of
+  the existing dataset are still skipped), and lists them in the report.
+- ``--resize SIZE``: every image (bilinear) and mask (nearest) becomes SIZE x SIZE, as a paper's fixed input size
+  (nnU-Net never resizes 2D PNGs); the spacing columns are scaled with it, and a lesion that vanishes is skipped.
 - Near-duplicates (difference hashes at most :data:`NEAR_DUPLICATE_MAX_BITS` of 64 bits apart) between cases of
   *different* patients are listed in the report, never removed: they are often the same lesion seen twice
   (a patient id the dataset does not publish), which a patient-level split cannot see. Pairs within one patient
@@ -68,6 +72,8 @@ from nnunet_mtl.errors import ContractError, NnunetMtlError
 MALIGNANCY = ("benign", "malignant")  # the benign / malignant target of every dataset that has one
 NORMAL_CLASS = "normal"
 NORMAL_CHOICES = ("exclude", "include")
+DUPLICATE_CHOICES = ("drop", "keep")
+MIN_RESIZE, MAX_RESIZE = 32, 4096
 SPLIT_CHOICES = ("train", "test", "official")
 REPORT_FILE = "conversion_report.json"
 # dHash distance (of 64 bits) up to which two images are listed as near-duplicates. Measured on the real data:
@@ -122,6 +128,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_id: int, defau
     parser.add_argument("--normal", choices=NORMAL_CHOICES, default="exclude",
                         help="images without a lesion: exclude them (default; a normal image has no lesion to "
                              "classify) or include them as an extra class 'normal' with an empty mask")
+    parser.add_argument("--resize", type=int, default=None, metavar="SIZE",
+                        help="resize every image (bilinear) and mask (nearest) to SIZE x SIZE pixels, e.g. 256 as "
+                             "in the breast consistency paper (nnU-Net never resizes 2D images); the pixel spacing "
+                             "in cases.csv is scaled with it; use the same SIZE for a test set added later")
+    parser.add_argument("--duplicates", choices=DUPLICATE_CHOICES, default="drop",
+                        help="exact duplicates within the source: drop later copies and ambiguous ones (default; "
+                             "see the report) or keep every copy as published (e.g. to test on a paper's count); "
+                             "copies of cases already in the dataset are always skipped")
     parser.add_argument("-j", "--num-processes", type=int, default=default_num_processes(),
                         help="worker processes for decoding / converting / PNG encoding (default %(default)s; "
                              "1: no workers)")
@@ -140,8 +154,14 @@ class ConvertOptions:
     normal: str = "exclude"
     num_processes: int = field(default_factory=default_num_processes)
     progress: bool = True
+    resize: int | None = None     # square size every image and mask is resized to; None: as published
+    duplicates: str = "drop"      # "drop": the policy of the module docstring; "keep": every copy as published
 
     def __post_init__(self):
+        if self.resize is not None and not MIN_RESIZE <= self.resize <= MAX_RESIZE:
+            raise NnunetMtlError(f"--resize {self.resize}: expected a size from {MIN_RESIZE} to {MAX_RESIZE} pixels")
+        if self.duplicates not in DUPLICATE_CHOICES:
+            raise NnunetMtlError(f"--duplicates {self.duplicates!r}: expected one of {', '.join(DUPLICATE_CHOICES)}")
         if self.split not in SPLIT_CHOICES:
             raise NnunetMtlError(f"--as {self.split!r}: expected train, test or official")
         if self.normal not in NORMAL_CHOICES:
@@ -157,7 +177,8 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     split = args.split or ("test" if args.add_to_existing else getattr(args, "default_split", "train"))
     return ConvertOptions(dataset_id=args.dataset_id, name=args.name, split=split,
                           add_to_existing=args.add_to_existing, overwrite=args.overwrite, normal=args.normal,
-                          num_processes=args.num_processes, progress=not args.no_progress)
+                          num_processes=args.num_processes, progress=not args.no_progress,
+                          resize=getattr(args, "resize", None), duplicates=getattr(args, "duplicates", "drop"))
 
 
 def class_labels_for(classes: Sequence[str], normal: str) -> dict[str, int]:
@@ -521,20 +542,31 @@ class _Done:
     digest: str
     dhash: int
     shape: tuple
+    source_shape: tuple = ()  # before --resize
+
+
+def resize_case(grey: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image bilinear, mask nearest-neighbour, both to size x size (a lesion smaller than a pixel of the result may
+    vanish: the caller checks the mask again)."""
+    from PIL import Image
+    image = np.asarray(Image.fromarray(grey).resize((size, size), Image.BILINEAR))
+    label = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    return image, label
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(loader: Callable, folder: str) -> None:
+def _init_worker(loader: Callable, folder: str, resize: int | None = None) -> None:
     # Ctrl-C reaches every process of the terminal's group: workers ignore it and the main process, which owns the
     # temporary folder, stops them and cleans up.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.update(loader=loader, folder=Path(folder))
+    _WORKER.update(loader=loader, folder=Path(folder), resize=resize)
 
 
-def _convert_case(case: Case, split: str, loader: Callable, folder: Path):
-    """Load -> grey image + 0/1 mask -> checks -> PNGs into ``folder``; a :class:`SkipCase` comes back as text."""
+def _convert_case(case: Case, split: str, loader: Callable, folder: Path, resize: int | None = None):
+    """Load -> grey image + 0/1 mask -> checks -> (resize) -> PNGs into ``folder``; a :class:`SkipCase` comes back
+    as text."""
     from dataset_conversion.writer import image_and_mask, write_case_files
 
     try:
@@ -542,19 +574,28 @@ def _convert_case(case: Case, split: str, loader: Callable, folder: Path):
         if mask is not None:
             check_same_size(np.asarray(image), np.asarray(mask), case.source or case.case_id, "its mask")
         grey, label = image_and_mask(image, mask, name=case.source or case.case_id)
+        source_shape = grey.shape
+        if resize is not None:
+            had_lesion = bool(label.any())
+            grey, label = resize_case(grey, label, resize)
+            if had_lesion and not label.any():
+                raise SkipCase(f"{case.source or case.case_id}: the lesion vanishes when {source_shape[1]}x"
+                               f"{source_shape[0]} is resized to {resize}x{resize}; expected a larger lesion or "
+                               f"--resize")
         if case.lesion and not label.any():
             raise SkipCase(f"{case.source or case.case_id}: the lesion mask is empty; expected a lesion "
                            f"(class {case.class_name})")
         if not case.lesion and label.any():
             raise SkipCase(f"{case.source or case.case_id}: a normal image with a non-empty mask; expected none")
         write_case_files(folder, case.case_id, split, grey, label)
-        return _Done(pixel_digest(grey), difference_hash(grey), grey.shape)
+        return _Done(pixel_digest(grey), difference_hash(grey), grey.shape, source_shape)
     except SkipCase as e:
         return str(e)
 
 
 def _convert_chunk(chunk: list) -> list:
-    return [_convert_case(case, split, _WORKER["loader"], _WORKER["folder"]) for case, split in chunk]
+    return [_convert_case(case, split, _WORKER["loader"], _WORKER["folder"], _WORKER.get("resize"))
+            for case, split in chunk]
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -568,12 +609,13 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _ordered_results(work: Iterator, loader: Callable, folder: Path, num_processes: int, chunksize: int):
+def _ordered_results(work: Iterator, loader: Callable, folder: Path, num_processes: int, chunksize: int,
+                     resize: int | None = None):
     """(work item, result) in the order of ``work``; at most ``2 * num_processes`` chunks in flight, so memory
     stays flat however long the source is."""
     if num_processes <= 1:
         for case, split in work:
-            yield (case, split), _convert_case(case, split, loader, folder)
+            yield (case, split), _convert_case(case, split, loader, folder, resize)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -583,7 +625,7 @@ def _ordered_results(work: Iterator, loader: Callable, folder: Path, num_process
     # spawn; spawn where it does not exist.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     executor = ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context(method),
-                                   initializer=_init_worker, initargs=(loader, str(folder)))
+                                   initializer=_init_worker, initargs=(loader, str(folder), resize))
     pending: deque = deque()
     chunks = _chunks(work, chunksize)
     try:
@@ -629,7 +671,7 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                               description=description, overwrite=options.overwrite,
                               add_to_existing=options.add_to_existing)
     report.dataset = writer.folder_name
-    dups = _Duplicates(writer, report)
+    dups = _Duplicates(writer, report, keep=options.duplicates == "keep")
     added: list[dict] = []  # this run's rows
     with writer, tqdm(total=total, desc=report.converter, unit="img", disable=not options.progress) as bar:
         dups.load_existing()
@@ -659,15 +701,21 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                 yield item, split
 
         # closing(): the workers are stopped before the writer removes its temporary folder on an error
-        with closing(_ordered_results(work(), loader, writer.tmp, options.num_processes, chunksize)) as results:
+        with closing(_ordered_results(work(), loader, writer.tmp, options.num_processes, chunksize,
+                                      options.resize)) as results:
             for (case, split), result in results:
                 bar.update(1)
                 row = rows.pop(case.case_id)
                 if isinstance(result, str):
                     report.skip(case.case_id, result)
                 elif dups.admit(case, split, result):
+                    if options.resize is not None:
+                        _scale_spacing(row, result.source_shape, result.shape)
                     writer.register_case(row)
                     added.append(row)
+        if options.resize is not None:
+            report.note(f"every image resized to {options.resize}x{options.resize} (bilinear; masks nearest), "
+                        f"spacing scaled with it: masks, Dice and HD95 are at that size")
         kept = writer.case_ids
         added = [r for r in added if r["case_id"] in kept]  # minus copies dropped as ambiguous later
         if not added:
@@ -681,6 +729,14 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
         _write_report(writer.tmp / REPORT_FILE, report)
     report.path = writer.path
     return writer.path
+
+
+def _scale_spacing(row: dict, source_shape: tuple, shape: tuple) -> None:
+    """A resized case's pixel size: the published one times the source size over the new size, per axis."""
+    for column, before, after in (("spacing_row_mm", source_shape[0], shape[0]),
+                                  ("spacing_col_mm", source_shape[1], shape[1])):
+        if row.get(column):
+            row[column] = repr(float(row[column]) * before / after)
 
 
 # --- the driver -------------------------------------------------------------------------------------------------
@@ -746,8 +802,8 @@ def _write_report(path: Path, report: ConversionReport) -> None:
 class _Duplicates:
     """Exact-duplicate policy and near-duplicate listing (see the module docstring), in the main process."""
 
-    def __init__(self, writer, report: ConversionReport):
-        self.writer, self.report = writer, report
+    def __init__(self, writer, report: ConversionReport, keep: bool = False):
+        self.writer, self.report, self.keep = writer, report, keep
         self.first: dict[str, dict] = {}  # digest -> {"case_id", "split", "class", "existing"}
         self.groups: dict[str, dict] = {}  # digest -> report entry
         self.ambiguous: set[str] = set()
@@ -762,8 +818,9 @@ class _Duplicates:
         for row in self.writer.rows:
             with Image.open(case_file_paths(self.writer.tmp, row["case_id"], row["split"])[0]) as im:
                 grey = np.asarray(im.convert("L"))
-            self.first[pixel_digest(grey)] = {"case_id": row["case_id"], "split": row["split"],
-                                              "class": row["class"], "existing": True}
+            # the first of identical copies already there (kept with --duplicates keep) names them
+            self.first.setdefault(pixel_digest(grey), {"case_id": row["case_id"], "split": row["split"],
+                                                       "class": row["class"], "existing": True})
             self.kept[row["case_id"]] = (row["patient_id"], difference_hash(grey))
 
     def admit(self, case: Case, split: str, done: _Done) -> bool:
@@ -774,13 +831,19 @@ class _Duplicates:
                                        "existing": False}
             self.kept[case.case_id] = (case.patient_id, done.dhash)
             return True
-        self.writer.remove_case(case.case_id, split)
         group = self.groups.get(done.digest)
         if group is None:
             group = self.groups[done.digest] = {"cases": [first["case_id"]], "classes": [first["class"]]}
             self.report.duplicates.append(group)
         group["cases"].append(case.case_id)
         group["classes"].append(case.class_name)
+        if self.keep and not first["existing"]:  # --duplicates keep: every copy of the source, as published
+            classes = sorted(set(group["classes"]))
+            group["action"] = "identical images, all kept (--duplicates keep)" + (
+                f"; their classes differ ({', '.join(classes)})" if len(classes) > 1 else "")
+            self.kept[case.case_id] = (case.patient_id, done.dhash)
+            return True
+        self.writer.remove_case(case.case_id, split)
         if first["existing"]:
             group["action"] = f"already in the dataset as {first['case_id']}; the new copy is skipped"
         elif done.digest in self.ambiguous or first["class"] != case.class_name:

@@ -267,3 +267,15 @@ def test_real_files_and_nnunet_verify(real_breast_udiat):
     _, _, raw = real_breast_udiat
     _check_real(raw)
     nnunet_verify(raw.folder)
+
+
+@pytest.mark.shared_data
+def test_real_udiat_as_the_breast_paper_counts_it(tmp_path):
+    """Zhang, Moradi, Saha test on UDIAT's 163 images: --duplicates keep keeps the 4 copies our policy drops; with
+    --resize 256 every case is 256 x 256, as the paper's inputs."""
+    report = convert_udiat(_real("UDIAT_DatasetB"), _opts(num_processes=2, duplicates="keep", resize=256,
+                                                           name="UDIAT"), raw_root=tmp_path)
+    raw = load_raw_dataset(report.path)
+    assert raw.cases["class"].value_counts().to_dict() == {"benign": 109, "malignant": 54}  # 163 as published
+    image = np.array(Image.open(report.path / "imagesTr" / "UDIAT_000001_0000.png"))
+    assert image.shape == (256, 256)

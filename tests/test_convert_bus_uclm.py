@@ -111,3 +111,20 @@ def test_bus_uclm_wrong_folder_bad_info_and_cli(uclm_src, tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "Dataset604_BUS-UCLM" in out and "malignant" in out and "without a row in info.csv" in out
     assert load_raw_dataset(tmp_path / "raw" / "Dataset604_BUS-UCLM").dataset_json["numTest"] == 4
+
+
+def test_bmode_only_leaves_out_doppler_marked_and_combined_images(uclm_src, tmp_path):
+    """The breast consistency paper's BUS-UCLM test set: images 'with additional features' excluded."""
+    report = convert_bus_uclm(uclm_src, _opts(), bmode_only=True, raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    kept = set(cases.index)
+    assert "bus_uclm_ALWI_000" not in kept and "bus_uclm_ALWI_002" not in kept  # Marks Y; Doppler Yes
+    assert "bus_uclm_BEPE_000" in kept
+    assert "bus_uclm_DOLA_000" not in kept  # no INFO.csv row: cannot tell
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "Marks: left out by --bmode-only" in reasons["bus_uclm_ALWI_000"]
+    assert "Doppler: left out by --bmode-only" in reasons["bus_uclm_ALWI_002"]
+    assert "cannot tell" in reasons["bus_uclm_DOLA_000"]
+    from nnunet_mtl.cli.main import build_parser
+    args = build_parser().parse_args(["convert", "bus-uclm", str(uclm_src), "--bmode-only"])
+    assert args.bmode_only is True

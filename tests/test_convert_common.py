@@ -368,3 +368,42 @@ def test_parallel_order_and_failures(tmp_path, monkeypatch):
                 raw_root=root, chunksize=1)
     assert _left(root) == ["Dataset009_Fx"]
     assert load_raw_dataset(root / "Dataset009_Fx").cases["case_id"].tolist()[:2] == ["c0", "c1"]
+
+
+def test_duplicates_keep_keeps_every_copy_of_the_source_as_published(tmp_path):
+    src = tmp_path / "src"
+    img, other = _noise(1), _noise(2)
+    cases = [_case(src, "a1", img, "benign"), _case(src, "a2", img.copy(), "benign"),
+             _case(src, "b1", other, "benign"), _case(src, "b2", other, "malignant"), _case(src, "c", _noise(3))]
+    path, report = _convert(cases, tmp_path / "raw", duplicates="keep")
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["a1", "a2", "b1", "b2", "c"]
+    groups = {tuple(d["cases"]): d["action"] for d in report.duplicates}
+    assert groups[("a1", "a2")] == "identical images, all kept (--duplicates keep)"
+    assert "their classes differ (benign, malignant)" in groups[("b1", "b2")]
+    # a copy of a case already in the dataset is leakage: still skipped
+    more = [_case(src, "a3", img.copy(), "benign"), _case(src, "d", _noise(4))]
+    report2 = ConversionReport("fixture", "src")
+    convert(more, _opts(duplicates="keep", add_to_existing=True, split="test"), report2, class_labels=LABELS,
+            raw_root=tmp_path / "raw")
+    assert "already in the dataset as a1" in report2.duplicates[0]["action"]
+    with pytest.raises(NnunetMtlError, match="--duplicates 'all'"):
+        _opts(duplicates="all")
+
+
+def test_resize_makes_square_images_keeps_masks_binary_and_scales_the_spacing(tmp_path):
+    src = tmp_path / "src"
+    image = _noise(1, (40, 80))
+    cases = [_case(src, "wide", image, spacing_mm=(0.1, 0.2), masks=[_mask((40, 80), (10, 30, 20, 60))]),
+             _case(src, "speck", _noise(2, (40, 80)), masks=[_mask((40, 80), (5, 6, 5, 6))])]  # 1 px: vanishes
+    path, report = _convert(cases, tmp_path / "raw", resize=32)
+    raw = load_raw_dataset(path)
+    image_out = np.array(Image.open(path / "imagesTr" / "wide_0000.png"))
+    label_out = np.array(Image.open(path / "labelsTr" / "wide.png"))
+    assert image_out.shape == label_out.shape == (32, 32) and set(np.unique(label_out)) == {0, 1}
+    assert label_out.sum() == pytest.approx(32 * 32 * (20 * 40) / (40 * 80), rel=0.1)
+    assert raw.spacing_mm("wide") == pytest.approx((0.1 * 40 / 32, 0.2 * 80 / 32))
+    assert "vanishes when 80x40 is resized to 32x32" in {s["case"]: s["reason"] for s in report.skipped}["speck"]
+    assert any("resized to 32x32" in n for n in report.notes) and report.options["resize"] == 32
+    for bad in (8, 100000):
+        with pytest.raises(NnunetMtlError, match=f"--resize {bad}: expected a size from 32 to 4096"):
+            _opts(resize=bad)

@@ -68,3 +68,41 @@ def test_written_in_nnunet_format(tmp_path):
     write_splits(splits, tmp_path / "splits_final.json")
     loaded = json.loads((tmp_path / "splits_final.json").read_text())
     assert loaded == splits and set(loaded[0]) == {"train", "val"}
+
+
+def test_holdout_85_15_like_the_breast_paper():
+    """BrEaST: 252 patients of one image (154 benign, 98 malignant): 38 for validation, stratified."""
+    from nnunet_mtl.dataset.splits import grouped_stratified_holdout
+    cases = [f"c{i:03d}" for i in range(252)]
+    classes = ["benign"] * 154 + ["malignant"] * 98
+    (split,) = grouped_stratified_holdout(cases, cases, classes, fraction=0.15)
+    assert len(split["val"]) == 38 and len(split["train"]) == 214
+    val_malignant = sum(classes[cases.index(c)] == "malignant" for c in split["val"])
+    assert val_malignant in (14, 15)  # 38 * 98 / 252 = 14.8
+    assert grouped_stratified_holdout(cases, cases, classes, fraction=0.15) == [split]  # seeded
+
+
+def test_holdout_keeps_patients_whole_and_checks_its_fraction():
+    from nnunet_mtl.dataset.splits import grouped_stratified_holdout
+    cases, patients, classes = cohort()
+    (split,) = grouped_stratified_holdout(cases, patients, classes, fraction=0.2)
+    patient_of = dict(zip(cases, patients))
+    assert not {patient_of[c] for c in split["train"]} & {patient_of[c] for c in split["val"]}
+    assert len({patient_of[c] for c in split["val"]}) == 6  # 20 % of 30 patients
+    for bad in (0, 1, 1.5):
+        with pytest.raises(NnunetMtlError, match="must lie between 0 and 1"):
+            grouped_stratified_holdout(cases, patients, classes, fraction=bad)
+
+
+def test_split_command_writes_a_holdout_fold(tmp_path, monkeypatch, capsys):
+    from dataset_conversion.synthetic import convert_synthetic
+    from nnunet_mtl.cli.main import main
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    convert_synthetic(520, num_patients=20, images_per_patient=1, size=32, raw_root=tmp_path / "raw", progress=False)
+    assert main(["split", "-d", "520", "--holdout", "0.15"]) == 0
+    splits = json.loads(next((tmp_path / "pre").glob("Dataset520_*/splits_final.json")).read_text())
+    assert len(splits) == 1 and len(splits[0]["val"]) == 2  # 15 % of the 15 training patients
+    with pytest.raises(SystemExit):  # argparse: -k and --holdout exclude each other
+        main(["split", "-d", "520", "--holdout", "0.15", "-k", "3", "--overwrite"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -1,9 +1,8 @@
 """``nnunet_mtl split``: write nnU-Net's splits_final.json grouped by patient and stratified by class."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from nnunet_mtl.dataset.splits import DEFAULT_NUM_FOLDS, DEFAULT_SEED, describe_splits, grouped_stratified_splits, write_splits
+from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, DEFAULT_SEED, describe_splits, grouped_stratified_holdout,
+                                       grouped_stratified_splits, write_splits)
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.paths import find_dataset_folder, preprocessed_root, raw_root
 
@@ -13,9 +12,14 @@ def register(subparsers):
         "split", help="write a patient-grouped, class-stratified k-fold splits_final.json",
         description="Writes nnUNet_preprocessed/DatasetNNN_X/splits_final.json (nnU-Net's own split file) from the "
                     "raw dataset's cases.csv: k folds, no patient in both train and validation of a fold, classes "
-                    "balanced across folds. Our trainers write the same split with k=5 when the file is missing.")
+                    "balanced across folds (or, with --holdout, one grouped and stratified train/validation split as fold 0). "
+                    "Our trainers write the k=5 split when the file is missing.")
     p.add_argument("-d", required=True, help="dataset id or name")
-    p.add_argument("-k", "--folds", type=int, default=DEFAULT_NUM_FOLDS, help=f"number of folds (default {DEFAULT_NUM_FOLDS})")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("-k", "--folds", type=int, default=DEFAULT_NUM_FOLDS, help=f"number of folds (default {DEFAULT_NUM_FOLDS})")
+    how.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                     help="instead of k folds: one split with this fraction of the patients as validation (fold 0), "
+                          "e.g. 0.15 for the breast consistency paper's 85/15 internal split")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"shuffling seed (default {DEFAULT_SEED})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
     p.set_defaults(func=run)
@@ -31,8 +35,12 @@ def run(args) -> int:
     target = pre_dir / "splits_final.json"
     if target.exists() and not args.overwrite:
         raise NnunetMtlError(f"{target} exists; pass --overwrite to replace it (trained folds would no longer match)")
-    splits = grouped_stratified_splits(train["case_id"].tolist(), train["patient_id"].tolist(),
-                                       train["class"].tolist(), num_folds=args.folds, seed=args.seed)
+    if args.holdout is not None:
+        splits = grouped_stratified_holdout(train["case_id"].tolist(), train["patient_id"].tolist(),
+                                            train["class"].tolist(), fraction=args.holdout, seed=args.seed)
+    else:
+        splits = grouped_stratified_splits(train["case_id"].tolist(), train["patient_id"].tolist(),
+                                           train["class"].tolist(), num_folds=args.folds, seed=args.seed)
     write_splits(splits, target)
     print(describe_splits(splits, dict(zip(train["case_id"], train["class"]))))
     print(f"wrote {target}")
