@@ -586,7 +586,8 @@ def test_selection_by_validation_loss_and_early_stopping_survive_a_resume(nnunet
     assert final["current_epoch"] == 1 and len(final["logging"]["val_losses"]) == 1
     assert final["_best_ema"] == pytest.approx(-final["logging"]["val_losses"][0])
     text = log_text(trainer)
-    assert "New best (lowest validation loss (the weighted total))" in text
+    loss = final["logging"]["val_losses"][0]
+    assert f"New best (lowest validation loss (the weighted total)): {np.round(loss, 4)}" in text  # signed
     assert "early stopping: the lowest validation loss (the weighted total) has not improved for 0 epochs" in text
     resumed = make_trainer(nnunet_env, TrainerStoppingEarly)
     resumed.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))  # nnUNetv2_train --c

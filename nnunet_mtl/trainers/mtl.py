@@ -658,7 +658,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         selectable = self._stage is None or self._stage.stage.select_best
         if selectable and np.isfinite(score) and (self._best_ema is None or score > self._best_ema):
             self._best_ema = score
-            self.print_to_log_file(f"New best ({self.selection_description()}): {np.round(abs(score), 4)}")
+            value = score if self.selection == "mtl_score" else -score  # the loss itself (nnU-Net's Dice part is < 0)
+            self.print_to_log_file(f"New best ({self.selection_description()}): {np.round(value, 4)}")
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
