@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -21,15 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import make_batch, plan_phantom, prepare, time_step  # noqa: E402
+from bench_train_step import interleaved_medians, make_batch, plan_phantom, prepare, step_arguments  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per trainer (default 15)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--size", type=int, default=128, help="phantom image size, sets the planned patch")
+    step_arguments(parser, steps=15, warmup=3)
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_compile", "0")
     device = torch.device(args.device)
@@ -50,17 +46,10 @@ def main() -> int:
         for t in trainers.values():
             prepare(t, batch)
             t.network.train()
-        for _ in range(args.warmup):
-            for t in trainers.values():
-                time_step(t, batch, device)
-        times = {name: [] for name in trainers}
-        for _ in range(args.steps):
-            for name, t in trainers.items():
-                times[name].append(time_step(t, batch, device))
+        med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
         prior = birads.network.head.loss_modules["birads_prior"]
         weights = [round(w, 3) for w in prior.weights.tolist()]
 
-    med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["nnUNetTrainerBIRADS"] / med["nnUNetTrainerMTL"]
     patch = "x".join(map(str, mtl.configuration_manager.patch_size))
     amp = "AMP fp16" if device.type == "cuda" else "fp32"

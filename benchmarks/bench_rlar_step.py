@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,15 +29,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import make_batch, plan_phantom, prepare, time_step  # noqa: E402
+from bench_train_step import interleaved_medians, make_batch, plan_phantom, prepare, step_arguments  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (default 10)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--size", type=int, default=128, help="phantom image size, sets the planned patch")
+    step_arguments(parser, steps=10, warmup=2)
     parser.add_argument("--layer", default="bottleneck", help="bottleneck | last | mid | last3")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--mtl-fast-norm", action="store_true",
@@ -85,19 +81,12 @@ def main() -> int:
             t.network.train()
         difference = gradient_difference(trainers["nnUNetTrainerRLAR_autograd"], trainers["nnUNetTrainerRLAR"], batch)
 
-        for _ in range(args.warmup):
-            for t in trainers.values():
-                time_step(t, batch, device)
-        times = {name: [] for name in trainers}
-        for _ in range(args.steps):
-            for name, t in trainers.items():
-                times[name].append(time_step(t, batch, device))
+        med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
         rlar = trainers["nnUNetTrainerRLAR"]
         rule = rlar.backward_rule
         stages, fast = rule._stages, rule.written_out
         work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
 
-    med = {k: statistics.median(v) for k, v in times.items()}
     patch = "x".join(map(str, first.configuration_manager.patch_size))
     amp = "AMP fp16" if device.type == "cuda" else "fp32"
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "

@@ -48,6 +48,14 @@ def make_batch(trainer, batch_size: int, generator: torch.Generator) -> dict:
     return {"data": data, "target": target, "keys": [f"case{i}" for i in range(batch_size)]}
 
 
+def step_arguments(parser, steps: int, warmup: int) -> None:
+    """The options every step benchmark has: device, timed steps, warm-up steps, phantom size."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps per trainer (default {steps})")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--size", type=int, default=128, help="phantom image size, sets the planned patch")
+
+
 def prepare(trainer, batch: dict, radiomics: dict | None = None) -> None:
     """What a training run's start gives an nnunet_mtl trainer, for the benchmark's batch without a dataset: a case
     table of the batch's cases (classes in turn), the terms set up on it (radiomics targets given instead of
@@ -72,6 +80,19 @@ def prepare(trainer, batch: dict, radiomics: dict | None = None) -> None:
     trainer._enter_stage(0)
 
 
+def interleaved_medians(trainers: dict, batch: dict, device: torch.device, steps: int, warmup: int) -> dict:
+    """Median seconds per ``train_step`` of each trainer, the trainers' steps interleaved (machine drift hits all
+    alike) after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for t in trainers.values():
+            time_step(t, batch, device)
+    times = {name: [] for name in trainers}
+    for _ in range(steps):
+        for name, t in trainers.items():
+            times[name].append(time_step(t, batch, device))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def time_step(trainer, batch: dict, device: torch.device) -> float:
     """Seconds of one ``trainer.train_step(batch)`` (synchronized on CUDA)."""
     if device.type == "cuda":
@@ -85,10 +106,7 @@ def time_step(trainer, batch: dict, device: torch.device) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per trainer (default 20)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--size", type=int, default=128, help="phantom image size, sets the planned patch")
+    step_arguments(parser, steps=20, warmup=3)
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_compile", "0")  # compare the eager steps; compile time would dominate short runs
     device = torch.device(args.device)

@@ -91,13 +91,17 @@ def test_predict_with_unknown_trainer_is_one_clear_line(trained):
     assert len(result.stderr.strip().splitlines()) == 1 and "nnUNetTrainerDoesNotExist" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def rlar_trained(trained):
-    """nnUNetv2_train -tr <tiny RLAR variant> on the same preprocessed phantom."""
-    trainer = "nnUNetTrainerRLAR_tiny"
+def train_also(trained, trainer: str) -> dict:
+    """nnUNetv2_train -tr TRAINER fold 0 on the module's preprocessed phantom; the fixture dict with its model."""
     run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", trainer, "-device", "cpu"], trained["env"])
     model = next((trained["root"] / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{trainer}__nnUNetPlans__2d"
     return {**trained, "trainer": trainer, "model": model}
+
+
+@pytest.fixture(scope="module")
+def rlar_trained(trained):
+    """The tiny RLAR variant on the same preprocessed phantom."""
+    return train_also(trained, "nnUNetTrainerRLAR_tiny")
 
 
 def test_rlar_trains_and_predicts_through_nnunet(rlar_trained):
@@ -144,11 +148,8 @@ def test_ablate_guidance(rlar_trained):
 
 @pytest.fixture(scope="module")
 def birads_trained(trained):
-    """nnUNetv2_train -tr nnUNetTrainerBIRADS_tiny (Zhang, Moradi, Saha) on the same preprocessed phantom."""
-    trainer = "nnUNetTrainerBIRADS_tiny"
-    run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", trainer, "-device", "cpu"], trained["env"])
-    model = next((trained["root"] / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{trainer}__nnUNetPlans__2d"
-    return {**trained, "trainer": trainer, "model": model}
+    """The tiny BI-RADS consistency variant (Zhang, Moradi, Saha) on the same preprocessed phantom."""
+    return train_also(trained, "nnUNetTrainerBIRADS_tiny")
 
 
 def test_birads_trains_saves_its_prior_and_predicts_through_nnunet(birads_trained):
