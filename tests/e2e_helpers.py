@@ -41,3 +41,11 @@ def planned_phantom(env: dict, dataset: str, seed: int = 3, patients: int = 12) 
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "2d", "-np", "1", "--verify_dataset_integrity"],
         env)
     return next(Path(env["nnUNet_raw"]).glob(f"Dataset{int(dataset):03d}_*"))
+
+
+def train(env: dict, dataset: str, trainer: str, fold: str = "0"):
+    """``nnUNetv2_train DATASET 2d FOLD -tr TRAINER -device cpu``; the finished command (its log in stdout) and the
+    trainer's results folder."""
+    result = run([BIN / "nnUNetv2_train", dataset, "2d", fold, "-tr", trainer, "-device", "cpu"], env)
+    results = next(Path(env["nnUNet_results"]).glob(f"Dataset{int(dataset):03d}_*"))
+    return result, results / f"{trainer}__nnUNetPlans__2d"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run
+from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run, train
 
 pytestmark = pytest.mark.e2e
 DATASET = "501"
@@ -20,9 +20,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     env = nnunet_env(root)
     raw = planned_phantom(env, DATASET)
-    train = run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env)
-    model = next((root / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{TRAINER}__nnUNetPlans__2d"
-    return {"root": root, "env": env, "raw": raw, "model": model, "train_log": train.stdout}
+    result, model = train(env, DATASET, TRAINER)
+    return {"root": root, "env": env, "raw": raw, "model": model, "train_log": result.stdout}
 
 
 def test_training_outputs(trained):
@@ -93,8 +92,7 @@ def test_predict_with_unknown_trainer_is_one_clear_line(trained):
 
 def train_also(trained, trainer: str) -> dict:
     """nnUNetv2_train -tr TRAINER fold 0 on the module's preprocessed phantom; the fixture dict with its model."""
-    run([str(BIN / "nnUNetv2_train"), DATASET, "2d", "0", "-tr", trainer, "-device", "cpu"], trained["env"])
-    model = next((trained["root"] / "nnUNet_results").glob(f"Dataset{DATASET}_*")) / f"{trainer}__nnUNetPlans__2d"
+    _, model = train(trained["env"], DATASET, trainer)
     return {**trained, "trainer": trainer, "model": model}
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.cli.predict import check_per_fold_folds, parse_folds
 from nnunet_mtl.errors import NnunetMtlError
-from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run
+from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run, train
 
 CLASSES = ["benign", "malignant"]
 
@@ -446,7 +446,7 @@ def two_folds(tmp_path_factory):
     env = nnunet_env(root)
     raw = planned_phantom(env, DATASET)
     for fold in ("0", "1"):
-        run([str(BIN / "nnUNetv2_train"), DATASET, "2d", fold, "-tr", TRAINER, "-device", "cpu"], env)
+        train(env, DATASET, TRAINER, fold)
     return {"root": root, "env": env, "raw": raw}
 
 

@@ -75,6 +75,7 @@ def add_head_to_checkpoint(checkpoint_path: Path, out_path: Path, head_config, s
     """Copy the checkpoint with a fresh classification head added; returns the number of tensors added."""
     import torch
 
+    from nnunet_mtl.atomic import atomic_open
     from nnunet_mtl.networks.multitask_unet import HEAD_PREFIX
     from nnunet_mtl.seams.heads import build_head
     try:
@@ -93,9 +94,8 @@ def add_head_to_checkpoint(checkpoint_path: Path, out_path: Path, head_config, s
     head = build_head(head_config, encoder_channels(weights, checkpoint_path))
     added = {HEAD_PREFIX + k: v for k, v in head.state_dict().items()}
     checkpoint["network_weights"] = {**weights, **added}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out_path)
+    with atomic_open(out_path, "wb") as f:
+        torch.save(checkpoint, f)
     return len(added)
 
 

@@ -19,9 +19,7 @@ half-written file.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -29,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nnunet_mtl.atomic import atomic_open
 from nnunet_mtl.dataset.contract import MASK_KINDS, ContractError, read_cases_csv
 
 LESION_LABEL = 1
@@ -143,13 +142,6 @@ def copy_if_changed(source: Path, target: Path) -> bool:
     target = Path(target)
     if target.is_file() and target.read_bytes() == data:
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target, "wb") as f:
+        f.write(data)
     return True

@@ -95,7 +95,6 @@ def describe_splits(splits: list[dict], class_of_case: dict[str, str]) -> str:
 
 
 def write_splits(splits: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(splits, indent=2))
-    tmp.replace(path)
+    """nnU-Net's splits_final.json, atomically (two folds started at once may both write it)."""
+    from nnunet_mtl.atomic import write_text_atomic
+    write_text_atomic(json.dumps(splits, indent=2), path)

@@ -62,20 +62,19 @@ Every JSON / CSV / PNG written here is written to a temporary file in the same f
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
 import re
 import sys
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from nnunet_mtl.dataset.contract import SPACING_COLUMNS, read_cases_csv, read_class_labels, read_json_object
+from nnunet_mtl.atomic import atomic_open, write_text_atomic
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import classification as cls_metrics
 from nnunet_mtl.evaluation import segmentation as seg_metrics
@@ -109,34 +108,6 @@ def _json_safe(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def _temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this process and call (same folder, so os.replace is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode: str = "w", newline: str | None = None):
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` (os.replace), on an error
-    it is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, mode.replace("w", "x"), newline=newline) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def write_text_atomic(text: str, path) -> Path:
-    with atomic_open(path) as f:
-        f.write(text)
-    return Path(path)
 
 
 def write_json(obj, path: Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from nnunet_mtl.atomic import atomic_open
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet
 
@@ -188,11 +189,9 @@ class MultitaskPredictor(nnUNetPredictor):
             row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(self.class_names, probs)})
             rows[case] = row
         fields = ["case_id", "predicted_class"] + [f"prob_{n}" for n in self.class_names]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for case in sorted(rows):
                 writer.writerow({k: rows[case].get(k, "") for k in fields})
-        tmp.replace(path)
         return path

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from nnunet_mtl.atomic import atomic_open
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.radiomics.features import (DEFAULT_FEATURES, PYRADIOMICS_SETTINGS, check_feature_names,
                                            radiomics_targets)
@@ -94,10 +95,8 @@ def compute_dataset_radiomics(raw_folder: Path, cache_csv: Path, features=DEFAUL
                 row.update(results[row["case_id"]])
     table = pd.DataFrame(rows, columns=["case_id", "input_hash", *features])
     table.insert(2, "has_lesion", table[list(features)].notna().all(axis=1).astype(int))
-    cache_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_csv.with_name(cache_csv.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(cache_csv)
+    with atomic_open(cache_csv, newline="") as f:  # two folds started at once may both bring it up to date
+        table.to_csv(f, index=False)
     return table, len(jobs)
 
 

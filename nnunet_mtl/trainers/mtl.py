@@ -352,8 +352,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if no_decay:
             groups.append({"params": [p for p in self.network.parameters() if id(p) in no_decay], "weight_decay": 0.0,
                            "no_weight_decay": True})
-        lr = stage.lr if stage.lr is not None else self.initial_lr
-        weight_decay = stage.weight_decay if stage.weight_decay is not None else self.weight_decay
+        lr, weight_decay = self._stage_hyperparameters(stage)
         if self.optimizer_name == "sgd":  # nnU-Net's
             optimizer = torch.optim.SGD(groups, lr, weight_decay=weight_decay, momentum=0.99, nesterov=True)
         elif self.optimizer_name == "adamw":
@@ -366,6 +365,19 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             fail(f"{type(self).__name__}.lr_schedule: {e}")
         return optimizer, scheduler
 
+    def _stage_hyperparameters(self, stage: Stage) -> tuple[float, float]:
+        """(initial learning rate, weight decay) of a stage: its own, else the trainer's."""
+        return (stage.lr if stage.lr is not None else self.initial_lr,
+                stage.weight_decay if stage.weight_decay is not None else self.weight_decay)
+
+    def _trained_parameter_ids(self, trainable) -> set[int]:
+        """ids of the parameters of the parts a stage trains (``trainable`` names, not None)."""
+        network = unwrap(self.network)
+        try:
+            return {id(p) for name in trainable for p in network.part_parameters(name)}
+        except KeyError as e:
+            fail(f"{type(self).__name__}.stages: {e.args[0]}")
+
     def _apply_trainable(self, trainable) -> None:
         network = unwrap(self.network)
         if trainable is None:
@@ -373,26 +385,20 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 p.requires_grad_(True)
             self._frozen_modules = []
             return
-        try:
-            keep = {id(p) for name in trainable for p in network.part_parameters(name)}
-        except KeyError as e:
-            fail(f"{type(self).__name__}.stages: {e.args[0]}")
+        keep = self._trained_parameter_ids(trainable)
         for p in network.parameters():
             p.requires_grad_(id(p) in keep)
-        encoder = {id(p) for p in network.encoder.parameters()}
 
-        def frozen(name: str, module) -> bool:
-            params = list(module.parameters())
-            if name.split(".")[0] != "encoder":  # the decoder's reference to the encoder is not the decoder's
-                params = [p for p in params if id(p) not in encoder]
+        def frozen(name: str) -> bool:  # part_parameters: the decoder's reference to the encoder is not the decoder's
+            params = network.part_parameters(name)
             return bool(params) and not any(p.requires_grad for p in params)
 
         def parent(name: str) -> str:
             return name.rpartition(".")[0]
 
         # the largest fully frozen submodules: they run in eval mode (dropout off, batch-norm statistics kept)
-        self._frozen_modules = [m for name, m in network.named_modules() if name and frozen(name, m)
-                                and not (parent(name) and frozen(parent(name), network.get_submodule(parent(name))))]
+        self._frozen_modules = [m for name, m in network.named_modules()
+                                if name and frozen(name) and not (parent(name) and frozen(parent(name)))]
 
     def _enter_stage(self, epoch: int) -> None:
         span = stage_at(self._stage_plan(), epoch)
@@ -406,7 +412,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self._apply_trainable(stage.trainable)
         if transition and stage.reset_optimizer:
             self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        weight_decay = stage.weight_decay if stage.weight_decay is not None else self.weight_decay
+        lr, weight_decay = self._stage_hyperparameters(stage)
         for group in self.optimizer.param_groups:
             if not group.get("no_weight_decay"):
                 group["weight_decay"] = weight_decay
@@ -415,7 +421,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self.print_to_log_file(
                 f"{'resumed in ' if resumed else 'entering '}{span.describe(len(self._stage_spans))}: loss weights "
                 f"{self.loss_weights_now}, trainable {list(stage.trainable) if stage.trainable else 'everything'}, "
-                f"lr {stage.lr if stage.lr is not None else self.initial_lr:g} (poly over the stage), weight decay "
+                f"lr {lr:g} ({self.lr_schedule} over the stage), weight decay "
                 f"{weight_decay:g}{', fresh optimizer state' if transition and stage.reset_optimizer else ''}"
                 f"{'' if stage.select_best else ', no best-checkpoint selection'}")
 
@@ -448,16 +454,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         that freezes part of the encoder."""
         if not self.backward_rule.needs_encoder_gradient:
             return
-        network = unwrap(self.network)
-        encoder = {id(p) for p in network.encoder.parameters()}
+        encoder = {id(p) for p in unwrap(self.network).encoder.parameters()}
         for span in spans:
-            if span.stage.trainable is None:
-                continue
-            try:
-                kept = {id(p) for name in span.stage.trainable for p in network.part_parameters(name)}
-            except KeyError as e:
-                fail(f"{type(self).__name__}.stages: {e.args[0]}")
-            if not encoder <= kept:
+            if span.stage.trainable is not None and not encoder <= self._trained_parameter_ids(span.stage.trainable):
                 fail(f"{type(self).__name__}: stage {span.stage.name!r} freezes part of the encoder, but its backward "
                      f"rule ({self.backward_rule.name}) takes gradients at the encoder's outputs; expected the stage "
                      f"to train the whole encoder")
@@ -618,9 +617,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         values = log("ema_mtl_score", step=None) if self.selection == "mtl_score" else \
             [-v for v in log("val_losses", step=None)]
         spans = self._stage_plan()
-        stages = log("stage", step=None)
-        return [float(v) if spans[min(int(stages[e]) if e < len(stages) else 0, len(spans) - 1)].stage.select_best
-                else float("nan") for e, v in enumerate(values)]
+        return [float(v) if stage_at(spans, e).stage.select_best else float("nan") for e, v in enumerate(values)]
 
     def early_stopped(self) -> str | None:
         """Why training stops now (the selection score has not improved for early_stopping_patience epochs), or None."""
