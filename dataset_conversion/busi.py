@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
-                                       convert_source, find_layout, list_files)
+from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, UniqueNames,
+                                       add_converter, convert_source, find_layout, list_files)
 
 BUSI_FOLDERS = MALIGNANCY + ("normal",)
 BUSI_LAYOUT = ("Dataset_BUSI_with_GT/{benign,malignant,normal}/ holding 'benign (N).png' with its "
@@ -46,10 +46,13 @@ def register_converters(sources) -> None:
 
 
 def _busi_files(folder: Path, cls: str):
-    """{number: image path}, {number: [mask paths, main mask first]} and the files that do not fit the naming."""
+    """{number: image path}, {number: [mask paths, main mask first]} and the files that do not fit the naming.
+    Two files that name the same image or mask once case and leading zeros are ignored ('benign (1).png' and
+    'benign (01).png', or 'Benign (1).PNG') are an error naming both: which mask belongs to which is unknowable."""
     images: dict[int, Path] = {}
     masks: dict[int, list[tuple[int, Path]]] = {}
     odd: list[tuple[str, str]] = []
+    seen = UniqueNames(f"BUSI folder {folder}", "image or mask number (leading zeros and letter case aside)")
     for path in list_files(folder, "*.png"):  # not Thumbs.db, .DS_Store, ...: not part of the dataset
         m = BUSI_NAME.fullmatch(path.name)
         if m is None:
@@ -60,8 +63,11 @@ def _busi_files(folder: Path, cls: str):
                                               f"there (the folder is the class)"))
         elif m["mask"]:
             # _mask.png first (k = 0), then _mask_1, _mask_2: the merge does not depend on the order, the messages do
+            seen.add((int(m["number"]), int(m["k"] or 0)), path.name,
+                     f"mask {int(m['k'] or 0)} of image {int(m['number'])}")
             masks.setdefault(int(m["number"]), []).append((int(m["k"] or 0), path))
         else:
+            seen.add(int(m["number"]), path.name, f"image {int(m['number'])}")
             images[int(m["number"])] = path
     return images, {n: [p for _, p in sorted(v)] for n, v in masks.items()}, odd
 

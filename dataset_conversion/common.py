@@ -199,6 +199,24 @@ def list_files(folder, pattern: str) -> list[Path]:
                   and fnmatch.fnmatchcase(p.name.lower(), pattern) and p.is_dir() == want_dir)
 
 
+class UniqueNames:
+    """Source files keyed by what they mean (an image number, a case id): a second file with the key of an
+    earlier one is an error naming both (two files read as one case would merge silently). Keys that are strings
+    compare without letter case: 'Benign (1).PNG' and 'benign (1).png' are one name to a case-insensitive file
+    system, and to the case-insensitive matching of :func:`list_files`."""
+
+    def __init__(self, where: str, unit: str):
+        self.where, self.unit = where, unit
+        self.files: dict = {}
+
+    def add(self, key, path, what: str) -> None:
+        norm = key.casefold() if isinstance(key, str) else key
+        first = self.files.setdefault(norm, path)
+        if first != path:
+            raise NnunetMtlError(f"{self.where}: {str(first)!r} and {str(path)!r} both give {what}; expected one "
+                                 f"file per {self.unit} (rename or remove one)")
+
+
 def find_layout(source, required: Sequence[str], *, dataset: str, expected: str) -> Path:
     """The folder holding every glob pattern of ``required`` (a trailing '/' means a folder; file patterns match
     case-insensitively as in :func:`list_files`, folders by their exact name, which the converter opens):
@@ -338,23 +356,30 @@ def _size_text(shape) -> str:
 
 def check_same_size(image: np.ndarray, mask: np.ndarray, image_name, mask_name) -> None:
     """:class:`SkipCase` naming both files unless image and mask have the same height and width."""
-    if tuple(image.shape[:2]) != tuple(mask.shape[:2]):
-        raise SkipCase(f"{mask_name} is {_size_text(mask.shape)} px but {image_name} is {_size_text(image.shape)}; "
-                       f"expected a mask of the image's size")
+    (ih, iw), (mh, mw) = image.shape[:2], mask.shape[:2]
+    if (ih, iw) != (mh, mw):
+        looks = (" (the image looks cropped relative to its mask: smaller in both directions)" if ih < mh and iw < mw
+                 else " (the mask looks cropped relative to its image)" if ih > mh and iw > mw else "")
+        raise SkipCase(f"{mask_name} is {_size_text(mask.shape)} px but {image_name} is {_size_text(image.shape)}"
+                       f"{looks}; expected a mask of the image's size")
 
 
 def merge_masks(masks: Sequence[np.ndarray], names: Sequence = ()) -> np.ndarray:
     """One 0/1 lesion map from several masks of one image: logical OR of the binarized masks (each annotated
-    lesion stays lesion). Sizes must agree (:class:`SkipCase` naming the file otherwise)."""
-    from dataset_conversion.writer import binarize_mask
+    lesion stays lesion). Sizes must agree (:class:`SkipCase` naming the file otherwise); a mask of mixed
+    encodings is a :class:`SkipCase` naming it (:func:`~dataset_conversion.writer.read_mask`)."""
+    from dataset_conversion.writer import MaskEncodingError, binarize_mask
 
     if not masks:
         raise ValueError("merge_masks needs at least one mask")
-    names = list(names) or [f"mask {i + 1}" for i in range(len(masks))]
-    merged = binarize_mask(masks[0])
-    for mask, name in zip(masks[1:], names[1:]):
-        check_same_size(merged, mask, names[0], name)
-        merged |= binarize_mask(mask)
+    names = [str(n) for n in names] or [f"mask {i + 1}" for i in range(len(masks))]
+    try:
+        merged = binarize_mask(masks[0], names[0])
+        for mask, name in zip(masks[1:], names[1:]):
+            check_same_size(merged, mask, names[0], name)
+            merged |= binarize_mask(mask, name)
+    except MaskEncodingError as e:
+        raise SkipCase(str(e))
     return merged
 
 
@@ -369,11 +394,12 @@ def spacing_mm(pixel_size: float | None, unit: str = "mm") -> tuple[float, float
     return (mm, mm)
 
 
-def load_files(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
-    """The default loader: ``case.image`` and ``case.masks`` are file paths; masks merged, sizes checked.
+def load_files(case: Case) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The default loader: ``case.image`` and ``case.masks`` are file paths; the masks as read (each binarized by
+    its own encoding and merged by the worker, which names each file in messages), sizes checked.
 
-    A loader is any picklable callable ``loader(case) -> (image array, mask array or None)``, run in the worker
-    processes. State such as an open HDF5 file belongs in an object that opens it lazily on first call in the
+    A loader is any picklable callable ``loader(case) -> (image array, mask array, list of mask arrays or None)``,
+    run in the worker processes; a list of masks must follow ``case.masks`` (their names go into messages). State such as an open HDF5 file belongs in an object that opens it lazily on first call in the
     worker and drops it in ``__getstate__``."""
     image = read_image(case.image)
     if not case.masks:
@@ -381,7 +407,7 @@ def load_files(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
     masks = [read_image(m) for m in case.masks]
     for m, name in zip(masks, case.masks):
         check_same_size(image, m, case.image, name)
-    return image, masks[0] if len(masks) == 1 else merge_masks(masks, case.masks)  # one mask: binarized once
+    return image, masks
 
 
 # --- hashes ---------------------------------------------------------------------------------------------------
@@ -448,6 +474,7 @@ class ConversionReport:
         self.near_duplicates: list[dict] = []
         self.near_duplicates_total = 0
         self.bad_values: list[dict] = []
+        self.mask_encodings: dict[str, int] = {}  # encoding -> mask files of the cases added, read that way
         self.notes: list[str] = []
         self.seconds = 0.0
         self.path: Path | None = None
@@ -490,6 +517,7 @@ class ConversionReport:
             "converter": self.converter, "source": self.source, "dataset": self.dataset, "options": self.options,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(self.seconds, 2),
             "counts": self.summary, "added": self.added, "notes": self.notes,
+            "mask_encodings": dict(sorted(self.mask_encodings.items())),
             "skipped": self.skipped, "duplicates": self.duplicates,
             "near_duplicates": {"max_distance_bits": NEAR_DUPLICATE_MAX_BITS, "scope": "different patients",
                                 "total": self.near_duplicates_total, "pairs": self.near_duplicates},
@@ -520,6 +548,11 @@ class ConversionReport:
                 self.near_duplicates_total)
         section("bad clinical values (left empty)",
                 [f"{b['case']} {b['column']}={b['value']!r}: expected {b['expected']}" for b in self.bad_values])
+        if self.mask_encodings:
+            from dataset_conversion.writer import MASK_ENCODINGS
+            lines.append("mask files read as: " + "; ".join(
+                f"{n} {encoding} ({MASK_ENCODINGS.get(encoding, encoding)})"
+                for encoding, n in sorted(self.mask_encodings.items(), key=lambda kv: -kv[1])))
         for note in self.notes:
             lines.append(f"note: {note}")
         if self.path is not None:
@@ -543,6 +576,7 @@ class _Done:
     dhash: int
     shape: tuple
     source_shape: tuple = ()  # before --resize
+    encodings: tuple = ()     # how each mask file was read (dataset_conversion.writer.MASK_ENCODINGS)
 
 
 def resize_case(grey: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -567,13 +601,20 @@ def _init_worker(loader: Callable, folder: str, resize: int | None = None) -> No
 def _convert_case(case: Case, split: str, loader: Callable, folder: Path, resize: int | None = None):
     """Load -> grey image + 0/1 mask -> checks -> (resize) -> PNGs into ``folder``; a :class:`SkipCase` comes back
     as text."""
-    from dataset_conversion.writer import image_and_mask, write_case_files
+    from dataset_conversion.writer import MaskEncodingError, image_and_mask, write_case_files
 
     try:
         image, mask = loader(case)
-        if mask is not None:
-            check_same_size(np.asarray(image), np.asarray(mask), case.source or case.case_id, "its mask")
-        grey, label = image_and_mask(image, mask, name=case.source or case.case_id)
+        name = case.source or case.case_id
+        masks = [] if mask is None else list(mask) if isinstance(mask, (list, tuple)) else [mask]
+        files = [m for m in case.masks if isinstance(m, (str, Path))]
+        names = [str(m) for m in files] if len(files) == len(masks) else []
+        for i, m in enumerate(masks):
+            check_same_size(np.asarray(image), np.asarray(m), name, names[i] if names else "its mask")
+        try:
+            grey, label, encodings = image_and_mask(image, mask, name=name, mask_names=names)
+        except MaskEncodingError as e:
+            raise SkipCase(str(e))
         source_shape = grey.shape
         if resize is not None:
             had_lesion = bool(label.any())
@@ -588,7 +629,7 @@ def _convert_case(case: Case, split: str, loader: Callable, folder: Path, resize
         if not case.lesion and label.any():
             raise SkipCase(f"{case.source or case.case_id}: a normal image with a non-empty mask; expected none")
         write_case_files(folder, case.case_id, split, grey, label)
-        return _Done(pixel_digest(grey), difference_hash(grey), grey.shape, source_shape)
+        return _Done(pixel_digest(grey), difference_hash(grey), grey.shape, source_shape, encodings)
     except SkipCase as e:
         return str(e)
 
@@ -673,9 +714,13 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
     report.dataset = writer.folder_name
     dups = _Duplicates(writer, report, keep=options.duplicates == "keep")
     added: list[dict] = []  # this run's rows
+    encodings: dict[str, tuple] = {}  # case id -> how each of its mask files was read
     with writer, tqdm(total=total, desc=report.converter, unit="img", disable=not options.progress) as bar:
         dups.load_existing()
         rows: dict[str, dict] = {}
+        # case ids become file names: two that differ only in letter case are one file on macOS / Windows
+        ids = UniqueNames(report.source, "case id (ids that differ only in letter case are one file name on "
+                                         "macOS and Windows)")
 
         def work() -> Iterator[tuple[Case, str]]:
             """Cases to convert, with their split; skips and normal images handled here, in the main process."""
@@ -691,9 +736,7 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                 split = item.split if options.split == "official" else options.split
                 if split is None:
                     raise NnunetMtlError(f"case {item.case_id}: --as official but the converter gave no split")
-                if item.case_id in rows:
-                    raise ContractError(f"case id {item.case_id!r} comes twice from {report.source}; expected "
-                                        f"unique ids")
+                ids.add(item.case_id, item.source or item.case_id, f"case id {item.case_id.casefold()!r}")
                 # validated before a worker writes a file named after it
                 rows[item.case_id] = writer.check_case(
                     item.case_id, split=split, class_name=item.class_name, patient_id=item.patient_id,
@@ -709,6 +752,7 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                 if isinstance(result, str):
                     report.skip(case.case_id, result)
                 elif dups.admit(case, split, result):
+                    encodings[case.case_id] = result.encodings
                     if options.resize is not None:
                         _scale_spacing(row, result.source_shape, result.shape)
                     writer.register_case(row)
@@ -718,6 +762,9 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                         f"spacing scaled with it: masks, Dice and HD95 are at that size")
         kept = writer.case_ids
         added = [r for r in added if r["case_id"] in kept]  # minus copies dropped as ambiguous later
+        for row in added:
+            for encoding in encodings[row["case_id"]]:
+                report.mask_encodings[encoding] = report.mask_encodings.get(encoding, 0) + 1
         if not added:
             first = report.skipped[0]["reason"] if report.skipped else "the source lists no cases"
             raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped; "

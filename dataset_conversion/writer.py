@@ -87,17 +87,22 @@ def to_grey_uint8(array) -> np.ndarray:
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
-def binarize_mask(array) -> np.ndarray:
-    """A 2D uint8 0/1 lesion mask from any common mask encoding.
+# How a mask file's values were read (counted per file in the conversion report).
+MASK_ENCODINGS = {
+    "binary": "one lesion value (1-bit, 0/1, 0/255 or one colour)",
+    "labels": "a label map (several values below 128): every label is lesion",
+    "intensity": "grey levels (e.g. JPEG): lesion where the value is at least half the maximum",
+    "empty": "all zero",
+}
 
-    - bool, 0/1 or small label maps (max < 128): any nonzero value is lesion (several lesion labels -> one).
-    - 8/16-bit intensity masks (max >= 128, e.g. 0/255, possibly JPEG-compressed): lesion where the value is at
-      least half the maximum. The threshold at half the max removes JPEG ringing around edges and near-zero
-      background noise, and keeps 0/255 masks exact.
-    - RGB: the brightest channel is used, so coloured (e.g. pure red) annotations count fully.
-    - RGBA / grey+alpha: composited onto black first (value * alpha), so transparent pixels are background
-      whatever colour they store, and opaque black stays background.
-    """
+
+class MaskEncodingError(ContractError):
+    """A mask whose values mix two encodings (a 0/1 lesion with 0/255 pixels): no reading of it is safe."""
+
+
+def mask_values(array) -> np.ndarray:
+    """The 2D value array of a mask: grey as is; RGB -> the brightest channel (a pure red annotation counts fully);
+    RGBA / grey+alpha composited onto black first (transparent pixels are background whatever colour they store)."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
@@ -112,22 +117,59 @@ def binarize_mask(array) -> np.ndarray:
         if has_alpha:
             alpha = a[:, :, -1].astype(np.float64)
             alpha_max = alpha.max()
-            a = value * (alpha / alpha_max) if alpha_max > 0 else np.zeros(a.shape[:2])
-        else:
-            a = value
-    elif a.ndim != 2:
+            return value * (alpha / alpha_max) if alpha_max > 0 else np.zeros(a.shape[:2])
+        return value
+    if a.ndim != 2:
         raise ContractError(f"mask of shape {a.shape} is not a 2D array")
+    return a
+
+
+def read_mask(array, name: str = "mask") -> tuple[np.ndarray, str]:
+    """(2D uint8 0/1 lesion mask, encoding) from any common mask encoding, decided per file from its values
+    (:data:`MASK_ENCODINGS`):
+
+    - ``binary``: bool, or one nonzero value (0/1, 0/255): that value is lesion.
+    - ``labels``: integer values all below 128 (a label map): any nonzero label is lesion.
+    - ``intensity``: grey levels up to 128 or more (JPEG-compressed 0/255 masks): lesion where the value is at
+      least half the maximum, which removes JPEG ringing around edges and near-zero background noise.
+    - A mask that would lose its lesion to that threshold is refused (:class:`MaskEncodingError` naming ``name``):
+      when the most frequent value below 128 covers at least as many pixels as the values above half the maximum,
+      the file mixes a 0/1 lesion with 0/255 pixels (one stray 255 in a 0/1 mask would otherwise turn a
+      150-pixel lesion into 1 pixel); JPEG ringing never dominates the lesion it rings around.
+    """
+    a = mask_values(array)
     if a.dtype == bool:
-        return a.astype(np.uint8)
+        return a.astype(np.uint8), "binary" if a.any() else "empty"
     if a.size == 0:
-        return np.zeros(a.shape, np.uint8)
+        return np.zeros(a.shape, np.uint8), "empty"
     peak = float(a.max())
     if peak <= 0:
-        return np.zeros(a.shape, dtype=np.uint8)
+        return np.zeros(a.shape, dtype=np.uint8), "empty"
     integral = np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a))
-    if peak < 128 and integral:
-        return (a > 0).astype(np.uint8)  # a label map: every nonzero label is lesion
-    return (a >= peak / 2.0).astype(np.uint8)
+    if not integral:
+        return (a >= peak / 2.0).astype(np.uint8), "intensity"
+    nonzero = a > 0
+    if peak < 128:  # a label map: every nonzero label is lesion
+        single = bool(np.all(a[nonzero] == peak))
+        return nonzero.astype(np.uint8), "binary" if single else "labels"
+    lesion = a >= peak / 2.0
+    low = a[nonzero & ~lesion]
+    if low.size:
+        values, counts = np.unique(low[low < 128], return_counts=True)
+        if counts.size and counts.max() >= np.count_nonzero(lesion):
+            value = values[np.argmax(counts)].item()
+            raise MaskEncodingError(
+                f"{name} mixes mask encodings: {counts.max()} px of value {value:g} (a 0/1-style lesion) and "
+                f"{np.count_nonzero(lesion)} px of {peak:g} or at least half of it (0/255-style); expected one "
+                f"encoding per mask (reading it at half the maximum would shrink the lesion to those "
+                f"{np.count_nonzero(lesion)} px)")
+        return lesion.astype(np.uint8), "intensity"
+    return lesion.astype(np.uint8), "binary"
+
+
+def binarize_mask(array, name: str = "mask") -> np.ndarray:
+    """A 2D uint8 0/1 lesion mask from any common mask encoding (:func:`read_mask` without the encoding)."""
+    return read_mask(array, name)[0]
 
 
 def _cell(value) -> str:
@@ -150,14 +192,26 @@ def case_file_paths(folder: Path, case_id: str, split: str) -> tuple[Path, Path]
     return (Path(folder) / image_dir / f"{case_id}_0000{FILE_ENDING}", Path(folder) / label_dir / f"{case_id}{FILE_ENDING}")
 
 
-def image_and_mask(image, label, *, name: str = "case") -> tuple[np.ndarray, np.ndarray]:
-    """(2D uint8 grey image, 2D uint8 0/1 mask) as stored; ``label`` None -> all-zero. ``name`` goes into errors."""
+def image_and_mask(image, label, *, name: str = "case", mask_names=()) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(2D uint8 grey image, 2D uint8 0/1 mask, the encoding of each mask file) as stored. ``label``: one mask,
+    a list of masks of the image (merged: a pixel is lesion when any mask says so), or None (all zero, no
+    encoding). ``name`` and ``mask_names`` go into errors."""
     grey = to_grey_uint8(image)
-    mask = np.zeros(grey.shape, np.uint8) if label is None else binarize_mask(label)
-    if mask.shape != grey.shape:
-        raise ContractError(f"{name}: image shape {grey.shape} and label shape {mask.shape} differ; "
-                            f"expected the same height and width")
-    return grey, mask
+    if label is None:
+        return grey, np.zeros(grey.shape, np.uint8), ()
+    masks = list(label) if isinstance(label, (list, tuple)) else [label]
+    names = list(mask_names) if len(mask_names) == len(masks) else (
+        [name] if len(masks) == 1 else [f"{name}'s mask {i + 1}" for i in range(len(masks))])
+    merged = np.zeros(grey.shape, np.uint8)
+    encodings = []
+    for mask, mask_name in zip(masks, names):
+        binary, encoding = read_mask(mask, mask_name)
+        if binary.shape != grey.shape:
+            raise ContractError(f"{mask_name}: image shape {grey.shape} and label shape {binary.shape} differ; "
+                                f"expected the same height and width")
+        merged |= binary
+        encodings.append(encoding)
+    return grey, merged, tuple(encodings)
 
 
 def write_case_files(folder: Path, case_id: str, split: str, grey: np.ndarray, mask: np.ndarray) -> None:
@@ -220,6 +274,7 @@ class RawDatasetWriter:
         if self.tmp.exists():  # left over by a killed run of this same process id
             shutil.rmtree(self.tmp)
         self._rows: dict[str, dict] = {}  # case id -> cases.csv row, in the order added
+        self._folded: dict[str, str] = {}  # case id without letter case -> the case id
         self._clinical_columns: list[str] = []
         self._done = False
         self._summary: dict | None = None
@@ -250,6 +305,7 @@ class RawDatasetWriter:
                 if col in row:
                     row[col] = "" if pd.isna(row[col]) else repr(float(row[col]))
             self._rows[row["case_id"]] = row
+            self._folded[row["case_id"].casefold()] = row["case_id"]
 
     # --- adding cases ---------------------------------------------------------------------------------------
     def add_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None, *, split: str, class_name: str,
@@ -257,7 +313,7 @@ class RawDatasetWriter:
         """Write one case (image, binarized mask or all-zero for ``None``) and remember its cases.csv row."""
         row = self.check_case(case_id, split=split, class_name=class_name, patient_id=patient_id,
                               spacing_mm=spacing_mm, **clinical)
-        grey, mask = image_and_mask(image, label, name=f"case {row['case_id']}")
+        grey, mask, _ = image_and_mask(image, label, name=f"case {row['case_id']}")
         write_case_files(self.tmp, row["case_id"], split, grey, mask)
         self.register_case(row)
 
@@ -277,6 +333,10 @@ class RawDatasetWriter:
                                 f"'_', '-' or '.' (not starting with '_', '-' or '.')")
         if case_id in self._rows:
             raise ContractError(f"case id {case_id!r} is added twice to {self.folder_name}; expected unique ids")
+        folded = self._folded.get(case_id.casefold())
+        if folded is not None and folded != case_id:
+            raise ContractError(f"case id {case_id!r} differs from {folded!r} of {self.folder_name} only in letter "
+                                f"case; expected ids that stay distinct on case-insensitive file systems")
         if split not in SPLIT_FOLDERS:
             raise ContractError(f"case {case_id}: split {split!r} is not one of {list(SPLITS)}")
         if class_name not in self.class_labels:
@@ -312,13 +372,15 @@ class RawDatasetWriter:
             if key not in REQUIRED_COLUMNS + SPACING_COLUMNS and key not in self._clinical_columns:
                 self._clinical_columns.append(key)
         self._rows[case_id] = row
+        self._folded[case_id.casefold()] = case_id
 
     def remove_case(self, case_id: str, split: str) -> None:
         """Delete a case's files from :attr:`tmp` and its row, if any (e.g. a duplicate found after it was written);
         O(1): the rows are kept by case id."""
         for path in case_file_paths(self.tmp, case_id, split):
             path.unlink(missing_ok=True)
-        self._rows.pop(case_id, None)
+        if self._rows.pop(case_id, None) is not None:
+            self._folded.pop(case_id.casefold(), None)
 
     @property
     def rows(self) -> list[dict]:

@@ -131,3 +131,51 @@ def test_busi_wrong_folder_and_cli(busi_src, tmp_path, monkeypatch, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["convert", "busi", str(busi_src), "--no-progress", "--overwrite", "--normal", "include"]) == 0
     assert load_raw_dataset(tmp_path / "raw" / "Dataset603_BUSI").class_labels["normal"] == 2
+
+
+def _lesion_01():
+    """A 0/1 uint8 mask of a 150-pixel lesion (10 x 15)."""
+    m = np.zeros(SHAPE, np.uint8)
+    m[5:15, 5:20] = 1
+    return m
+
+
+def test_busi_mask_with_stray_255_is_skipped_not_collapsed(busi_src, tmp_path):
+    """Issue 13, item 1: one stray 255 in a 0/1 mask must not turn a 150-px lesion into one pixel."""
+    b = busi_src / "Dataset_BUSI_with_GT" / "benign"
+    mixed = _lesion_01()
+    mixed[0, 0] = 255
+    _save(b / "benign (1)_mask.png", mixed)
+    _save(b / "benign (5).png", _rgb(5))
+    _save(b / "benign (5)_mask.png", _lesion_01())  # plain 0/1: the whole lesion
+    report = convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "busi_benign_0001" not in cases.index
+    assert "benign (1)_mask.png mixes mask encodings: 150 px of value 1" in reasons["busi_benign_0001"]
+    assert "1 px of 255" in reasons["busi_benign_0001"]
+    assert case_label(raw, "busi_benign_0005").sum() == 150
+    # what was done with every mask file is in the report: counts per encoding
+    # what was done with every mask file of the cases added is in the report: counts per encoding (1-bit, 0/1,
+    # 0/255 and the RGBA mask have one lesion value each; the ambiguous pair dropped later is not counted)
+    assert report.mask_encodings == {"binary": 6}
+    assert "mask files read as: 6 binary" in report.format()
+
+
+@pytest.mark.parametrize("first, second", [("benign (1).png", "benign (01).png"),
+                                           ("benign (1).png", "Benign (1).PNG"),
+                                           ("benign (1)_mask.png", "benign (001)_mask.png")])
+def test_busi_names_that_collide_are_an_error_naming_both(busi_src, tmp_path, first, second):
+    """Issue 13, items 2-3: two files read as one image (leading zeros, letter case) were merged silently."""
+    b = busi_src / "Dataset_BUSI_with_GT" / "benign"
+    if (b / second).exists():  # the fixture has it already under the other spelling
+        pytest.skip("collision already present")
+    _save(b / second, _rgb(7) if "mask" not in second else _box((1, 4, 1, 4)), None if "mask" not in second else "1")
+    before = sorted(p.name for p in b.iterdir())
+    with pytest.raises(NnunetMtlError) as e:
+        convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw")
+    message = str(e.value)
+    assert "\n" not in message and repr(first) in message and repr(second) in message
+    assert "rename or remove one" in message
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())  # nothing written
+    assert sorted(p.name for p in b.iterdir()) == before  # inputs untouched

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_conversion.writer import RawDatasetWriter, binarize_mask, format_summary, to_grey_uint8
+from dataset_conversion.writer import (MaskEncodingError, RawDatasetWriter, binarize_mask, format_summary, read_mask,
+                                      to_grey_uint8)
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import ContractError
 
@@ -144,6 +145,33 @@ def test_bad_class_labels_rejected(tmp_path):
 
 
 # --- conversions ----------------------------------------------------------------------------------------------
+def test_read_mask_names_the_encoding_and_refuses_mixed_ones():
+    """The encoding is decided per file; a 0/1 lesion with a stray 255 is refused, never shrunk to one pixel."""
+    lesion = np.zeros((20, 30), np.uint8)
+    lesion[5:15, 5:20] = 1                                                           # 150 px
+    assert read_mask(lesion)[1] == "binary" and read_mask(lesion * 255)[1] == "binary"
+    assert read_mask(lesion * 3 + (lesion * 0))[1] == "binary"
+    labels = lesion.copy()
+    labels[5:10, 5:20] = 2
+    assert read_mask(labels)[1] == "labels" and read_mask(labels)[0].sum() == 150
+    assert read_mask(np.zeros((3, 3), np.uint8))[1] == "empty"
+    for stray in (np.uint8(255), np.uint16(65535)):
+        mixed = lesion.astype(stray.dtype)
+        mixed[0, 0] = stray
+        with pytest.raises(MaskEncodingError, match=r"m.png mixes mask encodings: 150 px of value 1 .* 1 px of"):
+            read_mask(mixed, "m.png")
+    # a 0/255 mask with a few stray 1s (the other way round) keeps its lesion
+    bright = lesion * 255
+    bright[0, :3] = 1
+    out, encoding = read_mask(bright)
+    assert encoding == "intensity" and out.sum() == 150
+    # JPEG ringing below half the maximum never outnumbers the lesion it rings around
+    buf = io.BytesIO()
+    Image.fromarray(np.kron(lesion * 255, np.ones((4, 4), np.uint8))).save(buf, format="JPEG", quality=60)
+    out, encoding = read_mask(np.array(Image.open(buf)))
+    assert encoding == "intensity" and out.sum() == 150 * 16
+
+
 def test_binarize_mask_encodings():
     ref = _mask() > 0
     assert np.array_equal(binarize_mask(ref), ref)                                   # bool / 1-bit
