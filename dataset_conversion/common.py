@@ -37,6 +37,9 @@ Policies (documented here once, for every converter)
   existing dataset (``--add-to-existing``) is skipped: a test image that is also a training image is leakage.
   ``--duplicates keep`` keeps every copy within the source, as published (to test on a paper's count; copies of
   the existing dataset are still skipped), and lists them in the report.
+- Exact duplicates filed under two patient ids are one person (BUS-UCLM's CHCO_000-003 are CHVI_005, 008, 009,
+  013): the later-seen patient's kept images get the earlier patient's id, so a patient-grouped split keeps the
+  person in one fold, and the report lists each merge with the identical pairs that prove it.
 - ``--resize SIZE``: every image (bilinear) and mask (nearest) becomes SIZE x SIZE, as a paper's fixed input size
   (nnU-Net never resizes 2D PNGs); the spacing columns are scaled with it, and a lesion that vanishes is skipped.
 - Near-duplicates (difference hashes at most :data:`NEAR_DUPLICATE_MAX_BITS` of 64 bits apart) between cases of
@@ -474,6 +477,7 @@ class ConversionReport:
         self.near_duplicates: list[dict] = []
         self.near_duplicates_total = 0
         self.bad_values: list[dict] = []
+        self.patients_merged: list[dict] = []  # identical images under two patient ids: merged into one
         self.mask_encodings: dict[str, int] = {}  # encoding -> mask files of the cases added, read that way
         self.notes: list[str] = []
         self.seconds = 0.0
@@ -518,7 +522,7 @@ class ConversionReport:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(self.seconds, 2),
             "counts": self.summary, "added": self.added, "notes": self.notes,
             "mask_encodings": dict(sorted(self.mask_encodings.items())),
-            "skipped": self.skipped, "duplicates": self.duplicates,
+            "skipped": self.skipped, "duplicates": self.duplicates, "patients_merged": self.patients_merged,
             "near_duplicates": {"max_distance_bits": NEAR_DUPLICATE_MAX_BITS, "scope": "different patients",
                                 "total": self.near_duplicates_total, "pairs": self.near_duplicates},
             "bad_values": self.bad_values,
@@ -543,6 +547,10 @@ class ConversionReport:
 
         section("skipped", [f"{s['case']}: {s['reason']}" for s in self.skipped])
         section("exact duplicates", [f"{', '.join(d['cases'])}: {d['action']}" for d in self.duplicates])
+        section("patients merged (identical images under two patient ids: one person)",
+                [f"{', '.join(m['patients'])} -> patient_id {m['into']} ({len(m['cases_moved'])} case(s) moved; "
+                 f"identical: {', '.join(m['identical_images'][:3])}"
+                 f"{', ...' if len(m['identical_images']) > 3 else ''})" for m in self.patients_merged])
         section(f"near-duplicates of different patients (dHash <= {NEAR_DUPLICATE_MAX_BITS} bits, listed only)",
                 [f"{p['a']} ~ {p['b']} ({p['distance']} bits)" for p in self.near_duplicates],
                 self.near_duplicates_total)
@@ -769,6 +777,7 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
             first = report.skipped[0]["reason"] if report.skipped else "the source lists no cases"
             raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped; "
                                  f"first: {first})")
+        dups.merge_patients()
         dups.near_duplicates()
         report.summary = writer.summary()
         report.added = summarize_cases([(r["split"], r["class"]) for r in added], writer.class_labels)
@@ -855,6 +864,11 @@ class _Duplicates:
         self.groups: dict[str, dict] = {}  # digest -> report entry
         self.ambiguous: set[str] = set()
         self.kept: dict[str, tuple[str, int]] = {}  # case_id -> (patient, dhash)
+        # patients of this source that share an identical image: one person under two ids (BUS-UCLM files
+        # CHCO_000-003 again as CHVI_005, 008, 009, 013), merged by merge_patients()
+        self.same_patient: dict[str, str] = {}  # patient -> the patient it is merged into (union-find parent)
+        self.patient_order: dict[str, int] = {}  # patient -> when it was first seen: the earliest names a group
+        self.evidence: list[tuple[str, str, str, str]] = []  # (first case, its patient, copy, its patient)
 
     def load_existing(self) -> None:
         """Hashes of the cases already in the dataset (``--add-to-existing``): a copy of them is not added."""
@@ -872,10 +886,11 @@ class _Duplicates:
 
     def admit(self, case: Case, split: str, done: _Done) -> bool:
         """True: register the case. False: it was a duplicate; its files (and maybe the first copy's) are gone."""
+        self.patient_order.setdefault(case.patient_id, len(self.patient_order))
         first = self.first.get(done.digest)
         if first is None:
             self.first[done.digest] = {"case_id": case.case_id, "split": split, "class": case.class_name,
-                                       "existing": False}
+                                       "existing": False, "patient": case.patient_id}
             self.kept[case.case_id] = (case.patient_id, done.dhash)
             return True
         group = self.groups.get(done.digest)
@@ -884,6 +899,9 @@ class _Duplicates:
             self.report.duplicates.append(group)
         group["cases"].append(case.case_id)
         group["classes"].append(case.class_name)
+        if not first["existing"] and first["patient"] != case.patient_id:
+            self._union(first["patient"], case.patient_id)
+            self.evidence.append((first["case_id"], first["patient"], case.case_id, case.patient_id))
         if self.keep and not first["existing"]:  # --duplicates keep: every copy of the source, as published
             classes = sorted(set(group["classes"]))
             group["action"] = "identical images, all kept (--duplicates keep)" + (
@@ -903,6 +921,37 @@ class _Duplicates:
         else:
             group["action"] = f"identical images of one class: {first['case_id']} kept, later copies skipped"
         return False
+
+    def _root(self, patient: str) -> str:
+        while self.same_patient.get(patient, patient) != patient:
+            patient = self.same_patient[patient]
+        return patient
+
+    def _union(self, a: str, b: str) -> None:
+        a, b = self._root(a), self._root(b)
+        if a != b:
+            first, later = sorted((a, b), key=self.patient_order.get)
+            self.same_patient[later] = first
+
+    def merge_patients(self) -> None:
+        """Exact duplicates filed under two patient ids are one person: every kept case of the later-seen patient
+        gets the earlier one's id (a patient-grouped split then keeps them in one fold), and the report says so.
+        Only merges that change a kept case are reported (a copy dropped with its only image changes nothing)."""
+        groups: dict[str, list[str]] = {}
+        for patient in self.same_patient:
+            groups.setdefault(self._root(patient), []).append(patient)
+        for into, merged in sorted(groups.items(), key=lambda kv: self.patient_order[kv[0]]):
+            moved = [row["case_id"] for row in self.writer.rows
+                     if row["patient_id"] in merged and row["case_id"] in self.kept]
+            if not moved:
+                continue
+            for case_id in moved:
+                self.writer.set_patient(case_id, into)
+                self.kept[case_id] = (into, self.kept[case_id][1])
+            members = {into, *merged}
+            pairs = [f"{a} = {b}" for a, pa, b, pb in self.evidence if pa in members and pb in members]
+            self.report.patients_merged.append({"patients": sorted(members, key=self.patient_order.get),
+                                                "into": into, "identical_images": pairs, "cases_moved": moved})
 
     def near_duplicates(self) -> None:
         ids = list(self.kept)

@@ -382,6 +382,12 @@ class RawDatasetWriter:
         if self._rows.pop(case_id, None) is not None:
             self._folded.pop(case_id.casefold(), None)
 
+    def set_patient(self, case_id: str, patient_id: str) -> None:
+        """Change a registered case's patient_id (e.g. two ids found to be one person)."""
+        if not str(patient_id).strip():
+            raise ContractError(f"case {case_id}: empty patient_id; expected the patient (or clip) it comes from")
+        self._rows[case_id]["patient_id"] = str(patient_id)
+
     @property
     def rows(self) -> list[dict]:
         """The cases.csv rows so far (a copy), in order; with add_to_existing the existing ones first."""

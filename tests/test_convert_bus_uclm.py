@@ -128,3 +128,49 @@ def test_bmode_only_leaves_out_doppler_marked_and_combined_images(uclm_src, tmp_
     from nnunet_mtl.cli.main import build_parser
     args = build_parser().parse_args(["convert", "bus-uclm", str(uclm_src), "--bmode-only"])
     assert args.bmode_only is True
+
+
+def test_one_patient_under_two_ids_is_merged(tmp_path):
+    """Issue 13, item 6: BUS-UCLM's CHCO_000-003 are pixel-identical to CHVI images, one patient filed under two
+    codes; the duplicate was dropped but the other CHVI images kept their own patient id (two folds, one woman)."""
+    import shutil
+    src = tmp_path / "BUS-UCLM"
+    _write(src, "CHCO_000.png", 1, [(GREEN, (4, 10, 4, 12))])
+    _write(src, "CHCO_001.png", 2, [(GREEN, (5, 12, 5, 12))])
+    _write(src, "CHVI_004.png", 3, [(GREEN, (2, 9, 2, 9))])
+    for sub in ("images", "masks"):  # CHVI_005 is CHCO_000 again, as published
+        shutil.copyfile(src / sub / "CHCO_000.png", src / sub / "CHVI_005.png")
+    _write(src, "DOLA_000.png", 4, [(RED, (3, 9, 3, 9))])
+    (src / "INFO.csv").write_text("Image;Label\n" + "".join(
+        f"{n};{c}\n" for n, c in [("CHCO_000.png", "Benign"), ("CHCO_001.png", "Benign"), ("CHVI_004.png", "Benign"),
+                                   ("CHVI_005.png", "Benign"), ("DOLA_000.png", "Malignant")]))
+    report = convert_bus_uclm(src, _opts(), raw_root=tmp_path / "raw")
+    raw, cases = converted(report)
+    assert "bus_uclm_CHVI_005" not in cases.index  # the later copy, dropped by the duplicate policy
+    assert cases["patient_id"].to_dict() == {"bus_uclm_CHCO_000": "CHCO", "bus_uclm_CHCO_001": "CHCO",
+                                             "bus_uclm_CHVI_004": "CHCO", "bus_uclm_DOLA_000": "DOLA"}
+    assert report.patients_merged == [{"patients": ["CHCO", "CHVI"], "into": "CHCO",
+                                       "identical_images": ["bus_uclm_CHCO_000 = bus_uclm_CHVI_005"],
+                                       "cases_moved": ["bus_uclm_CHVI_004"]}]
+    text = report.format()
+    assert "patients merged (identical images under two patient ids: one person): 1" in text
+    assert "CHCO, CHVI -> patient_id CHCO" in text
+    # --duplicates keep: both copies stay, and in one patient (never one in training, its twin in validation)
+    report = convert_bus_uclm(src, _opts(duplicates="keep"), raw_root=tmp_path / "raw2")
+    _, cases = converted(report)
+    assert set(cases["patient_id"]) == {"CHCO", "DOLA"} and cases.at["bus_uclm_CHVI_005", "patient_id"] == "CHCO"
+
+
+def test_cropped_image_is_named_as_cropped(uclm_src, tmp_path):
+    """BUS-UCLM's HESN_* images are cropped RGBA pictures smaller than their masks: the skip says so."""
+    rgba = np.zeros((SHAPE[0] - 6, SHAPE[1] - 8, 4), np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(uclm_src / "images" / "HESN_000.png")
+    mask = np.zeros(SHAPE + (3,), np.uint8)
+    mask[3:9, 3:9] = GREEN
+    Image.fromarray(mask).save(uclm_src / "masks" / "HESN_000.png")
+    report = convert_bus_uclm(uclm_src, _opts(), raw_root=tmp_path / "raw")
+    reason = {s["case"]: s["reason"] for s in report.skipped}["bus_uclm_HESN_000"]
+    assert f"HESN_000.png is {SHAPE[1]}x{SHAPE[0]} px but " in reason
+    assert f"images/HESN_000.png is {SHAPE[1] - 8}x{SHAPE[0] - 6}" in reason
+    assert "the image looks cropped relative to its mask" in reason
