@@ -13,6 +13,18 @@ Layout (the CIM@LAB download, also mirrored on Kaggle; one flat folder)::
 
 There are no mask files: the lesion map is the union of the polygons of the ``<mark>`` elements whose ``<image>`` is
 M, rasterized at the image's size. TI-RADS is the Kwak et al. scale (2, 3, 4a, 4b, 4c, 5).
+
+Two things of the published copy are handled on purpose:
+
+- ``<reportbacaf>`` (the cytology report) is empty in all 390 XML files, so the copy has no pathology. A class
+  that claims malignancy must come from pathology: ``--target malignancy`` uses the report, skips images without
+  one, and refuses a source where no report names one (before anything is written), unless
+  ``--malignancy-from-tirads`` asks for TI-RADS 2-3 benign / 4a-5 malignant, which cases.csv's ``class_source``
+  then names (:data:`TIRADS_MAPPING`).
+- Eight ``<svg>`` fields are cut at exactly 2,500 characters; their points are read up to the cut. In three of
+  them (54_1, 176_1, 203_1) an outline stops part-way, so filling it would close it with a straight edge of
+  106-148 px and give a partial mask: an outline whose last point is more than :data:`OPEN_OUTLINE_PX` from its
+  first is skipped with the gap in the reason (``--keep-open-outlines`` keeps it; the report lists it).
 """
 from __future__ import annotations
 
@@ -34,6 +46,12 @@ TARGETS = ("tirads", "malignancy")
 # malignant. A risk proxy, not a diagnosis: 4a carries a few percent malignancy risk. Used only when the case's
 # report gives no pathology (class_source says which).
 TIRADS_MALIGNANT = frozenset({"4a", "4b", "4c", "5"})
+# what cases.csv's class_source says for a class derived from TI-RADS (only with --malignancy-from-tirads)
+TIRADS_MAPPING = "tirads (no pathology: TI-RADS 2-3 benign, 4a-5 malignant)"
+# A drawn outline ends where it started: complete DDTI outlines close within about 2 px. Eight published <svg>
+# fields are cut at 2,500 characters; in three (54_1, 176_1, 203_1) the outline stops part-way and filling it
+# closes it with a straight edge of 106-148 px, a partial mask. Anything above this gap is an open outline.
+OPEN_OUTLINE_PX = 20.0
 # pathology words in the FNA / cytology report (<reportbacaf>, Spanish "BACAF"), English and Spanish; Bethesda
 # II = benign, V / VI = (suspicious for) malignant; anything else (I, III, IV, free text) gives no pathology
 PATHOLOGY_MALIGNANT = re.compile(r"malign|carcinom|bethesda\s*(v|vi|5|6)\b", re.IGNORECASE)
@@ -48,16 +66,26 @@ POINT = re.compile(r'"x"\s*:\s*(-?[\d.]+)\s*,\s*"y"\s*:\s*(-?[\d.]+)')
 def register_converters(sources) -> None:
     """``convert ddti`` (argparse subcommand with its alias and ``--target``)."""
     p = add_converter(
-        sources, "ddti", convert_ddti, aliases=["DDTI"], default_id=608, default_name="DDTI", passed=("target",),
+        sources, "ddti", convert_ddti, aliases=["DDTI"], default_id=608, default_name="DDTI",
         help="DDTI thyroid nodules (TI-RADS 2-5, or malignancy), masks from the XML polygons",
         description=f"Converts DDTI as downloaded ({DDTI_LAYOUT}). Masks are rasterized from the polygons of each "
                     "image's <mark> (several polygons merged). Patient = the case N (all its images). The XML's "
                     "clinical fields are kept in cases.csv. No pixel size is published: spacing is left empty.",
-        source_help="the DDTI folder (N.xml and N_M.jpg files)")
+        source_help="the DDTI folder (N.xml and N_M.jpg files)",
+        passed=("target", "malignancy_from_tirads", "keep_open_outlines"))
     p.add_argument("--target", choices=TARGETS, default="tirads",
                    help="the class: tirads (default; the published Kwak TI-RADS category "
                         f"{', '.join(TIRADS_CATEGORIES)} as classes TR2 .. TR5) or malignancy (benign / malignant "
-                        "from the cytology report when it names one, else TI-RADS 2-3 benign, 4a-5 malignant)")
+                        "from the cytology report, <reportbacaf>; images without one are skipped)")
+    p.add_argument("--malignancy-from-tirads", action="store_true",
+                   help="with --target malignancy: label images whose report names no pathology by TI-RADS (2-3 "
+                        "benign, 4a-5 malignant; a risk category, not a diagnosis), named in cases.csv's "
+                        "class_source. The published copy has no pathology at all: without this option "
+                        "--target malignancy refuses it")
+    p.add_argument("--keep-open-outlines", action="store_true",
+                   help=f"keep images whose outline does not close (ends more than {OPEN_OUTLINE_PX:g} px from its "
+                        "start: cut off in the published XML), filled as if closed by a straight edge; by default "
+                        "they are skipped and listed")
 
 
 def parse_tirads(value) -> str | None:
@@ -145,15 +173,23 @@ def _clinical(root, case_ref: str, report: ConversionReport) -> dict:
     return clinical
 
 
-def _class_for(target: str, tirads: str | None, pathology: str | None) -> tuple[str | None, str]:
-    """(class or None, where it comes from / why there is none)."""
+def _class_for(target: str, tirads: str | None, pathology: str | None,
+               from_tirads: bool = False) -> tuple[str | None, str]:
+    """(class or None, where it comes from: cases.csv's class_source). Malignancy comes from pathology; from
+    TI-RADS only when ``from_tirads`` (--malignancy-from-tirads)."""
     if target == "tirads":
         return (tirads_class(tirads), "tirads") if tirads else (None, "tirads")
     if pathology:
         return pathology, "pathology"
-    if tirads:
-        return ("malignant" if tirads in TIRADS_MALIGNANT else "benign"), "tirads"
-    return None, "tirads"
+    if tirads and from_tirads:
+        return ("malignant" if tirads in TIRADS_MALIGNANT else "benign"), TIRADS_MAPPING
+    return None, "none"
+
+
+def closing_gap(polygon) -> float:
+    """Pixels between an outline's last point and its first (what filling it closes with a straight edge)."""
+    (x0, y0), (x1, y1) = polygon[0], polygon[-1]
+    return float(np.hypot(x1 - x0, y1 - y0))
 
 
 def _marks(root, xml_name: str):
@@ -171,9 +207,14 @@ def _marks(root, xml_name: str):
     return marks, salvaged, problems
 
 
-def ddti_cases(source, report: ConversionReport, *, target: str = "tirads"):
+def ddti_cases(source, report: ConversionReport, *, target: str = "tirads", malignancy_from_tirads: bool = False,
+               keep_open_outlines: bool = False):
     """The DDTI cases, case by case and image by image in number order (a generator of :class:`Case` /
-    :class:`Skipped`)."""
+    :class:`Skipped`). With ``target`` malignancy and no pathology in any XML (the published copy), and without
+    ``malignancy_from_tirads``, it raises at the end of the listing, before anything is written."""
+    if malignancy_from_tirads and target != "malignancy":
+        raise NnunetMtlError("--malignancy-from-tirads only applies to --target malignancy; expected it with "
+                             "--target malignancy, or --target tirads alone")
     root = find_layout(source, ["*.xml", "*_*.jp*g"], dataset="DDTI", expected=DDTI_LAYOUT)
     images: dict[str, dict[str, Path]] = {}
     for path in list_files(root, "*_*.jp*g"):
@@ -183,7 +224,9 @@ def ddti_cases(source, report: ConversionReport, *, target: str = "tirads"):
     xmls = {str(int(p.stem)): p for p in list_files(root, "*.xml") if p.stem.isdigit()}
     report.note("DDTI publishes no pixel size: spacing empty (HD95 in pixels); patient = the case N (all images "
                 "N_M of one XML)")
-    salvaged_total, from_tirads = 0, 0
+    salvaged_in: list[str] = []   # XML files with a cut-off <svg>
+    open_kept: list[str] = []     # images kept with an open outline (--keep-open-outlines)
+    from_tirads, with_pathology, readable = 0, 0, 0
     for number in sorted(set(xmls) | set(images), key=int):
         xml = xmls.get(number)
         own = images.get(number, {})
@@ -198,18 +241,27 @@ def ddti_cases(source, report: ConversionReport, *, target: str = "tirads"):
             for index in sorted(own, key=int) or ["?"]:
                 yield Skipped(f"{case}_{index}", reason)
             continue
+        readable += 1
         clinical = _clinical(root_el, case, report)
         tirads = parse_tirads(root_el.findtext("tirads"))
-        cls, class_source = _class_for(target, tirads, pathology_class(root_el.findtext("reportbacaf")))
+        pathology = pathology_class(root_el.findtext("reportbacaf"))
+        with_pathology += pathology is not None
+        cls, class_source = _class_for(target, tirads, pathology, malignancy_from_tirads)
         marks, salvaged, problems = _marks(root_el, xml.name)
-        salvaged_total += salvaged
+        if salvaged:
+            salvaged_in.append(xml.name)
         for problem in problems:
             yield Skipped(case, problem)
         for index in sorted(set(own) | set(marks), key=int):
             case_id = f"{case}_{index}"
             image = own.get(index)
+            gaps = [closing_gap(polygon) for polygon in marks.get(index, ()) if len(polygon) >= 3]
+            gap = max(gaps, default=0.0)
             if image is None:
                 yield Skipped(case_id, f"{number}_{index}.jpg does not exist; {xml.name} has a <mark> for it")
+            elif cls is None and target == "malignancy" and tirads:
+                yield Skipped(case_id, f"{xml.name} names no pathology in <reportbacaf>; a malignancy label must come "
+                                       f"from pathology (--malignancy-from-tirads labels it by TI-RADS)")
             elif cls is None:
                 yield Skipped(case_id, f"<tirads> {root_el.findtext('tirads')!r} in {xml.name}: expected one of "
                                        f"{', '.join(TIRADS_CATEGORIES)}"
@@ -217,18 +269,35 @@ def ddti_cases(source, report: ConversionReport, *, target: str = "tirads"):
             elif not marks.get(index):
                 yield Skipped(case_id, f"{xml.name} has no polygon for image {index}; expected a <mark> with "
                                        f"<image>{index}</image> and its <svg> points")
+            elif gap > OPEN_OUTLINE_PX and not keep_open_outlines:
+                yield Skipped(case_id, f"the outline of image {index} in {xml.name} ends {gap:.0f} px from where it "
+                                       f"starts (cut off{' in the published XML' if salvaged else ''}): the mask "
+                                       f"would be partial; expected a closed outline (within {OPEN_OUTLINE_PX:g} "
+                                       f"px; --keep-open-outlines keeps it)")
             else:
-                from_tirads += target == "malignancy" and class_source == "tirads"
+                if gap > OPEN_OUTLINE_PX:
+                    open_kept.append(f"{case_id} ({gap:.0f} px)")
+                from_tirads += class_source == TIRADS_MAPPING
                 yield Case(case_id, cls, patient_id=case, image=image, masks=tuple(marks[index]),
                            clinical={**clinical, "source_image": image.name, "polygons": len(marks[index]),
                                      "class_source": class_source},
                            source=image.name)
-    if salvaged_total:
-        report.note(f"{salvaged_total} <svg> mark(s) cut off in the published XML: their points were read up to "
-                    f"the cut")
+    if target == "malignancy" and not with_pathology and not malignancy_from_tirads:
+        raise NnunetMtlError(
+            f"{root}: --target malignancy needs a pathology (cytology) result, but <reportbacaf> names none in the "
+            f"{readable} readable XML file(s) (the published copy has none); a label that claims malignancy must "
+            f"come from pathology: use --target tirads, or add --malignancy-from-tirads to label by TI-RADS (2-3 "
+            f"benign, 4a-5 malignant, named in cases.csv's class_source)")
+    if salvaged_in:
+        report.note(f"{len(salvaged_in)} XML file(s) with an <svg> cut off in the published copy, points read up to "
+                    f"the cut: {', '.join(salvaged_in)}")
+    if open_kept:
+        report.note(f"{len(open_kept)} image(s) kept with an open outline (--keep-open-outlines), filled as if "
+                    f"closed by a straight edge: {', '.join(open_kept)}")
     if from_tirads:
         report.note(f"{from_tirads} image(s) without pathology in their report: malignancy derived from TI-RADS "
-                    f"(2-3 benign, 4a-5 malignant; a risk category, not a diagnosis; class_source=tirads)")
+                    f"(--malignancy-from-tirads: 2-3 benign, 4a-5 malignant; a risk category, not a diagnosis; "
+                    f"class_source in cases.csv)")
 
 
 def ddti_classes(target: str) -> tuple[str, ...]:
@@ -237,9 +306,12 @@ def ddti_classes(target: str) -> tuple[str, ...]:
     return MALIGNANCY if target == "malignancy" else tuple(tirads_class(c) for c in TIRADS_CATEGORIES)
 
 
-def convert_ddti(source, options: ConvertOptions, *, target: str = "tirads", raw_root=None) -> ConversionReport:
+def convert_ddti(source, options: ConvertOptions, *, target: str = "tirads", malignancy_from_tirads: bool = False,
+                 keep_open_outlines: bool = False, raw_root=None) -> ConversionReport:
     """Convert DDTI (``target`` tirads or malignancy); returns the report (``report.path`` is the folder)."""
-    return convert_source("DDTI", source, lambda report: ddti_cases(source, report, target=target), options,
+    return convert_source("DDTI", source, lambda report: ddti_cases(
+                              source, report, target=target, malignancy_from_tirads=malignancy_from_tirads,
+                              keep_open_outlines=keep_open_outlines), options,
                           classes=ddti_classes(target), raw_root=raw_root, loader=load_ddti,
                           description=f"DDTI (Pedraza et al. 2015) thyroid nodules, target {target}, masks from the "
                                       f"XML polygons, converted by nnunet_mtl")

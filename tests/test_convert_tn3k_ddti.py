@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.common import ConvertOptions
-from dataset_conversion.ddti import convert_ddti, parse_regions, parse_tirads, pathology_class, rasterize
+from dataset_conversion.ddti import (OPEN_OUTLINE_PX, TIRADS_MAPPING, convert_ddti, parse_regions, parse_tirads,
+                                     pathology_class, rasterize)
 from dataset_conversion.tn3k import convert_tn3k
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
@@ -182,23 +183,77 @@ def test_ddti_tirads_target(ddti_src, tmp_path):
     assert "no polygon for image 1" in reasons["ddti_0006_1"]
     assert "6_2.jpg does not exist" in reasons["ddti_0006_2"]
     assert "7.xml is not readable XML" in reasons["ddti_0007_1"]
-    assert any("1 <svg> mark(s) cut off" in n for n in report.notes)
+    assert any("1 XML file(s) with an <svg> cut off in the published copy, points read up to the cut: 4.xml" in n
+               for n in report.notes)
     nnunet_verify(report.path)
 
 
 def test_ddti_malignancy_target_as_test_and_cli(ddti_src, tmp_path, monkeypatch, capsys):
     report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI", split="test"), target="malignancy",
-                          raw_root=tmp_path / "raw")
+                          malignancy_from_tirads=True, raw_root=tmp_path / "raw")
     raw, cases = converted(report)
     assert set(cases["split"]) == {"test"} and (raw.folder / "labelsTs" / "ddti_0001_1.png").is_file()
     assert cases["class"].to_dict() == {"ddti_0001_1": "malignant", "ddti_0001_2": "malignant",
                                         "ddti_0002_1": "benign", "ddti_0004_1": "malignant", "ddti_0008_1": "benign"}
-    assert cases.at["ddti_0008_1", "class_source"] == "pathology" and cases.at["ddti_0001_1", "class_source"] == \
-        "tirads"
+    # the TI-RADS mapping is named in cases.csv, next to the one case whose class comes from pathology
+    assert cases.at["ddti_0008_1", "class_source"] == "pathology"
+    assert cases.at["ddti_0001_1", "class_source"] == TIRADS_MAPPING and "4a-5 malignant" in TIRADS_MAPPING
     assert any("4 image(s) without pathology" in n for n in report.notes)
+    # without the option, only pathology labels: the other images are skipped with the reason
+    report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI"), target="malignancy", raw_root=tmp_path / "r2")
+    _, cases = converted(report)
+    assert cases["class"].to_dict() == {"ddti_0008_1": "benign"}
+    reason = {s["case"]: s["reason"] for s in report.skipped}["ddti_0001_1"]
+    assert "1.xml names no pathology in <reportbacaf>" in reason and "--malignancy-from-tirads" in reason
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "cli"))
-    assert main(["convert", "DDTI", str(ddti_src), "--no-progress", "--target", "malignancy"]) == 0
+    assert main(["convert", "DDTI", str(ddti_src), "--no-progress", "--target", "malignancy",
+                 "--malignancy-from-tirads"]) == 0
     assert "Dataset608_DDTI" in capsys.readouterr().out
     assert main(["convert", "ddti", str(tmp_path / "cli"), "-d", "609", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "does not look like DDTI" in err and "N.xml" in err
+
+
+def test_ddti_malignancy_without_any_pathology_is_refused(ddti_src, tmp_path, monkeypatch, capsys):
+    """Issue 13, item 8: the published DDTI has no pathology at all; --target malignancy labelled every case from
+    TI-RADS with only a note. Now one line before anything is written, naming what to use instead."""
+    (ddti_src / "8.xml").write_text(_xml(8, "4b", [(1, _svg(SQUARE))]))  # the only report gone
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    assert main(["convert", "ddti", str(ddti_src), "--no-progress", "--target", "malignancy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs a pathology (cytology) result" in err
+    assert "--target tirads" in err and "--malignancy-from-tirads" in err
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+    assert main(["convert", "ddti", str(ddti_src), "--no-progress", "--malignancy-from-tirads"]) == 2
+    assert "only applies to --target malignancy" in capsys.readouterr().err
+
+
+def _circle(cx, cy, r, n=60, upto=1.0):
+    """A freehand-like outline: n points around a circle (closing within one step), or cut after ``upto``."""
+    angles = np.linspace(0, 2 * np.pi * upto, int(n * upto), endpoint=False)
+    return [(round(cx + r * np.cos(a), 1), round(cy + r * np.sin(a), 1)) for a in angles]
+
+
+def test_ddti_open_outline_is_skipped_and_listed(ddti_src, tmp_path):
+    """Issue 13, item 7: an outline cut part-way (54_1, 176_1, 203_1 of the published copy) was filled as if closed
+    by a straight edge of 106-148 px and included with only a count."""
+    closed, cut = _circle(24, 20, 12), _circle(24, 20, 12, upto=0.6)
+    svg = _svg(cut)
+    (ddti_src / "9.xml").write_text(_xml(9, "4a", [(1, svg[:len(svg) - 10])]))  # cut inside, like the originals
+    (ddti_src / "10.xml").write_text(_xml(10, "3", [(1, _svg(closed))]))
+    for n in (9, 10):
+        _jpeg(ddti_src / f"{n}_1.jpg", _noise(90 + n))
+    gap = np.hypot(cut[-1][0] - cut[0][0], cut[-1][1] - cut[0][1])
+    assert gap > OPEN_OUTLINE_PX > np.hypot(closed[-1][0] - closed[0][0], closed[-1][1] - closed[0][1])
+    report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI"), raw_root=tmp_path / "raw")
+    _, cases = converted(report)
+    assert "ddti_0010_1" in cases.index and "ddti_0009_1" not in cases.index
+    reason = {s["case"]: s["reason"] for s in report.skipped}["ddti_0009_1"]
+    assert f"the outline of image 1 in 9.xml ends {gap:.0f} px from where it starts (cut off in the published XML)" \
+        in reason and "--keep-open-outlines" in reason
+    report = convert_ddti(ddti_src, _opts(dataset_id=608, name="DDTI"), keep_open_outlines=True,
+                          raw_root=tmp_path / "raw2")
+    _, cases = converted(report)
+    assert "ddti_0009_1" in cases.index
+    assert any(f"1 image(s) kept with an open outline (--keep-open-outlines), filled as if closed by a straight "
+               f"edge: ddti_0009_1 ({gap:.0f} px)" in n for n in report.notes)
