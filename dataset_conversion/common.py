@@ -70,7 +70,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from nnunet_mtl.errors import ContractError, NnunetMtlError
+from nnunet_mtl.errors import NnunetMtlError
 
 MALIGNANCY = ("benign", "malignant")  # the benign / malignant target of every dataset that has one
 NORMAL_CLASS = "normal"

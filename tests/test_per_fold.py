@@ -140,13 +140,9 @@ class FakePredictor:
         # fold k relies on guided feature 0 with weight k + 1, ignores feature 1
         return [(np.array([[-(k + 1.0), 0.0], [k + 1.0, 0.0]]), np.array([0.1, 0.0])) for k in self.folds]
 
-    def write_class_predictions(self, path, merge_existing=False):
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["case_id", "predicted_class", *(f"prob_{n}" for n in CLASSES)])
-            for case, p in sorted(self.class_probabilities.items()):
-                w.writerow([case, CLASSES[int(np.argmax(p))], *p])
-        return path
+    def write_class_predictions(self, path, merge_existing=True):  # the real writer: it merges by case id
+        from nnunet_mtl.inference.predictor import MultitaskPredictor
+        return MultitaskPredictor.write_class_predictions(self, Path(path), merge_existing)
 
 
 @pytest.fixture
@@ -495,3 +491,51 @@ def test_per_fold_prediction_and_evaluation_end_to_end(two_folds):
     assert ensemble["segmentation.dice.mean"] == pytest.approx(plain["segmentation"]["dice"]["mean"])
     assert ensemble["classification.macro_f1"] == pytest.approx(plain["classification"]["macro_f1"])
     assert summary["ensemble"]["num_cases"] == len(images)
+
+
+# ------------------------------------------------------------------------------------------------ an existing output
+def _rows(path):
+    with open(path, newline="") as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+def test_predicting_into_a_folder_of_other_predictions_keeps_their_rows(model, fake_prediction, capsys):
+    """Issue 13, item 4: class_predictions.csv was cut to the new rows while the old masks stayed."""
+    out = model["root"] / "out"
+    first, second = model["root"] / "first", model["root"] / "second"
+    for folder, cases in ((first, ("c0", "c1")), (second, ("c1", "c2"))):
+        folder.mkdir()
+        for case in cases:
+            (folder / f"{case}_0000.png").write_bytes((model["inputs"] / f"{case}_0000.png").read_bytes())
+    assert main(predict_argv({**model, "inputs": first}, out)) == 0
+    before = _rows(out / "class_predictions.csv")
+    assert sorted(before) == ["c0", "c1"]
+    assert main(predict_argv({**model, "inputs": second}, out, folds=("0",))) == 0
+    after = _rows(out / "class_predictions.csv")
+    assert sorted(after) == ["c0", "c1", "c2"] == sorted(p.stem for p in out.glob("*.png"))  # masks and rows agree
+    assert after["c0"] == before["c0"] and after["c1"] != before["c1"]  # c1 predicted now: its row replaced
+    capsys.readouterr()
+    # a mask without a row (written by nnUNetv2_predict, say) is pointed out
+    Image.new("L", (8, 8)).save(out / "x9.png")
+    assert main(predict_argv({**model, "inputs": second}, out, folds=("0",))) == 0
+    assert "note: 1 mask(s) in" in capsys.readouterr().out
+
+
+def test_predicting_into_a_folder_of_another_models_classes_is_refused_first(model, fake_prediction, capsys):
+    out = model["root"] / "out"
+    out.mkdir()
+    (out / "class_predictions.csv").write_text("case_id,predicted_class,prob_TR1,prob_TR2\nz,TR1,0.9,0.1\n")
+    Image.new("L", (8, 8)).save(out / "z.png")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    err = one_error_line(capsys, main(predict_argv(model, out)))
+    assert "class_predictions.csv has columns case_id,predicted_class,prob_TR1,prob_TR2" in err
+    assert "prob_benign,prob_malignant" in err and "another -o" in err
+    assert fake_prediction == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the same for one subfolder of a per-fold run, before any fold is predicted
+    (out / "class_predictions.csv").unlink()
+    (out / "z.png").unlink()
+    (out / "fold_1").mkdir()
+    (out / "fold_1" / "class_predictions.csv").write_text("case_id,label\n")
+    err = one_error_line(capsys, main(predict_argv(model, out, "--per-fold")))
+    assert "fold_1/class_predictions.csv has columns case_id,label" in err and fake_prediction == []
+    assert not (out / "per_fold.json").exists()

@@ -106,7 +106,7 @@ def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_c
 def run(args) -> int:
     if args.per_fold:
         return run_per_fold(args)
-    from nnunet_mtl.cli.predict import parse_folds, preflight, refuse_per_fold_folder
+    from nnunet_mtl.cli.predict import check_prediction_output, parse_folds, preflight, refuse_per_fold_folder
     from nnunet_mtl.evaluation.guidance_ablation import format_ablation_table
 
     output = Path(args.o)
@@ -114,6 +114,7 @@ def run(args) -> int:
     cases_csv = reference_cases_csv(args)
     checked = preflight(args, parse_folds(args.f))
     features, y_by_case = _reference(args, checked, cases_csv)
+    check_prediction_output(output, "class_predictions.csv", checked)
     baseline, rows = ablate_into(args, output, cases_csv, features, y_by_case)
     print(format_ablation_table(baseline, rows))
     print(f"wrote {output / 'guidance_ablation.csv'}, guidance_ablation.json, guidance_ablation.png")
@@ -123,8 +124,9 @@ def run(args) -> int:
 def run_per_fold(args) -> int:
     """The ablation of each fold's model alone (OUT/fold_K), of the fold ensemble (OUT/ensemble), and the mean ±
     std over folds of every delta (OUT/guidance_ablation_per_fold.*)."""
-    from nnunet_mtl.cli.predict import check_per_fold_folds, per_fold_info, preflight, start_per_fold_output, \
-        sub_run_args
+    from nnunet_mtl.cli.predict import (check_per_fold_folds, check_prediction_output, per_fold_info, preflight,
+                                        start_per_fold_output, sub_run_args)
+    from nnunet_mtl.outputs import check_output_folder
     from nnunet_mtl.evaluation.evaluate import ENSEMBLE_SUBFOLDER, fold_subfolder
     from nnunet_mtl.evaluation.guidance_ablation import (aggregate_fold_ablations, format_ablation_table,
                                                          format_per_fold_ablation_table, write_per_fold_ablation)
@@ -135,6 +137,9 @@ def run_per_fold(args) -> int:
     features, y_by_case = _reference(args, checked, cases_csv)
     file_ending = checked["dataset_json"].get("file_ending", ".png")
     output = Path(args.o)
+    check_output_folder(output)
+    for name in [fold_subfolder(k) for k in folds] + [ENSEMBLE_SUBFOLDER]:
+        check_prediction_output(output / name, "class_predictions.csv", checked)
     info = per_fold_info(args, "ablate-guidance", folds, checked["model_folder"], output)
     start_per_fold_output(args, info, file_ending)
 

@@ -157,6 +157,37 @@ def preflight(args, folds: list) -> dict:
             "dataset_json": dataset_json}
 
 
+def model_class_names(plans: dict) -> list[str]:
+    """The class names a model's class_predictions.csv has columns for, from its plans (index order)."""
+    from nnunet_mtl.networks.multitask_unet import PLANS_KEY
+    labels = (plans.get(PLANS_KEY) or {}).get("class_labels") or {}
+    return [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+
+
+def check_prediction_output(output: Path, csv_name: str, checked: dict) -> None:
+    """Before predicting into ``output``: a folder we may write, and a class_predictions.csv already there (rows
+    of other images, kept and merged by case id) written for this model's classes."""
+    from nnunet_mtl.inference.predictor import read_class_prediction_rows
+    from nnunet_mtl.outputs import check_output_folder
+    check_output_folder(output)
+    names = model_class_names(checked["plans"])
+    if names and output.is_dir():
+        read_class_prediction_rows(output / csv_name, names)
+
+
+def note_unmatched(output: Path, csv_path: Path, file_ending: str) -> None:
+    """Say when the folder's masks and its class_predictions.csv cover different cases (masks written by another
+    command, such as nnUNetv2_predict, into the same folder; or masks deleted by hand)."""
+    import csv
+    with open(csv_path, newline="") as f:
+        rows = {row["case_id"] for row in csv.DictReader(f)}
+    masks = {p.name[:-len(file_ending)] for p in output.iterdir() if p.is_file() and p.name.endswith(file_ending)}
+    for ids, what in ((sorted(masks - rows), f"mask(s) in {output} have no row in {csv_path.name}"),
+                      (sorted(rows - masks), f"row(s) of {csv_path.name} have no mask in {output}")):
+        if ids:
+            print(f"note: {len(ids)} {what} (e.g. {ids[0]}): written by another command or removed by hand?")
+
+
 def check_parts(args) -> None:
     if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
         raise NnunetMtlError(f"-part_id {args.part_id} must be smaller than -num_parts {args.num_parts} (and both "
@@ -335,8 +366,8 @@ def predict_into(args, output: Path) -> tuple[Path, int]:
     predictor = load_predictor(args)
     output.mkdir(parents=True, exist_ok=True)
     predict_folder(predictor, args, output)
-    csv_path = predictor.write_class_predictions(output / class_predictions_name(args),
-                                                 merge_existing=args.continue_prediction)
+    # rows of images predicted earlier into this folder are kept (their masks stay too); rows predicted now replace
+    csv_path = predictor.write_class_predictions(output / class_predictions_name(args))
     count = len(predictor.class_probabilities)
     device = getattr(predictor, "device", None)
     del predictor
@@ -350,8 +381,12 @@ def run(args) -> int:
         return run_per_fold(args)
     output = Path(args.o)
     refuse_per_fold_folder(output, "predicting")
+    checked = preflight(args, parse_folds(args.f))
+    check_prediction_output(output, class_predictions_name(args), checked)
     csv_path, count = predict_into(args, output)
     print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
+    if args.num_parts == 1:
+        note_unmatched(output, csv_path, checked["dataset_json"].get("file_ending", ".png"))
     return 0
 
 
@@ -361,6 +396,10 @@ def run_per_fold(args) -> int:
     folds = check_per_fold_folds(args.f)
     checked = preflight(args, folds)
     output = Path(args.o)
+    from nnunet_mtl.outputs import check_output_folder
+    check_output_folder(output)
+    for sub in [fold_subfolder(k) for k in folds] + [ENSEMBLE_SUBFOLDER]:
+        check_prediction_output(output / sub, class_predictions_name(args), checked)
     info = per_fold_info(args, "predict", folds, checked["model_folder"], output)
     start_per_fold_output(args, info, checked["dataset_json"].get("file_ending", ".png"))
     runs = [(f"fold {i + 1}/{len(folds)}: fold {k}'s model alone", [k], output / fold_subfolder(k))

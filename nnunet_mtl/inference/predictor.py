@@ -177,21 +177,49 @@ class MultitaskPredictor(nnUNetPredictor):
                  params[bias_key].detach().cpu().double().numpy()) for params in self.list_of_parameters]
 
     # --- output --------------------------------------------------------------------------------------------
-    def write_class_predictions(self, path: Path, merge_existing: bool = False) -> Path:
-        """CSV: case_id, predicted_class, prob_<class>... (one row per case, sorted by case id)."""
-        rows = {}
-        if merge_existing and path.is_file():
-            with open(path, newline="") as f:
-                for row in csv.DictReader(f):
-                    rows[row["case_id"]] = row
+    def write_class_predictions(self, path: Path, merge_existing: bool = True) -> Path:
+        """CSV: case_id, predicted_class, prob_<class>... (one row per case, sorted by case id). The rows of a CSV
+        already at ``path`` are kept, those of the cases predicted now replaced (a folder predicted in several
+        runs keeps one row per mask); ``merge_existing`` False writes only the cases predicted now."""
+        rows = read_class_prediction_rows(path, self.class_names) if merge_existing else {}
         for case, probs in self.class_probabilities.items():
             row = {"case_id": case, "predicted_class": self.class_names[int(np.argmax(probs))]}
             row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(self.class_names, probs)})
             rows[case] = row
-        fields = ["case_id", "predicted_class"] + [f"prob_{n}" for n in self.class_names]
+        fields = class_prediction_fields(self.class_names)
         with atomic_open(path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for case in sorted(rows):
                 writer.writerow({k: rows[case].get(k, "") for k in fields})
         return path
+
+
+def class_prediction_fields(class_names) -> list[str]:
+    return ["case_id", "predicted_class"] + [f"prob_{n}" for n in class_names]
+
+
+def read_class_prediction_rows(path, class_names) -> dict[str, dict]:
+    """The rows of an existing class_predictions.csv by case id ({} when there is none), for merging with a new
+    prediction. Refused with one line when it cannot be read or has other columns than this model writes: merging
+    would mix the classes of two models. Run before predicting (``nnunet_mtl predict`` does) and again when
+    writing."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    if not path.is_file():
+        raise NnunetMtlError(f"{path} is not a file; expected the class_predictions.csv of this output folder")
+    expected = class_prediction_fields(class_names)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = {row["case_id"]: row for row in reader} if fields == expected else None
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as e:
+        raise NnunetMtlError(f"{path} is not a readable class_predictions.csv ({type(e).__name__}); expected the "
+                             f"file nnunet_mtl predict writes, or another -o")
+    if rows is None:
+        raise NnunetMtlError(f"{path} has columns {','.join(fields) or 'none'}, this model writes "
+                             f"{','.join(expected)}: its rows come from another model; expected another -o (or "
+                             f"remove the file)")
+    return rows

@@ -712,7 +712,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             predictor.predict_preprocessed_case(key, torch.from_numpy(np.asarray(data)))
         out = Path(self.output_folder) / "validation" / "class_predictions.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        predictor.write_class_predictions(out)
+        predictor.write_class_predictions(out, merge_existing=False)  # this fold's whole validation set
         self.set_deep_supervision_enabled(True)
         self.print_to_log_file(f"validation class probabilities: {out}")
         return out
