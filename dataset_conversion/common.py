@@ -336,21 +336,23 @@ class CaseStream:
 # --- images and masks -------------------------------------------------------------------------------------------
 def read_image(path) -> np.ndarray:
     """A file as an array (H, W) or (H, W, C) in its own encoding (1-bit -> bool, palette -> RGB(A), 16-bit kept).
-    Missing or unreadable: :class:`SkipCase` naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    Missing, unreadable or claiming a size no ultrasound frame has (a decompression bomb,
+    :data:`nnunet_mtl.image_files.MAX_IMAGE_PIXELS`): :class:`SkipCase` naming the file, before decoding."""
+    from nnunet_mtl.image_files import open_image
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_image(path, "file") as im:
             if im.mode == "P":  # palette: resolve the colours (and the transparency, if any)
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
             return np.array(im)
-    except FileNotFoundError:
-        raise SkipCase(f"{path} does not exist; expected the file the dataset lists")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise SkipCase(f"{path} is not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+    except NnunetMtlError as e:
+        message = str(e)
+        if message.endswith("does not exist"):
+            message += "; expected the file the dataset lists"
+        raise SkipCase(message)
 
 
 def _size_text(shape) -> str:
@@ -752,7 +754,11 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
                 yield item, split
 
         # closing(): the workers are stopped before the writer removes its temporary folder on an error
-        with closing(_ordered_results(work(), loader, writer.tmp, options.num_processes, chunksize,
+        from nnunet_mtl.resources import capped
+        processes, capping = capped(options.num_processes, "-j", total, what="images")
+        if capping:
+            report.note(capping)
+        with closing(_ordered_results(work(), loader, writer.tmp, processes, chunksize,
                                       options.resize)) as results:
             for (case, split), result in results:
                 bar.update(1)

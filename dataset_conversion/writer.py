@@ -255,8 +255,13 @@ class RawDatasetWriter:
         self.class_labels = read_class_labels({"class_labels": class_labels}, source="the converter's class_labels")
         self.description = description
         self.root = Path(raw_root) if raw_root is not None else paths.raw_root()
-        self.root.mkdir(parents=True, exist_ok=True)
+        from nnunet_mtl.outputs import check_output_folder
+        check_output_folder(self.root, "nnUNet_raw folder")
         self.path = self.root / self.folder_name
+        if self.path.exists() and not self.path.is_dir():
+            raise ContractError(f"{self.path} is a file; expected nothing there, or the dataset folder (move the "
+                                f"file away: --overwrite replaces datasets, never other files)")
+        self.root.mkdir(parents=True, exist_ok=True)
         self.existing = sorted(p for p in self.root.glob(f"Dataset{self.dataset_id:03d}_*") if p.is_dir())
         if self.existing and not (overwrite or add_to_existing):
             raise ContractError(

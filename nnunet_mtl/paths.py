@@ -22,7 +22,10 @@ def env_folder(var: str) -> Path:
         raise NnunetMtlError(
             f"environment variable {var} is not set; nnU-Net needs nnUNet_raw, nnUNet_preprocessed and "
             f"nnUNet_results (e.g. export {var}=/data/{var})")
-    return Path(value)
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise NnunetMtlError(f"{var}={value} is a file; expected the folder of nnU-Net's {var.split('_')[1]} datasets")
+    return path
 
 
 def raw_root() -> Path:

@@ -30,7 +30,8 @@ def register(subparsers):
     p.add_argument("-o", help="output folder (default PRED/evaluation; for a per-fold folder: O/fold_K, O/ensemble and "
                               "O/per_fold_summary.json instead of PRED/SUB/evaluation and PRED/evaluation); with "
                               "--aggregate: the aggregate JSON file (a new file, never one of the inputs)")
-    p.add_argument("-np", type=int, default=1, help="worker processes for the per-case metrics (default 1)")
+    p.add_argument("-np", type=int, default=1, help="worker processes for the per-case metrics (default 1; at most "
+                                                     "the cores and the cases)")
     p.add_argument("--allow-missing", dest="allow_missing", action="store_true",
                    help="report reference cases without prediction instead of failing")
     p.add_argument("--aggregate", nargs="+", metavar="SUMMARY_JSON",
@@ -87,6 +88,8 @@ def run(args) -> int:
     if ref is None:
         raise NnunetMtlError("no reference: pass -ref REF_DIR or -d DATASET (uses nnUNet_raw/DatasetNNN_X/labelsTs)")
 
+    from nnunet_mtl.resources import cap_processes
+    args.np = cap_processes(args.np, "-np", len(list(pred.glob("*.png"))) or None, what="cases")
     layout = per_fold_layout(pred)
     if args.o:
         inputs = [pred, ref]

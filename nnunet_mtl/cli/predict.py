@@ -100,20 +100,35 @@ def check_checkpoints(model_folder: Path, folds: list, checkpoint: str) -> None:
                 f"{plans.get('dataset_name')}; expected a checkpoint of the same dataset")
 
 
-def check_inputs(input_folder: Path, file_ending: str) -> None:
+def check_inputs(input_folder: Path, file_ending: str, channels: int | None = None) -> None:
+    """The input folder holds nnU-Net-named images, each readable, of a sane size (a header claiming more is a
+    decompression bomb), with the model's number of ``channels`` in one file (a PNG model takes grey images: an
+    RGB file would be read as three channels and fail inside the network)."""
     if not input_folder.is_dir():
-        raise NnunetMtlError(f"input folder {input_folder} does not exist")
+        raise NnunetMtlError(f"input folder {input_folder} does not exist" if not input_folder.exists() else
+                             f"input {input_folder} is a file; expected a folder of CASE_0000{file_ending} images")
     images = sorted(input_folder.glob(f"*_0000{file_ending}"))
     if not images:
         raise NnunetMtlError(f"no images *_0000{file_ending} in {input_folder}; expected nnU-Net's naming CASE_0000{file_ending}")
     if file_ending.lower() == ".png":
-        from PIL import Image
+        from nnunet_mtl.image_files import CHANNELS, open_image
         for image in images:
-            try:
-                with Image.open(image) as im:
+            with open_image(image, "PNG image") as im:
+                mode = im.mode
+                try:
                     im.verify()
-            except Exception:
-                raise NnunetMtlError(f"image {image} is not a readable PNG")
+                except Exception:
+                    raise NnunetMtlError(f"image {image} is not a readable PNG")
+            if channels == 1 and CHANNELS.get(mode, 1) > 1:
+                raise NnunetMtlError(f"image {image} has {CHANNELS[mode]} channels ({mode}); this model takes one "
+                                     f"grey channel: expected grey images (as nnunet_mtl convert writes them; e.g. "
+                                     f"PIL's convert('L'))")
+
+
+def model_channels(dataset_json: dict) -> int | None:
+    """The number of input channels a model takes (dataset.json's channel_names), None when not stated."""
+    names = dataset_json.get("channel_names") or dataset_json.get("modality")
+    return len(names) if isinstance(names, dict) and names else None
 
 
 # ----------------------------------------------------------------------------------------------- folds
@@ -152,7 +167,7 @@ def preflight(args, folds: list) -> dict:
     model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
     check_checkpoints(model_folder, folds, args.chk)
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
-    check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"))
+    check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
     return {"model_folder": model_folder, "plans": json.loads((model_folder / "plans.json").read_text()),
             "dataset_json": dataset_json}
 
@@ -308,7 +323,7 @@ def load_predictor(args):
     folds = parse_folds(args.f)
     check_checkpoints(model_folder, folds, args.chk)
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
-    check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"))
+    check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
 
     if args.device == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())

@@ -23,7 +23,9 @@ def run(args) -> int:
     from nnunet_mtl.radiomics.cache import CACHE_NAME, compute_dataset_radiomics
     raw = find_dataset_folder(args.d, raw_root())
     cache = preprocessed_root() / raw.name / CACHE_NAME
-    table, computed = compute_dataset_radiomics(raw, cache, args.features, num_processes=args.np)
+    from nnunet_mtl.resources import cap_processes
+    processes = cap_processes(args.np, "-np")
+    table, computed = compute_dataset_radiomics(raw, cache, args.features, num_processes=processes)
     print(f"{len(table)} training cases ({int(table['has_lesion'].sum())} with a lesion), "
           f"{computed} computed now, {len(table) - computed} from the cache")
     print(f"wrote {cache}")

@@ -35,6 +35,8 @@ def run(args) -> int:
     target = pre_dir / "splits_final.json"
     if target.exists() and not args.overwrite:
         raise NnunetMtlError(f"{target} exists; pass --overwrite to replace it (trained folds would no longer match)")
+    from nnunet_mtl.outputs import check_output_file
+    check_output_file(target, "split file")
     if args.holdout is not None:
         splits = grouped_stratified_holdout(train["case_id"].tolist(), train["patient_id"].tolist(),
                                             train["class"].tolist(), fraction=args.holdout, seed=args.seed)

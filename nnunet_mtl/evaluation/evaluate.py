@@ -81,6 +81,16 @@ from nnunet_mtl.evaluation import segmentation as seg_metrics
 
 SEG_METRICS = ("dice", "iou", "hd95_px", "hd95_mm")
 OUTPUT_FILES = ("per_case.csv", "summary.json", "confusion_matrix.png", "roc_curve.png")
+# class_predictions.csv stores 6 decimals: a row of K rounded probabilities sums to 1 within K * 5e-7
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def check_evaluation_output(output_dir) -> None:
+    """Before any work: the output folder can be written, and none of the files it gets is a folder."""
+    from nnunet_mtl.outputs import check_output_file, check_output_folder
+    out = check_output_folder(output_dir, "evaluation output folder")
+    for name in OUTPUT_FILES:
+        check_output_file(out / name, "evaluation output")
 _MAX_LISTED = 5  # case ids named in a message before it says "and N more"
 
 
@@ -243,6 +253,12 @@ def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[st
                                  f"in prob_ columns") from None
         if not np.all(np.isfinite(probs)):
             raise NnunetMtlError(f"{path}: case {case} has a non-finite probability; expected finite floats")
+        if probs.min() < -PROBABILITY_TOLERANCE or probs.max() > 1 + PROBABILITY_TOLERANCE:
+            raise NnunetMtlError(f"{path}: case {case} has a probability of {probs.min() if probs.min() < 0 else probs.max():g}; "
+                                 f"expected class probabilities in [0, 1] (not logits)")
+        if abs(probs.sum() - 1.0) > PROBABILITY_TOLERANCE:
+            raise NnunetMtlError(f"{path}: the probabilities of case {case} sum to {probs.sum():g}; expected one "
+                                 f"distribution over the classes, summing to 1 (within {PROBABILITY_TOLERANCE:g})")
         predicted = row.get("predicted_class", "")
         index = (int(np.argmax(probs)) if predicted == "" else
                  _class_index(predicted, class_names, f"{path}: predicted_class of case {case}"))
@@ -314,6 +330,31 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
 
     class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
     table = read_cases_table(cases_csv, class_labels) if cases_csv is not None else {}
+    if output_dir is not None:
+        check_evaluation_output(output_dir)
+    # everything the inputs alone can tell is checked before the per-case work: the class predictions, and that
+    # every evaluated case has them and a reference class (a cases.csv of another dataset fails here)
+    cls_cases, predictions = [], {}
+    if class_predictions_csv is not None:
+        if cases_csv is None:
+            raise NnunetMtlError(f"class predictions {class_predictions_csv} need the reference classes; pass the "
+                                 f"raw dataset's cases.csv (--cases or -d)")
+        if class_names is None:
+            notes.append("class_labels not given: classes taken from the prob_ columns in file order")
+        class_names, predictions = read_class_predictions(class_predictions_csv, class_names)
+        no_row = [c for c in cases if c not in predictions]
+        no_truth = [c for c in cases if c not in table]
+        for what, ids, where in (("class prediction", no_row, class_predictions_csv),
+                                 ("reference class", no_truth, cases_csv)):
+            if ids and not allow_missing:
+                raise NnunetMtlError(f"{len(ids)} evaluated case(s) have no {what} in {where}: {_some(ids)}; "
+                                     f"expected one row per case (or pass --allow-missing)")
+            if ids:
+                notes.append(f"{len(ids)} case(s) without {what} left out of classification: {_some(ids)}")
+                _warn(notes[-1])
+        cls_cases = [c for c in cases if c in predictions and c in table]
+        true_index = {c: _class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
+                      for c in cls_cases}
     tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing")) for c in cases]
     per_case = _run_cases(tasks, int(num_processes))
 
@@ -333,27 +374,10 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
     for r in per_case:
         r.update(true_class="", predicted_class="")
     if class_predictions_csv is not None:
-        if cases_csv is None:
-            raise NnunetMtlError(f"class predictions {class_predictions_csv} need the reference classes; pass the "
-                                 f"raw dataset's cases.csv (--cases or -d)")
-        if class_names is None:
-            notes.append("class_labels not given: classes taken from the prob_ columns in file order")
-        class_names, predictions = read_class_predictions(class_predictions_csv, class_names)
-        no_row = [c for c in cases if c not in predictions]
-        no_truth = [c for c in cases if c not in table]
-        for what, ids, where in (("class prediction", no_row, class_predictions_csv),
-                                 ("reference class", no_truth, cases_csv)):
-            if ids and not allow_missing:
-                raise NnunetMtlError(f"{len(ids)} evaluated case(s) have no {what} in {where}: {_some(ids)}; "
-                                     f"expected one row per case (or pass --allow-missing)")
-            if ids:
-                notes.append(f"{len(ids)} case(s) without {what} left out of classification: {_some(ids)}")
-                _warn(notes[-1])
-        cls_cases = [c for c in cases if c in predictions and c in table]
         by_case = {r["case_id"]: r for r in per_case}
         y_true, y_pred, probs = [], [], []
         for c in cls_cases:
-            t = _class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
+            t = true_index[c]
             p, pr = predictions[c]
             y_true.append(t)
             y_pred.append(p)
@@ -506,6 +530,8 @@ def check_output_is_not_an_input(output_path, input_paths) -> None:
     if output_path.is_dir():
         raise NnunetMtlError(f"-o {output_path} is a folder; expected the path of the aggregate JSON file, e.g. "
                              f"-o {output_path / 'cv_summary.json'}")
+    from nnunet_mtl.outputs import check_output_file
+    check_output_file(output_path, "-o")
 
 
 def aggregate_summaries(summary_paths: list, output_path=None) -> dict:
@@ -659,6 +685,11 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
 
     out_root = Path(output_dir) if output_dir is not None else pred_dir / "evaluation"
     summary_path = out_root / PER_FOLD_SUMMARY
+    from nnunet_mtl.outputs import check_output_file
+    for name, _ in subfolders:  # every output checked before the first subfolder is evaluated
+        check_evaluation_output((Path(output_dir) / name) if output_dir is not None else pred_dir / name / "evaluation")
+    for path in (summary_path, out_root / PER_FOLD_SUMMARY_CSV):
+        check_output_file(path, "per-fold summary")
     for stale in (summary_path, out_root / PER_FOLD_SUMMARY_CSV):
         stale.unlink(missing_ok=True)  # it exists again only when every subfolder was evaluated
     entries, fold_summaries, ensemble_summary, ensemble_entry = {}, [], None, None

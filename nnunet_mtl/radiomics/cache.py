@@ -66,10 +66,16 @@ def compute_dataset_radiomics(raw_folder: Path, cache_csv: Path, features=DEFAUL
     raw = load_raw_dataset(raw_folder, check_files=True)
     settings = _settings_tag(features)
     train = raw.cases_in_split("train")
+    from nnunet_mtl.outputs import check_output_file
+    check_output_file(cache_csv, "radiomics cache")
     cached = {}
     if cache_csv.is_file():
-        old = pd.read_csv(cache_csv, dtype={"case_id": str, "input_hash": str})
-        if all(f in old.columns for f in features):
+        try:
+            old = pd.read_csv(cache_csv, dtype={"case_id": str, "input_hash": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+            old = pd.DataFrame()  # a cache we cannot read is recomputed (it holds nothing else)
+            print(f"note: {cache_csv} is not a readable cache; every case is computed again", file=sys.stderr)
+        if "case_id" in old.columns and "input_hash" in old.columns and all(f in old.columns for f in features):
             cached = {r["case_id"]: r for _, r in old.iterrows()}
     rows, jobs = [], []
     for case in train["case_id"]:
@@ -82,6 +88,10 @@ def compute_dataset_radiomics(raw_folder: Path, cache_csv: Path, features=DEFAUL
             jobs.append((case, str(image), str(label), features))
             rows.append({"case_id": case, "input_hash": digest})
     if jobs:
+        from nnunet_mtl.image_files import image_header
+        for _, image, label, _ in jobs:  # a file no worker could read is named before the pool starts
+            image_header(image)
+            image_header(label, "label map")
         results = {}
         with get_context("spawn").Pool(max(1, num_processes)) as pool, \
                 tqdm(total=len(jobs), desc="radiomics", unit="case", disable=not progress) as bar:
