@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import multiprocessing
 import os
+import re
 import shlex
 from pathlib import Path
 
+from nnunet_mtl.dataset.contract import read_json_object
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.paths import env_with_ext_trainer, find_dataset_folder, results_root
 
@@ -81,10 +82,13 @@ def model_folder_for(dataset: str, trainer: str, plans: str, configuration: str)
 
 def check_checkpoints(model_folder: Path, folds: list, checkpoint: str) -> None:
     """Each requested fold has the checkpoint, and it was trained on this dataset with these plans."""
-    import json
-
     import torch
-    plans = json.loads((model_folder / "plans.json").read_text())
+    plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
+    if plans.get("dataset_name") and plans["dataset_name"] != model_folder.parent.name:
+        raise NnunetMtlError(
+            f"{model_folder} is under {model_folder.parent.name}, but its plans.json is for {plans['dataset_name']} "
+            f"(a model folder copied under another dataset id?); expected -d {plans['dataset_name']}, or a model "
+            f"trained on {model_folder.parent.name}")
     for fold in folds:
         path = model_folder / f"fold_{fold}" / checkpoint
         if not path.is_file():
@@ -110,6 +114,15 @@ def check_inputs(input_folder: Path, file_ending: str, channels: int | None = No
     images = sorted(input_folder.glob(f"*_0000{file_ending}"))
     if not images:
         raise NnunetMtlError(f"no images *_0000{file_ending} in {input_folder}; expected nnU-Net's naming CASE_0000{file_ending}")
+    if channels:  # nnU-Net reads CASE_0000 .. CASE_{channels-1}: another channel file would be read as an input
+        pattern = re.compile(r"(?P<case>.+)_(?P<k>\d{4})" + re.escape(file_ending))
+        for path in sorted(input_folder.iterdir()):
+            m = pattern.fullmatch(path.name)
+            if m and int(m["k"]) >= channels:
+                raise NnunetMtlError(f"{path} is channel {int(m['k'])} of case {m['case']}, but this model takes "
+                                     f"{channels} channel(s) (CASE_0000{file_ending}"
+                                     f"{'' if channels == 1 else f' .. CASE_{channels - 1:04d}' + file_ending}); "
+                                     f"expected only those files in {input_folder}")
     if file_ending.lower() == ".png":
         from nnunet_mtl.image_files import CHANNELS, open_image
         for image in images:
@@ -123,6 +136,17 @@ def check_inputs(input_folder: Path, file_ending: str, channels: int | None = No
                 raise NnunetMtlError(f"image {image} has {CHANNELS[mode]} channels ({mode}); this model takes one "
                                      f"grey channel: expected grey images (as nnunet_mtl convert writes them; e.g. "
                                      f"PIL's convert('L'))")
+
+
+def check_run_options(args) -> None:
+    """nnUNetv2_predict's numeric options, before nnU-Net asserts on them mid-run."""
+    from nnunet_mtl.resources import cap_processes
+    step = getattr(args, "step_size", 0.5)
+    if not 0 < step <= 1:
+        raise NnunetMtlError(f"-step_size {step}: expected a fraction of the patch size in (0, 1], e.g. 0.5")
+    for flag in ("npp", "nps"):
+        if hasattr(args, flag):
+            setattr(args, flag, cap_processes(getattr(args, flag), f"-{flag}", allow_zero=True))
 
 
 def model_channels(dataset_json: dict) -> int | None:
@@ -166,10 +190,12 @@ def preflight(args, folds: list) -> dict:
     every fold's checkpoint, the input images. Returns {"model_folder", "plans", "dataset_json"}."""
     model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
     check_checkpoints(model_folder, folds, args.chk)
-    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    dataset_json = read_json_object(model_folder / "dataset.json", "the dataset.json nnUNetv2_train copied there")
     check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
-    return {"model_folder": model_folder, "plans": json.loads((model_folder / "plans.json").read_text()),
-            "dataset_json": dataset_json}
+    check_run_options(args)
+    return {"model_folder": model_folder, "dataset_json": dataset_json,
+            "plans": read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote"),
+            "inputs": sorted(Path(args.i).glob(f"*_0000{dataset_json.get('file_ending', '.png')}"))}
 
 
 def model_class_names(plans: dict) -> list[str]:
@@ -185,6 +211,14 @@ def check_prediction_output(output: Path, csv_name: str, checked: dict) -> None:
     from nnunet_mtl.inference.predictor import read_class_prediction_rows
     from nnunet_mtl.outputs import check_output_folder
     check_output_folder(output)
+    if output.is_dir():
+        ending = checked["dataset_json"].get("file_ending", ".png")
+        suffix = f"_0000{ending}"
+        for image in checked.get("inputs") or ():
+            target = output / (image.name[:-len(suffix)] + ending)
+            if target.is_dir():
+                raise NnunetMtlError(f"{target} is a folder, where the mask of {image.name} goes; expected a file "
+                                     f"path (move the folder away)")
     names = model_class_names(checked["plans"])
     if names and output.is_dir():
         read_class_prediction_rows(output / csv_name, names)
@@ -313,8 +347,6 @@ def load_predictor(args):
     """The MultitaskPredictor for the model chosen by add_model_arguments' flags, inputs checked first."""
     # our trainers must be findable by nnU-Net's lookup in this process, whether or not the user exported it
     os.environ.update(env_with_ext_trainer())
-    import json
-
     import torch
 
     from nnunet_mtl.inference.predictor import MultitaskPredictor
@@ -322,8 +354,9 @@ def load_predictor(args):
     model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
     folds = parse_folds(args.f)
     check_checkpoints(model_folder, folds, args.chk)
-    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    dataset_json = read_json_object(model_folder / "dataset.json", "the dataset.json nnUNetv2_train copied there")
     check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
+    check_run_options(args)
 
     if args.device == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())

@@ -105,8 +105,11 @@ def run(args) -> int:
     source, out = Path(args.i), Path(args.o)
     if not source.is_file():
         raise NnunetMtlError(f"checkpoint {source} does not exist")
-    if out.exists() and not args.overwrite:
+    from nnunet_mtl.outputs import check_not_inside, check_output_file
+    check_not_inside(out, [source], "-o")
+    if out.exists() and not out.is_dir() and not args.overwrite:
         raise NnunetMtlError(f"{out} exists; pass --overwrite to replace it")
+    check_output_file(out, "-o")
     try:
         dataset_json_path = find_dataset_folder(args.d, preprocessed_root()) / "dataset.json"
     except NnunetMtlError:
