@@ -20,6 +20,11 @@ from nnunet_mtl.paths import env_with_ext_trainer
 DEFAULT_TRAINER = "nnUNetTrainerMTL_demo"
 
 
+# everything a demo writes into its folder: --overwrite removes a folder holding nothing else
+DEMO_ENTRIES = frozenset({"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions_test",
+                          "demo_timings.json"})
+
+
 def register(subparsers):
     p = subparsers.add_parser(
         "demo", help="run the whole pipeline on a synthetic ultrasound phantom (about 8 minutes on 2 CPU cores)",
@@ -65,10 +70,20 @@ def run(args) -> int:
     from dataset_conversion.synthetic import convert_synthetic
     from nnunet_mtl.evaluation.evaluate import evaluate_folder, format_summary_table
 
-    workdir = Path(args.workdir).resolve()
+    from nnunet_mtl.outputs import check_output_folder
+    from nnunet_mtl.trainers import TRAINERS
+    if args.trainer not in TRAINERS:
+        raise NnunetMtlError(f"trainer {args.trainer!r} is not an nnunet_mtl trainer; expected one of "
+                             f"{', '.join(n for n in sorted(TRAINERS) if n.endswith('_demo'))} (or any of "
+                             f"{len(TRAINERS)} in the README's trainer table)")
+    workdir = check_output_folder(Path(args.workdir).resolve(), "demo folder")
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
             raise NnunetMtlError(f"demo folder {workdir} exists and is not empty; pass --overwrite or --workdir DIR")
+        foreign = sorted(p.name for p in workdir.iterdir() if p.name not in DEMO_ENTRIES)
+        if foreign:
+            raise NnunetMtlError(f"demo folder {workdir} holds {foreign[0]!r}, which no demo wrote; --overwrite only "
+                                 f"replaces a folder of an earlier demo: expected another --workdir")
         shutil.rmtree(workdir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     env = env_with_ext_trainer()

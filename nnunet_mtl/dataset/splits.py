@@ -73,6 +73,39 @@ def grouped_stratified_holdout(case_ids: list[str], patient_ids: list[str], clas
     return split
 
 
+def read_splits(path, identifiers=None) -> list[dict]:
+    """nnU-Net's splits_final.json, checked: a JSON list of {"train": [...], "val": [...]} with case ids (of
+    ``identifiers``, the preprocessed cases, when given) and a non-empty validation set per fold. One-line
+    :class:`NnunetMtlError` naming the file and the first problem otherwise (nnU-Net would fail with a traceback,
+    or train on cases that do not exist)."""
+    path = Path(path)
+    expected = ("expected nnU-Net's splits_final.json: a list of {\"train\": [case ids], \"val\": [case ids]} "
+                "(nnunet_mtl split -d DATASET --overwrite writes one)")
+    try:
+        splits = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NnunetMtlError(f"{path} is not readable JSON ({type(e).__name__}: {str(e)[:80]}); {expected}")
+    if not isinstance(splits, list) or not splits:
+        raise NnunetMtlError(f"{path} is not a non-empty JSON list; {expected}")
+    known = None if identifiers is None else set(identifiers)
+    for fold, split in enumerate(splits):
+        if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
+            raise NnunetMtlError(f"{path}: fold {fold} is not an object with 'train' and 'val' lists; {expected}")
+        if not split["val"]:
+            raise NnunetMtlError(f"{path}: fold {fold} has no validation cases; expected at least one")
+        for key in ("train", "val"):
+            bad = [c for c in split[key] if not isinstance(c, str)]
+            if bad:
+                raise NnunetMtlError(f"{path}: fold {fold} '{key}' holds {bad[0]!r}; expected case ids (strings)")
+            if known is not None:
+                unknown = sorted(set(split[key]) - known)
+                if unknown:
+                    raise NnunetMtlError(f"{path}: fold {fold} '{key}' names {len(unknown)} case(s) that are not in "
+                                         f"the preprocessed dataset (e.g. {unknown[0]}); expected the split of this "
+                                         f"dataset (nnunet_mtl split -d DATASET --overwrite)")
+    return splits
+
+
 def check_splits_grouped(splits: list[dict], patient_of_case: dict[str, str]) -> None:
     """Raise if a patient appears in both train and val of one fold."""
     for fold, split in enumerate(splits):

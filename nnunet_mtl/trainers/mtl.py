@@ -20,7 +20,6 @@ rotation below), deep supervision, poly learning rate, AMP, checkpoints, final v
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from time import time
@@ -40,7 +39,7 @@ from nnunet_mtl import __version__
 from nnunet_mtl.dataset.case_table import CaseTable, copy_if_changed
 from nnunet_mtl.dataset.contract import read_class_labels
 from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, check_splits_grouped, describe_splits,
-                                       grouped_stratified_splits, write_splits)
+                                       grouped_stratified_splits, read_splits, write_splits)
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation.classification import classification_metrics
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Segmentation
@@ -276,7 +275,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 self.print_to_log_file(
                     f"Created a {self.num_split_folds}-fold split grouped by patient and stratified by class:\n"
                     + describe_splits(splits, {k: self.class_names[v] for k, v in classes.items()}))
-            splits = json.loads(splits_file.read_text())
+            try:
+                splits = read_splits(splits_file, identifiers)
+            except NnunetMtlError as e:
+                fail(str(e))
             if self.fold >= len(splits):
                 # nnU-Net would silently train on a random 80:20 split that ignores patients
                 fail(f"fold {self.fold} requested but {splits_file} defines {len(splits)} folds (0..{len(splits) - 1})")

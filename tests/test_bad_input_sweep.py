@@ -1,0 +1,284 @@
+"""Every command against every class of bad input (issue 13): output paths, corrupt or foreign inputs, checks that
+must come before the work, resources. One parametrized test: each case builds its bad input in a small world (a
+raw dataset, a model folder, inputs, predictions, a summary), runs the command in-process, and asserts the exit
+code, one line on stderr naming the file or value, and that no file under the world was written, changed,
+removed or left half-written."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from nnunet_mtl.cli.main import main
+
+CLASSES = {"benign": 0, "malignant": 1, "normal": 2}
+
+
+def _png_bomb(path: Path, side: int = 100_000) -> None:
+    """A tiny PNG whose header claims side x side grey pixels (a decompression bomb)."""
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """The world, built once: the environment folders, Dataset777_A (synthetic), a model folder for it, an input
+    folder, a prediction folder with class_predictions.csv, and an evaluation summary."""
+    from dataset_conversion.synthetic import convert_synthetic
+    from nnunet_mtl.evaluation.evaluate import evaluate_folder
+    from tests.test_network import make_plans
+
+    root = tmp_path_factory.mktemp("world")
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / var).mkdir()
+    raw = convert_synthetic(777, "A", num_patients=6, images_per_patient=1, size=(32, 32), test_fraction=0.5,
+                            normal_fraction=0.0, raw_root=root / "nnUNet_raw", progress=False)
+    model = root / "nnUNet_results" / "Dataset777_A" / "nnUNetTrainerMTL__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    plans = dict(make_plans(), dataset_name="Dataset777_A")
+    plans["nnunet_mtl"] = {"class_labels": CLASSES, "guidance_features": ["f0"]}
+    (model / "plans.json").write_text(json.dumps(plans))
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".png", "channel_names": {"0": "ultrasound"},
+                                                    "class_labels": CLASSES}))
+    torch.save({"init_args": {"plans": plans}, "network_weights": {}}, model / "fold_0" / "checkpoint_final.pth")
+    shutil.copytree(raw / "imagesTs", root / "in")
+    pred = root / "pred"
+    shutil.copytree(raw / "labelsTs", pred)
+    with open(raw / "cases.csv", newline="") as f:
+        test = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    with open(pred / "class_predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "predicted_class", "prob_benign", "prob_malignant", "prob_normal"])
+        w.writerows([r["case_id"], r["class"], *((0.8, 0.2, 0.0) if r["class"] == "benign" else (0.3, 0.7, 0.0))]
+                    for r in test)
+    evaluate_folder(pred, raw / "labelsTs", class_predictions_csv=pred / "class_predictions.csv",
+                    cases_csv=raw / "cases.csv", class_labels=CLASSES, output_dir=root / "evaluation")
+    torch.save({"network_weights": {}, "trainer_name": "nnUNetTrainer"}, root / "plain.pth")
+    return root
+
+
+@pytest.fixture
+def world(template, tmp_path, monkeypatch):
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(root / var))
+    return root
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry under root: folders by name, files by size and content hash (hidden temporary files too)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return out
+
+
+def deny_writes(monkeypatch, folder: Path) -> None:
+    """os.access says `folder` is not writable (the tests may run as root, for whom chmod does not bite)."""
+    import nnunet_mtl.outputs as outputs
+    real = os.access
+
+    def access(path, mode, *a, **k):
+        if mode & os.W_OK and Path(os.path.abspath(path)) == folder:
+            return False
+        return real(path, mode, *a, **k)
+    monkeypatch.setattr(outputs.os, "access", access)
+
+
+def predict(w, *extra, out="out", inputs="in"):
+    return ["predict", "-i", str(w / inputs), "-o", str(w / out), "-d", "777", "-c", "2d", "-f", "0",
+            "-device", "cpu", *extra]
+
+
+def ablate(w, *extra, out="out"):
+    return ["ablate-guidance", "-i", str(w / "in"), "-o", str(w / out), "-d", "777", "-c", "2d", "-f", "0",
+            "-device", "cpu", "-tr", "nnUNetTrainerMTL", "--cases", str(w / "nnUNet_raw" / "Dataset777_A" / "cases.csv"),
+            *extra]
+
+
+def evaluate(w, *extra):
+    return ["evaluate", "-pred", str(w / "pred"), "-d", "777", *extra]
+
+
+def _file(path: Path, text: str = "x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _first_input(w) -> Path:
+    return sorted((w / "in").glob("*_0000.png"))[0]
+
+
+def _edit_probs(w, row):
+    path = w / "pred" / "class_predictions.csv"
+    lines = path.read_text().splitlines()
+    case = lines[1].split(",")[0]
+    lines[1] = f"{case},benign,{row}"
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _foreign_cases(w):
+    path = w / "foreign_cases.csv"
+    path.write_text("case_id,split,class,patient_id\nbusi_0001,test,benign,p1\n")
+    return path
+
+
+# (id, input class, setup(world, monkeypatch) -> argv, what the one line must name)
+CASES = [
+    # --- output paths --------------------------------------------------------------------------------------
+    ("predict-o-is-file", "output", lambda w, m: (_file(w / "out"), predict(w))[1], "out is a file"),
+    ("predict-o-parent-is-file", "output", lambda w, m: (_file(w / "f"), predict(w, out="f/out"))[1], "f is a file"),
+    ("predict-o-read-only", "output", lambda w, m: ((w / "ro").mkdir(), deny_writes(m, w / "ro"),
+                                                    predict(w, out="ro/out"))[2], "is not writable"),
+    ("predict-mask-path-is-folder", "output",
+     lambda w, m: ((w / "out" / (_first_input(w).name[:-9] + ".png")).mkdir(parents=True), predict(w))[1],
+     "is a folder, where the mask of"),
+    ("predict-csv-is-folder", "output",
+     lambda w, m: ((w / "out" / "class_predictions.csv").mkdir(parents=True), predict(w))[1],
+     "class_predictions.csv is not a file"),
+    ("predict-results-is-file", "output",
+     lambda w, m: (m.setenv("nnUNet_results", str(_file(w / "results_file"))), predict(w))[1],
+     "nnUNet_results="),
+    ("ablate-o-is-file", "output", lambda w, m: (_file(w / "out"), ablate(w))[1], "out is a file"),
+    ("evaluate-o-is-file", "output", lambda w, m: (_file(w / "o"), evaluate(w, "-o", str(w / "o")))[1],
+     "o is a file"),
+    ("evaluate-default-o-is-file", "output", lambda w, m: (_file(w / "pred" / "evaluation"), evaluate(w))[1],
+     "evaluation is a file"),
+    ("evaluate-summary-is-folder", "output",
+     lambda w, m: ((w / "o" / "summary.json").mkdir(parents=True), evaluate(w, "-o", str(w / "o")))[1],
+     "summary.json is a folder"),
+    ("evaluate-o-read-only", "output", lambda w, m: ((w / "ro").mkdir(), deny_writes(m, w / "ro"),
+                                                     evaluate(w, "-o", str(w / "ro")))[2], "is not writable"),
+    ("aggregate-o-is-input", "output",
+     lambda w, m: ["evaluate", "--aggregate", str(w / "evaluation" / "summary.json"), "-o",
+                   str(w / "evaluation" / "summary.json")], "one of the summaries"),
+    ("aggregate-o-is-folder", "output",
+     lambda w, m: ["evaluate", "--aggregate", str(w / "evaluation" / "summary.json"), "-o", str(w / "evaluation")],
+     "is a folder"),
+    ("split-target-is-folder", "output",
+     lambda w, m: ((w / "nnUNet_preprocessed" / "Dataset777_A" / "splits_final.json").mkdir(parents=True),
+                   ["split", "-d", "777", "-k", "2", "--overwrite"])[1], "splits_final.json is a folder"),
+    ("split-preprocessed-is-file", "output",
+     lambda w, m: (m.setenv("nnUNet_preprocessed", str(_file(w / "pre_file"))), ["split", "-d", "777"])[1],
+     "nnUNet_preprocessed="),
+    ("radiomics-cache-is-folder", "output",
+     lambda w, m: ((w / "nnUNet_preprocessed" / "Dataset777_A" / "radiomics_targets.csv").mkdir(parents=True),
+                   ["radiomics", "-d", "777"])[1], "radiomics_targets.csv is a folder"),
+    ("pretrained-o-is-input", "output",
+     lambda w, m: ["pretrained", "-i", str(w / "plain.pth"), "-o", str(w / "plain.pth"), "-d", "777", "--overwrite"],
+     "plain.pth is one of the inputs"),
+    ("pretrained-o-is-folder", "output",
+     lambda w, m: ((w / "o.pth").mkdir(), ["pretrained", "-i", str(w / "plain.pth"), "-o", str(w / "o.pth"), "-d",
+                                           "777", "--overwrite"])[1], "o.pth is a folder"),
+    ("demo-workdir-is-file", "output",
+     lambda w, m: (_file(w / "demo"), ["demo", "--workdir", str(w / "demo")])[1], "demo is a file"),
+    ("demo-overwrite-foreign-folder", "output",
+     lambda w, m: (_file(w / "demo" / "thesis.tex"), ["demo", "--workdir", str(w / "demo"), "--overwrite"])[1],
+     "thesis.tex"),
+    ("convert-raw-is-file", "output",
+     lambda w, m: (m.setenv("nnUNet_raw", str(_file(w / "raw_file"))),
+                   ["convert", "synthetic", "-d", "501", "--no-progress"])[1], "nnUNet_raw="),
+    ("convert-dataset-path-is-file", "output",
+     lambda w, m: (_file(w / "nnUNet_raw" / "Dataset501_SyntheticUS"),
+                   ["convert", "synthetic", "-d", "501", "--no-progress"])[1], "Dataset501_SyntheticUS is a file"),
+    ("convert-raw-read-only", "output",
+     lambda w, m: (deny_writes(m, w / "nnUNet_raw"), ["convert", "synthetic", "-d", "501", "--no-progress"])[1],
+     "is not writable"),
+    # --- corrupt or foreign inputs ---------------------------------------------------------------------------
+    ("predict-decompression-bomb", "input", lambda w, m: (_png_bomb(_first_input(w)), predict(w))[1],
+     "far beyond any ultrasound frame"),
+    ("predict-rgb-into-grey-model", "input",
+     lambda w, m: (Image.new("RGB", (32, 32)).save(_first_input(w)), predict(w))[1], "has 3 channels (RGB)"),
+    ("predict-extra-channel-file", "input",
+     lambda w, m: (Image.new("L", (32, 32)).save(w / "in" / "x_0001.png"), predict(w))[1], "x_0001.png is channel 1"),
+    ("predict-truncated-png", "input",
+     lambda w, m: (_first_input(w).write_bytes(_first_input(w).read_bytes()[:60]), predict(w))[1],
+     "_0000.png"),
+    ("predict-model-copied-under-another-id", "input",
+     lambda w, m: (shutil.copytree(w / "nnUNet_results" / "Dataset777_A", w / "nnUNet_results" / "Dataset778_B"),
+                   predict(w)[:6] + ["778"] + predict(w)[7:])[1], "plans.json is for Dataset777_A"),
+    ("predict-garbage-plans", "input",
+     lambda w, m: (_file(w / "nnUNet_results" / "Dataset777_A" / "nnUNetTrainerMTL__nnUNetPlans__2d" / "plans.json",
+                         "{not json"), predict(w))[1], "plans.json is not valid JSON"),
+    ("predict-other-models-csv", "input",
+     lambda w, m: (_file(w / "out" / "class_predictions.csv", "case_id,predicted_class,prob_TR1\n"),
+                   predict(w))[1], "come from another model"),
+    ("predict-step-size-0", "value", lambda w, m: predict(w, "-step_size", "0"), "-step_size 0"),
+    ("predict-npp-negative", "value", lambda w, m: predict(w, "-npp", "-1"), "-npp -1"),
+    ("ablate-cases-of-another-dataset", "input",
+     lambda w, m: ablate(w)[:-1] + [str(_foreign_cases(w))], "have no row in"),
+    ("evaluate-probability-above-1", "input",
+     lambda w, m: (_edit_probs(w, "1.7,-0.7,0"), evaluate(w))[1], "expected class probabilities in [0, 1]"),
+    ("evaluate-probabilities-not-summing-to-1", "input",
+     lambda w, m: (_edit_probs(w, "0.6,0.6,0"), evaluate(w))[1], "sum to 1.2"),
+    ("evaluate-cases-of-another-dataset", "input",
+     lambda w, m: evaluate(w, "--cases", str(_foreign_cases(w))), "have no reference class in"),
+    ("evaluate-bomb-mask", "input",
+     lambda w, m: (_png_bomb(sorted((w / "pred").glob("*.png"))[0]), evaluate(w))[1], "DecompressionBombError"),
+    ("aggregate-truncated-summary", "input",
+     lambda w, m: (_file(w / "s.json", '{"segmentation": {'), ["evaluate", "--aggregate", str(w / "s.json"),
+                                                               str(w / "evaluation" / "summary.json")])[1],
+     "s.json is not valid JSON"),
+    ("pretrained-truncated-checkpoint", "input",
+     lambda w, m: (_file(w / "cut.pth", "PK\x03\x04"), ["pretrained", "-i", str(w / "cut.pth"), "-o",
+                                                         str(w / "new.pth"), "-d", "777"])[1],
+     "cut.pth cannot be read as a checkpoint"),
+    ("demo-unknown-trainer", "value",
+     lambda w, m: ["demo", "--workdir", str(w / "demo"), "-tr", "nnUNetTrainerNope"], "nnUNetTrainerNope"),
+    # --- resources -----------------------------------------------------------------------------------------
+    ("convert-j-0", "resources", lambda w, m: ["convert", "busi", str(w / "in"), "-j", "0"], "-j 0"),
+    ("evaluate-np-0", "resources", lambda w, m: evaluate(w, "-np", "0"), "-np 0"),
+    ("radiomics-np-0", "resources", lambda w, m: ["radiomics", "-d", "777", "-np", "0"], "-np 0"),
+]
+
+
+@pytest.mark.parametrize("case_id, kind, setup, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(world, monkeypatch, capsys, case_id, kind, setup, needle):
+    argv = setup(world, monkeypatch)
+    before = snapshot(world)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"exit {code}: {err}"
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"nnunet_mtl {argv[0]}: error: ") and "Traceback" not in err
+    assert needle in err, err
+    assert snapshot(world) == before  # nothing written, changed, removed or left half-written
+
+
+def test_sweep_covers_every_subcommand_and_class():
+    """Every subcommand that reads or writes files is in the sweep (trainer-dir only prints a path), and each of
+    the input classes of issue 13 has cases."""
+    from nnunet_mtl.cli.main import SUBCOMMAND_MODULES
+    prefixes = {"ablate_guidance": "ablate", "evaluate": "evaluate", "trainer_dir": None}
+    for module in SUBCOMMAND_MODULES:
+        prefix = prefixes.get(module, module)
+        if prefix is not None:
+            assert any(c[0].startswith(prefix + "-") for c in CASES), module
+    assert {c[1] for c in CASES} == {"output", "input", "value", "resources"}
+
+
+def test_too_many_processes_are_capped_and_said(world, capsys, monkeypatch):
+    import nnunet_mtl.resources as resources
+    monkeypatch.setattr(resources, "available_cores", lambda: 2)
+    assert resources.capped(64, "-j", 3, what="images") == (2, "-j 64 capped to 2 (the cores of this machine)")
+    assert resources.capped(64, "-j", 1, what="images") == (1, "-j 64 capped to 1 (the images to process)")
+    assert resources.capped(2, "-j", 10) == (2, None) and resources.capped(0, "-npp", allow_zero=True) == (0, None)
+    assert main(["evaluate", "-pred", str(world / "pred"), "-d", "777", "-np", "999", "-o", str(world / "e")]) == 0
+    assert "note: -np 999 capped to 2 (the cores of this machine)" in capsys.readouterr().out
