@@ -106,3 +106,26 @@ def test_split_command_writes_a_holdout_fold(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):  # argparse: -k and --holdout exclude each other
         main(["split", "-d", "520", "--holdout", "0.15", "-k", "3", "--overwrite"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[{"train": ["a"], "val": ', "is not readable JSON"),                      # truncated
+    ("", "is not readable JSON"),                                              # empty file
+    ('{"train": ["a"], "val": ["b"]}', "is not a non-empty JSON list"),        # not a list
+    ('[{"train": ["a"]}]', "fold 0 is not an object with 'train' and 'val' lists"),
+    ('[{"train": ["a"], "val": []}]', "fold 0 has no validation cases"),
+    ('[{"train": ["a", 3], "val": ["b"]}]', "holds 3; expected case ids"),
+    ('[{"train": ["a"], "val": ["b"]}, {"train": ["a", "zz"], "val": ["b"]}]', "fold 1 'train' names 1 case(s) "
+                                                                               "that are not in the preprocessed"),
+])
+def test_read_splits_refuses_malformed_files_with_one_line(tmp_path, text, needle):
+    """What nnUNetv2_train with our trainers reads before training (it raised JSONDecodeError, KeyError, or trained
+    on cases that do not exist until a data loader worker died)."""
+    from nnunet_mtl.dataset.splits import read_splits
+    path = tmp_path / "splits_final.json"
+    path.write_text(text)
+    with pytest.raises(NnunetMtlError) as e:
+        read_splits(path, ["a", "b"])
+    assert needle in str(e.value) and "\n" not in str(e.value) and str(path) in str(e.value)
+    path.write_text('[{"train": ["a"], "val": ["b"]}]')
+    assert read_splits(path, ["a", "b"]) == [{"train": ["a"], "val": ["b"]}]

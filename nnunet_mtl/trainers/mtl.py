@@ -41,6 +41,7 @@ from nnunet_mtl.dataset.contract import read_class_labels
 from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, check_splits_grouped, describe_splits,
                                        grouped_stratified_splits, read_splits, write_splits)
 from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.outputs import check_output_file, check_output_folder
 from nnunet_mtl.evaluation.classification import classification_metrics
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Segmentation
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
@@ -49,6 +50,17 @@ from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, st
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
 from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
+
+
+def _check_results_folder(plans: dict) -> None:
+    """nnUNet_results/DatasetNNN_X can be written (nnU-Net's __init__ creates the trainer's folder in it and would
+    fail with a traceback on a file or a read-only mount)."""
+    from nnunetv2 import paths as nnunet_paths
+    if nnunet_paths.nnUNet_results and plans.get("dataset_name"):
+        try:
+            check_output_folder(Path(nnunet_paths.nnUNet_results) / plans["dataset_name"], "nnUNet_results folder")
+        except NnunetMtlError as e:
+            fail(str(e))
 
 
 def fail(message: str):
@@ -114,6 +126,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        _check_results_folder(plans)
         super().__init__(plans, configuration, fold, dataset_json, device)
         for name, value in merged_along_mro(type(self), "schedule").items():
             setattr(self, name, value)
@@ -269,6 +282,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
         if self.fold != "all":
             if not splits_file.is_file():
+                try:
+                    check_output_file(splits_file, "split file")
+                except NnunetMtlError as e:
+                    fail(str(e))
                 splits = grouped_stratified_splits(identifiers, [patients[i] for i in identifiers],
                                                    [classes[i] for i in identifiers], num_folds=self.num_split_folds)
                 write_splits(splits, splits_file)
