@@ -783,11 +783,6 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
             first = report.skipped[0]["reason"] if report.skipped else "the source lists no cases"
             raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped; "
                                  f"first: {first})")
-        train = [r for r in writer.rows if r["split"] == "train"]
-        if train and all(r["class"] == NORMAL_CLASS for r in train):
-            raise NnunetMtlError(f"{report.source}: every one of the {len(train)} training case(s) is a normal image "
-                                 f"with an empty mask; nnU-Net's preprocessing cannot plan a lesion from that (it "
-                                 f"crashes); expected lesion cases in the training set (or --as test)")
         dups.merge_patients()
         dups.near_duplicates()
         report.summary = writer.summary()

@@ -210,12 +210,12 @@ def _assign_classes_and_splits(rng, num_patients, normal_fraction, malignant_fra
     return classes.tolist(), splits.tolist()
 
 
-def convert_synthetic(dataset_id: int = 500, name: str = "SyntheticUS", *, num_patients: int = 60,
-                      images_per_patient: int = 3, size: int | tuple[int, int] = (128, 128),
-                      normal_fraction: float = 0.1, malignant_fraction: float = 0.4, test_fraction: float = 0.25,
-                      seed: int = 0, raw_root: Path | None = None, overwrite: bool = False,
-                      progress: bool = True) -> Path:
-    """Write ``DatasetNNN_Name`` with the phantom; returns its folder. Same seed -> byte-identical files."""
+def check_synthetic_arguments(dataset_id: int, name: str, *, num_patients: int, images_per_patient: int, size,
+                              normal_fraction: float, malignant_fraction: float, test_fraction: float):
+    """The phantom's arguments, checked before anything is written (``nnunet_mtl demo`` calls it before it makes
+    its folders); returns (height, width)."""
+    from nnunet_mtl.paths import dataset_folder_name
+    dataset_folder_name(dataset_id, name)
     h, w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     if min(h, w) < 32:
         raise NnunetMtlError(f"synthetic image size {(h, w)} is too small; expected at least 32 pixels per side")
@@ -230,6 +230,19 @@ def convert_synthetic(dataset_id: int = 500, name: str = "SyntheticUS", *, num_p
                              f"exceeds 1; benign gets the rest")
     if not 0 <= test_fraction < 1:
         raise NnunetMtlError(f"test_fraction={test_fraction} is not in [0, 1)")
+    return h, w
+
+
+def convert_synthetic(dataset_id: int = 500, name: str = "SyntheticUS", *, num_patients: int = 60,
+                      images_per_patient: int = 3, size: int | tuple[int, int] = (128, 128),
+                      normal_fraction: float = 0.1, malignant_fraction: float = 0.4, test_fraction: float = 0.25,
+                      seed: int = 0, raw_root: Path | None = None, overwrite: bool = False,
+                      progress: bool = True) -> Path:
+    """Write ``DatasetNNN_Name`` with the phantom; returns its folder. Same seed -> byte-identical files."""
+    h, w = check_synthetic_arguments(dataset_id, name, num_patients=num_patients,
+                                     images_per_patient=images_per_patient, size=size,
+                                     normal_fraction=normal_fraction, malignant_fraction=malignant_fraction,
+                                     test_fraction=test_fraction)
 
     from tqdm import tqdm
 

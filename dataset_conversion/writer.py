@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dataset_conversion.common import NORMAL_CLASS  # images without a lesion: their masks are empty
 from nnunet_mtl import paths
 from nnunet_mtl.dataset.contract import (REQUIRED_COLUMNS, SPACING_COLUMNS, SPLITS, load_raw_dataset,
                                          read_cases_csv, read_class_labels)
@@ -414,6 +415,12 @@ class RawDatasetWriter:
         try:
             if not self._rows:
                 raise ContractError(f"{self.folder_name}: no cases were added; expected at least one")
+            train = [r for r in self._rows.values() if r["split"] == "train"]
+            if train and all(r["class"] == NORMAL_CLASS for r in train):
+                # every lesion class has a non-empty mask (the converters check it): these masks are all empty
+                raise ContractError(f"{self.folder_name}: every one of the {len(train)} training case(s) is a normal "
+                                    f"image with an empty mask; nnU-Net's preprocessing cannot plan a lesion from "
+                                    f"that (it crashes); expected lesion cases in the training set (or --as test)")
             counts = {s: sum(r["split"] == s for r in self._rows.values()) for s in SPLITS}
             dataset_json = {
                 "channel_names": {"0": "ultrasound"},

@@ -604,3 +604,30 @@ def test_early_stopping_counts_epochs_since_the_best_selectable_score(nnunet_env
     assert trainer.early_stopped() is None  # best selectable epoch 2, one epoch ago
     log["val_losses"].append(0.7), log["stage"].append(1), log["ema_mtl_score"].append(0.0)
     assert "not improved for 2 epochs (best at epoch 2" in trainer.early_stopped()
+
+
+class TrainerRefusedAtStart(nnUNetTrainerMTL):
+    """Its results folder does not exist before the test."""
+
+
+@pytest.mark.parametrize("text, needle", [('[{"train": ["x"], "val": ', "is not readable JSON"),
+                                          ('[{"train": ["nope"], "val": ["nope"]}]', "not in the preprocessed")])
+def test_a_bad_split_file_is_refused_at_start_and_leaves_no_results_folder(nnunet_env, capsys, text, needle):
+    """Issue 13: nnUNetv2_train with a truncated splits_final.json raised JSONDecodeError from nnU-Net's do_split
+    (or trained on cases that do not exist), after nnU-Net had made the results folder and its log."""
+    splits = next((nnunet_env / "nnUNet_preprocessed").glob("Dataset503_*")) / "splits_final.json"
+    results = next((nnunet_env / "nnUNet_results").glob("Dataset503_*"), None)
+    before = splits.read_bytes() if splits.exists() else None
+    splits.write_text(text)
+    try:
+        with pytest.raises(SystemExit) as e:
+            make_trainer(nnunet_env, TrainerRefusedAtStart)
+    finally:
+        splits.unlink()
+        if before is not None:
+            splits.write_bytes(before)
+    message = str(e.value.code)
+    assert message.startswith("nnunet_mtl: error: ") and needle in message and "\n" not in message
+    assert not list((nnunet_env / "nnUNet_results").rglob("TrainerRefusedAtStart*"))
+    if results is None:  # the dataset's results folder was made by nnU-Net for this trainer alone: gone again
+        assert not list((nnunet_env / "nnUNet_results").glob("Dataset503_*"))

@@ -76,6 +76,10 @@ def run(args) -> int:
         raise NnunetMtlError(f"trainer {args.trainer!r} is not an nnunet_mtl trainer; expected one of "
                              f"{', '.join(n for n in sorted(TRAINERS) if n.endswith('_demo'))} (or any of "
                              f"{len(TRAINERS)} in the README's trainer table)")
+    from dataset_conversion.synthetic import check_synthetic_arguments
+    check_synthetic_arguments(args.dataset_id, "SyntheticUS", num_patients=args.num_patients,
+                              images_per_patient=args.images_per_patient, size=args.size, normal_fraction=0.1,
+                              malignant_fraction=0.4, test_fraction=0.25)
     workdir = check_output_folder(Path(args.workdir).resolve(), "demo folder")
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:

@@ -34,6 +34,8 @@ def register(subparsers):
                                                      "the cores and the cases)")
     p.add_argument("--allow-missing", dest="allow_missing", action="store_true",
                    help="report reference cases without prediction instead of failing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --aggregate: replace an existing -o file (never one of the inputs)")
     p.add_argument("--aggregate", nargs="+", metavar="SUMMARY_JSON",
                    help="aggregate these summary.json files (folds / runs) into mean ± std")
     p.set_defaults(func=run)
@@ -41,6 +43,8 @@ def register(subparsers):
 
 def _existing_file(path: str | Path, what: str) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise NnunetMtlError(f"{what} {path} is a folder; expected a file")
     if not path.is_file():
         raise NnunetMtlError(f"{what} {path} does not exist")
     return path
@@ -63,7 +67,7 @@ def run(args) -> int:
     if args.aggregate:
         if args.pred or args.ref or args.d:
             raise NnunetMtlError("--aggregate takes summary.json files only; do not combine it with -pred/-ref/-d")
-        agg = aggregate_summaries(args.aggregate, output_path=args.o)
+        agg = aggregate_summaries(args.aggregate, output_path=args.o, overwrite=args.overwrite)
         print(format_aggregate_table(agg))
         if args.o:
             print(f"wrote {args.o}")

@@ -520,7 +520,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_is_not_an_input(output_path, input_paths) -> None:
+def check_output_is_not_an_input(output_path, input_paths, overwrite: bool = False) -> None:
     """An aggregate output must be a new file: not one of the inputs (which it would overwrite), not a folder."""
     output_path = Path(output_path)
     for p in input_paths:
@@ -531,15 +531,15 @@ def check_output_is_not_an_input(output_path, input_paths) -> None:
         raise NnunetMtlError(f"-o {output_path} is a folder; expected the path of the aggregate JSON file, e.g. "
                              f"-o {output_path / 'cv_summary.json'}")
     from nnunet_mtl.outputs import check_output_file
-    check_output_file(output_path, "-o")
+    check_output_file(output_path, "-o", overwrite=overwrite)
 
 
-def aggregate_summaries(summary_paths: list, output_path=None) -> dict:
+def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool = False) -> dict:
     """Mean and sample std (ddof=1) of every scalar metric over several summary.json files (folds / runs)."""
     if not summary_paths:
         raise NnunetMtlError("no summary.json given to aggregate; expected one per fold or run")
     if output_path is not None:
-        check_output_is_not_an_input(output_path, summary_paths)
+        check_output_is_not_an_input(output_path, summary_paths, overwrite)
     flat = []
     for p in summary_paths:
         data = read_json_object(p, "a summary.json written by nnunet_mtl evaluate")

@@ -55,12 +55,36 @@ from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, Ti
 def _check_results_folder(plans: dict) -> None:
     """nnUNet_results/DatasetNNN_X can be written (nnU-Net's __init__ creates the trainer's folder in it and would
     fail with a traceback on a file or a read-only mount)."""
-    from nnunetv2 import paths as nnunet_paths
-    if nnunet_paths.nnUNet_results and plans.get("dataset_name"):
+    results = os.environ.get("nnUNet_results")
+    if results and plans.get("dataset_name"):
         try:
-            check_output_folder(Path(nnunet_paths.nnUNet_results) / plans["dataset_name"], "nnUNet_results folder")
+            check_output_folder(Path(results) / plans["dataset_name"], "nnUNet_results folder")
         except NnunetMtlError as e:
             fail(str(e))
+
+
+def _folders_nnunet_creates(plans: dict, trainer: str, configuration: str, fold) -> list[Path]:
+    """The results folders (dataset, trainer, fold) that do not exist yet: nnU-Net's __init__ creates them and
+    its log file, before any of our checks can run."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    try:
+        fold_folder = Path(get_output_folder(plans["dataset_name"], trainer, plans["plans_name"], configuration,
+                                             fold))
+    except Exception:  # nnUNet_results unset or the dataset unknown: nnU-Net reports it itself
+        return []
+    return [f for f in (fold_folder.parent.parent, fold_folder.parent, fold_folder) if not f.exists()]
+
+
+def _remove_start_up_folders(created: list[Path], log_file) -> None:
+    """Undo nnU-Net's start-up after a refusal: its log file, then the folders it created, each only when empty
+    (anything else in them is left alone)."""
+    if log_file and Path(log_file).parent in created:
+        Path(log_file).unlink(missing_ok=True)
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def fail(message: str):
@@ -127,52 +151,58 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         _check_results_folder(plans)
+        created = _folders_nnunet_creates(plans, type(self).__name__, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        for name, value in merged_along_mro(type(self), "schedule").items():
-            setattr(self, name, value)
-        trainer = self.__class__.__name__
-        self.terms = [copy.deepcopy(t) for t in type(self).terms]
-        self.backward_rule = copy.deepcopy(type(self).backward)
         try:
+            for name, value in merged_along_mro(type(self), "schedule").items():
+                setattr(self, name, value)
+            trainer = self.__class__.__name__
+            self.terms = [copy.deepcopy(t) for t in type(self).terms]
+            self.backward_rule = copy.deepcopy(type(self).backward)
+            try:
+                for term in self.terms:
+                    term.validate()
+                self.backward_rule.validate()
+                self.base_loss_weights = type(self).resolved_loss_weights()
+            except (ValueError, NnunetMtlError) as e:
+                fail(f"{trainer}: {e}")
+            self.task_names = [t.name for t in self.terms if t.task]
+            self.loss_weights_now = dict(self.base_loss_weights)
+            dataset_name = self.plans_manager.dataset_name
+            try:
+                self.class_labels = read_class_labels(dataset_json, source=f"dataset.json of {dataset_name}")
+            except NnunetMtlError as e:
+                fail(str(e))
+            if self.label_manager.has_regions or self.label_manager.has_ignore_label:
+                fail(f"{dataset_name} uses region-based labels or an ignore label; nnunet_mtl expects labels "
+                     f"{{background: 0, lesion: 1}}")
+            self.class_names = [n for n, _ in sorted(self.class_labels.items(), key=lambda kv: kv[1])]
+            self.num_cls_classes = len(self.class_names)
+            # Everything the network's shape depends on goes into the plans: nnU-Net saves them as plans.json next to
+            # the checkpoints, and the predictor rebuilds the network from them.
+            try:
+                head = self.head_config(self.num_cls_classes)
+            except ValueError as e:
+                fail(f"{trainer}: {e}")
+            section = {"head": head.to_dict(), "class_labels": self.class_labels, "trainer": trainer,
+                       "version": __version__}
             for term in self.terms:
-                term.validate()
-            self.backward_rule.validate()
-            self.base_loss_weights = type(self).resolved_loss_weights()
-        except (ValueError, NnunetMtlError) as e:
-            fail(f"{trainer}: {e}")
-        self.task_names = [t.name for t in self.terms if t.task]
-        self.loss_weights_now = dict(self.base_loss_weights)
-        dataset_name = self.plans_manager.dataset_name
-        try:
-            self.class_labels = read_class_labels(dataset_json, source=f"dataset.json of {dataset_name}")
-        except NnunetMtlError as e:
-            fail(str(e))
-        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
-            fail(f"{dataset_name} uses region-based labels or an ignore label; nnunet_mtl expects labels "
-                 f"{{background: 0, lesion: 1}}")
-        self.class_names = [n for n, _ in sorted(self.class_labels.items(), key=lambda kv: kv[1])]
-        self.num_cls_classes = len(self.class_names)
-        # Everything the network's shape depends on goes into the plans: nnU-Net saves them as plans.json next to
-        # the checkpoints, and the predictor rebuilds the network from them.
-        try:
-            head = self.head_config(self.num_cls_classes)
-        except ValueError as e:
-            fail(f"{trainer}: {e}")
-        section = {"head": head.to_dict(), "class_labels": self.class_labels, "trainer": trainer,
-                   "version": __version__}
-        for term in self.terms:
-            section.update(term.plans_entries())
-        self.plans_manager.plans[PLANS_KEY] = section
-        self.logger.local_logger = MultitaskLocalLogger(
-            term_names=[t.name for t in self.terms], extra_keys=[f"train_{k}" for k in self.backward_rule.logged])
-        if self.selection not in ("mtl_score", "val_loss"):
-            fail(f"{trainer}.selection is {self.selection!r}; expected 'mtl_score' or 'val_loss'")
-        self.cases: CaseTable | None = None
-        self._train_keys: list[str] | None = None
-        self._stage_spans = None
-        self._stage = None                # the StageSpan entered last
-        self._stage_flags_applied = False
-        self._frozen_modules: list[nn.Module] = []
+                section.update(term.plans_entries())
+            self.plans_manager.plans[PLANS_KEY] = section
+            self.logger.local_logger = MultitaskLocalLogger(
+                term_names=[t.name for t in self.terms], extra_keys=[f"train_{k}" for k in self.backward_rule.logged])
+            if self.selection not in ("mtl_score", "val_loss"):
+                fail(f"{trainer}.selection is {self.selection!r}; expected 'mtl_score' or 'val_loss'")
+            self.cases: CaseTable | None = None
+            self._train_keys: list[str] | None = None
+            self._stage_spans = None
+            self._stage = None                # the StageSpan entered last
+            self._stage_flags_applied = False
+            self._frozen_modules: list[nn.Module] = []
+            self._check_inputs_before_training()
+        except SystemExit:  # a one-line refusal: leave no trace of the start-up (nnU-Net made a folder and a log)
+            _remove_start_up_folders(created, getattr(self, 'log_file', None))
+            raise
 
     # ------------------------------------------------------------------ the declaration, resolved
     @classmethod
@@ -264,8 +294,25 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                                             preprocessed_folder=Path(self.preprocessed_dataset_folder))
         except NnunetMtlError as e:
             fail(str(e))
-        if self.output_folder_base is not None:
-            copy_if_changed(path, Path(self.output_folder_base) / "cases.csv")
+
+    def _check_inputs_before_training(self) -> None:
+        """What the inputs alone can tell, in __init__ (before nnU-Net loads data or writes more than its log):
+        the case table, and an existing splits_final.json with its fold. nnU-Net's preprocessing must have run."""
+        if not Path(self.preprocessed_dataset_folder).is_dir():
+            return  # nnU-Net says so itself, in its own words
+        self._load_case_table()
+        splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
+        if self.fold == "all" or not splits_file.exists():
+            return
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        identifiers = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
+            self.preprocessed_dataset_folder)
+        try:
+            splits = read_splits(splits_file, identifiers)
+        except NnunetMtlError as e:
+            fail(str(e))
+        if self.fold >= len(splits):
+            fail(f"fold {self.fold} requested but {splits_file} defines {len(splits)} folds (0..{len(splits) - 1})")
 
     def do_split(self):
         self._load_case_table()
@@ -463,6 +510,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         super().on_train_start()
         self._check_stages_against_rule(spans)
         self._load_case_table()
+        if self.output_folder_base is not None:  # the table the model was trained with, next to it
+            copy_if_changed(self._case_table_path(), Path(self.output_folder_base) / "cases.csv")
         self._check_mask_annotation()
         self._setup_terms()
         self.print_to_log_file(self.describe_composition())
