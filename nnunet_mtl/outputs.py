@@ -60,7 +60,7 @@ def check_output_file(path, what: str = "output file", *, overwrite: bool = True
     return path
 
 
-def check_not_inside(path, inputs, what: str) -> None:
+def check_not_an_input(path, inputs, what: str) -> None:
     """``path`` must not be one of ``inputs`` (files or folders a command reads): it would be overwritten."""
     target = Path(os.path.abspath(path))
     for item in inputs:

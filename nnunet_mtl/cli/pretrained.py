@@ -105,8 +105,8 @@ def run(args) -> int:
     source, out = Path(args.i), Path(args.o)
     if not source.is_file():
         raise NnunetMtlError(f"checkpoint {source} does not exist")
-    from nnunet_mtl.outputs import check_not_inside, check_output_file
-    check_not_inside(out, [source], "-o")
+    from nnunet_mtl.outputs import check_not_an_input, check_output_file
+    check_not_an_input(out, [source], "-o")
     if out.exists() and not out.is_dir() and not args.overwrite:
         raise NnunetMtlError(f"{out} exists; pass --overwrite to replace it")
     check_output_file(out, "-o")
