@@ -11,7 +11,8 @@ A rule is a dataclass instance declared on a trainer (``backward = WeightedSum()
   (``network(data, return_aux=True)``), ``compute_losses(outputs)`` -> {term: unweighted loss}, gradients into
   ``.grad``. ``tasks`` names the terms that are task objectives (:attr:`LossTerm.task`). ``network`` is the
   trainer's network as nnU-Net holds it (possibly DDP- or compile-wrapped; :func:`unwrap` gives the module);
-- optional ``setup(network, log)`` once the network is built, ``check(weights, tasks)`` (raise ValueError when
+- optional ``setup(network, log)`` once the network is built, ``loss_modules(tasks)`` (parameters the rule learns,
+  owned by the head), ``check(weights, tasks)`` (raise ValueError when
   the rule cannot work with these weights), ``describe(weights, tasks)`` (one line for the training log);
 - class flags ``compiles`` (torch.compile may be used), ``supports_ddp`` (multi-GPU), ``needs_encoder_gradient``
   (gradients at the encoder's outputs: a stage may not freeze the encoder), ``logged`` (names of the values of
@@ -65,6 +66,12 @@ class BackwardRule:
 
     def setup(self, network: nn.Module, log: Callable[[str], None]) -> None:
         """Once, after nnU-Net built (and possibly wrapped) the network."""
+
+    def loss_modules(self, tasks: Sequence[str]) -> dict[str, dict]:
+        """Parameters the rule learns (say, one log-variance per task), declared like a term's loss modules
+        (``{name: {"kind": ..., **params}}``): the head builds them, so they are in every checkpoint and in the
+        optimizer, and the rule reaches them as ``unwrap(network).head.loss_modules[name]``."""
+        return {}
 
     def check(self, weights: Mapping[str, float], tasks: Sequence[str]) -> None:
         """Raise ValueError with a one-line reason when this rule cannot train with ``weights``."""
@@ -122,8 +129,12 @@ class GradientAggregation(BackwardRule):
     aggregate: Callable[[list, list, list], None] | None = None
     label: str = ""
 
+    def aggregate_gradients(self, losses: list, features: list, shared: list) -> None:
+        """The aggregation step (``aggregate`` by default; a subclass may override this method instead)."""
+        self.aggregate(losses, features, shared)
+
     def check(self, weights, tasks) -> None:
-        if self.aggregate is None:
+        if self.aggregate is None and type(self).aggregate_gradients is GradientAggregation.aggregate_gradients:
             raise ValueError("GradientAggregation needs an aggregate function")
         if len([t for t in tasks if weights[t] > 0]) < 1:
             raise ValueError("gradient aggregation needs at least one task with a positive loss weight")
@@ -146,5 +157,5 @@ class GradientAggregation(BackwardRule):
         if others:  # regularizers: plain gradients, accumulated before the aggregation frees the graph
             scale(sum(others)).backward(retain_graph=True)
         shared = [p for p in unwrap(network).encoder.parameters() if p.requires_grad]
-        self.aggregate(task_losses, list(outputs["skips"]), shared)
+        self.aggregate_gradients(task_losses, list(outputs["skips"]), shared)
         return StepResult({k: v.detach() for k, v in losses.items()}, total.detach())

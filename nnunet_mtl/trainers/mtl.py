@@ -236,6 +236,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         for term in cls.terms:
             params.update(term.head_params())
             modules.update(term.loss_modules())
+        modules.update(cls.backward.loss_modules([t.name for t in cls.terms if t.task]))
         return cls.head.with_params(num_classes=num_classes, loss_modules=modules, **params)
 
     @staticmethod

@@ -1,0 +1,57 @@
+"""Baselines as trainers, under the same data, split, augmentation and schedule as the methods: a baseline is a
+backward rule (or a loss-weight choice) declared on :class:`nnUNetTrainerMTL`, never a copied trainer.
+
+- ``nnUNetTrainerMTL_UW``: uncertainty weighting (Kendall et al. 2018; :mod:`nnunet_mtl.methods.uncertainty_weighting`);
+- ``nnUNetTrainerMTL_PCGrad``, ``_UPGrad``, ``_MGDA``, ``_CAGrad``: gradient aggregation of the two tasks'
+  gradients at every encoder output, through TorchJD (:mod:`nnunet_mtl.methods.gradient_aggregation`);
+- ``nnUNetTrainerMTL_JDSum``: TorchJD's Sum aggregator, the weighted-sum step through the aggregation path (a
+  check that the path adds nothing of its own; it matches ``nnUNetTrainerMTL`` step for step).
+
+Each has the schedule variants ``_paper`` (Salama et al. 2026's thyroid schedule, to sit next to RLAR in its
+tables; the breast papers' rows use ``BreastPaperSchedule`` the same way), ``_demo`` and ``_tiny``.
+"""
+from __future__ import annotations
+
+from nnunet_mtl.methods.gradient_aggregation import TorchJDAggregation
+from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
+from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
+from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
+
+
+class nnUNetTrainerMTL_UW(nnUNetTrainerMTL):
+    """Uncertainty weighting (Kendall et al. 2018): sum_t exp(-s_t) L_t + s_t / 2, s_t learned."""
+    backward = UncertaintyWeighting()
+
+
+class nnUNetTrainerMTL_PCGrad(nnUNetTrainerMTL):
+    """PCGrad (Yu et al. 2020) through TorchJD."""
+    backward = TorchJDAggregation(aggregator="pcgrad")
+
+
+class nnUNetTrainerMTL_UPGrad(nnUNetTrainerMTL):
+    """UPGrad (Quinton & Rey 2024) through TorchJD."""
+    backward = TorchJDAggregation(aggregator="upgrad")
+
+
+class nnUNetTrainerMTL_MGDA(nnUNetTrainerMTL):
+    """MGDA (Sener & Koltun 2018) through TorchJD."""
+    backward = TorchJDAggregation(aggregator="mgda")
+
+
+class nnUNetTrainerMTL_CAGrad(nnUNetTrainerMTL):
+    """CAGrad (Liu et al. 2021, c = 0.5) through TorchJD."""
+    backward = TorchJDAggregation(aggregator="cagrad")
+
+
+class nnUNetTrainerMTL_JDSum(nnUNetTrainerMTL):
+    """TorchJD's Sum: the weighted-sum step through the aggregation path (for checking)."""
+    backward = TorchJDAggregation(aggregator="sum")
+
+
+for _base in (nnUNetTrainerMTL_UW, nnUNetTrainerMTL_PCGrad, nnUNetTrainerMTL_UPGrad, nnUNetTrainerMTL_MGDA,
+              nnUNetTrainerMTL_CAGrad, nnUNetTrainerMTL_JDSum):
+    for _schedule, _suffix, _doc in ((ThyroidPaperSchedule, "paper", "Salama et al. 2026's schedule"),
+                                     (DemoSchedule, "demo", "the demo's schedule"),
+                                     (TinySchedule, "tiny", "the smoke-test schedule")):
+        define_variant(_base, f"{_base.__name__}_{_suffix}", globals(), bases=(_schedule,),
+                       doc=f"{_base.__name__} with {_doc}.")
