@@ -267,7 +267,7 @@ def test_missing_class_prediction_names_the_case(folders):
 def test_read_cases_table_keeps_ids_and_parses_spacing(folders):
     table = read_cases_table(folders / "cases.csv")
     assert list(table) == ["000012", "000013", "000100"]
-    assert table["000013"] == {"class": "malignant", "spacing": (0.2, 0.4)}
+    assert table["000013"] == {"class": "malignant", "spacing": (0.2, 0.4), "patient_id": "P000013"}
     assert table["000100"]["spacing"] is None
     assert read_cases_table(folders / "cases.csv", CLASS_LABELS) == table
 
@@ -426,7 +426,8 @@ def test_weighted_metrics_are_added_without_changing_the_existing_keys():
     y_true, y_pred = [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]
     p1 = np.array([0.1, 0.6, 0.8, 0.7, 0.4])
     m = classification_metrics(y_true, y_pred, np.stack([1 - p1, p1], axis=1), ["benign", "malignant"])
-    assert sorted(m) == sorted(EXISTING_CLASSIFICATION_KEYS + list(WEIGHTED))
+    # later additions (MCC, Brier, ECE and its reliability table: tests/test_metrics.py) only add keys
+    assert sorted(m) == sorted(EXISTING_CLASSIFICATION_KEYS + list(WEIGHTED) + ["mcc", "brier", "ece", "reliability"])
     assert all(type(m[w]) is float for w in WEIGHTED)
     from nnunet_mtl.evaluation.classification import DEFINITIONS
     assert "weighted" in DEFINITIONS["weighted_precision_recall_f1"] and "support" in DEFINITIONS[

@@ -1,24 +1,38 @@
-"""``nnunet_mtl evaluate``: Dice / IoU / HD95 and classification metrics of a prediction folder, or mean ± std over
-several runs' summary.json files (``--aggregate``). A folder written by ``nnunet_mtl predict --per-fold`` is
-evaluated subfolder by subfolder, with the folds' mean ± std next to the fold ensemble (docs/evaluation.md)."""
+"""``nnunet_mtl evaluate``: Dice / IoU / HD95 / NSD and classification metrics (with calibration and bootstrap 95%
+confidence intervals) of a prediction folder, or mean ± std over several runs' summary.json files (``--aggregate``).
+A folder written by ``nnunet_mtl predict --per-fold`` is evaluated subfolder by subfolder, with the folds' mean ± std
+next to the fold ensemble (docs/evaluation.md)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
 
+# the defaults, repeated here so that the help needs no numpy / scipy import; tests check they match the package's
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+DEFAULT_NSD_TOLERANCE_PX = 2.0
+DEFAULT_ECE_BINS = 15
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_BOOTSTRAP_SEED = 0
+_METRIC_OPTIONS = {"nsd_tolerance": ("--nsd-tolerance", "nsd_tolerance_mm", DEFAULT_NSD_TOLERANCE_MM),
+                   "nsd_tolerance_px": ("--nsd-tolerance-px", "nsd_tolerance_px", DEFAULT_NSD_TOLERANCE_PX),
+                   "ece_bins": ("--ece-bins", "ece_bins", DEFAULT_ECE_BINS),
+                   "bootstrap": ("--bootstrap", "bootstrap", DEFAULT_BOOTSTRAP),
+                   "bootstrap_seed": ("--bootstrap-seed", "bootstrap_seed", DEFAULT_BOOTSTRAP_SEED)}
+
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "evaluate", help="Dice/IoU/HD95 + precision/recall/F1/AUC of predictions; or aggregate several summaries",
+        "evaluate", help="Dice/IoU/HD95/NSD + precision/recall/F1/AUC/MCC/Brier/ECE of predictions, with bootstrap "
+                         "95%% CIs; or aggregate several summaries",
         description="Mode 1: evaluate the masks in -pred against -ref (and class_predictions.csv against the classes "
                     "in cases.csv); writes per_case.csv, summary.json and plots to -o (default PRED/evaluation). "
                     "A -pred folder written by nnunet_mtl predict --per-fold (per_fold.json, fold_K/, ensemble/) is "
                     "evaluated per subfolder (each into SUB/evaluation), and PRED/evaluation/per_fold_summary.json "
                     "holds the mean ± std over the folds next to the fold ensemble's numbers. "
                     "Mode 2: --aggregate S1.json S2.json ...: mean ± std of every metric over folds or runs. "
-                    "HD95 follows MONAI (max of the two directed 95th percentiles); see summary.json 'definitions' "
-                    "and docs/evaluation.md.")
+                    "HD95 follows MONAI (max of the two directed 95th percentiles); NSD is Nikolov et al. 2021's "
+                    "surface Dice; see summary.json 'definitions' and docs/evaluation.md.")
     p.add_argument("-pred", help="folder of predicted CASE_ID.png masks (e.g. the output of nnunet_mtl predict), or a "
                                  "folder written by nnunet_mtl predict --per-fold")
     p.add_argument("-ref", help="folder of reference CASE_ID.png masks (default with -d: nnUNet_raw/DatasetNNN_X/labelsTs)")
@@ -36,6 +50,20 @@ def register(subparsers):
                    help="report reference cases without prediction instead of failing")
     p.add_argument("--overwrite", action="store_true",
                    help="with --aggregate: replace an existing -o file (never one of the inputs)")
+    p.add_argument("--nsd-tolerance", dest="nsd_tolerance", type=float, default=None, metavar="MM",
+                   help=f"tolerance of nsd_mm, in mm, for cases with a spacing in cases.csv (default "
+                        f"{DEFAULT_NSD_TOLERANCE_MM:g} mm: about the lateral resolution of a breast / thyroid probe)")
+    p.add_argument("--nsd-tolerance-px", dest="nsd_tolerance_px", type=float, default=None, metavar="PX",
+                   help=f"tolerance of nsd_px, in pixels (default {DEFAULT_NSD_TOLERANCE_PX:g} px: the rasterization "
+                        f"jitter of two outlines; needs no spacing)")
+    p.add_argument("--ece-bins", dest="ece_bins", type=int, default=None, metavar="M",
+                   help=f"equal-width bins of the expected calibration error (default {DEFAULT_ECE_BINS})")
+    p.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                   help=f"bootstrap resamples for the 95%% confidence intervals (default {DEFAULT_BOOTSTRAP}; "
+                        f"0: none); patients are resampled when cases.csv shows several images of a patient")
+    p.add_argument("--bootstrap-seed", dest="bootstrap_seed", type=int, default=None, metavar="S",
+                   help=f"seed of the bootstrap (default {DEFAULT_BOOTSTRAP_SEED}); the same seed gives the same "
+                        f"intervals")
     p.add_argument("--aggregate", nargs="+", metavar="SUMMARY_JSON",
                    help="aggregate these summary.json files (folds / runs) into mean ± std")
     p.set_defaults(func=run)
@@ -59,6 +87,15 @@ def _check_output_folder(out: Path, inputs: list[Path]) -> None:
                                  f"(default {folder / 'evaluation'} for -pred)")
 
 
+def metric_options(args) -> dict:
+    """The evaluate_folder keywords of the metric options (defaults where not given), checked."""
+    from nnunet_mtl.evaluation.evaluate import check_metric_options
+    options = {key: default if getattr(args, attr, None) is None else getattr(args, attr)
+               for attr, (_flag, key, default) in _METRIC_OPTIONS.items()}
+    check_metric_options(**options)
+    return options
+
+
 def run(args) -> int:
     from nnunet_mtl.evaluation.evaluate import (PER_FOLD_SUMMARY, PER_FOLD_SUMMARY_CSV, aggregate_summaries,
                                                 evaluate_folder, evaluate_per_fold, format_aggregate_table,
@@ -67,6 +104,13 @@ def run(args) -> int:
     if args.aggregate:
         if args.pred or args.ref or args.d:
             raise NnunetMtlError("--aggregate takes summary.json files only; do not combine it with -pred/-ref/-d")
+        given = [flag for attr, (flag, _key, _default) in _METRIC_OPTIONS.items()
+                 if getattr(args, attr, None) is not None]
+        if given:
+            one = len(given) == 1
+            raise NnunetMtlError(f"{', '.join(given)} {'applies' if one else 'apply'} to evaluating predictions, not "
+                                 f"to --aggregate (which averages finished summaries); leave {'it' if one else 'them'} "
+                                 f"out")
         agg = aggregate_summaries(args.aggregate, output_path=args.o, overwrite=args.overwrite)
         print(format_aggregate_table(agg))
         if args.o:
@@ -75,6 +119,7 @@ def run(args) -> int:
 
     if not args.pred:
         raise NnunetMtlError("expected -pred PRED_DIR (with -ref REF_DIR or -d DATASET), or --aggregate S1.json ...")
+    options = metric_options(args)
     pred = Path(args.pred)
     if not pred.is_dir():
         raise NnunetMtlError(f"prediction folder {pred} does not exist; expected a folder of CASE_ID.png masks")
@@ -110,7 +155,7 @@ def run(args) -> int:
             _existing_file(cases, "case table")
         class_labels = load_class_labels(labels_json) if labels_json is not None else None
         result = evaluate_per_fold(pred, ref, layout, cases_csv=cases, class_labels=class_labels, output_dir=args.o,
-                                   num_processes=args.np, allow_missing=args.allow_missing)
+                                   num_processes=args.np, allow_missing=args.allow_missing, **options)
         print()
         print(format_per_fold_table(result))
         print()
@@ -135,7 +180,7 @@ def run(args) -> int:
 
     out = Path(args.o) if args.o else pred / "evaluation"
     summary = evaluate_folder(pred, ref, class_predictions_csv=classes, cases_csv=cases, class_labels=class_labels,
-                              output_dir=out, num_processes=args.np, allow_missing=args.allow_missing)
+                              output_dir=out, num_processes=args.np, allow_missing=args.allow_missing, **options)
     print(format_summary_table(summary))
     print()
     for path in written_files(out):

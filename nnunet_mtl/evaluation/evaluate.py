@@ -7,7 +7,8 @@ Inputs
     class_predictions.csv: ``case_id, predicted_class, prob_<name>...`` (one column per class, in index order).
     cases.csv: the raw dataset's ``case_id, split, class, patient_id[, spacing_row_mm, spacing_col_mm], ...``, read
     and checked by :mod:`nnunet_mtl.dataset.contract` (zero-padded ids stay as they are); ``class`` gives the
-    reference class, the spacings (optional, may be empty) give HD95 in mm.
+    reference class, the spacings (optional, may be empty) give HD95 and NSD in mm, ``patient_id`` the bootstrap's
+    resampling unit.
 
 summary.json (NaN written as null)::
 
@@ -18,17 +19,29 @@ summary.json (NaN written as null)::
         "iou":     {"mean", "std", "median"},
         "hd95_px": {"mean", "std", "median"},
         "hd95_mm": {"mean", "std", "median"} or null,   # over cases with a known spacing; null when none has one
+        "nsd_px":  {"mean", "std", "median"},   # NSD (Nikolov et al. 2021) at settings.nsd_tolerance_px pixels
+        "nsd_mm":  {"mean", "std", "median"} or null,   # at settings.nsd_tolerance_mm mm, cases with a spacing
         "cases_with_spacing": int,
         "empty_reference_cases": int,           # reference mask empty (Dice/IoU/HD95 follow the empty conventions)
         "empty_prediction_cases": int
       },
       "classification": {                       # null when no class predictions or no reference classes
         "num_cases", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
-        "weighted_precision", "weighted_recall", "weighted_f1", "auc",
+        "weighted_precision", "weighted_recall", "weighted_f1", "auc", "mcc", "brier", "ece",
         "per_class": {name: {"precision", "recall", "f1", "support", "auc_ovr"}},
         "confusion_matrix": {"labels": [names by index], "matrix": [[rows = reference, columns = predicted]]},
+        "reliability": {"n_bins", "bin_edges", "count", "mean_confidence", "accuracy", "ece"},  # the ECE's bins
         "notes": [str]
       } or null,
+      "confidence_intervals": {                 # null with --bootstrap 0
+        "method": "percentile", "confidence_level": 0.95, "n_resamples", "seed",
+        "ci_unit": "patient" or "image",        # patient: cluster bootstrap, a patient's images drawn together
+        "num_units", "num_cases",
+        "intervals": {"segmentation.dice.mean": [low, high], ..., "classification.auc": [low, high], ...},
+        "undefined_resamples": {key: count}     # resamples where the metric was undefined, left out of its interval
+      },
+      "settings": {"nsd_tolerance_px", "nsd_tolerance_mm", "ece_bins", "bootstrap_resamples", "bootstrap_seed",
+                   "bootstrap_method"},
       "definitions": {metric: which definition it uses},
       "missing_predictions": [case_id],         # reference cases without a prediction (only with allow_missing)
       "ignored_predictions": [case_id],         # predictions without a reference
@@ -41,9 +54,10 @@ Aggregate (several folds / runs, :func:`aggregate_summaries`)::
     {"num_runs": n, "runs": [paths], "std": "...",
      "metrics": {"segmentation.dice.mean": {"mean", "std", "n", "values"}, ...}}
 
-Every number of the summaries (flattened to dotted keys; confusion matrices, notes and definitions left out) gets the
-mean and the sample std (ddof=1) over the runs where it is defined; a metric defined in fewer than two runs has std
-null.
+Every number of the summaries (flattened to dotted keys; confusion matrices, reliability tables, confidence intervals,
+settings, notes and definitions left out) gets the mean and the sample std (ddof=1) over the runs where it is defined;
+a metric defined in fewer than two runs has std null. Summaries computed with different NSD tolerances or ECE bins
+are refused (their numbers mean different things); summaries from before these settings existed are accepted.
 
 Per-fold prediction folders (written by ``nnunet_mtl predict --per-fold``: ``fold_K/`` per fold's model alone,
 ``ensemble/`` for all folds together, ``per_fold.json`` saying which is which): :func:`per_fold_layout` recognizes
@@ -79,8 +93,12 @@ from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import classification as cls_metrics
 from nnunet_mtl.evaluation import segmentation as seg_metrics
 
-SEG_METRICS = ("dice", "iou", "hd95_px", "hd95_mm")
-OUTPUT_FILES = ("per_case.csv", "summary.json", "confusion_matrix.png", "roc_curve.png")
+SEG_METRICS = ("dice", "iou", "hd95_px", "hd95_mm", "nsd_px", "nsd_mm")
+OUTPUT_FILES = ("per_case.csv", "summary.json", "confusion_matrix.png", "roc_curve.png", "reliability_diagram.png")
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_BOOTSTRAP_SEED = 0
+CONFIDENCE_LEVEL = 0.95
+BOOTSTRAP_METHODS = ("percentile", "BCa")
 # class_predictions.csv stores 6 decimals: a row of K rounded probabilities sums to 1 within K * 5e-7
 PROBABILITY_TOLERANCE = 1e-3
 
@@ -176,7 +194,7 @@ def read_label_png(path: Path) -> np.ndarray:
 
 
 def read_cases_table(path, class_labels: dict | None = None) -> dict[str, dict]:
-    """cases.csv -> {case_id: {"class": str, "spacing": (row_mm, col_mm) or None}}.
+    """cases.csv -> {case_id: {"class": str, "spacing": (row_mm, col_mm) or None, "patient_id": str}}.
 
     Read and checked by the contract's :func:`read_cases_csv` (ids stay text, so "000123" keeps its zeros; spacings
     are floats); with ``class_labels`` every class must be one of them, without (segmentation only) any name goes.
@@ -187,7 +205,8 @@ def read_cases_table(path, class_labels: dict | None = None) -> dict[str, dict]:
         spacings = [None if math.isnan(r) or math.isnan(c) else (float(r), float(c)) for r, c in pairs]
     else:
         spacings = [None] * len(cases)
-    return {case: {"class": cls, "spacing": sp} for case, cls, sp in zip(cases["case_id"], cases["class"], spacings)}
+    return {case: {"class": cls, "spacing": sp, "patient_id": patient}
+            for case, cls, sp, patient in zip(cases["case_id"], cases["class"], spacings, cases["patient_id"])}
 
 
 def load_class_labels(path) -> dict[str, int]:
@@ -269,12 +288,13 @@ def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[st
 # ----------------------------------------------------------------------------------------------- per case
 def _evaluate_case(task: tuple) -> dict:
     """Worker: read one prediction / reference pair and compute its segmentation metrics."""
-    case, pred_path, ref_path, spacing = task
+    case, pred_path, ref_path, spacing, tol_px, tol_mm = task
     pred, ref = read_label_png(Path(pred_path)), read_label_png(Path(ref_path))
     if pred.shape != ref.shape:
         raise NnunetMtlError(f"case {case}: prediction {pred_path} has shape {pred.shape} but reference {ref_path} "
                              f"has {ref.shape}; expected the same size")
-    return {"case_id": case, **seg_metrics.case_metrics(pred, ref, spacing)}
+    return {"case_id": case, **seg_metrics.case_metrics(pred, ref, spacing, nsd_tolerance_px=tol_px,
+                                                        nsd_tolerance_mm=tol_mm)}
 
 
 def _run_cases(tasks: list[tuple], num_processes: int) -> list[dict]:
@@ -300,14 +320,42 @@ def _run_cases(tasks: list[tuple], num_processes: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- evaluate_folder
+def check_metric_options(*, nsd_tolerance_px=seg_metrics.DEFAULT_NSD_TOLERANCE_PX,
+                         nsd_tolerance_mm=seg_metrics.DEFAULT_NSD_TOLERANCE_MM,
+                         ece_bins=cls_metrics.DEFAULT_ECE_BINS, bootstrap=DEFAULT_BOOTSTRAP,
+                         bootstrap_seed=DEFAULT_BOOTSTRAP_SEED, bootstrap_method="percentile") -> None:
+    """The metric settings (named by their evaluate options) are usable; one line naming the bad one otherwise."""
+    for value, option, unit in ((nsd_tolerance_px, "--nsd-tolerance-px", "pixels"),
+                                (nsd_tolerance_mm, "--nsd-tolerance", "mm")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise NnunetMtlError(f"{option} {value!r} is not a usable NSD tolerance; expected a finite number >= 0 "
+                                 f"of {unit}")
+    for value, option, low in ((ece_bins, "--ece-bins", 1), (bootstrap, "--bootstrap", 0), (bootstrap_seed,
+                               "--bootstrap-seed", 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise NnunetMtlError(f"{option} {value!r} is not an integer >= {low}"
+                                 + ("; expected the number of resamples (0: no confidence intervals)"
+                                    if option == "--bootstrap" else ""))
+    if bootstrap_method not in BOOTSTRAP_METHODS:
+        raise NnunetMtlError(f"bootstrap method {bootstrap_method!r} is not one of {', '.join(BOOTSTRAP_METHODS)}")
+
+
 def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=None, class_labels=None,
-                    output_dir=None, num_processes: int = 1, allow_missing: bool = False) -> dict:
+                    output_dir=None, num_processes: int = 1, allow_missing: bool = False,
+                    nsd_tolerance_px: float = seg_metrics.DEFAULT_NSD_TOLERANCE_PX,
+                    nsd_tolerance_mm: float = seg_metrics.DEFAULT_NSD_TOLERANCE_MM,
+                    ece_bins: int = cls_metrics.DEFAULT_ECE_BINS, bootstrap: int = DEFAULT_BOOTSTRAP,
+                    bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED, bootstrap_method: str = "percentile") -> dict:
     """Evaluate predicted masks (and class predictions) against references; return the summary dict.
 
     With ``output_dir`` also writes per_case.csv, summary.json and, when classification is evaluated,
-    confusion_matrix.png and roc_curve.png. See the module docstring for the summary layout and rules.
-    Classification needs both ``class_predictions_csv`` and ``cases_csv`` (for the reference classes).
+    confusion_matrix.png, roc_curve.png and reliability_diagram.png. See the module docstring for the summary
+    layout and rules. Classification needs both ``class_predictions_csv`` and ``cases_csv`` (for the reference
+    classes). ``nsd_tolerance_px`` / ``nsd_tolerance_mm``: the NSD tolerances; ``ece_bins``: the ECE's bins;
+    ``bootstrap``: resamples of the 95% confidence intervals (0: none), drawn with ``bootstrap_seed``.
     """
+    check_metric_options(nsd_tolerance_px=nsd_tolerance_px, nsd_tolerance_mm=nsd_tolerance_mm, ece_bins=ece_bins,
+                         bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, bootstrap_method=bootstrap_method)
     pred_cases = list_png_cases(pred_dir, "prediction")
     ref_cases = list_png_cases(ref_dir, "reference")
     if not ref_cases:
@@ -355,7 +403,8 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
         cls_cases = [c for c in cases if c in predictions and c in table]
         true_index = {c: _class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
                       for c in cls_cases}
-    tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing")) for c in cases]
+    tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing"),
+              float(nsd_tolerance_px), float(nsd_tolerance_mm)) for c in cases]
     per_case = _run_cases(tasks, int(num_processes))
 
     with_spacing = [r for r in per_case if not math.isnan(r["hd95_mm"])]
@@ -366,16 +415,17 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
         "empty_prediction_cases": sum(r["pred_empty"] for r in per_case),
     })
     if cases_csv is not None and len(with_spacing) < len(per_case):
-        notes.append(f"hd95_mm over {len(with_spacing)} of {len(per_case)} cases (the others have no spacing in "
-                     f"{cases_csv})")
+        notes.append(f"hd95_mm and nsd_mm over {len(with_spacing)} of {len(per_case)} cases (the others have no "
+                     f"spacing in {cases_csv})")
 
     # ---- classification
     classification = None
     for r in per_case:
         r.update(true_class="", predicted_class="")
+    y_true, y_pred, probs = [], [], np.zeros((0, len(class_names or [])))
     if class_predictions_csv is not None:
         by_case = {r["case_id"]: r for r in per_case}
-        y_true, y_pred, probs = [], [], []
+        probs = []
         for c in cls_cases:
             t = true_index[c]
             p, pr = predictions[c]
@@ -384,20 +434,41 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
             probs.append(pr)
             by_case[c].update(true_class=class_names[t], predicted_class=class_names[p],
                               **{f"prob_{n}": float(v) for n, v in zip(class_names, pr)})
+        probs = np.array(probs).reshape(len(cls_cases), len(class_names))
         if cls_cases:
-            classification = cls_metrics.classification_metrics(y_true, y_pred, np.array(probs), class_names)
+            classification = cls_metrics.classification_metrics(y_true, y_pred, probs, class_names, ece_bins)
+            for c, b in zip(cls_cases, cls_metrics.per_case_brier(y_true, probs)):
+                by_case[c]["brier"] = float(b)
         else:
             notes.append("classification not evaluated: no case has both a class prediction and a reference class")
     elif table:
         for r in per_case:
             r["true_class"] = (table.get(r["case_id"]) or {}).get("class", "")
 
-    definitions = {**seg_metrics.DEFINITIONS, **cls_metrics.DEFINITIONS,
-                   "mean_std_median": "over cases; std = population std (ddof=0)"}
+    # ---- confidence intervals
+    intervals = None
+    if bootstrap > 0:
+        case_index = {r["case_id"]: i for i, r in enumerate(per_case)}
+        intervals = bootstrap_intervals(
+            {m: np.array([r[m] for r in per_case], dtype=float) for m in SEG_METRICS},
+            [((table.get(r["case_id"]) or {}).get("patient_id")) for r in per_case],
+            classification=None if classification is None else
+            (np.array([case_index[c] for c in cls_cases]), np.array(y_true), np.array(y_pred), probs),
+            n_resamples=bootstrap, seed=bootstrap_seed, method=bootstrap_method, ece_bins=ece_bins)
+        notes += intervals.pop("notes")
+
+    definitions = {**seg_metrics.definitions(nsd_tolerance_px, nsd_tolerance_mm),
+                   **cls_metrics.definitions(ece_bins),
+                   "mean_std_median": "over cases; std = population std (ddof=0)",
+                   "confidence_intervals": ci_definition(bootstrap, bootstrap_method)}
     summary = {
         "num_cases": len(per_case),
         "segmentation": segmentation,
         "classification": classification,
+        "confidence_intervals": intervals,
+        "settings": {"nsd_tolerance_px": float(nsd_tolerance_px), "nsd_tolerance_mm": float(nsd_tolerance_mm),
+                     "ece_bins": int(ece_bins), "bootstrap_resamples": int(bootstrap),
+                     "bootstrap_seed": int(bootstrap_seed), "bootstrap_method": bootstrap_method},
         "definitions": definitions,
         "missing_predictions": missing,
         "ignored_predictions": ignored,
@@ -416,8 +487,111 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
             (out / stale).unlink(missing_ok=True)  # plots of an earlier run with classification would mislead
         if classification is not None:
             plot_confusion_matrix(classification, out / OUTPUT_FILES[2])
-            plot_roc_curve(y_true, np.array(probs), class_names, out / OUTPUT_FILES[3])
+            plot_roc_curve(y_true, probs, class_names, out / OUTPUT_FILES[3])
+            plot_reliability_diagram(y_true, probs, class_names, classification["reliability"], out / OUTPUT_FILES[4])
     return summary
+
+
+# ----------------------------------------------------------------------------------------------- bootstrap
+# the headline numbers that get a confidence interval, by their dotted key (as in the aggregate)
+CI_SEGMENTATION = tuple(f"segmentation.{m}.mean" for m in SEG_METRICS)
+CI_CLASSIFICATION = tuple(f"classification.{m}" for m in cls_metrics.RESAMPLED_METRICS)
+
+
+def ci_definition(n_resamples: int = DEFAULT_BOOTSTRAP, method: str = "percentile") -> str:
+    if n_resamples <= 0:
+        return "not computed (--bootstrap 0)"
+    return (f"{CONFIDENCE_LEVEL:.0%} bootstrap confidence intervals (scipy.stats.bootstrap, method={method!r}, "
+            f"{n_resamples} resamples, seeded by --bootstrap-seed) of the mean over cases of each segmentation metric "
+            f"and of every scalar classification metric. Resampling unit (ci_unit): 'patient' when cases.csv shows a "
+            f"patient_id with several evaluated images - patients are drawn with replacement and bring all their "
+            f"images (cluster bootstrap), a metric then being computed on the images of the drawn patients - else "
+            f"'image'. A resample where a metric is undefined (e.g. AUC with one class only) is left out of that "
+            f"metric's interval and counted in undefined_resamples")
+
+
+def _resample_units(unit_of_case: list) -> tuple[np.ndarray, int, str]:
+    """(unit index of each case, number of units, "patient" / "image"). Cases without a patient_id are units of
+    their own; patients are the unit as soon as one patient has more than one evaluated image."""
+    ids = [("patient", p) if p not in (None, "") else ("case", i) for i, p in enumerate(unit_of_case)]
+    index = {u: j for j, u in enumerate(dict.fromkeys(ids))}
+    codes = np.array([index[u] for u in ids], dtype=int)
+    clustered = len(index) < len(ids)
+    return (codes, len(index), "patient") if clustered else (np.arange(len(ids)), len(ids), "image")
+
+
+def bootstrap_intervals(seg_values: dict, patient_ids: list, *, classification=None,
+                        n_resamples: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_BOOTSTRAP_SEED,
+                        method: str = "percentile", ece_bins: int = cls_metrics.DEFAULT_ECE_BINS) -> dict:
+    """95% confidence intervals of the headline numbers by one (cluster) bootstrap with scipy.stats.bootstrap.
+
+    ``seg_values``: {metric: (N,) per-case values, NaN where undefined (no spacing)}; ``patient_ids``: the patient
+    of each case (None: unknown, a unit of its own); ``classification``: None or (case indices into the N cases,
+    y_true, y_pred, probabilities). scipy draws resamples of the units (patients or images); each resample becomes
+    a weight per case (its multiplicity), and every metric is computed for all resamples at once
+    (:func:`nnunet_mtl.evaluation.classification.resampled_metrics`, weighted means), so 1000 resamples of a few
+    hundred cases take a fraction of a second. Returns the ``confidence_intervals`` block of summary.json plus
+    ``notes``.
+    """
+    from scipy.stats import bootstrap
+    codes, num_units, unit = _resample_units(list(patient_ids))
+    keys = [k for k, m in zip(CI_SEGMENTATION, SEG_METRICS) if np.isfinite(seg_values[m]).any()]
+    seg = [(seg_values[k.split(".")[1]], np.isfinite(seg_values[k.split(".")[1]])) for k in keys]
+    seg = [(np.where(ok, v, 0.0), ok.astype(float)) for v, ok in seg]
+    if classification is not None:
+        keys += list(CI_CLASSIFICATION)
+    block = {"method": method, "confidence_level": CONFIDENCE_LEVEL, "n_resamples": int(n_resamples),
+             "seed": int(seed), "ci_unit": unit, "num_units": int(num_units), "num_cases": int(len(codes)),
+             "intervals": {k: None for k in keys}, "undefined_resamples": {}, "notes": []}
+    if num_units < 2:
+        block["notes"].append(f"no confidence intervals: the bootstrap needs at least two {unit}s, got {num_units}")
+        return block
+
+    def statistic(units, axis=-1):
+        units = np.asarray(units, dtype=int)
+        flat = units.reshape(-1, units.shape[-1])
+        b = flat.shape[0]
+        counts = np.bincount((flat + num_units * np.arange(b)[:, None]).ravel(),
+                             minlength=b * num_units).reshape(b, num_units).astype(float)
+        w = counts[:, codes]  # (resamples, cases): each case's multiplicity
+        rows = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for values, ok in seg:
+                rows.append((w @ values) / (w @ ok))
+            if classification is not None:
+                index, y_true, y_pred, probs = classification
+                res = cls_metrics.resampled_metrics(w[:, index], y_true, y_pred, probs, ece_bins)
+                rows += [res[k.split(".", 1)[1]] for k in CI_CLASSIFICATION]
+        out = np.stack(rows)
+        return out.reshape((len(rows),) + units.shape[:-1])
+
+    batch = max(1, min(int(n_resamples), int(4_000_000 // max(1, len(codes)))))  # bounds the (batch, N) arrays
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's warning on NaN resamples: handled below
+        res = bootstrap((np.arange(num_units),), statistic, n_resamples=int(n_resamples), batch=batch,
+                        vectorized=True, method=method, confidence_level=CONFIDENCE_LEVEL,
+                        rng=np.random.default_rng(int(seed)))
+    low, high = np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
+    dist = np.atleast_2d(res.bootstrap_distribution)
+    alpha = (1 - CONFIDENCE_LEVEL) / 2
+    for i, key in enumerate(keys):
+        undefined = int(np.isnan(dist[i]).sum())
+        if undefined:
+            block["undefined_resamples"][key] = undefined
+            defined = dist[i][~np.isnan(dist[i])]
+            if defined.size < 2 or method != "percentile":
+                block["notes"].append(f"no confidence interval for {key}: undefined in {undefined} of "
+                                      f"{n_resamples} resamples")
+                continue
+            low[i], high[i] = np.quantile(defined, [alpha, 1 - alpha])
+            why = ("no case with a spacing drawn" if key.endswith("_mm.mean") else
+                   "one class only among the drawn cases" if key == "classification.auc" else
+                   "no classified case drawn")
+            block["notes"].append(f"{key}: undefined in {undefined} of {n_resamples} bootstrap resamples ({why}); "
+                                  f"its interval is over the other {defined.size}")
+        block["intervals"][key] = [float(low[i]), float(high[i])]
+    return block
 
 
 def written_files(output_dir) -> list[Path]:
@@ -428,7 +602,7 @@ def written_files(output_dir) -> list[Path]:
 def write_per_case_csv(per_case: list[dict], class_names: list[str] | None, path: Path) -> Path:
     """One row per case; empty cell = not available (no spacing, no class prediction)."""
     fields = ["case_id", *SEG_METRICS, "true_class", "predicted_class"]
-    fields += [f"prob_{n}" for n in (class_names or [])]
+    fields += [f"prob_{n}" for n in (class_names or [])] + (["brier"] if class_names else [])
 
     def fmt(v):
         if isinstance(v, float):
@@ -494,8 +668,70 @@ def plot_roc_curve(y_true, probs: np.ndarray, class_names: list[str], path: Path
     return save_figure_atomic(fig, path)
 
 
+def plot_reliability_diagram(y_true, probs: np.ndarray, class_names: list[str], reliability: dict,
+                             path: Path) -> Path:
+    """Top-label reliability diagram (the ECE's bins: accuracy vs mean confidence, with the number of cases per
+    bin below); for two classes also the positive class's calibration curve (sklearn ``calibration_curve``)."""
+    edges = np.asarray(reliability["bin_edges"])
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    count = np.asarray(reliability["count"])
+    acc = np.asarray(reliability["accuracy"], dtype=float)
+    conf = np.asarray(reliability["mean_confidence"], dtype=float)
+    binary = len(class_names) == 2
+    fig = _figure(9.5 if binary else 5.0, 5.5)
+    grid = fig.add_gridspec(2, 2 if binary else 1, height_ratios=(3, 1))
+    ax = fig.add_subplot(grid[0, 0])
+    filled = count > 0
+    ax.bar(edges[:-1][filled], acc[filled], width=width[filled], align="edge", color="tab:blue", alpha=0.7,
+           edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(edges[:-1][filled], np.abs(conf - acc)[filled], bottom=np.minimum(conf, acc)[filled],
+           width=width[filled], align="edge", fill=False, hatch="//", edgecolor="tab:red", linewidth=0.5,
+           label="gap |accuracy - confidence|")
+    ax.plot(centers[filled], conf[filled], linestyle="none", marker="_", markersize=12, color="tab:red",
+            label="mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"top-label reliability, ECE {reliability['ece']:.3f} ({reliability['n_bins']} bins)")
+    ax.legend(loc="upper left")
+    hist = fig.add_subplot(grid[1, 0], sharex=ax)
+    hist.bar(centers, count, width=width, color="grey", edgecolor="black", linewidth=0.5)
+    hist.set_xlabel("confidence (max probability)")
+    hist.set_ylabel("cases")
+    from matplotlib.ticker import MaxNLocator
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
+    if binary:
+        from sklearn.calibration import calibration_curve
+        y = (np.asarray(y_true) == 1).astype(int)
+        p1 = np.clip(probs[:, 1], 0.0, 1.0)
+        ax2 = fig.add_subplot(grid[0, 1])
+        ax2.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+        if y.min() != y.max():
+            frac, mean_p = calibration_curve(y, p1, n_bins=reliability["n_bins"], strategy="uniform")
+            ax2.plot(mean_p, frac, marker="o", label=class_names[1])
+            ax2.legend(loc="upper left")
+        else:
+            ax2.text(0.5, 0.5, "undefined: one class only in the reference", ha="center", va="center")
+        ax2.set_xlim(0, 1)
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel(f"fraction {class_names[1]}")
+        ax2.set_title(f"calibration of prob_{class_names[1]}")
+        hist2 = fig.add_subplot(grid[1, 1], sharex=ax2)
+        hist2.hist(p1, bins=edges, color="grey", edgecolor="black", linewidth=0.5)
+        hist2.set_xlabel(f"prob_{class_names[1]}")
+        hist2.set_ylabel("cases")
+        hist2.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
 # ----------------------------------------------------------------------------------------------- aggregation
-_NOT_AGGREGATED = {"definitions", "notes", "confusion_matrix", "inputs", "missing_predictions", "ignored_predictions"}
+# not numbers to average over runs: settings, texts, tables, intervals (an interval of a fold is not one of the folds)
+_NOT_AGGREGATED = {"definitions", "notes", "confusion_matrix", "inputs", "missing_predictions", "ignored_predictions",
+                   "confidence_intervals", "settings", "reliability"}
+# settings that change what a metric means: runs computed with different values cannot be averaged
+_MUST_AGREE = ("nsd_tolerance_px", "nsd_tolerance_mm", "ece_bins")
 
 
 def _flatten(obj, prefix="") -> dict[str, float]:
@@ -540,11 +776,18 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
         raise NnunetMtlError("no summary.json given to aggregate; expected one per fold or run")
     if output_path is not None:
         check_output_is_not_an_input(output_path, summary_paths, overwrite)
-    flat = []
+    flat, settings = [], {}
     for p in summary_paths:
         data = read_json_object(p, "a summary.json written by nnunet_mtl evaluate")
         if "segmentation" not in data:
             raise NnunetMtlError(f"{p} has no 'segmentation' block; expected a summary.json from nnunet_mtl evaluate")
+        run_settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+        for name in _MUST_AGREE:  # summaries from before these settings existed have none: nothing to compare
+            if name in run_settings:
+                first = settings.setdefault(name, (run_settings[name], p))
+                if first[0] != run_settings[name]:
+                    raise NnunetMtlError(f"{p} was evaluated with {name} {run_settings[name]} but {first[1]} with "
+                                         f"{first[0]}; expected summaries computed with the same settings")
         flat.append(_flatten(data))
     keys = list(dict.fromkeys(k for f in flat for k in f))
     metrics = {}
@@ -644,15 +887,17 @@ def per_fold_layout(pred_dir) -> dict | None:
 
 
 def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_labels=None, output_dir=None,
-                      num_processes: int = 1, allow_missing: bool = False, log=print) -> dict:
+                      num_processes: int = 1, allow_missing: bool = False, log=print, **metric_options) -> dict:
     """Evaluate every subfolder of a per-fold folder (see :func:`per_fold_layout`) and aggregate the folds.
 
     Each subfolder is evaluated by :func:`evaluate_folder` into ``SUB/evaluation/`` (or ``output_dir/SUB/`` when
     ``output_dir`` is given) with its own class_predictions.csv; the folds' summaries are aggregated by
     :func:`aggregate_summaries` (mean ± sample std over folds) and, next to them, the ensemble's numbers are kept
     as they are. per_fold_summary.json (and .csv) go into ``pred_dir/evaluation/`` (or ``output_dir``).
-    Everything that can be checked is checked before the first file is written.
+    Everything that can be checked is checked before the first file is written. ``metric_options`` (NSD
+    tolerances, ECE bins, bootstrap) go to every subfolder's :func:`evaluate_folder`.
     """
+    check_metric_options(**metric_options)
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     subfolders = list(layout["folds"]) + ([layout["ensemble"]] if layout.get("ensemble") else [])
     notes = list(layout.get("notes") or [])
@@ -692,7 +937,7 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
         check_output_file(path, "per-fold summary")
     for stale in (summary_path, out_root / PER_FOLD_SUMMARY_CSV):
         stale.unlink(missing_ok=True)  # it exists again only when every subfolder was evaluated
-    entries, fold_summaries, ensemble_summary, ensemble_entry = {}, [], None, None
+    entries, fold_summaries, ensemble_summary, ensemble_entry, settings = {}, [], None, None, None
     num_folds = len(layout["folds"])
     for i, (name, folds) in enumerate(subfolders):
         sub = pred_dir / name
@@ -703,7 +948,8 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
         log(f"{'ensemble' if is_ensemble else f'fold {i + 1}/{num_folds}'}: evaluating {sub} ({what})")
         summary = evaluate_folder(sub, ref_dir, class_predictions_csv=class_csvs.get(name), cases_csv=cases_csv,
                                   class_labels=class_labels, output_dir=out, num_processes=num_processes,
-                                  allow_missing=allow_missing)
+                                  allow_missing=allow_missing, **metric_options)
+        settings = summary.get("settings")
         entry = {"folds": folds, "pred_dir": str(sub), "summary": str(out / OUTPUT_FILES[1]),
                  "num_cases": summary["num_cases"]}
         if is_ensemble:
@@ -725,6 +971,7 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
         "mean_std_over_folds": aggregate,
         "fold_ensemble": None if ensemble_summary is None else {"metrics": _flatten(ensemble_summary)},
         "definitions": PER_FOLD_DEFINITIONS,
+        "settings": settings,
         "notes": notes,
         "pred_dir": str(pred_dir),
         "ref_dir": str(ref_dir),
@@ -765,31 +1012,63 @@ def _num(v, digits=4) -> str:
     return f"{v:.{digits}f}"
 
 
-_SEG_ROWS = (("dice", "Dice"), ("iou", "IoU"), ("hd95_px", "HD95 [px]"), ("hd95_mm", "HD95 [mm]"))
+def _tol(v) -> str:
+    return "?" if v is None else f"{v:g}"
+
+
+def _seg_rows(settings: dict) -> tuple:
+    return (("dice", "Dice"), ("iou", "IoU"), ("hd95_px", "HD95 [px]"), ("hd95_mm", "HD95 [mm]"),
+            ("nsd_px", f"NSD@{_tol(settings.get('nsd_tolerance_px'))}px"),
+            ("nsd_mm", f"NSD@{_tol(settings.get('nsd_tolerance_mm'))}mm"))
+
+
+_CLS_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+             ("macro_precision", "macro precision"), ("macro_recall", "macro recall"), ("macro_f1", "macro F1"),
+             ("weighted_precision", "weighted precision"), ("weighted_recall", "weighted recall"),
+             ("weighted_f1", "weighted F1"), ("auc", "AUC"), ("mcc", "MCC"), ("brier", "Brier score"),
+             ("ece", "ECE"))
+
+
+def _ci(intervals: dict, key: str, digits: int = 4) -> str:
+    ci = intervals.get(key)
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
 
 
 def format_summary_table(summary: dict) -> str:
-    """Fixed-width text: segmentation (mean ± std, median over cases), classification, confusion matrix."""
+    """Fixed-width text: segmentation (mean ± std, median, 95% CI of the mean over cases), classification (value
+    and 95% CI), confusion matrix."""
     seg = summary.get("segmentation") or {}
+    settings = summary.get("settings") or {}
+    ci_block = summary.get("confidence_intervals") or {}
+    intervals = ci_block.get("intervals") or {}
+    ci_head = f"{ci_block.get('confidence_level', CONFIDENCE_LEVEL):.0%} CI" if ci_block else ""
     lines = [f"Segmentation ({summary.get('num_cases', '?')} cases)",
-             f"  {'metric':<12}{'mean ± std':>22}{'median':>12}"]
-    for key, label in _SEG_ROWS:
+             f"  {'metric':<12}{'mean ± std':>22}{'median':>10}  {ci_head + ' of the mean' if ci_head else ''}"]
+    for key, label in _seg_rows(settings):
+        if key not in seg:
+            continue  # a summary from before the metric existed
         stats = seg.get(key)
         if stats is None:
-            lines.append(f"  {label:<12}{'n/a (no spacing)' if key == 'hd95_mm' else 'n/a':>22}")
+            lines.append(f"  {label:<12}{'n/a (no spacing)' if key.endswith('_mm') else 'n/a':>22}")
             continue
-        lines.append(f"  {label:<12}{_num(stats['mean']) + ' ± ' + _num(stats['std']):>22}{_num(stats['median']):>12}")
+        lines.append(f"  {label:<12}{_num(stats['mean']) + ' ± ' + _num(stats['std']):>22}"
+                     f"{_num(stats['median']):>10}  {_ci(intervals, f'segmentation.{key}.mean')}".rstrip())
     lines.append(f"  empty reference: {seg.get('empty_reference_cases', 0)}   empty prediction: "
                  f"{seg.get('empty_prediction_cases', 0)}   with spacing: {seg.get('cases_with_spacing', 0)}")
     cls = summary.get("classification")
     if cls:
-        lines += ["", f"Classification ({cls.get('num_cases', '?')} cases)", f"  {'metric':<20}{'value':>10}"]
-        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                           ("macro_precision", "macro precision"), ("macro_recall", "macro recall"),
-                           ("macro_f1", "macro F1"), ("weighted_precision", "weighted precision"),
-                           ("weighted_recall", "weighted recall"), ("weighted_f1", "weighted F1"),
-                           ("auc", "AUC" if len(cls["per_class"]) == 2 else "AUC (OvR macro)")):
-            lines.append(f"  {label:<20}{_num(cls.get(key)):>10}")
+        lines += ["", f"Classification ({cls.get('num_cases', '?')} cases)",
+                  f"  {'metric':<20}{'value':>10}  {ci_head}".rstrip()]
+        for key, label in _CLS_ROWS:
+            if key not in cls:
+                continue
+            if key == "auc" and len(cls["per_class"]) != 2:
+                label = "AUC (OvR macro)"
+            if key == "ece":
+                label = f"ECE ({(cls.get('reliability') or {}).get('n_bins', settings.get('ece_bins', '?'))} bins)"
+            lines.append(f"  {label:<20}{_num(cls.get(key)):>10}  {_ci(intervals, f'classification.{key}')}".rstrip())
         width = max(10, *(len(n) + 2 for n in cls["per_class"]))
         lines += ["", f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}{'AUC ovr':>9}"]
         for name, m in cls["per_class"].items():
@@ -805,6 +1084,12 @@ def format_summary_table(summary: dict) -> str:
             lines.append(f"  note: {note}")
     else:
         lines += ["", "Classification: not evaluated"]
+    if ci_block:
+        unit = ci_block.get("ci_unit", "image")
+        per_unit = (f"{ci_block.get('num_units')} patients, {ci_block.get('num_cases')} images" if unit == "patient"
+                    else f"{ci_block.get('num_units')} images")
+        lines += ["", f"{ci_head}: {ci_block.get('method')} bootstrap, {ci_block.get('n_resamples')} resamples of "
+                      f"{unit}s ({per_unit}), seed {ci_block.get('seed')}"]
     for note in summary.get("notes") or []:
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -824,12 +1109,15 @@ def format_aggregate_table(agg: dict) -> str:
 _PER_FOLD_ROWS = (("num_cases", "cases"),
                   ("segmentation.dice.mean", "Dice"), ("segmentation.iou.mean", "IoU"),
                   ("segmentation.hd95_px.mean", "HD95 [px]"), ("segmentation.hd95_mm.mean", "HD95 [mm]"),
+                  ("segmentation.nsd_px.mean", "NSD [px tol.]"), ("segmentation.nsd_mm.mean", "NSD [mm tol.]"),
                   ("classification.accuracy", "accuracy"), ("classification.balanced_accuracy", "balanced accuracy"),
                   ("classification.macro_precision", "macro precision"),
                   ("classification.macro_recall", "macro recall"), ("classification.macro_f1", "macro F1"),
                   ("classification.weighted_precision", "weighted precision"),
                   ("classification.weighted_recall", "weighted recall"),
-                  ("classification.weighted_f1", "weighted F1"), ("classification.auc", "AUC"))
+                  ("classification.weighted_f1", "weighted F1"), ("classification.auc", "AUC"),
+                  ("classification.mcc", "MCC"), ("classification.brier", "Brier score"),
+                  ("classification.ece", "ECE"))
 
 
 def format_per_fold_table(result: dict) -> str:
@@ -845,7 +1133,11 @@ def format_per_fold_table(result: dict) -> str:
              + (f" + the ensemble of folds {', '.join(map(str, ens_folds))}" if ens_folds else
                 " + the fold ensemble" if ensemble is not None else " (no ensemble/ subfolder)"),
              f"  {'metric':<20}{head_mean:>{w_mean}}{head_ens:>{w_ens}}" + "".join(f"{n:>{w_fold}}" for n in names)]
+    settings = result.get("settings") or {}
+    labels = {"segmentation.nsd_px.mean": f"NSD@{_tol(settings.get('nsd_tolerance_px'))}px",
+              "segmentation.nsd_mm.mean": f"NSD@{_tol(settings.get('nsd_tolerance_mm'))}mm"}
     for key, label in _PER_FOLD_ROWS:
+        label = labels.get(key, label) if settings else label
         m = metrics.get(key)
         if m is None or (m["n"] == 0 and (ensemble or {}).get(key) is None):
             continue  # not evaluated (no classification, no spacing)
@@ -858,7 +1150,7 @@ def format_per_fold_table(result: dict) -> str:
     lines += ["", f"  mean ± std over {k} folds: each fold's model alone, sample std (ddof=1) over the folds",
               "      (what Salama et al. 2026 report; see docs/evaluation.md)",
               "  fold ensemble: the folds' softmax averaged, one prediction (what -f K1 K2 ... writes)",
-              "  Dice / IoU / HD95: the mean over the cases of each prediction"]
+              "  Dice / IoU / HD95 / NSD: the mean over the cases of each prediction"]
     for note in result.get("notes") or []:
         lines.append(f"note: {note}")
     return "\n".join(lines)

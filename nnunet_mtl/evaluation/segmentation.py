@@ -1,4 +1,4 @@
-"""Per-case segmentation metrics on binary 2D masks: Dice, IoU and HD95 (pixels and millimetres).
+"""Per-case segmentation metrics on binary 2D masks: Dice, IoU, HD95 and NSD (pixels and millimetres).
 
 Definitions (the strings in :data:`DEFINITIONS` go into summary.json):
 
@@ -16,6 +16,21 @@ Definitions (the strings in :data:`DEFINITIONS` go into summary.json):
   HD95 = the image diagonal, hypot(rows * s_row, columns * s_col) with s = 1 for pixels: larger than any distance
   two pixels of the image can have, so it is a finite worst case and means over cases stay defined (some packages
   return 0 or inf here instead; 0 would reward a missed lesion).
+- NSD (normalized surface distance, also "surface Dice"; Nikolov et al. 2021, "Clinically applicable segmentation
+  of head and neck anatomy for radiotherapy", J Med Internet Res 23(7):e26151) at tolerance tau: the fraction of the
+  boundary pixels of both masks that lie within tau of the other mask's boundary,
+  (|{p in S_P: d(p, S_R) <= tau}| + |{r in S_R: d(r, S_P) <= tau}|) / (|S_P| + |S_R|), with the boundaries S and the
+  Euclidean distances d exactly as for HD95 (so NSD is 1 when every boundary pixel is within tau of the other
+  boundary). Boundary length is the number of boundary pixels, as MONAI's
+  ``compute_surface_dice(use_subvoxels=False)``; Nikolov et al.'s reference code (DeepMind's surface-distance) weights
+  each boundary element by its surfel length instead, which differs slightly. A distance within a relative 1e-9 of
+  tau counts as <= tau, so a boundary exactly tau away is not lost to the rounding of ``distance * spacing``.
+  ``nsd_px`` uses a tolerance in pixels (default :data:`DEFAULT_NSD_TOLERANCE_PX` = 2 px: it forgives the one-pixel
+  jitter of rasterizing each of the two outlines, and needs no spacing); ``nsd_mm`` a tolerance in mm on the case's
+  spacing (default :data:`DEFAULT_NSD_TOLERANCE_MM` = 1 mm: about the lateral resolution of the 7-15 MHz linear
+  probes used for breast and thyroid, 10 px at the usual ~0.1 mm/px; 2 mm would let a 6 mm outline of a 10 mm
+  lesion score NSD 1). Empty masks: both empty -> 1 (like Dice), exactly one empty -> 0. MONAI returns NaN when
+  both are empty (and 0 for one empty).
 """
 from __future__ import annotations
 
@@ -27,7 +42,12 @@ from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binar
 # 3x3 cross: the structure scipy (and therefore MONAI) uses by default for a 2D erosion.
 _CROSS = generate_binary_structure(2, 1)
 
-DEFINITIONS = {
+DEFAULT_NSD_TOLERANCE_PX = 2.0
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+# relative slack of the "distance <= tau" test: 3 px * 0.1 mm is 0.30000000000000004 in floating point
+_TIE_SLACK = 1e-9
+
+_DEFINITIONS = {
     "dice": "per case 2|P∩R|/(|P|+|R|) on foreground = label > 0; both masks empty -> 1, one empty -> 0",
     "iou": "per case |P∩R|/|P∪R| (Jaccard); both empty -> 1, one empty -> 0",
     "hd95_px": "symmetric HD95 as MONAI HausdorffDistanceMetric(percentile=95): max of the two directed 95th "
@@ -36,6 +56,27 @@ DEFINITIONS = {
     "hd95_mm": "as hd95_px with distances scaled by the case's (spacing_row_mm, spacing_col_mm) from cases.csv; "
                "one empty -> hypot(rows*s_row, cols*s_col); cases without spacing are left out",
 }
+
+
+def _fmt_tol(value: float) -> str:
+    return f"{float(value):g}"
+
+
+def definitions(nsd_tolerance_px: float = DEFAULT_NSD_TOLERANCE_PX,
+                nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
+    """The segmentation entries of summary.json's "definitions", with the NSD tolerances written out."""
+    nsd = ("normalized surface distance (surface Dice, Nikolov et al. 2021, J Med Internet Res 23:e26151) at "
+           "tolerance tau = {tol}: (boundary pixels of P within tau of R's boundary + boundary pixels of R within "
+           "tau of P's boundary) / (all boundary pixels of P and R), boundaries and Euclidean distances as for "
+           "hd95, boundary length = pixel count (as MONAI compute_surface_dice, use_subvoxels=False); both empty "
+           "-> 1, one empty -> 0 (MONAI: NaN when both are empty)")
+    return {**_DEFINITIONS,
+            "nsd_px": nsd.format(tol=f"{_fmt_tol(nsd_tolerance_px)} px") + "; in pixels, needs no spacing",
+            "nsd_mm": nsd.format(tol=f"{_fmt_tol(nsd_tolerance_mm)} mm") + "; distances in mm on the case's "
+                      "(spacing_row_mm, spacing_col_mm) from cases.csv; cases without spacing are left out"}
+
+
+DEFINITIONS = definitions()
 
 
 def as_binary_mask(label_map: np.ndarray) -> np.ndarray:
@@ -77,38 +118,90 @@ def directed_boundary_distances(from_mask: np.ndarray, to_mask: np.ndarray,
     return dist[boundary(from_mask)]
 
 
-def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """Symmetric HD95 (MONAI's definition, see the module docstring) of two bool masks, in units of ``spacing``."""
+def _check_pair(pred, ref, what: str) -> tuple[np.ndarray, np.ndarray]:
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     if pred.shape != ref.shape or pred.ndim != 2:
-        raise ValueError(f"hd95 expects two 2D masks of the same shape, got {pred.shape} and {ref.shape}")
+        raise ValueError(f"{what} expects two 2D masks of the same shape, got {pred.shape} and {ref.shape}")
+    return pred, ref
+
+
+def surface_distances(pred: np.ndarray, ref: np.ndarray,
+                      spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """(P's boundary -> R's boundary, R's boundary -> P's boundary) distances of two non-empty bool masks."""
+    spacing = (float(spacing[0]), float(spacing[1]))
+    return directed_boundary_distances(pred, ref, spacing), directed_boundary_distances(ref, pred, spacing)
+
+
+def hd95_from_distances(d_pr: np.ndarray, d_rp: np.ndarray) -> float:
+    """The larger of the two directed 95th percentiles (numpy's linear interpolation)."""
+    return float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+
+
+def nsd_from_distances(d_pr: np.ndarray, d_rp: np.ndarray, tolerance: float) -> float:
+    """Fraction of the boundary pixels of both masks within ``tolerance`` of the other's boundary (Nikolov et al.
+    2021), from the two directed distance arrays of :func:`surface_distances`."""
+    limit = float(tolerance) * (1.0 + _TIE_SLACK)
+    within = int(np.count_nonzero(d_pr <= limit)) + int(np.count_nonzero(d_rp <= limit))
+    return within / (d_pr.size + d_rp.size)
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Symmetric HD95 (MONAI's definition, see the module docstring) of two bool masks, in units of ``spacing``."""
+    pred, ref = _check_pair(pred, ref, "hd95")
     has_p, has_r = bool(pred.any()), bool(ref.any())
     if not has_p and not has_r:
         return 0.0
     if has_p != has_r:
         return image_diagonal(pred.shape, spacing)
-    spacing = (float(spacing[0]), float(spacing[1]))
-    d_pr = directed_boundary_distances(pred, ref, spacing)
-    d_rp = directed_boundary_distances(ref, pred, spacing)
-    return float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+    return hd95_from_distances(*surface_distances(pred, ref, spacing))
+
+
+def nsd(pred: np.ndarray, ref: np.ndarray, tolerance: float, spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Normalized surface distance (surface Dice; Nikolov et al. 2021) of two bool masks at ``tolerance``.
+
+    ``tolerance`` is in the units of ``spacing`` (pixels for the default unit spacing). Both masks empty -> 1.0,
+    exactly one empty -> 0.0 (MONAI's ``compute_surface_dice`` gives NaN and 0.0); see the module docstring.
+    """
+    pred, ref = _check_pair(pred, ref, "nsd")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"the NSD tolerance must be a finite number >= 0, got {tolerance!r}")
+    has_p, has_r = bool(pred.any()), bool(ref.any())
+    if not has_p and not has_r:
+        return 1.0
+    if has_p != has_r:
+        return 0.0
+    return nsd_from_distances(*surface_distances(pred, ref, spacing), tolerance)
 
 
 def case_metrics(pred_label: np.ndarray, ref_label: np.ndarray,
-                 spacing_mm: tuple[float, float] | None = None) -> dict:
-    """Dice, IoU, HD95 in pixels and (when ``spacing_mm`` is known) in mm for one case.
+                 spacing_mm: tuple[float, float] | None = None,
+                 nsd_tolerance_px: float = DEFAULT_NSD_TOLERANCE_PX,
+                 nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
+    """Dice, IoU, HD95 and NSD in pixels and (when ``spacing_mm`` is known) in mm for one case.
 
-    Also returns ``ref_empty`` / ``pred_empty`` flags so a summary can count the cases that hit a convention.
+    The boundary distances are computed once per unit (pixels, mm) and give both HD95 and NSD. Also returns
+    ``ref_empty`` / ``pred_empty`` flags so a summary can count the cases that hit a convention.
     """
     pred, ref = as_binary_mask(pred_label), as_binary_mask(ref_label)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     dice, iou = dice_iou(pred, ref)
-    hd_px = hd95(pred, ref)
-    hd_mm = math.nan
-    if spacing_mm is not None and all(math.isfinite(s) and s > 0 for s in spacing_mm):
-        if spacing_mm[0] == spacing_mm[1]:
-            hd_mm = hd_px * float(spacing_mm[0])  # isotropic: the same distances, scaled; no second transform
-        else:
-            hd_mm = hd95(pred, ref, spacing_mm)
-    return {"dice": dice, "iou": iou, "hd95_px": hd_px, "hd95_mm": hd_mm,
-            "ref_empty": not ref.any(), "pred_empty": not pred.any()}
+    has_p, has_r = bool(pred.any()), bool(ref.any())
+    known = spacing_mm is not None and all(math.isfinite(s) and s > 0 for s in spacing_mm)
+    hd_mm = nsd_mm = math.nan
+    if has_p and has_r:
+        d_px = surface_distances(pred, ref)
+        hd_px, nsd_px = hd95_from_distances(*d_px), nsd_from_distances(*d_px, nsd_tolerance_px)
+        if known:
+            if spacing_mm[0] == spacing_mm[1]:  # isotropic: the same distances, scaled; no second transform
+                d_mm = tuple(d * float(spacing_mm[0]) for d in d_px)
+            else:
+                d_mm = surface_distances(pred, ref, spacing_mm)
+            hd_mm, nsd_mm = hd95_from_distances(*d_mm), nsd_from_distances(*d_mm, nsd_tolerance_mm)
+    else:  # the empty conventions of the module docstring
+        both_empty = not has_p and not has_r
+        hd_px, nsd_px = (0.0, 1.0) if both_empty else (image_diagonal(pred.shape), 0.0)
+        if known:
+            hd_mm, nsd_mm = (0.0, 1.0) if both_empty else (image_diagonal(pred.shape, spacing_mm), 0.0)
+    return {"dice": dice, "iou": iou, "hd95_px": hd_px, "hd95_mm": hd_mm, "nsd_px": nsd_px, "nsd_mm": nsd_mm,
+            "ref_empty": not has_r, "pred_empty": not has_p}
