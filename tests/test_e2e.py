@@ -182,6 +182,8 @@ def test_birads_trains_saves_its_prior_and_predicts_through_nnunet(birads_traine
 
 
 @pytest.mark.parametrize("trainer, describes", [
+    ("nnUNetTrainerSegOnly_tiny", "head none; terms seg x 1"),
+    ("nnUNetTrainerClsOnly_tiny", "classification only: no segmentation of the validation cases"),
     ("nnUNetTrainerMTL_UW_tiny", "uncertainty weighting (Kendall et al. 2018)"),
     ("nnUNetTrainerMTL_PCGrad_tiny", "TorchJD PCGrad"),
     ("nnUNetTrainerMTL_UPGrad_tiny", "TorchJD UPGrad"),
@@ -200,12 +202,47 @@ def test_every_baseline_trains_through_nnunet_and_its_checkpoint_loads_strictly(
     assert describes in log
     ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     logged = ckpt["logging"]
-    assert all(np.isfinite(logged["train_seg_losses"])) and all(np.isfinite(logged["train_cls_losses"]))
+    for task in TRAINERS[trainer].resolved_loss_weights():
+        assert len(logged[f"train_{task}_losses"]) == 2 and all(np.isfinite(logged[f"train_{task}_losses"]))
     manager = PlansManager(json.loads((model / "plans.json").read_text()))
     network = TRAINERS[trainer].build_network_architecture(manager, manager.get_configuration("2d"), 1, 2,
                                                            enable_deep_supervision=False)
     network.load_state_dict(ckpt["network_weights"], strict=True)
+    if "ClsOnly" in trainer:  # the decoder is kept (strict loading above) but never ran: its weights are untouched
+        assert not (model / "fold_0" / "validation" / "summary.json").exists()
+        assert (model / "fold_0" / "validation" / "class_predictions.csv").is_file()
+        assert torch.isnan(torch.tensor(logged["mean_fg_dice"])).all()
+    if "SegOnly" in trainer:
+        assert not any(k.startswith("cls_head.") for k in ckpt["network_weights"])  # no head
+        assert not (model / "fold_0" / "validation" / "class_predictions.csv").exists()
     if "_UW_" in trainer:  # the learned log-variances are in the checkpoint and were trained
         assert len(logged["train_sigma_seg"]) == 2
         assert not torch.equal(ckpt["network_weights"]["cls_head.loss_modules.uncertainty.log_variances"],
                                torch.zeros(2))
+
+
+def test_single_task_baselines_predict_what_they_learned(trained):
+    """Classification only: nnunet_mtl predict writes class probabilities and no masks (the decoder never trained);
+    segmentation only: nnUNetv2_predict gives the masks, nnunet_mtl predict says to use it, in one line."""
+    env, raw, root = trained["env"], trained["raw"], trained["root"]
+    cases = sorted(p.name[:-len("_0000.png")] for p in (raw / "imagesTs").glob("*.png"))
+    train_also(trained, "nnUNetTrainerClsOnly_tiny")
+    out = root / "pred_clsonly"
+    result = run([BIN / "nnunet_mtl", "predict", "-i", raw / "imagesTs", "-o", out, "-d", DATASET, "-c", "2d",
+                  "-tr", "nnUNetTrainerClsOnly_tiny", "-f", "0", "-device", "cpu", "--disable_tta"], env)
+    assert "classification only: class probabilities, no masks" in result.stdout
+    assert not list(out.glob("*.png"))
+    with open(out / "class_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["case_id"] for r in rows) == cases
+    assert all(abs(sum(float(v) for k, v in r.items() if k.startswith("prob_")) - 1) < 1e-4 for r in rows)
+    train_also(trained, "nnUNetTrainerSegOnly_tiny")
+    out = root / "pred_segonly"
+    run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", DATASET, "-c", "2d",
+         "-tr", "nnUNetTrainerSegOnly_tiny", "-f", "0", "-device", "cpu", "--disable_tta"], env)
+    assert sorted(p.stem for p in out.glob("*.png")) == cases
+    result = run([BIN / "nnunet_mtl", "predict", "-i", raw / "imagesTs", "-o", root / "nope", "-d", DATASET, "-c",
+                  "2d", "-tr", "nnUNetTrainerSegOnly_tiny", "-f", "0", "-device", "cpu"], env, check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "segmentation-only model" in result.stderr and "nnUNetv2_predict" in result.stderr
+    assert not (root / "nope").exists()

@@ -193,6 +193,10 @@ def preflight(args, folds: list) -> dict:
     dataset_json = read_json_object(model_folder / "dataset.json", "the dataset.json nnUNetv2_train copied there")
     check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
     check_run_options(args)
+    plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
+    if ((plans.get(PLANS_KEY) or {}).get("head") or {}).get("kind") == "none":
+        raise NnunetMtlError(f"{model_folder} is a segmentation-only model (no classification head); expected "
+                             f"nnUNetv2_predict for its masks (nnunet_mtl predict adds class probabilities)")
     return {"model_folder": model_folder, "dataset_json": dataset_json,
             "plans": read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote"),
             "inputs": sorted(Path(args.i).glob(f"*_0000{dataset_json.get('file_ending', '.png')}"))}
@@ -200,7 +204,6 @@ def preflight(args, folds: list) -> dict:
 
 def model_class_names(plans: dict) -> list[str]:
     """The class names a model's class_predictions.csv has columns for, from its plans (index order)."""
-    from nnunet_mtl.networks.multitask_unet import PLANS_KEY
     labels = (plans.get(PLANS_KEY) or {}).get("class_labels") or {}
     return [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
 
@@ -262,6 +265,8 @@ def command_line(args, subcommand: str, folds: list, output, per_fold: bool = Fa
         cmd.append("--per-fold")
     return shlex.join(cmd)
 
+
+PLANS_KEY = "nnunet_mtl"  # = nnunet_mtl.networks.multitask_unet.PLANS_KEY (not imported here: it imports torch)
 
 # what must agree for --continue_prediction to continue a per-fold folder instead of mixing two models
 _SAME_MODEL_KEYS = ("dataset", "trainer", "plans", "configuration", "checkpoint", "folds", "step_size",
@@ -413,7 +418,11 @@ def predict_into(args, output: Path) -> tuple[Path, int]:
     Returns the CSV's path and the number of cases predicted now."""
     predictor = load_predictor(args)
     output.mkdir(parents=True, exist_ok=True)
-    predict_folder(predictor, args, output)
+    if predictor.segments:
+        predict_folder(predictor, args, output)
+    else:  # a classification-only model: its decoder was never trained, so no masks
+        print(f"{args.tr} is classification only: class probabilities, no masks")
+        predictor.predict_classes_from_files(args.i, args.npp)
     # rows of images predicted earlier into this folder are kept (their masks stay too); rows predicted now replace
     csv_path = predictor.write_class_predictions(output / class_predictions_name(args))
     count = len(predictor.class_probabilities)
@@ -433,7 +442,7 @@ def run(args) -> int:
     check_prediction_output(output, class_predictions_name(args), checked)
     csv_path, count = predict_into(args, output)
     print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
-    if args.num_parts == 1:
+    if args.num_parts == 1 and (checked["plans"].get(PLANS_KEY) or {}).get("segments", True):
         note_unmatched(output, csv_path, checked["dataset_json"].get("file_ending", ".png"))
     return 0
 

@@ -57,8 +57,13 @@ class MultitaskPredictor(nnUNetPredictor):
             raise NnunetMtlError(
                 f"{where} was trained with {self.trainer_name}, which has no classification head; expected an "
                 f"nnunet_mtl trainer such as nnUNetTrainerMTL (use nnUNetv2_predict for segmentation-only models)")
+        if section.get("head", {}).get("kind") == "none":
+            raise NnunetMtlError(
+                f"{where} was trained with {self.trainer_name}, a segmentation-only model without a classification "
+                f"head; expected nnUNetv2_predict for its masks (nnunet_mtl predict adds class probabilities)")
         labels = section["class_labels"]
         self.class_names = [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+        self.segments = section.get("segments", True)
 
     # --- the one place where the network is called: also collect class probabilities -----------------------
     @torch.inference_mode()
@@ -67,7 +72,9 @@ class MultitaskPredictor(nnUNetPredictor):
         # segmentation logits are bit-identical).
         mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
         out = self.network(x, return_aux=True)
-        prediction = out["seg"]
+        network = getattr(self.network, "_orig_mod", self.network)
+        # a classification-only model runs no decoder: background logits keep nnU-Net's sliding window going
+        prediction = out["seg"] if "seg" in out else network.background(x)
         probs = torch.softmax(out["logits"].float(), 1)
         embeddings = [self._embedding(out)] if self.record_embeddings else []
         if mirror_axes is not None:
@@ -76,7 +83,7 @@ class MultitaskPredictor(nnUNetPredictor):
             axes_combinations = [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
             for axes in axes_combinations:
                 out = self.network(torch.flip(x, axes), return_aux=True)
-                prediction += torch.flip(out["seg"], axes)
+                prediction += torch.flip(out["seg"], axes) if "seg" in out else network.background(x)
                 probs += torch.softmax(out["logits"].float(), 1)
                 if self.record_embeddings:
                     embeddings.append(self._embedding(out))
@@ -175,6 +182,28 @@ class MultitaskPredictor(nnUNetPredictor):
             return [(state[weight_key].detach().cpu().double().numpy(), state[bias_key].detach().cpu().double().numpy())]
         return [(params[weight_key].detach().cpu().double().numpy(),
                  params[bias_key].detach().cpu().double().numpy()) for params in self.list_of_parameters]
+
+    def predict_classes_from_files(self, input_folder, num_processes_preprocessing: int = 1) -> None:
+        """Class probabilities of every image of ``input_folder`` (nnU-Net's naming), no masks: for a
+        classification-only model, whose decoder was never trained. nnU-Net's preprocessing and sliding window,
+        mirroring and fold averaging, as for every other model; nothing is exported."""
+        from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+        ending = self.dataset_json["file_ending"]
+        lists = create_lists_from_splitted_dataset_folder(str(input_folder), ending)
+        # the "output" names only tell which case each preprocessed item is: nothing is written under them
+        names = [os.path.basename(files[0])[:-len(ending) - 5] for files in lists]
+        iterator = self._internal_get_data_iterator_from_lists_of_filenames(lists, None, names,
+                                                                            max(1, num_processes_preprocessing))
+        for item in iterator:
+            case = os.path.basename(item["ofile"])
+            self._current_case = case
+            try:
+                self.predict_logits_from_preprocessed_data(item["data"])
+            finally:
+                self._current_case = None
+        finish = getattr(iterator, "_finish", None)
+        if callable(finish):
+            finish()
 
     # --- output --------------------------------------------------------------------------------------------
     def write_class_predictions(self, path: Path, merge_existing: bool = True) -> Path:

@@ -39,6 +39,9 @@ class MultitaskUNet(nn.Module):
         self.decoder = unet.decoder
         setattr(self, HEAD_ATTRIBUTE, build_head(head_config, self.encoder.output_channels))
         self.head_config = head_config
+        # False: a classification-only model (plans' "segments": false): the decoder is kept, so checkpoints load
+        # strictly, but never run; the segmentation output is all background
+        self.segments = True
 
     @property
     def head(self) -> Head:
@@ -53,6 +56,8 @@ class MultitaskUNet(nn.Module):
             # form a cut of the graph through which every parameter gradient passes exactly once (gradient
             # aggregation at "every encoder output"; the values are unchanged)
             skips = [s.view_as(s) for s in skips]
+        if not self.segments:
+            return {"skips": skips, **self.head(skips)} if return_aux else self.background(x)
         if record_decoder:  # the same decoder pass, recording what RLAR's hand-written seg gradient needs
             from nnunet_mtl.autodiff import decoder_forward
             seg, records = decoder_forward(self.decoder, skips)
@@ -63,6 +68,14 @@ class MultitaskUNet(nn.Module):
         out = {"seg": seg, "skips": skips, **self.head(skips)}
         if records is not None:
             out["decoder_records"] = records
+        return out
+
+    def background(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits that say 'background' everywhere, shaped like the decoder's full-resolution output
+        (what a classification-only model gives where a mask is asked for)."""
+        channels = self.decoder.seg_layers[-1].out_channels
+        out = torch.zeros((x.shape[0], channels, *x.shape[2:]), device=x.device, dtype=x.dtype)
+        out[:, 0] = 1.0
         return out
 
     @property

@@ -1,6 +1,8 @@
 """Baselines as trainers, under the same data, split, augmentation and schedule as the methods: a baseline is a
-backward rule (or a loss-weight choice) declared on :class:`nnUNetTrainerMTL`, never a copied trainer.
+backward rule (or a choice of head and terms) declared on :class:`nnUNetTrainerMTL`, never a copied trainer.
 
+- ``nnUNetTrainerSegOnly``: segmentation only (no classification head; :mod:`nnunet_mtl.methods.single_task`);
+- ``nnUNetTrainerClsOnly``: classification only (the decoder kept but never run; class probabilities only);
 - ``nnUNetTrainerMTL_UW``: uncertainty weighting (Kendall et al. 2018; :mod:`nnunet_mtl.methods.uncertainty_weighting`);
 - ``nnUNetTrainerMTL_PCGrad``, ``_UPGrad``, ``_MGDA``, ``_CAGrad``: gradient aggregation of the two tasks'
   gradients at every encoder output, through TorchJD (:mod:`nnunet_mtl.methods.gradient_aggregation`);
@@ -13,9 +15,28 @@ tables; the breast papers' rows use ``BreastPaperSchedule`` the same way), ``_de
 from __future__ import annotations
 
 from nnunet_mtl.methods.gradient_aggregation import TorchJDAggregation
+from nnunet_mtl.methods.multitask import Classification, Segmentation
+from nnunet_mtl.methods.single_task import NoHeadConfig
 from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
 from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
+
+
+class nnUNetTrainerSegOnly(nnUNetTrainerMTL):
+    """Segmentation only: nnU-Net's Dice + CE, no classification head; the best checkpoint by the pseudo Dice."""
+    head = NoHeadConfig()
+    terms = (Segmentation(),)
+    loss_weights = {"seg": 1.0}
+    selection_seg_weight = 1.0
+
+
+class nnUNetTrainerClsOnly(nnUNetTrainerMTL):
+    """Classification only: the balanced cross-entropy on the head; the decoder is kept but never run; the best
+    checkpoint by the validation AUC."""
+    terms = (Classification(),)
+    loss_weights = {"cls": 1.0}
+    segments = False
+    selection_seg_weight = 0.0
 
 
 class nnUNetTrainerMTL_UW(nnUNetTrainerMTL):
@@ -48,8 +69,8 @@ class nnUNetTrainerMTL_JDSum(nnUNetTrainerMTL):
     backward = TorchJDAggregation(aggregator="sum")
 
 
-for _base in (nnUNetTrainerMTL_UW, nnUNetTrainerMTL_PCGrad, nnUNetTrainerMTL_UPGrad, nnUNetTrainerMTL_MGDA,
-              nnUNetTrainerMTL_CAGrad, nnUNetTrainerMTL_JDSum):
+for _base in (nnUNetTrainerSegOnly, nnUNetTrainerClsOnly, nnUNetTrainerMTL_UW, nnUNetTrainerMTL_PCGrad,
+              nnUNetTrainerMTL_UPGrad, nnUNetTrainerMTL_MGDA, nnUNetTrainerMTL_CAGrad, nnUNetTrainerMTL_JDSum):
     for _schedule, _suffix, _doc in ((ThyroidPaperSchedule, "paper", "Salama et al. 2026's schedule"),
                                      (DemoSchedule, "demo", "the demo's schedule"),
                                      (TinySchedule, "tiny", "the smoke-test schedule")):

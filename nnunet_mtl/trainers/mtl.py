@@ -44,6 +44,7 @@ from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.outputs import check_output_file, check_output_folder
 from nnunet_mtl.evaluation.classification import classification_metrics
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Segmentation
+from nnunet_mtl.methods.single_task import NO_HEAD
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
 from nnunet_mtl.seams.backward import WeightedSum, unwrap
 from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
@@ -135,6 +136,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     schedule: dict = {}
     optimizer_name: str = "sgd"
     fixed_batch_size: int | None = None  # None: nnU-Net's planned batch size
+    # False: classification only: the decoder stays in the network (checkpoints load strictly) but is never run
+    segments: bool = True
     # ultrasound-aware augmentation: the image has a depth direction (skin on top)
     ultrasound_augmentation: bool = True
     max_rotation_degrees: float = 15.0
@@ -188,6 +191,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                        "version": __version__}
             for term in self.terms:
                 section.update(term.plans_entries())
+            if not self.segments:
+                section["segments"] = False  # the predictors build the network without its decoder pass
             self.plans_manager.plans[PLANS_KEY] = section
             self.logger.local_logger = MultitaskLocalLogger(
                 term_names=[t.name for t in self.terms], extra_keys=[f"train_{k}" for k in self.backward_rule.logged])
@@ -251,7 +256,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             configuration_manager.network_arch_init_kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
             num_input_channels, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
-        return MultitaskUNet(unet, head)
+        network = MultitaskUNet(unet, head)
+        network.segments = (plans_manager.plans.get(PLANS_KEY) or {}).get("segments", True)
+        return network
 
     def describe_composition(self) -> str:
         head = unwrap(self.network).head_config if self.network is not None else self.head_config(self.num_cls_classes)
@@ -401,6 +408,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def initialize(self):
         # no DDP refusal here: validation-only runs (--val, -num_gpus > 1) initialize too, and they work
         super().initialize()
+        unwrap(self.network).segments = self.segments
         try:
             self.backward_rule.setup(self.network, self.print_to_log_file)
         except ValueError as e:
@@ -623,19 +631,24 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             output = self.network(data, return_aux=True)
             losses = self.compute_losses(output, context)
             total = weighted_total(losses, self.loss_weights_now)
-        seg = output["seg"][0] if self.enable_deep_supervision else output["seg"]
-        seg_target = context.seg_target
-        # pseudo Dice as in nnU-Net: hard prediction vs target on the validation patches
-        predicted = torch.zeros(seg.shape, device=seg.device, dtype=torch.float16)
-        predicted.scatter_(1, seg.argmax(1)[:, None], 1)
-        axes = [0] + list(range(2, seg.ndim))
-        tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, seg_target, axes=axes, mask=None)
-        probs = torch.softmax(output["logits"].float(), 1).detach().cpu().numpy()
-        return {"loss": total.detach().float().cpu().numpy(),
-                **{f"{k}_loss": v.detach().float().cpu().numpy() for k, v in losses.items()},
-                "tp_hard": tp.detach().cpu().numpy()[1:], "fp_hard": fp.detach().cpu().numpy()[1:],
-                "fn_hard": fn.detach().cpu().numpy()[1:],
-                "cls_probs": list(probs), "cls_target": context.case("class").cpu().tolist()}
+        result = {"loss": total.detach().float().cpu().numpy(),
+                  **{f"{k}_loss": v.detach().float().cpu().numpy() for k, v in losses.items()}}
+        if "seg" in output:
+            seg = output["seg"][0] if self.enable_deep_supervision else output["seg"]
+            # pseudo Dice as in nnU-Net: hard prediction vs target on the validation patches
+            predicted = torch.zeros(seg.shape, device=seg.device, dtype=torch.float16)
+            predicted.scatter_(1, seg.argmax(1)[:, None], 1)
+            axes = [0] + list(range(2, seg.ndim))
+            tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, context.seg_target, axes=axes, mask=None)
+            result.update(tp_hard=tp.detach().cpu().numpy()[1:], fp_hard=fp.detach().cpu().numpy()[1:],
+                          fn_hard=fn.detach().cpu().numpy()[1:])
+        else:  # classification only: no pseudo Dice (NaN, never selected on)
+            nan = np.full(len(self.label_manager.foreground_labels), np.nan)
+            result.update(tp_hard=nan, fp_hard=nan, fn_hard=nan)
+        if "logits" in output:
+            result["cls_probs"] = list(torch.softmax(output["logits"].float(), 1).detach().cpu().numpy())
+            result["cls_target"] = context.case("class").cpu().tolist()
+        return result
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self):
@@ -660,13 +673,15 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         means = epoch_means(outputs, [f"{t.name}_loss" for t in self.terms])
         for term in self.terms:
             self.logger.log(f"val_{term.name}_losses", means[f"{term.name}_loss"], self.current_epoch)
-        scores = validation_classification(outputs, self.class_names)
+        scores = validation_classification(outputs, self.class_names) if "cls_probs" in outputs else \
+            {"macro_f1": float("nan"), "auc": float("nan"), "balanced_accuracy": float("nan")}
         self.logger.log("val_macro_f1", scores["macro_f1"], self.current_epoch)
         self.logger.log("val_auc", scores["auc"], self.current_epoch)
         self.logger.log("val_balanced_accuracy", scores["balanced_accuracy"], self.current_epoch)
         cls_score = scores["auc"] if np.isfinite(scores["auc"]) else scores["balanced_accuracy"]
         dice = self.logger.get_value("mean_fg_dice", step=-1)
-        score = self.selection_seg_weight * dice + (1 - self.selection_seg_weight) * cls_score
+        w = self.selection_seg_weight  # a part with weight 0 (a single-task baseline's missing task) is left out
+        score = sum(weight * value for weight, value in ((w, dice), (1 - w, cls_score)) if weight > 0)
         self.logger.log("mtl_score", float(score), self.current_epoch)
         previous = self.logger.get_value("ema_mtl_score", step=None)
         restart = self._stage is not None and self.current_epoch == self._stage.start
@@ -678,6 +693,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if self.selection == "val_loss":
             return "lowest validation loss (the weighted total)"
         w = self.selection_seg_weight
+        if w == 1:
+            return "EMA of the pseudo Dice"
+        if w == 0:
+            return "EMA of the AUC (balanced accuracy where AUC is undefined)"
         return f"EMA of {w:g} x pseudo Dice + {1 - w:g} x AUC (balanced accuracy where AUC is undefined)"
 
     def _selection_scores(self) -> list[float]:
@@ -757,8 +776,12 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         """nnU-Net's validation (segmentations of the fold's validation cases in ``validation/``), then the class
         probabilities of the same cases in ``validation/class_predictions.csv``, so a cross-validation can be
         evaluated for both tasks with ``nnunet_mtl evaluate``."""
-        super().perform_actual_validation(save_probabilities)
-        if self.local_rank == 0:
+        if self.segments:
+            super().perform_actual_validation(save_probabilities)
+        else:
+            self.print_to_log_file("classification only: no segmentation of the validation cases (the decoder was "
+                                   "never trained); class probabilities only")
+        if self.local_rank == 0 and unwrap(self.network).head_config.kind != NO_HEAD:
             self.write_validation_class_predictions()
 
     def write_validation_class_predictions(self) -> Path:
