@@ -90,10 +90,16 @@ def test_predict_with_unknown_trainer_is_one_clear_line(trained):
     assert len(result.stderr.strip().splitlines()) == 1 and "nnUNetTrainerDoesNotExist" in result.stderr
 
 
+_TRAINED: dict = {}  # (root, trainer) -> model folder: a trainer trained once per module run
+
+
 def train_also(trained, trainer: str) -> dict:
-    """nnUNetv2_train -tr TRAINER fold 0 on the module's preprocessed phantom; the fixture dict with its model."""
-    _, model = train(trained["env"], DATASET, trainer)
-    return {**trained, "trainer": trainer, "model": model}
+    """nnUNetv2_train -tr TRAINER fold 0 on the module's preprocessed phantom (once per module run); the fixture
+    dict with its model."""
+    key = (str(trained["root"]), trainer)
+    if key not in _TRAINED:
+        _TRAINED[key] = train(trained["env"], DATASET, trainer)[1]
+    return {**trained, "trainer": trainer, "model": _TRAINED[key]}
 
 
 @pytest.fixture(scope="module")
