@@ -131,6 +131,7 @@ class FakePredictor:
     def __init__(self, folds):
         self.folds = folds
         self.class_names = list(CLASSES)
+        self.segments = True  # a model that segments (MultitaskPredictor: False for classification-only models)
         self.class_probabilities = {}
         self.record_embeddings = False
         self.embeddings = {}
