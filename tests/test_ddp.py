@@ -93,3 +93,67 @@ def test_the_birads_running_statistics_are_the_same_on_every_rank(tmp_path):
     expected_max = [0.99 * 3 + 0.01 * 6, 0.99 * 2 + 0.01 * 2]
     for rank in range(2):
         assert results[rank][0] == pytest.approx(expected_min) and results[rank][1] == pytest.approx(expected_max)
+
+
+def every_output_losses(outputs):
+    """Toy seg and cls losses that reach every parameter (DDP reduces a bucket only when all its parameters got
+    a gradient, as nnU-Net's deep-supervision loss gives them)."""
+    seg = outputs["seg"] if isinstance(outputs["seg"], (list, tuple)) else [outputs["seg"]]
+    return {"seg": sum(s.square().mean() for s in seg), "cls": outputs["logits"].square().mean()}
+
+
+def _uw_rank(rank, world, init_file, queue):
+    """One rank of uncertainty weighting under DDP: its own half of the data; the rule's step through DDP."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from nnunet_mtl.methods.multitask import BottleneckMLPConfig
+    from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
+    from nnunet_mtl.networks.multitask_unet import MultitaskUNet
+    from tests.test_network import make_unet
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rule = UncertaintyWeighting()
+        torch.manual_seed(0)
+        config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,
+                                     loss_modules=rule.loss_modules(["seg", "cls"]))
+        net = MultitaskUNet(make_unet(), config).double().eval()  # eval: no batch-norm statistics to sync
+        data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        ddp = DistributedDataParallel(net)
+        rule(ddp, data[2 * rank:2 * rank + 2], every_output_losses, {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
+        queue.put((rank, net.head.loss_modules["uncertainty"].log_variances.grad.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uncertainty_weighting_log_variances_get_the_mean_gradient_of_the_ranks(tmp_path):
+    """Kendall et al. 2018's s_t live in the head, outside the forward pass; DDP still averages their gradients
+    over the ranks (what supports_ddp = True promises), to the gradient of one process holding both halves."""
+    import torch
+
+    from nnunet_mtl.methods.multitask import BottleneckMLPConfig
+    from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
+    from nnunet_mtl.networks.multitask_unet import MultitaskUNet
+    from tests.test_network import make_unet
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_uw_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results[0] == pytest.approx(results[1], rel=1e-12)
+    rule = UncertaintyWeighting()
+    halves = []
+    data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for rank in range(2):
+        torch.manual_seed(0)
+        config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,
+                                     loss_modules=rule.loss_modules(["seg", "cls"]))
+        net = MultitaskUNet(make_unet(), config).double().eval()
+        rule(net, data[2 * rank:2 * rank + 2], every_output_losses, {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
+        halves.append(np.asarray(net.head.loss_modules["uncertainty"].log_variances.grad.tolist()))
+    assert results[0] == pytest.approx(((halves[0] + halves[1]) / 2).tolist(), rel=1e-10)
+    assert not np.allclose(halves[0], halves[1])  # the ranks' own gradients differ: the averaging is real
