@@ -153,7 +153,7 @@ def fake_prediction(monkeypatch):
     from nnunet_mtl.evaluation.guidance_ablation import class_probabilities
     calls = []
 
-    def load_predictor(args):
+    def load_predictor(args, checked=None):
         return FakePredictor(parse_folds(args.f))
 
     def predict_folder(predictor, args, output):

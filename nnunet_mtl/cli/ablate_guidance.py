@@ -79,12 +79,13 @@ def _reference(args, checked: dict, cases_csv: Path) -> tuple[list[str], dict[st
     return features, y_by_case
 
 
-def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_case: dict):
+def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_case: dict, checked: dict):
     """The plain ablation of args' folds into ``output``: predict once recording the embeddings, write masks and
-    class_predictions.csv, ablate every guided feature, write guidance_ablation.*. Returns (baseline, rows)."""
+    class_predictions.csv, ablate every guided feature, write guidance_ablation.*. ``checked``: what preflight
+    returned. Returns (baseline, rows)."""
     from nnunet_mtl.cli.predict import free_memory, load_predictor, predict_folder
     from nnunet_mtl.evaluation.guidance_ablation import ablate_guidance, write_ablation
-    predictor = load_predictor(args)
+    predictor = load_predictor(args, checked)
     class_names = predictor.class_names
     output.mkdir(parents=True, exist_ok=True)
     predictor.record_embeddings = True
@@ -115,7 +116,7 @@ def run(args) -> int:
     checked = preflight(args, parse_folds(args.f))
     features, y_by_case = _reference(args, checked, cases_csv)
     check_prediction_output(output, "class_predictions.csv", checked)
-    baseline, rows = ablate_into(args, output, cases_csv, features, y_by_case)
+    baseline, rows = ablate_into(args, output, cases_csv, features, y_by_case, checked)
     print(format_ablation_table(baseline, rows))
     print(f"wrote {output / 'guidance_ablation.csv'}, guidance_ablation.json, guidance_ablation.png")
     return 0
@@ -147,11 +148,12 @@ def run_per_fold(args) -> int:
     for i, k in enumerate(folds):
         sub = output / fold_subfolder(k)
         print(f"fold {i + 1}/{len(folds)}: fold {k}'s model alone -> {sub}", flush=True)
-        per_fold[k] = ablate_into(sub_run_args(args, [k], sub), sub, cases_csv, features, y_by_case)
+        per_fold[k] = ablate_into(sub_run_args(args, [k], sub), sub, cases_csv, features, y_by_case,
+                                  checked)
         print(format_ablation_table(*per_fold[k]), flush=True)
     sub = output / ENSEMBLE_SUBFOLDER
     print(f"ensemble: folds {', '.join(map(str, folds))} together -> {sub}", flush=True)
-    ensemble = ablate_into(sub_run_args(args, folds, sub), sub, cases_csv, features, y_by_case)
+    ensemble = ablate_into(sub_run_args(args, folds, sub), sub, cases_csv, features, y_by_case, checked)
     print(format_ablation_table(*ensemble), flush=True)
     agg = aggregate_fold_ablations(per_fold, ensemble)
     agg["reference"] = str(cases_csv)

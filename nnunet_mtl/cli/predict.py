@@ -80,10 +80,10 @@ def model_folder_for(dataset: str, trainer: str, plans: str, configuration: str)
     return folder
 
 
-def check_checkpoints(model_folder: Path, folds: list, checkpoint: str) -> None:
-    """Each requested fold has the checkpoint, and it was trained on this dataset with these plans."""
+def check_checkpoints(model_folder: Path, plans: dict, folds: list, checkpoint: str) -> None:
+    """The model folder is where its ``plans`` say, each requested fold has the checkpoint, and it was trained on
+    this dataset with these plans."""
     import torch
-    plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
     if plans.get("dataset_name") and plans["dataset_name"] != model_folder.parent.name:
         raise NnunetMtlError(
             f"{model_folder} is under {model_folder.parent.name}, but its plans.json is for {plans['dataset_name']} "
@@ -186,19 +186,19 @@ def check_per_fold_folds(values) -> list[int]:
 
 
 def preflight(args, folds: list) -> dict:
-    """The checks load_predictor makes, for all ``folds`` at once and without loading a network: the model folder,
-    every fold's checkpoint, the input images. Returns {"model_folder", "plans", "dataset_json"}."""
+    """Everything checked before a predictor is loaded, for all ``folds`` at once and without loading a network:
+    the model folder, every fold's checkpoint, the input images, the run options. Returns {"model_folder", "plans",
+    "dataset_json", "inputs"}, which :func:`load_predictor` takes."""
     model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
-    check_checkpoints(model_folder, folds, args.chk)
+    plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
+    check_checkpoints(model_folder, plans, folds, args.chk)
     dataset_json = read_json_object(model_folder / "dataset.json", "the dataset.json nnUNetv2_train copied there")
     check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
     check_run_options(args)
-    plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
     if ((plans.get(PLANS_KEY) or {}).get("head") or {}).get("kind") == "none":
         raise NnunetMtlError(f"{model_folder} is a segmentation-only model (no classification head); expected "
                              f"nnUNetv2_predict for its masks (nnunet_mtl predict adds class probabilities)")
-    return {"model_folder": model_folder, "dataset_json": dataset_json,
-            "plans": read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote"),
+    return {"model_folder": model_folder, "dataset_json": dataset_json, "plans": plans,
             "inputs": sorted(Path(args.i).glob(f"*_0000{dataset_json.get('file_ending', '.png')}"))}
 
 
@@ -348,20 +348,19 @@ def free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
-def load_predictor(args):
-    """The MultitaskPredictor for the model chosen by add_model_arguments' flags, inputs checked first."""
+def load_predictor(args, checked: dict | None = None):
+    """The MultitaskPredictor for the model chosen by add_model_arguments' flags. ``checked``: what
+    :func:`preflight` returned for these args (its folds or more); without it, preflight runs first."""
     # our trainers must be findable by nnU-Net's lookup in this process, whether or not the user exported it
     os.environ.update(env_with_ext_trainer())
     import torch
 
     from nnunet_mtl.inference.predictor import MultitaskPredictor
 
-    model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
     folds = parse_folds(args.f)
-    check_checkpoints(model_folder, folds, args.chk)
-    dataset_json = read_json_object(model_folder / "dataset.json", "the dataset.json nnUNetv2_train copied there")
-    check_inputs(Path(args.i), dataset_json.get("file_ending", ".png"), model_channels(dataset_json))
-    check_run_options(args)
+    if checked is None:
+        checked = preflight(args, folds)
+    model_folder = checked["model_folder"]
 
     if args.device == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
@@ -413,10 +412,10 @@ def class_predictions_name(args) -> str:
     return "class_predictions.csv" if args.num_parts == 1 else f"class_predictions_part{args.part_id}.csv"
 
 
-def predict_into(args, output: Path) -> tuple[Path, int]:
-    """The plain prediction: the predictor of ``args``' folds, masks and class_predictions.csv into ``output``.
-    Returns the CSV's path and the number of cases predicted now."""
-    predictor = load_predictor(args)
+def predict_into(args, output: Path, checked: dict | None = None) -> tuple[Path, int]:
+    """The plain prediction: the predictor of ``args``' folds, masks and class_predictions.csv into ``output``
+    (``checked``: see :func:`load_predictor`). Returns the CSV's path and the number of cases predicted now."""
+    predictor = load_predictor(args, checked)
     output.mkdir(parents=True, exist_ok=True)
     if predictor.segments:
         predict_folder(predictor, args, output)
@@ -440,7 +439,7 @@ def run(args) -> int:
     refuse_per_fold_folder(output, "predicting")
     checked = preflight(args, parse_folds(args.f))
     check_prediction_output(output, class_predictions_name(args), checked)
-    csv_path, count = predict_into(args, output)
+    csv_path, count = predict_into(args, output, checked)
     print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
     if args.num_parts == 1 and (checked["plans"].get(PLANS_KEY) or {}).get("segments", True):
         note_unmatched(output, csv_path, checked["dataset_json"].get("file_ending", ".png"))
@@ -465,7 +464,7 @@ def run_per_fold(args) -> int:
     written = []
     for label, run_folds, sub in runs:
         print(f"{label} -> {sub}", flush=True)
-        csv_path, count = predict_into(sub_run_args(args, run_folds, sub), sub)
+        csv_path, count = predict_into(sub_run_args(args, run_folds, sub), sub, checked)
         written.append((sub, csv_path, count))
         print(f"{label}: {count} cases predicted now, {csv_path}", flush=True)
     print(f"\nper-fold prediction in {output} ({output / 'per_fold.json'} says which subfolder is which):")
