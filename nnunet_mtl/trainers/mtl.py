@@ -313,14 +313,19 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if self.fold == "all" or not splits_file.exists():
             return
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-        identifiers = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
-            self.preprocessed_dataset_folder)
+        self._read_split_file(splits_file, infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
+            self.preprocessed_dataset_folder))
+
+    def _read_split_file(self, splits_file: Path, identifiers) -> list[dict]:
+        """splits_final.json, checked (:func:`read_splits`), and holding this trainer's fold; refused in one line
+        otherwise (nnU-Net would silently train on a random 80:20 split that ignores patients)."""
         try:
             splits = read_splits(splits_file, identifiers)
         except NnunetMtlError as e:
             fail(str(e))
         if self.fold >= len(splits):
             fail(f"fold {self.fold} requested but {splits_file} defines {len(splits)} folds (0..{len(splits) - 1})")
+        return splits
 
     def do_split(self):
         self._load_case_table()
@@ -347,13 +352,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 self.print_to_log_file(
                     f"Created a {self.num_split_folds}-fold split grouped by patient and stratified by class:\n"
                     + describe_splits(splits, {k: self.class_names[v] for k, v in classes.items()}))
-            try:
-                splits = read_splits(splits_file, identifiers)
-            except NnunetMtlError as e:
-                fail(str(e))
-            if self.fold >= len(splits):
-                # nnU-Net would silently train on a random 80:20 split that ignores patients
-                fail(f"fold {self.fold} requested but {splits_file} defines {len(splits)} folds (0..{len(splits) - 1})")
+            splits = self._read_split_file(splits_file, identifiers)
             try:
                 check_splits_grouped(splits, patients)
             except NnunetMtlError as e:
@@ -407,8 +406,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     def initialize(self):
         # no DDP refusal here: validation-only runs (--val, -num_gpus > 1) initialize too, and they work
-        super().initialize()
-        unwrap(self.network).segments = self.segments
+        super().initialize()  # the network reads `segments` from the plans section set in __init__
         try:
             self.backward_rule.setup(self.network, self.print_to_log_file)
         except ValueError as e:
