@@ -38,7 +38,6 @@ image. See docs/comparison.md.
 """
 from __future__ import annotations
 
-import csv
 import inspect
 import itertools
 import math
@@ -428,27 +427,14 @@ def _number(text: str, path: Path, case: str, column: str) -> float:
 
 def read_per_case(run: Run) -> Run:
     """Read and check ``run.per_case_csv`` into ``run`` (metrics per case, class predictions when present)."""
+    from nnunet_mtl.evaluation.evaluate import read_csv_rows, rows_by_case
     path = run.per_case_csv
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            raw_rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except UnicodeDecodeError:
-        raise NnunetMtlError(f"{path} is not a text CSV file; expected the per_case.csv written by nnunet_mtl "
-                             f"evaluate") from None
+    fields, raw_rows = read_csv_rows(path, "the per_case.csv written by nnunet_mtl evaluate")
     missing = [c for c in REQUIRED_COLUMNS if c not in fields]
     if missing:
         raise NnunetMtlError(f"{path} lacks column(s) {', '.join(missing)}; expected the per_case.csv written by "
                              f"nnunet_mtl evaluate ({', '.join(REQUIRED_COLUMNS)}, hd95_mm, true_class, ...)")
-    rows = {}
-    for row in raw_rows:
-        case = row.get("case_id", "")
-        if not case:
-            continue
-        if case in rows:
-            raise NnunetMtlError(f"{path} lists case {case} more than once; expected one row per case")
-        rows[case] = row
+    rows = rows_by_case(raw_rows, path)
     if not rows:
         raise NnunetMtlError(f"{path} has no cases; expected one row per evaluated case")
     run.rows = rows

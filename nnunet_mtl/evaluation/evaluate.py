@@ -233,6 +233,32 @@ def _class_index(value: str, names: list[str], what: str) -> int:
     raise NnunetMtlError(f"{what} is {value!r}; expected one of {', '.join(names)}")
 
 
+def read_csv_rows(path, expected: str) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV file, names and cells stripped of surrounding spaces; one line naming the file
+    and ``expected`` when it is not text."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError:
+        raise NnunetMtlError(f"{path} is not a text CSV file; expected {expected}") from None
+    return fields, rows
+
+
+def rows_by_case(rows: list[dict], path) -> dict[str, dict]:
+    """The rows with a case_id, by case id in file order; a case listed twice is one line naming the file."""
+    out = {}
+    for row in rows:
+        case = row.get("case_id", "")
+        if not case:
+            continue
+        if case in out:
+            raise NnunetMtlError(f"{path} lists case {case} more than once; expected one row per case")
+        out[case] = row
+    return out
+
+
 def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
     """class_predictions.csv -> (class names, {case_id: (predicted index, probabilities in index order)}).
 
@@ -243,10 +269,7 @@ def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[st
     if not path.is_file():
         raise NnunetMtlError(f"class predictions {path} do not exist; expected the class_predictions.csv written by "
                              f"nnunet_mtl predict")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    fields, rows = read_csv_rows(path, "the class_predictions.csv written by nnunet_mtl predict")
     prob_cols = [c for c in fields if c.startswith("prob_")]
     if "case_id" not in fields or not prob_cols:
         raise NnunetMtlError(f"{path} has columns {', '.join(fields) or 'none'}; expected case_id, predicted_class, "
@@ -259,12 +282,7 @@ def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[st
         raise NnunetMtlError(f"{path} has probability columns {', '.join(prob_cols)}; expected "
                              f"{', '.join('prob_' + n for n in class_names)} (from class_labels)")
     out = {}
-    for row in rows:
-        case = row.get("case_id", "")
-        if not case:
-            continue
-        if case in out:
-            raise NnunetMtlError(f"{path} lists case {case} more than once; expected one row per case")
+    for case, row in rows_by_case(rows, path).items():
         try:
             probs = np.array([float(row[f"prob_{n}"]) for n in class_names])
         except ValueError:
