@@ -12,7 +12,6 @@ second backward through the encoder plus the aggregation. No target: the numbers
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import interleaved_medians, make_batch, plan_phantom, prepare, step_arguments  # noqa: E402
+from bench_train_step import (interleaved_medians, plan_phantom, print_step_times, step_arguments,  # noqa: E402
+                             trainers_on_one_batch)
 
 BASELINES = ("nnUNetTrainerMTL", "nnUNetTrainerMTL_UW", "nnUNetTrainerMTL_JDSum", "nnUNetTrainerMTL_PCGrad",
              "nnUNetTrainerMTL_UPGrad", "nnUNetTrainerMTL_MGDA", "nnUNetTrainerMTL_CAGrad")
@@ -38,27 +38,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         plans, dataset_json = plan_phantom(Path(tmp), args.size)
-        trainers = {}
-        for name in BASELINES:
-            t = TRAINERS[name]({**json.loads(json.dumps(plans)), "continue_training": False}, "2d", 0, dataset_json,
-                               device)
-            t.initialize()
-            trainers[name] = t
-        mtl = trainers["nnUNetTrainerMTL"]
-        for t in trainers.values():  # the same starting weights (UW's head also owns its log-variances)
-            t.network.load_state_dict(mtl.network.state_dict(), strict=False)
-        batch = make_batch(mtl, mtl.configuration_manager.batch_size, torch.Generator().manual_seed(0))
-        for t in trainers.values():
-            prepare(t, batch)
-            t.network.train()
+        trainers, batch = trainers_on_one_batch({name: TRAINERS[name] for name in BASELINES}, plans, dataset_json,
+                                                device)
         med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
-
-    patch = "x".join(map(str, mtl.configuration_manager.patch_size))
-    amp = "AMP fp16" if device.type == "cuda" else "fp32"
-    print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {len(batch['keys'])} x {patch}, "
-          f"{args.steps} interleaved steps each (median):")
-    for name, value in med.items():
-        print(f"  {name:26s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.3f}x MTL")
+    print_step_times(med, trainers, batch, device, args.steps)
     return 0
 
 

@@ -11,7 +11,6 @@ Target: BIRADS / MTL <= 1.10.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import interleaved_medians, make_batch, plan_phantom, prepare, step_arguments  # noqa: E402
+from bench_train_step import (interleaved_medians, plan_phantom, print_step_times, step_arguments,  # noqa: E402
+                             trainers_on_one_batch)
 
 
 def main() -> int:
@@ -34,29 +34,15 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         plans, dataset_json = plan_phantom(Path(tmp), args.size)
-        trainers = {}
-        for name, cls in (("nnUNetTrainerMTL", nnUNetTrainerMTL), ("nnUNetTrainerBIRADS", nnUNetTrainerBIRADS)):
-            t = cls({**json.loads(json.dumps(plans)), "continue_training": False}, "2d", 0, dataset_json, device)
-            t.initialize()
-            trainers[name] = t
-        mtl, birads = trainers["nnUNetTrainerMTL"], trainers["nnUNetTrainerBIRADS"]
-        # the same starting weights for everything both networks have (the BI-RADS head also owns the prior)
-        birads.network.load_state_dict(mtl.network.state_dict(), strict=False)
-        batch = make_batch(mtl, mtl.configuration_manager.batch_size, torch.Generator().manual_seed(0))
-        for t in trainers.values():
-            prepare(t, batch)
-            t.network.train()
+        trainers, batch = trainers_on_one_batch(
+            {"nnUNetTrainerMTL": nnUNetTrainerMTL, "nnUNetTrainerBIRADS": nnUNetTrainerBIRADS}, plans, dataset_json,
+            device)
         med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
-        prior = birads.network.head.loss_modules["birads_prior"]
+        prior = trainers["nnUNetTrainerBIRADS"].network.head.loss_modules["birads_prior"]
         weights = [round(w, 3) for w in prior.weights.tolist()]
 
     ratio = med["nnUNetTrainerBIRADS"] / med["nnUNetTrainerMTL"]
-    patch = "x".join(map(str, mtl.configuration_manager.patch_size))
-    amp = "AMP fp16" if device.type == "cuda" else "fp32"
-    print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {len(batch['keys'])} x {patch}, "
-          f"{args.steps} interleaved steps each (median):")
-    for name, value in med.items():
-        print(f"  {name:22s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.3f}x MTL")
+    print_step_times(med, trainers, batch, device, args.steps)
     print(f"softmax(u) after the timed steps: {weights} (started at [0.15, 0.35, 0.25, 0.25])")
     print(f"ratio nnUNetTrainerBIRADS / nnUNetTrainerMTL = {ratio:.3f}  (target <= 1.10: "
           f"{'met' if ratio <= 1.10 else 'NOT met'})")

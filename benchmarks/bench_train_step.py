@@ -80,6 +80,38 @@ def prepare(trainer, batch: dict, radiomics: dict | None = None) -> None:
     trainer._enter_stage(0)
 
 
+def trainers_on_one_batch(classes: dict, plans: dict, dataset_json: dict, device: torch.device) -> tuple[dict, dict]:
+    """({name: trainer}, batch): each trainer class built from the same plans and initialized, every network given
+    the first one's weights for the parameters they share (a head may own more: a prior, log-variances), one batch
+    of the first trainer's planned size, each trainer prepared on it and in training mode."""
+    trainers = {}
+    for name, cls in classes.items():
+        t = cls({**json.loads(json.dumps(plans)), "continue_training": False}, "2d", 0, dataset_json, device)
+        t.initialize()
+        trainers[name] = t
+    first = next(iter(trainers.values()))
+    for t in trainers.values():
+        t.network.load_state_dict(first.network.state_dict(), strict=False)
+    batch = make_batch(first, first.configuration_manager.batch_size, torch.Generator().manual_seed(0))
+    for t in trainers.values():
+        prepare(t, batch)
+        t.network.train()
+    return trainers, batch
+
+
+def print_step_times(medians: dict, trainers: dict, batch: dict, device: torch.device, steps: int,
+                     reference: str = "nnUNetTrainerMTL") -> None:
+    """The header (device, batch, patch) and one line per trainer: ms per step and the ratio to ``reference``."""
+    first = next(iter(trainers.values()))
+    patch = "x".join(map(str, first.configuration_manager.patch_size))
+    amp = "AMP fp16" if device.type == "cuda" else "fp32"
+    print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {len(batch['keys'])} x {patch}, "
+          f"{steps} interleaved steps each (median):")
+    width = max(len(n) for n in medians) + 2
+    for name, value in medians.items():
+        print(f"  {name:{width}s} {value * 1000:8.1f} ms/step   {value / medians[reference]:.3f}x MTL")
+
+
 def interleaved_medians(trainers: dict, batch: dict, device: torch.device, steps: int, warmup: int) -> dict:
     """Median seconds per ``train_step`` of each trainer, the trainers' steps interleaved (machine drift hits all
     alike) after ``warmup`` untimed rounds."""
