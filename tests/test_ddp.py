@@ -43,16 +43,23 @@ def _rank(rank, world, init_file, queue):
         dist.destroy_process_group()
 
 
-def test_two_ranks_give_the_numbers_of_one_process(tmp_path):
+def run_ranks(target, tmp_path, world: int = 2, timeout: float = 120) -> list:
+    """Start ``world`` spawned processes ``target(rank, world, init_file, queue)``; what each put on the queue,
+    once all exited cleanly."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, world, str(tmp_path / "init"), queue)) for r in range(world)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
+    results = [queue.get(timeout=timeout) for _ in procs]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return results
+
+
+def test_two_ranks_give_the_numbers_of_one_process(tmp_path):
+    results = dict(run_ranks(_rank, tmp_path))
     single = summary(epoch_outputs()[0::2] + epoch_outputs()[1::2])
     for rank in range(2):
         assert results[rank]["num_cases"] == 18
@@ -79,15 +86,7 @@ def _prior_rank(rank, world, init_file, queue):
 def test_the_birads_running_statistics_are_the_same_on_every_rank(tmp_path):
     """Zhang, Moradi, Saha's running min/max of R and T: each batch's extremes are all-reduced over the ranks, so
     DDP's broadcast of rank 0's buffers changes nothing and the statistics are those of the whole batch."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_prior_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict((r, (lo, hi)) for r, lo, hi in (queue.get(timeout=120) for _ in procs))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = {r: (lo, hi) for r, lo, hi in run_ranks(_prior_rank, tmp_path)}
     # first batch over both ranks: min (1, 0.5), max (3, 2); second (rank 0 only): min (4, 1), max (6, 2)
     expected_min = [0.99 * 1 + 0.01 * 4, 0.99 * 0.5 + 0.01 * 1]
     expected_max = [0.99 * 3 + 0.01 * 6, 0.99 * 2 + 0.01 * 2]
@@ -102,26 +101,31 @@ def every_output_losses(outputs):
     return {"seg": sum(s.square().mean() for s in seg), "cls": outputs["logits"].square().mean()}
 
 
-def _uw_rank(rank, world, init_file, queue):
-    """One rank of uncertainty weighting under DDP: its own half of the data; the rule's step through DDP."""
+def uw_step_gradient(rank: int, wrap=lambda net: net) -> list:
+    """The gradient of uncertainty weighting's log-variances after one step of the rule on half ``rank`` of a
+    fixed batch, the network (the same initial weights every call) wrapped by ``wrap`` (DDP or nothing)."""
     import torch
-    from torch.nn.parallel import DistributedDataParallel
 
     from nnunet_mtl.methods.multitask import BottleneckMLPConfig
     from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
     from nnunet_mtl.networks.multitask_unet import MultitaskUNet
     from tests.test_network import make_unet
+    rule = UncertaintyWeighting()
+    torch.manual_seed(0)
+    config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,
+                                 loss_modules=rule.loss_modules(["seg", "cls"]))
+    net = MultitaskUNet(make_unet(), config).double().eval()  # eval: no batch-norm statistics to sync
+    data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rule(wrap(net), data[2 * rank:2 * rank + 2], every_output_losses, {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
+    return net.head.loss_modules["uncertainty"].log_variances.grad.tolist()
+
+
+def _uw_rank(rank, world, init_file, queue):
+    """One rank of uncertainty weighting under DDP: its own half of the data; the rule's step through DDP."""
+    from torch.nn.parallel import DistributedDataParallel
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        rule = UncertaintyWeighting()
-        torch.manual_seed(0)
-        config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,
-                                     loss_modules=rule.loss_modules(["seg", "cls"]))
-        net = MultitaskUNet(make_unet(), config).double().eval()  # eval: no batch-norm statistics to sync
-        data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        ddp = DistributedDataParallel(net)
-        rule(ddp, data[2 * rank:2 * rank + 2], every_output_losses, {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
-        queue.put((rank, net.head.loss_modules["uncertainty"].log_variances.grad.tolist()))
+        queue.put((rank, uw_step_gradient(rank, DistributedDataParallel)))
     finally:
         dist.destroy_process_group()
 
@@ -129,31 +133,8 @@ def _uw_rank(rank, world, init_file, queue):
 def test_uncertainty_weighting_log_variances_get_the_mean_gradient_of_the_ranks(tmp_path):
     """Kendall et al. 2018's s_t live in the head, outside the forward pass; DDP still averages their gradients
     over the ranks (what supports_ddp = True promises), to the gradient of one process holding both halves."""
-    import torch
-
-    from nnunet_mtl.methods.multitask import BottleneckMLPConfig
-    from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
-    from nnunet_mtl.networks.multitask_unet import MultitaskUNet
-    from tests.test_network import make_unet
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_uw_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=180) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = dict(run_ranks(_uw_rank, tmp_path, timeout=180))
     assert results[0] == pytest.approx(results[1], rel=1e-12)
-    rule = UncertaintyWeighting()
-    halves = []
-    data = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for rank in range(2):
-        torch.manual_seed(0)
-        config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,
-                                     loss_modules=rule.loss_modules(["seg", "cls"]))
-        net = MultitaskUNet(make_unet(), config).double().eval()
-        rule(net, data[2 * rank:2 * rank + 2], every_output_losses, {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
-        halves.append(np.asarray(net.head.loss_modules["uncertainty"].log_variances.grad.tolist()))
+    halves = [np.asarray(uw_step_gradient(rank)) for rank in range(2)]
     assert results[0] == pytest.approx(((halves[0] + halves[1]) / 2).tolist(), rel=1e-10)
     assert not np.allclose(halves[0], halves[1])  # the ranks' own gradients differ: the averaging is real

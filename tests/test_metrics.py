@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy.spatial.distance import cdist
 
 from nnunet_mtl.cli.main import main
@@ -21,6 +20,7 @@ from nnunet_mtl.evaluation.evaluate import (OUTPUT_FILES, SEG_METRICS, aggregate
                                             check_evaluation_output, evaluate_folder, format_per_fold_table,
                                             format_summary_table)
 from nnunet_mtl.evaluation.segmentation import case_metrics, nsd
+from tests.test_evaluation import _png, _square
 
 CLASS_LABELS = {"benign": 0, "malignant": 1}
 
@@ -388,16 +388,6 @@ def test_bootstrap_of_500_cases_is_fast():
 
 
 # ------------------------------------------------------------------------------------------------ folders, CLI
-def _png(path, mask):
-    Image.fromarray(np.asarray(mask, np.uint8)).save(path)
-
-
-def _square(top, left, size, shape=(32, 32)):
-    m = np.zeros(shape, np.uint8)
-    m[top:top + size, left:left + size] = 1
-    return m
-
-
 @pytest.fixture
 def patients(tmp_path):
     """Eight images of four patients (two each), spacing 0.1 mm, two classes."""
