@@ -506,20 +506,29 @@ def test_a_head_module_imported_again_registers_again():
     assert HEADS["test_reimported"] is first
 
 
-def test_partially_annotated_cases_are_refused_unless_a_term_handles_them(nnunet_env):
+def test_partially_annotated_cases_need_the_ignore_label_and_terms_that_know_them(nnunet_env):
     import pandas as pd
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
     from nnunet_mtl.dataset.case_table import CaseTable
+    from nnunet_mtl.dataset.contract import PARTIAL_LABELS
     trainer = make_trainer(nnunet_env, nnUNetTrainerMTL_tiny)
     trainer.do_split()
+    trainer._check_mask_annotation()  # all full: nothing to say
     frame = pd.DataFrame({"case_id": trainer.cases.keys(), "split": "train",
                           "class": [trainer.class_names[c] for c in trainer.cases.values("class", trainer.cases.keys())],
                           "patient_id": trainer.cases.values("patient_id", trainer.cases.keys())})
     frame["mask"] = "full"
     frame.loc[frame["case_id"] == trainer._train_keys[0], "mask"] = "box"
     trainer.cases = CaseTable(frame, trainer.class_labels)
-    with pytest.raises(SystemExit, match=f"1 training case.*{trainer._train_keys[0]}: 'box'"):
+    # without the ignore label in dataset.json, the box would be trained as a lesion-free image
+    with pytest.raises(SystemExit, match=f"1 training case.*{trainer._train_keys[0]}: 'box'.*no ignore label"):
         trainer._check_mask_annotation()
-    trainer.terms.append(type("Partial", (MaskArea,), {"partial_masks": True})())
+    trainer.label_manager = LabelManager(PARTIAL_LABELS, regions_class_order=None)
+    trainer._check_mask_annotation()  # nnU-Net's loss and the class loss know the ignore label: accepted
+    trainer.terms.append(MaskArea())  # reads the soft mask without knowing which pixels are annotated
+    with pytest.raises(SystemExit, match="its term\\(s\\) area would read them"):
+        trainer._check_mask_annotation()
+    trainer.terms[-1] = type("Partial", (MaskArea,), {"partial_masks": True})()
     trainer._check_mask_annotation()  # a term that knows partial masks: accepted
 
 

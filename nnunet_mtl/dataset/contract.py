@@ -24,6 +24,17 @@ REQUIRED_COLUMNS = ("case_id", "split", "class", "patient_id")
 SPACING_COLUMNS = ("spacing_row_mm", "spacing_col_mm")
 MASK_COLUMN = "mask"
 MASK_KINDS = ("full", "box", "none")  # a drawn outline (or an empty mask: no lesion); a bounding box; no mask
+# Label values of the masks (labelsTr / labelsTs). A partially annotated dataset declares nnU-Net's ignore label
+# ("labels": {"background": 0, "lesion": 1, "ignore": 2}; nnU-Net requires it to be the highest label) and stores
+#  - mask "full": 0 / 1 (an all-zero map says "no lesion", never "not annotated"); never the ignore label;
+#  - mask "none": the ignore label everywhere (nothing is known about any pixel);
+#  - mask "box": 0 outside the lesion's bounding box (known background), the ignore label inside it (the box says
+#    the lesion is somewhere in there, not which pixels): the decoder learns only from outside the box, while a
+#    method that supervises a coarse lesion map (Fan et al.'s P) may take the filled box as its target.
+# Test cases are always "full". A dataset without box / none cases may omit the ignore label.
+BACKGROUND_LABEL, LESION_LABEL, IGNORE_LABEL = 0, 1, 2
+FULL_LABELS = {"background": BACKGROUND_LABEL, "lesion": LESION_LABEL}
+PARTIAL_LABELS = {**FULL_LABELS, "ignore": IGNORE_LABEL}
 SPLITS = ("train", "test")
 SPLIT_IMAGE_FOLDERS = {"train": "imagesTr", "test": "imagesTs"}
 SPLIT_LABEL_FOLDERS = {"train": "labelsTr", "test": "labelsTs"}
@@ -234,3 +245,64 @@ def _check_files(raw: RawDataset, json_path: Path) -> None:
             num = raw.dataset_json.get("numTraining")
             if num != len(images):
                 raise ContractError(f"{json_path}: numTraining is {num!r} but {image_dir} has {len(images)} cases")
+
+
+def declares_ignore_label(dataset_json: dict) -> bool:
+    """Whether a dataset.json declares the ignore label (a partially annotated dataset, :data:`PARTIAL_LABELS`)."""
+    labels = dataset_json.get("labels") if isinstance(dataset_json, dict) else None
+    return isinstance(labels, dict) and labels.get("ignore") == IGNORE_LABEL
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(first row, last row, first column, last column), inclusive, of the nonzero pixels; None when there are none."""
+    rows, cols = np.nonzero(np.asarray(mask))
+    if rows.size == 0:
+        return None
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def label_map_for(mask: np.ndarray, kind: str) -> np.ndarray:
+    """The stored label map (uint8) of a 0/1 lesion ``mask`` annotated as ``kind`` (see :data:`IGNORE_LABEL`).
+    A box needs a lesion: a lesion-free image annotated by boxes has no box, which is complete information and
+    stored as ``full``; ask :func:`stored_kind` for the kind to write into cases.csv."""
+    mask = (np.asarray(mask) > 0).astype(np.uint8)
+    if kind == "full":
+        return mask
+    if kind == "none":
+        return np.full(mask.shape, IGNORE_LABEL, dtype=np.uint8)
+    if kind == "box":
+        box = bounding_box(mask)
+        out = np.zeros(mask.shape, dtype=np.uint8)
+        if box is not None:
+            r0, r1, c0, c1 = box
+            out[r0:r1 + 1, c0:c1 + 1] = IGNORE_LABEL
+        return out
+    raise ContractError(f"mask kind {kind!r} is not one of {', '.join(MASK_KINDS)}")
+
+
+def stored_kind(mask: np.ndarray, kind: str) -> str:
+    """The cases.csv kind of a 0/1 ``mask`` annotated as ``kind``: a box around nothing is a full (empty) mask."""
+    return "full" if kind == "box" and not np.asarray(mask).any() else kind
+
+
+def kind_of_label_map(label: np.ndarray, name: str = "label map") -> str:
+    """The mask kind a stored label map encodes (:func:`label_map_for`'s inverse); ContractError naming ``name``
+    when it is none of them (unknown values, lesion and ignore pixels together, an ignore region that is not one
+    filled rectangle)."""
+    label = np.asarray(label)
+    values = set(np.unique(label).tolist())
+    if not values <= {BACKGROUND_LABEL, LESION_LABEL, IGNORE_LABEL}:
+        raise ContractError(f"{name} has values {sorted(values)}; expected 0 (background), 1 (lesion) and 2 (ignore: "
+                            f"not annotated)")
+    if IGNORE_LABEL not in values:
+        return "full"
+    if LESION_LABEL in values:
+        raise ContractError(f"{name} has lesion (1) and ignore (2) pixels; expected a full mask (0 / 1), no mask "
+                            f"(all 2) or a box (2 inside a rectangle, 0 outside)")
+    if values == {IGNORE_LABEL}:
+        return "none"
+    r0, r1, c0, c1 = bounding_box(label == IGNORE_LABEL)
+    if not (label[r0:r1 + 1, c0:c1 + 1] == IGNORE_LABEL).all():
+        raise ContractError(f"{name}: its ignore (2) pixels do not fill a rectangle; expected a box annotation (2 "
+                            f"inside the box, 0 outside)")
+    return "box"

@@ -81,6 +81,7 @@ class Segmentation(LossTerm):
     """L_seg: nnU-Net's loss on the decoder's outputs (Dice + CE, deep supervision)."""
 
     name = "seg"
+    partial_masks = True  # nnU-Net's loss masks the ignore label (Dice) and skips it (CE)
 
     def setup(self, setup: Setup) -> None:
         self._loss = setup.nnunet_loss
@@ -94,6 +95,7 @@ class Classification(LossTerm):
     the training fold's class counts)."""
 
     name = "cls"
+    partial_masks = True  # reads the class only
 
     def __init__(self, balanced: bool = True):
         self.balanced = balanced

@@ -60,6 +60,9 @@ class BackwardRule:
     supports_ddp: ClassVar[bool] = True
     needs_encoder_gradient: ClassVar[bool] = False  # True: stages may not freeze the encoder (gradients at z)
     logged: ClassVar[tuple[str, ...]] = ()
+    # the rule works on the terms' losses only (it reads no mask itself), so partially annotated cases are the
+    # terms' business (LossTerm.partial_masks); a rule that reads targets itself sets False unless it knows them
+    partial_masks: ClassVar[bool] = True
 
     def validate(self) -> None:
         """When the trainer is created: raise ValueError for a setting that cannot work."""

@@ -82,8 +82,9 @@ class Batch:
 class LossTerm:
     name: ClassVar[str] = ""
     task: ClassVar[bool] = True
-    # True: the term knows cases whose mask is a box or missing (cases.csv column mask); without such a term the
-    # trainer refuses them (they would be trained as full outlines or as lesion-free images)
+    # True: the term knows cases whose mask is a box or missing (cases.csv column mask; their label maps hold nnU-Net's
+    # ignore label, see nnunet_mtl.dataset.contract): it never reads an ignore pixel as lesion or background. A
+    # trainer refuses such cases unless every one of its terms (and its backward rule) knows them.
     partial_masks: ClassVar[bool] = False
 
     def validate(self) -> None:

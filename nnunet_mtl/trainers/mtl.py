@@ -176,9 +176,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 self.class_labels = read_class_labels(dataset_json, source=f"dataset.json of {dataset_name}")
             except NnunetMtlError as e:
                 fail(str(e))
-            if self.label_manager.has_regions or self.label_manager.has_ignore_label:
-                fail(f"{dataset_name} uses region-based labels or an ignore label; nnunet_mtl expects labels "
-                     f"{{background: 0, lesion: 1}}")
+            if self.label_manager.has_regions or list(self.label_manager.foreground_labels) != [1]:
+                fail(f"{dataset_name} uses region-based labels or more than one foreground label; nnunet_mtl "
+                     f"expects labels {{background: 0, lesion: 1}}, plus ignore: 2 for a partially annotated "
+                     f"dataset")
             self.class_names = [n for n, _ in sorted(self.class_labels.items(), key=lambda kv: kv[1])]
             self.num_cls_classes = len(self.class_names)
             # Everything the network's shape depends on goes into the plans: nnU-Net saves them as plans.json next to
@@ -537,18 +538,36 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                      f"to train the whole encoder")
 
     def _check_mask_annotation(self) -> None:
-        """Cases whose mask is a box or missing (cases.csv column mask) would be trained as full outlines or as
-        lesion-free images, unless a term knows how to use them."""
-        if any(getattr(t, "partial_masks", False) for t in self.terms):
-            return
+        """Training cases whose mask is a box or missing (cases.csv column mask) are trained through nnU-Net's ignore
+        label: nnU-Net's loss learns from their annotated pixels only (none for a missing mask, the background
+        outside a box), the classification loss from every case. That needs the ignore label in dataset.json and
+        terms that all know such cases (``partial_masks``); anything else would train them as full outlines or as
+        lesion-free images, and is refused."""
+        from nnunet_mtl.dataset.contract import MASK_KINDS
         kinds = self.cases.column("mask")
         partial = sorted(k for k in self._train_keys if kinds[k] != 0)
-        if partial:
-            from nnunet_mtl.dataset.contract import MASK_KINDS
-            fail(f"{len(partial)} training case(s) of {self.plans_manager.dataset_name} are not fully annotated "
-                 f"(cases.csv column mask, e.g. {partial[0]}: {MASK_KINDS[kinds[partial[0]]]!r}); "
-                 f"{type(self).__name__} would train them as full outlines or lesion-free images; expected mask "
-                 f"'full' for every training case, or a trainer whose terms handle partial masks")
+        if not partial:
+            return
+        dataset = self.plans_manager.dataset_name
+        example = f"e.g. {partial[0]}: {MASK_KINDS[kinds[partial[0]]]!r}"
+        if not self.label_manager.has_ignore_label:
+            fail(f"{len(partial)} training case(s) of {dataset} are not fully annotated (cases.csv column mask, "
+                 f"{example}) but its dataset.json declares no ignore label; expected labels {{background: 0, "
+                 f"lesion: 1, ignore: 2}} with those cases' masks set to ignore (nnunet_mtl drop-masks writes such "
+                 f"datasets)")
+        unaware = [t.name for t in self.terms if not t.partial_masks]
+        if unaware or not self.backward_rule.partial_masks:
+            what = f"its term(s) {', '.join(unaware)}" if unaware else f"its backward rule ({self.backward_rule.name})"
+            fail(f"{len(partial)} training case(s) of {dataset} are not fully annotated (cases.csv column mask, "
+                 f"{example}); {type(self).__name__} cannot train them: {what} would read them as full outlines "
+                 f"or lesion-free images; expected mask 'full' for every training case, or a trainer whose terms "
+                 f"handle partial masks")
+        counts = {kind: sum(MASK_KINDS[kinds[k]] == kind for k in partial) for kind in MASK_KINDS[1:]}
+        self.print_to_log_file(
+            f"partially annotated: {len(self._train_keys) - len(partial)} of {len(self._train_keys)} training cases "
+            f"have a full mask, " + ", ".join(f"{n} mask '{kind}'" for kind, n in counts.items() if n)
+            + "; the segmentation loss learns from annotated pixels only (nnU-Net's ignore label), the "
+              "classification loss from every case")
 
     def _setup_terms(self) -> None:
         from nnunetv2.configuration import default_num_processes
@@ -637,7 +656,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             predicted = torch.zeros(seg.shape, device=seg.device, dtype=torch.float16)
             predicted.scatter_(1, seg.argmax(1)[:, None], 1)
             axes = [0] + list(range(2, seg.ndim))
-            tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, context.seg_target, axes=axes, mask=None)
+            target, mask = context.seg_target, None
+            if self.label_manager.has_ignore_label:  # as nnU-Net's own pseudo Dice: ignore pixels count nowhere
+                mask = (target != self.label_manager.ignore_label).float()
+                target = torch.where(mask.bool(), target, torch.zeros_like(target))
+            tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, target, axes=axes, mask=mask)
             result.update(tp_hard=tp.detach().cpu().numpy()[1:], fp_hard=fp.detach().cpu().numpy()[1:],
                           fn_hard=fn.detach().cpu().numpy()[1:])
         else:  # classification only: no pseudo Dice (NaN, never selected on)
