@@ -13,7 +13,11 @@ Stage("joint"))``. The base trainer, at the start of every epoch, enters the sta
   stage exactly nnU-Net's ``PolyLRScheduler``) or by cosine annealing (the trainer's ``lr_schedule``);
   ``reset_optimizer`` starts the stage with a fresh optimizer state (momentum, Adam moments);
 - checkpoint selection: ``select_best=False`` stages never write ``checkpoint_best.pth`` (their head may be
-  untrained); the selection score's moving average restarts at the first epoch of every stage.
+  untrained); the selection score's moving average restarts at the first epoch of every stage;
+- batch composition (``sampling``, for partially annotated datasets, cases.csv column ``mask``): ``"random"``
+  (nnU-Net's own: cases drawn uniformly), ``"annotated"`` (only cases with a mask, full or box: Fan et al.'s stage 1)
+  or ``"mixed"`` (every batch half annotated, half unannotated cases: the m labelled and m' unlabelled images of
+  Fan et al.'s Algorithm 1, stage 2); see :mod:`nnunet_mtl.trainers.sampling`.
 
 The stage index is logged every epoch (``stage``, in the checkpoint and ``progress.png``), stage changes are written
 to the training log, and ``nnUNetv2_train --c`` resumes inside the right stage (the stage is a function of the
@@ -43,6 +47,10 @@ class Stage:
     weight_decay: float | None = None
     reset_optimizer: bool = False
     select_best: bool = True
+    sampling: str = "random"
+
+
+SAMPLING_MODES = ("random", "annotated", "mixed")
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ def resolve_stages(stages: Sequence[Stage], num_epochs: int) -> list[StageSpan]:
         raise ValueError(f"stage names must differ: {names}")
     spans, start = [], 0
     for i, stage in enumerate(stages):
+        if stage.sampling not in SAMPLING_MODES:
+            raise ValueError(f"stage {stage.name!r}: sampling {stage.sampling!r}; expected one of "
+                             f"{', '.join(SAMPLING_MODES)}")
         e = stage.epochs
         if e is None:
             if i != len(stages) - 1:

@@ -205,6 +205,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self._stage = None                # the StageSpan entered last
             self._stage_flags_applied = False
             self._frozen_modules: list[nn.Module] = []
+            self._batch_composition = "random"  # how the training loader draws cases now (a stage's sampling)
+            self._batch_kinds = np.zeros(3, dtype=np.int64)  # this epoch's batches: cases per mask kind
             self._check_inputs_before_training()
         except SystemExit:  # a one-line refusal: leave no trace of the start-up (nnU-Net made a folder and a log)
             _remove_start_up_folders(created, getattr(self, 'log_file', None))
@@ -490,6 +492,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         for group in self.optimizer.param_groups:
             if not group.get("no_weight_decay"):
                 group["weight_decay"] = weight_decay
+        self._apply_batch_composition(stage.sampling)
         self._stage_flags_applied = True
         if len(self._stage_spans) > 1 or transition or resumed:
             self.print_to_log_file(
@@ -498,6 +501,31 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 f"lr {lr:g} ({self.lr_schedule} over the stage), weight decay "
                 f"{weight_decay:g}{', fresh optimizer state' if transition and stage.reset_optimizer else ''}"
                 f"{'' if stage.select_best else ', no best-checkpoint selection'}")
+
+    def _annotated_training_keys(self) -> tuple[list[str], list[str]]:
+        """(cases with a mask, full or box; cases without one) of this fold's training cases."""
+        from nnunet_mtl.dataset.contract import MASK_KINDS
+        kinds = self.cases.column("mask")
+        none = MASK_KINDS.index("none")
+        return [k for k in self._train_keys if kinds[k] != none], [k for k in self._train_keys if kinds[k] == none]
+
+    def _apply_batch_composition(self, mode: str) -> None:
+        """Draw the training batches by ``mode`` (a stage's sampling; :mod:`nnunet_mtl.trainers.sampling`)."""
+        if mode == self._batch_composition or self.dataloader_train is None:
+            return
+        from nnunet_mtl.trainers.sampling import batch_counts, set_batch_composition
+        annotated, unannotated = self._annotated_training_keys()
+        try:
+            m, m_prime = batch_counts(self.batch_size, len(annotated), len(unannotated), mode) \
+                if mode != "random" else (None, None)
+            set_batch_composition(self.dataloader_train, mode, annotated, unannotated)
+        except ValueError as e:
+            fail(f"{type(self).__name__} ({self.plans_manager.dataset_name}, fold {self.fold}): {e}")
+        self._batch_composition = mode
+        self.print_to_log_file(
+            f"batches: {mode} ({len(annotated)} annotated, {len(unannotated)} unannotated training cases)"
+            + (f": {m} annotated + {m_prime} unannotated per batch of {self.batch_size}" if m is not None else
+               ": nnU-Net's uniform draw"))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
@@ -619,6 +647,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return compute_losses(self.terms, outputs, batch)
 
     def train_step(self, batch: dict) -> dict:
+        self._batch_kinds += np.bincount(self.cases.values("mask", batch["keys"]), minlength=3)[:3]
         data, target = self._to_device(batch)
         context = self._batch(data, target, batch["keys"], training=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -678,6 +707,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         for module in self._frozen_modules:
             module.eval()
         self.logger.log("stage", self._stage.index, self.current_epoch)
+        self._batch_kinds[:] = 0
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)  # train_losses: the weighted total
@@ -687,6 +717,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self.logger.log(f"train_{term.name}_losses", means[f"{term.name}_loss"], self.current_epoch)
         for key in self.backward_rule.logged:
             self.logger.log(f"train_{key}", means[key], self.current_epoch)
+        full, box, none = np.sum(gather([self._batch_kinds]), axis=0)
+        if box or none or self._batch_composition != "random":
+            self.print_to_log_file(
+                f"batches of stage {self._stage.stage.name!r} ({self._batch_composition}): {full + box} annotated "
+                f"cases ({full} full, {box} box) and {none} unannotated over {len(train_outputs)} steps")
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
         super().on_validation_epoch_end(val_outputs)  # pseudo Dice; val_losses: the weighted total
