@@ -82,7 +82,8 @@ def prepare(trainer, batch: dict, radiomics: dict | None = None) -> None:
 
 def trainers_on_one_batch(classes: dict, plans: dict, dataset_json: dict, device: torch.device) -> tuple[dict, dict]:
     """({name: trainer}, batch): each trainer class built from the same plans and initialized, every network given
-    the first one's weights for the parameters they share (a head may own more: a prior, log-variances), one batch
+    the first one's weights for the parameters they share by name and shape (a head may own more: a prior,
+    log-variances, another kind's layers), one batch
     of the first trainer's planned size, each trainer prepared on it and in training mode."""
     trainers = {}
     for name, cls in classes.items():
@@ -90,8 +91,10 @@ def trainers_on_one_batch(classes: dict, plans: dict, dataset_json: dict, device
         t.initialize()
         trainers[name] = t
     first = next(iter(trainers.values()))
-    for t in trainers.values():
-        t.network.load_state_dict(first.network.state_dict(), strict=False)
+    for t in trainers.values():  # heads of other kinds share names (classifier) but not shapes: those stay their own
+        own = t.network.state_dict()
+        shared = {k: v for k, v in first.network.state_dict().items() if k in own and own[k].shape == v.shape}
+        t.network.load_state_dict(shared, strict=False)
     batch = make_batch(first, first.configuration_manager.batch_size, torch.Generator().manual_seed(0))
     for t in trainers.values():
         prepare(t, batch)
