@@ -12,6 +12,12 @@ Typical use::
         for ...:
             w.add_case(case_id, image, mask, split="train", class_name="benign", patient_id=pid, age=54)
     print(format_summary(w.summary()), w.path)
+
+Partially annotated datasets: ``add_case(..., mask_kind="box" | "none")`` stores the label map of that kind
+(:func:`nnunet_mtl.dataset.contract.label_map_for`: the ignore label 2 where the annotation says nothing), the
+``mask`` column appears in cases.csv as soon as one case is not ``full`` (a fully annotated dataset keeps today's
+cases.csv byte for byte) and dataset.json declares nnU-Net's ignore label (``PARTIAL_LABELS``) as soon as one
+training case is partial, or when the converter asks for it (``partial_labels=True``).
 """
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ from PIL import Image
 
 from dataset_conversion.common import NORMAL_CLASS  # images without a lesion: their masks are empty
 from nnunet_mtl import paths
-from nnunet_mtl.dataset.contract import (REQUIRED_COLUMNS, SPACING_COLUMNS, SPLITS, load_raw_dataset,
-                                         read_cases_csv, read_class_labels)
+from nnunet_mtl.dataset.contract import (FULL_LABELS, MASK_COLUMN, MASK_KINDS, PARTIAL_LABELS, REQUIRED_COLUMNS,
+                                         SPACING_COLUMNS, SPLITS, declares_ignore_label, label_map_for,
+                                         load_raw_dataset, read_cases_csv, read_class_labels, stored_kind)
 from nnunet_mtl.errors import ContractError
 
 SPLIT_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
@@ -42,6 +49,21 @@ CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 PNG_COMPRESS_LEVEL = 1
 # ITU-R BT.601 luma weights: the standard RGB -> grey conversion (what PIL's convert("L") uses too).
 LUMA_601 = np.array([0.299, 0.587, 0.114])
+# dataset.json keys the writer computes itself; ``extra_json`` may add others (a provenance record, another
+# channel name) but never these, which the contract and nnU-Net read.
+WRITER_JSON_KEYS = ("labels", "numTraining", "numTest", "file_ending", "name", "description", "class_labels")
+CONTRACT_COLUMNS = REQUIRED_COLUMNS + SPACING_COLUMNS + (MASK_COLUMN,)
+
+
+def check_mask_kind(kind, split: str, name: str) -> str:
+    """``kind`` if it is a mask kind a case of ``split`` may have; one-line ContractError naming ``name`` otherwise.
+    Test cases are always ``full``: they are what the segmentation is evaluated against."""
+    if kind not in MASK_KINDS:
+        raise ContractError(f"{name}: mask kind {kind!r} is not one of {', '.join(MASK_KINDS)}")
+    if split == "test" and kind != "full":
+        raise ContractError(f"{name}: a test case with mask kind {kind!r}; expected 'full' (test cases are evaluated "
+                            f"against their masks)")
+    return kind
 
 
 def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
@@ -215,11 +237,25 @@ def image_and_mask(image, label, *, name: str = "case", mask_names=()) -> tuple[
     return grey, merged, tuple(encodings)
 
 
-def write_case_files(folder: Path, case_id: str, split: str, grey: np.ndarray, mask: np.ndarray) -> None:
-    """Write a case's PNGs (from :func:`image_and_mask`) into ``folder``; safe to call from a worker process."""
-    image_path, label_path = case_file_paths(folder, case_id, split)
-    _write_png(image_path, grey)
-    _write_png(label_path, mask)
+def write_case_files(folder: Path, case_id: str, split: str, grey: np.ndarray, mask: np.ndarray,
+                     mask_kind: str = "full") -> str:
+    """Write a case's PNGs (from :func:`image_and_mask`) into ``folder``; safe to call from a worker process.
+
+    The label file is the 0/1 ``mask`` stored as ``mask_kind`` (:func:`~nnunet_mtl.dataset.contract.label_map_for`:
+    all 2 for ``none``, 2 inside the lesion's bounding box for ``box``); returns the kind its cases.csv row must
+    say (:func:`~nnunet_mtl.dataset.contract.stored_kind`: a box around no lesion is a full, empty mask)."""
+    check_mask_kind(mask_kind, split, f"case {case_id}")  # before any file is written
+    _write_png(case_file_paths(folder, case_id, split)[0], grey)
+    return write_label_file(folder, case_id, split, mask, mask_kind)
+
+
+def write_label_file(folder: Path, case_id: str, split: str, mask: np.ndarray, mask_kind: str = "full") -> str:
+    """Write only a case's label file: the 0/1 ``mask`` stored as ``mask_kind``; returns the kind for cases.csv
+    (see :func:`write_case_files`; ``nnunet_mtl drop-masks`` copies the images byte for byte and writes only the
+    labels it hides)."""
+    check_mask_kind(mask_kind, split, f"case {case_id}")
+    _write_png(case_file_paths(folder, case_id, split)[1], label_map_for(mask, mask_kind))
+    return stored_kind(mask, mask_kind)
 
 
 def summarize_cases(split_and_class, class_labels: dict[str, int]) -> dict:
@@ -249,7 +285,19 @@ class RawDatasetWriter:
     """Write ``raw_root/DatasetNNN_Name`` atomically; see the module docstring."""
 
     def __init__(self, dataset_id: int, name: str, class_labels: dict[str, int], *, raw_root: Path | None = None,
-                 description: str = "", overwrite: bool = False, add_to_existing: bool = False):
+                 description: str = "", overwrite: bool = False, add_to_existing: bool = False,
+                 partial_labels: bool = False, extra_json: dict | None = None):
+        """``partial_labels``: declare nnU-Net's ignore label even if every case ends up ``full`` (a dataset meant
+        to be partial, so that the datasets of one experiment share their labels); ``extra_json``: further
+        dataset.json keys after the writer's own (e.g. a provenance record), never one of
+        :data:`WRITER_JSON_KEYS`."""
+        extra_json = dict(extra_json or {})
+        clash = [k for k in extra_json if k in WRITER_JSON_KEYS]
+        if clash:
+            raise ContractError(f"extra dataset.json key {clash[0]!r} is written by the writer itself; expected other "
+                                f"keys than {', '.join(WRITER_JSON_KEYS)}")
+        self.partial_labels = bool(partial_labels)
+        self.extra_json = extra_json
         self.dataset_id = int(dataset_id)
         self.name = name
         self.folder_name = paths.dataset_folder_name(dataset_id, name)
@@ -298,13 +346,17 @@ class RawDatasetWriter:
                                 f"adds cases with {self.class_labels}; expected the same classes")
         self.description = self.description or old.dataset_json.get("description", "")
         self.name = str(old.dataset_json.get("name") or self.name)
+        # a partial dataset stays partial, and its other keys (a provenance record) stay; the converter's win
+        self.partial_labels = self.partial_labels or declares_ignore_label(old.dataset_json)
+        self.extra_json = {**{k: v for k, v in old.dataset_json.items() if k not in WRITER_JSON_KEYS},
+                           **self.extra_json}
         shutil.copytree(folder, self.tmp)
         for split in SPLITS:
             for sub in SPLIT_FOLDERS[split]:
                 (self.tmp / sub).mkdir(exist_ok=True)
         cases = read_cases_csv(folder / "cases.csv", self.class_labels)
         for col in cases.columns:
-            if col not in REQUIRED_COLUMNS + SPACING_COLUMNS:
+            if col not in CONTRACT_COLUMNS:
                 self._clinical_columns.append(col)
         for row in cases.to_dict("records"):
             for col in SPACING_COLUMNS:  # back to text: the csv is rewritten as it was read
@@ -315,16 +367,26 @@ class RawDatasetWriter:
 
     # --- adding cases ---------------------------------------------------------------------------------------
     def add_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None, *, split: str, class_name: str,
-                 patient_id: str, spacing_mm: tuple[float, float] | None = None, **clinical) -> None:
-        """Write one case (image, binarized mask or all-zero for ``None``) and remember its cases.csv row."""
+                 patient_id: str, spacing_mm: tuple[float, float] | None = None, mask_kind: str = "full",
+                 **clinical) -> None:
+        """Write one case (image, binarized mask or all-zero for ``None``) and remember its cases.csv row.
+
+        ``mask_kind``: how the mask is annotated (``full``; ``box``: ``label`` is the lesion whose bounding box is
+        known, stored as the ignore label inside the box; ``none``: no mask, ``label`` may be None, stored all
+        ignore). A ``box`` around an image without a lesion is stored as ``full``: "no box" is complete
+        information."""
         row = self.check_case(case_id, split=split, class_name=class_name, patient_id=patient_id,
-                              spacing_mm=spacing_mm, **clinical)
+                              spacing_mm=spacing_mm, mask_kind=mask_kind, **clinical)
         grey, mask, _ = image_and_mask(image, label, name=f"case {row['case_id']}")
-        write_case_files(self.tmp, row["case_id"], split, grey, mask)
+        kind = write_case_files(self.tmp, row["case_id"], split, grey, mask, mask_kind)
+        if kind == "full":
+            row.pop(MASK_COLUMN, None)
+        else:
+            row[MASK_COLUMN] = kind
         self.register_case(row)
 
     def check_case(self, case_id: str, *, split: str, class_name: str, patient_id: str,
-                   spacing_mm: tuple[float, float] | None = None, **clinical) -> dict:
+                   spacing_mm: tuple[float, float] | None = None, mask_kind: str = "full", **clinical) -> dict:
         """Validate one case's cases.csv row without writing anything; returns the row for :meth:`register_case`.
 
         Parallel converters call this in the main process *before* a worker writes the case's files with
@@ -352,8 +414,9 @@ class RawDatasetWriter:
         if not patient_id.strip():
             raise ContractError(f"case {case_id}: empty patient_id; expected the patient (or clip) it comes from")
         for key in clinical:
-            if key in REQUIRED_COLUMNS + SPACING_COLUMNS:
+            if key in CONTRACT_COLUMNS:
                 raise ContractError(f"case {case_id}: clinical column {key!r} clashes with a contract column")
+        check_mask_kind(mask_kind, split, f"case {case_id}")
         spacing = ("", "")
         if spacing_mm is not None:
             if len(spacing_mm) != 2 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing_mm):
@@ -362,6 +425,8 @@ class RawDatasetWriter:
             spacing = tuple(repr(float(s)) for s in spacing_mm)
         row = {"case_id": case_id, "split": split, "class": class_name, "patient_id": patient_id,
                "spacing_row_mm": spacing[0], "spacing_col_mm": spacing[1]}
+        if mask_kind != "full":  # full rows carry no mask key: a fully annotated dataset's rows stay as they were
+            row[MASK_COLUMN] = mask_kind
         row.update({key: _cell(value) for key, value in clinical.items()})
         return row
 
@@ -374,8 +439,10 @@ class RawDatasetWriter:
             if not path.is_file():
                 raise ContractError(f"case {case_id}: {path} was not written; expected the case's image and label "
                                     f"files before its row is registered")
+        if MASK_COLUMN in row:
+            check_mask_kind(row[MASK_COLUMN], split, f"case {case_id}")
         for key in row:
-            if key not in REQUIRED_COLUMNS + SPACING_COLUMNS and key not in self._clinical_columns:
+            if key not in CONTRACT_COLUMNS and key not in self._clinical_columns:
                 self._clinical_columns.append(key)
         self._rows[case_id] = row
         self._folded[case_id.casefold()] = case_id
@@ -408,6 +475,11 @@ class RawDatasetWriter:
         """``{"classes": [...], "train": {class: n}, "test": {class: n}}`` over all cases added so far."""
         return summarize_cases([(r["split"], r["class"]) for r in self._rows.values()], self.class_labels)
 
+    @property
+    def is_partial(self) -> bool:
+        """Whether dataset.json will declare the ignore label: asked for, or a training case is not ``full``."""
+        return self.partial_labels or any(r.get(MASK_COLUMN, "full") != "full" for r in self._rows.values())
+
     def finish(self) -> Path:
         """Write dataset.json + cases.csv, validate, move into place; returns the dataset folder."""
         if self._done:
@@ -421,20 +493,30 @@ class RawDatasetWriter:
                 raise ContractError(f"{self.folder_name}: every one of the {len(train)} training case(s) is a normal "
                                     f"image with an empty mask; nnU-Net's preprocessing cannot plan a lesion from "
                                     f"that (it crashes); expected lesion cases in the training set (or --as test)")
+            # only a full mask shows nnU-Net a lesion pixel: box and none cases are no evidence of lesions
+            if train and not any(r["class"] != NORMAL_CLASS and r.get(MASK_COLUMN, "full") == "full" for r in train):
+                raise ContractError(f"{self.folder_name}: none of the {len(train)} training case(s) is a lesion with a "
+                                    f"full mask (the lesion cases are all box / none); nnU-Net's preprocessing cannot "
+                                    f"plan a lesion from that; expected at least one fully annotated lesion")
             counts = {s: sum(r["split"] == s for r in self._rows.values()) for s in SPLITS}
+            partial = self.is_partial
             dataset_json = {
                 "channel_names": {"0": "ultrasound"},
-                "labels": {"background": 0, "lesion": 1},
+                "labels": dict(PARTIAL_LABELS if partial else FULL_LABELS),
                 "numTraining": counts["train"],
                 "numTest": counts["test"],
                 "file_ending": FILE_ENDING,
                 "name": self.name,
                 "description": self.description,
                 "class_labels": self.class_labels,
+                **self.extra_json,
             }
             (self.tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-            columns = list(REQUIRED_COLUMNS) + list(SPACING_COLUMNS) + self._clinical_columns
-            table = pd.DataFrame(list(self._rows.values()), columns=columns).fillna("")
+            # the mask column only in a partial dataset: a fully annotated one keeps today's cases.csv byte for byte
+            mask_column = [MASK_COLUMN] if partial else []
+            rows = [{**r, MASK_COLUMN: r.get(MASK_COLUMN) or "full"} if mask_column else r for r in self._rows.values()]
+            columns = list(REQUIRED_COLUMNS) + list(SPACING_COLUMNS) + mask_column + self._clinical_columns
+            table = pd.DataFrame(rows, columns=columns).fillna("")
             table.to_csv(self.tmp / "cases.csv", index=False)
             load_raw_dataset(self.tmp, check_files=True)  # never publish a folder our own reader rejects
             self._move_into_place()

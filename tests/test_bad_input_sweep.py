@@ -116,6 +116,11 @@ def evaluate(w, *extra):
     return ["evaluate", "-pred", str(w / "pred"), "-d", "777", *extra]
 
 
+def drop_masks(w, *extra):
+    """``drop-masks -d 777 --keep 0.5 --into 778``; a later -d / --keep / --into in ``extra`` wins (argparse)."""
+    return ["drop-masks", "-d", "777", "--keep", "0.5", "--into", "778", *extra]
+
+
 def _file(path: Path, text: str = "x") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -215,6 +220,13 @@ CASES = [
     ("ensemble-o-is-file", "output",
      lambda w, m: (shutil.copytree(w / "pred", w / "pred2"), _file(w / "ens"),
                    ["ensemble", "-i", str(w / "pred"), str(w / "pred2"), "-o", str(w / "ens")])[2], "ens is a file"),
+    ("drop-masks-target-exists", "output",
+     lambda w, m: (shutil.copytree(w / "nnUNet_raw" / "Dataset777_A", w / "nnUNet_raw" / "Dataset778_B"),
+                   drop_masks(w, "--into", "778"))[1], "Dataset778_B already exists (dataset id 778)"),
+    ("drop-masks-target-is-source", "output", lambda w, m: drop_masks(w, "--into", "777", "--overwrite"),
+     "--into 777 is the source dataset Dataset777_A"),
+    ("drop-masks-raw-read-only", "output",
+     lambda w, m: (deny_writes(m, w / "nnUNet_raw"), drop_masks(w))[1], "is not writable"),
     ("compare-o-is-file", "output",
      lambda w, m: ((w / "ev2").mkdir(), shutil.copy(w / "evaluation" / "per_case.csv", w / "ev2"),
                    (w / "cmp").write_text("x"),
@@ -270,6 +282,12 @@ CASES = [
      lambda w, m: (_file(w / "cut.pth", "PK\x03\x04"), ["pretrained", "-i", str(w / "cut.pth"), "-o",
                                                          str(w / "new.pth"), "-d", "777"])[1],
      "cut.pth cannot be read as a checkpoint"),
+    ("drop-masks-unknown-source", "input", lambda w, m: drop_masks(w, "-d", "999"), "no dataset with id 999"),
+    ("drop-masks-source-already-partial", "input",
+     lambda w, m: (main(drop_masks(w, "--into", "778")), drop_masks(w, "-d", "778", "--into", "779"))[1],
+     "Dataset778_A_masks50 is already partially annotated"),
+    ("drop-masks-keep-above-1", "value", lambda w, m: drop_masks(w, "--keep", "1.5"), "--keep 1.5 is outside (0, 1]"),
+    ("drop-masks-bad-name", "value", lambda w, m: drop_masks(w, "--name", "a b"), "dataset name 'a b' is not usable"),
     ("demo-unknown-trainer", "value",
      lambda w, m: ["demo", "--workdir", str(w / "demo"), "-tr", "nnUNetTrainerNope"], "nnUNetTrainerNope"),
     # --- resources -----------------------------------------------------------------------------------------
@@ -296,7 +314,7 @@ def test_sweep_covers_every_subcommand_and_class():
     """Every subcommand that reads or writes files is in the sweep (trainer-dir only prints a path), and each of
     the input classes of issue 13 has cases."""
     from nnunet_mtl.cli.main import SUBCOMMAND_MODULES
-    prefixes = {"ablate_guidance": "ablate", "evaluate": "evaluate", "trainer_dir": None}
+    prefixes = {"ablate_guidance": "ablate", "evaluate": "evaluate", "trainer_dir": None, "drop_masks": "drop-masks"}
     for module in SUBCOMMAND_MODULES:
         prefix = prefixes.get(module, module)
         if prefix is not None:

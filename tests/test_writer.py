@@ -239,3 +239,30 @@ def test_remove_case_keeps_order_and_files(tmp_path):
                patient_id="p1")  # the id is free again; it comes last
     path = w.finish()
     assert pd.read_csv(path / "cases.csv")["case_id"].tolist() == ["c0", "c2", "c3", "c4", "c1"]
+
+
+def test_worker_path_stores_mask_kinds(tmp_path):
+    """The parallel converters' path (check_case in the main process, write_case_files in a worker, register_case)
+    stores partial kinds too: the label map of the kind, the kind the row must say (a box around nothing is full),
+    and a test case that is not full is refused before a file is written."""
+    from dataset_conversion.writer import write_case_files
+    from nnunet_mtl.dataset.contract import PARTIAL_LABELS, kind_of_label_map
+
+    lesion = (_mask() > 0).astype(np.uint8)
+    w = RawDatasetWriter(7, "Workers", CLASSES, raw_root=tmp_path)
+    for case, kind, mask in (("a", "full", lesion), ("b", "none", lesion), ("c", "box", lesion),
+                             ("d", "box", np.zeros_like(lesion))):
+        row = w.check_case(case, split="train", class_name="benign", patient_id=case, mask_kind=kind)
+        stored = write_case_files(w.tmp, case, "train", _image(), mask, row.get("mask", "full"))
+        assert stored == ("full" if case == "d" else kind)
+        row["mask"] = stored
+        w.register_case(row)
+    with pytest.raises(ContractError, match="case t: a test case with mask kind 'box'; expected 'full'"):
+        write_case_files(w.tmp, "t", "test", _image(), lesion, "box")
+    assert not (w.tmp / "imagesTs" / "t_0000.png").exists()
+    path = w.finish()
+    raw = load_raw_dataset(path)
+    assert raw.dataset_json["labels"] == PARTIAL_LABELS
+    assert raw.cases["mask"].tolist() == ["full", "none", "box", "full"]
+    for case, kind in zip(raw.cases["case_id"], raw.cases["mask"]):
+        assert kind_of_label_map(np.array(Image.open(path / "labelsTr" / f"{case}.png"))) == kind

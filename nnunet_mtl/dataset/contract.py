@@ -195,6 +195,7 @@ def load_raw_dataset(folder, check_files: bool = True) -> RawDataset:
     dataset_json = read_json_object(json_path)
     class_labels = read_class_labels(dataset_json, source=str(json_path))
     cases = read_cases_csv(folder / "cases.csv", class_labels)
+    check_ignore_label(dataset_json, cases, json_path, folder / "cases.csv")
     raw = RawDataset(folder=folder, dataset_json=dataset_json, class_labels=class_labels, cases=cases)
     if check_files:
         _check_files(raw, json_path)
@@ -306,3 +307,34 @@ def kind_of_label_map(label: np.ndarray, name: str = "label map") -> str:
         raise ContractError(f"{name}: its ignore (2) pixels do not fill a rectangle; expected a box annotation (2 "
                             f"inside the box, 0 outside)")
     return "box"
+
+
+def mask_kind_by_case(cases: pd.DataFrame) -> dict[str, str]:
+    """{case_id: mask kind} of a cases table (as read by :func:`read_cases_csv`): ``full`` for every case when it
+    has no mask column, as the contract reads a missing column."""
+    if MASK_COLUMN not in cases.columns:
+        return {case: "full" for case in cases["case_id"]}
+    return dict(zip(cases["case_id"], cases[MASK_COLUMN]))
+
+
+def check_ignore_label(dataset_json: dict, cases: pd.DataFrame, json_path, csv_path) -> None:
+    """The labels of dataset.json agree with the mask kinds of cases.csv (checked from the two files alone, no
+    pixel is read, so loading stays cheap):
+
+    - a dataset.json whose ``labels`` name ``ignore`` uses exactly :data:`PARTIAL_LABELS` (nnU-Net requires the
+      ignore label to be the highest one, and our trainers read 1 as lesion and 2 as "not annotated");
+    - a cases.csv with ``box`` or ``none`` rows comes with that declaration: without it nnU-Net's integrity check
+      refuses the label value 2, or, worse, a 2 would be trained as a third class.
+    """
+    labels = dataset_json.get("labels") if isinstance(dataset_json, dict) else None
+    if isinstance(labels, dict) and "ignore" in labels and labels != PARTIAL_LABELS:
+        raise ContractError(f"{json_path}: 'labels' is {json.dumps(labels)}; a dataset with the ignore label expected "
+                            f"exactly {json.dumps(PARTIAL_LABELS)}")
+    if MASK_COLUMN not in cases.columns or declares_ignore_label(dataset_json):
+        return
+    partial = cases[MASK_COLUMN] != "full"
+    if partial.any():
+        i = cases.index[partial][0]
+        raise ContractError(f"{csv_path} line {i + 2} (case {cases.at[i, 'case_id']}): mask "
+                            f"{cases.at[i, MASK_COLUMN]!r} but {json_path} declares no ignore label; expected "
+                            f"\"labels\": {json.dumps(PARTIAL_LABELS)} in a partially annotated dataset")
