@@ -210,6 +210,7 @@ def test_batch_composition_counts_and_order():
     assert batch_counts(8, 5, 20, "annotated") == (8, 0)
     assert batch_counts(8, 5, 0, "mixed") == (8, 0)  # a fully annotated fold
     assert batch_counts(3, 5, 20, "mixed") == (2, 1)
+    assert batch_counts(9, 5, 20, "mixed") == (5, 4)  # an odd batch: one more annotated case
     assert batch_counts(1, 5, 20, "mixed") == (1, 0)
     with pytest.raises(ValueError, match="no training case has a mask"):
         batch_counts(8, 0, 20, "mixed")

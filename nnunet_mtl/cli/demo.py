@@ -38,6 +38,12 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--keep-masks", type=float, default=None, metavar="FRACTION",
+                   help="train on a partially annotated copy of the phantom: keep the masks of this fraction of the "
+                        "training patients (nnunet_mtl drop-masks, stratified by class, seed 0) into dataset id + 1 "
+                        "(default: every mask)")
+    p.add_argument("--masks-as", choices=("none", "box"), default="none",
+                   help="with --keep-masks: what the other training images get (default none: no mask)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing demo folder first")
     p.set_defaults(func=run)
 
@@ -80,6 +86,13 @@ def run(args) -> int:
     check_synthetic_arguments(args.dataset_id, "SyntheticUS", num_patients=args.num_patients,
                               images_per_patient=args.images_per_patient, size=args.size, normal_fraction=0.1,
                               malignant_fraction=0.4, test_fraction=0.25)
+    trained_id = args.dataset_id
+    if args.keep_masks is not None:
+        from nnunet_mtl.dataset.partial import check_keep
+        from nnunet_mtl.paths import dataset_folder_name
+        check_keep(args.keep_masks)
+        trained_id = args.dataset_id + 1
+        dataset_folder_name(trained_id, "SyntheticUS")  # the partial copy's id is a valid one
     workdir = check_output_folder(Path(args.workdir).resolve(), "demo folder")
     if workdir.exists() and any(workdir.iterdir()):
         if not args.overwrite:
@@ -102,7 +115,7 @@ def run(args) -> int:
     bindir = Path(sys.executable).parent
     tool = lambda name: str(bindir / name) if (bindir / name).exists() else name  # noqa: E731
 
-    steps = Steps(5)
+    steps = Steps(5 if args.keep_masks is None else 6)
     steps.start("generate the synthetic ultrasound phantom")
     raw = convert_synthetic(args.dataset_id, num_patients=args.num_patients,
                             images_per_patient=args.images_per_patient, size=args.size, seed=args.seed,
@@ -110,19 +123,29 @@ def run(args) -> int:
     print(f"raw dataset: {raw}")
     steps.done()
 
+    if args.keep_masks is not None:
+        from nnunet_mtl.dataset.partial import drop_masks, format_partial_table
+        steps.start(f"nnunet_mtl drop-masks -d {args.dataset_id} --keep {args.keep_masks:g} --into {trained_id} "
+                    f"--as {args.masks_as} (before preprocessing)")
+        raw, report = drop_masks(args.dataset_id, trained_id, keep=args.keep_masks, as_kind=args.masks_as,
+                                 raw_root=workdir / "nnUNet_raw")
+        print(format_partial_table(report))
+        print(f"partially annotated dataset: {raw}")
+        steps.done()
+
     steps.start("nnUNetv2_plan_and_preprocess")
-    run_command([tool("nnUNetv2_plan_and_preprocess"), "-d", str(args.dataset_id), "-c", "2d", "-np", "2",
+    run_command([tool("nnUNetv2_plan_and_preprocess"), "-d", str(trained_id), "-c", "2d", "-np", "2",
                  "--verify_dataset_integrity"], env)
     steps.done()
 
-    steps.start(f"nnUNetv2_train {args.dataset_id} 2d 0 -tr {args.trainer} (multitask, short schedule)")
-    run_command([tool("nnUNetv2_train"), str(args.dataset_id), "2d", "0", "-tr", args.trainer, "-device", device], env)
+    steps.start(f"nnUNetv2_train {trained_id} 2d 0 -tr {args.trainer} (multitask, short schedule)")
+    run_command([tool("nnUNetv2_train"), str(trained_id), "2d", "0", "-tr", args.trainer, "-device", device], env)
     steps.done()
 
     steps.start("nnunet_mtl predict on the held-out test split")
     predictions = workdir / "predictions_test"
     run_command([sys.executable, "-m", "nnunet_mtl.cli.main", "predict", "-i", str(raw / "imagesTs"),
-                 "-o", str(predictions), "-d", str(args.dataset_id), "-c", "2d", "-tr", args.trainer, "-f", "0",
+                 "-o", str(predictions), "-d", str(trained_id), "-c", "2d", "-tr", args.trainer, "-f", "0",
                  "-device", device, "-npp", "2", "-nps", "2", "--disable_progress_bar"], env)
     steps.done()
 

@@ -8,7 +8,7 @@ unlabeled images"). The modes:
 - ``random``: nnU-Net's own draw (uniform over the fold's training cases, with replacement);
 - ``annotated``: uniform over the cases with a mask (``full`` or ``box`` in cases.csv), e.g. stage 1 of
   Algorithm 1, which pre-trains on the annotated sub-dataset only;
-- ``mixed``: ``m = round(share * B)`` annotated cases (at least 1) and ``B - m`` unannotated ones (``mask`` ``none``),
+- ``mixed``: ``m = ceil(share * B)`` annotated cases (at least 1) and ``B - m`` unannotated ones (``mask`` ``none``),
   each drawn uniformly with replacement; ``share`` = 1/2 (Fan et al. name m and m' but not their ratio: an even
   split is our choice). Without unannotated cases in the fold the whole batch is annotated.
 
@@ -23,6 +23,7 @@ that know the new mode (a stage change restarts them once; ``--c`` sets the mode
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ def batch_counts(batch_size: int, num_annotated: int, num_unannotated: int, mode
         return batch_size, 0
     if mode != "mixed":
         raise ValueError(f"batch composition {mode!r}; expected 'annotated' or 'mixed'")
-    m = min(batch_size, max(1, int(round(share * batch_size))))
+    m = min(batch_size, max(1, math.ceil(share * batch_size)))  # an odd batch has one more annotated case
     return m, batch_size - m
 
 
