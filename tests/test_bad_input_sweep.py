@@ -184,6 +184,8 @@ CASES = [
      "pred is a folder; expected a file"),
     ("demo-bad-phantom", "value",
      lambda w, m: ["demo", "--workdir", str(w / "demo"), "--num-patients", "0"], "num_patients=0"),
+    ("demo-keep-masks-out-of-range", "value",
+     lambda w, m: ["demo", "--workdir", str(w / "demo"), "--keep-masks", "1.5"], "--keep-masks 1.5"),
     ("split-target-is-folder", "output",
      lambda w, m: ((w / "nnUNet_preprocessed" / "Dataset777_A" / "splits_final.json").mkdir(parents=True),
                    ["split", "-d", "777", "-k", "2", "--overwrite"])[1], "splits_final.json is a folder"),

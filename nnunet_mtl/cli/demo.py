@@ -90,7 +90,10 @@ def run(args) -> int:
     if args.keep_masks is not None:
         from nnunet_mtl.dataset.partial import check_keep
         from nnunet_mtl.paths import dataset_folder_name
-        check_keep(args.keep_masks)
+        try:
+            check_keep(args.keep_masks)
+        except NnunetMtlError as e:  # the same check as drop-masks', said with the demo's option name
+            raise NnunetMtlError(str(e).replace("--keep ", "--keep-masks ", 1)) from None
         trained_id = args.dataset_id + 1
         dataset_folder_name(trained_id, "SyntheticUS")  # the partial copy's id is a valid one
     workdir = check_output_folder(Path(args.workdir).resolve(), "demo folder")
