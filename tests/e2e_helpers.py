@@ -38,8 +38,9 @@ def planned_phantom(env: dict, dataset: str, seed: int = 3, patients: int = 12) 
     dataset folder."""
     run([BIN / "nnunet_mtl", "convert", "synthetic", "-d", dataset, "--num-patients", str(patients),
          "--images-per-patient", "2", "--size", "64", "--seed", str(seed)], env)
-    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "2d", "-np", "1", "--verify_dataset_integrity"],
-        env)
+    # -npfp 1: see planned_partial_phantom
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "2d", "-np", "1", "-npfp", "1",
+         "--verify_dataset_integrity"], env)
     return next(Path(env["nnUNet_raw"]).glob(f"Dataset{int(dataset):03d}_*"))
 
 
@@ -49,3 +50,58 @@ def train(env: dict, dataset: str, trainer: str, fold: str = "0"):
     result = run([BIN / "nnUNetv2_train", dataset, "2d", fold, "-tr", trainer, "-device", "cpu"], env)
     results = next(Path(env["nnUNet_results"]).glob(f"Dataset{int(dataset):03d}_*"))
     return result, results / f"{trainer}__nnUNetPlans__2d"
+
+
+def planned_partial_phantom(env: dict, source: str, dataset: str, keep: float = 0.5, as_: str = "none",
+                            seed: int = 0, patients: int = 12, boxes: int = 0) -> Path:
+    """A partially annotated phantom, planned: ``nnunet_mtl convert synthetic`` into ``source`` (as
+    :func:`planned_phantom` with its default phantom seed 3, not planned), ``nnunet_mtl drop-masks -d source
+    --keep keep --into dataset --as as_ --seed seed``, then nnUNetv2_plan_and_preprocess of ``dataset`` (after drop-masks: preprocessing records where
+    the lesions are). Returns the raw folder of ``dataset``.
+
+    ``boxes`` > 0 (with ``as_="none"``) turns the first ``boxes`` unannotated cases (by case id) into box cases
+    before planning (their source mask's bounding box, :func:`nnunet_mtl.dataset.contract.label_map_for`), so one
+    dataset holds full, none and box cases; drop-masks' partial_report.json and provenance still say ``none``."""
+    run([BIN / "nnunet_mtl", "convert", "synthetic", "-d", source, "--num-patients", str(patients),
+         "--images-per-patient", "2", "--size", "64", "--seed", "3"], env)
+    run([BIN / "nnunet_mtl", "drop-masks", "-d", source, "--keep", str(keep), "--into", dataset, "--as", as_,
+         "--seed", str(seed)], env)
+    raw_root = Path(env["nnUNet_raw"])
+    raw = next(raw_root.glob(f"Dataset{int(dataset):03d}_*"))
+    if boxes:
+        _unannotated_to_boxes(next(raw_root.glob(f"Dataset{int(source):03d}_*")), raw, boxes)
+    # -npfp 1: nnU-Net's fingerprint extraction would otherwise start 8 processes (measured on the 2-core CI under
+    # load: 23-28 s for the whole command with one, 114 s with eight)
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "2d", "-np", "1", "-npfp", "1",
+         "--verify_dataset_integrity"], env)
+    return raw
+
+
+def _unannotated_to_boxes(source: Path, raw: Path, boxes: int) -> None:
+    """Give the first ``boxes`` cases of ``raw`` whose mask is ``none`` their source mask's box instead (label map
+    and cases.csv ``mask``); an error when there are fewer."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from nnunet_mtl.dataset.contract import label_map_for
+
+    with open(raw / "cases.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    unannotated = sorted(r["case_id"] for r in rows if r.get("mask") == "none")
+    if len(unannotated) < boxes:
+        raise AssertionError(f"{raw.name} has {len(unannotated)} unannotated cases; {boxes} boxes were asked for")
+    chosen = set(unannotated[:boxes])
+    for case in chosen:
+        with Image.open(source / "labelsTr" / f"{case}.png") as im:
+            mask = np.asarray(im) > 0
+        Image.fromarray(label_map_for(mask, "box")).save(raw / "labelsTr" / f"{case}.png")
+    for r in rows:
+        if r["case_id"] in chosen:
+            r["mask"] = "box"
+    with open(raw / "cases.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -218,6 +218,84 @@ def test_the_no_tumour_penalty_is_the_mean_soft_mask_of_lesion_free_patches_zero
     assert NoTumourPenalty()(out, batch).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+# ------------------------------------------------------------------------------------------------ partial masks
+def make_partial_batch(training=True):
+    """Five 32 x 32 patches with nnU-Net's ignore label (2): a benign case with its full mask (lesion), a malignant
+    case without a mask (all 2), a malignant box case whose patch holds part of its box (2 inside, 0 outside), a
+    benign box case whose patch lies wholly outside its box (all 0: known background) and a normal image (all 0)."""
+    from nnunet_mtl.dataset.case_table import CaseTable
+    import pandas as pd
+    keys = ["full", "none", "box_in", "box_out", "normal"]
+    cases = pd.DataFrame({"case_id": keys, "split": "train",
+                          "class": ["benign", "malignant", "malignant", "benign", "normal"],
+                          "patient_id": ["1", "2", "3", "4", "5"], "mask": ["full", "none", "box", "box", "full"]})
+    table = CaseTable(cases, {"benign": 0, "malignant": 1, "normal": 2})
+    target = torch.zeros(5, 1, 32, 32)
+    target[0, 0, 8:20, 8:24] = 1
+    target[1] = 2
+    target[2, 0, 4:30, 10:28] = 2
+    network = torch.nn.Module()
+    network.head = torch.nn.Module()
+    network.head.loss_modules = torch.nn.ModuleDict({"birads_prior": BIRADSPrior()})
+    return Batch(data=torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(0)), target=[target],
+                 keys=keys, cases=table, training=training, network=network)
+
+
+def partial_outputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"seg": [torch.randn(5, 2, 32, 32, generator=g, requires_grad=True)],
+            "logits": torch.randn(5, 3, generator=g, requires_grad=True)}
+
+
+def test_with_ignore_pixels_consistency_uses_the_annotated_lesion_patch_only():
+    batch, out = make_partial_batch(), partial_outputs()
+    loss = set_up(BIRADSConsistency())(out, batch)
+    soft = torch.softmax(out["seg"][0], 1)[:, 1]
+    features = birads_features(soft, batch.data[:, 0])
+    prior = batch.loss_module("birads_prior")
+    # the running min/max came from the full case alone: min = max = its R and T
+    assert prior.running_min.tolist() == pytest.approx([features["R"][0].item(), features["T"][0].item()])
+    assert prior.running_max.tolist() == prior.running_min.tolist()
+    p = torch.softmax(out["logits"], 1)[:, 1]
+    assert loss.item() == pytest.approx(((p[0] - prior(features)[0]) ** 2).item(), rel=1e-5)
+    loss.backward()
+    assert out["seg"][0].grad[1:].abs().max() == 0 and out["logits"].grad[1:].abs().max() == 0
+
+
+def test_ignore_pixels_are_never_read_as_lesion():
+    """The old rule (target > 0) would have counted the unannotated (2) patches as lesion patches."""
+    batch, out = make_partial_batch(), partial_outputs()
+    batch.target[0][0] = 0  # the only lesion pixels gone: left are an all-ignore, a box and lesion-free patches
+    loss = set_up(BIRADSConsistency())(out, batch)
+    assert loss.item() == 0.0 and loss.requires_grad
+    assert not bool(batch.loss_module("birads_prior").initialized)  # no statistics from unannotated patches
+
+
+def test_the_no_tumour_penalty_skips_patches_with_ignore_pixels():
+    batch, out = make_partial_batch(), partial_outputs()
+    soft = torch.softmax(out["seg"][0], 1)[:, 1]
+    # known background throughout: the box case's patch outside its box (3) and the normal image (4); not the lesion
+    # patch (0), the unannotated one (1) nor the one overlapping the box (2)
+    expected = (soft[3].mean() + soft[4].mean()) / 5
+    ntp = NoTumourPenalty()(out, batch)
+    assert ntp.item() == pytest.approx(expected.item(), rel=1e-6)
+    ntp.backward()
+    grad = out["seg"][0].grad
+    assert grad[:3].abs().max() == 0 and grad[3:].abs().min() > 0
+
+
+def test_an_all_ignore_batch_gives_zero_penalties():
+    batch, out = make_partial_batch(), partial_outputs()
+    batch.target[0].fill_(2)
+    assert NoTumourPenalty()(out, batch).item() == 0.0
+    assert set_up(BIRADSConsistency())(out, batch).item() == 0.0
+
+
+def test_the_birads_terms_declare_partial_masks():
+    from nnunet_mtl.trainers import nnUNetTrainerBIRADS
+    assert all(t.partial_masks for t in nnUNetTrainerBIRADS.terms)  # the trainer accepts partially annotated data
+
+
 def test_the_prior_weight_decay_is_the_squared_norm_of_u():
     batch = make_batch()
     u = batch.loss_module("birads_prior").u

@@ -177,3 +177,143 @@ def test_a_case_pyradiomics_rejects_is_left_out_not_fatal(tmp_path, monkeypatch,
     assert table["has_lesion"].tolist() == [1, 0, 0]
     err = capsys.readouterr().err
     assert "c1 left out of the guidance loss (ValueError: mask too small)" in err
+
+
+# ------------------------------------------------------------------------------------------------ partial masks
+def _partial_dataset(root):
+    """c0-c3: full masks with a lesion; c4: no mask (all ignore); c5: a box (ignore inside); c6: full, no lesion."""
+    from dataset_conversion.writer import RawDatasetWriter
+    kinds = ["full"] * 4 + ["none", "box", "full"]
+    with RawDatasetWriter(901, "RadioPartial", {"benign": 0, "malignant": 1}, raw_root=root) as w:
+        for i, kind in enumerate(kinds):
+            mask = ellipse(ry=10 + 3 * i, rx=14) if i < 6 else np.zeros(YY.shape, bool)
+            w.add_case(f"c{i}", textured(mask, i), mask, split="train", class_name="benign" if i % 2 else "malignant",
+                       patient_id=f"p{i}", mask_kind=kind)
+        w.add_case("t0", textured(ellipse(), 9), ellipse(), split="test", class_name="benign", patient_id="pt")
+    return w.path
+
+
+def test_partially_annotated_cases_get_no_targets_and_are_never_computed(tmp_path):
+    """Reading their label maps as masks would give the radiomics of the whole image (none) or of a rectangle
+    (box): they are not computed, their rows say why, and the standardization comes from the full lesion cases."""
+    raw = _partial_dataset(tmp_path / "raw")
+    cache = tmp_path / "pre" / CACHE_NAME
+    table, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 5  # c0-c3 and c6; not c4, c5
+    assert table["mask"].tolist() == ["full"] * 4 + ["none", "box", "full"]
+    assert table["has_lesion"].tolist() == [1, 1, 1, 1, 0, 0, 0]
+    assert table.loc[4:6, list(DEFAULT_FEATURES)].isna().all().all()
+    from nnunet_mtl.radiomics.cache import describe_targets
+    assert describe_targets(table) == "7 training cases (4 with a lesion, 2 partially annotated: no targets)"
+    targets = load_targets(cache, DEFAULT_FEATURES)
+    assert all(np.isnan(targets[k]).all() for k in ("c4", "c5", "c6"))
+    mean, _ = standardization(targets, [f"c{i}" for i in range(7)])
+    assert mean == pytest.approx(np.mean([targets[f"c{i}"] for i in range(4)], 0))
+    _, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 0
+
+
+def test_a_stale_cache_row_of_a_partial_case_is_not_used(tmp_path):
+    """A cache written before the case lost its mask (or by older code, which read the ignore label as lesion)
+    holds numbers for it; neither the computation nor the loader may pass them on."""
+    raw = _partial_dataset(tmp_path / "raw")
+    cache = tmp_path / "pre" / CACHE_NAME
+    compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    stale = pd.read_csv(cache, dtype={"case_id": str, "input_hash": str})
+    stale.loc[stale["case_id"] == "c4", list(DEFAULT_FEATURES)] = 1.0
+    stale.drop(columns="mask").to_csv(cache, index=False)  # an old cache: no mask column, c4 computed as if full
+    table, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 0 and table.loc[4, list(DEFAULT_FEATURES)].isna().all()
+    stale.to_csv(cache, index=False)  # finite numbers in a row whose mask is 'none': the loader drops them
+    assert np.isnan(load_targets(cache, DEFAULT_FEATURES)["c4"]).all()
+    # a cached row computed for a full mask is not reused once the case is marked full again after being 'none'
+    stale.loc[stale["case_id"] == "c0", "mask"] = "none"
+    stale.to_csv(cache, index=False)
+    _, computed = compute_dataset_radiomics(raw, cache, num_processes=1, progress=False)
+    assert computed == 1  # c0 again
+
+
+def test_a_full_case_whose_label_map_holds_the_ignore_label_is_refused(tmp_path, monkeypatch):
+    import nnunet_mtl.radiomics.cache as cache_module
+    monkeypatch.setattr(cache_module, "get_context", lambda method: __import__("multiprocessing").get_context("fork"))
+    raw = _partial_dataset(tmp_path / "raw")
+    label = np.asarray(Image.open(raw / "labelsTr" / "c1.png")).copy()
+    label[label == 1] = 2
+    Image.fromarray(label).save(raw / "labelsTr" / "c1.png")
+    with pytest.raises(NnunetMtlError, match="c1.png holds the ignore label.*case c1 has mask 'full'"):
+        compute_dataset_radiomics(raw, tmp_path / CACHE_NAME, num_processes=1, progress=False)
+
+
+def test_radiomics_command_counts_partial_cases(tmp_path, monkeypatch, capsys):
+    from nnunet_mtl.cli.main import main
+    _partial_dataset(tmp_path / "raw")
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert main(["radiomics", "-d", "901", "-np", "1"]) == 0
+    assert "7 training cases (4 with a lesion, 2 partially annotated: no targets), 5 computed now, 0 from the " \
+           "cache" in capsys.readouterr().out
+
+
+def _guidance_setup(raw, tmp_path, train_keys, logged, with_raw=True):
+    import torch
+    from nnunet_mtl.dataset.case_table import CaseTable
+    from nnunet_mtl.methods.clinical_guidance import ClinicalGuidance
+    from nnunet_mtl.seams.terms import Setup
+    cases = CaseTable.from_csv(raw / "cases.csv", {"benign": 0, "malignant": 1})
+    term = ClinicalGuidance()
+    term.validate()
+    term.setup(Setup(cases=cases, train_keys=train_keys, class_names=["benign", "malignant"],
+                     device=torch.device("cpu"), log=logged.append, preprocessed_folder=tmp_path / "pre",
+                     raw_folder=raw if with_raw else None, dataset_name="Dataset901_RadioPartial", num_processes=1))
+    return term, cases
+
+
+def test_guidance_leaves_partial_cases_out_of_the_targets_the_statistics_and_the_loss(tmp_path):
+    import torch
+    from nnunet_mtl.seams.terms import Batch
+    raw = _partial_dataset(tmp_path / "raw")
+    (tmp_path / "pre").mkdir()
+    logged = []
+    train_keys = ["c0", "c1", "c2", "c4", "c5", "c6"]  # c3: the validation fold
+    term, cases = _guidance_setup(raw, tmp_path, train_keys, logged)
+    log = "\n".join(logged)
+    assert "radiomics targets: 7 training cases (4 with a lesion, 2 partially annotated: no targets), 5 computed " \
+           "now" in log
+    assert "clinical guidance: 3 of 6 training cases of this fold have radiomics targets; 2 partially annotated " \
+           "(mask box or none) have none and are left out of L_clin and of the standardization" in log
+    raw_targets = load_targets(tmp_path / "pre" / CACHE_NAME, DEFAULT_FEATURES)
+    mean = np.mean([raw_targets[k] for k in ("c0", "c1", "c2")], 0)  # the fold's full lesion cases only
+    standardized = cases.column("radiomics")
+    assert np.isnan(standardized["c4"]).all() and np.isnan(standardized["c5"]).all()
+    assert np.mean([standardized[k] for k in ("c0", "c1", "c2")], 0) == pytest.approx(np.zeros(13), abs=1e-5)
+    assert standardized["c3"] * np.std([raw_targets[k] for k in ("c0", "c1", "c2")], 0) + mean == \
+        pytest.approx(raw_targets["c3"], rel=1e-5)
+    # L_clin: the mean over the batch's cases with targets; 0, connected to the graph, when none has one
+    embedding = torch.randn(3, 16, requires_grad=True)
+    batch = Batch(data=torch.zeros(3, 1, 4, 4), target=torch.zeros(3, 1, 4, 4), keys=["c0", "c4", "c5"],
+                  cases=cases)
+    loss = term({"embedding": embedding}, batch)
+    expected = ((embedding[0, :13] - torch.as_tensor(standardized["c0"])) ** 2).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert embedding.grad[1:].abs().max() == 0
+    none = term({"embedding": embedding}, Batch(data=torch.zeros(2, 1, 4, 4), target=torch.zeros(2, 1, 4, 4),
+                                               keys=["c4", "c5"], cases=cases))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_guidance_ignores_numbers_a_stale_cache_holds_for_partial_cases(tmp_path):
+    """Without nnUNet_raw (or on a second GPU rank) the trainer reads the cache alone: the case table's mask kind,
+    not the cache, decides which cases have targets."""
+    raw = _partial_dataset(tmp_path / "raw")
+    (tmp_path / "pre").mkdir()
+    compute_dataset_radiomics(raw, tmp_path / "pre" / CACHE_NAME, num_processes=1, progress=False)
+    stale = pd.read_csv(tmp_path / "pre" / CACHE_NAME, dtype={"case_id": str})
+    stale.loc[stale["case_id"].isin(["c4", "c5"]), list(DEFAULT_FEATURES)] = 1.0
+    stale.drop(columns=["mask"]).to_csv(tmp_path / "pre" / CACHE_NAME, index=False)
+    logged = []
+    _, cases = _guidance_setup(raw, tmp_path, [f"c{i}" for i in range(7)], logged, with_raw=False)
+    standardized = cases.column("radiomics")
+    assert np.isnan(standardized["c4"]).all() and np.isnan(standardized["c5"]).all()
+    assert any("4 of 7 training cases of this fold have radiomics targets; 2 partially annotated" in line
+               for line in logged)

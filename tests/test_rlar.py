@@ -161,3 +161,96 @@ def test_written_out_and_autograd_agree_under_autocast():
     assert penalties[0] == pytest.approx(penalties[1], abs=0.02)
     assert torch.isfinite(grads[0]).all()
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
+# ---------------------------------------------------------------------------------------- partially annotated cases
+IGNORE = 2  # nnU-Net's ignore label in a partially annotated dataset (nnunet_mtl.dataset.contract.IGNORE_LABEL)
+
+
+def nnunet_ignore_loss():
+    """nnU-Net's segmentation loss as its trainer builds it for a dataset with an ignore label: Dice (batch Dice,
+    masked by the ignore label) + CE (ignore_index), deep supervision weights 1, 1/2, 0 normalized."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=IGNORE, dice_class=MemoryEfficientSoftDiceLoss)
+    weights = torch.tensor([1.0, 0.5, 0.0])
+    return DeepSupervisionWrapper(loss, (weights / weights.sum()).tolist())
+
+
+def partial_batch():
+    """Four samples: two fully annotated (0 / 1), one without a mask (all ignore), one box (ignore inside the box,
+    annotated background outside); the last two have no radiomics target."""
+    data, seg, cls, radiomics, _ = batch()
+    seg = seg.clone()
+    seg[2] = IGNORE
+    seg[3] = 0
+    seg[3, :, 6:26, 4:20] = IGNORE
+    return data, seg, cls, radiomics, torch.tensor([True, True, False, False])
+
+
+def partial_losses_for(seg, cls, radiomics, valid):
+    seg_loss = nnunet_ignore_loss()
+
+    def losses(output):
+        targets = [torch.nn.functional.interpolate(seg.double(), size=s.shape[2:], mode="nearest")
+                   for s in output["seg"]]  # nnU-Net's downsampled deep-supervision targets
+        return {"seg": seg_loss(output["seg"], targets),
+                "cls": torch.nn.functional.cross_entropy(output["logits"], cls),
+                "clin": clinical_guidance_loss(output["embedding"][:, :4], radiomics, valid)}
+    return losses
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["written-out", "autograd"])
+@pytest.mark.parametrize("layers", [[3], [1]], ids=["bottleneck", "mid"])
+def test_an_unannotated_sample_has_an_exactly_zero_segmentation_gradient_at_z(layers, fast):
+    """With nnU-Net's ignore-aware loss an all-ignore sample contributes nothing to L_seg, and its gradient at z is
+    exactly 0 (not merely small) through the written-out decoder gradient and through autograd alike: the decoder's
+    operations act per sample (instance norm, not batch norm), so a zero seed stays zero. Its RLAR terms with seg
+    are then 0 by the cosine's definition; a box sample's is not 0 (the background outside its box is annotated)."""
+    from nnunet_mtl.methods.rlar import pairwise_abs_cosine, task_gradients
+    data, seg, cls, radiomics, valid = partial_batch()
+    losses_fn = partial_losses_for(seg, cls, radiomics, valid)
+    net = make_net()
+    if fast:
+        use_fast_instance_norm(net.encoder)
+    output = net(data, return_aux=True, record_decoder=fast)
+    losses = losses_fn(output)
+    grads = task_gradients({t: WEIGHTS[t] * v for t, v in losses.items()}, list(WEIGHTS), output, layers,
+                           decoder=net.decoder if fast else None)
+    for j in range(len(layers)):
+        g = grads["seg"][j]
+        assert torch.equal(g[2], torch.zeros_like(g[2]))  # exactly 0, every entry
+        assert all(g[i].abs().sum() > 0 for i in (0, 1, 3))
+        flat = {t: grads[t][j].flatten(1) for t in WEIGHTS}
+        assert pairwise_abs_cosine(flat["seg"], flat["cls"])[2] == 0
+        assert pairwise_abs_cosine(flat["seg"], flat["clin"])[2] == 0
+        # the sample's penalty is then the cls-clin pair alone, over the three pairs
+        penalty_2 = (pairwise_abs_cosine(flat["cls"], flat["clin"])[2] / 3).item()
+        per_sample = torch.stack([pairwise_abs_cosine(flat[a], flat[b]) for a, b in
+                                  (("seg", "cls"), ("seg", "clin"), ("cls", "clin"))], 1).mean(1)
+        assert per_sample[2].item() == pytest.approx(penalty_2, rel=1e-12)
+        assert rlar_penalty([grads[t][j] for t in WEIGHTS]).item() == pytest.approx(per_sample.mean().item(),
+                                                                                    rel=1e-12)
+
+
+def test_the_step_on_a_partial_batch_is_finite_and_an_all_ignore_batch_trains_no_decoder():
+    """The whole RLAR step on the partial batch has finite gradients; on a batch without any annotated pixel the
+    segmentation loss is constant, so the decoder gets no gradient from it, and the penalty (only cls-clin left)
+    is finite."""
+    data, seg, cls, radiomics, valid = partial_batch()
+    net = make_net()
+    _, penalty = rlar_backward(net, data, partial_losses_for(seg, cls, radiomics, valid), WEIGHTS, [3],
+                               adv_weight=0.5)
+    assert 0 <= penalty.item() <= 1
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    net = make_net()
+    unannotated = torch.full_like(seg, IGNORE)
+    _, penalty = rlar_backward(net, data, partial_losses_for(unannotated, cls, radiomics, valid * False), WEIGHTS,
+                               [3], adv_weight=0.5)
+    assert 0 <= penalty.item() <= 1 / 3 + 1e-12  # seg-cls and seg-clin are 0, at most cls-clin is left
+    decoder = [*net.decoder.stages.parameters(), *net.decoder.transpconvs.parameters(),
+               *net.decoder.seg_layers.parameters()]  # nnU-Net's decoder also holds a reference to the encoder
+    for p in decoder:
+        assert p.grad is None or torch.equal(p.grad, torch.zeros_like(p.grad))

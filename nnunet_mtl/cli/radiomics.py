@@ -11,7 +11,8 @@ def register(subparsers):
         description="Computes the radiomics targets used by nnUNetTrainerClinGuided / nnUNetTrainerRLAR from the "
                     "raw images and ground-truth masks, in parallel, and caches them in "
                     "nnUNet_preprocessed/DatasetNNN_X/radiomics_targets.csv. Reruns compute only new or changed "
-                    "cases. Definitions: README, 'Clinical guidance'.")
+                    "cases. Cases whose mask is a box or missing (cases.csv column mask) have no outline and get no "
+                    "targets (they are left out of the guidance loss). Definitions: docs/clinical_guidance_rlar.md.")
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES),
                    help="feature names (default: the paper's 13)")
@@ -20,13 +21,13 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from nnunet_mtl.radiomics.cache import CACHE_NAME, compute_dataset_radiomics
+    from nnunet_mtl.radiomics.cache import CACHE_NAME, compute_dataset_radiomics, describe_targets
     raw = find_dataset_folder(args.d, raw_root())
     cache = preprocessed_root() / raw.name / CACHE_NAME
     from nnunet_mtl.resources import cap_processes
     processes = cap_processes(args.np, "-np")
     table, computed = compute_dataset_radiomics(raw, cache, args.features, num_processes=processes)
-    print(f"{len(table)} training cases ({int(table['has_lesion'].sum())} with a lesion), "
-          f"{computed} computed now, {len(table) - computed} from the cache")
+    partial = int((table["mask"] != "full").sum())  # no outline, so no targets: never computed
+    print(f"{describe_targets(table)}, {computed} computed now, {len(table) - computed - partial} from the cache")
     print(f"wrote {cache}")
     return 0

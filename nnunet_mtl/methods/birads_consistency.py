@@ -39,6 +39,19 @@ tests/test_birads.py):
 - per patch: nnU-Net trains on patches, so "a sample without a lesion" is a patch whose target has no lesion pixel
   (NTP applies), and the consistency term uses the patches that contain lesion pixels of benign or malignant cases
   (a normal image gets the no-tumour penalty and no consistency term);
+- partially annotated cases (cases.csv ``mask`` ``none`` or ``box``; their targets hold nnU-Net's ignore label 2,
+  :mod:`nnunet_mtl.dataset.contract`): a lesion pixel is a pixel of the lesion label (1), never an ignore pixel, and
+  a patch is "without a lesion" only when every one of its pixels is annotated background. So NTP applies to
+  patches that are fully annotated and lesion-free (a box case's patch that lies wholly outside its box is one:
+  every pixel of it is known background), never to a patch with an ignore pixel, which may hold the lesion (all of
+  a ``none`` image, the inside of a box). The consistency term keeps its rule, patches with lesion pixels, which a
+  ``none`` or ``box`` case never has. Why not use them anyway (the prior is computed from the *predicted* soft mask,
+  and their class is known): on a patch with lesion pixels L_seg ties the soft mask to the lesion, so phi measures
+  the lesion's morphology; on an unannotated patch nothing ties it (a box bounds the lesion without saying which of
+  its pixels are lesion, a ``none`` patch may not even show it, since nnU-Net cannot oversample a lesion it was not
+  told about), so the term would ask the classifier to agree with an unsupervised mask, and would train the decoder
+  to draw whatever outline fits the class there, and its samples would move the running min/max of R and T. The
+  classification loss still learns from every case (:mod:`nnunet_mtl.methods.multitask`);
 - classes: {benign, malignant}, optionally normal; anything else is refused with one line.
 """
 from __future__ import annotations
@@ -50,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mtl.dataset.contract import BACKGROUND_LABEL, LESION_LABEL
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.seams.heads import register_loss_module
 from nnunet_mtl.seams.terms import Batch, LossTerm, Setup
@@ -157,8 +171,15 @@ def soft_lesion_mask(outputs: dict) -> torch.Tensor:
 
 
 def lesion_in_patch(batch: Batch) -> torch.Tensor:
-    """(B,) whether each training patch's target has a lesion pixel."""
-    return (batch.seg_target[:, 0] > 0).flatten(1).any(1)
+    """(B,) whether each patch's target has a lesion pixel: the lesion label itself, so that nnU-Net's ignore label
+    (2, "not annotated") never counts as lesion."""
+    return (batch.seg_target[:, 0] == LESION_LABEL).flatten(1).any(1)
+
+
+def annotated_lesion_free(batch: Batch) -> torch.Tensor:
+    """(B,) whether each patch is known to show no lesion: every pixel of its target is annotated background. A
+    patch with an ignore pixel is not (its lesion may lie there), nor is one with a lesion pixel."""
+    return (batch.seg_target[:, 0] == BACKGROUND_LABEL).flatten(1).all(1)
 
 
 def class_indices(class_names: Sequence[str]) -> tuple[int, int | None]:
@@ -172,9 +193,12 @@ def class_indices(class_names: Sequence[str]) -> tuple[int, int | None]:
 
 
 class BIRADSConsistency(LossTerm):
-    """alpha MSE(p, phi) of Eq. 2 (the weight alpha is the trainer's ``loss_weights['consistency']``)."""
+    """alpha MSE(p, phi) of Eq. 2 (the weight alpha is the trainer's ``loss_weights['consistency']``), averaged over
+    the patches with lesion pixels of benign and malignant cases (none of a partially annotated case: module
+    docstring)."""
 
     name, task = "consistency", False
+    partial_masks = True  # reads the lesion label only; unannotated patches are never used
 
     def __init__(self, init_weights: Sequence[float] = INITIAL_WEIGHTS, momentum: float = MOMENTUM):
         self.init_weights = tuple(float(w) for w in init_weights)
@@ -206,14 +230,16 @@ class BIRADSConsistency(LossTerm):
 
 
 class NoTumourPenalty(LossTerm):
-    """NTP of Eq. 2: per sample the mean soft mask if its patch has no lesion pixel, else 0; mean over the batch
-    (weight alpha lambda_nt)."""
+    """NTP of Eq. 2: per sample the mean soft mask if its patch is annotated background throughout, else 0; mean over
+    the batch (weight alpha lambda_nt). "Throughout": a patch with an ignore pixel (a ``none`` case, or one that
+    overlaps its box) is not known to be lesion-free, so it is not penalized for predicting lesion there."""
 
     name, task = "ntp", False
+    partial_masks = True  # penalizes only patches whose every pixel is annotated background
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:
         soft = soft_lesion_mask(outputs)
-        empty = ~lesion_in_patch(batch)
+        empty = annotated_lesion_free(batch)
         return (soft.mean((1, 2)) * empty.to(soft)).mean()
 
 
@@ -221,6 +247,7 @@ class PriorWeightDecay(LossTerm):
     """||u||^2 of Eq. 2 (weight beta)."""
 
     name, task = "prior_l2", False
+    partial_masks = True  # reads no target
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:
         return batch.loss_module(PRIOR).u.square().sum()
