@@ -114,10 +114,15 @@ def test_binary_classification_by_hand():
     p1 = np.array([0.1, 0.6, 0.8, 0.7, 0.4])
     m = classification_metrics(y_true, y_pred, np.stack([1 - p1, p1], axis=1), ["benign", "malignant"])
     assert m["accuracy"] == pytest.approx(3 / 5)
+    # benign one-vs-rest: TP case 0, FN case 1, FP case 4, TN cases 2, 3 -> sensitivity 1/2, specificity 2/3
     assert m["per_class"]["benign"] == pytest.approx(
-        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "auc_ovr": 5 / 6})
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "auc_ovr": 5 / 6, "sensitivity": 0.5,
+         "specificity": 2 / 3})
     assert m["per_class"]["malignant"]["precision"] == pytest.approx(2 / 3)
     assert m["per_class"]["malignant"]["recall"] == pytest.approx(2 / 3)
+    # malignant, the positive class: TP cases 2, 3, FN case 4, FP case 1, TN case 0
+    assert m["positive_class"] == "malignant"
+    assert (m["sensitivity"], m["specificity"], m["precision"], m["f1"]) == pytest.approx((2 / 3, 1 / 2, 2 / 3, 2 / 3))
     assert m["macro_precision"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
@@ -333,7 +338,10 @@ def test_aggregate_two_summaries(tmp_path):
     agg = aggregate_summaries(paths, output_path=tmp_path / "agg.json")
     dice = agg["metrics"]["segmentation.dice.mean"]
     assert dice["mean"] == pytest.approx(0.7) and dice["std"] == pytest.approx(math.sqrt(0.02)) and dice["n"] == 2
-    assert agg["metrics"]["classification.auc"] == {"mean": 0.9, "std": None, "n": 1, "values": [0.9, None]}
+    # one run defines AUC: no std, no t-based interval (later additions only add keys)
+    assert agg["metrics"]["classification.auc"] == {"mean": 0.9, "std": None, "n": 1, "values": [0.9, None],
+                                                    "ci95": None}
+    assert any("one run only have no std and no 95% CI" in n for n in agg["notes"])
     assert agg["metrics"]["segmentation.hd95_mm"]["n"] == 0
     assert not any("confusion" in k for k in agg["metrics"])
     assert json.loads((tmp_path / "agg.json").read_text())["num_runs"] == 2
@@ -426,8 +434,10 @@ def test_weighted_metrics_are_added_without_changing_the_existing_keys():
     y_true, y_pred = [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]
     p1 = np.array([0.1, 0.6, 0.8, 0.7, 0.4])
     m = classification_metrics(y_true, y_pred, np.stack([1 - p1, p1], axis=1), ["benign", "malignant"])
-    # later additions (MCC, Brier, ECE and its reliability table: tests/test_metrics.py) only add keys
-    assert sorted(m) == sorted(EXISTING_CLASSIFICATION_KEYS + list(WEIGHTED) + ["mcc", "brier", "ece", "reliability"])
+    # later additions (MCC, Brier, ECE and its reliability table: tests/test_metrics.py; the positive class's
+    # sensitivity, specificity, precision and F1) only add keys
+    assert sorted(m) == sorted(EXISTING_CLASSIFICATION_KEYS + list(WEIGHTED) + ["mcc", "brier", "ece", "reliability"]
+                               + ["positive_class", "sensitivity", "specificity", "precision", "f1"])
     assert all(type(m[w]) is float for w in WEIGHTED)
     from nnunet_mtl.evaluation.classification import DEFINITIONS
     assert "weighted" in DEFINITIONS["weighted_precision_recall_f1"] and "support" in DEFINITIONS[
@@ -496,3 +506,126 @@ def test_evaluate_output_folder_is_never_an_input_folder(folders, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and "is the input folder" in err
         assert sorted(p.name for p in (folders / target).iterdir()) == before
+
+
+# ---------------------------------------------------------------------------------------- unannotated references
+def _box_label(top, left, size, shape=(32, 32)):
+    """A box annotation as the contract stores it: nnU-Net's ignore label 2 inside the box, 0 outside."""
+    return _square(top, left, size, shape) * 2
+
+
+@pytest.fixture
+def partial(folders):
+    """The three cases of ``folders`` plus three whose references are not outlined: 'box01' (2 inside a box),
+    'none01' (all 2) and 'tbl01' (a 0 / 1 map that cases.csv says is a box); cases.csv gets a mask column."""
+    pred, ref = folders / "pred", folders / "ref"
+    extra = {"box01": (_square(4, 4, 8), _box_label(3, 3, 10), "malignant", (0.2, 0.8), "box"),
+             "none01": (_square(4, 4, 8), np.full((32, 32), 2), "benign", (0.7, 0.3), "none"),
+             "tbl01": (np.zeros((32, 32)), _square(4, 4, 8), "benign", (0.4, 0.6), "box")}
+    for case, (p, r, *_rest) in extra.items():
+        _png(pred / f"{case}.png", p)
+        _png(ref / f"{case}.png", r)
+    with open(folders / "cases.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["mask"] = "full"
+    rows += [{"case_id": c, "split": "train", "class": k, "patient_id": f"P{c}", "spacing_row_mm": "0.5",
+              "spacing_col_mm": "0.5", "mask": m} for c, (_p, _r, k, _pr, m) in extra.items()]
+    with open(folders / "cases.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(pred / "class_predictions.csv", "a", newline="") as f:
+        w = csv.writer(f)
+        for case, (*_x, probs, _m) in extra.items():
+            w.writerow([case, "benign" if probs[0] > probs[1] else "malignant", *probs])
+    (folders / "dataset.json").write_text(json.dumps({"name": "X", "class_labels": CLASS_LABELS,
+                                                      "labels": {"background": 0, "lesion": 1, "ignore": 2}}))
+    return folders
+
+
+def _evaluate_partial(root, **kw):
+    return evaluate_folder(root / "pred", root / "ref", class_predictions_csv=root / "pred" / "class_predictions.csv",
+                           cases_csv=root / "cases.csv", class_labels=CLASS_LABELS, output_dir=root / "eval",
+                           bootstrap=200, **kw)
+
+
+def test_unannotated_references_are_left_out_of_segmentation_only(partial, capsys):
+    summary = _evaluate_partial(partial)
+    err = capsys.readouterr().err
+    seg = summary["segmentation"]
+    # the three annotated cases as in test_evaluate_folder_writes_per_case_and_summary, nothing of the others
+    assert seg["dice"]["mean"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert seg["iou"]["mean"] == pytest.approx((1 + 32 / 96 + 0) / 3)
+    assert (seg["annotated_cases"], seg["unannotated_cases"]) == (3, 3)
+    assert seg["empty_prediction_cases"] == 1 and seg["empty_reference_cases"] == 0
+    assert summary["unannotated_references"] == [
+        {"case_id": "box01", "kind": "box", "source": "label map"},
+        {"case_id": "none01", "kind": "none", "source": "label map"},
+        {"case_id": "tbl01", "kind": "box", "source": "cases.csv"}]
+    # classification keeps every case: 6 cases, the three new ones right, right, wrong
+    cls = summary["classification"]
+    assert cls["num_cases"] == 6 and summary["num_cases"] == 6
+    assert cls["accuracy"] == pytest.approx(4 / 6)
+    note = next(n for n in summary["notes"] if "unannotated" in n)
+    assert "3 unannotated reference(s) (box 2, none 1" in note and "box01, none01, tbl01" in note
+    assert "kept in classification" in note and note in err
+    with open(partial / "eval" / "per_case.csv", newline="") as f:
+        rows = {r["case_id"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 6
+    for case in ("box01", "none01", "tbl01"):
+        assert all(rows[case][m] == "" for m in ("dice", "iou", "hd95_px", "hd95_mm", "nsd_px", "nsd_mm"))
+        assert rows[case]["true_class"] and rows[case]["prob_malignant"]
+    assert rows["box01"]["reference_mask"] == "box" and rows["000012"]["reference_mask"] == "full"
+    # the bootstrap resamples the annotated cases' values only
+    low, high = summary["confidence_intervals"]["intervals"]["segmentation.dice.mean"]
+    assert 0 <= low <= seg["dice"]["mean"] <= high <= 1
+    table = format_summary_table(summary)
+    assert "Segmentation (3 of 6 cases: 3 unannotated reference(s) left out)" in table
+    assert "box 2, none 1" in table
+    assert "ignore label" in summary["definitions"]["unannotated_references"]
+
+
+def test_a_two_is_never_lesion_even_without_a_case_table(partial):
+    summary = evaluate_folder(partial / "pred", partial / "ref", bootstrap=0)
+    # without cases.csv only the label maps say it: tbl01 (0 / 1) now counts, the two maps with 2 do not
+    assert [e["case_id"] for e in summary["unannotated_references"]] == ["box01", "none01"]
+    assert summary["segmentation"]["annotated_cases"] == 4
+    assert summary["segmentation"]["dice"]["mean"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+
+
+def test_only_unannotated_references_give_no_segmentation_numbers(partial):
+    for case in ("000012", "000013", "000100", "tbl01"):
+        (partial / "ref" / f"{case}.png").unlink()
+        (partial / "pred" / f"{case}.png").unlink()
+    summary = evaluate_folder(partial / "pred", partial / "ref", bootstrap=100)
+    assert summary["segmentation"]["dice"] is None and summary["segmentation"]["annotated_cases"] == 0
+    assert "segmentation.dice.mean" not in summary["confidence_intervals"]["intervals"]
+    assert "n/a (unannotated)" in format_summary_table(summary)
+
+
+@pytest.mark.parametrize("label, needle", [
+    (_square(4, 4, 8) * 3, r"has values \[0, 3\]; expected 0 \(background\), 1 \(lesion\) and 2"),
+    (_square(4, 4, 8) + _box_label(20, 20, 4), r"has lesion \(1\) and ignore \(2\) pixels"),
+])
+def test_a_reference_with_other_values_is_one_error(folders, label, needle):
+    _png(folders / "ref" / "000013.png", label)
+    with pytest.raises(NnunetMtlError, match=needle) as info:
+        evaluate_folder(folders / "pred", folders / "ref", bootstrap=0)
+    assert str(folders / "ref" / "000013.png") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_per_fold_evaluation_of_a_cross_validation_with_unannotated_references(partial, capsys):
+    pf = partial / "pf"
+    import shutil
+    for sub in ("fold_0", "fold_1"):
+        shutil.copytree(partial / "pred", pf / sub)
+    assert main(["evaluate", "-pred", str(pf), "-ref", str(partial / "ref"), "--cases", str(partial / "cases.csv"),
+                 "--class-labels", str(partial / "dataset.json"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    fold = json.loads((pf / "fold_0" / "evaluation" / "summary.json").read_text())
+    assert [e["case_id"] for e in fold["unannotated_references"]] == ["box01", "none01", "tbl01"]
+    result = json.loads((pf / "evaluation" / "per_fold_summary.json").read_text())
+    assert result["mean_std_over_folds"]["metrics"]["segmentation.dice.mean"]["mean"] == pytest.approx(0.5)
+    assert result["mean_std_over_folds"]["metrics"]["num_cases"]["mean"] == 6
+    assert "mean ± std over 2 folds" in out

@@ -571,3 +571,120 @@ def test_the_evaluation_never_imports_monai():
     root = Path(nnunet_mtl.evaluation.__file__).parent
     offenders = [p.name for p in root.glob("*.py") if "import monai" in p.read_text() or "from monai" in p.read_text()]
     assert offenders == []
+
+
+# ------------------------------------------------------------------------------------------------ positive class
+@pytest.mark.parametrize("names, seed", [(["benign", "malignant"], 0), (["Malignant", "benign"], 1),
+                                         (["benign", "malignant", "normal"], 2)])
+def test_positive_class_metrics_match_sklearn(names, seed):
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    k = len(names)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, 60)
+    y_pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, k, 60))
+    probs = rng.dirichlet(np.ones(k), 60)
+    m = classification_metrics(y, y_pred, probs, names)
+    pos = [n.lower() for n in names].index("malignant")
+    assert m["positive_class"] == names[pos] and cls_metrics.positive_class_index(names) == pos
+    truth, guess = (y == pos).astype(int), (y_pred == pos).astype(int)
+    p, r, f, _ = precision_recall_fscore_support(truth, guess, average="binary", pos_label=1, zero_division=0)
+    tn, fp, fn, tp = confusion_matrix(truth, guess, labels=[0, 1]).ravel()
+    assert (m["precision"], m["sensitivity"], m["f1"]) == pytest.approx((p, r, f), abs=1e-12)
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
+    for c, name in enumerate(names):  # every class one-vs-rest
+        t_c, g_c = (y == c).astype(int), (y_pred == c).astype(int)
+        tn, fp, fn, tp = confusion_matrix(t_c, g_c, labels=[0, 1]).ravel()
+        assert m["per_class"][name]["specificity"] == pytest.approx(tn / (tn + fp))
+        assert m["per_class"][name]["sensitivity"] == pytest.approx(tp / (tp + fn)) == m["per_class"][name]["recall"]
+    # the same under weights, as the bootstrap computes them
+    weights = np.vstack([np.ones(60), rng.integers(0, 3, (3, 60))])
+    got = resampled_metrics(weights, y, y_pred, probs, positive_class=pos)
+    for b, w in enumerate(weights):
+        rows = np.repeat(np.arange(60), w.astype(int))
+        expected = classification_metrics(y[rows], y_pred[rows], probs[rows], names)
+        for key in cls_metrics.POSITIVE_CLASS_METRICS:
+            assert got[key][b] == pytest.approx(expected[key]), (key, b)
+
+
+def test_positive_class_by_hand_and_zero_denominators():
+    # reference malignant, malignant, benign, benign; predicted malignant, benign, benign, benign:
+    # TP 1, FN 1, TN 2, FP 0 -> sensitivity 1/2, specificity 1, precision 1, F1 2/3
+    m = classification_metrics([1, 1, 0, 0], [1, 0, 0, 0], np.full((4, 2), 0.5), ["benign", "malignant"])
+    assert (m["sensitivity"], m["specificity"], m["precision"], m["f1"]) == pytest.approx((0.5, 1.0, 1.0, 2 / 3))
+    # nothing predicted malignant, no malignant reference: every ratio 0 / 0 -> 0 (zero_division=0)
+    m = classification_metrics([0, 0], [0, 0], np.full((2, 2), 0.5), ["benign", "malignant"])
+    assert (m["sensitivity"], m["precision"], m["f1"], m["specificity"]) == (0.0, 0.0, 0.0, 1.0)
+    # no class named malignant: no headline keys, and no intervals for them
+    m = classification_metrics([0, 1, 2], [0, 1, 1], np.full((3, 3), 1 / 3), ["TR1", "TR2", "TR3"])
+    assert not {"positive_class", "sensitivity", "specificity", "precision", "f1"} & set(m)
+    assert cls_metrics.positive_class_index(["TR1", "TR2"]) is None
+    assert "malignant" in cls_metrics.DEFINITIONS["positive_class_metrics"]
+
+
+def test_positive_class_metrics_get_intervals_and_rows(patients):
+    summary = _evaluate(patients, bootstrap=200)
+    cls, ci = summary["classification"], summary["confidence_intervals"]["intervals"]
+    assert cls["positive_class"] == "malignant"
+    for key in ("sensitivity", "specificity", "precision", "f1"):
+        low, high = ci[f"classification.{key}"]
+        assert low <= cls[key] <= high
+    table = format_summary_table(summary)
+    for label in ("sensitivity (malignant)", "specificity (malignant)", "precision (malignant)", "F1 (malignant)",
+                  "specificity"):
+        assert label in table
+    on_disk = json.loads((patients / "eval" / "summary.json").read_text())
+    assert on_disk["classification"]["sensitivity"] == pytest.approx(cls["sensitivity"])
+    agg = aggregate_summaries([patients / "eval" / "summary.json"] * 2)
+    assert agg["metrics"]["classification.specificity"]["mean"] == pytest.approx(cls["specificity"])
+
+
+# ------------------------------------------------------------------------------------------------ t-based CI over runs
+def test_t_interval_matches_scipy():
+    from scipy import stats
+
+    from nnunet_mtl.evaluation.evaluate import t_interval
+    values = [0.81, 0.86, 0.78]
+    mean, sem = np.mean(values), np.std(values, ddof=1) / math.sqrt(3)
+    assert t_interval(values) == pytest.approx(list(stats.t.interval(0.95, 2, loc=mean, scale=sem)))
+    # by hand: t_{0.975, 2} = 4.302652729...
+    assert t_interval(values)[1] == pytest.approx(mean + 4.302652729911275 * sem)
+    assert t_interval([0.5]) is None and t_interval([]) is None
+    assert t_interval([0.7, 0.7, 0.7]) == pytest.approx([0.7, 0.7])  # no spread, no width
+
+
+def test_aggregate_reports_the_t_interval(tmp_path, capsys):
+    from scipy import stats
+    paths = []
+    for i, (dice, auc) in enumerate(((0.8, 0.9), (0.6, None), (0.7, None))):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps({"num_cases": 10, "segmentation": {"dice": {"mean": dice}},
+                                         "classification": {"auc": auc}}))
+    agg = aggregate_summaries(paths, output_path=tmp_path / "agg.json")
+    dice = agg["metrics"]["segmentation.dice.mean"]
+    assert dice["ci95"] == pytest.approx(list(stats.t.interval(0.95, 2, loc=0.7, scale=0.1 / math.sqrt(3))))
+    assert agg["metrics"]["classification.auc"]["ci95"] is None  # defined in one run only
+    assert "t_{0.975, n-1}" in agg["ci95"] and any("one run only" in n for n in agg["notes"])
+    assert json.loads((tmp_path / "agg.json").read_text())["metrics"]["segmentation.dice.mean"]["ci95"] == \
+        pytest.approx(dice["ci95"])
+    capsys.readouterr()
+    assert main(["evaluate", "--aggregate", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "segmentation.dice.mean" in line)
+    assert f"[{dice['ci95'][0]:.4f}, {dice['ci95'][1]:.4f}]" in line and "95% CI (t)" in out
+    assert main(["evaluate", "--aggregate", str(paths[0])]) == 0
+    assert "one run only: no standard deviation and no 95% confidence interval" in capsys.readouterr().out
+
+
+def test_per_fold_table_shows_the_t_interval_and_the_positive_class():
+    metric = {"mean": 0.5, "std": 0.1, "n": 3, "values": [0.4, 0.5, 0.6], "ci95": [0.2516, 0.7484]}
+    keys = ("num_cases", "segmentation.dice.mean", "segmentation.attention_iou.mean", "classification.sensitivity",
+            "classification.specificity", "classification.precision", "classification.f1")
+    result = {"num_folds": 3, "folds": {"fold_0": {}, "fold_1": {}, "fold_2": {}}, "pred_dir": "p",
+              "mean_std_over_folds": {"metrics": {k: metric for k in keys}}, "fold_ensemble": None,
+              "positive_class": "malignant"}
+    table = format_per_fold_table(result)
+    dice = next(line for line in table.splitlines() if line.strip().startswith("Dice"))
+    assert "[0.2516, 0.7484]" in dice and "95% CI (t)" in table
+    for label in ("attention IoU", "sensitivity", "specificity", "precision", "F1",
+                  "malignant as the positive class", "t(0.975, 2)"):
+        assert label in table

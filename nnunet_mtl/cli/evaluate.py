@@ -1,5 +1,7 @@
 """``nnunet_mtl evaluate``: Dice / IoU / HD95 / NSD and classification metrics (with calibration and bootstrap 95%
-confidence intervals) of a prediction folder, or mean ± std over several runs' summary.json files (``--aggregate``).
+confidence intervals) of a prediction folder, or mean ± std and the t-based 95% CI of the mean over several runs'
+summary.json files (``--aggregate``). References holding nnU-Net's ignore label (box / none annotations) are left out
+of the segmentation metrics; ``--attention`` also scores the lesion maps of ``predict --save-attention``.
 A folder written by ``nnunet_mtl predict --per-fold`` is evaluated subfolder by subfolder, with the folds' mean ± std
 next to the fold ensemble (docs/evaluation.md)."""
 from __future__ import annotations
@@ -30,7 +32,10 @@ def register(subparsers):
                     "A -pred folder written by nnunet_mtl predict --per-fold (per_fold.json, fold_K/, ensemble/) is "
                     "evaluated per subfolder (each into SUB/evaluation), and PRED/evaluation/per_fold_summary.json "
                     "holds the mean ± std over the folds next to the fold ensemble's numbers. "
-                    "Mode 2: --aggregate S1.json S2.json ...: mean ± std of every metric over folds or runs. "
+                    "References with nnU-Net's ignore label (or box / none in cases.csv) are left out of the "
+                    "segmentation metrics and kept in classification. "
+                    "Mode 2: --aggregate S1.json S2.json ...: mean ± std and t-based 95%% CI of every metric over "
+                    "folds or runs. "
                     "HD95 follows MONAI (max of the two directed 95th percentiles); NSD is Nikolov et al. 2021's "
                     "surface Dice; see summary.json 'definitions' and docs/evaluation.md.")
     p.add_argument("-pred", help="folder of predicted CASE_ID.png masks (e.g. the output of nnunet_mtl predict), or a "
@@ -64,8 +69,13 @@ def register(subparsers):
     p.add_argument("--bootstrap-seed", dest="bootstrap_seed", type=int, default=None, metavar="S",
                    help=f"seed of the bootstrap (default {DEFAULT_BOOTSTRAP_SEED}); the same seed gives the same "
                         f"intervals")
+    p.add_argument("--attention", action="store_true",
+                   help="also score the lesion maps PRED/attention/CASE.png written by nnunet_mtl predict "
+                        "--save-attention: attention_iou, the IoU of P >= 0.5 with the reference lesion (Fan et al.'s "
+                        "JSI of the localization); every predicted case needs one")
     p.add_argument("--aggregate", nargs="+", metavar="SUMMARY_JSON",
-                   help="aggregate these summary.json files (folds / runs) into mean ± std")
+                   help="aggregate these summary.json files (folds / repeated runs) into mean ± std and the t-based "
+                        "95%% CI of the mean")
     p.set_defaults(func=run)
 
 
@@ -105,7 +115,7 @@ def run(args) -> int:
         if args.pred or args.ref or args.d:
             raise NnunetMtlError("--aggregate takes summary.json files only; do not combine it with -pred/-ref/-d")
         given = [flag for attr, (flag, _key, _default) in _METRIC_OPTIONS.items()
-                 if getattr(args, attr, None) is not None]
+                 if getattr(args, attr, None) is not None] + (["--attention"] if args.attention else [])
         if given:
             one = len(given) == 1
             raise NnunetMtlError(f"{', '.join(given)} {'applies' if one else 'apply'} to evaluating predictions, not "
@@ -155,7 +165,8 @@ def run(args) -> int:
             _existing_file(cases, "case table")
         class_labels = load_class_labels(labels_json) if labels_json is not None else None
         result = evaluate_per_fold(pred, ref, layout, cases_csv=cases, class_labels=class_labels, output_dir=args.o,
-                                   num_processes=args.np, allow_missing=args.allow_missing, **options)
+                                   num_processes=args.np, allow_missing=args.allow_missing, attention=args.attention,
+                                   **options)
         print()
         print(format_per_fold_table(result))
         print()
@@ -180,7 +191,8 @@ def run(args) -> int:
 
     out = Path(args.o) if args.o else pred / "evaluation"
     summary = evaluate_folder(pred, ref, class_predictions_csv=classes, cases_csv=cases, class_labels=class_labels,
-                              output_dir=out, num_processes=args.np, allow_missing=args.allow_missing, **options)
+                              output_dir=out, num_processes=args.np, allow_missing=args.allow_missing,
+                              attention=args.attention, **options)
     print(format_summary_table(summary))
     print()
     for path in written_files(out):

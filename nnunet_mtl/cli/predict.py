@@ -4,6 +4,11 @@
 into ``OUT/fold_K/``, and once with all folds, into ``OUT/ensemble/`` (exactly what ``-f K1 K2 ...`` without the
 flag writes into OUT), and records in ``OUT/per_fold.json`` which subfolder is which. Everything that can be
 checked (folds, checkpoints, inputs, the output folder) is checked before the first prediction.
+
+``--save-attention`` also writes ``OUT/attention/CASE.png`` (each subfolder's own with ``--per-fold``): the lesion
+map P of a head that returns one (Fan et al.'s lesion-aware head), as uint8 round(255 P) in the image's geometry
+(:mod:`nnunet_mtl.inference.predictor`); a model whose head has none is refused before anything is predicted. The
+masks and class_predictions.csv are the same bytes as without the flag.
 """
 from __future__ import annotations
 
@@ -37,6 +42,11 @@ def register(subparsers):
     p.add_argument("-prev_stage_predictions", default=None, help="previous stage predictions (cascade)")
     p.add_argument("-num_parts", type=int, default=1)
     p.add_argument("-part_id", type=int, default=0)
+    p.add_argument("--save-attention", dest="save_attention", action="store_true",
+                   help="also write OUTPUT/attention/CASE.png: the head's lesion map P (e.g. nnUNetTrainerLesionAware: "
+                        "Fan et al.'s attention at the bottleneck's resolution), upsampled and averaged over mirrors, "
+                        "tiles and folds, in the image's geometry as uint8 round(255 P); for nnunet_mtl evaluate "
+                        "--attention. Refused for a head without an attention map")
     add_per_fold_argument(p, "masks and class_predictions.csv")
     p.set_defaults(func=run)
 
@@ -255,6 +265,8 @@ def command_line(args, subcommand: str, folds: list, output, per_fold: bool = Fa
     for flag in ("disable_tta", "save_probabilities", "continue_prediction"):
         if getattr(args, flag, False):
             cmd.append(f"--{flag}")
+    if getattr(args, "save_attention", False):
+        cmd.append("--save-attention")
     if getattr(args, "prev_stage_predictions", None):
         cmd += ["-prev_stage_predictions", str(args.prev_stage_predictions)]
     if getattr(args, "num_parts", 1) > 1:
@@ -412,10 +424,39 @@ def class_predictions_name(args) -> str:
     return "class_predictions.csv" if args.num_parts == 1 else f"class_predictions_part{args.part_id}.csv"
 
 
+ATTENTION_FOLDER = "attention"  # = nnunet_mtl.evaluation.evaluate.ATTENTION_FOLDER (OUT/attention/CASE.png)
+
+
+def check_attention_model(args, checked: dict, fold) -> None:
+    """Before a per-fold run writes anything: the model's head returns an attention map (probed on fold ``fold``'s
+    predictor, which is then let go; every fold has the same head)."""
+    predictor = load_predictor(sub_run_args(args, [fold], Path(args.o)), checked)
+    try:
+        predictor.save_attention_into(Path(args.o) / ATTENTION_FOLDER)
+    finally:
+        device = getattr(predictor, "device", None)
+        del predictor
+        free_memory(device)
+
+
+def note_missing_attention(output: Path, file_ending: str) -> None:
+    """Say when masks of the folder have no lesion map (predicted earlier without --save-attention, kept by
+    --continue_prediction): evaluate --attention would refuse the folder."""
+    folder = output / ATTENTION_FOLDER
+    masks = sorted(p.name[:-len(file_ending)] for p in output.iterdir() if p.is_file() and p.name.endswith(file_ending))
+    missing = [m for m in masks if not (folder / f"{m}.png").is_file()]
+    if missing:
+        print(f"note: {len(missing)} mask(s) in {output} have no lesion map in {folder} (e.g. {missing[0]}): predicted "
+              f"before without --save-attention? evaluate --attention needs one per mask (predict them again)")
+
+
 def predict_into(args, output: Path, checked: dict | None = None) -> tuple[Path, int]:
     """The plain prediction: the predictor of ``args``' folds, masks and class_predictions.csv into ``output``
-    (``checked``: see :func:`load_predictor`). Returns the CSV's path and the number of cases predicted now."""
+    (``checked``: see :func:`load_predictor`), and with --save-attention the lesion maps into output/attention.
+    Returns the CSV's path and the number of cases predicted now."""
     predictor = load_predictor(args, checked)
+    if getattr(args, "save_attention", False):
+        predictor.save_attention_into(output / ATTENTION_FOLDER)  # refused here, before anything is written
     output.mkdir(parents=True, exist_ok=True)
     if predictor.segments:
         predict_folder(predictor, args, output)
@@ -441,8 +482,12 @@ def run(args) -> int:
     check_prediction_output(output, class_predictions_name(args), checked)
     csv_path, count = predict_into(args, output, checked)
     print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
+    if args.save_attention:
+        print(f"lesion maps: {output / ATTENTION_FOLDER}")
     if args.num_parts == 1 and (checked["plans"].get(PLANS_KEY) or {}).get("segments", True):
         note_unmatched(output, csv_path, checked["dataset_json"].get("file_ending", ".png"))
+        if args.save_attention:
+            note_missing_attention(output, checked["dataset_json"].get("file_ending", ".png"))
     return 0
 
 
@@ -456,6 +501,8 @@ def run_per_fold(args) -> int:
     check_output_folder(output)
     for sub in [fold_subfolder(k) for k in folds] + [ENSEMBLE_SUBFOLDER]:
         check_prediction_output(output / sub, class_predictions_name(args), checked)
+    if getattr(args, "save_attention", False):
+        check_attention_model(args, checked, folds[0])
     info = per_fold_info(args, "predict", folds, checked["model_folder"], output)
     start_per_fold_output(args, info, checked["dataset_json"].get("file_ending", ".png"))
     runs = [(f"fold {i + 1}/{len(folds)}: fold {k}'s model alone", [k], output / fold_subfolder(k))
@@ -469,6 +516,7 @@ def run_per_fold(args) -> int:
         print(f"{label}: {count} cases predicted now, {csv_path}", flush=True)
     print(f"\nper-fold prediction in {output} ({output / 'per_fold.json'} says which subfolder is which):")
     for sub, csv_path, count in written:
-        print(f"  {sub.name + '/':<12} masks and {csv_path.name} ({count} cases predicted now)")
+        extra = f", {ATTENTION_FOLDER}/" if getattr(args, "save_attention", False) else ""
+        print(f"  {sub.name + '/':<12} masks{extra} and {csv_path.name} ({count} cases predicted now)")
     print(f"evaluate all subfolders (mean ± std over folds, and the ensemble): {info['evaluate']}")
     return 0

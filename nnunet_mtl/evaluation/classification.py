@@ -6,8 +6,10 @@ Definitions (the strings in :data:`DEFINITIONS` go into summary.json):
 - accuracy: fraction of cases whose predicted class equals the reference class.
 - balanced_accuracy: mean over the classes present in the reference of the per-class recall (sklearn).
 - precision / recall / F1 per class (one-vs-rest); a ratio with a zero denominator counts as 0 (sklearn's
-  ``zero_division=0``). macro_*: the unweighted mean over the classes that occur in the reference or in the
-  predictions (sklearn's default label set), so a class absent from both does not pull the mean to 0.
+  ``zero_division=0``). Per class also sensitivity (= recall, TP / (TP + FN)) and specificity (TN / (TN + FP)),
+  from sklearn's one-vs-rest confusion matrices (``multilabel_confusion_matrix``), zero denominator -> 0.
+  macro_*: the unweighted mean over the classes that occur in the reference or in the predictions (sklearn's
+  default label set), so a class absent from both does not pull the mean to 0.
   Per-class entries are given for every class; a class absent from both gets NaN there.
   weighted_*: the mean of the per-class values weighted by each class's support (its number of reference cases;
   sklearn's ``average="weighted"``, ``zero_division=0``), so a class without reference cases has weight 0 and
@@ -17,6 +19,12 @@ Definitions (the strings in :data:`DEFINITIONS` go into summary.json):
   prob_k (equals sklearn's ``roc_auc_score(multi_class='ovr', average='macro')`` when every class is present).
   A class whose one-vs-rest problem has only one side in the reference has no AUC: it is left out of the mean and
   noted; when no class has one (e.g. only one class in the reference), AUC is NaN with a note, never an error.
+- positive class: when a class is named ``malignant`` (any case; a benign / malignant task, or BI-RADS-like tasks
+  with such a class), it is the positive class and every other class negative, and its one-vs-rest sensitivity,
+  specificity, precision and F1 are headline numbers (``positive_class``, ``sensitivity``, ``specificity``,
+  ``precision``, ``f1``): what Fan et al. and most diagnostic papers report. Zero denominators count as 0, as above
+  (no NaN, so the bootstrap's resamples and the point estimate follow one rule). Tasks without such a class have
+  none of these keys.
 - confusion matrix: rows = reference class, columns = predicted class, both ordered by class index.
 - MCC: Matthews correlation coefficient (Matthews 1975, Biochim Biophys Acta 405:442-451), sklearn's
   ``matthews_corrcoef``; for more than two classes its multiclass generalization (Gorodkin 2004, R_K) from the
@@ -38,9 +46,12 @@ import warnings
 
 import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, matthews_corrcoef,
-                             precision_recall_fscore_support, roc_auc_score)
+                             multilabel_confusion_matrix, precision_recall_fscore_support, roc_auc_score)
 
 DEFAULT_ECE_BINS = 15
+POSITIVE_CLASS_NAME = "malignant"  # the positive class of the headline sensitivity / specificity / precision / F1
+# the headline metrics of the positive class (keys of the classification block, with a bootstrap interval each)
+POSITIVE_CLASS_METRICS = ("sensitivity", "specificity", "precision", "f1")
 
 DEFINITIONS = {
     "accuracy": "fraction of cases with predicted class == reference class",
@@ -53,6 +64,12 @@ DEFINITIONS = {
     "auc": "binary: ROC AUC of class index 1 by its probability; >2 classes: one-vs-rest macro ROC AUC (mean of "
            "per-class AUCs, classes without both sides in the reference left out); undefined -> NaN (null)",
     "confusion_matrix": "rows = reference class, columns = predicted class, ordered by class index",
+    "sensitivity_specificity": "per class one-vs-rest from sklearn multilabel_confusion_matrix: sensitivity = "
+                               "TP/(TP+FN) (= recall), specificity = TN/(TN+FP); zero denominator -> 0",
+    "positive_class_metrics": "with a class named 'malignant' (positive_class), every other class negative: "
+                              "sensitivity = TP/(TP+FN), specificity = TN/(TN+FP), precision = TP/(TP+FP), "
+                              "f1 = 2TP/(2TP+FP+FN) of that class one-vs-rest; zero denominator -> 0 (sklearn "
+                              "zero_division=0); absent for tasks without such a class",
     "mcc": "Matthews correlation coefficient (Matthews 1975), sklearn matthews_corrcoef; >2 classes: its multiclass "
            "generalization from the K x K confusion matrix (Gorodkin 2004); undefined -> 0",
     "brier": "Brier score (Brier 1950), lower is better: binary -> mean over cases of (prob of class index 1 - "
@@ -81,6 +98,13 @@ def ordered_class_names(class_labels: dict) -> list[str]:
     if [i for i, _ in by_index] != list(range(len(by_index))) or len(by_index) < 2:
         raise ValueError(f"class_labels must map at least two names to the indices 0..K-1, got {class_labels!r}")
     return [name for _, name in by_index]
+
+
+def positive_class_index(class_names: list[str]) -> int | None:
+    """Index of the positive class of the headline metrics: the class named ``malignant`` (case-insensitive), or
+    None when there is none (e.g. TI-RADS levels), where no class is more 'positive' than another."""
+    found = [i for i, name in enumerate(class_names) if str(name).strip().lower() == POSITIVE_CLASS_NAME]
+    return found[0] if len(found) == 1 else None
 
 
 def _auc_or_nan(y_binary: np.ndarray, score: np.ndarray) -> float:
@@ -189,6 +213,9 @@ def classification_metrics(y_true, y_pred, probabilities, class_names: list[str]
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(balanced_accuracy_score(y_true, y_pred))
     reliability = reliability_bins(y_true, probs, ece_bins)
+    # one-vs-rest 2 x 2 tables [[TN, FP], [FN, TP]] per class (sklearn), for specificity
+    ovr = multilabel_confusion_matrix(y_true, y_pred, labels=all_labels)
+    specificity = [_safe_ratio(ovr[c, 0, 0], ovr[c, 0, 0] + ovr[c, 0, 1]) for c in all_labels]
     per_class = {}
     for c, name in enumerate(class_names):
         absent = c not in present
@@ -198,7 +225,17 @@ def classification_metrics(y_true, y_pred, probabilities, class_names: list[str]
             "f1": math.nan if absent else float(f1[c]),
             "support": int(support[c]),
             "auc_ovr": per_class_auc[c],
+            "sensitivity": math.nan if absent else float(rec[c]),
+            "specificity": math.nan if absent else specificity[c],
         }
+    positive = positive_class_index(list(class_names))
+    headline = {} if positive is None else {
+        "positive_class": class_names[positive],
+        "sensitivity": float(rec[positive]),
+        "specificity": specificity[positive],
+        "precision": float(prec[positive]),
+        "f1": float(f1[positive]),
+    }
     return {
         "num_cases": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -213,6 +250,7 @@ def classification_metrics(y_true, y_pred, probabilities, class_names: list[str]
         "mcc": float(matthews_corrcoef(y_true, y_pred)),
         "brier": float(per_case_brier(y_true, probs).mean()),
         "ece": reliability["ece"],
+        **headline,
         "per_class": per_class,
         "confusion_matrix": {"labels": list(class_names),
                              "matrix": confusion_matrix(y_true, y_pred, labels=all_labels).tolist()},
@@ -247,18 +285,25 @@ def _weighted_auc(weights: np.ndarray, positive: np.ndarray, score: np.ndarray) 
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _safe_ratio(num, den) -> float:
+    """num / den as a float, 0 where den is 0 (sklearn's zero_division=0)."""
+    return float(num) / float(den) if den > 0 else 0.0
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, 0 where den is 0 (sklearn's zero_division=0)."""
     return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
 
 
-def resampled_metrics(weights, y_true, y_pred, probabilities, ece_bins: int = DEFAULT_ECE_BINS) -> dict:
+def resampled_metrics(weights, y_true, y_pred, probabilities, ece_bins: int = DEFAULT_ECE_BINS,
+                      positive_class: int | None = None) -> dict:
     """The scalar metrics of :func:`classification_metrics` under many case weightings at once.
 
     ``weights`` is (B, N): row b gives each case's multiplicity in resample b (a case drawn twice has weight 2; a
     patient drawn twice gives each of its images weight 2). Every metric here is one of a multiset of cases, so
     weight w means the case counted w times: with all weights 1 the values equal :func:`classification_metrics`'s.
-    Returns {metric: (B,) array} for :data:`RESAMPLED_METRICS`; everything is vectorized over B.
+    Returns {metric: (B,) array} for :data:`RESAMPLED_METRICS`, plus :data:`POSITIVE_CLASS_METRICS` of the class
+    index ``positive_class`` when given; everything is vectorized over B.
     """
     w = np.atleast_2d(np.asarray(weights, dtype=float))
     y_true = np.asarray(y_true, dtype=int)
@@ -301,6 +346,14 @@ def resampled_metrics(weights, y_true, y_pred, probabilities, ece_bins: int = DE
         with np.errstate(invalid="ignore", divide="ignore"):
             out["auc"] = np.where(defined.any(axis=0), np.nansum(per_class, axis=0) / defined.sum(axis=0), np.nan)
     out["brier"] = (w @ per_case_brier(y_true, probs)) / total
+    if positive_class is not None:  # one-vs-rest counts of the positive class, from the weighted confusion matrix
+        c = int(positive_class)
+        tp_c, ref_c, pred_c = tp[:, c], support[:, c], predicted[:, c]
+        negatives = total - ref_c
+        out["sensitivity"] = _ratio(tp_c, ref_c)
+        out["specificity"] = _ratio(negatives - (pred_c - tp_c), negatives)
+        out["precision"] = _ratio(tp_c, pred_c)
+        out["f1"] = _ratio(2 * tp_c, ref_c + pred_c)
     confidence, correct = _top_label(y_true, probs)
     gap = np.zeros((n, ece_bins))
     gap[np.arange(n), ece_bin_index(confidence, ece_bins)] = correct - confidence

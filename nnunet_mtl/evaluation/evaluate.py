@@ -1,9 +1,18 @@
 """Evaluate a folder of predicted masks (and optionally class predictions) against references; aggregate runs.
 
 Inputs
-    pred_dir/{case_id}.png and ref_dir/{case_id}.png: uint8 label maps (foreground = label > 0). Only cases present in
+    pred_dir/{case_id}.png and ref_dir/{case_id}.png: uint8 label maps (prediction: foreground = label > 0;
+    reference: 0 background, 1 lesion, 2 nnU-Net's ignore label, anything else an error). Only cases present in
     both are evaluated; a reference without prediction is an error unless ``allow_missing``; a prediction without
     reference is ignored with a warning line. Other files in pred_dir (class_predictions.csv, json) are ignored.
+    Unannotated references: a reference holding the ignore label (``none``: all 2; ``box``: 2 inside the lesion's
+    box, 0 outside; see :mod:`nnunet_mtl.dataset.contract`), or whose case cases.csv marks ``box`` / ``none``, says
+    nothing about which pixels are lesion: the case is left out of every segmentation metric (its per_case.csv row
+    keeps empty segmentation cells) and kept in classification; summary.json lists it. A cross-validation's
+    fold_K/validation against labelsTr meets them; test references are always full.
+    pred_dir/attention/{case_id}.png (with ``attention``): the lesion map P that ``nnunet_mtl predict
+    --save-attention`` writes (uint8 round(255 P), the image's geometry); attention_iou is the IoU of P >= 0.5
+    (pixel >= 128) with the reference lesion: Fan et al.'s JSI of the localization map.
     class_predictions.csv: ``case_id, predicted_class, prob_<name>...`` (one column per class, in index order).
     cases.csv: the raw dataset's ``case_id, split, class, patient_id[, spacing_row_mm, spacing_col_mm], ...``, read
     and checked by :mod:`nnunet_mtl.dataset.contract` (zero-padded ids stay as they are); ``class`` gives the
@@ -21,14 +30,18 @@ summary.json (NaN written as null)::
         "hd95_mm": {"mean", "std", "median"} or null,   # over cases with a known spacing; null when none has one
         "nsd_px":  {"mean", "std", "median"},   # NSD (Nikolov et al. 2021) at settings.nsd_tolerance_px pixels
         "nsd_mm":  {"mean", "std", "median"} or null,   # at settings.nsd_tolerance_mm mm, cases with a spacing
+        "attention_iou": {"mean", "std", "median"} or null,   # only with --attention: IoU of P >= 0.5 (Fan's JSI)
         "cases_with_spacing": int,
         "empty_reference_cases": int,           # reference mask empty (Dice/IoU/HD95 follow the empty conventions)
-        "empty_prediction_cases": int
+        "empty_prediction_cases": int,
+        "annotated_cases": int,                 # cases in the segmentation metrics (num_cases - unannotated ones)
+        "unannotated_cases": int
       },
       "classification": {                       # null when no class predictions or no reference classes
         "num_cases", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
         "weighted_precision", "weighted_recall", "weighted_f1", "auc", "mcc", "brier", "ece",
-        "per_class": {name: {"precision", "recall", "f1", "support", "auc_ovr"}},
+        "positive_class", "sensitivity", "specificity", "precision", "f1",   # only with a class named malignant
+        "per_class": {name: {"precision", "recall", "f1", "support", "auc_ovr", "sensitivity", "specificity"}},
         "confusion_matrix": {"labels": [names by index], "matrix": [[rows = reference, columns = predicted]]},
         "reliability": {"n_bins", "bin_edges", "count", "mean_confidence", "accuracy", "ece"},  # the ECE's bins
         "notes": [str]
@@ -43,20 +56,25 @@ summary.json (NaN written as null)::
       "settings": {"nsd_tolerance_px", "nsd_tolerance_mm", "ece_bins", "bootstrap_resamples", "bootstrap_seed",
                    "bootstrap_method"},
       "definitions": {metric: which definition it uses},
+      "unannotated_references": [{"case_id", "kind", "source"}],   # left out of segmentation (kind box / none;
+                                                # source "label map" or "cases.csv")
       "missing_predictions": [case_id],         # reference cases without a prediction (only with allow_missing)
       "ignored_predictions": [case_id],         # predictions without a reference
       "notes": [str],
-      "inputs": {"pred_dir", "ref_dir", "class_predictions_csv", "cases_csv"}
+      "inputs": {"pred_dir", "ref_dir", "class_predictions_csv", "cases_csv", "attention_dir"}
     }
 
 Aggregate (several folds / runs, :func:`aggregate_summaries`)::
 
-    {"num_runs": n, "runs": [paths], "std": "...",
-     "metrics": {"segmentation.dice.mean": {"mean", "std", "n", "values"}, ...}}
+    {"num_runs": n, "runs": [paths], "std": "...", "ci95": "...", "notes": [str],
+     "metrics": {"segmentation.dice.mean": {"mean", "std", "n", "values", "ci95": [low, high] or null}, ...}}
 
 Every number of the summaries (flattened to dotted keys; confusion matrices, reliability tables, confidence intervals,
 settings, notes and definitions left out) gets the mean and the sample std (ddof=1) over the runs where it is defined;
-a metric defined in fewer than two runs has std null. Summaries computed with different NSD tolerances or ECE bins
+a metric defined in fewer than two runs has std null. ``ci95`` is the t-based 95% confidence interval of the mean
+over the runs, mean ± t_{0.975, n-1} · std / sqrt(n) (scipy.stats.t): with three repeated runs, as Fan et al. report,
+the spread of the runs says how far their mean may be from the method's expected result; null with fewer than two
+runs. Summaries computed with different NSD tolerances or ECE bins
 are refused (their numbers mean different things); summaries from before these settings existed are accepted.
 
 Per-fold prediction folders (written by ``nnunet_mtl predict --per-fold``: ``fold_K/`` per fold's model alone,
@@ -67,8 +85,9 @@ them, :func:`evaluate_per_fold` evaluates every subfolder into its own ``evaluat
     {"num_folds": K,
      "folds": {"fold_0": {"folds": [0], "pred_dir", "summary", "num_cases"}, ...},
      "ensemble": {"folds": [0, 1, ...], "pred_dir", "summary", "num_cases"} or null,
-     "mean_std_over_folds": <aggregate of the folds' summaries, as above>,
+     "mean_std_over_folds": <aggregate of the folds' summaries, as above, with the t-based ci95 over folds>,
      "fold_ensemble": {"metrics": {dotted key: value}},   # the ensemble's summary, flattened like the aggregate
+     "positive_class": "malignant" or null,   # whose sensitivity / specificity / precision / f1 the rows are
      "definitions": {...}, "notes": [str], "per_fold_json": <per_fold.json> or null, "ref_dir", "pred_dir"}
 
 Every JSON / CSV / PNG written here is written to a temporary file in the same folder and renamed into place
@@ -87,13 +106,18 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_mtl.dataset.contract import SPACING_COLUMNS, read_cases_csv, read_class_labels, read_json_object
+from nnunet_mtl.dataset.contract import (LESION_LABEL, MASK_COLUMN, SPACING_COLUMNS, kind_of_label_map,
+                                         read_cases_csv, read_class_labels, read_json_object)
 from nnunet_mtl.atomic import atomic_open, write_text_atomic
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import classification as cls_metrics
 from nnunet_mtl.evaluation import segmentation as seg_metrics
 
 SEG_METRICS = ("dice", "iou", "hd95_px", "hd95_mm", "nsd_px", "nsd_mm")
+ATTENTION_METRIC = "attention_iou"  # with --attention: IoU of the lesion map P >= 0.5 (Fan et al.'s JSI)
+ATTENTION_FOLDER = "attention"      # PRED/attention/CASE.png, written by nnunet_mtl predict --save-attention
+ATTENTION_THRESHOLD = 128           # P >= 0.5 on the stored round(255 P)
+UNANNOTATED_KINDS = ("box", "none")
 OUTPUT_FILES = ("per_case.csv", "summary.json", "confusion_matrix.png", "roc_curve.png", "reliability_diagram.png")
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_BOOTSTRAP_SEED = 0
@@ -194,10 +218,12 @@ def read_label_png(path: Path) -> np.ndarray:
 
 
 def read_cases_table(path, class_labels: dict | None = None) -> dict[str, dict]:
-    """cases.csv -> {case_id: {"class": str, "spacing": (row_mm, col_mm) or None, "patient_id": str}}.
+    """cases.csv -> {case_id: {"class": str, "spacing": (row_mm, col_mm) or None, "patient_id": str[, "mask": kind]}}.
 
     Read and checked by the contract's :func:`read_cases_csv` (ids stay text, so "000123" keeps its zeros; spacings
     are floats); with ``class_labels`` every class must be one of them, without (segmentation only) any name goes.
+    ``mask`` (full / box / none, how the case's label map is annotated) only when cases.csv has that column: a box or
+    none case has no reference for the segmentation metrics.
     """
     cases = read_cases_csv(path, class_labels)
     if all(c in cases.columns for c in SPACING_COLUMNS):
@@ -205,8 +231,12 @@ def read_cases_table(path, class_labels: dict | None = None) -> dict[str, dict]:
         spacings = [None if math.isnan(r) or math.isnan(c) else (float(r), float(c)) for r, c in pairs]
     else:
         spacings = [None] * len(cases)
-    return {case: {"class": cls, "spacing": sp, "patient_id": patient}
-            for case, cls, sp, patient in zip(cases["case_id"], cases["class"], spacings, cases["patient_id"])}
+    table = {case: {"class": cls, "spacing": sp, "patient_id": patient}
+             for case, cls, sp, patient in zip(cases["case_id"], cases["class"], spacings, cases["patient_id"])}
+    if MASK_COLUMN in cases.columns:
+        for case, kind in zip(cases["case_id"], cases[MASK_COLUMN]):
+            table[case]["mask"] = kind
+    return table
 
 
 def load_class_labels(path) -> dict[str, int]:
@@ -304,15 +334,53 @@ def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[st
 
 
 # ----------------------------------------------------------------------------------------------- per case
+def reference_kind(ref: np.ndarray, ref_path, table_kind: str | None = None) -> tuple[str, str]:
+    """(mask kind, where it was read) of a reference label map: ``box`` / ``none`` when the map holds the ignore
+    label (the label map says so), else the kind cases.csv gives (``table_kind``), else ``full``. The map is checked
+    by the contract's :func:`~nnunet_mtl.dataset.contract.kind_of_label_map`: values other than 0 / 1 / 2, lesion
+    and ignore pixels together, or an ignore region that is no box are one line naming the file. A 2 is never read as
+    lesion."""
+    kind = kind_of_label_map(ref, f"reference {ref_path}")
+    if kind != "full":
+        return kind, "label map"
+    if table_kind in UNANNOTATED_KINDS:
+        return table_kind, "cases.csv"
+    return "full", "label map"
+
+
+def read_attention_png(path: Path, shape: tuple) -> np.ndarray:
+    """A stored lesion map (uint8 round(255 P), one channel) of the reference's ``shape``; one line naming the file
+    otherwise."""
+    att = read_label_png(path)
+    if att.dtype != np.uint8:
+        raise NnunetMtlError(f"{path} has pixel type {att.dtype}; expected the uint8 round(255 P) that nnunet_mtl "
+                             f"predict --save-attention writes")
+    if att.shape != shape:
+        raise NnunetMtlError(f"{path} has shape {att.shape} but its reference has {shape}; expected the lesion map in "
+                             f"the image's geometry (nnunet_mtl predict --save-attention)")
+    return att
+
+
 def _evaluate_case(task: tuple) -> dict:
-    """Worker: read one prediction / reference pair and compute its segmentation metrics."""
-    case, pred_path, ref_path, spacing, tol_px, tol_mm = task
+    """Worker: read one prediction / reference pair (and the stored lesion map) and compute its segmentation
+    metrics; an unannotated reference gets NaN for every one of them (left out of the means)."""
+    case, pred_path, ref_path, spacing, tol_px, tol_mm, table_kind, attention_path = task
     pred, ref = read_label_png(Path(pred_path)), read_label_png(Path(ref_path))
     if pred.shape != ref.shape:
         raise NnunetMtlError(f"case {case}: prediction {pred_path} has shape {pred.shape} but reference {ref_path} "
                              f"has {ref.shape}; expected the same size")
-    return {"case_id": case, **seg_metrics.case_metrics(pred, ref, spacing, nsd_tolerance_px=tol_px,
-                                                        nsd_tolerance_mm=tol_mm)}
+    kind, source = reference_kind(ref, ref_path, table_kind)
+    attention = read_attention_png(Path(attention_path), ref.shape) if attention_path is not None else None
+    if kind != "full":
+        row = {m: math.nan for m in SEG_METRICS}
+        row.update(ref_empty=False, pred_empty=not bool(pred.any()))
+    else:
+        row = seg_metrics.case_metrics(pred, ref, spacing, nsd_tolerance_px=tol_px, nsd_tolerance_mm=tol_mm)
+    row = {"case_id": case, **row, "reference_mask": kind, "reference_mask_source": source}
+    if attention is not None:
+        row[ATTENTION_METRIC] = (math.nan if kind != "full" else
+                                 seg_metrics.dice_iou(attention >= ATTENTION_THRESHOLD, ref == LESION_LABEL)[1])
+    return row
 
 
 def _run_cases(tasks: list[tuple], num_processes: int) -> list[dict]:
@@ -358,19 +426,62 @@ def check_metric_options(*, nsd_tolerance_px=seg_metrics.DEFAULT_NSD_TOLERANCE_P
         raise NnunetMtlError(f"bootstrap method {bootstrap_method!r} is not one of {', '.join(BOOTSTRAP_METHODS)}")
 
 
+UNANNOTATED_DEFINITION = (
+    "a reference label map holding nnU-Net's ignore label 2 (none: all 2; box: 2 inside the lesion's bounding box, 0 "
+    "outside), or whose case cases.csv marks box / none, does not say which pixels are lesion: the case is left out "
+    "of every segmentation metric (Dice, IoU, HD95, NSD, attention_iou; empty cells in per_case.csv) and kept in the "
+    "classification metrics; listed in unannotated_references")
+ATTENTION_DEFINITION = (
+    "Fan et al.'s JSI of the localization map: IoU of P >= 0.5 (stored pixel >= 128) with the reference lesion "
+    "(label 1), where P is the lesion-aware head's attention map, predicted at the bottleneck's resolution and "
+    "upsampled (bilinear per tile, averaged over mirrors, tiles and folds, back in the image's geometry) by nnunet_mtl "
+    "predict --save-attention into PRED/attention/CASE.png; empty conventions as iou; unannotated references left out")
+
+
+def unannotated_note(unannotated: list[dict], attention: bool = False) -> str:
+    """The note line on unannotated references: how many, of which kinds, some ids, and what was done with them."""
+    kinds = {}
+    for entry in unannotated:
+        kinds[entry["kind"]] = kinds.get(entry["kind"], 0) + 1
+    metrics = "Dice, IoU, HD95, NSD" + (", attention IoU" if attention else "")
+    return (f"{len(unannotated)} unannotated reference(s) ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}; "
+            f"ignore label in the label map or box / none in cases.csv) left out of {metrics}, kept in "
+            f"classification: {_some([e['case_id'] for e in unannotated])}")
+
+
+def check_attention_files(pred_dir, cases: list[str]) -> dict[str, Path]:
+    """{case: PRED/attention/CASE.png} for every evaluated case, before any metric is computed; one line naming the
+    folder and some missing cases otherwise."""
+    folder = Path(pred_dir) / ATTENTION_FOLDER
+    if not folder.is_dir():
+        raise NnunetMtlError(f"--attention: {folder} does not exist; expected the lesion maps that nnunet_mtl predict "
+                             f"--save-attention writes (a model whose head returns an attention map)")
+    found = list_png_cases(folder, "attention")
+    missing = [c for c in cases if c not in found]
+    if missing:
+        raise NnunetMtlError(f"--attention: {len(missing)} predicted case(s) have no lesion map in {folder}: "
+                             f"{_some(missing)}; expected CASE.png for every predicted case (predict again with "
+                             f"--save-attention)")
+    return {c: found[c] for c in cases}
+
+
 def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=None, class_labels=None,
                     output_dir=None, num_processes: int = 1, allow_missing: bool = False,
                     nsd_tolerance_px: float = seg_metrics.DEFAULT_NSD_TOLERANCE_PX,
                     nsd_tolerance_mm: float = seg_metrics.DEFAULT_NSD_TOLERANCE_MM,
                     ece_bins: int = cls_metrics.DEFAULT_ECE_BINS, bootstrap: int = DEFAULT_BOOTSTRAP,
-                    bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED, bootstrap_method: str = "percentile") -> dict:
+                    bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED, bootstrap_method: str = "percentile",
+                    attention: bool = False) -> dict:
     """Evaluate predicted masks (and class predictions) against references; return the summary dict.
 
     With ``output_dir`` also writes per_case.csv, summary.json and, when classification is evaluated,
     confusion_matrix.png, roc_curve.png and reliability_diagram.png. See the module docstring for the summary
     layout and rules. Classification needs both ``class_predictions_csv`` and ``cases_csv`` (for the reference
     classes). ``nsd_tolerance_px`` / ``nsd_tolerance_mm``: the NSD tolerances; ``ece_bins``: the ECE's bins;
-    ``bootstrap``: resamples of the 95% confidence intervals (0: none), drawn with ``bootstrap_seed``.
+    ``bootstrap``: resamples of the 95% confidence intervals (0: none), drawn with ``bootstrap_seed``;
+    ``attention``: also score the lesion maps in ``pred_dir/attention`` (attention_iou), each evaluated case must
+    have one. Unannotated references (ignore label, or box / none in cases.csv) are left out of every segmentation
+    metric and kept in classification.
     """
     check_metric_options(nsd_tolerance_px=nsd_tolerance_px, nsd_tolerance_mm=nsd_tolerance_mm, ece_bins=ece_bins,
                          bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, bootstrap_method=bootstrap_method)
@@ -396,6 +507,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
 
     class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
     table = read_cases_table(cases_csv, class_labels) if cases_csv is not None else {}
+    attention_files = check_attention_files(pred_dir, cases) if attention else {}
     if output_dir is not None:
         check_evaluation_output(output_dir)
     # everything the inputs alone can tell is checked before the per-case work: the class predictions, and that
@@ -422,19 +534,29 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
         true_index = {c: _class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
                       for c in cls_cases}
     tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing"),
-              float(nsd_tolerance_px), float(nsd_tolerance_mm)) for c in cases]
+              float(nsd_tolerance_px), float(nsd_tolerance_mm), (table.get(c) or {}).get("mask"),
+              str(attention_files[c]) if attention else None) for c in cases]
     per_case = _run_cases(tasks, int(num_processes))
 
-    with_spacing = [r for r in per_case if not math.isnan(r["hd95_mm"])]
-    segmentation = {m: summary_stats([r[m] for r in per_case]) for m in SEG_METRICS}
+    seg_keys = SEG_METRICS + ((ATTENTION_METRIC,) if attention else ())
+    annotated = [r for r in per_case if r["reference_mask"] == "full"]
+    unannotated = [{"case_id": r["case_id"], "kind": r["reference_mask"], "source": r["reference_mask_source"]}
+                   for r in per_case if r["reference_mask"] != "full"]
+    with_spacing = [r for r in annotated if not math.isnan(r["hd95_mm"])]
+    segmentation = {m: summary_stats([r[m] for r in per_case]) for m in seg_keys}
     segmentation.update({
         "cases_with_spacing": len(with_spacing),
-        "empty_reference_cases": sum(r["ref_empty"] for r in per_case),
-        "empty_prediction_cases": sum(r["pred_empty"] for r in per_case),
+        "empty_reference_cases": sum(r["ref_empty"] for r in annotated),
+        "empty_prediction_cases": sum(r["pred_empty"] for r in annotated),
+        "annotated_cases": len(annotated),
+        "unannotated_cases": len(unannotated),
     })
-    if cases_csv is not None and len(with_spacing) < len(per_case):
-        notes.append(f"hd95_mm and nsd_mm over {len(with_spacing)} of {len(per_case)} cases (the others have no "
-                     f"spacing in {cases_csv})")
+    if unannotated:
+        notes.append(unannotated_note(unannotated, attention))
+        _warn(notes[-1])
+    if cases_csv is not None and len(with_spacing) < len(annotated):
+        notes.append(f"hd95_mm and nsd_mm over {len(with_spacing)} of {len(annotated)} annotated cases (the others "
+                     f"have no spacing in {cases_csv})")
 
     # ---- classification
     classification = None
@@ -468,17 +590,21 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
     if bootstrap > 0:
         case_index = {r["case_id"]: i for i, r in enumerate(per_case)}
         intervals = bootstrap_intervals(
-            {m: np.array([r[m] for r in per_case], dtype=float) for m in SEG_METRICS},
+            {m: np.array([r[m] for r in per_case], dtype=float) for m in seg_keys},
             [((table.get(r["case_id"]) or {}).get("patient_id")) for r in per_case],
             classification=None if classification is None else
             (np.array([case_index[c] for c in cls_cases]), np.array(y_true), np.array(y_pred), probs),
-            n_resamples=bootstrap, seed=bootstrap_seed, method=bootstrap_method, ece_bins=ece_bins)
+            n_resamples=bootstrap, seed=bootstrap_seed, method=bootstrap_method, ece_bins=ece_bins,
+            positive_class=None if classification is None else cls_metrics.positive_class_index(class_names))
         notes += intervals.pop("notes")
 
     definitions = {**seg_metrics.definitions(nsd_tolerance_px, nsd_tolerance_mm),
                    **cls_metrics.definitions(ece_bins),
                    "mean_std_median": "over cases; std = population std (ddof=0)",
-                   "confidence_intervals": ci_definition(bootstrap, bootstrap_method)}
+                   "confidence_intervals": ci_definition(bootstrap, bootstrap_method),
+                   "unannotated_references": UNANNOTATED_DEFINITION}
+    if attention:
+        definitions[ATTENTION_METRIC] = ATTENTION_DEFINITION
     summary = {
         "num_cases": len(per_case),
         "segmentation": segmentation,
@@ -488,18 +614,21 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
                      "ece_bins": int(ece_bins), "bootstrap_resamples": int(bootstrap),
                      "bootstrap_seed": int(bootstrap_seed), "bootstrap_method": bootstrap_method},
         "definitions": definitions,
+        "unannotated_references": unannotated,
         "missing_predictions": missing,
         "ignored_predictions": ignored,
         "notes": notes,
         "inputs": {"pred_dir": str(pred_dir), "ref_dir": str(ref_dir),
                    "class_predictions_csv": None if class_predictions_csv is None else str(class_predictions_csv),
-                   "cases_csv": None if cases_csv is None else str(cases_csv)},
+                   "cases_csv": None if cases_csv is None else str(cases_csv),
+                   "attention_dir": str(Path(pred_dir) / ATTENTION_FOLDER) if attention else None},
     }
     summary = _json_safe(summary)  # the returned dict equals what summary.json holds
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_per_case_csv(per_case, class_names if classification else None, out / OUTPUT_FILES[0])
+        write_per_case_csv(per_case, class_names if classification else None, out / OUTPUT_FILES[0],
+                           attention=attention)
         write_json(summary, out / OUTPUT_FILES[1])
         for stale in OUTPUT_FILES[2:]:
             (out / stale).unlink(missing_ok=True)  # plots of an earlier run with classification would mislead
@@ -514,6 +643,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
 # the headline numbers that get a confidence interval, by their dotted key (as in the aggregate)
 CI_SEGMENTATION = tuple(f"segmentation.{m}.mean" for m in SEG_METRICS)
 CI_CLASSIFICATION = tuple(f"classification.{m}" for m in cls_metrics.RESAMPLED_METRICS)
+CI_POSITIVE_CLASS = tuple(f"classification.{m}" for m in cls_metrics.POSITIVE_CLASS_METRICS)
 
 
 def ci_definition(n_resamples: int = DEFAULT_BOOTSTRAP, method: str = "percentile") -> str:
@@ -521,7 +651,8 @@ def ci_definition(n_resamples: int = DEFAULT_BOOTSTRAP, method: str = "percentil
         return "not computed (--bootstrap 0)"
     return (f"{CONFIDENCE_LEVEL:.0%} bootstrap confidence intervals (scipy.stats.bootstrap, method={method!r}, "
             f"{n_resamples} resamples, seeded by --bootstrap-seed) of the mean over cases of each segmentation metric "
-            f"and of every scalar classification metric. Resampling unit (ci_unit): 'patient' when cases.csv shows a "
+            f"(annotated references only) and of every scalar classification metric (with the positive class's "
+            f"sensitivity, specificity, precision and F1). Resampling unit (ci_unit): 'patient' when cases.csv shows a "
             f"patient_id with several evaluated images - patients are drawn with replacement and bring all their "
             f"images (cluster bootstrap), a metric then being computed on the images of the drawn patients - else "
             f"'image'. A resample where a metric is undefined (e.g. AUC with one class only) is left out of that "
@@ -540,29 +671,38 @@ def _resample_units(unit_of_case: list) -> tuple[np.ndarray, int, str]:
 
 def bootstrap_intervals(seg_values: dict, patient_ids: list, *, classification=None,
                         n_resamples: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_BOOTSTRAP_SEED,
-                        method: str = "percentile", ece_bins: int = cls_metrics.DEFAULT_ECE_BINS) -> dict:
+                        method: str = "percentile", ece_bins: int = cls_metrics.DEFAULT_ECE_BINS,
+                        positive_class: int | None = None) -> dict:
     """95% confidence intervals of the headline numbers by one (cluster) bootstrap with scipy.stats.bootstrap.
 
-    ``seg_values``: {metric: (N,) per-case values, NaN where undefined (no spacing)}; ``patient_ids``: the patient
-    of each case (None: unknown, a unit of its own); ``classification``: None or (case indices into the N cases,
-    y_true, y_pred, probabilities). scipy draws resamples of the units (patients or images); each resample becomes
-    a weight per case (its multiplicity), and every metric is computed for all resamples at once
+    ``seg_values``: {metric: (N,) per-case values, NaN where undefined (no spacing, unannotated reference)}, the
+    metrics of :data:`SEG_METRICS` and optionally :data:`ATTENTION_METRIC`; ``patient_ids``: the patient of each case
+    (None: unknown, a unit of its own); ``classification``: None or (case indices into the N cases, y_true, y_pred,
+    probabilities); ``positive_class``: the class index whose sensitivity, specificity, precision and F1 get an
+    interval too (None: no such headline). scipy draws resamples of the units (patients or images); each resample
+    becomes a weight per case (its multiplicity), and every metric is computed for all resamples at once
     (:func:`nnunet_mtl.evaluation.classification.resampled_metrics`, weighted means), so 1000 resamples of a few
     hundred cases take a fraction of a second. Returns the ``confidence_intervals`` block of summary.json plus
     ``notes``.
     """
     from scipy.stats import bootstrap
     codes, num_units, unit = _resample_units(list(patient_ids))
-    keys = [k for k, m in zip(CI_SEGMENTATION, SEG_METRICS) if np.isfinite(seg_values[m]).any()]
+    seg_names = [m for m in SEG_METRICS + (ATTENTION_METRIC,) if m in seg_values]
+    keys = [f"segmentation.{m}.mean" for m in seg_names if np.isfinite(seg_values[m]).any()]
     seg = [(seg_values[k.split(".")[1]], np.isfinite(seg_values[k.split(".")[1]])) for k in keys]
     seg = [(np.where(ok, v, 0.0), ok.astype(float)) for v, ok in seg]
+    cls_keys = []
     if classification is not None:
-        keys += list(CI_CLASSIFICATION)
+        cls_keys = list(CI_CLASSIFICATION) + (list(CI_POSITIVE_CLASS) if positive_class is not None else [])
+        keys += cls_keys
     block = {"method": method, "confidence_level": CONFIDENCE_LEVEL, "n_resamples": int(n_resamples),
              "seed": int(seed), "ci_unit": unit, "num_units": int(num_units), "num_cases": int(len(codes)),
              "intervals": {k: None for k in keys}, "undefined_resamples": {}, "notes": []}
     if num_units < 2:
         block["notes"].append(f"no confidence intervals: the bootstrap needs at least two {unit}s, got {num_units}")
+        return block
+    if not keys:  # e.g. segmentation only, every reference unannotated
+        block["notes"].append("no confidence intervals: no metric is defined on these cases")
         return block
 
     def statistic(units, axis=-1):
@@ -578,8 +718,8 @@ def bootstrap_intervals(seg_values: dict, patient_ids: list, *, classification=N
                 rows.append((w @ values) / (w @ ok))
             if classification is not None:
                 index, y_true, y_pred, probs = classification
-                res = cls_metrics.resampled_metrics(w[:, index], y_true, y_pred, probs, ece_bins)
-                rows += [res[k.split(".", 1)[1]] for k in CI_CLASSIFICATION]
+                res = cls_metrics.resampled_metrics(w[:, index], y_true, y_pred, probs, ece_bins, positive_class)
+                rows += [res[k.split(".", 1)[1]] for k in cls_keys]
         out = np.stack(rows)
         return out.reshape((len(rows),) + units.shape[:-1])
 
@@ -603,7 +743,8 @@ def bootstrap_intervals(seg_values: dict, patient_ids: list, *, classification=N
                                       f"{n_resamples} resamples")
                 continue
             low[i], high[i] = np.quantile(defined, [alpha, 1 - alpha])
-            why = ("no case with a spacing drawn" if key.endswith("_mm.mean") else
+            why = ("no annotated case with a spacing drawn" if key.endswith("_mm.mean") else
+                   "no annotated reference drawn" if key.startswith("segmentation.") else
                    "one class only among the drawn cases" if key == "classification.auc" else
                    "no classified case drawn")
             block["notes"].append(f"{key}: undefined in {undefined} of {n_resamples} bootstrap resamples ({why}); "
@@ -617,9 +758,13 @@ def written_files(output_dir) -> list[Path]:
     return [Path(output_dir) / n for n in OUTPUT_FILES if (Path(output_dir) / n).is_file()]
 
 
-def write_per_case_csv(per_case: list[dict], class_names: list[str] | None, path: Path) -> Path:
-    """One row per case; empty cell = not available (no spacing, no class prediction)."""
-    fields = ["case_id", *SEG_METRICS, "true_class", "predicted_class"]
+def write_per_case_csv(per_case: list[dict], class_names: list[str] | None, path: Path,
+                       attention: bool = False) -> Path:
+    """One row per case; empty cell = not available (no spacing, unannotated reference, no class prediction).
+    ``reference_mask`` says how the reference is annotated (full, box, none): box / none rows have empty
+    segmentation cells."""
+    fields = ["case_id", *SEG_METRICS, *((ATTENTION_METRIC,) if attention else ()), "reference_mask", "true_class",
+              "predicted_class"]
     fields += [f"prob_{n}" for n in (class_names or [])] + (["brier"] if class_names else [])
 
     def fmt(v):
@@ -788,8 +933,27 @@ def check_output_is_not_an_input(output_path, input_paths, overwrite: bool = Fal
     check_output_file(output_path, "-o", overwrite=overwrite)
 
 
+AGGREGATE_STD = "sample std (ddof=1) over the runs where the metric is defined"
+AGGREGATE_CI = ("t-based 95% confidence interval of the mean over the runs where the metric is defined: mean ± "
+                "t_{0.975, n-1} * std / sqrt(n) with the sample std (scipy.stats.t); null with fewer than two runs")
+
+
+def t_interval(values, confidence: float = CONFIDENCE_LEVEL) -> list[float] | None:
+    """The t-based confidence interval of the mean of a few repeated runs, mean ± t_{(1+c)/2, n-1} · sd / sqrt(n)
+    (scipy.stats.t's quantile, sample sd): the runs are few (Fan et al. repeat three times), so the normal quantile
+    would understate the uncertainty of their mean. None for fewer than two values (no spread to estimate)."""
+    from scipy.stats import t
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return None
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    half = float(t.ppf((1 + confidence) / 2, values.size - 1)) * sd / math.sqrt(values.size)
+    return [mean - half, mean + half]
+
+
 def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool = False) -> dict:
-    """Mean and sample std (ddof=1) of every scalar metric over several summary.json files (folds / runs)."""
+    """Mean, sample std (ddof=1) and t-based 95% CI of the mean of every scalar metric over several summary.json
+    files (folds / runs)."""
     if not summary_paths:
         raise NnunetMtlError("no summary.json given to aggregate; expected one per fold or run")
     if output_path is not None:
@@ -817,9 +981,17 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
             "std": float(defined.std(ddof=1)) if defined.size > 1 else math.nan,
             "n": int(defined.size),
             "values": values,
+            "ci95": t_interval(defined),
         }
+    notes = []
+    single = [k for k, m in metrics.items() if m["n"] == 1]
+    if len(flat) == 1:
+        notes.append("one run only: no standard deviation and no 95% confidence interval")
+    elif single:
+        notes.append(f"{len(single)} metric(s) defined in one run only have no std and no 95% CI: "
+                     f"{_some(single)}")
     agg = _json_safe({"num_runs": len(flat), "runs": [str(p) for p in summary_paths],
-                      "std": "sample std (ddof=1) over the runs where the metric is defined",
+                      "std": AGGREGATE_STD, "ci95": AGGREGATE_CI, "notes": notes,
                       "metrics": metrics})
     if output_path is not None:
         write_json(agg, Path(output_path))
@@ -905,7 +1077,8 @@ def per_fold_layout(pred_dir) -> dict | None:
 
 
 def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_labels=None, output_dir=None,
-                      num_processes: int = 1, allow_missing: bool = False, log=print, **metric_options) -> dict:
+                      num_processes: int = 1, allow_missing: bool = False, log=print, attention: bool = False,
+                      **metric_options) -> dict:
     """Evaluate every subfolder of a per-fold folder (see :func:`per_fold_layout`) and aggregate the folds.
 
     Each subfolder is evaluated by :func:`evaluate_folder` into ``SUB/evaluation/`` (or ``output_dir/SUB/`` when
@@ -913,7 +1086,8 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
     :func:`aggregate_summaries` (mean ± sample std over folds) and, next to them, the ensemble's numbers are kept
     as they are. per_fold_summary.json (and .csv) go into ``pred_dir/evaluation/`` (or ``output_dir``).
     Everything that can be checked is checked before the first file is written. ``metric_options`` (NSD
-    tolerances, ECE bins, bootstrap) go to every subfolder's :func:`evaluate_folder`.
+    tolerances, ECE bins, bootstrap) and ``attention`` (every subfolder's own ``attention/`` lesion maps) go to every
+    subfolder's :func:`evaluate_folder`.
     """
     check_metric_options(**metric_options)
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
@@ -930,10 +1104,13 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
     class_csvs = {}
     for name, _folds in subfolders:
         sub = pred_dir / name
-        missing = sorted(set(ref_cases) - set(list_png_cases(sub, "prediction")))
+        predicted = list_png_cases(sub, "prediction")
+        missing = sorted(set(ref_cases) - set(predicted))
         if missing and not allow_missing:
             raise NnunetMtlError(f"{len(missing)} reference case(s) have no prediction in {sub}: {_some(missing)}; "
                                  f"expected CASE_ID.png for every reference (or pass --allow-missing)")
+        if attention:
+            check_attention_files(sub, sorted(set(ref_cases) & set(predicted)))
         csv_path = sub / "class_predictions.csv"
         if csv_path.is_file() and cases_csv is not None:
             class_csvs[name] = csv_path
@@ -956,6 +1133,7 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
     for stale in (summary_path, out_root / PER_FOLD_SUMMARY_CSV):
         stale.unlink(missing_ok=True)  # it exists again only when every subfolder was evaluated
     entries, fold_summaries, ensemble_summary, ensemble_entry, settings = {}, [], None, None, None
+    positive_class = None
     num_folds = len(layout["folds"])
     for i, (name, folds) in enumerate(subfolders):
         sub = pred_dir / name
@@ -966,8 +1144,9 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
         log(f"{'ensemble' if is_ensemble else f'fold {i + 1}/{num_folds}'}: evaluating {sub} ({what})")
         summary = evaluate_folder(sub, ref_dir, class_predictions_csv=class_csvs.get(name), cases_csv=cases_csv,
                                   class_labels=class_labels, output_dir=out, num_processes=num_processes,
-                                  allow_missing=allow_missing, **metric_options)
+                                  allow_missing=allow_missing, attention=attention, **metric_options)
         settings = summary.get("settings")
+        positive_class = positive_class or (summary.get("classification") or {}).get("positive_class")
         entry = {"folds": folds, "pred_dir": str(sub), "summary": str(out / OUTPUT_FILES[1]),
                  "num_cases": summary["num_cases"]}
         if is_ensemble:
@@ -988,8 +1167,9 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
         "ensemble": ensemble_entry if ensemble_summary is not None else None,
         "mean_std_over_folds": aggregate,
         "fold_ensemble": None if ensemble_summary is None else {"metrics": _flatten(ensemble_summary)},
-        "definitions": PER_FOLD_DEFINITIONS,
+        "definitions": {**PER_FOLD_DEFINITIONS, "ci95": AGGREGATE_CI},
         "settings": settings,
+        "positive_class": positive_class,
         "notes": notes,
         "pred_dir": str(pred_dir),
         "ref_dir": str(ref_dir),
@@ -1001,11 +1181,14 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
     rows = []
     ensemble_metrics = (result["fold_ensemble"] or {}).get("metrics", {})
     for key, m in result["mean_std_over_folds"]["metrics"].items():
+        ci = m.get("ci95") or [None, None]
         row = {"metric": key, "mean_over_folds": m["mean"], "std_over_folds": m["std"], "folds_defined": m["n"],
-               "fold_ensemble": ensemble_metrics.get(key)}
+               "fold_ensemble": ensemble_metrics.get(key), "ci95_low_over_folds": ci[0],
+               "ci95_high_over_folds": ci[1]}
         row.update({name: v for name, v in zip(entries, m["values"])})
         rows.append({k: "" if v is None else v for k, v in row.items()})
-    fields = ["metric", "mean_over_folds", "std_over_folds", "folds_defined", "fold_ensemble", *entries]
+    fields = ["metric", "mean_over_folds", "std_over_folds", "folds_defined", "fold_ensemble", *entries,
+              "ci95_low_over_folds", "ci95_high_over_folds"]
     write_csv(rows, fields, out_root / PER_FOLD_SUMMARY_CSV)
     return result
 
@@ -1037,7 +1220,7 @@ def _tol(v) -> str:
 def _seg_rows(settings: dict) -> tuple:
     return (("dice", "Dice"), ("iou", "IoU"), ("hd95_px", "HD95 [px]"), ("hd95_mm", "HD95 [mm]"),
             ("nsd_px", f"NSD@{_tol(settings.get('nsd_tolerance_px'))}px"),
-            ("nsd_mm", f"NSD@{_tol(settings.get('nsd_tolerance_mm'))}mm"))
+            ("nsd_mm", f"NSD@{_tol(settings.get('nsd_tolerance_mm'))}mm"), (ATTENTION_METRIC, "attention IoU"))
 
 
 _CLS_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
@@ -1045,6 +1228,9 @@ _CLS_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"
              ("weighted_precision", "weighted precision"), ("weighted_recall", "weighted recall"),
              ("weighted_f1", "weighted F1"), ("auc", "AUC"), ("mcc", "MCC"), ("brier", "Brier score"),
              ("ece", "ECE"))
+# the positive class's headline numbers (a class named malignant), labelled with the class's name
+_POSITIVE_ROWS = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("precision", "precision"),
+                  ("f1", "F1"))
 
 
 def _ci(intervals: dict, key: str, digits: int = 4) -> str:
@@ -1062,36 +1248,48 @@ def format_summary_table(summary: dict) -> str:
     ci_block = summary.get("confidence_intervals") or {}
     intervals = ci_block.get("intervals") or {}
     ci_head = f"{ci_block.get('confidence_level', CONFIDENCE_LEVEL):.0%} CI" if ci_block else ""
-    lines = [f"Segmentation ({summary.get('num_cases', '?')} cases)",
-             f"  {'metric':<12}{'mean ± std':>22}{'median':>10}  {ci_head + ' of the mean' if ci_head else ''}"]
+    unannotated = summary.get("unannotated_references") or []
+    heading = (f"Segmentation ({seg.get('annotated_cases', '?')} of {summary.get('num_cases', '?')} cases: "
+               f"{len(unannotated)} unannotated reference(s) left out)" if unannotated else
+               f"Segmentation ({summary.get('num_cases', '?')} cases)")
+    lines = [heading,
+             f"  {'metric':<14}{'mean ± std':>20}{'median':>10}  {ci_head + ' of the mean' if ci_head else ''}"]
     for key, label in _seg_rows(settings):
         if key not in seg:
-            continue  # a summary from before the metric existed
+            continue  # a summary from before the metric existed, or attention IoU not asked for
         stats = seg.get(key)
         if stats is None:
-            lines.append(f"  {label:<12}{'n/a (no spacing)' if key.endswith('_mm') else 'n/a':>22}")
+            why = ("n/a (no spacing)" if key.endswith("_mm") and seg.get("annotated_cases", 1) else
+                   "n/a (unannotated)" if not seg.get("annotated_cases", 1) else "n/a")
+            lines.append(f"  {label:<14}{why:>20}")
             continue
-        lines.append(f"  {label:<12}{_num(stats['mean']) + ' ± ' + _num(stats['std']):>22}"
+        lines.append(f"  {label:<14}{_num(stats['mean']) + ' ± ' + _num(stats['std']):>20}"
                      f"{_num(stats['median']):>10}  {_ci(intervals, f'segmentation.{key}.mean')}".rstrip())
     lines.append(f"  empty reference: {seg.get('empty_reference_cases', 0)}   empty prediction: "
                  f"{seg.get('empty_prediction_cases', 0)}   with spacing: {seg.get('cases_with_spacing', 0)}")
     cls = summary.get("classification")
     if cls:
+        positive = cls.get("positive_class")
+        rows = list(_CLS_ROWS) + ([(k, f"{label} ({positive})") for k, label in _POSITIVE_ROWS] if positive else [])
+        label_width = max(20, *(len(label) + 2 for _k, label in rows))
         lines += ["", f"Classification ({cls.get('num_cases', '?')} cases)",
-                  f"  {'metric':<20}{'value':>10}  {ci_head}".rstrip()]
-        for key, label in _CLS_ROWS:
+                  f"  {'metric':<{label_width}}{'value':>10}  {ci_head}".rstrip()]
+        for key, label in rows:
             if key not in cls:
                 continue
             if key == "auc" and len(cls["per_class"]) != 2:
                 label = "AUC (OvR macro)"
             if key == "ece":
                 label = f"ECE ({(cls.get('reliability') or {}).get('n_bins', settings.get('ece_bins', '?'))} bins)"
-            lines.append(f"  {label:<20}{_num(cls.get(key)):>10}  {_ci(intervals, f'classification.{key}')}".rstrip())
+            lines.append(f"  {label:<{label_width}}{_num(cls.get(key)):>10}  "
+                         f"{_ci(intervals, f'classification.{key}')}".rstrip())
         width = max(10, *(len(n) + 2 for n in cls["per_class"]))
-        lines += ["", f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}{'AUC ovr':>9}"]
+        lines += ["", f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'specificity':>12}{'F1':>10}{'support':>9}"
+                      f"{'AUC ovr':>9}   (one-vs-rest; recall = sensitivity)"]
         for name, m in cls["per_class"].items():
-            lines.append(f"  {name:<{width}}{_num(m['precision']):>10}{_num(m['recall']):>10}{_num(m['f1']):>10}"
-                         f"{m['support']:>9}{_num(m.get('auc_ovr'), 3):>9}")
+            lines.append(f"  {name:<{width}}{_num(m['precision']):>10}{_num(m['recall']):>10}"
+                         f"{_num(m.get('specificity')):>12}{_num(m['f1']):>10}{m['support']:>9}"
+                         f"{_num(m.get('auc_ovr'), 3):>9}")
         cm = cls["confusion_matrix"]
         col = max(8, *(len(n) + 2 for n in cm["labels"]))
         lines += ["", "  Confusion matrix (rows = reference, columns = predicted)",
@@ -1113,14 +1311,25 @@ def format_summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _t_ci(m: dict, digits: int = 4) -> str:
+    ci = m.get("ci95")
+    if not ci or ci[0] is None or ci[1] is None:
+        return "n/a"
+    return f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
+
+
 def format_aggregate_table(agg: dict) -> str:
-    """Every aggregated metric as mean ± std over runs, with the number of runs where it is defined."""
+    """Every aggregated metric as mean ± std over runs, the t-based 95% CI of the mean, and the number of runs
+    where it is defined."""
     metrics = agg.get("metrics", {})
     width = max([len("metric")] + [len(k) for k in metrics]) + 2
-    lines = [f"Aggregate over {agg.get('num_runs', '?')} runs (mean ± sample std over runs)",
-             f"  {'metric':<{width}}{'mean ± std':>24}{'runs':>6}"]
+    lines = [f"Aggregate over {agg.get('num_runs', '?')} runs (mean ± sample std over runs; 95% CI of the mean: "
+             f"t-based, mean ± t(0.975, n-1)·std/√n)",
+             f"  {'metric':<{width}}{'mean ± std':>24}  {'95% CI (t)':<22}{'runs':>5}"]
     for key, m in metrics.items():
-        lines.append(f"  {key:<{width}}{_num(m['mean']) + ' ± ' + _num(m['std']):>24}{m['n']:>6}")
+        lines.append(f"  {key:<{width}}{_num(m['mean']) + ' ± ' + _num(m['std']):>24}  {_t_ci(m):<22}{m['n']:>5}")
+    for note in agg.get("notes") or []:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
 
 
@@ -1128,6 +1337,7 @@ _PER_FOLD_ROWS = (("num_cases", "cases"),
                   ("segmentation.dice.mean", "Dice"), ("segmentation.iou.mean", "IoU"),
                   ("segmentation.hd95_px.mean", "HD95 [px]"), ("segmentation.hd95_mm.mean", "HD95 [mm]"),
                   ("segmentation.nsd_px.mean", "NSD [px tol.]"), ("segmentation.nsd_mm.mean", "NSD [mm tol.]"),
+                  ("segmentation.attention_iou.mean", "attention IoU"),
                   ("classification.accuracy", "accuracy"), ("classification.balanced_accuracy", "balanced accuracy"),
                   ("classification.macro_precision", "macro precision"),
                   ("classification.macro_recall", "macro recall"), ("classification.macro_f1", "macro F1"),
@@ -1135,7 +1345,9 @@ _PER_FOLD_ROWS = (("num_cases", "cases"),
                   ("classification.weighted_recall", "weighted recall"),
                   ("classification.weighted_f1", "weighted F1"), ("classification.auc", "AUC"),
                   ("classification.mcc", "MCC"), ("classification.brier", "Brier score"),
-                  ("classification.ece", "ECE"))
+                  ("classification.ece", "ECE"),
+                  ("classification.sensitivity", "sensitivity"), ("classification.specificity", "specificity"),
+                  ("classification.precision", "precision"), ("classification.f1", "F1"))
 
 
 def format_per_fold_table(result: dict) -> str:
@@ -1144,13 +1356,15 @@ def format_per_fold_table(result: dict) -> str:
     metrics = result["mean_std_over_folds"]["metrics"]
     ensemble = (result.get("fold_ensemble") or {}).get("metrics")
     names = list(result.get("folds") or {})
-    head_mean, head_ens = f"mean ± std over {k} folds", "fold ensemble"
+    head_mean, head_ci, head_ens = f"mean ± std over {k} folds", "95% CI (t)", "fold ensemble"
     w_mean, w_ens, w_fold = max(len(head_mean), 21) + 2, len(head_ens) + 4, max(9, *(len(n) + 2 for n in names))
+    w_ci = 22
     ens_folds = (result.get("ensemble") or {}).get("folds")
     lines = [f"Per-fold evaluation of {result.get('pred_dir')}: {k} folds"
              + (f" + the ensemble of folds {', '.join(map(str, ens_folds))}" if ens_folds else
                 " + the fold ensemble" if ensemble is not None else " (no ensemble/ subfolder)"),
-             f"  {'metric':<20}{head_mean:>{w_mean}}{head_ens:>{w_ens}}" + "".join(f"{n:>{w_fold}}" for n in names)]
+             f"  {'metric':<20}{head_mean:>{w_mean}}  {head_ci:<{w_ci}}{head_ens:>{w_ens}}"
+             + "".join(f"{n:>{w_fold}}" for n in names)]
     settings = result.get("settings") or {}
     labels = {"segmentation.nsd_px.mean": f"NSD@{_tol(settings.get('nsd_tolerance_px'))}px",
               "segmentation.nsd_mm.mean": f"NSD@{_tol(settings.get('nsd_tolerance_mm'))}mm"}
@@ -1164,11 +1378,16 @@ def format_per_fold_table(result: dict) -> str:
                     else f"{_num(m['mean'], digits)} ± {_num(m['std'], digits)}")
         ens = "n/a" if ensemble is None else _num(ensemble.get(key), digits)
         folds = "".join(f"{_num(v, digits):>{w_fold}}" for v in m["values"])
-        lines.append(f"  {label:<20}{mean_std:>{w_mean}}{ens:>{w_ens}}{folds}")
+        ci = "" if key == "num_cases" else _t_ci(m)
+        lines.append(f"  {label:<20}{mean_std:>{w_mean}}  {ci:<{w_ci}}{ens:>{w_ens}}{folds}")
     lines += ["", f"  mean ± std over {k} folds: each fold's model alone, sample std (ddof=1) over the folds",
               "      (what Salama et al. 2026 report; see docs/evaluation.md)",
+              f"  95% CI (t): of the mean over the folds, mean ± t(0.975, {max(k - 1, 0)})·std/√{k}"
+              + (" (none with one fold)" if k < 2 else ""),
               "  fold ensemble: the folds' softmax averaged, one prediction (what -f K1 K2 ... writes)",
               "  Dice / IoU / HD95 / NSD: the mean over the cases of each prediction"]
+    if result.get("positive_class"):
+        lines.append(f"  sensitivity / specificity / precision / F1: {result['positive_class']} as the positive class")
     for note in result.get("notes") or []:
         lines.append(f"note: {note}")
     return "\n".join(lines)

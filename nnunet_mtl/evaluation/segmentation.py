@@ -2,8 +2,11 @@
 
 Definitions (the strings in :data:`DEFINITIONS` go into summary.json):
 
-- Foreground is every non-zero label (our datasets have one lesion label; any other non-zero value would also
-  count as lesion).
+- Foreground is every non-zero label of the two arrays given here (our datasets have one lesion label). The
+  references reach these functions only when fully annotated (0 / 1): ``nnunet_mtl evaluate`` checks every reference
+  label map first and leaves one holding nnU-Net's ignore label 2 (a box or no annotation) out of every metric here,
+  so a 2 is never counted as lesion (:func:`nnunet_mtl.evaluation.evaluate.reference_kind`). Fan et al.'s JSI is
+  the IoU; the attention IoU is the IoU of a thresholded lesion map (:func:`dice_iou`).
 - Dice = 2|P∩R| / (|P| + |R|); IoU = |P∩R| / |P∪R|.
 - HD95 follows MONAI's ``HausdorffDistanceMetric(percentile=95)``: the boundary of a mask is the mask minus its
   binary erosion with the 3x3 cross (4-connectivity, scipy's default structure, pixels outside the image count as

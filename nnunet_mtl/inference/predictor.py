@@ -6,6 +6,22 @@ called: we ask it for its class logits too (same encoder pass), and average the 
   - over the test-time mirrors of a tile (like the segmentation logits),
   - over the tiles of an image (plain mean: the class is a property of the whole image, no Gaussian weighting),
   - over the folds (plain mean, like nnU-Net's fold ensemble).
+
+With :meth:`MultitaskPredictor.save_attention_into` (``nnunet_mtl predict --save-attention``), a head that returns
+an ``attention`` map (the lesion-aware head's P: (B, 1, h, w) probabilities at the bottleneck's resolution) also
+gets P written per case as ``CASE.png`` (uint8 round(255 P)) in the original image's geometry:
+  - per tile, P is upsampled bilinearly to the tile's size and averaged over the test-time mirrors (each flipped
+    back, like the segmentation logits);
+  - the tiles are stitched like nnU-Net stitches logits: each weighted by the same Gaussian importance map (or 1
+    without ``use_gaussian``), divided by the summed weights, then nnU-Net's padding is cut off again (in float32,
+    where nnU-Net accumulates its logits in float16);
+  - folds: plain mean of P;
+  - back to the image's geometry through nnU-Net's own export
+    (``convert_predicted_logits_to_segmentation_with_correct_shape``) with the two-class logits log(1 - P), log(P),
+    whose softmax is [1 - P, P] again: nnU-Net's resampling (of these logits, as it resamples its own) and its
+    undoing of the crop to the non-zero region (P = 0 outside, where nnU-Net says background).
+The segmentation logits and class probabilities are computed exactly as without it (masks and class_predictions.csv
+byte-identical); P costs one interpolation per network call and one export per case, in the main process.
 """
 from __future__ import annotations
 
@@ -16,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_mtl.atomic import atomic_open
@@ -39,6 +56,18 @@ class MultitaskPredictor(nnUNetPredictor):
         self.embeddings: dict[str, np.ndarray] = {}
         self._tile_embeddings: list[torch.Tensor] = []
         self._fold_embeddings: list[torch.Tensor] = []
+        # --save-attention: the folder of the lesion maps (None: off), the sliding window's accumulators, the folds'
+        # stitched maps of the current case, and what the export back to the image's geometry needs
+        self.attention_folder: Path | None = None
+        self.attention_written: list[str] = []
+        self._attention_sum: torch.Tensor | None = None
+        self._attention_weight: torch.Tensor | None = None
+        self._attention_slicers: list | None = None
+        self._attention_tile = 0  # which slicer the next network call of the sliding window predicts
+        self._attention_gaussian = None
+        self._fold_attention: list[torch.Tensor] = []
+        self._current_properties: dict | None = None
+        self._input_files: dict[str, list[str]] = {}  # output name -> input files (the sequential path's properties)
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name: str = "checkpoint_final.pth"):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
@@ -77,6 +106,8 @@ class MultitaskPredictor(nnUNetPredictor):
         prediction = out["seg"] if "seg" in out else network.background(x)
         probs = torch.softmax(out["logits"].float(), 1)
         embeddings = [self._embedding(out)] if self.record_embeddings else []
+        collecting = self._attention_sum is not None
+        attention = self._upsampled_attention(out, x) if collecting else None
         if mirror_axes is not None:
             assert max(mirror_axes) <= x.ndim - 3, "mirror_axes does not match the dimension of the input!"
             mirror_axes = [m + 2 for m in mirror_axes]
@@ -87,12 +118,39 @@ class MultitaskPredictor(nnUNetPredictor):
                 probs += torch.softmax(out["logits"].float(), 1)
                 if self.record_embeddings:
                     embeddings.append(self._embedding(out))
+                if collecting:  # P of the flipped tile, flipped back, like the segmentation logits
+                    attention += torch.flip(self._upsampled_attention(out, x), axes)
             prediction /= (len(axes_combinations) + 1)
             probs /= (len(axes_combinations) + 1)
+            if collecting:
+                attention /= (len(axes_combinations) + 1)
+        if collecting:
+            self._stitch_attention_tile(attention)
         self._tile_probs.append(probs.to("cpu"))
         if self.record_embeddings:
             self._tile_embeddings.append(torch.stack(embeddings).to("cpu"))  # (mirrors, tiles in batch, K)
         return prediction
+
+    def _upsampled_attention(self, out: dict, x: torch.Tensor) -> torch.Tensor:
+        """The head's P of one network call, upsampled bilinearly from the bottleneck's resolution to the tile's
+        size, in float32 (autocast may have given half precision)."""
+        if "attention" not in out:
+            raise NnunetMtlError(f"the head of {self.trainer_name} returned no 'attention' map; --save-attention needs "
+                                 f"a head that predicts a lesion map (e.g. nnUNetTrainerLesionAware's lesion_aware)")
+        mode = {4: "bilinear", 5: "trilinear"}[x.ndim]
+        return F.interpolate(out["attention"].float(), size=tuple(x.shape[2:]), mode=mode, align_corners=False)
+
+    def _stitch_attention_tile(self, attention: torch.Tensor) -> None:
+        """Add one tile's mirror-averaged P to the sliding window's sums, weighted like nnU-Net weights its logits.
+        nnU-Net predicts the tiles one at a time in the order of its slicers, so the n-th call is the n-th slicer."""
+        if attention.shape[0] != 1:
+            raise RuntimeError(f"expected one tile per network call in the sliding window, got {attention.shape[0]}")
+        index = self._attention_tile
+        self._attention_tile += 1
+        sl = self._attention_slicers[index]
+        weight = self._attention_gaussian
+        self._attention_sum[sl] += attention[0].to("cpu") * weight
+        self._attention_weight[sl[1:]] += weight
 
     def _embedding(self, out: dict) -> torch.Tensor:
         if "embedding" not in out:
@@ -104,45 +162,77 @@ class MultitaskPredictor(nnUNetPredictor):
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
         self._tile_probs = []  # reset: nnU-Net retries on CPU after an out-of-memory on the device
         self._tile_embeddings = []
-        logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        if self.attention_folder is not None:
+            self._start_attention_window(data, slicers)
+        try:
+            logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+            if self.attention_folder is not None:  # the stitched P of this fold, still padded like data
+                self._fold_attention.append(self._attention_sum / self._attention_weight)
+        finally:
+            self._attention_sum = self._attention_weight = self._attention_slicers = None
         self._fold_probs.append(torch.cat(self._tile_probs).mean(0))
         if self.record_embeddings:
             self._fold_embeddings.append(torch.cat(self._tile_embeddings, 1))  # (mirrors, tiles, K)
         return logits
 
+    def _start_attention_window(self, data: torch.Tensor, slicers) -> None:
+        """Empty sums of P (1, *data's spatial shape) and of the tile weights, on the CPU in float32, for one
+        sliding window over ``data`` (nnU-Net's padded image) with nnU-Net's ``slicers``."""
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+        self._attention_sum = torch.zeros((1, *data.shape[1:]), dtype=torch.float32)
+        self._attention_weight = torch.zeros(tuple(data.shape[1:]), dtype=torch.float32)
+        self._attention_slicers = list(slicers)
+        self._attention_tile = 0
+        self._attention_gaussian = (compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                                     value_scaling_factor=10, dtype=torch.float32,
+                                                     device=torch.device("cpu"))
+                                    if self.use_gaussian else 1.0)
+
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         self._fold_probs = []
         self._fold_embeddings = []
+        self._fold_attention = []
         prediction = super().predict_logits_from_preprocessed_data(data)
         case = self._current_case
         if case is None and self._sequential_cases:
             case = self._sequential_cases.pop(0)
-        self._record_case(case)
+        self._record_case(case, tuple(data.shape))
         return prediction
 
-    def _record_case(self, case: str | None) -> None:
-        """Mean over the folds predicted since the last reset; stored under the case id."""
+    def _record_case(self, case: str | None, input_shape: tuple | None = None) -> None:
+        """Mean over the folds predicted since the last reset; stored under the case id. With --save-attention the
+        folds' lesion maps (of an input of ``input_shape``) are averaged and written for the case too."""
         self.last_class_probabilities = torch.stack(self._fold_probs).mean(0).numpy()
         if case is not None:
             self.class_probabilities[case] = self.last_class_probabilities
             if self.record_embeddings:
                 self.embeddings[case] = torch.stack(self._fold_embeddings).numpy()  # (folds, mirrors, tiles, K)
+        if self.attention_folder is not None and case is not None and self._fold_attention:
+            unpadded = self._padding_slicer(input_shape)
+            attention = torch.stack([a[(slice(None), *unpadded[1:])] for a in self._fold_attention]).mean(0)
+            self._export_attention(case, attention)
+        self._fold_attention = []
 
     def _manage_input_and_output_lists(self, *args, **kwargs):
         # Both of nnU-Net's paths predict cases in the order of this output list. The parallel path also tells us
         # the case with each item (see predict_from_data_iterator); the sequential one only through this order.
         inputs, outputs, prev = super()._manage_input_and_output_lists(*args, **kwargs)
         self._sequential_cases = [os.path.basename(o) for o in outputs] if outputs is not None else None
+        if outputs is not None:
+            self._input_files.update({os.path.basename(o): list(files) for o, files in zip(outputs, inputs)})
         return inputs, outputs, prev
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 3):
         def recording(iterator):
-            for item in iterator:
-                ofile = item.get("ofile")
-                self._current_case = os.path.basename(ofile) if ofile is not None else None
-                yield item
-            self._current_case = None
+            try:
+                for item in iterator:
+                    ofile = item.get("ofile")
+                    self._current_case = os.path.basename(ofile) if ofile is not None else None
+                    self._current_properties = item.get("data_properties")  # where P goes back into the image
+                    yield item
+            finally:  # also when nnU-Net stops early: no case or crop box outlives its prediction
+                self._current_case = self._current_properties = None
 
         try:
             return super().predict_from_data_iterator(recording(data_iterator), save_probabilities,
@@ -164,8 +254,9 @@ class MultitaskPredictor(nnUNetPredictor):
                 self._current_case = None
         self._fold_probs = []
         self._fold_embeddings = []
+        self._fold_attention = []
         logits = self.predict_sliding_window_return_logits(data)
-        self._record_case(case_id)
+        self._record_case(case_id, tuple(data.shape))
         return logits
 
     def fold_classifiers(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -197,13 +288,88 @@ class MultitaskPredictor(nnUNetPredictor):
         for item in iterator:
             case = os.path.basename(item["ofile"])
             self._current_case = case
+            self._current_properties = item.get("data_properties")
             try:
                 self.predict_logits_from_preprocessed_data(item["data"])
             finally:
-                self._current_case = None
+                self._current_case = self._current_properties = None
         finish = getattr(iterator, "_finish", None)
         if callable(finish):
             finish()
+
+    # --- lesion maps (--save-attention) ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def head_returns_attention(self) -> bool:
+        """Whether the model's head returns an ``attention`` map: one forward pass of a zero patch (the keys a head
+        returns do not depend on its weights), so a model without one is refused before any image is predicted."""
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        network = getattr(self.network, "_orig_mod", self.network)
+        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+        patch = tuple(self.configuration_manager.patch_size)
+        network = network.to(self.device)
+        network.eval()
+        out = network(torch.zeros((1, channels, *patch), device=self.device), return_aux=True)
+        return "attention" in out
+
+    def save_attention_into(self, folder) -> None:
+        """Write each predicted case's lesion map P into ``folder`` (see the module docstring); one line naming the
+        trainer when its head returns no attention map."""
+        if not self.head_returns_attention():
+            network = getattr(self.network, "_orig_mod", self.network)
+            raise NnunetMtlError(f"--save-attention: the head of {self.trainer_name} (kind "
+                                 f"{network.head_config.kind!r}) returns no attention map; expected a head that "
+                                 f"predicts a lesion map, such as nnUNetTrainerLesionAware's lesion_aware head")
+        self.attention_folder = Path(folder)
+
+    def _padding_slicer(self, input_shape: tuple) -> tuple:
+        """The slicer that undoes the padding nnU-Net's sliding window puts around an input of ``input_shape``
+        (pad_nd_image to the patch size, as predict_sliding_window_return_logits calls it)."""
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        _, slicer = pad_nd_image(torch.zeros(input_shape, dtype=torch.uint8), self.configuration_manager.patch_size,
+                                 "constant", {"value": 0}, True, None)
+        return slicer
+
+    def _properties_of(self, case: str) -> dict:
+        """nnU-Net's preprocessing properties of a case (crop box, shapes, spacing): handed over with the case on the
+        parallel path; on the sequential one (predict_from_files_sequential keeps them to itself) nnU-Net's
+        preprocessor is run again on the case's files."""
+        if self._current_properties is not None:
+            return self._current_properties
+        files = self._input_files.get(case)
+        if not files:
+            raise NnunetMtlError(f"--save-attention: no input files known for case {case}; expected it to be predicted "
+                                 f"from an input folder (nnunet_mtl predict -i)")
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        _, _, properties = preprocessor.run_case(files, None, self.plans_manager, self.configuration_manager,
+                                                 self.dataset_json)
+        return properties
+
+    def attention_in_image_geometry(self, attention: torch.Tensor, properties: dict) -> np.ndarray:
+        """P (1, *preprocessed shape) back in the original image's geometry, through nnU-Net's export: the logits
+        log(1 - P), log(P) are resampled, soft-maxed (giving [1 - P, P] again) and put back into the uncropped,
+        untransposed image like nnU-Net's probabilities (P = 0 outside the crop). P is clipped to [1e-6, 1 - 1e-6]
+        first, so that no logarithm is infinite."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        p = attention.float().clamp(_P_EPS, 1.0 - _P_EPS)
+        logits = torch.log(torch.cat([1.0 - p, p]))
+        _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, _lesion_label_manager(), properties,
+            return_probabilities=True)
+        return np.asarray(probabilities[1], dtype=np.float32)
+
+    def _export_attention(self, case: str, attention: torch.Tensor) -> None:
+        """CASE.png: uint8 round(255 P) of the case's P in its image's geometry (a 2D map)."""
+        from PIL import Image
+        p = self.attention_in_image_geometry(attention, self._properties_of(case))
+        if p.ndim == 3 and p.shape[0] == 1:  # nnU-Net's 2D images carry a leading singleton axis
+            p = p[0]
+        if p.ndim != 2:
+            raise NnunetMtlError(f"--save-attention writes 2D lesion maps as PNG; case {case} has a map of shape "
+                                 f"{p.shape}: expected a 2D model")
+        self.attention_folder.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.attention_folder / f"{case}.png", "wb") as f:
+            Image.fromarray(attention_to_uint8(p)).save(f, format="PNG")
+        self.attention_written.append(case)
 
     # --- output --------------------------------------------------------------------------------------------
     def write_class_predictions(self, path: Path, merge_existing: bool = True) -> Path:
@@ -222,6 +388,22 @@ class MultitaskPredictor(nnUNetPredictor):
             for case in sorted(rows):
                 writer.writerow({k: rows[case].get(k, "") for k in fields})
         return path
+
+
+_P_EPS = 1e-6  # P is clipped to [_P_EPS, 1 - _P_EPS] before its logarithm; round(255 P) does not see the difference
+
+
+def _lesion_label_manager():
+    """nnU-Net's label manager of a background / lesion softmax, whatever the dataset's labels (an ignore label,
+    more lesion labels): the export of P only needs its softmax and its background value outside the crop."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    return LabelManager({"background": 0, "lesion": 1}, regions_class_order=None)
+
+
+def attention_to_uint8(p: np.ndarray) -> np.ndarray:
+    """What a lesion map PNG stores: round(255 P) (numpy's rint, half to even) of P clipped to [0, 1], as uint8;
+    P >= 0.5 is then exactly pixel >= 128 (127.5 rounds to 128)."""
+    return np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def class_prediction_fields(class_names) -> list[str]:
