@@ -640,3 +640,14 @@ def test_a_bad_split_file_is_refused_at_start_and_leaves_no_results_folder(nnune
     assert not list((nnunet_env / "nnUNet_results").rglob("TrainerRefusedAtStart*"))
     if results is None:  # the dataset's results folder was made by nnU-Net for this trainer alone: gone again
         assert not list((nnunet_env / "nnUNet_results").glob("Dataset503_*"))
+
+
+def test_selection_ema_smooths_restarts_per_stage_and_survives_an_undefined_epoch():
+    from nnunet_mtl.trainers.mtl import selection_ema
+    assert selection_ema([], 0.5, restart=False) == 0.5
+    assert selection_ema([0.5], 0.9, restart=False) == pytest.approx(0.54)  # nnU-Net's 0.9 old + 0.1 new
+    assert selection_ema([0.5], 0.9, restart=True) == 0.9  # a new stage starts its own EMA
+    # a partially annotated validation epoch without an annotated lesion pixel: the pseudo Dice is NaN
+    assert selection_ema([0.5, 0.54], float("nan"), restart=False) == 0.54
+    assert np.isnan(selection_ema([], float("nan"), restart=False))
+    assert selection_ema([0.5, float("nan")], 0.7, restart=False) == 0.7  # and the next defined epoch starts again

@@ -126,6 +126,17 @@ def validation_classification(collated: dict, class_names: Sequence[str]) -> dic
     return classification_metrics(y, probs.argmax(1), probs, list(class_names))
 
 
+
+def selection_ema(previous: list[float], score: float, restart: bool) -> float:
+    """The selection EMA after this epoch: nnU-Net's smoothing of its EMA Dice (0.9 old + 0.1 new), restarted at
+    the first epoch of every stage. An undefined score (NaN: a pseudo Dice over validation patches without one
+    annotated lesion pixel, which a partially annotated dataset can give) leaves the EMA where it was instead of
+    turning it NaN for the rest of training."""
+    last = previous[-1] if len(previous) and not restart else float("nan")
+    if not np.isfinite(score):
+        return float(last)
+    return float(score) if not np.isfinite(last) else float(0.9 * last + 0.1 * score)
+
 class nnUNetTrainerMTL(nnUNetTrainer):
     # ------------------------------------------------------------------ the composition
     head = BottleneckMLPConfig(hidden=256, embed_dim=128, dropout=0.2)
@@ -741,9 +752,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.logger.log("mtl_score", float(score), self.current_epoch)
         previous = self.logger.get_value("ema_mtl_score", step=None)
         restart = self._stage is not None and self.current_epoch == self._stage.start
-        # the same smoothing as nnU-Net's EMA Dice, restarted at the first epoch of every stage
-        ema = 0.9 * previous[-1] + 0.1 * score if len(previous) and not restart else score
-        self.logger.log("ema_mtl_score", float(ema), self.current_epoch)
+        if not np.isfinite(score):
+            self.print_to_log_file("the selection score is undefined this epoch (no annotated lesion pixel in the "
+                                   "validation patches, or one class only): its EMA keeps its last value")
+        self.logger.log("ema_mtl_score", selection_ema(previous, float(score), restart), self.current_epoch)
 
     def selection_description(self) -> str:
         if self.selection == "val_loss":
