@@ -35,10 +35,14 @@ tests/test_lesion_aware.py):
   squeeze convolution (1 x 1, width -> 1) is shared like CBAM;
 - resizing to f_n's size: area averaging (the mean of the finer cells each coarse cell covers), not bilinear
   sampling, which would skip most finer cells when shrinking by 4 or 8;
-- supervision of P at its resolution: the target of a cell is the fraction of its pixels that are lesion (full
-  masks) or inside the box (box annotations, Fan et al.'s F-MBUD kind), i.e. the mask area-averaged to P's grid;
-  the binary cross-entropy takes this soft target (a binarized one would move the lesion's edge by up to half a
-  coarse cell);
+- supervision of P at its resolution (:func:`localization_targets`): the ground-truth lesion map resized to P's
+  grid is binary, as Eq. 5-6 treat it (one cross-entropy for the annotation and for the binarized pseudo-label): a
+  cell is lesion when at least half of its pixels are lesion (full masks) or inside the box (box annotations, Fan
+  et al.'s F-MBUD kind), and a sample whose lesion fills no cell by half marks the cell that holds most of it, so
+  that a small lesion is never lost. Why binary and not the area fraction: with fractions as targets P learns the
+  fraction (a lesion smaller than a cell never exceeds the fraction it covers), so P > tau = 0.8 almost never holds
+  and every pseudo-label of Eq. 6 would be background (measured on the demo's phantom: no cell above 0.5 with
+  fraction targets);
 - pseudo-labels: 1[P > tau] on every cell of an unannotated case (cells at or below tau are pseudo-background),
   the per-cell binary cross-entropy averaged over the cells and the unannotated cases of the batch;
 - classifier: global average pool -> BatchNorm -> linear. The batch norm is ours: nnU-Net's stages end in instance
@@ -189,15 +193,21 @@ class LesionAwareHead(Head):
 # ------------------------------------------------------------------------------------------------ Eq. 5-6
 def localization_targets(target: torch.Tensor, kinds: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor,
                                                                                                    torch.Tensor]:
-    """(soft target of P on its grid (B, 1, h, w), whether each sample has one (B,)) from nnU-Net's full-resolution
-    target (B, 1, H, W) and the cases' mask kinds: a full mask's lesion fraction per cell, a box's fraction inside
-    the box (its ignore region), nothing for an unannotated case."""
+    """(binary target of P on its grid (B, 1, h, w), whether each sample has one (B,)) from nnU-Net's full-resolution
+    target (B, 1, H, W) and the cases' mask kinds. The region is a full mask's lesion or a box's inside (its ignore
+    region); a cell is 1 when the region covers at least half of it, and a sample whose region covers no cell by
+    half but is not empty gets its best-covered cell(s) as 1. An unannotated case has no target (all 0, unused)."""
     target = target.float() if target.shape[1] == 1 else target[:, :1].float()
     lesion = (target == LESION_LABEL).float()
     inside_box = (target == IGNORE_LABEL).float()
     is_box = (kinds == BOX).view(-1, 1, 1, 1)
-    region = torch.where(is_box, inside_box, lesion)
-    return resize_to(region, size), kinds != NONE
+    annotated = kinds != NONE
+    region = torch.where(is_box, inside_box, lesion) * annotated.view(-1, 1, 1, 1)
+    fraction = resize_to(region, size)  # area averaging: the covered fraction of each cell
+    cells = fraction >= 0.5
+    most = fraction.flatten(1).amax(1).view(-1, 1, 1, 1)
+    small = ~cells.flatten(1).any(1).view(-1, 1, 1, 1) & (most > 0)
+    return (cells | (small & (fraction == most))).float(), annotated
 
 
 def bce_per_sample(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
