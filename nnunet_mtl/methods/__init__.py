@@ -5,6 +5,8 @@
 - :mod:`~nnunet_mtl.methods.clinical_guidance`: clinical guidance (Salama et al. 2026, Eq. 1-3);
 - :mod:`~nnunet_mtl.methods.rlar`: RLAR (Salama et al. 2026, Eq. 4-7);
 - :mod:`~nnunet_mtl.methods.birads_consistency`: BI-RADS consistency (Zhang, Moradi, Saha, Eq. 1-2);
+- :mod:`~nnunet_mtl.methods.lesion_aware`: lesion-aware attention and pseudo-labels (Fan et al., Eq. 1-6; its
+  Algorithm 1 is the trainer's two stages);
 - the baselines: :mod:`~nnunet_mtl.methods.gradient_aggregation` (TorchJD's PCGrad, UPGrad, MGDA, CAGrad),
   :mod:`~nnunet_mtl.methods.uncertainty_weighting` (Kendall et al. 2018), :mod:`~nnunet_mtl.methods.single_task`
   (the head kind ``none``).
