@@ -292,10 +292,23 @@ CASES = [
     ("drop-masks-bad-name", "value", lambda w, m: drop_masks(w, "--name", "a b"), "dataset name 'a b' is not usable"),
     ("demo-unknown-trainer", "value",
      lambda w, m: ["demo", "--workdir", str(w / "demo"), "-tr", "nnUNetTrainerNope"], "nnUNetTrainerNope"),
+    ("recipe-unknown-name", "input", lambda w, m: ["recipe", "show", "synthetc"], "(did you mean 'synthetic'?)"),
+    ("recipe-malformed-field", "input",
+     lambda w, m: (_file(w / "mine.toml", 'schema = 1\nname = "mine"\ntitle = "t"\n[datasets.a]\nid = 5\n'
+                   'name = "A"\nconverter = "synthetic"\n[split]\nkind = "kfold"\nfolds = 1\n[[rows]]\n'
+                   'key = "r"\ntrainer = "nnUNetTrainerMTL_tiny"\ndataset = "a"\n'),
+                   ["recipe", "show", str(w / "mine.toml")])[1], "mine.toml: split.folds: 1; expected at least 2"),
+    ("recipe-data-unknown-key", "value",
+     lambda w, m: ["recipe", "run", "synthetic", "--workdir", str(w / "rw"), "--data", f"BUSI={w}"],
+     "synthetic reads no data 'BUSI'"),
+    ("recipe-report-no-run", "input",
+     lambda w, m: ["recipe", "report", "synthetic", "--workdir", str(w / "no_run")], "no_run does not exist"),
     # --- resources -----------------------------------------------------------------------------------------
     ("convert-j-0", "resources", lambda w, m: ["convert", "busi", str(w / "in"), "-j", "0"], "-j 0"),
     ("evaluate-np-0", "resources", lambda w, m: evaluate(w, "-np", "0"), "-np 0"),
     ("radiomics-np-0", "resources", lambda w, m: ["radiomics", "-d", "777", "-np", "0"], "-np 0"),
+    ("recipe-np-0", "resources",
+     lambda w, m: ["recipe", "run", "synthetic", "--workdir", str(w / "rw"), "-np", "0"], "-np 0"),
 ]
 
 

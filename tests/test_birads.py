@@ -3,7 +3,6 @@ ellipse and a spiculated shape, their gradients, the prior of Eq. 1, the terms o
 docs/birads_consistency.md."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,0 +1,224 @@
+"""Running a recipe's steps through submitit: each step is one command (the line ``--dry-run`` prints), run by
+:func:`run_step` inside a submitit job with the recipe's environment, its output in ``W/logs/STEP.log``.
+
+- ``--launcher local``: submitit's LocalExecutor, one job at a time in the plan's order, each waited for (with
+  ``timeout_min`` set: submitit's local default would kill a job after 2 minutes). With ``--gpus 0,1,...`` the
+  trainings (and then the predictions) run one per GPU at a time, each with its own ``CUDA_VISIBLE_DEVICES``.
+- ``--launcher slurm``: submitit's SLURM executor; every step not yet done is submitted at once, each with
+  ``--dependency=afterok:`` on the jobs of the steps it waits for (and ``--kill-on-invalid-dep=yes``, so that a
+  failed training cancels what follows it instead of leaving it pending), so prediction, evaluation, comparison and
+  the report follow the trainings on the cluster. The job ids go to ``W/slurm/jobs.json``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.recipes.plan import Context, Step, executable, step_state
+from nnunet_mtl.recipes.schema import Recipe
+
+
+def run_step(argv: list[str], env: dict, log_path: str) -> int:
+    """Run one step's command with ``env``, appending its output to ``log_path``; its exit code. (What a submitit job
+    calls, locally or on a cluster node.)"""
+    log = Path(log_path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ {' '.join(argv)}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        return subprocess.run(argv, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Progress:
+    """One line per step over the whole grid: ``[7/19] train:mtl:0 train multitask, fold 0 ... done in 41 s``."""
+    total: int
+    started: float = 0.0
+    index: int = 0
+
+    def __post_init__(self):
+        self.started = time.time()
+
+    def begin(self, step: Step, note: str = "") -> None:
+        self.index += 1
+        print(f"[{self.index}/{self.total}] {step.id}: {step.title}{note}", flush=True)
+
+    def elapsed(self) -> str:
+        return f"{(time.time() - self.started) / 60:.1f} min"
+
+
+def record(ctx: Context, step: Step, seconds: float, status: str) -> None:
+    """Append to W/logs/steps.jsonl (the report's wall times)."""
+    path = ctx.workdir / "logs" / "steps.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step.id, "kind": step.kind, "seconds": round(seconds, 1), "status": status,
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+
+def pending(steps: list[Step], recipe: Recipe, ctx: Context) -> tuple[list[Step], dict]:
+    """The steps to run (not done) and, for every done one, the file that shows it."""
+    todo, done = [], {}
+    for step in steps:
+        finished, why = step_state(step, recipe, ctx)
+        if finished:
+            done[step.id] = why
+        else:
+            todo.append(step)
+    return todo, done
+
+
+# ------------------------------------------------------------------------------------------------ local
+def _local_executor(ctx: Context):
+    import submitit
+    return submitit.LocalExecutor(folder=str(ctx.workdir / "submitit" / "%j"))
+
+
+def _result(job, step: Step, ctx: Context, started: float) -> None:
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+    try:
+        code = job.result()
+    except UncompletedJobError:
+        record(ctx, step, time.time() - started, "timeout")
+        raise NnunetMtlError(f"step {step.id} did not finish within {step.timeout_min} min (defaults.timeout_min or "
+                             f"--timeout-min); its log: {ctx.log(step.id)}") from None
+    except FailedJobError as e:
+        record(ctx, step, time.time() - started, "failed")
+        raise NnunetMtlError(f"step {step.id} failed in its job ({str(e).splitlines()[0]}); its log: "
+                             f"{ctx.log(step.id)}") from None
+    seconds = time.time() - started
+    if code != 0:
+        record(ctx, step, seconds, f"exit {code}")
+        print(tail(ctx.log(step.id)), file=sys.stderr)
+        raise NnunetMtlError(f"step {step.id} failed with exit code {code}: {step.command_line()} (the end of its "
+                             f"log is above; all of it: {ctx.log(step.id)}); fix the cause and run the recipe again: "
+                             f"finished steps are not redone")
+    record(ctx, step, seconds, "done")
+    print(f"    done in {seconds:.0f} s", flush=True)
+
+
+def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] | None = None) -> None:
+    """Run every step that is not done, in order (trainings and predictions one per GPU at a time with ``gpus``)."""
+    todo, done = pending(steps, recipe, ctx)
+    progress = Progress(len(steps))
+    for step in steps:
+        if step.id in done:
+            progress.begin(step, f" ... done before ({done[step.id]})")
+    executor = _local_executor(ctx)
+    env = ctx.env()
+    running: list = []
+    try:
+        i = 0
+        while i < len(todo):
+            step = todo[i]
+            if gpus and step.gpu:
+                wave = [s for s in todo[i:] if s.kind == step.kind and s.gpu]
+                _run_wave(wave, executor, env, ctx, progress, gpus, running)
+                i += len(wave)
+                continue
+            progress.begin(step)
+            executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
+            started = time.time()
+            job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)))
+            running.append(job)
+            _result(job, step, ctx, started)
+            running.remove(job)
+            i += 1
+    except KeyboardInterrupt:
+        for job in running:  # submitit's local jobs outlive this process unless cancelled
+            job.cancel(check=False)
+        raise
+    print(f"all {len(steps)} steps done ({len(todo)} run now, {len(done)} before) in {progress.elapsed()}")
+
+
+def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Progress, gpus: list[int],
+              running: list) -> None:
+    """Steps of one kind (independent of each other: all trainings, or all predictions), at most one per GPU."""
+    queue, busy = list(wave), {}
+    while queue or busy:
+        for gpu in gpus:
+            if gpu not in busy and queue:
+                step = queue.pop(0)
+                progress.begin(step, f" (GPU {gpu})")
+                executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=1, visible_gpus=[gpu])
+                job = executor.submit(run_step, executable(step.argv), {**env, "CUDA_VISIBLE_DEVICES": str(gpu)},
+                                      str(ctx.log(step.id)))
+                running.append(job)
+                busy[gpu] = (job, step, time.time())
+        for gpu, (job, step, started) in list(busy.items()):
+            if job.done():
+                del busy[gpu]
+                running.remove(job)
+                _result(job, step, ctx, started)
+        time.sleep(1)
+
+
+# ------------------------------------------------------------------------------------------------ SLURM
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    cpus: int = 8
+    mem_gb: int | None = None
+    setup: tuple = ()          # shell lines run before each job (module load ..., source venv/bin/activate)
+
+
+def slurm_parameters(step: Step, recipe: Recipe, dependencies: list[str], options: SlurmOptions) -> dict:
+    """submitit's update_parameters for one step: what sbatch gets (tests check them in the submission file)."""
+    params = {"name": f"{recipe.name}:{step.id}", "timeout_min": int(step.timeout_min),
+              "cpus_per_task": options.cpus if step.kind in ("train", "predict", "plan") else min(options.cpus, 4),
+              "nodes": 1, "tasks_per_node": 1,
+              "slurm_additional_parameters": ({"dependency": "afterok:" + ":".join(dependencies),
+                                               "kill-on-invalid-dep": "yes"} if dependencies else {})}
+    if step.gpu:
+        params["gpus_per_node"] = 1
+    if options.partition:
+        params["slurm_partition"] = options.partition
+    if options.account:
+        params["slurm_account"] = options.account
+    if options.qos:
+        params["slurm_qos"] = options.qos
+    if options.mem_gb:
+        params["mem_gb"] = options.mem_gb
+    if options.setup:
+        params["slurm_setup"] = list(options.setup)
+    return params
+
+
+def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: SlurmOptions) -> dict:
+    """Submit every step that is not done, each depending (afterok) on the jobs of its not-done dependencies;
+    returns {step id: job id} (also written to W/slurm/jobs.json)."""
+    import submitit
+    todo, done = pending(steps, recipe, ctx)
+    jobs_file = ctx.workdir / "slurm" / "jobs.json"
+    env = ctx.env()
+    ids: dict[str, str] = {}
+    for step in todo:
+        deps = [ids[d] for d in step.deps if d in ids]
+        try:  # one executor per step: submitit's parameters accumulate, a training's GPU would stick to what follows
+            executor = submitit.AutoExecutor(folder=str(ctx.workdir / "slurm" / "%j"), cluster="slurm")
+        except RuntimeError as e:  # submitit looks for srun
+            raise NnunetMtlError(f"--launcher slurm: {e} (submitit found no SLURM commands on this machine; "
+                                 f"expected to run on a cluster's login node)") from None
+        executor.update_parameters(**slurm_parameters(step, recipe, deps, options))
+        job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)))
+        ids[step.id] = str(job.job_id)
+        print(f"submitted {step.id} as job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""),
+              flush=True)
+    jobs_file.parent.mkdir(parents=True, exist_ok=True)
+    jobs_file.write_text(json.dumps({"recipe": recipe.name, "jobs": ids, "done_before": done}, indent=2))
+    print(f"{len(ids)} jobs submitted, {len(done)} steps done before; job ids in {jobs_file}")
+    return ids

@@ -1,0 +1,253 @@
+"""The grid of a recipe: every step is one command a user could type (``--dry-run`` prints them), with the steps it
+waits for and the files that prove it done.
+
+Work folder ``W`` (``--workdir``)::
+
+    W/nnUNet_raw, W/nnUNet_preprocessed, W/nnUNet_results   nnU-Net's three folders (exported for every step)
+    W/predictions/ROW/TESTSET/       nnunet_mtl predict (--per-fold with k folds: fold_K/ and ensemble/), and its
+                                     evaluation/ (nnunet_mtl evaluate)
+    W/comparisons/KEY/               nnunet_mtl compare
+    W/logs/STEP.log                  each step's output; W/logs/steps.jsonl: when each step ran and how long
+    W/report/                        nnunet_mtl recipe report
+    W/recipe_run.json                the recipe's name, --data folders, device (a rerun and the report need no --data)
+
+Steps, in order: ``convert:H`` / ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
+``train:ROW:K`` (each row, each fold), ``predict:ROW:TS`` and ``evaluate:ROW:TS`` (each row, each test set),
+``compare:KEY``, ``report``.
+
+Resuming: a step whose outputs are there is skipped (:func:`step_state`); a training with any checkpoint continues
+with nnU-Net's ``--c`` (from checkpoint_final it only redoes the validation, from checkpoint_latest it goes on); a
+prediction whose folder holds some masks continues with ``--continue_prediction``. A step is never redone because
+an earlier one was: delete a step's outputs to have it run again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.recipes.schema import Recipe
+
+CONFIGURATION = "2d"
+
+
+@dataclass
+class Step:
+    id: str
+    kind: str                  # convert, drop, plan, split, train, predict, evaluate, compare, report
+    title: str
+    argv: list[str]
+    deps: list[str] = field(default_factory=list)
+    gpu: bool = False
+    timeout_min: int = 60
+
+    def command_line(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.argv)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where and how: the work folder, the user's data folders, the device, worker processes."""
+    workdir: Path
+    data: dict             # data key -> Path
+    device: str            # cpu | cuda
+    processes: int = 2
+
+    @property
+    def raw(self) -> Path:
+        return self.workdir / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.workdir / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / "nnUNet_results"
+
+    def predictions(self, row: str, test_set: str) -> Path:
+        return self.workdir / "predictions" / row / test_set
+
+    def comparison(self, key: str) -> Path:
+        return self.workdir / "comparisons" / key
+
+    def log(self, step_id: str) -> Path:
+        return self.workdir / "logs" / (step_id.replace(":", "_") + ".log")
+
+    def model(self, recipe: Recipe, row_key: str) -> Path:
+        row = recipe.row(row_key)
+        dataset = recipe.datasets[row.dataset]
+        return self.results / dataset.folder / f"{row.trainer}__nnUNetPlans__{CONFIGURATION}"
+
+    def env(self) -> dict:
+        """The environment of every step: nnU-Net's folders, our trainers for nnU-Net's lookup, worker counts."""
+        from nnunet_mtl.paths import env_with_ext_trainer
+        env = env_with_ext_trainer(dict(os.environ))
+        env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
+                   nnUNet_results=str(self.results), PYTHONUNBUFFERED="1")
+        env.setdefault("nnUNet_def_n_proc", str(self.processes))
+        env.setdefault("nnUNet_n_proc_DA", str(self.processes) if self.device == "cpu" else "6")
+        return env
+
+
+def trained_datasets(recipe: Recipe) -> list[str]:
+    """Handles of the datasets some row trains on, in the recipe's order."""
+    used = {r.dataset for r in recipe.rows}
+    return [h for h in recipe.datasets if h in used]
+
+
+def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
+    """Every step of the recipe in an order that respects their dependencies."""
+    steps: list[Step] = []
+    timeout = recipe.timeout_min
+    n = str(ctx.processes)
+    for handle, ds in recipe.datasets.items():
+        if ds.converter is not None:
+            argv = ["nnunet_mtl", "convert", ds.converter]
+            if ds.source is not None:
+                argv.append(str(ctx.data[ds.source]))
+            argv += ["-d", str(ds.id), "--name", ds.name]
+            if ds.role == "test" and ds.converter != "synthetic":
+                argv += ["--as", "test"]
+            argv += [*ds.options, "--no-progress"]
+            steps.append(Step(f"convert:{handle}", "convert", f"convert {ds.folder}", argv, timeout_min=timeout))
+        else:
+            origin = recipe.datasets[ds.from_]
+            argv = ["nnunet_mtl", "drop-masks", "-d", str(origin.id), "--keep", f"{ds.keep:g}", "--into", str(ds.id),
+                    "--name", ds.name, "--as", ds.as_kind, "--seed", str(ds.seed)]
+            steps.append(Step(f"drop:{handle}", "drop", f"{ds.folder}: masks of {ds.keep:.0%} of the patients of "
+                              f"{origin.folder}", argv, deps=[f"convert:{ds.from_}"], timeout_min=timeout))
+    made = {h: (f"convert:{h}" if ds.converter is not None else f"drop:{h}") for h, ds in recipe.datasets.items()}
+    for handle in trained_datasets(recipe):
+        ds = recipe.datasets[handle]
+        steps.append(Step(f"plan:{handle}", "plan", f"plan and preprocess {ds.folder}",
+                          ["nnUNetv2_plan_and_preprocess", "-d", str(ds.id), "-c", CONFIGURATION, "-np", n,
+                           "-npfp", n, "--verify_dataset_integrity"], deps=[made[handle]], timeout_min=timeout))
+        split = recipe.split
+        how = ["-k", str(split.folds)] if split.kind == "kfold" else ["--holdout", f"{split.fraction:g}"]
+        steps.append(Step(f"split:{handle}", "split", f"{split.kind} split of {ds.folder}",
+                          ["nnunet_mtl", "split", "-d", str(ds.id), *how, "--seed", str(split.seed)],
+                          deps=[f"plan:{handle}"], timeout_min=timeout))
+    folds = recipe.split.fold_ids
+    gpu = ctx.device == "cuda"
+    for row in recipe.rows:
+        ds = recipe.datasets[row.dataset]
+        for k in folds:
+            argv = ["nnUNetv2_train", str(ds.id), CONFIGURATION, str(k), "-tr", row.trainer, "-device", ctx.device]
+            if training_started(ctx.model(recipe, row.key) / f"fold_{k}"):
+                argv.append("--c")
+            steps.append(Step(f"train:{row.key}:{k}", "train", f"train {row.label} ({row.trainer}), fold {k}", argv,
+                              deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout))
+    for row in recipe.rows:
+        ds = recipe.datasets[row.dataset]
+        for ts in recipe.test_sets:
+            test = recipe.datasets[ts.dataset]
+            out = ctx.predictions(row.key, ts.key)
+            argv = ["nnunet_mtl", "predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(out),
+                    "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, folds),
+                    "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n, "--disable_progress_bar"]
+            if len(folds) > 1:
+                argv.append("--per-fold")
+            if prediction_started(out):
+                argv.append("--continue_prediction")
+            steps.append(Step(f"predict:{row.key}:{ts.key}", "predict", f"predict {ts.label} with {row.label}",
+                              argv, deps=[made[ts.dataset]] + [f"train:{row.key}:{k}" for k in folds], gpu=gpu,
+                              timeout_min=timeout))
+            steps.append(Step(f"evaluate:{row.key}:{ts.key}", "evaluate", f"evaluate {row.label} on {ts.label}",
+                              ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n],
+                              deps=[f"predict:{row.key}:{ts.key}"], timeout_min=timeout))
+    for c in recipe.comparisons:
+        test = recipe.datasets[recipe.test_set(c.test_set).dataset]
+        runs = [str(ctx.predictions(r, c.test_set)) for r in (c.a, *c.b)]
+        steps.append(Step(f"compare:{c.key}", "compare", f"compare {c.a} with {', '.join(c.b)} on {c.test_set}",
+                          ["nnunet_mtl", "compare", *runs, "-d", str(test.id), "-o", str(ctx.comparison(c.key))],
+                          deps=[f"evaluate:{r}:{c.test_set}" for r in (c.a, *c.b)], timeout_min=timeout))
+    steps.append(Step("report", "report", "report", ["nnunet_mtl", "recipe", "report", str(recipe.path if
+                                                     recipe.path.parent != _shipped_folder() else recipe.name),
+                                                     "--workdir", str(ctx.workdir)],
+                      deps=[s.id for s in steps if s.kind in ("evaluate", "compare")], timeout_min=timeout))
+    return steps
+
+
+def _shipped_folder() -> Path:
+    return Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------------------------------ state
+def training_started(fold: Path) -> bool:
+    return any((fold / c).is_file() for c in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"))
+
+
+def prediction_started(out: Path) -> bool:
+    return out.is_dir() and any(out.rglob("*.png"))
+
+
+def _dataset_json(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
+    """(done, why): whether the step's outputs are all there, naming the file that shows it (or what is missing)."""
+    kind, parts = step.kind, step.id.split(":")
+    if kind in ("convert", "drop"):
+        ds = recipe.datasets[parts[1]]
+        marker = ctx.raw / ds.folder / ("dataset.json" if kind == "convert" else "partial_report.json")
+        return marker.is_file(), str(marker)
+    if kind == "plan":
+        ds = recipe.datasets[parts[1]]
+        folder = ctx.preprocessed / ds.folder
+        plans = folder / "nnUNetPlans.json"
+        expected = _dataset_json(ctx.raw / ds.folder).get("numTraining")
+        data = folder / f"nnUNetPlans_{CONFIGURATION}"
+        have = len(list(data.glob("*.pkl"))) if data.is_dir() else 0
+        done = plans.is_file() and expected is not None and have == expected
+        return done, f"{plans} and {have} of {expected} preprocessed cases in {data}"
+    if kind == "split":
+        ds = recipe.datasets[parts[1]]
+        path = ctx.preprocessed / ds.folder / "splits_final.json"
+        if not path.is_file():
+            return False, str(path)
+        try:
+            folds = len(json.loads(path.read_text()))
+        except ValueError:
+            raise NnunetMtlError(f"{path} is not readable JSON; remove it to have the split written again") from None
+        if folds < len(recipe.split.fold_ids):
+            raise NnunetMtlError(f"{path} has {folds} fold(s) but the recipe's split has {len(recipe.split.fold_ids)}"
+                                 f"; expected the recipe's split (remove the file, and any trained folds, to redo it)")
+        return True, str(path)
+    if kind == "train":
+        fold = ctx.model(recipe, parts[1]) / f"fold_{parts[2]}"
+        final, summary = fold / "checkpoint_final.pth", fold / "validation" / "summary.json"
+        return final.is_file() and summary.is_file(), f"{final} and {summary}"
+    if kind == "predict":
+        out = ctx.predictions(parts[1], parts[2])
+        marker = (out / "ensemble" / "class_predictions.csv") if len(recipe.split.fold_ids) > 1 else \
+            (out / "class_predictions.csv")
+        if len(recipe.split.fold_ids) > 1:
+            done = marker.is_file() and (out / "per_fold.json").is_file()
+        else:
+            done = marker.is_file()
+        return done, str(marker)
+    if kind == "evaluate":
+        out = ctx.predictions(parts[1], parts[2]) / "evaluation"
+        marker = out / ("per_fold_summary.json" if len(recipe.split.fold_ids) > 1 else "summary.json")
+        return marker.is_file(), str(marker)
+    if kind == "compare":
+        marker = ctx.comparison(parts[1]) / "comparison.json"
+        return marker.is_file(), str(marker)
+    return False, "always run"
+
+
+def executable(argv: list[str]) -> list[str]:
+    """argv with our and nnU-Net's commands taken from this Python's environment (the dry run prints the short
+    names, which are the same commands on the user's PATH)."""
+    bindir = Path(sys.executable).parent
+    first = bindir / argv[0]
+    return [str(first) if first.exists() else argv[0], *argv[1:]]

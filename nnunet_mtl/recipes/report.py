@@ -1,0 +1,351 @@
+"""``nnunet_mtl recipe report``: our numbers beside the paper's, from the files the recipe's commands wrote and
+nothing else (a missing file is a "—" and a note naming the step that writes it, so a partial run reports too).
+
+Per test set, one table: every row's metrics, over folds as ``mean ± std`` (k folds: ``nnunet_mtl predict
+--per-fold``'s fold models, each alone, as the papers report) with the t-based 95 % CI of that mean, and the fold
+ensemble as a second row; with one fold the single value and its bootstrap 95 % CI. Per paper table (``[[tables]]``),
+the same rows beside the paper's numbers as printed. The comparisons (``nnunet_mtl compare``: paired bootstrap CI
+of the difference, Wilcoxon / McNemar / DeLong p, Holm). Written to ``W/report/report.md`` (also printed),
+``report.json`` (what a program reads) and ``plots/TABLE.png`` (ours against the paper's per metric).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from nnunet_mtl.recipes.plan import Context
+from nnunet_mtl.recipes.schema import METRICS, Recipe, parse_paper_value
+
+DEFAULT_METRICS = ("dice", "iou", "hd95", "accuracy", "auc", "macro_f1")
+LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 [px]", "hd95_mm": "HD95 [mm]", "nsd": "NSD",
+          "attention_iou": "IoU of P", "accuracy": "accuracy", "balanced_accuracy": "bal. acc.",
+          "macro_precision": "macro P", "macro_recall": "macro R", "macro_f1": "macro F1", "weighted_f1": "weighted F1",
+          "auc": "AUC", "mcc": "MCC", "brier": "Brier", "sensitivity": "sensitivity", "specificity": "specificity",
+          "precision": "precision", "f1": "F1"}
+DASH = "—"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def row_results(recipe: Recipe, ctx: Context, row: str, test_set: str) -> dict:
+    """{"folds": {metric: {mean, std, ci95}} or None, "ensemble": {metric: value} or None, "single": ... , "source"}
+    for one row on one test set, from nnunet_mtl evaluate's files."""
+    from nnunet_mtl.evaluation.evaluate import _flatten
+    evaluation = ctx.predictions(row, test_set) / "evaluation"
+    out = {"folds": None, "ensemble": None, "single": None, "source": None}
+    if len(recipe.split.fold_ids) > 1:
+        data = _read(evaluation / "per_fold_summary.json")
+        if data is None:
+            return out
+        out["source"] = str(evaluation / "per_fold_summary.json")
+        metrics = (data.get("mean_std_over_folds") or {}).get("metrics", {})
+        out["folds"] = {name: metrics[key] for name, key in METRICS.items() if key in metrics}
+        ensemble = (data.get("fold_ensemble") or {}).get("metrics", {})
+        out["ensemble"] = {name: ensemble[key] for name, key in METRICS.items() if key in ensemble}
+        out["num_folds"] = data.get("num_folds")
+        return out
+    data = _read(evaluation / "summary.json")
+    if data is None:
+        return out
+    out["source"] = str(evaluation / "summary.json")
+    flat = _flatten(data)
+    intervals = (data.get("confidence_intervals") or {}).get("intervals", {})
+    out["single"] = {name: {"value": flat[key], "ci95": intervals.get(key)} for name, key in METRICS.items()
+                     if key in flat}
+    return out
+
+
+def _digits(metric: str) -> int:
+    return 2 if metric.startswith("hd95") else 3
+
+
+def fmt(value, metric: str, std=None) -> str:
+    if not _finite(value):
+        return DASH
+    d = _digits(metric)
+    return f"{value:.{d}f}" + (f" ± {std:.{d}f}" if _finite(std) else "")
+
+
+def fmt_ci(ci, metric: str) -> str:
+    if not ci or not all(_finite(c) for c in ci):
+        return ""
+    d = _digits(metric)
+    return f"[{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def ours(results: dict, metric: str) -> tuple[str, str, str]:
+    """(our cell, its 95 % CI, the ensemble's cell) for one metric."""
+    if results["folds"] is not None:
+        m = results["folds"].get(metric)
+        cell = fmt(m.get("mean"), metric, m.get("std")) if m else DASH
+        ci = fmt_ci(m.get("ci95"), metric) if m else ""
+        ens = fmt((results["ensemble"] or {}).get(metric), metric)
+        return cell, ci, ens
+    if results["single"] is not None:
+        m = results["single"].get(metric)
+        return (fmt(m["value"], metric), fmt_ci(m.get("ci95"), metric), "") if m else (DASH, "", "")
+    return DASH, "", ""
+
+
+def _ours_value(results: dict, metric: str):
+    if results["folds"] is not None:
+        m = results["folds"].get(metric) or {}
+        return m.get("mean"), m.get("std")
+    if results["single"] is not None:
+        m = results["single"].get(metric) or {}
+        return m.get("value"), None
+    return None, None
+
+
+def build_report(recipe: Recipe, ctx: Context) -> dict:
+    """Everything the report shows, as data (report.json)."""
+    k = len(recipe.split.fold_ids)
+    report = {"recipe": recipe.name, "title": recipe.title, "workdir": str(ctx.workdir), "folds": k,
+              "split": {"kind": recipe.split.kind, "folds": recipe.split.folds, "fraction": recipe.split.fraction,
+                        "seed": recipe.split.seed},
+              "checkpoint": recipe.checkpoint, "test_sets": [], "tables": [], "comparisons": [], "missing": [],
+              "timings": _timings(ctx)}
+    results = {}
+    for ts in recipe.test_sets:
+        metrics = _metrics_for(recipe, ts.key)
+        entry = {"key": ts.key, "label": ts.label, "metrics": list(metrics), "rows": []}
+        for row in recipe.rows:
+            r = row_results(recipe, ctx, row.key, ts.key)
+            results[(row.key, ts.key)] = r
+            if r["source"] is None:
+                report["missing"].append(f"{row.key} on {ts.key}: no evaluation yet (step evaluate:{row.key}:{ts.key})")
+            entry["rows"].append({"row": row.key, "label": row.label, "trainer": row.trainer, **{
+                m: _metric_entry(r, m) for m in metrics}})
+        report["test_sets"].append(entry)
+    for table in recipe.tables:
+        rows = []
+        paper_rows = list(table.values)
+        for row in recipe.rows:
+            name = row.paper_row or row.label
+            paper = table.values.get(name, {})
+            r = results.get((row.key, table.test_set)) or row_results(recipe, ctx, row.key, table.test_set)
+            rows.append({"row": row.key, "label": row.label, "paper_row": name, "trainer": row.trainer, **{
+                m: {"ours": _metric_entry(r, m), "paper": paper.get(m), "paper_value": _paper(paper.get(m))}
+                for m in table.metrics}})
+        for name in paper_rows:
+            if name.startswith("paper:"):
+                rows.append({"row": None, "label": name[len("paper:"):], "paper_row": name, "trainer": None, **{
+                    m: {"ours": None, "paper": table.values[name].get(m), "paper_value": _paper(table.values[name]
+                                                                                              .get(m))}
+                    for m in table.metrics}})
+        report["tables"].append({"id": table.id, "caption": table.caption, "test_set": table.test_set,
+                                 "metrics": list(table.metrics), "rows": rows})
+    for c in recipe.comparisons:
+        path = ctx.comparison(c.key) / "comparison.json"
+        data = _read(path)
+        if data is None:
+            report["missing"].append(f"comparison {c.key}: not run yet (step compare:{c.key})")
+            report["comparisons"].append({"key": c.key, "a": c.a, "b": list(c.b), "test_set": c.test_set,
+                                          "rows": None})
+            continue
+        labels = {str(ctx.predictions(r, c.test_set)): r for r in (c.a, *c.b)}
+        rows = [{**{k2: r.get(k2) for k2 in ("metric", "label", "mean_a", "mean_b", "difference", "ci_low", "ci_high",
+                                                 "test_short", "p", "p_holm", "unit", "n_units")},
+                 "a": labels.get(r.get("run_a"), r.get("run_a")), "b": labels.get(r.get("run_b"), r.get("run_b"))}
+                for r in data.get("rows", [])]
+        report["comparisons"].append({"key": c.key, "a": c.a, "b": list(c.b), "test_set": c.test_set,
+                                      "source": str(path), "rows": rows})
+    return report
+
+
+def _paper(text):
+    if text is None:
+        return None
+    parsed = parse_paper_value(text)
+    return None if parsed is None else {"value": parsed[0], "std": parsed[1]}
+
+
+def _metric_entry(r: dict, metric: str) -> dict | None:
+    if r["folds"] is not None:
+        m = r["folds"].get(metric)
+        return None if m is None else {"mean": m.get("mean"), "std": m.get("std"), "ci95": m.get("ci95"),
+                                       "ensemble": (r["ensemble"] or {}).get(metric)}
+    if r["single"] is not None:
+        m = r["single"].get(metric)
+        return None if m is None else {"mean": m["value"], "std": None, "ci95": m.get("ci95"), "ensemble": None}
+    return None
+
+
+def _metrics_for(recipe: Recipe, test_set: str) -> tuple[str, ...]:
+    chosen = [m for t in recipe.tables if t.test_set == test_set for m in t.metrics]
+    return tuple(dict.fromkeys(chosen)) if chosen else DEFAULT_METRICS
+
+
+def _timings(ctx: Context) -> dict:
+    path = ctx.workdir / "logs" / "steps.jsonl"
+    seconds: dict[str, float] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("status") == "done":
+            seconds[entry["kind"]] = seconds.get(entry["kind"], 0.0) + float(entry["seconds"])
+    total = {"total": round(sum(seconds.values()), 1)} if seconds else {}
+    return {k: round(v, 1) for k, v in seconds.items()} | total
+
+
+# ------------------------------------------------------------------------------------------------ Markdown
+def _cell(entry: dict | None, metric: str) -> str:
+    if not entry:
+        return DASH
+    return fmt(entry.get("mean"), metric, entry.get("std"))
+
+
+def to_markdown(report: dict, recipe: Recipe) -> str:
+    k = report["folds"]
+    lines = [f"# {recipe.title}", ""]
+    if recipe.citation:
+        lines += [f"Paper: {recipe.citation}", ""]
+    split = report["split"]
+    how = (f"{split['folds']}-fold cross-validation (patient-grouped), seed {split['seed']}" if split["kind"] == "kfold"
+           else f"one patient-grouped hold-out split, {split['fraction']:.0%} validation, seed {split['seed']}")
+    lines += [f"Split: {how}; checkpoint {report['checkpoint']}. "
+              + ("Our cells: mean ± std over the folds' models, each predicting alone (95 % CI of the mean, t-based); "
+                 "the ensemble row: the folds' models averaged." if k > 1 else
+                 "Our cells: the single model, with the bootstrap 95 % CI over the test images."), ""]
+    if recipe.note:
+        lines += [f"Note: {recipe.note}", ""]
+    for ts in report["test_sets"]:
+        metrics = ts["metrics"]
+        lines += [f"## {ts['label']}", "", "| row | trainer | " + " | ".join(LABELS[m] for m in metrics) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in metrics) + " |"]
+        for row in ts["rows"]:
+            lines.append(f"| {row['label']} | `{row['trainer']}` | " + " | ".join(
+                _cell(row[m], m) + (f" {fmt_ci(row[m].get('ci95'), m)}" if row[m] and row[m].get("ci95") else "")
+                for m in metrics) + " |")
+            if k > 1:
+                lines.append(f"| {row['label']} (fold ensemble) | | " + " | ".join(
+                    fmt((row[m] or {}).get("ensemble"), m) for m in metrics) + " |")
+        lines.append("")
+    for table in report["tables"]:
+        metrics = table["metrics"]
+        label = next((t["label"] for t in report["test_sets"] if t["key"] == table["test_set"]), table["test_set"])
+        lines += [f"## {table['id']}: ours beside the paper's ({label})", ""]
+        if table["caption"]:
+            lines += [table["caption"], ""]
+        lines += ["| row | " + " | ".join(f"{LABELS[m]} ours | {LABELS[m]} paper" for m in metrics) + " |",
+                  "| --- | " + " | ".join("--- | ---" for _ in metrics) + " |"]
+        for row in table["rows"]:
+            name = row["label"] if row["row"] is not None else f"{row['label']} (paper only)"
+            if row["row"] is not None and row["paper_row"] != row["label"]:
+                name += f" ({row['paper_row']})"
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_cell(row[m]['ours'], m) if row['row'] is not None else ''} | {row[m]['paper'] or DASH}"
+                for m in metrics) + " |")
+        lines.append("")
+    for c in report["comparisons"]:
+        names = {r.key: r.label for r in recipe.rows}
+        test_label = next((t.label for t in recipe.test_sets if t.key == c["test_set"]), c["test_set"])
+        lines += [f"## Comparison {c['key']}: {names.get(c['a'], c['a'])} against "
+                  f"{', '.join(names.get(b, b) for b in c['b'])} ({test_label})", ""]
+        if not c["rows"]:
+            lines += ["not run yet", ""]
+            continue
+        unit = c["rows"][0].get("unit")
+        lines += [f"Paired, unit: {unit} (n = {c['rows'][0].get('n_units')}); difference = first minus second, "
+                  "95 % CI by paired bootstrap; p from the test named, Holm over the comparison's table.", "",
+                  "| pair | metric | first | second | difference [95 % CI] | test | p | p Holm |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in c["rows"]:
+            m = "hd95" if "hd95" in str(r["metric"]).lower() else "dice"  # digits: 2 for distances, else 3
+            diff = fmt(r["difference"], m) + (f" [{fmt(r['ci_low'], m)}, {fmt(r['ci_high'], m)}]"
+                                              if _finite(r["ci_low"]) else "")
+            lines.append(f"| {r['a']} vs {r['b']} | {r['label']} | {fmt(r['mean_a'], m)} | {fmt(r['mean_b'], m)} | "
+                         f"{diff} | {r['test_short'] or ''} | {_p(r['p'])} | {_p(r['p_holm'])} |")
+        lines.append("")
+    if report["timings"]:
+        times = ", ".join(f"{k2} {v:.0f}" for k2, v in report["timings"].items())
+        lines += [f"Wall time of the steps run (s): {times}", ""]
+    if report["missing"]:
+        lines += ["Not yet available:", ""] + [f"- {m}" for m in report["missing"]] + [""]
+    return "\n".join(lines)
+
+
+def _p(p) -> str:
+    if not _finite(p):
+        return DASH
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def plot_tables(report: dict, folder: Path) -> list[Path]:
+    """One figure per paper table: per metric, our value (± std over folds) and the paper's, per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    for table in report["tables"]:
+        metrics, rows = table["metrics"], table["rows"]
+        if not metrics or not rows:
+            continue
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1, 0.45 * len(rows) + 1.6),
+                                 squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            for i, row in enumerate(rows):
+                ours_entry = row[m]["ours"]
+                if ours_entry and _finite(ours_entry.get("mean")):
+                    std = ours_entry.get("std")
+                    ax.errorbar(ours_entry["mean"], i, xerr=std if _finite(std) else None, fmt="o", color="C0",
+                                label="ours" if i == 0 else None, capsize=3)
+                paper = row[m]["paper_value"]
+                if paper:
+                    ax.errorbar(paper["value"], i + 0.15, xerr=paper["std"] if _finite(paper["std"]) else None,
+                                fmt="x", color="C3", label="paper", capsize=3)
+            ax.set_yticks(range(len(rows)), [r["label"] for r in rows] if ax is axes[0][0] else [""] * len(rows))
+            ax.set_title(LABELS[m])
+            ax.invert_yaxis()
+            ax.grid(axis="x", alpha=0.3)
+        handles, labels = [], []
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        if handles:
+            fig.legend(handles, labels, loc="lower right")
+        fig.suptitle(f"{table['id']} ({table['test_set']})")
+        fig.tight_layout()
+        path = folder / f"{_safe(table['id'])}_{table['test_set']}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "table"
+
+
+def write_report(recipe: Recipe, ctx: Context, output: Path | None = None) -> tuple[str, list[Path]]:
+    """Build, write (report.md, report.json, plots/) and return the Markdown and the files written."""
+    from nnunet_mtl.atomic import atomic_open
+    folder = output or ctx.workdir / "report"
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    report = build_report(recipe, ctx)
+    markdown = to_markdown(report, recipe)
+    with atomic_open(folder / "report.md") as f:
+        f.write(markdown + "\n")
+    with atomic_open(folder / "report.json") as f:
+        json.dump(report, f, indent=2, default=float)
+    plots = plot_tables(report, folder / "plots")
+    return markdown, [folder / "report.md", folder / "report.json", *plots]

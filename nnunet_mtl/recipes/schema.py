@@ -1,0 +1,485 @@
+"""A recipe: one experiment protocol (datasets, split, trainer rows, test sets, comparisons, a paper's reported
+numbers) in a TOML file, read with the standard library's :mod:`tomllib`.
+
+Shipped recipes live next to this module (``nnunet_mtl/recipes/*.toml``); a user's recipe is any ``.toml`` path.
+Every field is checked before anything runs; a malformed recipe gets one line per wrong field, all of them at once::
+
+    RECIPE.toml: rows[1].trainer: 'nnUNetTrainerMLT_tiny' is not a trainer; expected e.g. nnUNetTrainerMTL_tiny
+
+The format (docs/recipes.md has it with examples)::
+
+    schema = 1                       # the format's version
+    name = "synthetic"               # = the file's stem
+    title = "..."                    # one line
+    description = "..."              # optional
+    [paper]                          # optional: citation, note (deviations from the paper's protocol)
+    [estimate]                       # optional: cpu_minutes, gpu_hours (our estimate, shown by `recipe list`)
+    [defaults]                       # optional: device ("auto" | "cpu" | "cuda"), checkpoint, timeout_min
+    [data.KEY]                       # a folder the user gives as --data KEY=PATH: help = "..."
+    [datasets.HANDLE]                # id, name, and either converter (+ source = a data KEY, role = "train" |
+                                     # "test", options = [...]) or from = HANDLE, keep, as, seed (drop-masks)
+    [split]                          # kind = "kfold" (folds >= 2) | "holdout" (fraction), seed
+    [[rows]]                         # key, label, trainer, dataset (a training HANDLE), paper_row (optional)
+    [[test_sets]]                    # key, label, and dataset = HANDLE (its imagesTs / labelsTs)
+    [[comparisons]]                  # key, a = row, b = [rows], test_set
+    [[tables]]                       # a paper's table: id, caption, test_set, metrics = [...],
+                                     # values."PAPER ROW" = { metric = "0.80 ± 0.02", ... }
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from nnunet_mtl.errors import NnunetMtlError
+
+SCHEMA_VERSION = 1
+CONVERTERS = ("synthetic", "aimi", "breast", "udiat", "bus-uclm", "busi", "ddti", "thyroidxl", "tn3k")
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
+SPLIT_KINDS = ("kfold", "holdout")
+DROP_KINDS = ("none", "box")
+# metric name in a recipe -> the dotted key of nnunet_mtl evaluate's summary.json (docs/evaluation.md)
+METRICS = {
+    "dice": "segmentation.dice.mean", "iou": "segmentation.iou.mean", "hd95": "segmentation.hd95_px.mean",
+    "hd95_mm": "segmentation.hd95_mm.mean", "nsd": "segmentation.nsd_px.mean",
+    "attention_iou": "segmentation.attention_iou.mean",
+    "accuracy": "classification.accuracy", "balanced_accuracy": "classification.balanced_accuracy",
+    "macro_precision": "classification.macro_precision", "macro_recall": "classification.macro_recall",
+    "macro_f1": "classification.macro_f1", "weighted_f1": "classification.weighted_f1",
+    "auc": "classification.auc", "mcc": "classification.mcc", "brier": "classification.brier",
+    "sensitivity": "classification.sensitivity", "specificity": "classification.specificity",
+    "precision": "classification.precision", "f1": "classification.f1",
+}
+KEY = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+# a paper's number as printed: "0.80", "0.6300 ± 0.0000", "-0.0004±0.0042", "43.72 ± 4.150"; "-" = not reported
+PAPER_VALUE = re.compile(r"^\s*([-+]?\d*\.?\d+)\s*(?:(?:±|\+-|\+/-)\s*[-+]?(\d*\.?\d+))?\s*$")
+NOT_REPORTED = ("-", "–", "—", "")
+
+
+class RecipeError(NnunetMtlError):
+    """A recipe that cannot be used; the message holds one line per wrong field."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    handle: str
+    id: int
+    name: str
+    converter: str | None = None      # a `nnunet_mtl convert` source, or None for a drop-masks copy
+    source: str | None = None         # a [data] key (None for the synthetic phantom)
+    role: str = "train"               # "train": trained on (and its imagesTs is a test set); "test": imagesTs only
+    options: tuple[str, ...] = ()     # extra converter flags, verbatim
+    from_: str | None = None          # drop-masks copy of this handle
+    keep: float | None = None
+    as_kind: str = "none"
+    seed: int = 0
+
+    @property
+    def folder(self) -> str:
+        return f"Dataset{self.id:03d}_{self.name}"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    kind: str = "kfold"
+    folds: int = 5
+    fraction: float | None = None
+    seed: int = 12345
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return list(range(self.folds)) if self.kind == "kfold" else [0]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    key: str
+    label: str
+    trainer: str
+    dataset: str
+    paper_row: str | None = None
+
+
+@dataclass(frozen=True)
+class TestSetSpec:
+    key: str
+    label: str
+    dataset: str
+
+
+@dataclass(frozen=True)
+class ComparisonSpec:
+    key: str
+    a: str
+    b: tuple[str, ...]
+    test_set: str
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    id: str
+    caption: str
+    test_set: str
+    metrics: tuple[str, ...]
+    values: dict = field(default_factory=dict)  # paper row -> metric -> the string as printed
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    title: str
+    path: Path
+    description: str = ""
+    citation: str = ""
+    note: str = ""
+    estimate: dict = field(default_factory=dict)
+    device: str = "auto"
+    checkpoint: str = "checkpoint_final.pth"
+    timeout_min: int = 24 * 60
+    data: dict = field(default_factory=dict)            # key -> help
+    datasets: dict = field(default_factory=dict)        # handle -> DatasetSpec
+    split: SplitSpec = field(default_factory=SplitSpec)
+    rows: tuple = ()
+    test_sets: tuple = ()
+    comparisons: tuple = ()
+    tables: tuple = ()
+
+    def row(self, key: str) -> RowSpec:
+        return next(r for r in self.rows if r.key == key)
+
+    def test_set(self, key: str) -> TestSetSpec:
+        return next(t for t in self.test_sets if t.key == key)
+
+
+def parse_paper_value(text: str) -> tuple[float, float | None] | None:
+    """(value, std or None) of a number as a paper prints it; None for "not reported"."""
+    if text.strip() in NOT_REPORTED:
+        return None
+    m = PAPER_VALUE.match(text)
+    if m is None:
+        raise ValueError(text)
+    return float(m.group(1)), (float(m.group(2)) if m.group(2) else None)
+
+
+# ------------------------------------------------------------------------------------------------ finding recipes
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> path of every recipe shipped with the package."""
+    folder = resources.files("nnunet_mtl.recipes")
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        return path
+    shipped = shipped_recipes()
+    if name_or_path not in shipped:
+        close = difflib.get_close_matches(name_or_path, shipped, n=1)
+        raise RecipeError(f"no recipe named {name_or_path!r}; expected one of {', '.join(sorted(shipped))}"
+                          + (f" (did you mean {close[0]!r}?)" if close else "") + " or a path to a .toml file")
+    return shipped[name_or_path]
+
+
+def load_recipe(name_or_path: str, check_trainers: bool = True) -> Recipe:
+    """The recipe, every field checked (all errors at once, one line each)."""
+    path = find_recipe(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot be read: {e}") from None
+    return _Checker(path, raw, check_trainers).recipe()
+
+
+# ------------------------------------------------------------------------------------------------ checking
+class _Checker:
+    def __init__(self, path: Path, raw: dict, check_trainers: bool):
+        self.path, self.raw, self.check_trainers = path, raw, check_trainers
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{self.path.name}: {where}: {message}")
+
+    def get(self, table: dict, key: str, where: str, kind, required: bool = False, default=None, choices=None):
+        """table[key] checked for type (and choices); ``default`` when absent (an error when required)."""
+        if key not in table:
+            if required:
+                self.error(f"{where}{key}", "missing")
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
+                                 dict: "a table", bool: "true or false"}[k] for k in kinds)
+            self.error(f"{where}{key}", f"{value!r} is {type(value).__name__}; expected {names}")
+            return default
+        if choices is not None and value not in choices:
+            self.error(f"{where}{key}", f"{value!r}; expected one of {', '.join(map(str, choices))}")
+            return default
+        return value
+
+    def unknown(self, table: dict, allowed: set, where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                self.error(f"{where}{key}", "unknown field" + (f" (did you mean {close[0]!r}?)" if close else
+                                                               f"; expected one of {', '.join(sorted(allowed))}"))
+
+    def key_of(self, table: dict, where: str, seen: set) -> str | None:
+        key = self.get(table, "key", where, str, required=True)
+        if key is None:
+            return None
+        if not KEY.match(key):
+            self.error(f"{where}key", f"{key!r}; expected lower-case letters, digits and _ (it names folders)")
+        elif key in seen:
+            self.error(f"{where}key", f"{key!r} is used twice")
+        seen.add(key)
+        return key
+
+    def recipe(self) -> Recipe:
+        raw = self.raw
+        self.unknown(raw, {"schema", "name", "title", "description", "paper", "estimate", "defaults", "data",
+                           "datasets", "split", "rows", "test_sets", "comparisons", "tables"}, "")
+        version = self.get(raw, "schema", "", int, required=True)
+        if version is not None and version != SCHEMA_VERSION:
+            self.error("schema", f"{version}; expected {SCHEMA_VERSION}")
+        name = self.get(raw, "name", "", str, required=True) or self.path.stem
+        if name != self.path.stem:
+            self.error("name", f"{name!r} differs from the file's name {self.path.stem!r}; expected the same")
+        title = self.get(raw, "title", "", str, required=True) or ""
+        paper = self.get(raw, "paper", "", dict, default={})
+        self.unknown(paper, {"citation", "note"}, "paper.")
+        estimate = self.get(raw, "estimate", "", dict, default={})
+        self.unknown(estimate, {"cpu_minutes", "gpu_hours"}, "estimate.")
+        for k in estimate:
+            self.get(estimate, k, "estimate.", (int, float))
+        defaults = self.get(raw, "defaults", "", dict, default={})
+        self.unknown(defaults, {"device", "checkpoint", "timeout_min"}, "defaults.")
+        timeout = self.get(defaults, "timeout_min", "defaults.", int, default=24 * 60)
+        if timeout is not None and timeout < 1:
+            self.error("defaults.timeout_min", f"{timeout}; expected at least 1 (minutes)")
+        data = {}
+        for key, spec in self.get(raw, "data", "", dict, default={}).items():
+            if not isinstance(spec, dict):
+                self.error(f"data.{key}", "expected a table with help = \"...\"")
+                continue
+            self.unknown(spec, {"help"}, f"data.{key}.")
+            data[key] = self.get(spec, "help", f"data.{key}.", str, default="")
+        datasets = self.datasets(data)
+        split = self.split()
+        rows = self.rows(datasets)
+        test_sets = self.test_sets(datasets)
+        comparisons = self.comparisons(rows, test_sets)
+        tables = self.tables(rows, test_sets)
+        device = self.get(defaults, "device", "defaults.", str, default="auto", choices=DEVICES)
+        checkpoint = self.get(defaults, "checkpoint", "defaults.", str, default="checkpoint_final.pth",
+                              choices=CHECKPOINTS)
+        description = self.get(raw, "description", "", str, default="")
+        if self.errors:
+            raise RecipeError("\n".join(self.errors))
+        return Recipe(name=name, title=title, path=self.path, description=description,
+                      citation=paper.get("citation", ""), note=paper.get("note", ""), estimate=estimate,
+                      device=device, checkpoint=checkpoint, timeout_min=timeout or 24 * 60, data=data,
+                      datasets=datasets, split=split, rows=tuple(rows),
+                      test_sets=tuple(test_sets), comparisons=tuple(comparisons), tables=tuple(tables))
+
+    def datasets(self, data: dict) -> dict:
+        out, ids = {}, {}
+        table = self.get(self.raw, "datasets", "", dict, required=True, default={})
+        for handle, spec in table.items():
+            w = f"datasets.{handle}."
+            if not isinstance(spec, dict):
+                self.error(f"datasets.{handle}", "expected a table")
+                continue
+            if not KEY.match(handle):
+                self.error(f"datasets.{handle}", "expected a handle of lower-case letters, digits and _")
+            self.unknown(spec, {"id", "name", "converter", "source", "role", "options", "from", "keep", "as",
+                                "seed"}, w)
+            id_ = self.get(spec, "id", w, int, required=True)
+            if id_ is not None and not 1 <= id_ <= 999:
+                self.error(f"{w}id", f"{id_}; expected 1-999 (nnU-Net's dataset ids)")
+            elif id_ is not None and id_ in ids:
+                self.error(f"{w}id", f"{id_} is also datasets.{ids[id_]}'s; expected a different id")
+            ids[id_] = handle
+            name = self.get(spec, "name", w, str, required=True)
+            if name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$", name):
+                self.error(f"{w}name", f"{name!r}; expected letters, digits, _ and - (DatasetNNN_NAME)")
+            converter = self.get(spec, "converter", w, str, choices=CONVERTERS)
+            from_ = self.get(spec, "from", w, str)
+            if ("converter" in spec) == ("from" in spec):
+                self.error(f"datasets.{handle}", "expected either converter = \"...\" (a conversion) or from = "
+                                                 "HANDLE (a drop-masks copy), not both or neither")
+            source = self.get(spec, "source", w, str)
+            if converter is not None and converter != "synthetic" and source is None:
+                self.error(f"{w}source", f"missing; the {converter} converter reads a folder: expected a [data] key")
+            if source is not None and source not in data:
+                self.error(f"{w}source", f"{source!r} is not a [data] key; expected one of "
+                                         f"{', '.join(data) or '(none declared)'}")
+            options = self.get(spec, "options", w, list, default=[])
+            if any(not isinstance(o, str) for o in options):
+                self.error(f"{w}options", "expected a list of strings (converter flags, verbatim)")
+                options = []
+            role = self.get(spec, "role", w, str, default="train", choices=("train", "test"))
+            keep = self.get(spec, "keep", w, (int, float))
+            if from_ is not None:
+                if keep is None:
+                    self.error(f"{w}keep", "missing; a drop-masks copy needs the fraction of masks kept")
+                elif not 0 < keep < 1:
+                    self.error(f"{w}keep", f"{keep}; expected a fraction in (0, 1)")
+            out[handle] = DatasetSpec(handle=handle, id=id_ or 0, name=name or "", converter=converter, source=source,
+                                      role=role or "train", options=tuple(options), from_=from_, keep=keep,
+                                      as_kind=self.get(spec, "as", w, str, default="none", choices=DROP_KINDS),
+                                      seed=self.get(spec, "seed", w, int, default=0))
+        for handle, spec in out.items():
+            if spec.from_ is not None:
+                origin = out.get(spec.from_)
+                if origin is None:
+                    self.error(f"datasets.{handle}.from", f"{spec.from_!r} is not a dataset handle")
+                elif origin.from_ is not None or origin.role != "train":
+                    self.error(f"datasets.{handle}.from", f"{spec.from_!r} must be a converted training dataset")
+        if not out and "datasets" in self.raw:
+            self.error("datasets", "empty; expected at least one dataset")
+        return out
+
+    def split(self) -> SplitSpec:
+        spec = self.get(self.raw, "split", "", dict, required=True, default={})
+        self.unknown(spec, {"kind", "folds", "fraction", "seed"}, "split.")
+        kind = self.get(spec, "kind", "split.", str, default="kfold", choices=SPLIT_KINDS) or "kfold"
+        folds = self.get(spec, "folds", "split.", int, default=5 if kind == "kfold" else 1)
+        fraction = self.get(spec, "fraction", "split.", (int, float))
+        if kind == "kfold" and folds is not None and folds < 2:
+            self.error("split.folds", f"{folds}; expected at least 2 for kind = \"kfold\" (or kind = \"holdout\")")
+        if kind == "holdout":
+            if "folds" in spec and folds != 1:
+                self.error("split.folds", "a holdout split has one fold; expected no folds field")
+            if fraction is None:
+                self.error("split.fraction", "missing; kind = \"holdout\" needs the validation fraction")
+            elif not 0 < fraction < 1:
+                self.error("split.fraction", f"{fraction}; expected a fraction in (0, 1)")
+        elif fraction is not None:
+            self.error("split.fraction", "only for kind = \"holdout\"")
+        return SplitSpec(kind=kind, folds=folds if kind == "kfold" and folds else 1, fraction=fraction,
+                         seed=self.get(spec, "seed", "split.", int, default=12345))
+
+    def array(self, name: str, required: bool) -> list:
+        items = self.get(self.raw, name, "", list, required=required, default=[])
+        good = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                self.error(f"{name}[{i}]", f"expected a table ([[{name}]])")
+            else:
+                good.append((i, item))
+        return good
+
+    def rows(self, datasets: dict) -> list[RowSpec]:
+        out, seen = [], set()
+        trainers = self._trainers() if self.check_trainers else None
+        for i, row in self.array("rows", required=True):
+            w = f"rows[{i}]."
+            self.unknown(row, {"key", "label", "trainer", "dataset", "paper_row"}, w)
+            key = self.key_of(row, w, seen)
+            trainer = self.get(row, "trainer", w, str, required=True)
+            if trainer is not None and trainers is not None and trainer not in trainers:
+                close = difflib.get_close_matches(trainer, trainers, n=1)
+                self.error(f"{w}trainer", f"{trainer!r} is not a trainer" + (f"; expected e.g. {close[0]}" if close
+                                                                              else " of nnunet_mtl"))
+            dataset = self.get(row, "dataset", w, str, required=True)
+            if dataset is not None and dataset not in datasets:
+                self.error(f"{w}dataset", f"{dataset!r} is not a dataset handle")
+            elif dataset is not None and datasets[dataset].role != "train":
+                self.error(f"{w}dataset", f"{dataset!r} is a test set (role = \"test\"); expected a training dataset")
+            out.append(RowSpec(key=key or "", label=self.get(row, "label", w, str, default=key or ""),
+                               trainer=trainer or "", dataset=dataset or "",
+                               paper_row=self.get(row, "paper_row", w, str)))
+        if not out and "rows" in self.raw:
+            self.error("rows", "empty; expected at least one [[rows]] entry")
+        return out
+
+    def _trainers(self) -> list[str]:
+        from nnunet_mtl.trainers import TRAINERS
+        return sorted(TRAINERS)
+
+    def test_sets(self, datasets: dict) -> list[TestSetSpec]:
+        out, seen = [], set()
+        for i, ts in self.array("test_sets", required=False):
+            w = f"test_sets[{i}]."
+            self.unknown(ts, {"key", "label", "dataset"}, w)
+            key = self.key_of(ts, w, seen)
+            dataset = self.get(ts, "dataset", w, str, required=True)
+            if dataset is not None and dataset not in datasets:
+                self.error(f"{w}dataset", f"{dataset!r} is not a dataset handle")
+            out.append(TestSetSpec(key=key or "", label=self.get(ts, "label", w, str, default=key or ""),
+                                   dataset=dataset or ""))
+        return out
+
+    def comparisons(self, rows: list, test_sets: list) -> list[ComparisonSpec]:
+        out, seen = [], set()
+        row_keys, ts_keys = {r.key for r in rows}, {t.key for t in test_sets}
+        for i, c in self.array("comparisons", required=False):
+            w = f"comparisons[{i}]."
+            self.unknown(c, {"key", "a", "b", "test_set"}, w)
+            key = self.key_of(c, w, seen)
+            a = self.get(c, "a", w, str, required=True)
+            b = self.get(c, "b", w, list, required=True, default=[])
+            for name, value in [("a", a)] + [(f"b[{j}]", v) for j, v in enumerate(b)]:
+                if value is not None and value not in row_keys:
+                    self.error(f"{w}{name}", f"{value!r} is not a row key; expected one of "
+                                             f"{', '.join(sorted(row_keys))}")
+            if not b and "b" in c:
+                self.error(f"{w}b", "empty; expected at least one row to compare a with")
+            if a in b:
+                self.error(f"{w}b", f"holds a ({a!r}) itself")
+            test_set = self.get(c, "test_set", w, str, required=True)
+            if test_set is not None and test_set not in ts_keys:
+                self.error(f"{w}test_set", f"{test_set!r} is not a test set key")
+            out.append(ComparisonSpec(key=key or "", a=a or "", b=tuple(v for v in b if isinstance(v, str)),
+                                      test_set=test_set or ""))
+        return out
+
+    def tables(self, rows: list, test_sets: list) -> list[PaperTable]:
+        out = []
+        labels = {r.paper_row or r.label for r in rows}
+        ts_keys = {t.key for t in test_sets}
+        for i, t in self.array("tables", required=False):
+            w = f"tables[{i}]."
+            self.unknown(t, {"id", "caption", "test_set", "metrics", "values"}, w)
+            test_set = self.get(t, "test_set", w, str, required=True)
+            if test_set is not None and test_set not in ts_keys:
+                self.error(f"{w}test_set", f"{test_set!r} is not a test set key")
+            metrics = self.get(t, "metrics", w, list, required=True, default=[])
+            for j, m in enumerate(metrics):
+                if m not in METRICS:
+                    close = difflib.get_close_matches(str(m), METRICS, n=1)
+                    self.error(f"{w}metrics[{j}]", f"{m!r} is not a metric; expected one of {', '.join(METRICS)}"
+                               if not close else f"{m!r} is not a metric; did you mean {close[0]!r}?")
+            values = self.get(t, "values", w, dict, default={})
+            for row_label, cells in values.items():
+                where = f"{w}values.{row_label}"
+                if row_label not in labels and not row_label.startswith("paper:"):
+                    self.error(where, f"not a row's paper_row or label; expected one of {', '.join(sorted(labels))} "
+                                      f"(or \"paper:NAME\" for a row only the paper has)")
+                if not isinstance(cells, dict):
+                    self.error(where, "expected a table metric = \"value as printed\"")
+                    continue
+                for metric, text in cells.items():
+                    if metric not in metrics:
+                        self.error(f"{where}.{metric}", f"not one of the table's metrics ({', '.join(metrics)})")
+                    if not isinstance(text, str):
+                        self.error(f"{where}.{metric}", f"{text!r}; expected the number as printed, in quotes "
+                                                        f"(\"0.83\", \"0.6300 ± 0.0000\", \"-\")")
+                        continue
+                    try:
+                        parse_paper_value(text)
+                    except ValueError:
+                        self.error(f"{where}.{metric}", f"{text!r}; expected a number, \"mean ± std\" or \"-\"")
+            out.append(PaperTable(id=self.get(t, "id", w, str, required=True) or "",
+                                  caption=self.get(t, "caption", w, str, default=""), test_set=test_set or "",
+                                  metrics=tuple(m for m in metrics if m in METRICS), values=values))
+        return out

@@ -1,0 +1,296 @@
+"""Recipes (issue 14): the format and its errors, the grid of commands, the synthetic recipe end to end through the
+real commands (one run shared by the end-to-end, resume and report tests), resuming an interrupted training,
+submitit's local executor and its time limit, and what the SLURM launcher submits (against a stand-in sbatch)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.recipes.plan import Context, Step, plan_steps, step_state
+from nnunet_mtl.recipes.schema import RecipeError, load_recipe, parse_paper_value, shipped_recipes
+
+BIN = Path(sys.executable).parent
+MINIMAL = '''schema = 1
+name = "{name}"
+title = "t"
+[data.BUSI]
+help = "the BUSI folder"
+[datasets.busi]
+id = 603
+name = "BUSI"
+converter = "busi"
+source = "BUSI"
+options = ["--resize", "64"]
+[datasets.busi25]
+id = 613
+name = "BUSI_masks25"
+from = "busi"
+keep = 0.25
+[datasets.udiat]
+id = 602
+name = "UDIAT"
+converter = "udiat"
+source = "BUSI"
+role = "test"
+[split]
+kind = "holdout"
+fraction = 0.15
+seed = 1
+[[rows]]
+key = "la"
+label = "lesion-aware"
+trainer = "nnUNetTrainerLesionAware_tiny"
+dataset = "busi25"
+[[test_sets]]
+key = "udiat"
+label = "UDIAT"
+dataset = "udiat"
+'''
+
+
+def write(tmp_path: Path, text: str, name: str = "mine") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text.replace("{name}", name))
+    return path
+
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(RecipeError) as e:
+        load_recipe(str(path))
+    return str(e.value).splitlines()
+
+
+# ------------------------------------------------------------------------------------------------ the format
+def test_every_shipped_recipe_parses_and_is_installed_as_package_data():
+    recipes = shipped_recipes()
+    assert "synthetic" in recipes
+    for name, path in recipes.items():
+        assert load_recipe(name).name == name == path.stem
+    setup = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+    assert "recipes/*.toml" in setup and "submitit" in setup
+
+
+def test_a_minimal_recipe_with_a_drop_masks_copy_and_an_external_test_set(tmp_path):
+    recipe = load_recipe(str(write(tmp_path, MINIMAL)))
+    assert recipe.split.fold_ids == [0] and recipe.datasets["busi25"].from_ == "busi"
+    assert recipe.device == "auto" and recipe.checkpoint == "checkpoint_final.pth"
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("schema = 1", "schema = 2"), "mine.toml: schema: 2; expected 1"),
+    (('title = "t"', 'title = "t"\ntitel = "x"'), "mine.toml: titel: unknown field (did you mean 'title'?)"),
+    (('trainer = "nnUNetTrainerLesionAware_tiny"', 'trainer = "nnUNetTrainerLesionAwar_tiny"'),
+     "rows[0].trainer: 'nnUNetTrainerLesionAwar_tiny' is not a trainer; expected e.g. nnUNetTrainerLesionAware_tiny"),
+    (('dataset = "busi25"', 'dataset = "udiat"'), "rows[0].dataset: 'udiat' is a test set"),
+    (('keep = 0.25', 'keep = 1.5'), "datasets.busi25.keep: 1.5; expected a fraction in (0, 1)"),
+    (('fraction = 0.15', 'folds = 3'), "split.fraction: missing"),
+    (('source = "BUSI"\noptions', 'source = "BUS"\noptions'), "datasets.busi.source: 'BUS' is not a [data] key"),
+    (('id = 602', 'id = 603'), "datasets.udiat.id: 603 is also datasets.busi's"),
+    (('converter = "udiat"', 'converter = "udiatt"'), "datasets.udiat.converter: 'udiatt'; expected one of"),
+    (('key = "la"', 'key = "LA net"'), "rows[0].key: 'LA net'; expected lower-case letters"),
+    (('seed = 1', 'seed = "1"'), "split.seed: '1' is str; expected an integer"),
+])
+def test_each_wrong_field_is_one_line_naming_it(tmp_path, change, expected):
+    lines = errors_of(write(tmp_path, MINIMAL.replace(*change)))
+    assert any(expected in line for line in lines), lines
+    assert all(line.startswith("mine.toml: ") for line in lines)
+
+
+def test_all_errors_come_at_once(tmp_path):
+    text = MINIMAL.replace("keep = 0.25", "keep = 2").replace('kind = "holdout"', 'kind = "holdout"\nfolds = 4') \
+        + '[[comparisons]]\nkey = "c"\na = "la"\nb = ["mtl"]\ntest_set = "udiat"\n'
+    lines = errors_of(write(tmp_path, text))
+    assert len(lines) == 3 and {line.split(": ")[1] for line in lines} == {"datasets.busi25.keep", "split.folds",
+                                                                           "comparisons[0].b[0]"}
+
+
+def test_paper_tables_are_checked_and_values_kept_as_printed(tmp_path):
+    table = ('[[tables]]\nid = "Table 3"\ntest_set = "udiat"\nmetrics = ["attention_iou", "f1"]\n'
+             'values."lesion-aware" = { attention_iou = "0.410 ± 0.007", f1 = "-" }\n'
+             'values."paper:ResNet18 + RMTL" = { attention_iou = "0.382±0.039" }\n')
+    recipe = load_recipe(str(write(tmp_path, MINIMAL + table)))
+    assert recipe.tables[0].values["lesion-aware"]["attention_iou"] == "0.410 ± 0.007"
+    bad = table.replace('f1 = "-"', 'f1 = 0.5').replace('"attention_iou", "f1"', '"attention_iou", "f1", "jsi"')
+    lines = errors_of(write(tmp_path, MINIMAL + bad))
+    assert any("tables[0].metrics[2]: 'jsi' is not a metric" in line for line in lines)
+    assert any("values.lesion-aware.f1: 0.5; expected the number as printed, in quotes" in line for line in lines)
+
+
+def test_parse_paper_value():
+    assert parse_paper_value("0.6300 ± 0.0000") == (0.63, 0.0)
+    assert parse_paper_value("-0.0004±+0.0042") == (-0.0004, 0.0042)
+    assert parse_paper_value("43.72 ± 4.150") == (43.72, 4.15)
+    assert parse_paper_value("0.83") == (0.83, None)
+    assert parse_paper_value("–") is None
+    with pytest.raises(ValueError):
+        parse_paper_value("0.8 (0.7-0.9)")
+
+
+def test_unknown_recipe_names_the_shipped_ones(tmp_path):
+    with pytest.raises(RecipeError, match="no recipe named 'synth'; expected one of .*synthetic"):
+        load_recipe("synth")
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(str(tmp_path / "none.toml"))
+    (tmp_path / "broken.toml").write_text("schema = [")
+    with pytest.raises(RecipeError, match="broken.toml: not valid TOML"):
+        load_recipe(str(tmp_path / "broken.toml"))
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+def test_the_grid_is_the_users_commands(tmp_path):
+    recipe = load_recipe(str(write(tmp_path, MINIMAL)))
+    ctx = Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")}, device="cpu")
+    steps = {s.id: s for s in plan_steps(recipe, ctx)}
+    assert list(steps) == ["convert:busi", "drop:busi25", "convert:udiat", "plan:busi25", "split:busi25",
+                           "train:la:0", "predict:la:udiat", "evaluate:la:udiat", "report"]
+    assert steps["convert:busi"].argv == ["nnunet_mtl", "convert", "busi", "/data/BUSI", "-d", "603", "--name", "BUSI",
+                                          "--resize", "64", "--no-progress"]
+    assert steps["convert:udiat"].argv[-3:] == ["--as", "test", "--no-progress"]
+    assert steps["drop:busi25"].argv == ["nnunet_mtl", "drop-masks", "-d", "603", "--keep", "0.25", "--into", "613",
+                                         "--name", "BUSI_masks25", "--as", "none", "--seed", "0"]
+    assert steps["split:busi25"].argv == ["nnunet_mtl", "split", "-d", "613", "--holdout", "0.15", "--seed", "1"]
+    assert steps["train:la:0"].argv == ["nnUNetv2_train", "613", "2d", "0", "-tr", "nnUNetTrainerLesionAware_tiny",
+                                        "-device", "cpu"]
+    predict = steps["predict:la:udiat"]
+    assert predict.argv[:5] == ["nnunet_mtl", "predict", "-i", str(tmp_path / "w/nnUNet_raw/Dataset602_UDIAT/imagesTs"),
+                                "-o"]
+    assert "--per-fold" not in predict.argv and predict.argv[predict.argv.index("-f") + 1] == "0"
+    assert set(predict.deps) == {"convert:udiat", "train:la:0"}
+    assert steps["evaluate:la:udiat"].argv[-4:-2] == ["-d", "602"]  # scored against the test set's own labelsTs
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def recipe_cli(*args, env=None, check=True):
+    result = subprocess.run([str(BIN / "nnunet_mtl"), "recipe", *args], capture_output=True, text=True,
+                            env=env or dict(os.environ), timeout=1800)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """``nnunet_mtl recipe run synthetic`` once, through submitit's local executor and the real commands."""
+    workdir = tmp_path_factory.mktemp("recipe") / "run"
+    started = time.time()
+    result = recipe_cli("run", "synthetic", "--workdir", str(workdir))
+    return workdir, result, time.time() - started
+
+
+def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
+    workdir, result, _ = synthetic_run
+    out = result.stdout
+    assert "[13/13] report: report" in out and "all 13 steps done (13 run now, 0 before)" in out
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    assert report["folds"] == 2 and not report["missing"]
+    rows = {r["row"]: r for r in report["test_sets"][0]["rows"]}
+    for row in ("mtl", "birads"):
+        dice = rows[row]["dice"]
+        assert 0 <= dice["mean"] <= 1 and dice["std"] >= 0 and len(dice["ci95"]) == 2 and 0 <= dice["ensemble"] <= 1
+    per_fold = json.loads((workdir / "predictions/mtl/test/evaluation/per_fold_summary.json").read_text())
+    assert rows["mtl"]["dice"]["mean"] == per_fold["mean_std_over_folds"]["metrics"]["segmentation.dice.mean"]["mean"]
+    table = report["tables"][0]
+    by_label = {r["label"]: r for r in table["rows"]}
+    assert by_label["BI-RADS consistency"]["dice"]["paper"] == "0.55 ± 0.10"
+    assert by_label["a method we do not have"]["dice"]["ours"] is None
+    comparison = report["comparisons"][0]
+    assert comparison["rows"][0]["a"] == "birads" and comparison["rows"][0]["b"] == "mtl"
+    markdown = (workdir / "report" / "report.md").read_text()
+    assert "| BI-RADS consistency (consistency) | " in markdown and "| 0.55 ± 0.10 |" in markdown
+    assert "(fold ensemble)" in markdown and "Wilcoxon" in markdown
+    assert (workdir / "report" / "plots" / "table_0_test.png").stat().st_size > 1000
+    steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:0", "train:birads:1", "report"}
+    assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerBIRADS_tiny -device cpu" in \
+        (workdir / "logs" / "train_birads_1.log").read_text()
+
+
+def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with_c(synthetic_run):
+    workdir, _, _ = synthetic_run
+    fold = workdir / "nnUNet_results/Dataset520_RecipePhantom/nnUNetTrainerMTL_tiny__nnUNetPlans__2d/fold_1"
+    other = fold.parent / "fold_0" / "checkpoint_final.pth"
+    before = other.stat().st_mtime_ns
+    # an interrupted training: its best checkpoint written, no final one, no validation
+    (fold / "checkpoint_final.pth").unlink()
+    (fold / "validation" / "summary.json").unlink()
+    dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--dry-run").stdout
+    assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c" in dry
+    assert "# [4/13] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
+    out = recipe_cli("run", "synthetic", "--workdir", str(workdir)).stdout
+    assert "all 13 steps done (2 run now, 11 before)" in out  # the training and the report
+    assert other.stat().st_mtime_ns == before and (fold / "checkpoint_final.pth").is_file()
+    assert "$ " in (log := (workdir / "logs" / "train_mtl_1.log").read_text())
+    assert log.rsplit("\n$ ", 1)[1].startswith(str(BIN / "nnUNetv2_train")) and "-device cpu --c\n" in log
+
+
+def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_path):
+    workdir, _, _ = synthetic_run
+    partial = tmp_path / "partial"
+    (partial / "predictions/mtl/test/evaluation").mkdir(parents=True)
+    for name in ("per_fold_summary.json",):
+        (partial / "predictions/mtl/test/evaluation" / name).write_bytes(
+            (workdir / "predictions/mtl/test/evaluation" / name).read_bytes())
+    out = recipe_cli("report", "synthetic", "--workdir", str(partial)).stdout
+    assert "birads on test: no evaluation yet (step evaluate:birads:test)" in out
+    assert "comparison birads_vs_mtl: not run yet (step compare:birads_vs_mtl)" in out
+    report = json.loads((partial / "report" / "report.json").read_text())
+    assert report["test_sets"][0]["rows"][0]["dice"]["mean"] is not None
+
+
+def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
+    """Against a stand-in sbatch (prints job ids 101, 102, ...) and srun: the submission files submitit writes."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text('#!/bin/bash\nn=$(( $(cat "$COUNTER" 2>/dev/null || echo 100) + 1 ))\n'
+                                 'echo $n > "$COUNTER"\necho "Submitted batch job $n"\n')
+    (fake / "srun").write_text("#!/bin/bash\nexit 0\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "COUNTER": str(tmp_path / "counter")}
+    workdir = tmp_path / "w"
+    out = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "-device", "cuda",
+                     "--slurm-partition", "gpu", "--slurm-setup", "module load cuda", "--timeout-min", "120",
+                     env=env).stdout
+    assert "13 jobs submitted, 0 steps done before" in out
+    jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
+    assert jobs["convert:phantom"] == "101" and jobs["report"] == "113"
+
+    def script(step):
+        return (workdir / "slurm" / jobs[step] / f"{jobs[step]}_submission.sh").read_text()
+
+    train = script("train:mtl:0")
+    assert f"#SBATCH --dependency=afterok:{jobs['split:phantom']}" in train
+    assert "#SBATCH --gpus-per-node=1" in train and "#SBATCH --time=120" in train
+    assert "#SBATCH --job-name=synthetic:train:mtl:0" in train and "#SBATCH --partition=gpu" in train
+    assert "#SBATCH --kill-on-invalid-dep=yes" in train and "module load cuda" in train
+    predict = script("predict:mtl:test")
+    assert f"afterok:{jobs['convert:phantom']}:{jobs['train:mtl:0']}:{jobs['train:mtl:1']}" in predict
+    evaluate = script("evaluate:mtl:test")  # after GPU steps, a CPU step asks for no GPU
+    assert "--gpus-per-node" not in evaluate and f"afterok:{jobs['predict:mtl:test']}" in evaluate
+    convert = script("convert:phantom")
+    assert "--dependency" not in convert and "--gpus-per-node" not in convert
+    report = script("report")
+    assert all(jobs[s] in report for s in ("evaluate:mtl:test", "evaluate:birads:test", "compare:birads_vs_mtl"))
+    assert not (workdir / "nnUNet_raw").exists() or not any((workdir / "nnUNet_raw").iterdir())  # nothing ran here
+
+
+def test_local_launcher_waits_with_a_time_limit(tmp_path):
+    """submitit's local executor kills a job at its timeout_min (its default would be 2 minutes): the step fails
+    with one message naming the limit and its log, and nothing after it starts."""
+    from nnunet_mtl.recipes.launch import run_local
+    recipe = load_recipe("synthetic")
+    ctx = Context(workdir=tmp_path, data={}, device="cpu")
+    slow = Step("report", "report", "sleeps", [sys.executable, "-c", "import time; time.sleep(120)"], timeout_min=0.05)
+    after = Step("report2", "report", "never", [sys.executable, "-c", "open('ran', 'w')"])
+    started = time.time()
+    with pytest.raises(NnunetMtlError, match="did not finish within 0.05 min"):
+        run_local([slow, after], recipe, ctx)
+    assert time.time() - started < 60 and not (tmp_path / "ran").exists()
+    assert step_state(slow, recipe, ctx)[0] is False
