@@ -187,29 +187,33 @@ def synthetic_run(tmp_path_factory):
 def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
     workdir, result, _ = synthetic_run
     out = result.stdout
-    assert "[13/13] report: report" in out and "all 13 steps done (13 run now, 0 before)" in out
+    assert "[15/15] report: report" in out and "all 15 steps done (15 run now, 0 before)" in out
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["folds"] == 2 and not report["missing"]
     rows = {r["row"]: r for r in report["test_sets"][0]["rows"]}
-    for row in ("mtl", "birads"):
+    for row in ("mtl", "seg_only"):
         dice = rows[row]["dice"]
         assert 0 <= dice["mean"] <= 1 and dice["std"] >= 0 and len(dice["ci95"]) == 2 and 0 <= dice["ensemble"] <= 1
+    assert 0 <= rows["mtl"]["auc"]["mean"] <= 1 and rows["seg_only"]["auc"] is None  # no head, no classes
     per_fold = json.loads((workdir / "predictions/mtl/test/evaluation/per_fold_summary.json").read_text())
     assert rows["mtl"]["dice"]["mean"] == per_fold["mean_std_over_folds"]["metrics"]["segmentation.dice.mean"]["mean"]
     table = report["tables"][0]
     by_label = {r["label"]: r for r in table["rows"]}
-    assert by_label["BI-RADS consistency"]["dice"]["paper"] == "0.55 ± 0.10"
+    assert by_label["segmentation only"]["dice"]["paper"] == "0.55 ± 0.10"
     assert by_label["a method we do not have"]["dice"]["ours"] is None
     comparison = report["comparisons"][0]
-    assert comparison["rows"][0]["a"] == "birads" and comparison["rows"][0]["b"] == "mtl"
+    assert comparison["rows"][0]["a"] == "mtl" and comparison["rows"][0]["b"] == "seg_only"
     markdown = (workdir / "report" / "report.md").read_text()
-    assert "| BI-RADS consistency (consistency) | " in markdown and "| 0.55 ± 0.10 |" in markdown
+    assert "| segmentation only (seg_only) | " in markdown and "| 0.55 ± 0.10 |" in markdown
     assert "(fold ensemble)" in markdown and "Wilcoxon" in markdown
     assert (workdir / "report" / "plots" / "table_0_test.png").stat().st_size > 1000
     steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
-    assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:0", "train:birads:1", "report"}
-    assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerBIRADS_tiny -device cpu" in \
-        (workdir / "logs" / "train_birads_1.log").read_text()
+    assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:0", "train:seg_only:1", "report"}
+    assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerSegOnly_tiny -device cpu" in \
+        (workdir / "logs" / "train_seg_only_1.log").read_text()
+    # the model without a head: nnU-Net's predictor per fold and for the ensemble, read by evaluate as per-fold
+    assert "nnUNetv2_predict" in (workdir / "logs" / "predict_seg_only_test_1.log").read_text()
+    assert (workdir / "predictions/seg_only/test/evaluation/per_fold_summary.json").is_file()
 
 
 def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with_c(synthetic_run):
@@ -222,9 +226,9 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     (fold / "validation" / "summary.json").unlink()
     dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--dry-run").stdout
     assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c" in dry
-    assert "# [4/13] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
+    assert "# [4/15] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir)).stdout
-    assert "all 13 steps done (2 run now, 11 before)" in out  # the training and the report
+    assert "all 15 steps done (2 run now, 13 before)" in out  # the training and the report
     assert other.stat().st_mtime_ns == before and (fold / "checkpoint_final.pth").is_file()
     assert "$ " in (log := (workdir / "logs" / "train_mtl_1.log").read_text())
     assert log.rsplit("\n$ ", 1)[1].startswith(str(BIN / "nnUNetv2_train")) and "-device cpu --c\n" in log
@@ -238,8 +242,8 @@ def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_
         (partial / "predictions/mtl/test/evaluation" / name).write_bytes(
             (workdir / "predictions/mtl/test/evaluation" / name).read_bytes())
     out = recipe_cli("report", "synthetic", "--workdir", str(partial)).stdout
-    assert "birads on test: no evaluation yet (step evaluate:birads:test)" in out
-    assert "comparison birads_vs_mtl: not run yet (step compare:birads_vs_mtl)" in out
+    assert "seg_only on test: no evaluation yet (step evaluate:seg_only:test)" in out
+    assert "comparison mtl_vs_seg_only: not run yet (step compare:mtl_vs_seg_only)" in out
     report = json.loads((partial / "report" / "report.json").read_text())
     assert report["test_sets"][0]["rows"][0]["dice"]["mean"] is not None
 
@@ -258,9 +262,9 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "-device", "cuda",
                      "--slurm-partition", "gpu", "--slurm-setup", "module load cuda", "--timeout-min", "120",
                      env=env).stdout
-    assert "13 jobs submitted, 0 steps done before" in out
+    assert "15 jobs submitted, 0 steps done before" in out
     jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
-    assert jobs["convert:phantom"] == "101" and jobs["report"] == "113"
+    assert jobs["convert:phantom"] == "101" and jobs["report"] == "115"
 
     def script(step):
         return (workdir / "slurm" / jobs[step] / f"{jobs[step]}_submission.sh").read_text()
@@ -277,7 +281,9 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     convert = script("convert:phantom")
     assert "--dependency" not in convert and "--gpus-per-node" not in convert
     report = script("report")
-    assert all(jobs[s] in report for s in ("evaluate:mtl:test", "evaluate:birads:test", "compare:birads_vs_mtl"))
+    assert all(jobs[s] in report for s in ("evaluate:mtl:test", "evaluate:seg_only:test", "compare:mtl_vs_seg_only"))
+    ensemble = script("predict:seg_only:test")  # nnUNetv2_predict of both folds' models, after both trainings
+    assert f"afterok:{jobs['convert:phantom']}:{jobs['train:seg_only:0']}:{jobs['train:seg_only:1']}" in ensemble
     assert not (workdir / "nnUNet_raw").exists() or not any((workdir / "nnUNet_raw").iterdir())  # nothing ran here
 
 
@@ -294,3 +300,37 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
         run_local([slow, after], recipe, ctx)
     assert time.time() - started < 60 and not (tmp_path / "ran").exists()
     assert step_state(slow, recipe, ctx)[0] is False
+
+
+def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classification_only_row_is_refused(tmp_path):
+    text = MINIMAL.replace('kind = "holdout"\nfraction = 0.15', 'kind = "kfold"\nfolds = 3') \
+        .replace("nnUNetTrainerLesionAware_tiny", "nnUNetTrainerSegOnly_tiny")
+    recipe = load_recipe(str(write(tmp_path, text)))
+    ctx = Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")}, device="cpu")
+    steps = {s.id: s for s in plan_steps(recipe, ctx)}
+    out = tmp_path / "w/predictions/la/udiat"
+    for k in range(3):
+        argv = steps[f"predict:la:udiat:{k}"].argv
+        assert argv[0] == "nnUNetv2_predict" and argv[argv.index("-o") + 1] == str(out / f"fold_{k}")
+        assert argv[argv.index("-f") + 1:argv.index("-chk")] == [str(k)]
+    ensemble = steps["predict:la:udiat"].argv
+    assert ensemble[ensemble.index("-o") + 1] == str(out / "ensemble")
+    assert ensemble[ensemble.index("-f") + 1:ensemble.index("-chk")] == ["0", "1", "2"]
+    assert set(steps["evaluate:la:udiat"].deps) == {"predict:la:udiat:0", "predict:la:udiat:1", "predict:la:udiat:2",
+                                                    "predict:la:udiat"}
+    # done = one mask per input image
+    images = tmp_path / "w/nnUNet_raw/Dataset602_UDIAT/imagesTs"
+    images.mkdir(parents=True)
+    for case in ("a", "b"):
+        (images / f"{case}_0000.png").write_bytes(b"")
+    (out / "fold_1").mkdir(parents=True)
+    (out / "fold_1" / "a.png").write_bytes(b"")
+    assert step_state(steps["predict:la:udiat:1"], recipe, ctx) == (False, f"1 of 2 masks in {out / 'fold_1'}")
+    (out / "fold_1" / "b.png").write_bytes(b"")
+    assert step_state(steps["predict:la:udiat:1"], recipe, ctx)[0]
+    assert "--continue_prediction" in plan_steps(recipe, ctx)[[s.id for s in plan_steps(recipe, ctx)]
+                                                         .index("predict:la:udiat:1")].argv
+    lines = errors_of(write(tmp_path, text.replace("nnUNetTrainerSegOnly_tiny", "nnUNetTrainerClsOnly_tiny")))
+    assert lines == ["mine.toml: rows[0].trainer: 'nnUNetTrainerClsOnly_tiny' is classification only; a recipe's "
+                     "rows must predict masks (nnunet_mtl evaluate scores a folder of masks); expected a trainer "
+                     "that segments"]

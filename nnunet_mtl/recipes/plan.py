@@ -144,9 +144,17 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                               deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout))
     for row in recipe.rows:
         ds = recipe.datasets[row.dataset]
+        seg_only = segmentation_only(row.trainer)
         for ts in recipe.test_sets:
             test = recipe.datasets[ts.dataset]
             out = ctx.predictions(row.key, ts.key)
+            if seg_only:  # nnunet_mtl predict adds class probabilities: a model without a head is nnU-Net's alone
+                steps += _nnunet_predictions(recipe, ctx, row, ts, gpu)
+                steps.append(Step(f"evaluate:{row.key}:{ts.key}", "evaluate", f"evaluate {row.label} on {ts.label}",
+                                  ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n],
+                                  deps=[s.id for s in steps if s.id.startswith(f"predict:{row.key}:{ts.key}")],
+                                  timeout_min=timeout))
+                continue
             argv = ["nnunet_mtl", "predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(out),
                     "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, folds),
                     "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n, "--disable_progress_bar"]
@@ -170,6 +178,36 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                                                      recipe.path.parent != _shipped_folder() else recipe.name),
                                                      "--workdir", str(ctx.workdir)],
                       deps=[s.id for s in steps if s.kind in ("evaluate", "compare")], timeout_min=timeout))
+    return steps
+
+
+def segmentation_only(trainer: str) -> bool:
+    """Whether the trainer has no classification head (its model predicts masks only: nnUNetv2_predict)."""
+    from nnunet_mtl.trainers import TRAINERS
+    cls = TRAINERS.get(trainer)
+    return cls is not None and getattr(getattr(cls, "head", None), "kind", None) == "none"
+
+
+def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool) -> list[Step]:
+    """nnUNetv2_predict for a segmentation-only row: with k folds each fold's model alone into OUT/fold_K and all
+    of them into OUT/ensemble (the layout nnunet_mtl evaluate reads as per-fold), with one fold into OUT."""
+    ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
+    out, folds = ctx.predictions(row.key, ts.key), recipe.split.fold_ids
+    n = str(ctx.processes)
+    runs = [(f":{k}", out / f"fold_{k}", [k]) for k in folds] + [("", out / "ensemble", folds)] if len(folds) > 1 \
+        else [("", out, folds)]
+    steps = []
+    for suffix, folder, use in runs:
+        argv = ["nnUNetv2_predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(folder), "-d",
+                str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, use), "-chk", recipe.checkpoint,
+                "-device", ctx.device, "-npp", n, "-nps", n, "--disable_progress_bar"]
+        if prediction_started(folder):
+            argv.append("--continue_prediction")
+        which = f"fold {use[0]}'s model" if len(use) == 1 and len(folds) > 1 else "the fold ensemble"
+        steps.append(Step(f"predict:{row.key}:{ts.key}{suffix}", "predict",
+                          f"predict {ts.label} with {row.label} ({which}; masks only: nnUNetv2_predict)", argv,
+                          deps=[f"convert:{ts.dataset}" if test.converter else f"drop:{ts.dataset}"]
+                          + [f"train:{row.key}:{k}" for k in use], gpu=gpu, timeout_min=recipe.timeout_min))
     return steps
 
 
@@ -226,6 +264,13 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         fold = ctx.model(recipe, parts[1]) / f"fold_{parts[2]}"
         final, summary = fold / "checkpoint_final.pth", fold / "validation" / "summary.json"
         return final.is_file() and summary.is_file(), f"{final} and {summary}"
+    if kind == "predict" and step.argv[0] == "nnUNetv2_predict":  # a segmentation-only row: one mask per image
+        folder = Path(step.argv[step.argv.index("-o") + 1])
+        inputs = Path(step.argv[step.argv.index("-i") + 1])
+        expected = len(list(inputs.glob("*_0000.png"))) if inputs.is_dir() else None
+        have = len([p for p in folder.glob("*.png")]) if folder.is_dir() else 0
+        return expected is not None and expected > 0 and have == expected, \
+            f"{have} of {expected if expected is not None else '?'} masks in {folder}"
     if kind == "predict":
         out = ctx.predictions(parts[1], parts[2])
         marker = (out / "ensemble" / "class_predictions.csv") if len(recipe.split.fold_ids) > 1 else \

@@ -262,8 +262,9 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
             lines += ["not run yet", ""]
             continue
         unit = c["rows"][0].get("unit")
-        lines += [f"Paired, unit: {unit} (n = {c['rows'][0].get('n_units')}); difference = first minus second, "
-                  "95 % CI by paired bootstrap; p from the test named, Holm over the comparison's table.", "",
+        runs = "the fold ensembles" if k > 1 else "the single models"
+        lines += [f"Paired, {runs}, unit: {unit} (n = {c['rows'][0].get('n_units')}); difference = first minus "
+                  "second, 95 % CI by paired bootstrap; p from the test named, Holm over the comparison's table.", "",
                   "| pair | metric | first | second | difference [95 % CI] | test | p | p Holm |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in c["rows"]:

@@ -390,6 +390,10 @@ class _Checker:
                 close = difflib.get_close_matches(trainer, trainers, n=1)
                 self.error(f"{w}trainer", f"{trainer!r} is not a trainer" + (f"; expected e.g. {close[0]}" if close
                                                                               else " of nnunet_mtl"))
+            if trainer is not None and trainers is not None and trainer in trainers and not self._segments(trainer):
+                self.error(f"{w}trainer", f"{trainer!r} is classification only; a recipe's rows must predict masks "
+                                          f"(nnunet_mtl evaluate scores a folder of masks); expected a trainer that "
+                                          f"segments")
             dataset = self.get(row, "dataset", w, str, required=True)
             if dataset is not None and dataset not in datasets:
                 self.error(f"{w}dataset", f"{dataset!r} is not a dataset handle")
@@ -401,6 +405,11 @@ class _Checker:
         if not out and "rows" in self.raw:
             self.error("rows", "empty; expected at least one [[rows]] entry")
         return out
+
+    @staticmethod
+    def _segments(trainer: str) -> bool:
+        from nnunet_mtl.trainers import TRAINERS
+        return bool(getattr(TRAINERS[trainer], "segments", True))
 
     def _trainers(self) -> list[str]:
         from nnunet_mtl.trainers import TRAINERS
