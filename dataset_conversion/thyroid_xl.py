@@ -21,11 +21,17 @@ What is read from the published files and what is inferred (see also the module 
   (``nodule_1`` in practice) describes every image of the patient; patients with further records are counted in a
   note.
 - ``--target tirads`` (default, the thyroid paper's target): classes TR1..TR5 from the record's ``TIRADS``.
-- ``--target malignancy``: benign / malignant from ``Histopathology`` when it names a benign or a malignant
-  diagnosis, else from ``FNAC`` read as a Bethesda category (:data:`BETHESDA_CLASS`: II benign; V suspicious for
-  malignancy and VI malignant -> malignant; I non-diagnostic, III AUS/FLUS, IV follicular neoplasm are
-  indeterminate). Images of a patient with neither are skipped with the reason. The record's own ``conclusion``
-  code is kept in cases.csv and disagreements are counted in a note.
+- ``--target malignancy``: benign / malignant, by ``--malignancy-from``:
+  - ``conclusion`` (default): the record's top-level ``conclusion`` code (:data:`CONCLUSION_CODES`: 1 malignant by
+    histopathology, 2 malignant by FNAC, 3 benign by FNAC, 4 benign by histopathology), what public code reading
+    the real files uses and what reproduces the thyroid paper's malignant counts (877 train / 353 test patients,
+    ../shared/DESIGN.md); a patient without a code 1-4 is skipped with the reason;
+  - ``pathology``: our reading of the nodule's texts: ``Histopathology`` when it names a benign or a malignant
+    diagnosis, else ``FNAC`` read as a Bethesda category (:data:`BETHESDA_CLASS`: II benign; V suspicious for
+    malignancy and VI malignant -> malignant; I non-diagnostic, III AUS/FLUS, IV follicular neoplasm are
+    indeterminate); a patient with neither is skipped with the reason.
+  Both readings are kept in cases.csv (``conclusion_code``, ``bethesda``, ``label_source``) and the patients where
+  they disagree are counted in a note.
 - ``gender`` is a code (1 / 2); ``sex`` is inferred as 2 = F, 1 = M (public code found 3,650 patients with code 2,
   the paper's number of women). No pixel size is published: spacing is left empty.
 - Messy values (an age of 2005, a TIRADS of 7) are reported and left empty, never fatal.
@@ -43,6 +49,7 @@ from nnunet_mtl.errors import NnunetMtlError
 
 TIRADS_CLASSES = ("TR1", "TR2", "TR3", "TR4", "TR5")  # ACR TI-RADS levels; shared with the AIMI converter
 TARGETS = ("tirads", "malignancy")
+MALIGNANCY_SOURCES = ("conclusion", "pathology")
 INFO_FILE = "stats/id2info_eng.json"
 LAYOUT = ("train/{images,masks}/, test/{images,masks}/ (<patient>_<hash>_<K>.png) and "
           "stats/id2info_eng.json")
@@ -71,7 +78,7 @@ def register_converters(sources) -> None:
     """``convert thyroidxl`` (alias ``ThyroidXL``)."""
     p = add_converter(
         sources, "thyroidxl", convert_thyroid_xl, aliases=["ThyroidXL"], default_id=605, default_name="ThyroidXL",
-        default_split="official", passed=("target",),
+        default_split="official", passed=("target", "malignancy_from"),
         help="ThyroidXL (thyroid nodules: TI-RADS TR1-TR5 or benign / malignant, official train/test split)",
         description=f"Converts ThyroidXL as downloaded (folder with {LAYOUT}). Patient = the file name up to the "
                     "first '_'; the official split is the train/test folder (--as official, the default). The "
@@ -80,8 +87,12 @@ def register_converters(sources) -> None:
         source_help="the downloaded ThyroidXL folder")
     p.add_argument("--target", choices=TARGETS, default="tirads",
                    help="the class: tirads (default; TR1..TR5 from the nodule's TIRADS) or malignancy (benign / "
-                        "malignant from Histopathology, else the FNAC Bethesda category: II benign, V-VI malignant; "
-                        "images without either are skipped)")
+                        "malignant, see --malignancy-from)")
+    p.add_argument("--malignancy-from", dest="malignancy_from", choices=MALIGNANCY_SOURCES, default="conclusion",
+                   help="with --target malignancy: conclusion (default; the record's conclusion code, 1-2 malignant, "
+                        "3-4 benign: what reproduces the thyroid paper's counts) or pathology (Histopathology text, "
+                        "else the FNAC Bethesda category: II benign, V-VI malignant); patients without one are "
+                        "skipped")
 
 
 def check_target(target: str) -> None:
@@ -160,7 +171,8 @@ class _Patient:
     """One patient record read once: class per target (or the reason there is none), clinical columns; bad values
     reported once per patient, not once per image."""
 
-    def __init__(self, pid: str, record: dict, report: ConversionReport, target: str):
+    def __init__(self, pid: str, record: dict, report: ConversionReport, target: str,
+                 malignancy_from: str = "conclusion"):
         ref = f"patient {pid}"
         nodules = _nodules(record)
         self.extra_nodules = max(0, len(nodules) - 1)
@@ -198,9 +210,17 @@ class _Patient:
             report.bad_value(ref, "FNAC", fnac, "a Bethesda category I-VI")
         clinical["bethesda"] = bethesda or ""
         malignancy = histo_class or (BETHESDA_CLASS.get(bethesda) if bethesda else None)
-        clinical["label_source"] = ("histopathology" if histo_class else "FNAC" if malignancy else "")
-        self.publisher_class = CONCLUSION_CODES.get(report.number(ref, "conclusion", record.get("conclusion"),
-                                                                  integer=True) if "conclusion" in record else None)
+        code = report.number(ref, "conclusion", record.get("conclusion"), integer=True) \
+            if "conclusion" in record else None
+        self.publisher_class = CONCLUSION_CODES.get(code)
+        if "conclusion" in record and not is_missing(record.get("conclusion")) and self.publisher_class is None:
+            report.bad_value(ref, "conclusion", record.get("conclusion"), "a conclusion code 1-4")
+        self.pathology_class = malignancy
+        if malignancy_from == "conclusion":
+            malignancy = self.publisher_class
+            clinical["label_source"] = "conclusion" if malignancy else ""
+        else:
+            clinical["label_source"] = ("histopathology" if histo_class else "FNAC" if malignancy else "")
         self.malignancy = malignancy
         self.clinical = clinical
         if not nodules:
@@ -209,6 +229,11 @@ class _Patient:
             self.class_name = tirads
             self.reason = None if tirads else (f"{key}.TIRADS {nodule.get('TIRADS')!r} of patient {pid}: expected "
                                                f"a TI-RADS level 1-5")
+        elif malignancy_from == "conclusion":
+            self.class_name = malignancy
+            self.reason = None if malignancy else (
+                f"patient {pid}: conclusion {record.get('conclusion')!r} is not a code 1-4; expected 1-2 (malignant) "
+                f"or 3-4 (benign), or --malignancy-from pathology")
         else:
             self.class_name = malignancy
             self.reason = None if malignancy else (
@@ -220,9 +245,12 @@ def _image_files(folder: Path) -> list[Path]:
     return [p for p in list_files(folder, "*") if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads"):
+def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads",
+                     malignancy_from: str = "conclusion"):
     """The ThyroidXL cases, train then test, by file name (a generator of :class:`Case` / :class:`Skipped`)."""
     check_target(target)
+    if malignancy_from not in MALIGNANCY_SOURCES:
+        raise NnunetMtlError(f"--malignancy-from {malignancy_from!r}: expected one of {', '.join(MALIGNANCY_SOURCES)}")
     root = find_layout(source, ["train/", "test/", "stats/"], dataset="ThyroidXL", expected=LAYOUT)
     for split in ("train", "test"):
         for sub in ("images", "masks"):
@@ -246,12 +274,13 @@ def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads"
                 yield Skipped(case_id, f"patient {pid} has no record in {INFO_FILE}; its class is unknown")
                 continue
             if pid not in patients:
-                patients[pid] = _Patient(pid, record, report, target)
+                patients[pid] = _Patient(pid, record, report, target, malignancy_from)
             patient = patients[pid]
             if patient.class_name is None:
                 yield Skipped(case_id, patient.reason)
                 continue
-            if target == "malignancy" and patient.publisher_class not in (None, patient.malignancy):
+            if target == "malignancy" and None not in (patient.publisher_class, patient.pathology_class) \
+                    and patient.publisher_class != patient.pathology_class:
                 disagree.append(pid)
             mask = masks.get(image.stem, root / split / "masks" / image.name)  # missing: skipped by the loader
             clinical = {"source_image": f"{split}/images/{image.name}",
@@ -268,14 +297,23 @@ def thyroid_xl_cases(source, report: ConversionReport, *, target: str = "tirads"
         report.note(f"{extra} patient(s) have more than one nodule record; the first (nodule_1) labels their images")
     if disagree:
         unique = sorted(set(disagree))
+        used = "the conclusion code" if malignancy_from == "conclusion" else "the Histopathology / FNAC class"
         report.note(f"{len(unique)} patient(s) whose Histopathology / FNAC class differs from the record's "
-                    f"'conclusion' code (e.g. {unique[0]}); the Histopathology / FNAC class is used")
+                    f"'conclusion' code (e.g. {unique[0]}); {used} is used (--malignancy-from {malignancy_from})")
+    if target == "malignancy":
+        malignant = {split: len({c for c, p in patients.items() if p.malignancy == "malignant" and c in seen[split]})
+                     for split in ("train", "test")}
+        report.note(f"malignant patients (--malignancy-from {malignancy_from}): {malignant['train']} with train "
+                    f"images, {malignant['test']} with test images (the thyroid paper, by the conclusion code: "
+                    f"877 / 353)")
 
 
-def convert_thyroid_xl(source, options: ConvertOptions, *, target: str = "tirads", raw_root=None
-                       ) -> ConversionReport:
+def convert_thyroid_xl(source, options: ConvertOptions, *, target: str = "tirads",
+                       malignancy_from: str = "conclusion", raw_root=None) -> ConversionReport:
     """Convert ThyroidXL; returns the report (``report.path`` is the dataset folder)."""
-    return convert_source("ThyroidXL", source, lambda report: thyroid_xl_cases(source, report, target=target),
+    return convert_source("ThyroidXL", source, lambda report: thyroid_xl_cases(source, report, target=target,
+                                                                               malignancy_from=malignancy_from),
                           options, classes=target_classes(target), raw_root=raw_root, chunksize=8,
-                          description=f"ThyroidXL (Duong Viet et al., MICCAI 2025), target {target}, converted by "
-                                      f"nnunet_mtl")
+                          description=f"ThyroidXL (Duong Viet et al., MICCAI 2025), target {target}"
+                                      + (f" (from the {malignancy_from})" if target == "malignancy" else "")
+                                      + ", converted by nnunet_mtl")

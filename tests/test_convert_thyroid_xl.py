@@ -107,8 +107,36 @@ def test_thyroid_xl_tirads_official(thyroid_src, tmp_path):
     assert image.ndim == 2 and set(np.unique(label)) == {0, 1}
 
 
-def test_thyroid_xl_malignancy_and_nnunet_verify(thyroid_src, tmp_path):
+def test_thyroid_xl_malignancy_from_the_conclusion_code_by_default(thyroid_src, tmp_path):
+    """The record's conclusion code (1-2 malignant, 3-4 benign): what public code reading the real files uses and
+    what reproduces the thyroid paper's counts (../shared/DESIGN.md)."""
     report = convert_thyroid_xl(thyroid_src, thyroid_opts(), target="malignancy", raw_root=tmp_path / "raw")
+    assert report.added["train"] == {"benign": 2, "malignant": 1}  # 00000058 code 3 (x2 images), 00000101 code 1
+    assert report.added["test"] == {"benign": 3, "malignant": 0}  # 00000200, 00000300 (code 3, though Bethesda V), 00000500
+    cases = load_raw_dataset(report.path).cases.set_index("case_id")
+    assert cases.at["ThyroidXL_00000300_22222222_0", "class"] == "benign"
+    assert cases.at["ThyroidXL_00000300_22222222_0", "label_source"] == "conclusion"
+    assert cases.at["ThyroidXL_00000300_22222222_0", "bethesda"] == "5"  # the other reading is kept
+    assert any("differs from the record's 'conclusion' code (e.g. 00000300); the conclusion code is used" in n
+               for n in report.notes)
+    assert any("malignant patients (--malignancy-from conclusion): 1 with train images, 0 with test images" in n
+               for n in report.notes)
+
+
+def test_thyroid_xl_a_missing_conclusion_code_skips_the_patient_with_the_reason(thyroid_src, tmp_path):
+    info_path = thyroid_src / "stats" / "id2info_eng.json"
+    info = json.loads(info_path.read_text())
+    info["00000101"]["conclusion"] = 9
+    info_path.write_text(json.dumps(info))
+    report = convert_thyroid_xl(thyroid_src, thyroid_opts(), target="malignancy", raw_root=tmp_path / "raw")
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert "conclusion 9 is not a code 1-4" in reasons["ThyroidXL_00000101_0BADF00D_0"]
+    assert report.added["train"] == {"benign": 2, "malignant": 0}
+
+
+def test_thyroid_xl_malignancy_from_pathology_and_nnunet_verify(thyroid_src, tmp_path):
+    report = convert_thyroid_xl(thyroid_src, thyroid_opts(), target="malignancy", malignancy_from="pathology",
+                                raw_root=tmp_path / "raw")
     raw = load_raw_dataset(report.path)
     assert raw.class_labels == {"benign": 0, "malignant": 1}
     assert report.added["train"] == {"benign": 2, "malignant": 1}  # FNAC II x2; histopathology carcinoma
