@@ -334,3 +334,19 @@ def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classific
     assert lines == ["mine.toml: rows[0].trainer: 'nnUNetTrainerClsOnly_tiny' is classification only; a recipe's "
                      "rows must predict masks (nnunet_mtl evaluate scores a folder of masks); expected a trainer "
                      "that segments"]
+
+
+def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):
+    from nnunet_mtl.recipes.launch import last_progress
+    log = tmp_path / "train.log"
+    assert last_progress(log) is None
+    log.write_text("$ nnUNetv2_train 520 2d 0\n2026-12-04 05:31:13.97: Epoch 0 \n"
+                   "2026-12-04 05:33:28.28: train_loss 0.5638 (seg 0.2405  cls 1.1493)\n"
+                   "2026-12-04 05:33:28.28: Pseudo dice [np.float32(0.5774)]\n"
+                   "2026-12-04 05:33:28.28: Epoch time: 134.51 s\n2026-12-04 05:33:29.00: Epoch 1 \n")
+    assert last_progress(log) == "Epoch 1 "
+    with open(log, "a") as f:
+        f.write("2026-12-04 05:35:38.12: train_loss -0.3997 (seg -0.5607  cls 1.1794)\n")
+    assert last_progress(log) == "Epoch 1 ; train_loss -0.3997 (seg -0.5607  cls 1.1794)"
+    log.write_text("fold 1/2: fold 0's model alone: 6 cases predicted now, x.csv\n")
+    assert last_progress(log).startswith("fold 1/2")

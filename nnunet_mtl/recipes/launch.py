@@ -86,6 +86,37 @@ def _local_executor(ctx: Context):
     return submitit.LocalExecutor(folder=str(ctx.workdir / "submitit" / "%j"))
 
 
+PROGRESS_EVERY_S = 20.0
+
+
+def last_progress(log: Path) -> str | None:
+    """The newest progress line of a step's log: nnU-Net's ``Epoch N`` with the epoch's losses and time, or our
+    ``fold i/k`` lines of a per-fold prediction; None when there is none yet."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
+    except OSError:
+        return None
+    epoch = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].split(": ", 1)[-1].startswith("Epoch ")), None)
+    if epoch is not None:
+        after = [ln.split(": ", 1)[-1] for ln in lines[epoch + 1:] if ": " in ln]
+        detail = [a for a in after if a.startswith(("train_loss", "Pseudo dice", "Epoch time"))]
+        return "; ".join([lines[epoch].split(": ", 1)[-1], *detail])
+    folds = [ln for ln in lines if ln.startswith("fold ") and ": " in ln]
+    return folds[-1] if folds else None
+
+
+def _wait(job, step: Step, ctx: Context, started: float) -> None:
+    """Wait for the job, printing the step's progress (its log's newest epoch) when it changes."""
+    shown = None
+    while not job.done():
+        time.sleep(min(PROGRESS_EVERY_S, 1.0 + (time.time() - started) / 10))
+        line = last_progress(ctx.log(step.id))
+        if line and line != shown:
+            print(f"    {line} ({time.time() - started:.0f} s)", flush=True)
+            shown = line
+    _result(job, step, ctx, started)
+
+
 def _result(job, step: Step, ctx: Context, started: float) -> None:
     from submitit.core.utils import FailedJobError, UncompletedJobError
     try:
@@ -133,7 +164,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             started = time.time()
             job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)))
             running.append(job)
-            _result(job, step, ctx, started)
+            _wait(job, step, ctx, started)
             running.remove(job)
             i += 1
     except KeyboardInterrupt:
