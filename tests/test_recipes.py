@@ -350,3 +350,32 @@ def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):
     assert last_progress(log) == "Epoch 1 ; train_loss -0.3997 (seg -0.5607  cls 1.1794)"
     log.write_text("fold 1/2: fold 0's model alone: 6 cases predicted now, x.csv\n")
     assert last_progress(log).startswith("fold 1/2")
+
+
+def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once(tmp_path):
+    """--gpus: the trainings, then the predictions, one per listed GPU at a time (each with its
+    CUDA_VISIBLE_DEVICES); the CPU steps between them (an evaluation after each prediction) still run, once, after
+    what they wait for. Stand-in commands append their step and GPU to a file."""
+    from nnunet_mtl.recipes.launch import run_local
+    recipe = load_recipe("synthetic")
+    ctx = Context(workdir=tmp_path, data={}, device="cuda")
+    ran = tmp_path / "ran.txt"
+    script = ("import os, sys; open(sys.argv[1], 'a').write(sys.argv[2] + ' ' + "
+              "os.environ.get('CUDA_VISIBLE_DEVICES', '-') + '\\n')")
+
+    def step(id_, kind, gpu):
+        return Step(id_, kind, id_, [sys.executable, "-c", script, str(ran), id_], gpu=gpu, timeout_min=5)
+
+    steps = [step("train:mtl:0", "train", True), step("train:mtl:1", "train", True),
+             step("predict:mtl:test", "predict", True), step("evaluate:mtl:test", "evaluate", False),
+             step("predict:seg_only:test", "predict", True), step("evaluate:seg_only:test", "evaluate", False)]
+    run_local(steps, recipe, ctx, gpus=[0, 1])
+    lines = [line.split() for line in ran.read_text().splitlines()]
+    order = [name for name, _ in lines]
+    assert sorted(order) == sorted(s.id for s in steps)  # each step once
+    gpu_of = dict(lines)
+    assert {gpu_of["train:mtl:0"], gpu_of["train:mtl:1"]} == {"0", "1"}
+    assert {gpu_of["predict:mtl:test"], gpu_of["predict:seg_only:test"]} == {"0", "1"}
+    assert max(order.index("train:mtl:0"), order.index("train:mtl:1")) < order.index("predict:mtl:test")
+    for row in ("mtl", "seg_only"):
+        assert order.index(f"predict:{row}:test") < order.index(f"evaluate:{row}:test")

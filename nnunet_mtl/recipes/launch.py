@@ -151,14 +151,17 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     env = ctx.env()
     running: list = []
     try:
-        i = 0
-        while i < len(todo):
-            step = todo[i]
+        remaining = list(todo)
+        while remaining:
+            step = remaining[0]
             if gpus and step.gpu:
-                wave = [s for s in todo[i:] if s.kind == step.kind and s.gpu]
+                # every GPU step of this kind at once (the steps in between, e.g. an evaluation after each
+                # prediction, only wait for them), then the rest in order
+                wave = [s for s in remaining if s.kind == step.kind and s.gpu]
                 _run_wave(wave, executor, env, ctx, progress, gpus, running)
-                i += len(wave)
+                remaining = [s for s in remaining if s not in wave]
                 continue
+            remaining.pop(0)
             progress.begin(step)
             executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
             started = time.time()
@@ -166,7 +169,6 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             running.append(job)
             _wait(job, step, ctx, started)
             running.remove(job)
-            i += 1
     except KeyboardInterrupt:
         for job in running:  # submitit's local jobs outlive this process unless cancelled
             job.cancel(check=False)
