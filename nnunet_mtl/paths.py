@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
@@ -92,6 +93,25 @@ def env_with_ext_trainer(env: dict | None = None) -> dict:
         parts.insert(0, wanted)
     env[EXT_TRAINER_VAR] = os.pathsep.join(parts)
     return env
+
+
+def command_env(workdir: Path, device: str, processes: int = 2) -> dict:
+    """The environment of the commands a demo or a recipe runs in ``workdir``: nnU-Net's three folders under it, our
+    trainers for nnU-Net's lookup, unbuffered output (progress shows at once, also in a log file), and worker
+    counts that suit the machine unless the user set them (``processes`` each on a CPU; a GPU's augmentation is
+    fed by 6)."""
+    env = env_with_ext_trainer()
+    env.update({var: str(Path(workdir) / var) for var in ENV_VARS}, PYTHONUNBUFFERED="1")
+    env.setdefault("nnUNet_def_n_proc", str(processes))
+    env.setdefault("nnUNet_n_proc_DA", str(processes) if device == "cpu" else "6")
+    return env
+
+
+def venv_command(name: str) -> str:
+    """Our or nnU-Net's command ``name`` from this Python's environment when it is there (the same command the
+    user's PATH finds once the environment is active), else the bare name."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
 
 
 def ext_trainer_hint() -> str:

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_mtl.dataset.partial import DROP_KINDS
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.paths import env_with_ext_trainer
+from nnunet_mtl.paths import ENV_VARS, command_env, venv_command
 
 DEFAULT_TRAINER = "nnUNetTrainerMTL_demo"
 
@@ -42,7 +43,7 @@ def register(subparsers):
                    help="train on a partially annotated copy of the phantom: keep the masks of this fraction of the "
                         "training patients (nnunet_mtl drop-masks, stratified by class, seed 0) into dataset id + 1 "
                         "(default: every mask)")
-    p.add_argument("--masks-as", choices=("none", "box"), default="none",
+    p.add_argument("--masks-as", choices=DROP_KINDS, default="none",
                    help="with --keep-masks: what the other training images get (default none: no mask)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing demo folder first")
     p.set_defaults(func=run)
@@ -106,17 +107,11 @@ def run(args) -> int:
                                  f"replaces a folder of an earlier demo: expected another --workdir")
         shutil.rmtree(workdir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    env = env_with_ext_trainer()
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = str(workdir / var)
-        Path(env[var]).mkdir(parents=True, exist_ok=True)
     # two worker processes suit a 2-core machine; more would only compete with the training for the cores
-    env["PYTHONUNBUFFERED"] = "1"  # progress of the child commands shows up at once, also in a log file
-    env.setdefault("nnUNet_def_n_proc", "2")
-    env.setdefault("nnUNet_n_proc_DA", "2" if device == "cpu" else "6")
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")})
-    bindir = Path(sys.executable).parent
-    tool = lambda name: str(bindir / name) if (bindir / name).exists() else name  # noqa: E731
+    env = command_env(workdir, device, processes=2)
+    for var in ENV_VARS:
+        Path(env[var]).mkdir(parents=True, exist_ok=True)
+    os.environ.update({k: env[k] for k in (*ENV_VARS, "nnUNet_extTrainer")})
 
     steps = Steps(5 if args.keep_masks is None else 6)
     steps.start("generate the synthetic ultrasound phantom")
@@ -137,12 +132,13 @@ def run(args) -> int:
         steps.done()
 
     steps.start("nnUNetv2_plan_and_preprocess")
-    run_command([tool("nnUNetv2_plan_and_preprocess"), "-d", str(trained_id), "-c", "2d", "-np", "2",
+    run_command([venv_command("nnUNetv2_plan_and_preprocess"), "-d", str(trained_id), "-c", "2d", "-np", "2",
                  "--verify_dataset_integrity"], env)
     steps.done()
 
     steps.start(f"nnUNetv2_train {trained_id} 2d 0 -tr {args.trainer} (multitask, short schedule)")
-    run_command([tool("nnUNetv2_train"), str(trained_id), "2d", "0", "-tr", args.trainer, "-device", device], env)
+    run_command([venv_command("nnUNetv2_train"), str(trained_id), "2d", "0", "-tr", args.trainer, "-device", device],
+                env)
     steps.done()
 
     steps.start("nnunet_mtl predict on the held-out test split")

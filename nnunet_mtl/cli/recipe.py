@@ -84,19 +84,16 @@ def run_list(args) -> int:
     return 0
 
 
-def _context(recipe, workdir: Path, data: dict, device: str, processes: int = 2):
-    from nnunet_mtl.recipes.plan import Context
-    return Context(workdir=workdir, data=data, device=device, processes=processes)
 
 
 def run_show(args) -> int:
-    from nnunet_mtl.recipes.plan import plan_steps
+    from nnunet_mtl.recipes.plan import Context, plan_steps
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     print(recipe.path.read_text(encoding="utf-8").rstrip())
     data = {k: Path(f"<{k}>") for k in recipe.data}
-    steps = plan_steps(recipe, _context(recipe, Path("<workdir>"), data, "cpu" if recipe.device == "cpu" else
-                                        "cuda"))
+    steps = plan_steps(recipe, Context(workdir=Path("<workdir>"), data=data,
+                                       device="cpu" if recipe.device == "cpu" else "cuda"))
     kinds: dict[str, int] = {}
     for s in steps:
         kinds[s.kind] = kinds.get(s.kind, 0) + 1
@@ -132,7 +129,7 @@ def run_run(args) -> int:
     import torch
 
     from nnunet_mtl.recipes.launch import SlurmOptions, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import plan_steps, step_state
+    from nnunet_mtl.recipes.plan import Context, plan_steps, step_state
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -174,7 +171,7 @@ def run_run(args) -> int:
             raise NnunetMtlError(f"--timeout-min {args.timeout_min}; expected at least 1")
         import dataclasses
         recipe = dataclasses.replace(recipe, timeout_min=args.timeout_min)
-    ctx = _context(recipe, workdir, data, device, args.np)
+    ctx = Context(workdir=workdir, data=data, device=device, processes=args.np)
     steps = plan_steps(recipe, ctx)
     if args.dry_run:
         env = ctx.env()
@@ -206,6 +203,7 @@ def run_run(args) -> int:
 
 
 def run_report(args) -> int:
+    from nnunet_mtl.recipes.plan import Context
     from nnunet_mtl.recipes.report import write_report
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name, check_trainers=False)
@@ -215,7 +213,7 @@ def run_report(args) -> int:
     stored = read_run_file(workdir / RUN_FILE)
     if stored and stored.get("recipe") != recipe.name:
         raise NnunetMtlError(f"{workdir} holds a run of recipe {stored.get('recipe')!r}, not {recipe.name!r}")
-    ctx = _context(recipe, workdir, {}, stored.get("device", "cpu"))
+    ctx = Context(workdir=workdir, data={}, device=stored.get("device", "cpu"))
     markdown, written = write_report(recipe, ctx, Path(args.o).resolve() if args.o else None)
     print(markdown)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -23,9 +23,7 @@ an earlier one was: delete a step's outputs to have it run again.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,13 +83,8 @@ class Context:
 
     def env(self) -> dict:
         """The environment of every step: nnU-Net's folders, our trainers for nnU-Net's lookup, worker counts."""
-        from nnunet_mtl.paths import env_with_ext_trainer
-        env = env_with_ext_trainer(dict(os.environ))
-        env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
-                   nnUNet_results=str(self.results), PYTHONUNBUFFERED="1")
-        env.setdefault("nnUNet_def_n_proc", str(self.processes))
-        env.setdefault("nnUNet_n_proc_DA", str(self.processes) if self.device == "cpu" else "6")
-        return env
+        from nnunet_mtl.paths import command_env
+        return command_env(self.workdir, self.device, self.processes)
 
 
 def trained_datasets(recipe: Recipe) -> list[str]:
@@ -149,25 +142,23 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
             test = recipe.datasets[ts.dataset]
             out = ctx.predictions(row.key, ts.key)
             if seg_only:  # nnunet_mtl predict adds class probabilities: a model without a head is nnU-Net's alone
-                steps += _nnunet_predictions(recipe, ctx, row, ts, gpu)
-                steps.append(Step(f"evaluate:{row.key}:{ts.key}", "evaluate", f"evaluate {row.label} on {ts.label}",
-                                  ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n],
-                                  deps=[s.id for s in steps if s.id.startswith(f"predict:{row.key}:{ts.key}")],
-                                  timeout_min=timeout))
-                continue
-            argv = ["nnunet_mtl", "predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(out),
-                    "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, folds),
-                    "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n, "--disable_progress_bar"]
-            if len(folds) > 1:
-                argv.append("--per-fold")
-            if prediction_started(out):
-                argv.append("--continue_prediction")
-            steps.append(Step(f"predict:{row.key}:{ts.key}", "predict", f"predict {ts.label} with {row.label}",
-                              argv, deps=[made[ts.dataset]] + [f"train:{row.key}:{k}" for k in folds], gpu=gpu,
-                              timeout_min=timeout))
+                predictions = _nnunet_predictions(recipe, ctx, row, ts, gpu, made[ts.dataset])
+            else:
+                argv = ["nnunet_mtl", "predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(out),
+                        "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, folds),
+                        "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n,
+                        "--disable_progress_bar"]
+                if len(folds) > 1:
+                    argv.append("--per-fold")
+                if prediction_started(out):
+                    argv.append("--continue_prediction")
+                predictions = [Step(f"predict:{row.key}:{ts.key}", "predict", f"predict {ts.label} with {row.label}",
+                                    argv, deps=[made[ts.dataset]] + [f"train:{row.key}:{k}" for k in folds], gpu=gpu,
+                                    timeout_min=timeout)]
+            steps += predictions
             steps.append(Step(f"evaluate:{row.key}:{ts.key}", "evaluate", f"evaluate {row.label} on {ts.label}",
                               ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n],
-                              deps=[f"predict:{row.key}:{ts.key}"], timeout_min=timeout))
+                              deps=[p.id for p in predictions], timeout_min=timeout))
     for c in recipe.comparisons:
         test = recipe.datasets[recipe.test_set(c.test_set).dataset]
         runs = [str(ctx.predictions(r, c.test_set)) for r in (c.a, *c.b)]
@@ -188,7 +179,7 @@ def segmentation_only(trainer: str) -> bool:
     return cls is not None and getattr(getattr(cls, "head", None), "kind", None) == "none"
 
 
-def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool) -> list[Step]:
+def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test_made: str) -> list[Step]:
     """nnUNetv2_predict for a segmentation-only row: with k folds each fold's model alone into OUT/fold_K and all
     of them into OUT/ensemble (the layout nnunet_mtl evaluate reads as per-fold), with one fold into OUT."""
     ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
@@ -206,8 +197,8 @@ def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool) -> lis
         which = f"fold {use[0]}'s model" if len(use) == 1 and len(folds) > 1 else "the fold ensemble"
         steps.append(Step(f"predict:{row.key}:{ts.key}{suffix}", "predict",
                           f"predict {ts.label} with {row.label} ({which}; masks only: nnUNetv2_predict)", argv,
-                          deps=[f"convert:{ts.dataset}" if test.converter else f"drop:{ts.dataset}"]
-                          + [f"train:{row.key}:{k}" for k in use], gpu=gpu, timeout_min=recipe.timeout_min))
+                          deps=[test_made] + [f"train:{row.key}:{k}" for k in use], gpu=gpu,
+                          timeout_min=recipe.timeout_min))
     return steps
 
 
@@ -273,13 +264,10 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
             f"{have} of {expected if expected is not None else '?'} masks in {folder}"
     if kind == "predict":
         out = ctx.predictions(parts[1], parts[2])
-        marker = (out / "ensemble" / "class_predictions.csv") if len(recipe.split.fold_ids) > 1 else \
-            (out / "class_predictions.csv")
-        if len(recipe.split.fold_ids) > 1:
-            done = marker.is_file() and (out / "per_fold.json").is_file()
-        else:
-            done = marker.is_file()
-        return done, str(marker)
+        if len(recipe.split.fold_ids) == 1:
+            return (out / "class_predictions.csv").is_file(), str(out / "class_predictions.csv")
+        marker = out / "ensemble" / "class_predictions.csv"  # per-fold: the ensemble is written last
+        return marker.is_file() and (out / "per_fold.json").is_file(), str(marker)
     if kind == "evaluate":
         out = ctx.predictions(parts[1], parts[2]) / "evaluation"
         marker = out / ("per_fold_summary.json" if len(recipe.split.fold_ids) > 1 else "summary.json")
@@ -291,8 +279,7 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
 
 
 def executable(argv: list[str]) -> list[str]:
-    """argv with our and nnU-Net's commands taken from this Python's environment (the dry run prints the short
-    names, which are the same commands on the user's PATH)."""
-    bindir = Path(sys.executable).parent
-    first = bindir / argv[0]
-    return [str(first) if first.exists() else argv[0], *argv[1:]]
+    """argv with its command taken from this Python's environment (the dry run prints the short names, which are
+    the same commands on the user's PATH)."""
+    from nnunet_mtl.paths import venv_command
+    return [venv_command(argv[0]), *argv[1:]]

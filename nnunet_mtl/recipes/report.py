@@ -37,32 +37,30 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def row_results(recipe: Recipe, ctx: Context, row: str, test_set: str) -> dict:
-    """{"folds": {metric: {mean, std, ci95}} or None, "ensemble": {metric: value} or None, "single": ... , "source"}
-    for one row on one test set, from nnunet_mtl evaluate's files."""
+def row_results(recipe: Recipe, ctx: Context, row: str, test_set: str) -> tuple[str | None, dict]:
+    """(the file read or None, {metric: {mean, std, ci95, ensemble}}) for one row on one test set, from nnunet_mtl
+    evaluate's files: with k folds the mean, std and t-based CI over the folds' models and the ensemble's value;
+    with one fold the single value and its bootstrap CI (std and ensemble None)."""
     from nnunet_mtl.evaluation.evaluate import _flatten
     evaluation = ctx.predictions(row, test_set) / "evaluation"
-    out = {"folds": None, "ensemble": None, "single": None, "source": None}
     if len(recipe.split.fold_ids) > 1:
-        data = _read(evaluation / "per_fold_summary.json")
+        path = evaluation / "per_fold_summary.json"
+        data = _read(path)
         if data is None:
-            return out
-        out["source"] = str(evaluation / "per_fold_summary.json")
-        metrics = (data.get("mean_std_over_folds") or {}).get("metrics", {})
-        out["folds"] = {name: metrics[key] for name, key in METRICS.items() if key in metrics}
+            return None, {}
+        over = (data.get("mean_std_over_folds") or {}).get("metrics", {})
         ensemble = (data.get("fold_ensemble") or {}).get("metrics", {})
-        out["ensemble"] = {name: ensemble[key] for name, key in METRICS.items() if key in ensemble}
-        out["num_folds"] = data.get("num_folds")
-        return out
-    data = _read(evaluation / "summary.json")
+        return str(path), {name: {"mean": over[key].get("mean"), "std": over[key].get("std"),
+                                  "ci95": over[key].get("ci95"), "ensemble": ensemble.get(key)}
+                           for name, key in METRICS.items() if key in over}
+    path = evaluation / "summary.json"
+    data = _read(path)
     if data is None:
-        return out
-    out["source"] = str(evaluation / "summary.json")
+        return None, {}
     flat = _flatten(data)
     intervals = (data.get("confidence_intervals") or {}).get("intervals", {})
-    out["single"] = {name: {"value": flat[key], "ci95": intervals.get(key)} for name, key in METRICS.items()
-                     if key in flat}
-    return out
+    return str(path), {name: {"mean": flat[key], "std": None, "ci95": intervals.get(key), "ensemble": None}
+                       for name, key in METRICS.items() if key in flat}
 
 
 def _digits(metric: str) -> int:
@@ -83,30 +81,6 @@ def fmt_ci(ci, metric: str) -> str:
     return f"[{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
 
 
-def ours(results: dict, metric: str) -> tuple[str, str, str]:
-    """(our cell, its 95 % CI, the ensemble's cell) for one metric."""
-    if results["folds"] is not None:
-        m = results["folds"].get(metric)
-        cell = fmt(m.get("mean"), metric, m.get("std")) if m else DASH
-        ci = fmt_ci(m.get("ci95"), metric) if m else ""
-        ens = fmt((results["ensemble"] or {}).get(metric), metric)
-        return cell, ci, ens
-    if results["single"] is not None:
-        m = results["single"].get(metric)
-        return (fmt(m["value"], metric), fmt_ci(m.get("ci95"), metric), "") if m else (DASH, "", "")
-    return DASH, "", ""
-
-
-def _ours_value(results: dict, metric: str):
-    if results["folds"] is not None:
-        m = results["folds"].get(metric) or {}
-        return m.get("mean"), m.get("std")
-    if results["single"] is not None:
-        m = results["single"].get(metric) or {}
-        return m.get("value"), None
-    return None, None
-
-
 def build_report(recipe: Recipe, ctx: Context) -> dict:
     """Everything the report shows, as data (report.json)."""
     k = len(recipe.split.fold_ids)
@@ -120,29 +94,26 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
         metrics = _metrics_for(recipe, ts.key)
         entry = {"key": ts.key, "label": ts.label, "metrics": list(metrics), "rows": []}
         for row in recipe.rows:
-            r = row_results(recipe, ctx, row.key, ts.key)
-            results[(row.key, ts.key)] = r
-            if r["source"] is None:
+            source, results[(row.key, ts.key)] = row_results(recipe, ctx, row.key, ts.key)
+            if source is None:
                 report["missing"].append(f"{row.key} on {ts.key}: no evaluation yet (step evaluate:{row.key}:{ts.key})")
             entry["rows"].append({"row": row.key, "label": row.label, "trainer": row.trainer, **{
-                m: _metric_entry(r, m) for m in metrics}})
+                m: results[(row.key, ts.key)].get(m) for m in metrics}})
         report["test_sets"].append(entry)
     for table in recipe.tables:
+        def cells(ours: dict, paper: dict) -> dict:
+            return {m: {"ours": ours.get(m), "paper": paper.get(m), "paper_value": _paper(paper.get(m))}
+                    for m in table.metrics}
+
         rows = []
-        paper_rows = list(table.values)
-        for row in recipe.rows:
+        for row in recipe.rows:  # a table's test set is one of the recipe's (schema), so its results are there
             name = row.paper_row or row.label
-            paper = table.values.get(name, {})
-            r = results.get((row.key, table.test_set)) or row_results(recipe, ctx, row.key, table.test_set)
-            rows.append({"row": row.key, "label": row.label, "paper_row": name, "trainer": row.trainer, **{
-                m: {"ours": _metric_entry(r, m), "paper": paper.get(m), "paper_value": _paper(paper.get(m))}
-                for m in table.metrics}})
-        for name in paper_rows:
+            rows.append({"row": row.key, "label": row.label, "paper_row": name, "trainer": row.trainer,
+                         **cells(results[(row.key, table.test_set)], table.values.get(name, {}))})
+        for name, paper in table.values.items():
             if name.startswith("paper:"):
-                rows.append({"row": None, "label": name[len("paper:"):], "paper_row": name, "trainer": None, **{
-                    m: {"ours": None, "paper": table.values[name].get(m), "paper_value": _paper(table.values[name]
-                                                                                              .get(m))}
-                    for m in table.metrics}})
+                rows.append({"row": None, "label": name[len("paper:"):], "paper_row": name, "trainer": None,
+                             **cells({}, paper)})
         report["tables"].append({"id": table.id, "caption": table.caption, "test_set": table.test_set,
                                  "metrics": list(table.metrics), "rows": rows})
     for c in recipe.comparisons:
@@ -168,17 +139,6 @@ def _paper(text):
         return None
     parsed = parse_paper_value(text)
     return None if parsed is None else {"value": parsed[0], "std": parsed[1]}
-
-
-def _metric_entry(r: dict, metric: str) -> dict | None:
-    if r["folds"] is not None:
-        m = r["folds"].get(metric)
-        return None if m is None else {"mean": m.get("mean"), "std": m.get("std"), "ci95": m.get("ci95"),
-                                       "ensemble": (r["ensemble"] or {}).get(metric)}
-    if r["single"] is not None:
-        m = r["single"].get(metric)
-        return None if m is None else {"mean": m["value"], "std": None, "ci95": m.get("ci95"), "ensemble": None}
-    return None
 
 
 def _metrics_for(recipe: Recipe, test_set: str) -> tuple[str, ...]:

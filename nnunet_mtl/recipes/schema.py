@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from nnunet_mtl.dataset.partial import DROP_KINDS
 from nnunet_mtl.errors import NnunetMtlError
 
 SCHEMA_VERSION = 1
@@ -41,7 +42,6 @@ CONVERTERS = ("synthetic", "aimi", "breast", "udiat", "bus-uclm", "busi", "ddti"
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 SPLIT_KINDS = ("kfold", "holdout")
-DROP_KINDS = ("none", "box")
 # metric name in a recipe -> the dotted key of nnunet_mtl evaluate's summary.json (docs/evaluation.md)
 METRICS = {
     "dice": "segmentation.dice.mean", "iou": "segmentation.iou.mean", "hd95": "segmentation.hd95_px.mean",
