@@ -348,6 +348,9 @@ def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):
     with open(log, "a") as f:
         f.write("2026-12-04 05:35:38.12: train_loss -0.3997 (seg -0.5607  cls 1.1794)\n")
     assert last_progress(log) == "Epoch 1 ; train_loss -0.3997 (seg -0.5607  cls 1.1794)"
+    with open(log, "a") as f:  # a rerun with --c appends: until its first epoch, nothing of the earlier run shows
+        f.write("\n$ nnUNetv2_train 520 2d 0 --c\n# started 2026-12-04 06:00:00\n")
+    assert last_progress(log) is None
     log.write_text("fold 1/2: fold 0's model alone: 6 cases predicted now, x.csv\n")
     assert last_progress(log).startswith("fold 1/2")
 

@@ -93,9 +93,11 @@ def last_progress(log: Path) -> str | None:
     """The newest progress line of a step's log: nnU-Net's ``Epoch N`` with the epoch's losses and time, or our
     ``fold i/k`` lines of a per-fold prediction; None when there is none yet."""
     try:
-        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return None
+    # this run's output only: a rerun (--c) appends to the log after a "$ command" line
+    lines = lines[max((i for i, ln in enumerate(lines) if ln.startswith("$ ")), default=-1) + 1:][-200:]
     epoch = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].split(": ", 1)[-1].startswith("Epoch ")), None)
     if epoch is not None:
         after = [ln.split(": ", 1)[-1] for ln in lines[epoch + 1:] if ": " in ln]
