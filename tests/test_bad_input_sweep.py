@@ -121,6 +121,11 @@ def drop_masks(w, *extra):
     return ["drop-masks", "-d", "777", "--keep", "0.5", "--into", "778", *extra]
 
 
+def holdout(w, *extra):
+    """``holdout -d 777 --into 778`` plus ``extra`` (which gives --fraction or --per-class)."""
+    return ["holdout", "-d", "777", "--into", "778", *extra]
+
+
 def _file(path: Path, text: str = "x") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -229,6 +234,13 @@ CASES = [
      "--into 777 is the source dataset Dataset777_A"),
     ("drop-masks-raw-read-only", "output",
      lambda w, m: (deny_writes(m, w / "nnUNet_raw"), drop_masks(w))[1], "is not writable"),
+    ("holdout-target-exists", "output",
+     lambda w, m: (shutil.copytree(w / "nnUNet_raw" / "Dataset777_A", w / "nnUNet_raw" / "Dataset778_B"),
+                   holdout(w, "--fraction", "0.5"))[1], "Dataset778_B already exists (dataset id 778)"),
+    ("holdout-target-is-source", "output", lambda w, m: holdout(w, "--fraction", "0.5", "--into", "777", "--overwrite"),
+     "--into 777 is the source dataset Dataset777_A"),
+    ("holdout-raw-read-only", "output",
+     lambda w, m: (deny_writes(m, w / "nnUNet_raw"), holdout(w, "--fraction", "0.5"))[1], "is not writable"),
     ("compare-o-is-file", "output",
      lambda w, m: ((w / "ev2").mkdir(), shutil.copy(w / "evaluation" / "per_case.csv", w / "ev2"),
                    (w / "cmp").write_text("x"),
@@ -290,6 +302,18 @@ CASES = [
      "Dataset778_A_masks50 is already partially annotated"),
     ("drop-masks-keep-above-1", "value", lambda w, m: drop_masks(w, "--keep", "1.5"), "--keep 1.5 is outside (0, 1]"),
     ("drop-masks-bad-name", "value", lambda w, m: drop_masks(w, "--name", "a b"), "dataset name 'a b' is not usable"),
+    ("holdout-unknown-source", "input", lambda w, m: holdout(w, "--fraction", "0.5", "-d", "999"),
+     "no dataset with id 999"),
+    ("holdout-source-partial", "input",
+     lambda w, m: (main(drop_masks(w, "--into", "778")),
+                   holdout(w, "--fraction", "0.5", "-d", "778", "--into", "779"))[1],
+     "Dataset778_A_masks50 is partially annotated"),
+    ("holdout-fraction-above-1", "value", lambda w, m: holdout(w, "--fraction", "1.5"),
+     "--fraction 1.5 is outside (0, 1)"),
+    ("holdout-per-class-too-large", "value", lambda w, m: holdout(w, "--per-class", "1"),
+     "--per-class 1: class 'malignant' has 1 training patient(s) in Dataset777_A; expected at least 2"),
+    ("holdout-unknown-class", "value", lambda w, m: holdout(w, "--per-class", "1", "--classes", "cyst"),
+     "--classes 'cyst' is not a class of Dataset777_A"),
     ("demo-unknown-trainer", "value",
      lambda w, m: ["demo", "--workdir", str(w / "demo"), "-tr", "nnUNetTrainerNope"], "nnUNetTrainerNope"),
     ("recipe-unknown-name", "input", lambda w, m: ["recipe", "show", "synthetc"], "(did you mean 'synthetic'?)"),

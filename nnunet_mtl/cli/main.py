@@ -12,7 +12,8 @@ import sys
 from nnunet_mtl import __version__
 from nnunet_mtl.errors import NnunetMtlError
 
-SUBCOMMAND_MODULES = ("demo", "convert", "predict", "evaluate", "split", "radiomics", "ablate_guidance", "pretrained", "trainer_dir", "ensemble", "compare", "drop_masks", "recipe")
+SUBCOMMAND_MODULES = ("demo", "convert", "predict", "evaluate", "split", "radiomics", "ablate_guidance", "pretrained",
+                      "trainer_dir", "ensemble", "compare", "drop_masks", "holdout", "recipe")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,22 +114,37 @@ def choose_kept_patients(train: pd.DataFrame, class_labels: dict[str, int], keep
     if train.empty:
         raise NnunetMtlError("the source dataset has no training cases; expected some to keep or drop masks of")
     class_of = patient_classes(train["patient_id"], train["class"], class_labels)
-    names = sorted(class_labels, key=class_labels.get)
-    members = {c: sorted(p for p, k in class_of.items() if k == c) for c in names}
-    quotas = keep_quotas({c: len(members[c]) for c in names}, keep, class_labels)
-    kept = []
-    for c in names:
-        order = np.random.default_rng([int(seed), class_labels[c]]).permutation(len(members[c]))
-        kept += [members[c][i] for i in order[:quotas[c]]]
+    members = patients_by_class(class_of, class_labels)
+    quotas = keep_quotas({c: len(p) for c, p in members.items()}, keep, class_labels)
+    kept = pick_patients(members, quotas, class_labels, seed)
     return PatientSelection(keep=float(keep), seed=int(seed), class_of_patient=class_of, quotas=quotas,
-                            kept=sorted(kept), not_kept=sorted(set(class_of) - set(kept)))
+                            kept=kept, not_kept=sorted(set(class_of) - set(kept)))
 
 
-def default_name(source_name: str, keep) -> str:
-    """The new dataset's name: the source's plus ``_masks25`` for keep 0.25 (``_masks12p5`` for 0.125)."""
+def patients_by_class(class_of: dict[str, str], class_labels: dict[str, int]) -> dict[str, list[str]]:
+    """{class: its patients sorted by id} for every class of ``class_labels``, in class index order (``class_of``:
+    :func:`patient_classes`)."""
+    return {c: sorted(p for p, k in class_of.items() if k == c) for c in sorted(class_labels, key=class_labels.get)}
+
+
+def pick_patients(members: dict[str, list[str]], quotas: dict[str, int], class_labels: dict[str, int],
+                  seed: int) -> list[str]:
+    """The first ``quotas[c]`` patients of each class's ``members`` (sorted by id) in a numpy permutation seeded
+    with (seed, class index); sorted ids. One seed takes every class's patients in one order, so a larger quota
+    takes the smaller one's patients plus more (``nnunet_mtl holdout`` picks its test patients the same way)."""
+    picked = []
+    for c, patients in members.items():
+        order = np.random.default_rng([int(seed), class_labels[c]]).permutation(len(patients))
+        picked += [patients[i] for i in order[:quotas.get(c, 0)]]
+    return sorted(picked)
+
+
+def default_name(source_name: str, keep, what: str = "masks") -> str:
+    """The new dataset's name: the source's plus ``_masks25`` for keep 0.25 (``_masks12p5`` for 0.125); ``what``
+    replaces ``masks`` (``nnunet_mtl holdout``: ``_holdout15`` for --fraction 0.15)."""
     percent = check_keep(keep) * 100
     text = str(int(percent)) if percent.denominator == 1 else f"{float(percent):.4g}".replace(".", "p")
-    return f"{source_name}_masks{text}"
+    return f"{source_name}_{what}{text}"
 
 
 # --- checks before any work ---------------------------------------------------------------------------------------
