@@ -106,6 +106,20 @@ def test_split_command_writes_a_holdout_fold(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):  # argparse: -k and --holdout exclude each other
         main(["split", "-d", "520", "--holdout", "0.15", "-k", "3", "--overwrite"])
     assert "not allowed with argument" in capsys.readouterr().err
+    # --repeats R: R hold-out splits, seeds SEED..SEED+R-1, as folds 0..R-1 (repeated runs on other patients)
+    assert main(["split", "-d", "520", "--holdout", "0.15", "--repeats", "3", "--seed", "4", "--overwrite"]) == 0
+    repeated = json.loads(next((tmp_path / "pre").glob("Dataset520_*/splits_final.json")).read_text())
+    from nnunet_mtl.dataset.contract import load_raw_dataset
+    train = load_raw_dataset(next((tmp_path / "raw").glob("Dataset520_*"))).cases_in_split("train")
+    from nnunet_mtl.dataset.splits import grouped_stratified_holdout
+    assert repeated == [grouped_stratified_holdout(train["case_id"].tolist(), train["patient_id"].tolist(),
+                                                   train["class"].tolist(), fraction=0.15, seed=4 + r)[0]
+                        for r in range(3)]
+    assert len({tuple(f["val"]) for f in repeated}) > 1  # the repeats validate on different patients
+    for bad, needle in ((["--repeats", "0", "--holdout", "0.15"], "expected at least 1"),
+                        (["--repeats", "2"], "needs --holdout")):
+        assert main(["split", "-d", "520", *bad, "--overwrite"]) != 0
+        assert needle in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, needle", [

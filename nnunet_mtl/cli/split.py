@@ -12,14 +12,19 @@ def register(subparsers):
         "split", help="write a patient-grouped, class-stratified k-fold splits_final.json",
         description="Writes nnUNet_preprocessed/DatasetNNN_X/splits_final.json (nnU-Net's own split file) from the "
                     "raw dataset's cases.csv: k folds, no patient in both train and validation of a fold, classes "
-                    "balanced across folds (or, with --holdout, one grouped and stratified train/validation split as fold 0). "
-                    "Our trainers write the k=5 split when the file is missing.")
+                    "balanced across folds (or, with --holdout, one grouped and stratified train/validation split "
+                    "as fold 0; with --repeats R, R of them as folds 0..R-1). Our trainers write the k=5 split when "
+                    "the file is missing.")
     p.add_argument("-d", required=True, help="dataset id or name")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("-k", "--folds", type=int, default=DEFAULT_NUM_FOLDS, help=f"number of folds (default {DEFAULT_NUM_FOLDS})")
+    how.add_argument("-k", "--folds", type=int, default=DEFAULT_NUM_FOLDS,
+                     help=f"number of folds (default {DEFAULT_NUM_FOLDS})")
     how.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                      help="instead of k folds: one split with this fraction of the patients as validation (fold 0), "
                           "e.g. 0.15 for the breast consistency paper's 85/15 internal split")
+    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="with --holdout: R hold-out splits drawn with seeds SEED, SEED+1, ... as folds 0..R-1 (repeated "
+                        "runs, each on its own validation patients; default 1)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"shuffling seed (default {DEFAULT_SEED})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
     p.set_defaults(func=run)
@@ -27,6 +32,10 @@ def register(subparsers):
 
 def run(args) -> int:
     from nnunet_mtl.dataset.contract import load_raw_dataset
+    if args.repeats < 1:
+        raise NnunetMtlError(f"--repeats {args.repeats}: expected at least 1")
+    if args.repeats > 1 and args.holdout is None:
+        raise NnunetMtlError(f"--repeats {args.repeats} needs --holdout FRACTION (k folds already give k runs)")
     raw = load_raw_dataset(find_dataset_folder(args.d, raw_root()), check_files=True)
     train = raw.cases_in_split("train")
     if train.empty:
@@ -38,8 +47,9 @@ def run(args) -> int:
     from nnunet_mtl.outputs import check_output_file
     check_output_file(target, "split file")
     if args.holdout is not None:
-        splits = grouped_stratified_holdout(train["case_id"].tolist(), train["patient_id"].tolist(),
-                                            train["class"].tolist(), fraction=args.holdout, seed=args.seed)
+        splits = [fold for r in range(args.repeats) for fold in grouped_stratified_holdout(
+            train["case_id"].tolist(), train["patient_id"].tolist(), train["class"].tolist(), fraction=args.holdout,
+            seed=args.seed + r)]
     else:
         splits = grouped_stratified_splits(train["case_id"].tolist(), train["patient_id"].tolist(),
                                            train["class"].tolist(), num_folds=args.folds, seed=args.seed)
