@@ -651,3 +651,24 @@ def test_selection_ema_smooths_restarts_per_stage_and_survives_an_undefined_epoc
     assert selection_ema([0.5, 0.54], float("nan"), restart=False) == 0.54
     assert np.isnan(selection_ema([], float("nan"), restart=False))
     assert selection_ema([0.5, float("nan")], 0.7, restart=False) == 0.7  # and the next defined epoch starts again
+
+
+@pytest.mark.parametrize("suffix, schedule", [("breastpaper", "BreastPaperSchedule"), ("fanpaper", "FanPaperSchedule"),
+                                              ("cpu", "CPUSchedule"), ("paper", "ThyroidPaperSchedule")])
+def test_each_papers_baselines_train_on_that_papers_schedule(suffix, schedule):
+    """A paper recipe's baselines sit next to its method under the same schedule: SegOnly / ClsOnly / MTL with the
+    breast (Zhang, Moradi, Saha), lesion-aware (Fan et al.), thyroid (Salama et al. 2026) or CPU recipe's schedule,
+    the same dict as the method's own variant, and nothing else of the trainer changed."""
+    from nnunet_mtl import trainers
+    from nnunet_mtl.trainers import schedules
+    from nnunet_mtl.trainers.mtl import merged_along_mro
+    wanted = getattr(schedules, schedule).schedule
+    for base in ("nnUNetTrainerSegOnly", "nnUNetTrainerClsOnly", "nnUNetTrainerMTL"):
+        variant = getattr(trainers, f"{base}_{suffix}")
+        assert variant.__mro__[1] is getattr(schedules, schedule) and variant.__mro__[2] is getattr(trainers, base)
+        merged = merged_along_mro(variant, "schedule")
+        assert {k: merged[k] for k in wanted} == wanted
+    method = {"breastpaper": "nnUNetTrainerBIRADS_paper", "fanpaper": "nnUNetTrainerLesionAware_paper",
+              "cpu": "nnUNetTrainerBIRADS_cpu", "paper": "nnUNetTrainerRLAR_paper"}[suffix]
+    assert merged_along_mro(getattr(trainers, method), "schedule") == merged_along_mro(
+        getattr(trainers, f"nnUNetTrainerMTL_{suffix}"), "schedule")

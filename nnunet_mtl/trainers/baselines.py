@@ -10,7 +10,8 @@ backward rule (or a choice of head and terms) declared on :class:`nnUNetTrainerM
   check that the path adds nothing of its own; it matches ``nnUNetTrainerMTL`` step for step).
 
 Each has the schedule variants ``_paper`` (Salama et al. 2026's thyroid schedule, to sit next to RLAR in its
-tables; the breast papers' rows use ``BreastPaperSchedule`` the same way), ``_demo`` and ``_tiny``.
+tables), ``_breastpaper`` (Zhang, Moradi, Saha's, next to the BI-RADS consistency rows), ``_fanpaper`` (Fan et al.'s,
+next to the lesion-aware rows), ``_demo``, ``_tiny`` and ``_cpu`` (the real-data CPU recipe).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from nnunet_mtl.methods.multitask import Classification, Segmentation
 from nnunet_mtl.methods.single_task import NoHeadConfig
 from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
-from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
+from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPUSchedule, DemoSchedule, FanPaperSchedule,
+                                          ThyroidPaperSchedule, TinySchedule)
 
 
 class nnUNetTrainerSegOnly(nnUNetTrainerMTL):
@@ -73,6 +75,9 @@ for _base in (nnUNetTrainerSegOnly, nnUNetTrainerClsOnly, nnUNetTrainerMTL_UW, n
               nnUNetTrainerMTL_UPGrad, nnUNetTrainerMTL_MGDA, nnUNetTrainerMTL_CAGrad, nnUNetTrainerMTL_JDSum):
     for _schedule, _suffix, _doc in ((ThyroidPaperSchedule, "paper", "Salama et al. 2026's schedule"),
                                      (DemoSchedule, "demo", "the demo's schedule"),
-                                     (TinySchedule, "tiny", "the smoke-test schedule")):
+                                     (TinySchedule, "tiny", "the smoke-test schedule"),
+                                     (CPUSchedule, "cpu", "the real-data CPU recipe's schedule"),
+                                     (BreastPaperSchedule, "breastpaper", "Zhang, Moradi, Saha's schedule"),
+                                     (FanPaperSchedule, "fanpaper", "Fan et al.'s schedule")):
         define_variant(_base, f"{_base.__name__}_{_suffix}", globals(), bases=(_schedule,),
                        doc=f"{_base.__name__} with {_doc}.")

@@ -22,7 +22,7 @@ from nnunet_mtl.methods.lesion_aware import (LesionAwareConfig, Localization, Ps
 from nnunet_mtl.methods.multitask import Classification, Segmentation
 from nnunet_mtl.seams.stages import Stage
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
-from nnunet_mtl.trainers.schedules import DemoSchedule, TinySchedule
+from nnunet_mtl.trainers.schedules import DemoSchedule, FanPaperSchedule, TinySchedule
 
 LOCALIZATION_EPOCHS = 0.2  # t_l / (t_l + t_c) of Algorithm 1: the paper gives neither; our choice
 
@@ -34,14 +34,6 @@ def two_stages(localization_epochs: float | int = LOCALIZATION_EPOCHS, pseudo_te
     return (Stage("localization", epochs=localization_epochs, weights={"cls": 0.0, **{t: 0.0 for t in pseudo_terms}},
                   trainable=("encoder", "decoder", "head.attention"), sampling="annotated", select_best=False),
             Stage("semi_supervised", sampling="mixed"))
-
-
-class FanPaperSchedule:
-    """Fan et al., Sec. 3.3: Adam (lr 1e-3; PyTorch's Adam has no weight decay: AdamW with weight decay 0 is the
-    same update), mini-batches of 8, 100 epochs (of nnU-Net's 250 iterations: the paper's epoch is one pass over its
-    data). The learning-rate decay stays nnU-Net's poly (the paper names none)."""
-    schedule = {"optimizer_name": "adamw", "initial_lr": 1e-3, "weight_decay": 0.0, "fixed_batch_size": 8,
-                "num_epochs": 100}
 
 
 class nnUNetTrainerLesionAware(nnUNetTrainerMTL):

@@ -50,7 +50,8 @@ from nnunet_mtl.seams.backward import WeightedSum, unwrap
 from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
-from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
+from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPUSchedule, DemoSchedule, FanPaperSchedule,
+                                          ThyroidPaperSchedule, TinySchedule)
 
 
 def _check_results_folder(plans: dict) -> None:
@@ -892,8 +893,21 @@ class nnUNetTrainerMTL_tiny(TinySchedule, nnUNetTrainerMTL):
     """Smoke tests."""
 
 
+class nnUNetTrainerMTL_cpu(CPUSchedule, nnUNetTrainerMTL):
+    """The real-data CPU recipe's short schedule."""
+
+
 class nnUNetTrainerMTL_paper(ThyroidPaperSchedule, nnUNetTrainerMTL):
     """The 'Vanilla Multitask' baseline of Salama et al. 2026 with their schedule."""
+
+
+class nnUNetTrainerMTL_breastpaper(BreastPaperSchedule, nnUNetTrainerMTL):
+    """The multitask baseline with Zhang, Moradi, Saha's schedule (their own seg_malig row, 0.9 L_seg + 0.1 L_cls
+    with plain BCE, is nnUNetTrainerBIRADS_alpha0_paper)."""
+
+
+class nnUNetTrainerMTL_fanpaper(FanPaperSchedule, nnUNetTrainerMTL):
+    """The multitask baseline with Fan et al.'s schedule, next to the lesion-aware rows."""
 
 
 def define_variant(base: type, name: str, namespace: dict, doc: str = "", bases: tuple = (), **attributes) -> type:
