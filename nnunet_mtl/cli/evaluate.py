@@ -3,7 +3,8 @@ confidence intervals) of a prediction folder, or mean ± std and the t-based 95%
 summary.json files (``--aggregate``). References holding nnU-Net's ignore label (box / none annotations) are left out
 of the segmentation metrics; ``--attention`` also scores the lesion maps of ``predict --save-attention``.
 A folder written by ``nnunet_mtl predict --per-fold`` is evaluated subfolder by subfolder, with the folds' mean ± std
-next to the fold ensemble (docs/evaluation.md)."""
+next to the fold ensemble; a folder of class predictions without masks (a classification-only model) is scored on
+classification only (docs/evaluation.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +33,8 @@ def register(subparsers):
                     "A -pred folder written by nnunet_mtl predict --per-fold (per_fold.json, fold_K/, ensemble/) is "
                     "evaluated per subfolder (each into SUB/evaluation), and PRED/evaluation/per_fold_summary.json "
                     "holds the mean ± std over the folds next to the fold ensemble's numbers. "
+                    "A -pred folder with no masks but a class_predictions.csv (a classification-only model) is scored "
+                    "on classification only, over the reference cases (segmentation null in summary.json). "
                     "References with nnU-Net's ignore label (or box / none in cases.csv) are left out of the "
                     "segmentation metrics and kept in classification. "
                     "Mode 2: --aggregate S1.json S2.json ...: mean ± std and t-based 95%% CI of every metric over "
@@ -39,8 +42,10 @@ def register(subparsers):
                     "HD95 follows MONAI (max of the two directed 95th percentiles); NSD is Nikolov et al. 2021's "
                     "surface Dice; see summary.json 'definitions' and docs/evaluation.md.")
     p.add_argument("-pred", help="folder of predicted CASE_ID.png masks (e.g. the output of nnunet_mtl predict), or a "
-                                 "folder written by nnunet_mtl predict --per-fold")
-    p.add_argument("-ref", help="folder of reference CASE_ID.png masks (default with -d: nnUNet_raw/DatasetNNN_X/labelsTs)")
+                                 "folder written by nnunet_mtl predict --per-fold, or a folder holding only "
+                                 "class_predictions.csv (a classification-only model)")
+    p.add_argument("-ref", help="folder of reference CASE_ID.png masks (default with -d: "
+                                "nnUNet_raw/DatasetNNN_X/labelsTs)")
     p.add_argument("-d", help="dataset id or name: takes -ref, --cases and --class-labels from nnUNet_raw/DatasetNNN_X")
     p.add_argument("--classes", help="class_predictions.csv (default: PRED/class_predictions.csv when it exists)")
     p.add_argument("--cases", help="the raw dataset's cases.csv (reference classes, pixel spacing for HD95 in mm)")
@@ -132,7 +137,8 @@ def run(args) -> int:
     options = metric_options(args)
     pred = Path(args.pred)
     if not pred.is_dir():
-        raise NnunetMtlError(f"prediction folder {pred} does not exist; expected a folder of CASE_ID.png masks")
+        raise NnunetMtlError(f"prediction folder {pred} does not exist; expected a folder of CASE_ID.png masks (and / "
+                             f"or the class_predictions.csv of nnunet_mtl predict)")
     ref = Path(args.ref) if args.ref else None
     cases = Path(args.cases) if args.cases else None
     labels_json = Path(args.class_labels) if args.class_labels else None
@@ -147,9 +153,16 @@ def run(args) -> int:
     if ref is None:
         raise NnunetMtlError("no reference: pass -ref REF_DIR or -d DATASET (uses nnUNet_raw/DatasetNNN_X/labelsTs)")
 
-    from nnunet_mtl.resources import cap_processes
-    args.np = cap_processes(args.np, "-np", len(list(pred.glob("*.png"))) or None, what="cases")
+    from nnunet_mtl.resources import cap_processes, capped
+    masks = len(list(pred.glob("*.png")))
     layout = per_fold_layout(pred)
+    if layout is None and not masks:  # classification only: no per-case work, -np is not used (below 1 still wrong)
+        capped(args.np, "-np")
+        if args.np > 1 and (args.classes or (pred / "class_predictions.csv").is_file()):
+            print(f"note: -np {args.np} not used: {pred} has no masks to score (classification only)")
+        args.np = 1
+    else:  # at most one process per mask; a per-fold folder (masks in its subfolders): the cores
+        args.np = cap_processes(args.np, "-np", masks or None, what="cases")
     if args.o:
         inputs = [pred, ref]
         if layout is not None:
@@ -180,9 +193,9 @@ def run(args) -> int:
     elif (pred / "class_predictions.csv").is_file():
         if cases is not None:
             classes = pred / "class_predictions.csv"
-        else:
+        elif masks:  # without masks evaluate_folder says that a classification-only folder needs the classes
             print(f"note: {pred / 'class_predictions.csv'} not evaluated: the reference classes need --cases or -d")
-    elif any(pred.glob("class_predictions_part*.csv")):
+    elif masks and any(pred.glob("class_predictions_part*.csv")):
         print(f"note: {pred} has class_predictions_part*.csv (from -num_parts) but no class_predictions.csv: "
               f"classification not evaluated (merge the parts, or pass one with --classes)")
     if cases is not None:

@@ -1,7 +1,10 @@
 """Paired comparison of prediction runs on the same cases (``nnunet_mtl compare``).
 
 Each run is a prediction folder evaluated by ``nnunet_mtl evaluate``; what is compared is its
-``evaluation/per_case.csv`` (``case_id, dice, iou, hd95_px, hd95_mm, true_class, predicted_class, prob_<class>...``).
+``evaluation/per_case.csv`` (``case_id, dice, iou, hd95_px, hd95_mm, true_class, predicted_class, prob_<class>...``;
+a classification-only run, evaluated from class predictions without masks, has no segmentation columns). Only the
+metrics both runs of a pair have are compared: a classification-only run against a multitask run on classification
+alone, with a note.
 Every difference is **first run minus second run** (A − B), case by case: Dice, IoU and HD95 per case, accuracy as
 the per-case 0/1 "predicted class = reference class", and the AUC of the whole set.
 
@@ -66,6 +69,7 @@ _WILCOXON_SIGN_FLIPS_MAX = 16     # with zeros or ties: all 2^n sign flips up to
 _BATCH_ELEMENTS = 2_000_000       # resamples x images held at once by the vectorized bootstrap
 
 REQUIRED_COLUMNS = ("case_id", "dice", "iou", "hd95_px")
+SEGMENTATION_COLUMNS = REQUIRED_COLUMNS[1:]  # absent all together in a classification-only run's per_case.csv
 # (key in per_case.csv, label, digits, higher is better); the columns after hd95_px are compared when present
 SEG_METRICS = (("dice", "Dice", 4, True), ("iou", "IoU", 4, True), ("hd95_px", "HD95 [px]", 2, False),
                ("hd95_mm", "HD95 [mm]", 2, False), ("nsd_px", "NSD [px tol.]", 4, True),
@@ -133,7 +137,8 @@ def wilcoxon_paired(differences, zero_method: str = ZERO_METHOD) -> dict:
     ``zero_method`` defaults to :data:`ZERO_METHOD` ("zsplit"; see the module docstring). The p-value: the exact
     null distribution for at most 50 units without zeros or tied |differences|; with zeros or ties, all 2^k sign
     flips of the k nonzero differences for at most 16 units (:func:`signflip_exact_p`, exact too); otherwise the
-    normal approximation with the tie correction and no continuity correction (``scipy.stats.wilcoxon``). All differences zero: p = 1 (no evidence of a difference).
+    normal approximation with the tie correction and no continuity correction (``scipy.stats.wilcoxon``). All
+    differences zero: p = 1 (no evidence of a difference).
     Returns {"statistic", "p", "method", "n", "n_zero", "zero_method"}.
     """
     d = np.asarray(differences, dtype=float)
@@ -382,6 +387,7 @@ class Run:
     class_names: list | None = None                   # from the prob_ columns, None when not classified
     classified: dict = field(default_factory=dict)    # case -> (true class, predicted class, probabilities)
     summary: dict = field(default_factory=dict)       # the summary.json beside per_case.csv, {} when there is none
+    segments: bool = True                             # False: classification only (no segmentation columns)
 
 
 def resolve_run(given) -> Run:
@@ -431,9 +437,14 @@ def read_per_case(run: Run) -> Run:
     path = run.per_case_csv
     fields, raw_rows = read_csv_rows(path, "the per_case.csv written by nnunet_mtl evaluate")
     missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+    prob_cols = [c for c in fields if c.startswith("prob_")]
+    if "case_id" in fields and not any(c in fields for c in SEGMENTATION_COLUMNS) and prob_cols:
+        missing = []  # a classification-only run (evaluated from class predictions without masks)
+        run.segments = False
     if missing:
         raise NnunetMtlError(f"{path} lacks column(s) {', '.join(missing)}; expected the per_case.csv written by "
-                             f"nnunet_mtl evaluate ({', '.join(REQUIRED_COLUMNS)}, hd95_mm, true_class, ...)")
+                             f"nnunet_mtl evaluate ({', '.join(REQUIRED_COLUMNS)}, hd95_mm, true_class, ...; "
+                             f"classification only: case_id, true_class, predicted_class, prob_<class>...)")
     rows = rows_by_case(raw_rows, path)
     if not rows:
         raise NnunetMtlError(f"{path} has no cases; expected one row per evaluated case")
@@ -444,7 +455,6 @@ def read_per_case(run: Run) -> Run:
     if summary_path.is_file():
         from nnunet_mtl.dataset.contract import read_json_object
         run.summary = read_json_object(summary_path, "the summary.json written by nnunet_mtl evaluate")
-    prob_cols = [c for c in fields if c.startswith("prob_")]
     if prob_cols:
         run.class_names = [c[len("prob_"):] for c in prob_cols]
         for case, r in rows.items():
@@ -682,10 +692,35 @@ def _comparable(metric: str, a: Run, b: Run, cases: list[str]) -> bool:
             any(not (math.isnan(a.metrics[metric][c]) or math.isnan(b.metrics[metric][c])) for c in cases))
 
 
+def check_pairs_share_metrics(runs: list[Run], class_names, classified: list[str], all_pairs: bool) -> list[str]:
+    """Every compared pair has some metric in common (a classification-only run and a run without class predictions
+    have none: one line naming both); notes on the runs compared on classification only."""
+    for i, j in pairs_of(len(runs), all_pairs):
+        a, b = runs[i], runs[j]
+        segmentation = a.segments and b.segments
+        classification = bool(class_names and classified and a.class_names and b.class_names)
+        if not (segmentation or classification) and not (a.segments or b.segments):
+            raise NnunetMtlError(f"runs {a.given} and {b.given} share no metric: both are classification only and no "
+                                 f"case has a class prediction in both ({a.per_case_csv}, {b.per_case_csv}); expected "
+                                 f"class predictions of the same cases")
+        if not (segmentation or classification):
+            only, other = (a, b) if not a.segments else (b, a)
+            raise NnunetMtlError(
+                f"runs {a.given} and {b.given} share no metric: {only.given} is classification only (no segmentation "
+                f"columns in {only.per_case_csv}) and {other.given} has no class predictions (no prob_ columns in "
+                f"{other.per_case_csv}); expected both runs evaluated with class predictions")
+    without = [r.given for r in runs if not r.segments]
+    if not without:
+        return []
+    return [f"segmentation not compared for {', '.join(without)}: classification only (no masks, no segmentation "
+            f"columns in its per_case.csv); its pairs are compared on the classification metrics"]
+
+
 def compare_runs(runs: list[Run], cases: list[str], unit: dict, class_names, classified: list[str], *,
                  all_pairs: bool = False, n_resamples: int = DEFAULT_N_RESAMPLES, seed: int = DEFAULT_SEED) -> list:
-    """Every row of the table: per pair, the segmentation metrics present in both runs, then accuracy, AUC and the
-    Brier score when both runs classified; Holm over all p-values of the table."""
+    """Every row of the table: per pair, the segmentation metrics present in both runs (none when one of them is
+    classification only), then accuracy, AUC and the Brier score when both runs classified; Holm over all p-values
+    of the table."""
     rows = []
     for i, j in pairs_of(len(runs), all_pairs):
         a, b = runs[i], runs[j]
@@ -839,6 +874,7 @@ def compare(run_paths: list, output_dir=None, *, cases_csv=None, all_pairs: bool
     notes = check_settings(runs)
     class_names, classified, class_notes = check_classes(runs, cases)
     notes += class_notes
+    notes += check_pairs_share_metrics(runs, class_names, classified, all_pairs)
     patients = read_patients(cases_csv, cases) if cases_csv is not None else None
     unit = describe_unit(cases, patients, cases_csv)
     n_units = unit["n_patients"] if unit["unit"] == "patient" else unit["n_images"]

@@ -14,6 +14,12 @@ Inputs
     --save-attention`` writes (uint8 round(255 P), the image's geometry); attention_iou is the IoU of P >= 0.5
     (pixel >= 128) with the reference lesion: Fan et al.'s JSI of the localization map.
     class_predictions.csv: ``case_id, predicted_class, prob_<name>...`` (one column per class, in index order).
+    Classification only: a pred_dir with no CASE.png masks but a class_predictions.csv (what ``nnunet_mtl predict``
+    writes for a classification-only model such as nnUNetTrainerClsOnly) is scored on classification alone. The
+    evaluated cases are still the reference folder's (the test set the segmentation runs are scored on): each needs
+    a row in the CSV (else an error, or ``allow_missing``), a row without reference is ignored with a warning line.
+    summary.json then has ``"segmentation": null``, intervals for classification only and a note saying so;
+    per_case.csv has no segmentation columns. A pred_dir with neither masks nor class_predictions.csv is an error.
     cases.csv: the raw dataset's ``case_id, split, class, patient_id[, spacing_row_mm, spacing_col_mm], ...``, read
     and checked by :mod:`nnunet_mtl.dataset.contract` (zero-padded ids stay as they are); ``class`` gives the
     reference class, the spacings (optional, may be empty) give HD95 and NSD in mm, ``patient_id`` the bootstrap's
@@ -23,7 +29,7 @@ summary.json (NaN written as null)::
 
     {
       "num_cases": int,                         # cases evaluated (present in prediction and reference)
-      "segmentation": {
+      "segmentation": {                         # null for a classification-only folder (no masks)
         "dice":    {"mean", "std", "median"},   # over cases; std is the population std (ddof=0) of the cases
         "iou":     {"mean", "std", "median"},
         "hd95_px": {"mean", "std", "median"},
@@ -205,6 +211,47 @@ def list_png_cases(folder, role: str) -> dict[str, Path]:
     return {p.name[:-len(".png")]: p for p in sorted(folder.iterdir()) if p.name.endswith(".png") and p.is_file()}
 
 
+def has_masks(folder) -> bool:
+    """Whether ``folder`` holds CASE.png files directly (a prediction folder without any is classification only)."""
+    return any(p.name.endswith(".png") and p.is_file() for p in Path(folder).iterdir())
+
+
+CLASS_PREDICTIONS = "class_predictions.csv"  # what nnunet_mtl predict writes next to the masks
+CLASSIFICATION_ONLY_DEFINITION = (
+    "a prediction folder with no CASE.png masks but a class_predictions.csv (nnunet_mtl predict of a "
+    "classification-only model, e.g. nnUNetTrainerClsOnly, whose decoder is never run) is scored on classification "
+    "only, over the reference folder's cases (the test set the segmentation runs are scored on): segmentation is "
+    "null, confidence intervals are those of the classification metrics, per_case.csv has no segmentation columns")
+
+
+def classification_only_note(pred_dir) -> str:
+    return (f"classification only: no masks in {pred_dir} (a classification-only model); segmentation not "
+            f"evaluated")
+
+
+def classification_only_csv(pred_dir, class_predictions_csv=None, cases_csv=None, attention: bool = False) -> Path:
+    """The class predictions of a prediction folder without masks (a classification-only model): the given CSV, else
+    PRED/class_predictions.csv. One line naming the folder and what was expected when it has neither masks nor
+    class predictions, when the reference classes are not given, or with ``attention`` (no masks to score)."""
+    pred_dir = Path(pred_dir)
+    path = Path(class_predictions_csv) if class_predictions_csv is not None else pred_dir / CLASS_PREDICTIONS
+    if class_predictions_csv is None and not path.is_file():
+        if any(pred_dir.glob("class_predictions_part*.csv")):
+            raise NnunetMtlError(f"prediction folder {pred_dir} has no CASE_ID.png masks and no {CLASS_PREDICTIONS}, "
+                                 f"only class_predictions_part*.csv (from -num_parts); expected {CLASS_PREDICTIONS} "
+                                 f"(merge the parts, or pass one with --classes)")
+        raise NnunetMtlError(f"prediction folder {pred_dir} has no CASE_ID.png masks and no {CLASS_PREDICTIONS}; "
+                             f"expected the masks and / or the {CLASS_PREDICTIONS} that nnunet_mtl predict writes")
+    if cases_csv is None:
+        raise NnunetMtlError(f"prediction folder {pred_dir} has no masks, only class predictions {path} (a "
+                             f"classification-only model); expected the reference classes: pass --cases or -d")
+    if attention:
+        raise NnunetMtlError(f"--attention: prediction folder {pred_dir} has no masks, only class predictions (a "
+                             f"classification-only model); expected masks and lesion maps to score (leave "
+                             f"--attention out)")
+    return path
+
+
 def read_label_png(path: Path) -> np.ndarray:
     from PIL import Image
     try:
@@ -321,8 +368,9 @@ def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[st
         if not np.all(np.isfinite(probs)):
             raise NnunetMtlError(f"{path}: case {case} has a non-finite probability; expected finite floats")
         if probs.min() < -PROBABILITY_TOLERANCE or probs.max() > 1 + PROBABILITY_TOLERANCE:
-            raise NnunetMtlError(f"{path}: case {case} has a probability of {probs.min() if probs.min() < 0 else probs.max():g}; "
-                                 f"expected class probabilities in [0, 1] (not logits)")
+            worst = probs.min() if probs.min() < 0 else probs.max()
+            raise NnunetMtlError(f"{path}: case {case} has a probability of {worst:g}; expected class probabilities "
+                                 f"in [0, 1] (not logits)")
         if abs(probs.sum() - 1.0) > PROBABILITY_TOLERANCE:
             raise NnunetMtlError(f"{path}: the probabilities of case {case} sum to {probs.sum():g}; expected one "
                                  f"distribution over the classes, summing to 1 (within {PROBABILITY_TOLERANCE:g})")
@@ -481,7 +529,8 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
     ``bootstrap``: resamples of the 95% confidence intervals (0: none), drawn with ``bootstrap_seed``;
     ``attention``: also score the lesion maps in ``pred_dir/attention`` (attention_iou), each evaluated case must
     have one. Unannotated references (ignore label, or box / none in cases.csv) are left out of every segmentation
-    metric and kept in classification.
+    metric and kept in classification. A ``pred_dir`` without masks is classification only (see the module
+    docstring): its class predictions are ``class_predictions_csv`` or else ``pred_dir/class_predictions.csv``.
     """
     check_metric_options(nsd_tolerance_px=nsd_tolerance_px, nsd_tolerance_mm=nsd_tolerance_mm, ece_bins=ece_bins,
                          bootstrap=bootstrap, bootstrap_seed=bootstrap_seed, bootstrap_method=bootstrap_method)
@@ -490,9 +539,23 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
     if not ref_cases:
         raise NnunetMtlError(f"reference folder {ref_dir} has no .png files; expected CASE_ID.png label maps")
     notes = []
+    class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
+    classification_only = not pred_cases
+    predictions = None
+    if classification_only:  # no masks: the predicted cases are the rows of the class predictions
+        class_predictions_csv = classification_only_csv(pred_dir, class_predictions_csv, cases_csv, attention)
+        notes.append(classification_only_note(pred_dir))
+        if class_names is None:
+            notes.append("class_labels not given: classes taken from the prob_ columns in file order")
+        class_names, predictions = read_class_predictions(class_predictions_csv, class_names)
+        pred_cases = dict.fromkeys(predictions)
     missing = sorted(set(ref_cases) - set(pred_cases))
     ignored = sorted(set(pred_cases) - set(ref_cases))
     if missing and not allow_missing:
+        if classification_only:
+            raise NnunetMtlError(f"{len(missing)} reference case(s) have no class prediction in "
+                                 f"{class_predictions_csv}: {_some(missing)}; expected one row per reference case of "
+                                 f"{ref_dir} (or pass --allow-missing)")
         raise NnunetMtlError(f"{len(missing)} reference case(s) have no prediction in {pred_dir}: {_some(missing)}; "
                              f"expected CASE_ID.png for every reference (or pass --allow-missing)")
     if missing:
@@ -503,23 +566,27 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
         _warn(notes[-1])
     cases = sorted(set(ref_cases) & set(pred_cases))
     if not cases:
-        raise NnunetMtlError(f"no case of {ref_dir} has a prediction in {pred_dir}; expected matching CASE_ID.png names")
+        if classification_only:
+            raise NnunetMtlError(f"no case of {ref_dir} has a class prediction in {class_predictions_csv}; expected "
+                                 f"rows whose case_id names the references' CASE_ID.png")
+        raise NnunetMtlError(f"no case of {ref_dir} has a prediction in {pred_dir}; expected matching CASE_ID.png "
+                             f"names")
 
-    class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
     table = read_cases_table(cases_csv, class_labels) if cases_csv is not None else {}
     attention_files = check_attention_files(pred_dir, cases) if attention else {}
     if output_dir is not None:
         check_evaluation_output(output_dir)
     # everything the inputs alone can tell is checked before the per-case work: the class predictions, and that
     # every evaluated case has them and a reference class (a cases.csv of another dataset fails here)
-    cls_cases, predictions = [], {}
+    cls_cases = []
     if class_predictions_csv is not None:
         if cases_csv is None:
             raise NnunetMtlError(f"class predictions {class_predictions_csv} need the reference classes; pass the "
                                  f"raw dataset's cases.csv (--cases or -d)")
-        if class_names is None:
-            notes.append("class_labels not given: classes taken from the prob_ columns in file order")
-        class_names, predictions = read_class_predictions(class_predictions_csv, class_names)
+        if predictions is None:
+            if class_names is None:
+                notes.append("class_labels not given: classes taken from the prob_ columns in file order")
+            class_names, predictions = read_class_predictions(class_predictions_csv, class_names)
         no_row = [c for c in cases if c not in predictions]
         no_truth = [c for c in cases if c not in table]
         for what, ids, where in (("class prediction", no_row, class_predictions_csv),
@@ -531,32 +598,39 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
                 notes.append(f"{len(ids)} case(s) without {what} left out of classification: {_some(ids)}")
                 _warn(notes[-1])
         cls_cases = [c for c in cases if c in predictions and c in table]
+        if classification_only and not cls_cases:
+            raise NnunetMtlError(f"no evaluated case has a reference class in {cases_csv}; expected the case table of "
+                                 f"the dataset of {ref_dir} (classification only: nothing else to evaluate)")
         true_index = {c: _class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
                       for c in cls_cases}
-    tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing"),
-              float(nsd_tolerance_px), float(nsd_tolerance_mm), (table.get(c) or {}).get("mask"),
-              str(attention_files[c]) if attention else None) for c in cases]
-    per_case = _run_cases(tasks, int(num_processes))
 
-    seg_keys = SEG_METRICS + ((ATTENTION_METRIC,) if attention else ())
-    annotated = [r for r in per_case if r["reference_mask"] == "full"]
-    unannotated = [{"case_id": r["case_id"], "kind": r["reference_mask"], "source": r["reference_mask_source"]}
-                   for r in per_case if r["reference_mask"] != "full"]
-    with_spacing = [r for r in annotated if not math.isnan(r["hd95_mm"])]
-    segmentation = {m: summary_stats([r[m] for r in per_case]) for m in seg_keys}
-    segmentation.update({
-        "cases_with_spacing": len(with_spacing),
-        "empty_reference_cases": sum(r["ref_empty"] for r in annotated),
-        "empty_prediction_cases": sum(r["pred_empty"] for r in annotated),
-        "annotated_cases": len(annotated),
-        "unannotated_cases": len(unannotated),
-    })
-    if unannotated:
-        notes.append(unannotated_note(unannotated, attention))
-        _warn(notes[-1])
-    if cases_csv is not None and len(with_spacing) < len(annotated):
-        notes.append(f"hd95_mm and nsd_mm over {len(with_spacing)} of {len(annotated)} annotated cases (the others "
-                     f"have no spacing in {cases_csv})")
+    seg_keys = () if classification_only else SEG_METRICS + ((ATTENTION_METRIC,) if attention else ())
+    segmentation, unannotated = None, []
+    if classification_only:  # no per-case segmentation work: one row per evaluated case for the class columns
+        per_case = [{"case_id": c} for c in cases]
+    else:
+        tasks = [(c, str(pred_cases[c]), str(ref_cases[c]), (table.get(c) or {}).get("spacing"),
+                  float(nsd_tolerance_px), float(nsd_tolerance_mm), (table.get(c) or {}).get("mask"),
+                  str(attention_files[c]) if attention else None) for c in cases]
+        per_case = _run_cases(tasks, int(num_processes))
+        annotated = [r for r in per_case if r["reference_mask"] == "full"]
+        unannotated = [{"case_id": r["case_id"], "kind": r["reference_mask"], "source": r["reference_mask_source"]}
+                       for r in per_case if r["reference_mask"] != "full"]
+        with_spacing = [r for r in annotated if not math.isnan(r["hd95_mm"])]
+        segmentation = {m: summary_stats([r[m] for r in per_case]) for m in seg_keys}
+        segmentation.update({
+            "cases_with_spacing": len(with_spacing),
+            "empty_reference_cases": sum(r["ref_empty"] for r in annotated),
+            "empty_prediction_cases": sum(r["pred_empty"] for r in annotated),
+            "annotated_cases": len(annotated),
+            "unannotated_cases": len(unannotated),
+        })
+        if unannotated:
+            notes.append(unannotated_note(unannotated, attention))
+            _warn(notes[-1])
+        if cases_csv is not None and len(with_spacing) < len(annotated):
+            notes.append(f"hd95_mm and nsd_mm over {len(with_spacing)} of {len(annotated)} annotated cases (the "
+                         f"others have no spacing in {cases_csv})")
 
     # ---- classification
     classification = None
@@ -598,11 +672,16 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
             positive_class=None if classification is None else cls_metrics.positive_class_index(class_names))
         notes += intervals.pop("notes")
 
-    definitions = {**seg_metrics.definitions(nsd_tolerance_px, nsd_tolerance_mm),
-                   **cls_metrics.definitions(ece_bins),
-                   "mean_std_median": "over cases; std = population std (ddof=0)",
-                   "confidence_intervals": ci_definition(bootstrap, bootstrap_method),
-                   "unannotated_references": UNANNOTATED_DEFINITION}
+    if classification_only:
+        definitions = {**cls_metrics.definitions(ece_bins),
+                       "confidence_intervals": ci_definition(bootstrap, bootstrap_method),
+                       "classification_only": CLASSIFICATION_ONLY_DEFINITION}
+    else:
+        definitions = {**seg_metrics.definitions(nsd_tolerance_px, nsd_tolerance_mm),
+                       **cls_metrics.definitions(ece_bins),
+                       "mean_std_median": "over cases; std = population std (ddof=0)",
+                       "confidence_intervals": ci_definition(bootstrap, bootstrap_method),
+                       "unannotated_references": UNANNOTATED_DEFINITION}
     if attention:
         definitions[ATTENTION_METRIC] = ATTENTION_DEFINITION
     summary = {
@@ -628,7 +707,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_per_case_csv(per_case, class_names if classification else None, out / OUTPUT_FILES[0],
-                           attention=attention)
+                           attention=attention, segmentation=not classification_only)
         write_json(summary, out / OUTPUT_FILES[1])
         for stale in OUTPUT_FILES[2:]:
             (out / stale).unlink(missing_ok=True)  # plots of an earlier run with classification would mislead
@@ -759,12 +838,13 @@ def written_files(output_dir) -> list[Path]:
 
 
 def write_per_case_csv(per_case: list[dict], class_names: list[str] | None, path: Path,
-                       attention: bool = False) -> Path:
+                       attention: bool = False, segmentation: bool = True) -> Path:
     """One row per case; empty cell = not available (no spacing, unannotated reference, no class prediction).
     ``reference_mask`` says how the reference is annotated (full, box, none): box / none rows have empty
-    segmentation cells."""
-    fields = ["case_id", *SEG_METRICS, *((ATTENTION_METRIC,) if attention else ()), "reference_mask", "true_class",
-              "predicted_class"]
+    segmentation cells. Without ``segmentation`` (a classification-only folder) there are no segmentation columns
+    (nor ``reference_mask``): case_id, true_class, predicted_class, prob_<class>..., brier."""
+    seg_fields = [*SEG_METRICS, *((ATTENTION_METRIC,) if attention else ()), "reference_mask"] if segmentation else []
+    fields = ["case_id", *seg_fields, "true_class", "predicted_class"]
     fields += [f"prob_{n}" for n in (class_names or [])] + (["brier"] if class_names else [])
 
     def fmt(v):
@@ -897,10 +977,14 @@ _NOT_AGGREGATED = {"definitions", "notes", "confusion_matrix", "inputs", "missin
 _MUST_AGREE = ("nsd_tolerance_px", "nsd_tolerance_mm", "ece_bins")
 
 
+# the blocks of a summary: null when not evaluated (no class predictions; no masks), which is no metric
+_BLOCKS = ("segmentation", "classification")
+
+
 def _flatten(obj, prefix="") -> dict[str, float]:
     out = {}
     for key, value in obj.items():
-        if key in _NOT_AGGREGATED:
+        if key in _NOT_AGGREGATED or (not prefix and key in _BLOCKS and value is None):
             continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -958,13 +1042,22 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
         raise NnunetMtlError("no summary.json given to aggregate; expected one per fold or run")
     if output_path is not None:
         check_output_is_not_an_input(output_path, summary_paths, overwrite)
-    flat, settings = [], {}
+    flat, settings, classification_only = [], {}, []
     for p in summary_paths:
         data = read_json_object(p, "a summary.json written by nnunet_mtl evaluate")
         if "segmentation" not in data:
             raise NnunetMtlError(f"{p} has no 'segmentation' block; expected a summary.json from nnunet_mtl evaluate")
+        seg = data["segmentation"]
+        if not (isinstance(seg, dict) or (seg is None and isinstance(data.get("classification"), dict))):
+            raise NnunetMtlError(f"{p} has 'segmentation' {json.dumps(seg)[:40]} without a 'classification' block; "
+                                 f"expected a summary.json from nnunet_mtl evaluate (segmentation null only for a "
+                                 f"classification-only folder)")
+        if seg is None:
+            classification_only.append(str(p))
         run_settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
         for name in _MUST_AGREE:  # summaries from before these settings existed have none: nothing to compare
+            if name.startswith("nsd_") and seg is None:
+                continue  # a classification-only summary has no NSD: its tolerance means nothing
             if name in run_settings:
                 first = settings.setdefault(name, (run_settings[name], p))
                 if first[0] != run_settings[name]:
@@ -990,6 +1083,11 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
     elif single:
         notes.append(f"{len(single)} metric(s) defined in one run only have no std and no 95% CI: "
                      f"{_some(single)}")
+    if classification_only and len(classification_only) == len(flat):
+        notes.append("classification only: no masks in any run (segmentation null in every summary)")
+    elif classification_only:
+        notes.append(f"{len(classification_only)} of {len(flat)} runs are classification only (segmentation null): "
+                     f"the segmentation metrics are over the other runs ({_some(classification_only)})")
     agg = _json_safe({"num_runs": len(flat), "runs": [str(p) for p in summary_paths],
                       "std": AGGREGATE_STD, "ci95": AGGREGATE_CI, "notes": notes,
                       "metrics": metrics})
@@ -1020,7 +1118,7 @@ def fold_subfolder(fold) -> str:
 
 
 def _has_masks(folder: Path) -> bool:
-    return any(p.name.endswith(".png") and p.is_file() for p in folder.iterdir())
+    return has_masks(folder)
 
 
 def per_fold_layout(pred_dir) -> dict | None:
@@ -1102,16 +1200,26 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
             raise NnunetMtlError(f"{pred_dir / name} (listed in {pred_dir / PER_FOLD_FILE}) does not exist; expected "
                                  f"the per-fold prediction to have finished (rerun it with --continue_prediction)")
     class_csvs = {}
+    class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
     for name, _folds in subfolders:
         sub = pred_dir / name
         predicted = list_png_cases(sub, "prediction")
+        csv_path = sub / CLASS_PREDICTIONS
+        if not predicted:  # classification only: the rows of its class_predictions.csv are its predictions
+            class_csvs[name] = classification_only_csv(sub, None, cases_csv, attention)
+            rows = read_class_predictions(class_csvs[name], class_names)[1]
+            missing = sorted(set(ref_cases) - set(rows))
+            if missing and not allow_missing:
+                raise NnunetMtlError(f"{len(missing)} reference case(s) have no class prediction in {csv_path}: "
+                                     f"{_some(missing)}; expected one row per reference case of {ref_dir} (or pass "
+                                     f"--allow-missing)")
+            continue
         missing = sorted(set(ref_cases) - set(predicted))
         if missing and not allow_missing:
             raise NnunetMtlError(f"{len(missing)} reference case(s) have no prediction in {sub}: {_some(missing)}; "
                                  f"expected CASE_ID.png for every reference (or pass --allow-missing)")
         if attention:
             check_attention_files(sub, sorted(set(ref_cases) & set(predicted)))
-        csv_path = sub / "class_predictions.csv"
         if csv_path.is_file() and cases_csv is not None:
             class_csvs[name] = csv_path
         elif csv_path.is_file():
@@ -1194,9 +1302,12 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
 
 
 def _short_line(summary: dict) -> str:
-    seg = summary.get("segmentation") or {}
-    dice = (seg.get("dice") or {}).get("mean")
-    text = f"{summary.get('num_cases')} cases, Dice {_num(dice)}"
+    seg = summary.get("segmentation")
+    if seg is None and "segmentation" in summary:
+        text = f"{summary.get('num_cases')} cases, classification only"
+    else:
+        dice = ((seg or {}).get("dice") or {}).get("mean")
+        text = f"{summary.get('num_cases')} cases, Dice {_num(dice)}"
     cls = summary.get("classification")
     if cls:
         text += (f", accuracy {_num(cls.get('accuracy'))}, macro F1 {_num(cls.get('macro_f1'))}, "
@@ -1242,12 +1353,16 @@ def _ci(intervals: dict, key: str, digits: int = 4) -> str:
 
 def format_summary_table(summary: dict) -> str:
     """Fixed-width text: segmentation (mean ± std, median, 95% CI of the mean over cases), classification (value
-    and 95% CI), confusion matrix."""
+    and 95% CI), confusion matrix. A classification-only summary (segmentation null) says so in one line instead
+    of the segmentation block."""
     seg = summary.get("segmentation") or {}
     settings = summary.get("settings") or {}
     ci_block = summary.get("confidence_intervals") or {}
     intervals = ci_block.get("intervals") or {}
     ci_head = f"{ci_block.get('confidence_level', CONFIDENCE_LEVEL):.0%} CI" if ci_block else ""
+    if summary.get("segmentation") is None and "segmentation" in summary:
+        lines = ["Segmentation: not evaluated (classification only: no masks in the prediction folder)"]
+        return "\n".join(lines + _classification_lines(summary, settings, ci_block, intervals, ci_head))
     unannotated = summary.get("unannotated_references") or []
     heading = (f"Segmentation ({seg.get('annotated_cases', '?')} of {summary.get('num_cases', '?')} cases: "
                f"{len(unannotated)} unannotated reference(s) left out)" if unannotated else
@@ -1267,6 +1382,12 @@ def format_summary_table(summary: dict) -> str:
                      f"{_num(stats['median']):>10}  {_ci(intervals, f'segmentation.{key}.mean')}".rstrip())
     lines.append(f"  empty reference: {seg.get('empty_reference_cases', 0)}   empty prediction: "
                  f"{seg.get('empty_prediction_cases', 0)}   with spacing: {seg.get('cases_with_spacing', 0)}")
+    return "\n".join(lines + _classification_lines(summary, settings, ci_block, intervals, ci_head))
+
+
+def _classification_lines(summary: dict, settings: dict, ci_block: dict, intervals: dict, ci_head: str) -> list:
+    """The summary table's classification block, the bootstrap line and the notes."""
+    lines = []
     cls = summary.get("classification")
     if cls:
         positive = cls.get("positive_class")
@@ -1308,7 +1429,7 @@ def format_summary_table(summary: dict) -> str:
                       f"{unit}s ({per_unit}), seed {ci_block.get('seed')}"]
     for note in summary.get("notes") or []:
         lines.append(f"note: {note}")
-    return "\n".join(lines)
+    return lines
 
 
 def _t_ci(m: dict, digits: int = 4) -> str:
@@ -1384,8 +1505,11 @@ def format_per_fold_table(result: dict) -> str:
               "      (what Salama et al. 2026 report; see docs/evaluation.md)",
               f"  95% CI (t): of the mean over the folds, mean ± t(0.975, {max(k - 1, 0)})·std/√{k}"
               + (" (none with one fold)" if k < 2 else ""),
-              "  fold ensemble: the folds' softmax averaged, one prediction (what -f K1 K2 ... writes)",
-              "  Dice / IoU / HD95 / NSD: the mean over the cases of each prediction"]
+              "  fold ensemble: the folds' softmax averaged, one prediction (what -f K1 K2 ... writes)"]
+    if any(key.startswith("segmentation.") for key in metrics):
+        lines.append("  Dice / IoU / HD95 / NSD: the mean over the cases of each prediction")
+    else:
+        lines.append("  segmentation: not evaluated (classification only: no masks in the subfolders)")
     if result.get("positive_class"):
         lines.append(f"  sensitivity / specificity / precision / F1: {result['positive_class']} as the positive class")
     for note in result.get("notes") or []:
