@@ -148,7 +148,7 @@ def test_the_grid_is_the_users_commands(tmp_path):
     recipe = load_recipe(str(write(tmp_path, MINIMAL)))
     ctx = Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")}, device="cpu")
     steps = {s.id: s for s in plan_steps(recipe, ctx)}
-    assert list(steps) == ["convert:busi", "drop:busi25", "convert:udiat", "plan:busi25", "split:busi25",
+    assert list(steps) == ["convert:busi", "convert:udiat", "drop:busi25", "plan:busi25", "split:busi25",
                            "train:la:0", "predict:la:udiat", "evaluate:la:udiat", "report"]
     assert steps["convert:busi"].argv == ["nnunet_mtl", "convert", "busi", "/data/BUSI", "-d", "603", "--name", "BUSI",
                                           "--resize", "64", "--no-progress"]
@@ -163,7 +163,54 @@ def test_the_grid_is_the_users_commands(tmp_path):
                                 "-o"]
     assert "--per-fold" not in predict.argv and predict.argv[predict.argv.index("-f") + 1] == "0"
     assert set(predict.deps) == {"convert:udiat", "train:la:0"}
-    assert steps["evaluate:la:udiat"].argv[-4:-2] == ["-d", "602"]  # scored against the test set's own labelsTs
+    # a lesion-aware row also writes and scores its lesion maps (attention_iou: Fan et al.'s JSI)
+    assert predict.argv[-1] == "--save-attention"
+    assert steps["evaluate:la:udiat"].argv[-5:] == ["-d", "602", "-np", "2", "--attention"]  # the test set's labelsTs
+
+
+def test_a_held_out_test_set_inside_one_source_and_repeated_holdout_runs(tmp_path):
+    """Fan et al.: 40 benign + 40 malignant BUSI images held out (nnunet_mtl holdout), masks dropped from the rest,
+    three runs on random 85/15 train / validation splits (split --repeats 3 = folds 0, 1, 2)."""
+    text = MINIMAL.replace('[datasets.busi25]\nid = 613\nname = "BUSI_masks25"\nfrom = "busi"',
+                           '[datasets.busi25]\nid = 613\nname = "BUSI_masks25"\nfrom = "busi_t"') \
+        .replace("seed = 1", "seed = 1\nrepeats = 3").replace('dataset = "udiat"', 'dataset = "busi_t"') \
+        + '[datasets.busi_t]\nid = 604\nname = "BUSI_test40"\nfrom = "busi"\ntest_per_class = 40\n' \
+          'test_classes = ["benign", "malignant"]\n'
+    recipe = load_recipe(str(write(tmp_path, text)))
+    assert recipe.split.fold_ids == [0, 1, 2] and recipe.datasets["busi_t"].kind == "holdout"
+    ctx = Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")}, device="cpu")
+    steps = {s.id: s for s in plan_steps(recipe, ctx)}
+    assert list(steps)[:4] == ["convert:busi", "convert:udiat", "holdout:busi_t", "drop:busi25"]
+    assert steps["holdout:busi_t"].argv == ["nnunet_mtl", "holdout", "-d", "603", "--per-class", "40", "--classes",
+                                            "benign", "malignant", "--into", "604", "--name", "BUSI_test40",
+                                            "--seed", "0"]
+    assert steps["holdout:busi_t"].deps == ["convert:busi"] and steps["drop:busi25"].deps == ["holdout:busi_t"]
+    assert steps["drop:busi25"].argv[:4] == ["nnunet_mtl", "drop-masks", "-d", "604"]
+    assert steps["split:busi25"].argv == ["nnunet_mtl", "split", "-d", "613", "--holdout", "0.15", "--repeats", "3",
+                                          "--seed", "1"]
+    assert [k for k in steps if k.startswith("train:")] == ["train:la:0", "train:la:1", "train:la:2"]
+    predict = steps["predict:la:udiat"].argv
+    assert predict[predict.index("-i") + 1].endswith("Dataset604_BUSI_test40/imagesTs") and "--per-fold" in predict
+    assert steps["evaluate:la:udiat"].argv[steps["evaluate:la:udiat"].argv.index("-d") + 1] == "604"
+    (tmp_path / "w/nnUNet_raw/Dataset604_BUSI_test40").mkdir(parents=True)
+    assert step_state(steps["holdout:busi_t"], recipe, ctx) == (
+        False, str(tmp_path / "w/nnUNet_raw/Dataset604_BUSI_test40/holdout_report.json"))
+    for change, expected in ((("test_per_class = 40", "test_per_class = 40\ntest_fraction = 0.2"),
+                              "datasets.busi_t: expected test_fraction or test_per_class, not both"),
+                             (("test_per_class = 40", "test_fraction = 1.2"),
+                              "datasets.busi_t.test_fraction: 1.2; expected a fraction in (0, 1)"),
+                             (("test_per_class = 40", "test_fraction = 0.2"),
+                              "datasets.busi_t.test_classes: only with test_per_class"),
+                             (("test_per_class = 40", "test_per_class = 40\nkeep = 0.5"),
+                              "datasets.busi_t: expected keep (drop-masks) or test_fraction / test_per_class"),
+                             (("repeats = 3", "repeats = 0"), "split.repeats: 0; expected at least 1"),
+                             (('from = "busi_t"', 'from = "udiat"'), "datasets.busi25.from: 'udiat' must be a "
+                                                                     "converted training dataset or a holdout copy")):
+        lines = errors_of(write(tmp_path, text.replace(*change)))
+        assert any(expected in line for line in lines), (expected, lines)
+    lines = errors_of(write(tmp_path, MINIMAL.replace('kind = "holdout"\nfraction = 0.15',
+                                                      'kind = "kfold"\nfolds = 3\nrepeats = 2')))
+    assert any("split.repeats: only for kind = \"holdout\"" in line for line in lines), lines
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -302,7 +349,7 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
     assert step_state(slow, recipe, ctx)[0] is False
 
 
-def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classification_only_row_is_refused(tmp_path):
+def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classification_only_one_by_ours(tmp_path):
     text = MINIMAL.replace('kind = "holdout"\nfraction = 0.15', 'kind = "kfold"\nfolds = 3') \
         .replace("nnUNetTrainerLesionAware_tiny", "nnUNetTrainerSegOnly_tiny")
     recipe = load_recipe(str(write(tmp_path, text)))
@@ -330,10 +377,12 @@ def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classific
     assert step_state(steps["predict:la:udiat:1"], recipe, ctx)[0]
     assert "--continue_prediction" in plan_steps(recipe, ctx)[[s.id for s in plan_steps(recipe, ctx)]
                                                          .index("predict:la:udiat:1")].argv
-    lines = errors_of(write(tmp_path, text.replace("nnUNetTrainerSegOnly_tiny", "nnUNetTrainerClsOnly_tiny")))
-    assert lines == ["mine.toml: rows[0].trainer: 'nnUNetTrainerClsOnly_tiny' is classification only; a recipe's "
-                     "rows must predict masks (nnunet_mtl evaluate scores a folder of masks); expected a trainer "
-                     "that segments"]
+    # classification only (Zhang, Moradi, Saha's malig_only): class probabilities from nnunet_mtl predict, per fold
+    recipe = load_recipe(str(write(tmp_path, text.replace("nnUNetTrainerSegOnly_tiny", "nnUNetTrainerClsOnly_tiny"))))
+    steps = {s.id: s for s in plan_steps(recipe, ctx)}
+    assert [k for k in steps if k.startswith("predict:")] == ["predict:la:udiat"]
+    argv = steps["predict:la:udiat"].argv
+    assert argv[:2] == ["nnunet_mtl", "predict"] and "--per-fold" in argv and "--save-attention" not in argv
 
 
 def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):

@@ -11,7 +11,7 @@ Work folder ``W`` (``--workdir``)::
     W/report/                        nnunet_mtl recipe report
     W/recipe_run.json                the recipe's name, --data folders, device (a rerun and the report need no --data)
 
-Steps, in order: ``convert:H`` / ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
+Steps, in order: ``convert:H``, ``holdout:H``, ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
 ``train:ROW:K`` (each row, each fold), ``predict:ROW:TS`` and ``evaluate:ROW:TS`` (each row, each test set),
 ``compare:KEY``, ``report``.
 
@@ -36,7 +36,7 @@ CONFIGURATION = "2d"
 @dataclass
 class Step:
     id: str
-    kind: str                  # convert, drop, plan, split, train, predict, evaluate, compare, report
+    kind: str                  # convert, holdout, drop, plan, split, train, predict, evaluate, compare, report
     title: str
     argv: list[str]
     deps: list[str] = field(default_factory=list)
@@ -98,7 +98,8 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
     steps: list[Step] = []
     timeout = recipe.timeout_min
     n = str(ctx.processes)
-    for handle, ds in recipe.datasets.items():
+    rank = {"convert": 0, "holdout": 1, "drop": 2}  # a holdout copy is made from a conversion, drop-masks from either
+    for handle, ds in sorted(recipe.datasets.items(), key=lambda item: rank[item[1].kind]):
         if ds.converter is not None:
             argv = ["nnunet_mtl", "convert", ds.converter]
             if ds.source is not None:
@@ -108,13 +109,22 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                 argv += ["--as", "test"]
             argv += [*ds.options, "--no-progress"]
             steps.append(Step(f"convert:{handle}", "convert", f"convert {ds.folder}", argv, timeout_min=timeout))
+        elif ds.kind == "holdout":
+            origin = recipe.datasets[ds.from_]
+            how = (["--fraction", f"{ds.test_fraction:g}"] if ds.test_fraction is not None else
+                   ["--per-class", str(ds.test_per_class)] + (["--classes", *ds.test_classes] if ds.test_classes
+                                                              else []))
+            argv = ["nnunet_mtl", "holdout", "-d", str(origin.id), *how, "--into", str(ds.id), "--name", ds.name,
+                    "--seed", str(ds.seed)]
+            steps.append(Step(f"holdout:{handle}", "holdout", f"{ds.folder}: a test set held out of {origin.folder}",
+                              argv, deps=[_made(recipe, ds.from_)], timeout_min=timeout))
         else:
             origin = recipe.datasets[ds.from_]
             argv = ["nnunet_mtl", "drop-masks", "-d", str(origin.id), "--keep", f"{ds.keep:g}", "--into", str(ds.id),
                     "--name", ds.name, "--as", ds.as_kind, "--seed", str(ds.seed)]
             steps.append(Step(f"drop:{handle}", "drop", f"{ds.folder}: masks of {ds.keep:.0%} of the patients of "
-                              f"{origin.folder}", argv, deps=[f"convert:{ds.from_}"], timeout_min=timeout))
-    made = {h: (f"convert:{h}" if ds.converter is not None else f"drop:{h}") for h, ds in recipe.datasets.items()}
+                              f"{origin.folder}", argv, deps=[_made(recipe, ds.from_)], timeout_min=timeout))
+    made = {h: _made(recipe, h) for h in recipe.datasets}
     for handle in trained_datasets(recipe):
         ds = recipe.datasets[handle]
         steps.append(Step(f"plan:{handle}", "plan", f"plan and preprocess {ds.folder}",
@@ -122,6 +132,8 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                            "-npfp", n, "--verify_dataset_integrity"], deps=[made[handle]], timeout_min=timeout))
         split = recipe.split
         how = ["-k", str(split.folds)] if split.kind == "kfold" else ["--holdout", f"{split.fraction:g}"]
+        if split.kind == "holdout" and split.repeats > 1:
+            how += ["--repeats", str(split.repeats)]
         steps.append(Step(f"split:{handle}", "split", f"{split.kind} split of {ds.folder}",
                           ["nnunet_mtl", "split", "-d", str(ds.id), *how, "--seed", str(split.seed)],
                           deps=[f"plan:{handle}"], timeout_min=timeout))
@@ -150,6 +162,8 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                         "--disable_progress_bar"]
                 if len(folds) > 1:
                     argv.append("--per-fold")
+                if has_lesion_map(row.trainer):
+                    argv.append("--save-attention")
                 if prediction_started(out):
                     argv.append("--continue_prediction")
                 predictions = [Step(f"predict:{row.key}:{ts.key}", "predict", f"predict {ts.label} with {row.label}",
@@ -157,7 +171,8 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                                     timeout_min=timeout)]
             steps += predictions
             steps.append(Step(f"evaluate:{row.key}:{ts.key}", "evaluate", f"evaluate {row.label} on {ts.label}",
-                              ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n],
+                              ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n]
+                              + (["--attention"] if has_lesion_map(row.trainer) else []),
                               deps=[p.id for p in predictions], timeout_min=timeout))
     for c in recipe.comparisons:
         test = recipe.datasets[recipe.test_set(c.test_set).dataset]
@@ -170,6 +185,20 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                                                      "--workdir", str(ctx.workdir)],
                       deps=[s.id for s in steps if s.kind in ("evaluate", "compare")], timeout_min=timeout))
     return steps
+
+
+def _made(recipe: Recipe, handle: str) -> str:
+    """The step that writes a dataset."""
+    kind = recipe.datasets[handle].kind
+    return f"{kind}:{handle}"
+
+
+def has_lesion_map(trainer: str) -> bool:
+    """Whether the trainer's model predicts a lesion map besides the mask (Fan et al.'s LA-Net): its rows are
+    predicted with --save-attention and evaluated with --attention (attention_iou, Fan et al.'s JSI)."""
+    from nnunet_mtl.trainers import TRAINERS
+    cls = TRAINERS.get(trainer)
+    return cls is not None and getattr(getattr(cls, "head", None), "kind", None) == "lesion_aware"
 
 
 def segmentation_only(trainer: str) -> bool:
@@ -225,9 +254,10 @@ def _dataset_json(folder: Path) -> dict:
 def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
     """(done, why): whether the step's outputs are all there, naming the file that shows it (or what is missing)."""
     kind, parts = step.kind, step.id.split(":")
-    if kind in ("convert", "drop"):
+    if kind in ("convert", "drop", "holdout"):
         ds = recipe.datasets[parts[1]]
-        marker = ctx.raw / ds.folder / ("dataset.json" if kind == "convert" else "partial_report.json")
+        marker = ctx.raw / ds.folder / {"convert": "dataset.json", "drop": "partial_report.json",
+                                        "holdout": "holdout_report.json"}[kind]
         return marker.is_file(), str(marker)
     if kind == "plan":
         ds = recipe.datasets[parts[1]]

@@ -17,8 +17,9 @@ The format (docs/recipes.md has it with examples)::
     [defaults]                       # optional: device ("auto" | "cpu" | "cuda"), checkpoint, timeout_min
     [data.KEY]                       # a folder the user gives as --data KEY=PATH: help = "..."
     [datasets.HANDLE]                # id, name, and either converter (+ source = a data KEY, role = "train" |
-                                     # "test", options = [...]) or from = HANDLE, keep, as, seed (drop-masks)
-    [split]                          # kind = "kfold" (folds >= 2) | "holdout" (fraction), seed
+                                     # "test", options = [...]) or from = HANDLE and keep, as, seed (drop-masks)
+                                     # or test_fraction | test_per_class (+ test_classes), seed (holdout)
+    [split]                          # kind = "kfold" (folds >= 2) | "holdout" (fraction, repeats), seed
     [[rows]]                         # key, label, trainer, dataset (a training HANDLE), paper_row (optional)
     [[test_sets]]                    # key, label, and dataset = HANDLE (its imagesTs / labelsTs)
     [[comparisons]]                  # key, a = row, b = [rows], test_set
@@ -73,14 +74,25 @@ class DatasetSpec:
     source: str | None = None         # a [data] key (None for the synthetic phantom)
     role: str = "train"               # "train": trained on (and its imagesTs is a test set); "test": imagesTs only
     options: tuple[str, ...] = ()     # extra converter flags, verbatim
-    from_: str | None = None          # drop-masks copy of this handle
-    keep: float | None = None
+    from_: str | None = None          # a drop-masks or holdout copy of this handle
+    keep: float | None = None         # drop-masks: the fraction of patients whose masks are kept
     as_kind: str = "none"
     seed: int = 0
+    test_fraction: float | None = None       # holdout: this fraction of the patients becomes the test set, or
+    test_per_class: int | None = None        # this many patients of every class (of test_classes, when given)
+    test_classes: tuple[str, ...] = ()
 
     @property
     def folder(self) -> str:
         return f"Dataset{self.id:03d}_{self.name}"
+
+    @property
+    def kind(self) -> str:
+        """How it is made: "convert" (a converter), "drop" (nnunet_mtl drop-masks), "holdout" (nnunet_mtl holdout)."""
+        if self.converter is not None:
+            return "convert"
+        return "holdout" if self.keep is None and (self.test_fraction is not None or self.test_per_class is not None) \
+            else "drop"
 
 
 @dataclass(frozen=True)
@@ -89,10 +101,11 @@ class SplitSpec:
     folds: int = 5
     fraction: float | None = None
     seed: int = 12345
+    repeats: int = 1          # holdout: this many hold-out splits (seeds seed, seed + 1, ...) as folds 0..repeats-1
 
     @property
     def fold_ids(self) -> list[int]:
-        return list(range(self.folds)) if self.kind == "kfold" else [0]
+        return list(range(self.folds)) if self.kind == "kfold" else list(range(self.repeats))
 
 
 @dataclass(frozen=True)
@@ -301,7 +314,7 @@ class _Checker:
             if not KEY.match(handle):
                 self.error(f"datasets.{handle}", "expected a handle of lower-case letters, digits and _")
             self.unknown(spec, {"id", "name", "converter", "source", "role", "options", "from", "keep", "as",
-                                "seed"}, w)
+                                "seed", "test_fraction", "test_per_class", "test_classes"}, w)
             id_ = self.get(spec, "id", w, int, required=True)
             if id_ is not None and not 1 <= id_ <= 999:
                 self.error(f"{w}id", f"{id_}; expected 1-999 (nnU-Net's dataset ids)")
@@ -315,7 +328,7 @@ class _Checker:
             from_ = self.get(spec, "from", w, str)
             if ("converter" in spec) == ("from" in spec):
                 self.error(f"datasets.{handle}", "expected either converter = \"...\" (a conversion) or from = "
-                                                 "HANDLE (a drop-masks copy), not both or neither")
+                                                 "HANDLE (a drop-masks or holdout copy), not both or neither")
             source = self.get(spec, "source", w, str)
             if converter is not None and converter != "synthetic" and source is None:
                 self.error(f"{w}source", f"missing; the {converter} converter reads a folder: expected a [data] key")
@@ -328,29 +341,53 @@ class _Checker:
                 options = []
             role = self.get(spec, "role", w, str, default="train", choices=("train", "test"))
             keep = self.get(spec, "keep", w, (int, float))
+            test_fraction = self.get(spec, "test_fraction", w, (int, float))
+            test_per_class = self.get(spec, "test_per_class", w, int)
+            test_classes = self.get(spec, "test_classes", w, list, default=[])
+            holdout = test_fraction is not None or test_per_class is not None
             if from_ is not None:
-                if keep is None:
-                    self.error(f"{w}keep", "missing; a drop-masks copy needs the fraction of masks kept")
-                elif not 0 < keep < 1:
+                if keep is None and not holdout:
+                    self.error(f"{w}keep", "missing; expected keep = F (a drop-masks copy: the fraction of masks "
+                                           "kept) or test_fraction / test_per_class (a holdout copy)")
+                elif keep is not None and holdout:
+                    self.error(f"datasets.{handle}", "expected keep (drop-masks) or test_fraction / test_per_class "
+                                                     "(holdout), not both: make two datasets, the holdout first")
+                elif keep is not None and not 0 < keep < 1:
                     self.error(f"{w}keep", f"{keep}; expected a fraction in (0, 1)")
+                if test_fraction is not None and test_per_class is not None:
+                    self.error(f"datasets.{handle}", "expected test_fraction or test_per_class, not both")
+                elif test_fraction is not None and not 0 < test_fraction < 1:
+                    self.error(f"{w}test_fraction", f"{test_fraction}; expected a fraction in (0, 1)")
+                elif test_per_class is not None and test_per_class < 1:
+                    self.error(f"{w}test_per_class", f"{test_per_class}; expected at least 1")
+            elif holdout or keep is not None:
+                self.error(f"datasets.{handle}", "keep / test_fraction / test_per_class need from = HANDLE")
+            if any(not isinstance(c, str) for c in test_classes):
+                self.error(f"{w}test_classes", "expected a list of class names")
+                test_classes = []
+            elif test_classes and test_per_class is None:
+                self.error(f"{w}test_classes", "only with test_per_class")
             out[handle] = DatasetSpec(handle=handle, id=id_ or 0, name=name or "", converter=converter, source=source,
                                       role=role or "train", options=tuple(options), from_=from_, keep=keep,
                                       as_kind=self.get(spec, "as", w, str, default="none", choices=DROP_KINDS),
-                                      seed=self.get(spec, "seed", w, int, default=0))
+                                      seed=self.get(spec, "seed", w, int, default=0), test_fraction=test_fraction,
+                                      test_per_class=test_per_class, test_classes=tuple(test_classes))
         for handle, spec in out.items():
             if spec.from_ is not None:
                 origin = out.get(spec.from_)
                 if origin is None:
                     self.error(f"datasets.{handle}.from", f"{spec.from_!r} is not a dataset handle")
-                elif origin.from_ is not None or origin.role != "train":
-                    self.error(f"datasets.{handle}.from", f"{spec.from_!r} must be a converted training dataset")
+                elif origin.role != "train" or origin.kind == "drop" or (spec.kind == "holdout" and
+                                                                          origin.kind != "convert"):
+                    self.error(f"datasets.{handle}.from", f"{spec.from_!r} must be a converted training dataset"
+                                                          + ("" if spec.kind == "holdout" else " or a holdout copy"))
         if not out and "datasets" in self.raw:
             self.error("datasets", "empty; expected at least one dataset")
         return out
 
     def split(self) -> SplitSpec:
         spec = self.get(self.raw, "split", "", dict, required=True, default={})
-        self.unknown(spec, {"kind", "folds", "fraction", "seed"}, "split.")
+        self.unknown(spec, {"kind", "folds", "fraction", "seed", "repeats"}, "split.")
         kind = self.get(spec, "kind", "split.", str, default="kfold", choices=SPLIT_KINDS) or "kfold"
         folds = self.get(spec, "folds", "split.", int, default=5 if kind == "kfold" else 1)
         fraction = self.get(spec, "fraction", "split.", (int, float))
@@ -365,8 +402,14 @@ class _Checker:
                 self.error("split.fraction", f"{fraction}; expected a fraction in (0, 1)")
         elif fraction is not None:
             self.error("split.fraction", "only for kind = \"holdout\"")
+        repeats = self.get(spec, "repeats", "split.", int, default=1)
+        if repeats is not None and kind != "holdout" and "repeats" in spec:
+            self.error("split.repeats", "only for kind = \"holdout\" (k folds are k runs already)")
+        elif repeats is not None and repeats < 1:
+            self.error("split.repeats", f"{repeats}; expected at least 1")
         return SplitSpec(kind=kind, folds=folds if kind == "kfold" and folds else 1, fraction=fraction,
-                         seed=self.get(spec, "seed", "split.", int, default=12345))
+                         seed=self.get(spec, "seed", "split.", int, default=12345),
+                         repeats=repeats if kind == "holdout" and repeats and repeats > 0 else 1)
 
     def array(self, name: str, required: bool) -> list:
         items = self.get(self.raw, name, "", list, required=required, default=[])
@@ -390,10 +433,6 @@ class _Checker:
                 close = difflib.get_close_matches(trainer, trainers, n=1)
                 self.error(f"{w}trainer", f"{trainer!r} is not a trainer" + (f"; expected e.g. {close[0]}" if close
                                                                               else " of nnunet_mtl"))
-            if trainer is not None and trainers is not None and trainer in trainers and not self._segments(trainer):
-                self.error(f"{w}trainer", f"{trainer!r} is classification only; a recipe's rows must predict masks "
-                                          f"(nnunet_mtl evaluate scores a folder of masks); expected a trainer that "
-                                          f"segments")
             dataset = self.get(row, "dataset", w, str, required=True)
             if dataset is not None and dataset not in datasets:
                 self.error(f"{w}dataset", f"{dataset!r} is not a dataset handle")
@@ -405,11 +444,6 @@ class _Checker:
         if not out and "rows" in self.raw:
             self.error("rows", "empty; expected at least one [[rows]] entry")
         return out
-
-    @staticmethod
-    def _segments(trainer: str) -> bool:
-        from nnunet_mtl.trainers import TRAINERS
-        return bool(getattr(TRAINERS[trainer], "segments", True))
 
     def _trainers(self) -> list[str]:
         from nnunet_mtl.trainers import TRAINERS
