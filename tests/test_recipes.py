@@ -234,7 +234,7 @@ def synthetic_run(tmp_path_factory):
 def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
     workdir, result, _ = synthetic_run
     out = result.stdout
-    assert "[15/15] report: report" in out and "all 15 steps done (15 run now, 0 before)" in out
+    assert "[23/23] report: report" in out and "all 23 steps done (23 run now, 0 before)" in out
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["folds"] == 2 and not report["missing"]
     rows = {r["row"]: r for r in report["test_sets"][0]["rows"]}
@@ -242,6 +242,12 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
         dice = rows[row]["dice"]
         assert 0 <= dice["mean"] <= 1 and dice["std"] >= 0 and len(dice["ci95"]) == 2 and 0 <= dice["ensemble"] <= 1
     assert 0 <= rows["mtl"]["auc"]["mean"] <= 1 and rows["seg_only"]["auc"] is None  # no head, no classes
+    # no masks (classification only): classes scored, no Dice; a lesion map: attention_iou, for that row alone
+    assert rows["cls_only"]["dice"] is None and 0 <= rows["cls_only"]["auc"]["mean"] <= 1
+    assert 0 <= rows["la"]["attention_iou"]["mean"] <= 1 and rows["mtl"]["attention_iou"] is None
+    assert not any((workdir / "predictions/cls_only/test/fold_0").glob("*.png"))
+    assert len(list((workdir / "predictions/la/test/fold_1/attention").glob("*.png"))) == \
+        len(list((workdir / "predictions/la/test/fold_1").glob("*.png")))
     per_fold = json.loads((workdir / "predictions/mtl/test/evaluation/per_fold_summary.json").read_text())
     assert rows["mtl"]["dice"]["mean"] == per_fold["mean_std_over_folds"]["metrics"]["segmentation.dice.mean"]["mean"]
     table = report["tables"][0]
@@ -250,6 +256,8 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
     assert by_label["a method we do not have"]["dice"]["ours"] is None
     comparison = report["comparisons"][0]
     assert comparison["rows"][0]["a"] == "mtl" and comparison["rows"][0]["b"] == "seg_only"
+    compared = json.loads((workdir / "comparisons/mtl_vs_others/comparison.json").read_text())
+    assert "segmentation not compared" in json.dumps(compared)  # against cls_only: the class metrics alone
     markdown = (workdir / "report" / "report.md").read_text()
     assert "| segmentation only (seg_only) | " in markdown and "| 0.55 ± 0.10 |" in markdown
     assert "(fold ensemble)" in markdown and "Wilcoxon" in markdown
@@ -273,9 +281,9 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     (fold / "validation" / "summary.json").unlink()
     dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--dry-run").stdout
     assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c" in dry
-    assert "# [4/15] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
+    assert "# [4/23] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir)).stdout
-    assert "all 15 steps done (2 run now, 13 before)" in out  # the training and the report
+    assert "all 23 steps done (2 run now, 21 before)" in out  # the training and the report
     assert other.stat().st_mtime_ns == before and (fold / "checkpoint_final.pth").is_file()
     assert "$ " in (log := (workdir / "logs" / "train_mtl_1.log").read_text())
     assert log.rsplit("\n$ ", 1)[1].startswith(str(BIN / "nnUNetv2_train")) and "-device cpu --c\n" in log
@@ -290,7 +298,7 @@ def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_
             (workdir / "predictions/mtl/test/evaluation" / name).read_bytes())
     out = recipe_cli("report", "synthetic", "--workdir", str(partial)).stdout
     assert "seg_only on test: no evaluation yet (step evaluate:seg_only:test)" in out
-    assert "comparison mtl_vs_seg_only: not run yet (step compare:mtl_vs_seg_only)" in out
+    assert "comparison mtl_vs_others: not run yet (step compare:mtl_vs_others)" in out
     report = json.loads((partial / "report" / "report.json").read_text())
     assert report["test_sets"][0]["rows"][0]["dice"]["mean"] is not None
 
@@ -309,9 +317,9 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "-device", "cuda",
                      "--slurm-partition", "gpu", "--slurm-setup", "module load cuda", "--timeout-min", "120",
                      env=env).stdout
-    assert "15 jobs submitted, 0 steps done before" in out
+    assert "23 jobs submitted, 0 steps done before" in out
     jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
-    assert jobs["convert:phantom"] == "101" and jobs["report"] == "115"
+    assert jobs["convert:phantom"] == "101" and jobs["report"] == "123"
 
     def script(step):
         return (workdir / "slurm" / jobs[step] / f"{jobs[step]}_submission.sh").read_text()
@@ -328,7 +336,7 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     convert = script("convert:phantom")
     assert "--dependency" not in convert and "--gpus-per-node" not in convert
     report = script("report")
-    assert all(jobs[s] in report for s in ("evaluate:mtl:test", "evaluate:seg_only:test", "compare:mtl_vs_seg_only"))
+    assert all(jobs[s] in report for s in ("evaluate:mtl:test", "evaluate:seg_only:test", "compare:mtl_vs_others"))
     ensemble = script("predict:seg_only:test")  # nnUNetv2_predict of both folds' models, after both trainings
     assert f"afterok:{jobs['convert:phantom']}:{jobs['train:seg_only:0']}:{jobs['train:seg_only:1']}" in ensemble
     assert not (workdir / "nnUNet_raw").exists() or not any((workdir / "nnUNet_raw").iterdir())  # nothing ran here

@@ -23,8 +23,8 @@ def register(subparsers):
                      help="instead of k folds: one split with this fraction of the patients as validation (fold 0), "
                           "e.g. 0.15 for the breast consistency paper's 85/15 internal split")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
-                   help="with --holdout: R hold-out splits drawn with seeds SEED, SEED+1, ... as folds 0..R-1 (repeated "
-                        "runs, each on its own validation patients; default 1)")
+                   help="with --holdout: R hold-out splits drawn with seeds SEED, SEED+1, ... as folds 0..R-1 "
+                        "(repeated runs, each on its own validation patients; default 1)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"shuffling seed (default {DEFAULT_SEED})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
     p.set_defaults(func=run)

@@ -86,7 +86,7 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
     k = len(recipe.split.fold_ids)
     report = {"recipe": recipe.name, "title": recipe.title, "workdir": str(ctx.workdir), "folds": k,
               "split": {"kind": recipe.split.kind, "folds": recipe.split.folds, "fraction": recipe.split.fraction,
-                        "seed": recipe.split.seed},
+                        "seed": recipe.split.seed, "repeats": recipe.split.repeats},
               "checkpoint": recipe.checkpoint, "test_sets": [], "tables": [], "comparisons": [], "missing": [],
               "timings": _timings(ctx)}
     results = {}
@@ -178,7 +178,10 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
         lines += [f"Paper: {recipe.citation}", ""]
     split = report["split"]
     how = (f"{split['folds']}-fold cross-validation (patient-grouped), seed {split['seed']}" if split["kind"] == "kfold"
-           else f"one patient-grouped hold-out split, {split['fraction']:.0%} validation, seed {split['seed']}")
+           else f"one patient-grouped hold-out split, {split['fraction']:.0%} validation, seed {split['seed']}"
+           if split.get("repeats", 1) == 1 else
+           f"{split['repeats']} patient-grouped hold-out splits (runs) as folds, {split['fraction']:.0%} validation "
+           f"each, seeds {split['seed']}-{split['seed'] + split['repeats'] - 1}")
     lines += [f"Split: {how}; checkpoint {report['checkpoint']}. "
               + ("Our cells: mean ± std over the folds' models, each predicting alone (95 % CI of the mean, t-based); "
                  "the ensemble row: the folds' models averaged." if k > 1 else
