@@ -391,6 +391,13 @@ def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classific
     assert [k for k in steps if k.startswith("predict:")] == ["predict:la:udiat"]
     argv = steps["predict:la:udiat"].argv
     assert argv[:2] == ["nnunet_mtl", "predict"] and "--per-fold" in argv and "--save-attention" not in argv
+    # its training is done when the final validation wrote its class predictions (there is no summary.json of masks)
+    fold = ctx.model(recipe, "la") / "fold_2"
+    (fold / "validation").mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"")
+    assert not step_state(steps["train:la:2"], recipe, ctx)[0]
+    (fold / "validation" / "class_predictions.csv").write_text("case_id\n")
+    assert step_state(steps["train:la:2"], recipe, ctx)[0]
 
 
 def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):
@@ -439,3 +446,182 @@ def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once
     assert max(order.index("train:mtl:0"), order.index("train:mtl:1")) < order.index("predict:mtl:test")
     for row in ("mtl", "seg_only"):
         assert order.index(f"predict:{row}:test") < order.index(f"evaluate:{row}:test")
+
+
+# ------------------------------------------------------------------------------------------------ guidance ablations
+GUIDED_ROW = '''[[rows]]
+key = "guided"
+label = "clinically guided"
+trainer = "nnUNetTrainerRLAR_tiny"
+dataset = "busi"
+'''
+ABLATION = '''[[ablations]]
+key = "g_udiat"
+row = "guided"
+test_set = "udiat"
+caption = "Table 5"
+paper."circularity" = { delta_macro_precision = "-0.0009 ± +0.0045", delta_macro_f1 = "-0.0017 ± -0.0035" }
+paper."glcm_energy" = { delta_macro_f1 = "0.0010 ± -0.0025" }
+paper."edge_contrast" = { delta_macro_recall = "-0.0395 ± +0.0252" }
+paper_names = { edge_contrast = "edge_intensity" }
+'''
+
+
+def test_ablations_are_parsed_with_the_papers_values_as_printed(tmp_path):
+    from nnunet_mtl.evaluation.guidance_ablation import DELTAS
+    from nnunet_mtl.recipes.schema import ABLATION_METRICS
+    assert ABLATION_METRICS == DELTAS  # the recipe's metric names are ablate-guidance's keys
+    recipe = load_recipe(str(write(tmp_path, MINIMAL + GUIDED_ROW + ABLATION)))
+    (a,) = recipe.ablations
+    assert (a.key, a.row, a.test_set, a.caption) == ("g_udiat", "guided", "udiat", "Table 5")
+    assert a.paper["circularity"]["delta_macro_f1"] == "-0.0017 ± -0.0035"
+    assert a.paper["glcm_energy"] == {"delta_macro_f1": "0.0010 ± -0.0025"} and a.paper_names == {
+        "edge_contrast": "edge_intensity"}
+    # a signed std, as Salama et al. print it, is read (its magnitude; the report keeps the printed sign)
+    assert parse_paper_value("-0.0002 ± -0.0044") == (-0.0002, 0.0044)
+    assert parse_paper_value("0.0010 ± -0.0025") == (0.001, 0.0025)
+
+
+def test_each_wrong_ablation_field_is_one_line_all_at_once(tmp_path):
+    bad = ABLATION.replace('row = "guided"', 'row = "la"').replace('test_set = "udiat"', 'test_set = "busi"') \
+        .replace('caption = "Table 5"', 'caption = "Table 5"\nfolds = 3') \
+        .replace('paper."glcm_energy"', 'paper."glcm_enrgy"').replace("delta_macro_recall", "delta_recall") \
+        .replace('"-0.0009 ± +0.0045"', '"about -0.001"').replace('edge_intensity" }', 'edge_intensity", imc1 = 2 }')
+    lines = errors_of(write(tmp_path, MINIMAL + GUIDED_ROW + bad))
+    expected = [
+        "ablations[0].folds: unknown field",
+        "ablations[0].row: 'la' trains nnUNetTrainerLesionAware_tiny, which has no guided features; expected a "
+        "clinically guided row (nnUNetTrainerClinGuided* or nnUNetTrainerRLAR*)",
+        "ablations[0].test_set: 'busi' is not a test set key",
+        "ablations[0].paper.circularity.delta_macro_precision: 'about -0.001'; expected a number",
+        "ablations[0].paper.glcm_enrgy: not a guided feature (did you mean 'glcm_energy'?)",
+        "ablations[0].paper.edge_contrast.delta_recall: not an ablation metric (did you mean 'delta_macro_recall'?)",
+        "ablations[0].paper_names.imc1: not a guided feature",
+        "ablations[0].paper_names.imc1: 2; expected the paper's name for it, in quotes",
+    ]
+    for e in expected:
+        assert sum(e in line for line in lines) == 1, (e, lines)
+    assert len(lines) == len(expected) and all(line.startswith("mine.toml: ablations[0].") for line in lines)
+    # a guided row's own features: the 13 of Sec. 2.2, checked with the row's trainer
+    lines = errors_of(write(tmp_path, MINIMAL + GUIDED_ROW + ABLATION.replace('row = "guided"', 'row = "nope"')))
+    assert lines == ["mine.toml: ablations[0].row: 'nope' is not a row key; expected one of guided, la"]
+
+
+def _kfold(text: str) -> str:
+    return text.replace('kind = "holdout"\nfraction = 0.15', 'kind = "kfold"\nfolds = 3')
+
+
+def test_an_ablation_is_one_ablate_guidance_step_after_the_rows_trainings(tmp_path):
+    ctx = Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")}, device="cuda")
+    raw = tmp_path / "w/nnUNet_raw/Dataset602_UDIAT"
+    out = tmp_path / "w/ablations/g_udiat"
+    for text, folds, marker in ((_kfold(MINIMAL + GUIDED_ROW + ABLATION), ["0", "1", "2"],
+                                 "guidance_ablation_per_fold.json"),
+                                (MINIMAL + GUIDED_ROW + ABLATION, ["0"], "guidance_ablation.json")):
+        recipe = load_recipe(str(write(tmp_path, text)))
+        steps = {s.id: s for s in plan_steps(recipe, ctx)}
+        step = steps["ablate:g_udiat"]
+        assert list(steps)[-2:] == ["ablate:g_udiat", "report"] and step.kind == "ablate" and step.gpu
+        assert step.argv == ["nnunet_mtl", "ablate-guidance", "-i", str(raw / "imagesTs"), "-o", str(out), "-d",
+                             "603", "-c", "2d", "-tr", "nnUNetTrainerRLAR_tiny", "-f", *folds, "-chk",
+                             "checkpoint_final.pth", "-device", "cuda", "-npp", "2", "-nps", "2",
+                             "--disable_progress_bar", "--cases", str(raw / "cases.csv")] \
+            + (["--per-fold"] if len(folds) > 1 else [])
+        assert step.deps == ["convert:udiat"] + [f"train:guided:{k}" for k in folds]
+        assert "ablate:g_udiat" in steps["report"].deps
+        assert step_state(step, recipe, ctx) == (False, str(out / marker))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / marker).write_text("{}")
+        assert step_state(step, recipe, ctx) == (True, str(out / marker))
+        (out / marker).unlink()
+    # the argv is what ablate-guidance's parser takes
+    from nnunet_mtl.cli.main import build_parser
+    args = build_parser().parse_args(steps["ablate:g_udiat"].argv[1:])
+    assert args.cases == str(raw / "cases.csv") and args.per_fold is False and args.f == ["0"]
+    from nnunet_mtl.recipes.launch import SlurmOptions, slurm_parameters
+    assert slurm_parameters(steps["ablate:g_udiat"], recipe, [], SlurmOptions(cpus=16))["cpus_per_task"] == 16
+
+
+def _fold_ablation(seed: int, features: list[str]):
+    """ablate_guidance on made-up embeddings of 12 cases, 3 classes, one fold's classifier."""
+    import numpy as np
+    from nnunet_mtl.evaluation.guidance_ablation import ablate_guidance
+    rng = np.random.default_rng(seed)
+    k = len(features) + 3
+    embeddings = {f"case{i:02d}": rng.normal(size=(1, 2, 1, k)) for i in range(12)}
+    classifier = [(rng.normal(size=(3, k)), rng.normal(size=3) * 0.1)]
+    truth = {c: i % 3 for i, c in enumerate(sorted(embeddings))}
+    return ablate_guidance(embeddings, classifier, truth, ["TR1", "TR2", "TR3"], features)
+
+
+def test_report_puts_our_ablation_beside_the_papers_and_lists_a_missing_one(tmp_path):
+    from nnunet_mtl.evaluation.guidance_ablation import aggregate_fold_ablations, write_per_fold_ablation
+    from nnunet_mtl.radiomics.features import DEFAULT_FEATURES
+    from nnunet_mtl.recipes.report import write_report
+    second = ABLATION.replace('key = "g_udiat"', 'key = "g_busi"').replace('caption = "Table 5"', "")
+    recipe = load_recipe(str(write(tmp_path, _kfold(MINIMAL + GUIDED_ROW + ABLATION + second))))
+    ctx = Context(workdir=tmp_path / "w", data={}, device="cpu")
+    features = list(DEFAULT_FEATURES)
+    per_fold = {k: _fold_ablation(k, features) for k in (0, 1, 2)}
+    agg = aggregate_fold_ablations(per_fold, _fold_ablation(9, features))
+    write_per_fold_ablation(tmp_path / "w/ablations/g_udiat", agg)
+    markdown, _ = write_report(recipe, ctx)
+    report = json.loads((tmp_path / "w/report/report.json").read_text())
+    done, missing = report["ablations"]
+    assert done["source"] == str(tmp_path / "w/ablations/g_udiat/guidance_ablation_per_fold.json")
+    rows = {r["feature"]: r for r in done["rows"]}
+    assert list(rows) == features  # every guided feature of ours, glcm_imc1 too (no paper value)
+    circ = rows["circularity"]["delta_macro_f1"]
+    ours = agg["features"][0]["delta_macro_f1"]
+    assert circ["ours"]["mean"] == pytest.approx(ours["mean"]) and circ["ours"]["std"] == pytest.approx(ours["std"])
+    assert circ["paper"] == "-0.0017 ± -0.0035"
+    assert circ["paper_value"] == {"value": -0.0017, "std": 0.0035, "std_sign": "-"}
+    assert rows["glcm_imc1"]["delta_macro_f1"]["paper"] is None
+    assert rows["edge_contrast"]["paper_name"] == "edge_intensity"
+    assert done["baseline"]["macro_f1"]["mean"] == pytest.approx(agg["baseline"]["macro_f1"]["mean"])
+    # the Markdown: ours (mean ± std over the folds, signed) beside the paper's string, the baseline's macro F1
+    line = next(ln for ln in markdown.splitlines() if ln.startswith("| circularity |"))
+    assert f"| {ours['mean']:+.4f} ± {ours['std']:.4f} | -0.0017 ± -0.0035 |" in line
+    assert "| edge_contrast (paper: edge_intensity) |" in markdown
+    assert "| glcm_energy | " in markdown and "| 0.0010 ± -0.0025 |" in markdown
+    assert f"Baseline (every feature): macro F1 {agg['baseline']['macro_f1']['mean']:.4f} ± " in markdown
+    assert "| Δ macro P ours | Δ macro P paper |" in markdown and "\nTable 5\n" in markdown
+    # the one not run: listed with its step, its table still shows the paper's values
+    assert missing["source"] is None and "ablation g_busi: not run yet (step ablate:g_busi)" in report["missing"]
+    assert [r["feature"] for r in missing["rows"]] == ["circularity", "glcm_energy", "edge_contrast"]
+    assert "not run yet (step ablate:g_busi)" in markdown and "- ablation g_busi: not run yet" in markdown
+
+
+def test_report_of_a_one_fold_ablation_reads_guidance_ablation_json(tmp_path):
+    from nnunet_mtl.evaluation.guidance_ablation import write_ablation
+    from nnunet_mtl.radiomics.features import DEFAULT_FEATURES
+    from nnunet_mtl.recipes.report import build_report
+    recipe = load_recipe(str(write(tmp_path, MINIMAL + GUIDED_ROW + ABLATION)))
+    ctx = Context(workdir=tmp_path / "w", data={}, device="cpu")
+    baseline, rows = _fold_ablation(0, list(DEFAULT_FEATURES))
+    (tmp_path / "w/ablations/g_udiat").mkdir(parents=True)
+    write_ablation(tmp_path / "w/ablations/g_udiat", baseline, rows, "cases.csv")
+    (a,) = build_report(recipe, ctx)["ablations"]
+    cell = a["rows"][0]["delta_macro_f1"]["ours"]
+    assert cell["mean"] == pytest.approx(rows[0]["delta_macro_f1"]) and cell["std"] is None
+    assert a["baseline"]["macro_f1"]["mean"] == pytest.approx(baseline["macro_f1"])
+
+
+def test_thyroid_recipe_ablates_the_guided_row_on_both_test_sets_with_table_5_as_printed():
+    from nnunet_mtl.radiomics.features import DEFAULT_FEATURES
+    recipe = load_recipe("thyroid_rlar")
+    by_key = {a.key: a for a in recipe.ablations}
+    assert {(a.row, a.test_set) for a in recipe.ablations} == {("guided", "thyroidxl"), ("guided", "aimi")}
+    for a in recipe.ablations:
+        # the paper's radiomics_glm_entropy has no counterpart; our glcm_imc1 has no paper row
+        assert set(a.paper) == set(DEFAULT_FEATURES) - {"glcm_imc1"}
+        assert "radiomics_glm_entropy" not in a.paper_names.values() and "glcm_imc1" not in a.paper_names
+        assert a.paper_names["edge_contrast"] == "edge_intensity" and a.paper_names["elongation"] == \
+            "radiomics_elongation2d"
+        assert "radiomics_glm_entropy" in a.caption
+    xl, aimi = by_key["guided_thyroidxl"].paper, by_key["guided_aimi"].paper
+    assert xl["glcm_energy"]["delta_macro_f1"] == "0.0010 ± -0.0025"  # unsigned, as printed
+    assert xl["circularity"] == {"delta_macro_precision": "-0.0009 ± +0.0045", "delta_macro_recall":
+                                 "-0.0002 ± -0.0044", "delta_macro_f1": "-0.0017 ± -0.0035"}
+    assert aimi["ellipticity"]["delta_macro_f1"] == "-0.0265 ± -0.0005"
+    assert aimi["kurtosis"]["delta_macro_recall"] == "-0.0414 ± +0.0275"

@@ -214,7 +214,8 @@ class SlurmOptions:
 def slurm_parameters(step: Step, recipe: Recipe, dependencies: list[str], options: SlurmOptions) -> dict:
     """submitit's update_parameters for one step: what sbatch gets (tests check them in the submission file)."""
     params = {"name": f"{recipe.name}:{step.id}", "timeout_min": int(step.timeout_min),
-              "cpus_per_task": options.cpus if step.kind in ("train", "predict", "plan") else min(options.cpus, 4),
+              "cpus_per_task": options.cpus if step.kind in ("train", "predict", "ablate", "plan")
+              else min(options.cpus, 4),
               "nodes": 1, "tasks_per_node": 1,
               "slurm_additional_parameters": ({"dependency": "afterok:" + ":".join(dependencies),
                                                "kill-on-invalid-dep": "yes"} if dependencies else {})}

@@ -7,18 +7,22 @@ Work folder ``W`` (``--workdir``)::
     W/predictions/ROW/TESTSET/       nnunet_mtl predict (--per-fold with k folds: fold_K/ and ensemble/), and its
                                      evaluation/ (nnunet_mtl evaluate)
     W/comparisons/KEY/               nnunet_mtl compare
+    W/ablations/KEY/                 nnunet_mtl ablate-guidance (leave one guided feature out; --per-fold with k folds)
     W/logs/STEP.log                  each step's output; W/logs/steps.jsonl: when each step ran and how long
     W/report/                        nnunet_mtl recipe report
     W/recipe_run.json                the recipe's name, --data folders, device (a rerun and the report need no --data)
 
 Steps, in order: ``convert:H``, ``holdout:H``, ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
 ``train:ROW:K`` (each row, each fold), ``predict:ROW:TS`` and ``evaluate:ROW:TS`` (each row, each test set),
-``compare:KEY``, ``report``.
+``compare:KEY``, ``ablate:KEY`` (each [[ablations]] entry: nnunet_mtl ablate-guidance of a clinically guided row on
+a test set), ``report``.
 
 Resuming: a step whose outputs are there is skipped (:func:`step_state`); a training with any checkpoint continues
 with nnU-Net's ``--c`` (from checkpoint_final it only redoes the validation, from checkpoint_latest it goes on); a
-prediction whose folder holds some masks continues with ``--continue_prediction``. A step is never redone because
-an earlier one was: delete a step's outputs to have it run again.
+prediction whose folder holds some masks continues with ``--continue_prediction``. An interrupted ablation is
+redone from its start (ablate-guidance needs the embeddings of every test image, recorded only while it predicts;
+it overwrites what the interrupted run wrote). A step is never redone because an earlier one was: delete a step's
+outputs to have it run again.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ CONFIGURATION = "2d"
 @dataclass
 class Step:
     id: str
-    kind: str                  # convert, holdout, drop, plan, split, train, predict, evaluate, compare, report
+    kind: str                  # convert, holdout, drop, plan, split, train, predict, evaluate, compare, ablate, report
     title: str
     argv: list[str]
     deps: list[str] = field(default_factory=list)
@@ -72,6 +76,9 @@ class Context:
 
     def comparison(self, key: str) -> Path:
         return self.workdir / "comparisons" / key
+
+    def ablation(self, key: str) -> Path:
+        return self.workdir / "ablations" / key
 
     def log(self, step_id: str) -> Path:
         return self.workdir / "logs" / (step_id.replace(":", "_") + ".log")
@@ -180,11 +187,31 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
         steps.append(Step(f"compare:{c.key}", "compare", f"compare {c.a} with {', '.join(c.b)} on {c.test_set}",
                           ["nnunet_mtl", "compare", *runs, "-d", str(test.id), "-o", str(ctx.comparison(c.key))],
                           deps=[f"evaluate:{r}:{c.test_set}" for r in (c.a, *c.b)], timeout_min=timeout))
+    for a in recipe.ablations:
+        row, ts = recipe.row(a.row), recipe.test_set(a.test_set)
+        ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
+        # --cases: the reference classes of the test set's images (its own cases.csv, not the training dataset's)
+        argv = ["nnunet_mtl", "ablate-guidance", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o",
+                str(ctx.ablation(a.key)), "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer,
+                "-f", *map(str, folds), "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n,
+                "--disable_progress_bar", "--cases", str(ctx.raw / test.folder / "cases.csv")]
+        if len(folds) > 1:
+            argv.append("--per-fold")
+        steps.append(Step(f"ablate:{a.key}", "ablate", f"leave one guided feature out: {row.label} on {ts.label}",
+                          argv, deps=[made[ts.dataset]] + [f"train:{row.key}:{k}" for k in folds], gpu=gpu,
+                          timeout_min=timeout))
     steps.append(Step("report", "report", "report", ["nnunet_mtl", "recipe", "report", str(recipe.path if
                                                      recipe.path.parent != _shipped_folder() else recipe.name),
                                                      "--workdir", str(ctx.workdir)],
-                      deps=[s.id for s in steps if s.kind in ("evaluate", "compare")], timeout_min=timeout))
+                      deps=[s.id for s in steps if s.kind in ("evaluate", "compare", "ablate")],
+                      timeout_min=timeout))
     return steps
+
+
+def ablation_file(recipe: Recipe) -> str:
+    """What ablate-guidance writes last in its output folder: the mean ± std over folds (k folds, --per-fold) or
+    the one model's table."""
+    return "guidance_ablation_per_fold.json" if len(recipe.split.fold_ids) > 1 else "guidance_ablation.json"
 
 
 def _made(recipe: Recipe, handle: str) -> str:
@@ -199,6 +226,12 @@ def has_lesion_map(trainer: str) -> bool:
     from nnunet_mtl.trainers import TRAINERS
     cls = TRAINERS.get(trainer)
     return cls is not None and getattr(getattr(cls, "head", None), "kind", None) == "lesion_aware"
+
+
+def segments(trainer: str) -> bool:
+    """Whether the trainer's model predicts masks (a classification-only one, nnUNetTrainerClsOnly, does not)."""
+    from nnunet_mtl.trainers import TRAINERS
+    return bool(getattr(TRAINERS.get(trainer), "segments", True))
 
 
 def segmentation_only(trainer: str) -> bool:
@@ -283,7 +316,10 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         return True, str(path)
     if kind == "train":
         fold = ctx.model(recipe, parts[1]) / f"fold_{parts[2]}"
-        final, summary = fold / "checkpoint_final.pth", fold / "validation" / "summary.json"
+        # the final validation's last file: nnU-Net's summary.json, or for a classification-only model (no masks to
+        # score) our class_predictions.csv
+        last = "summary.json" if segments(recipe.row(parts[1]).trainer) else "class_predictions.csv"
+        final, summary = fold / "checkpoint_final.pth", fold / "validation" / last
         return final.is_file() and summary.is_file(), f"{final} and {summary}"
     if kind == "predict" and step.argv[0] == "nnUNetv2_predict":  # a segmentation-only row: one mask per image
         folder = Path(step.argv[step.argv.index("-o") + 1])
@@ -304,6 +340,9 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         return marker.is_file(), str(marker)
     if kind == "compare":
         marker = ctx.comparison(parts[1]) / "comparison.json"
+        return marker.is_file(), str(marker)
+    if kind == "ablate":
+        marker = ctx.ablation(parts[1]) / ablation_file(recipe)
         return marker.is_file(), str(marker)
     return False, "always run"
 

@@ -5,25 +5,30 @@ Per test set, one table: every row's metrics, over folds as ``mean ± std`` (k f
 --per-fold``'s fold models, each alone, as the papers report) with the t-based 95 % CI of that mean, and the fold
 ensemble as a second row; with one fold the single value and its bootstrap 95 % CI. Per paper table (``[[tables]]``),
 the same rows beside the paper's numbers as printed. The comparisons (``nnunet_mtl compare``: paired bootstrap CI
-of the difference, Wilcoxon / McNemar / DeLong p, Holm). Written to ``W/report/report.md`` (also printed),
+of the difference, Wilcoxon / McNemar / DeLong p, Holm). Per guidance ablation (``[[ablations]]``: ``nnunet_mtl
+ablate-guidance``), the change of macro precision, recall and F1 when one guided feature is left out, ours (mean ±
+std over the folds' models) beside the paper's as printed. Written to ``W/report/report.md`` (also printed),
 ``report.json`` (what a program reads) and ``plots/TABLE.png`` (ours against the paper's per metric).
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
-from nnunet_mtl.recipes.plan import Context
-from nnunet_mtl.recipes.schema import METRICS, Recipe, parse_paper_value
+from nnunet_mtl.recipes.plan import Context, ablation_file
+from nnunet_mtl.recipes.schema import ABLATION_METRICS, METRICS, Recipe, parse_paper_value
 
 DEFAULT_METRICS = ("dice", "iou", "hd95", "accuracy", "auc", "macro_f1")
 LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 [px]", "hd95_mm": "HD95 [mm]", "nsd": "NSD",
           "attention_iou": "IoU of P", "accuracy": "accuracy", "balanced_accuracy": "bal. acc.",
           "macro_precision": "macro P", "macro_recall": "macro R", "macro_f1": "macro F1", "weighted_f1": "weighted F1",
           "auc": "AUC", "mcc": "MCC", "brier": "Brier", "sensitivity": "sensitivity", "specificity": "specificity",
-          "precision": "precision", "f1": "F1"}
+          "precision": "precision", "f1": "F1",
+          "delta_macro_precision": "Δ macro P", "delta_macro_recall": "Δ macro R", "delta_macro_f1": "Δ macro F1"}
 DASH = "—"
+STD_SIGN = re.compile(r"(?:±|\+/-|\+-)\s*([-+])")  # the sign printed before a std
 
 
 def _read(path: Path) -> dict | None:
@@ -87,8 +92,8 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
     report = {"recipe": recipe.name, "title": recipe.title, "workdir": str(ctx.workdir), "folds": k,
               "split": {"kind": recipe.split.kind, "folds": recipe.split.folds, "fraction": recipe.split.fraction,
                         "seed": recipe.split.seed, "repeats": recipe.split.repeats},
-              "checkpoint": recipe.checkpoint, "test_sets": [], "tables": [], "comparisons": [], "missing": [],
-              "timings": _timings(ctx)}
+              "checkpoint": recipe.checkpoint, "test_sets": [], "tables": [], "comparisons": [], "ablations": [],
+              "missing": [], "timings": _timings(ctx)}
     results = {}
     for ts in recipe.test_sets:
         metrics = _metrics_for(recipe, ts.key)
@@ -131,7 +136,54 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
                 for r in data.get("rows", [])]
         report["comparisons"].append({"key": c.key, "a": c.a, "b": list(c.b), "test_set": c.test_set,
                                       "source": str(path), "rows": rows})
+    for a in recipe.ablations:
+        report["ablations"].append(ablation_results(recipe, ctx, a))
+        if report["ablations"][-1]["source"] is None:
+            report["missing"].append(f"ablation {a.key}: not run yet (step ablate:{a.key})")
     return report
+
+
+def _stat(entry) -> dict | None:
+    """{mean, std, ensemble} of one number of ablate-guidance's JSON: a per-fold entry ({mean, std, values,
+    ensemble}) or a single model's value (std and ensemble None)."""
+    if isinstance(entry, dict):
+        mean, std = entry.get("mean"), entry.get("std")
+        return None if not _finite(mean) else {"mean": mean, "std": std if _finite(std) else None,
+                                               "ensemble": entry.get("ensemble"), "values": entry.get("values")}
+    return {"mean": entry, "std": None, "ensemble": None, "values": None} if _finite(entry) else None
+
+
+def _paper_delta(text):
+    """A paper's delta as printed, parsed; ``std_sign`` keeps the sign printed before the std (Salama et al.'s
+    Table 5 prints "± -0.0044"), which parse_paper_value drops."""
+    parsed = _paper(text)
+    if parsed is None:
+        return None
+    sign = STD_SIGN.search(text)
+    return {**parsed, "std_sign": sign.group(1) if sign else ""}
+
+
+def ablation_results(recipe: Recipe, ctx: Context, a) -> dict:
+    """One [[ablations]] entry: per guided feature, ours (mean ± std over folds, or the single model) beside the
+    paper's as printed, from ablate-guidance's guidance_ablation_per_fold.json (k folds) or guidance_ablation.json
+    (one fold); the baseline (all features) likewise."""
+    row, ts = recipe.row(a.row), recipe.test_set(a.test_set)
+    path = ctx.ablation(a.key) / ablation_file(recipe)
+    data = _read(path)
+    ours = {r["feature"]: r for r in (data or {}).get("features", []) if isinstance(r, dict) and "feature" in r}
+    baseline = (data or {}).get("baseline") or {}
+    features = list(dict.fromkeys([*ours, *a.paper, *a.paper_names]))
+    rows = []
+    for name in features:
+        mine, paper = ours.get(name, {}), a.paper.get(name, {})
+        rows.append({"feature": name, "paper_name": a.paper_names.get(name), "column": mine.get("column"), **{
+            m: {"ours": _stat(mine.get(m)), "paper": paper.get(m), "paper_value": _paper_delta(paper.get(m))}
+            for m in ABLATION_METRICS}})
+    return {"key": a.key, "row": row.key, "label": row.label, "trainer": row.trainer, "test_set": ts.key,
+            "test_set_label": ts.label, "caption": a.caption, "source": str(path) if data is not None else None,
+            "folds": (data or {}).get("folds"), "metrics": list(ABLATION_METRICS),
+            "baseline": {m: _stat(baseline.get(m)) for m in ("macro_precision", "macro_recall", "macro_f1")},
+            "num_cases": _stat(baseline.get("num_cases")), "rows": rows}
 
 
 def _paper(text):
@@ -237,12 +289,52 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
             lines.append(f"| {r['a']} vs {r['b']} | {r['label']} | {fmt(r['mean_a'], m)} | {fmt(r['mean_b'], m)} | "
                          f"{diff} | {r['test_short'] or ''} | {_p(r['p'])} | {_p(r['p_holm'])} |")
         lines.append("")
+    for a in report["ablations"]:
+        lines += _ablation_markdown(a, k)
     if report["timings"]:
         times = ", ".join(f"{k2} {v:.0f}" for k2, v in report["timings"].items())
         lines += [f"Wall time of the steps run (s): {times}", ""]
     if report["missing"]:
         lines += ["Not yet available:", ""] + [f"- {m}" for m in report["missing"]] + [""]
     return "\n".join(lines)
+
+
+def _delta(entry: dict | None) -> str:
+    if not entry:
+        return DASH
+    mean = entry["mean"] if round(entry["mean"], 4) != 0 else 0.0  # +0.0000 as the paper prints it, not -0.0000
+    return f"{mean:+.4f}" + (f" ± {entry['std']:.4f}" if _finite(entry.get("std")) else "")
+
+
+def _ablation_markdown(a: dict, k: int) -> list[str]:
+    lines = [f"## Leave one guided feature out: {a['label']} on {a['test_set_label']} (ablation {a['key']})", ""]
+    if a["caption"]:
+        lines += [a["caption"], ""]
+    if a["source"] is None:
+        lines += [f"not run yet (step ablate:{a['key']}); the paper's values:", ""]
+    else:
+        b = a["baseline"]
+        over = f"mean ± std over the {k} folds' models, each alone" if k > 1 else "the single model"
+        f1 = b.get("macro_f1") or {}
+        ensemble = f"; fold ensemble macro F1 {f1['ensemble']:.4f}" if _finite(f1.get("ensemble")) else ""
+        lines += [f"Baseline (every feature): macro F1 {_plain(f1)}, macro P {_plain(b.get('macro_precision'))}, "
+                  f"macro R {_plain(b.get('macro_recall'))} ({over}{ensemble}). Our cells: the change when the "
+                  f"feature's classifier weights are zeroed ({over}); the paper's as printed.", ""]
+    metrics = a["metrics"]
+    lines += ["| feature | " + " | ".join(f"{LABELS[m]} ours | {LABELS[m]} paper" for m in metrics) + " |",
+              "| --- | " + " | ".join("--- | ---" for _ in metrics) + " |"]
+    for r in a["rows"]:
+        name = r["feature"] + (f" (paper: {r['paper_name']})" if r["paper_name"] and r["paper_name"] != r["feature"]
+                               else "")
+        lines.append(f"| {name} | " + " | ".join(f"{_delta(r[m]['ours'])} | {r[m]['paper'] or DASH}"
+                                                for m in metrics) + " |")
+    return lines + [""]
+
+
+def _plain(entry: dict | None) -> str:
+    if not entry:
+        return DASH
+    return f"{entry['mean']:.4f}" + (f" ± {entry['std']:.4f}" if _finite(entry.get("std")) else "")
 
 
 def _p(p) -> str:

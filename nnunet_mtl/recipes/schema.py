@@ -25,6 +25,9 @@ The format (docs/recipes.md has it with examples)::
     [[comparisons]]                  # key, a = row, b = [rows], test_set
     [[tables]]                       # a paper's table: id, caption, test_set, metrics = [...],
                                      # values."PAPER ROW" = { metric = "0.80 ± 0.02", ... }
+    [[ablations]]                    # nnunet_mtl ablate-guidance (leave one guided feature out): key, row (a
+                                     # clinically guided row), test_set, caption, paper."FEATURE" = { delta_macro_f1
+                                     # = "-0.0017 ± -0.0035", ... }, paper_names = { FEATURE = "the paper's name" }
 """
 from __future__ import annotations
 
@@ -55,8 +58,11 @@ METRICS = {
     "sensitivity": "classification.sensitivity", "specificity": "classification.specificity",
     "precision": "classification.precision", "f1": "classification.f1",
 }
+# what nnunet_mtl ablate-guidance reports per left-out feature (= nnunet_mtl.evaluation.guidance_ablation.DELTAS)
+ABLATION_METRICS = ("delta_macro_precision", "delta_macro_recall", "delta_macro_f1")
 KEY = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-# a paper's number as printed: "0.80", "0.6300 ± 0.0000", "-0.0004±0.0042", "43.72 ± 4.150"; "-" = not reported
+# a paper's number as printed: "0.80", "0.6300 ± 0.0000", "-0.0004±0.0042", "43.72 ± 4.150"; "-" = not reported;
+# a signed std as printed ("-0.0009 ± +0.0045", "-0.0002 ± -0.0044": Salama et al.'s Table 5) is accepted
 PAPER_VALUE = re.compile(r"^\s*([-+]?\d*\.?\d+)\s*(?:(?:±|\+-|\+/-)\s*[-+]?(\d*\.?\d+))?\s*$")
 NOT_REPORTED = ("-", "–", "—", "")
 
@@ -142,6 +148,17 @@ class PaperTable:
 
 
 @dataclass(frozen=True)
+class AblationSpec:
+    """nnunet_mtl ablate-guidance of one clinically guided row on one test set (leave one guided feature out)."""
+    key: str
+    row: str
+    test_set: str
+    caption: str = ""
+    paper: dict = field(default_factory=dict)        # our feature name -> delta metric -> the string as printed
+    paper_names: dict = field(default_factory=dict)  # our feature name -> the paper's name for it (as printed)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     title: str
@@ -160,6 +177,7 @@ class Recipe:
     test_sets: tuple = ()
     comparisons: tuple = ()
     tables: tuple = ()
+    ablations: tuple = ()
 
     def row(self, key: str) -> RowSpec:
         return next(r for r in self.rows if r.key == key)
@@ -176,6 +194,18 @@ def parse_paper_value(text: str) -> tuple[float, float | None] | None:
     if m is None:
         raise ValueError(text)
     return float(m.group(1)), (float(m.group(2)) if m.group(2) else None)
+
+
+def trainer_guided_features(trainer: str) -> tuple[str, ...]:
+    """The guided radiomics features a trainer writes into its plans (``guidance_features``: what ablate-guidance
+    reads back from the model's plans), () for a trainer without clinical guidance or an unknown name."""
+    from nnunet_mtl.trainers import TRAINERS
+    cls = TRAINERS.get(trainer)
+    for term in getattr(cls, "terms", ()):
+        features = term.plans_entries().get("guidance_features")
+        if features:
+            return tuple(features)
+    return ()
 
 
 # ------------------------------------------------------------------------------------------------ finding recipes
@@ -259,7 +289,7 @@ class _Checker:
     def recipe(self) -> Recipe:
         raw = self.raw
         self.unknown(raw, {"schema", "name", "title", "description", "paper", "estimate", "defaults", "data",
-                           "datasets", "split", "rows", "test_sets", "comparisons", "tables"}, "")
+                           "datasets", "split", "rows", "test_sets", "comparisons", "tables", "ablations"}, "")
         version = self.get(raw, "schema", "", int, required=True)
         if version is not None and version != SCHEMA_VERSION:
             self.error("schema", f"{version}; expected {SCHEMA_VERSION}")
@@ -291,6 +321,7 @@ class _Checker:
         test_sets = self.test_sets(datasets)
         comparisons = self.comparisons(rows, test_sets)
         tables = self.tables(rows, test_sets)
+        ablations = self.ablations(rows, test_sets)
         device = self.get(defaults, "device", "defaults.", str, default="auto", choices=DEVICES)
         checkpoint = self.get(defaults, "checkpoint", "defaults.", str, default="checkpoint_final.pth",
                               choices=CHECKPOINTS)
@@ -301,7 +332,8 @@ class _Checker:
                       citation=paper.get("citation", ""), note=paper.get("note", ""), estimate=estimate,
                       device=device, checkpoint=checkpoint, timeout_min=timeout or 24 * 60, data=data,
                       datasets=datasets, split=split, rows=tuple(rows),
-                      test_sets=tuple(test_sets), comparisons=tuple(comparisons), tables=tuple(tables))
+                      test_sets=tuple(test_sets), comparisons=tuple(comparisons), tables=tuple(tables),
+                      ablations=tuple(ablations))
 
     def datasets(self, data: dict) -> dict:
         out, ids = {}, {}
@@ -525,4 +557,74 @@ class _Checker:
             out.append(PaperTable(id=self.get(t, "id", w, str, required=True) or "",
                                   caption=self.get(t, "caption", w, str, default=""), test_set=test_set or "",
                                   metrics=tuple(m for m in metrics if m in METRICS), values=values))
+        return out
+
+    def paper_text(self, where: str, text) -> bool:
+        """A paper's value as printed: a string parse_paper_value reads (an error naming ``where`` otherwise)."""
+        if not isinstance(text, str):
+            self.error(where, f"{text!r}; expected the number as printed, in quotes (\"0.83\", \"0.6300 ± 0.0000\", "
+                              f"\"-\")")
+            return False
+        try:
+            parse_paper_value(text)
+        except ValueError:
+            self.error(where, f"{text!r}; expected a number, \"mean ± std\" or \"-\"")
+            return False
+        return True
+
+    def ablations(self, rows: list, test_sets: list) -> list[AblationSpec]:
+        out, seen = [], set()
+        by_key, ts_keys = {r.key: r for r in rows}, {t.key for t in test_sets}
+        for i, a in self.array("ablations", required=False):
+            w = f"ablations[{i}]."
+            self.unknown(a, {"key", "row", "test_set", "caption", "paper", "paper_names"}, w)
+            key = self.key_of(a, w, seen)
+            row = self.get(a, "row", w, str, required=True)
+            features = None
+            if row is not None and row not in by_key:
+                self.error(f"{w}row", f"{row!r} is not a row key; expected one of {', '.join(sorted(by_key))}")
+            elif row is not None and self.check_trainers:
+                trainer = by_key[row].trainer
+                features = trainer_guided_features(trainer)
+                if not features and trainer in self._trainers():  # an unknown trainer has its own line (rows)
+                    self.error(f"{w}row", f"{row!r} trains {trainer}, which has no guided features; expected a "
+                                          f"clinically guided row (nnUNetTrainerClinGuided* or nnUNetTrainerRLAR*)")
+            if not features:  # unchecked trainers (or an error above): the default 13
+                from nnunet_mtl.radiomics.features import DEFAULT_FEATURES
+                features = DEFAULT_FEATURES
+            test_set = self.get(a, "test_set", w, str, required=True)
+            if test_set is not None and test_set not in ts_keys:
+                self.error(f"{w}test_set", f"{test_set!r} is not a test set key")
+
+            def feature(name: str, where: str) -> bool:
+                if name in features:
+                    return True
+                close = difflib.get_close_matches(name, features, n=1)
+                self.error(where, "not a guided feature" + (f" (did you mean {close[0]!r}?)" if close else
+                                                            f"; expected one of {', '.join(features)}"))
+                return False
+
+            paper = self.get(a, "paper", w, dict, default={})
+            for name, cells in paper.items():
+                where = f"{w}paper.{name}"
+                feature(name, where)
+                if not isinstance(cells, dict):
+                    self.error(where, f"expected a table {{ {ABLATION_METRICS[-1]} = \"-0.0017 ± 0.0035\", ... }}")
+                    continue
+                for metric, text in cells.items():
+                    if metric not in ABLATION_METRICS:
+                        close = difflib.get_close_matches(str(metric), ABLATION_METRICS, n=1)
+                        self.error(f"{where}.{metric}", "not an ablation metric" + (
+                            f" (did you mean {close[0]!r}?)" if close else f"; expected one of "
+                                                                           f"{', '.join(ABLATION_METRICS)}"))
+                    self.paper_text(f"{where}.{metric}", text)
+            names = self.get(a, "paper_names", w, dict, default={})
+            for name, printed in names.items():
+                feature(name, f"{w}paper_names.{name}")
+                if not isinstance(printed, str):
+                    self.error(f"{w}paper_names.{name}", f"{printed!r}; expected the paper's name for it, in quotes")
+            out.append(AblationSpec(key=key or "", row=row or "", test_set=test_set or "",
+                                    caption=self.get(a, "caption", w, str, default=""),
+                                    paper={k: v for k, v in paper.items() if isinstance(v, dict)},
+                                    paper_names={k: v for k, v in names.items() if isinstance(v, str)}))
         return out
