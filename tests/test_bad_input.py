@@ -94,3 +94,15 @@ def test_unset_environment_variable(monkeypatch, capsys):
 def test_split_on_missing_dataset(nnunet_env, capsys):
     err = one_error_line(capsys, main(["split", "-d", "123"]))
     assert "123" in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """``nnunet_mtl recipe show NAME | head``: when the reader goes away, no traceback, exit 141 (as SIGPIPE)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "nnunet_mtl.cli.main", "recipe", "show", "synthetic"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has imported anything, so its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
