@@ -317,7 +317,7 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "-device", "cuda",
                      "--slurm-partition", "gpu", "--slurm-setup", "module load cuda", "--timeout-min", "120",
                      env=env).stdout
-    assert "23 jobs submitted, 0 steps done before" in out
+    assert "23 jobs submitted, 0 still queued from before, 0 steps done before" in out
     jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
     assert jobs["convert:phantom"] == "101" and jobs["report"] == "123"
 
@@ -340,6 +340,60 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     ensemble = script("predict:seg_only:test")  # nnUNetv2_predict of both folds' models, after both trainings
     assert f"afterok:{jobs['convert:phantom']}:{jobs['train:seg_only:0']}:{jobs['train:seg_only:1']}" in ensemble
     assert not (workdir / "nnUNet_raw").exists() or not any((workdir / "nnUNet_raw").iterdir())  # nothing ran here
+
+
+def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_path):
+    """Run twice against stand-in sbatch and sacct: the second run keeps the jobs sacct reports pending or running,
+    and submits again the failed training and everything after it, with afterok on the kept jobs. The login node has
+    no GPU; the recipe's device = "auto" still trains on the cluster's GPUs."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text('#!/bin/bash\nn=$(( $(cat "$COUNTER" 2>/dev/null || echo 100) + 1 ))\n'
+                                 'echo $n > "$COUNTER"\necho "Submitted batch job $n"\n')
+    (fake / "srun").write_text("#!/bin/bash\nexit 0\n")
+    # sacct -o JobID,State,NodeList --parsable2 -j ID -j ID ...: the state in $STATES/ID, else PENDING
+    (fake / "sacct").write_text('#!/bin/bash\necho "JobID|State|NodeList"\nwhile [ $# -gt 0 ]; do\n'
+                                '  if [ "$1" = -j ]; then s=PENDING; [ -f "$STATES/$2" ] && s=$(cat "$STATES/$2")\n'
+                                '    echo "$2|$s|node1"; echo "$2.batch|$s|node1"; shift; fi; shift\ndone\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    states = tmp_path / "states"
+    states.mkdir()
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "COUNTER": str(tmp_path / "counter"),
+           "STATES": str(states), "CUDA_VISIBLE_DEVICES": ""}
+    workdir = tmp_path / "w"
+    first = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "-device", "auto",
+                       env=env).stdout
+    assert "on cuda (slurm launcher)" in first
+    jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
+    import pickle
+    submitted = pickle.loads((workdir / "slurm" / jobs["train:mtl:0"] / f"{jobs['train:mtl:0']}_submitted.pkl"
+                              ).read_bytes())  # submitit's DelayedSubmission: run_step(argv, env, log)
+    argv, job_env, _ = submitted.args
+    assert argv[-2:] == ["-device", "cuda"]
+    # only the recipe's variables travel: PATH, CUDA_VISIBLE_DEVICES, SLURM_* on the node stay the node's own
+    assert set(job_env) == {"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
+                            "nnUNet_def_n_proc", "nnUNet_n_proc_DA", "PYTHONUNBUFFERED"}
+    (states / jobs["train:mtl:0"]).write_text("FAILED")
+    (states / jobs["convert:phantom"]).write_text("RUNNING")
+    again = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", env=env).stdout
+    steps = plan_steps(load_recipe("synthetic"), Context(workdir=workdir, data={}, device="cuda"))
+    redo = {"train:mtl:0"}
+    for step in steps:  # what follows the failed training
+        if redo & set(step.deps):
+            redo.add(step.id)
+    assert {"predict:mtl:test", "evaluate:mtl:test", "compare:mtl_vs_others", "report"} <= redo
+    assert f"{len(redo)} jobs submitted, {23 - len(redo)} still queued from before" in again
+    assert f"convert:phantom: still queued as job {jobs['convert:phantom']}" in again
+    now = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
+    assert all((now[s] == jobs[s]) == (s not in redo) for s in jobs)
+    train = (workdir / "slurm" / now["train:mtl:0"] / f"{now['train:mtl:0']}_submission.sh").read_text()
+    assert f"afterok:{jobs['split:phantom']}" in train  # the kept split job
+    predict = (workdir / "slurm" / now["predict:mtl:test"] / f"{now['predict:mtl:test']}_submission.sh").read_text()
+    assert f"{now['train:mtl:0']}:{jobs['train:mtl:1']}" in predict
+    (fake / "sacct").write_text("#!/bin/bash\nexit 1\n")  # no accounting: do not guess, do not submit twice
+    err = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", env=env, check=False)
+    assert err.returncode == 2 and "sacct gives no state" in err.stderr and len(err.stderr.strip().splitlines()) == 1
 
 
 def test_local_launcher_waits_with_a_time_limit(tmp_path):
@@ -419,7 +473,7 @@ def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):
     assert last_progress(log).startswith("fold 1/2")
 
 
-def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once(tmp_path):
+def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once(tmp_path, monkeypatch):
     """--gpus: the trainings, then the predictions, one per listed GPU at a time (each with its
     CUDA_VISIBLE_DEVICES); the CPU steps between them (an evaluation after each prediction) still run, once, after
     what they wait for. Stand-in commands append their step and GPU to a file."""
@@ -436,6 +490,7 @@ def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once
     steps = [step("train:mtl:0", "train", True), step("train:mtl:1", "train", True),
              step("predict:mtl:test", "predict", True), step("evaluate:mtl:test", "evaluate", False),
              step("predict:seg_only:test", "predict", True), step("evaluate:seg_only:test", "evaluate", False)]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     run_local(steps, recipe, ctx, gpus=[0, 1])
     lines = [line.split() for line in ran.read_text().splitlines()]
     order = [name for name, _ in lines]
@@ -443,9 +498,30 @@ def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once
     gpu_of = dict(lines)
     assert {gpu_of["train:mtl:0"], gpu_of["train:mtl:1"]} == {"0", "1"}
     assert {gpu_of["predict:mtl:test"], gpu_of["predict:seg_only:test"]} == {"0", "1"}
+    # a step run one at a time sees the launching shell's GPUs (here: none set), not submitit's "" for 0 GPUs
+    assert gpu_of["evaluate:mtl:test"] == gpu_of["evaluate:seg_only:test"] == "-"
     assert max(order.index("train:mtl:0"), order.index("train:mtl:1")) < order.index("predict:mtl:test")
     for row in ("mtl", "seg_only"):
         assert order.index(f"predict:{row}:test") < order.index(f"evaluate:{row}:test")
+
+
+def test_a_failed_step_on_one_gpu_cancels_the_others_and_says_so(tmp_path, capsys):
+    """--gpus: when a training fails while another runs on the other GPU, the run stops at once with the failed
+    step's error, and the running one is cancelled (not left running behind the command, not waited for)."""
+    from nnunet_mtl.recipes.launch import run_local
+    recipe = load_recipe("synthetic")
+    ctx = Context(workdir=tmp_path, data={}, device="cuda")
+    slow = Step("train:mtl:0", "train", "slow", [sys.executable, "-c", "import time; time.sleep(60); open('ran', 'w')"],
+                gpu=True, timeout_min=5)
+    failing = Step("train:mtl:1", "train", "fails", [sys.executable, "-c", "import time; time.sleep(3); exit(3)"],
+                   gpu=True, timeout_min=5)
+    started = time.time()
+    with pytest.raises(NnunetMtlError, match="step train:mtl:1 failed with exit code 3"):
+        run_local([slow, failing], recipe, ctx, gpus=[0, 1])
+    assert time.time() - started < 40
+    assert "cancelled 1 step(s) still running on other GPUs" in capsys.readouterr().err
+    time.sleep(2)
+    assert not (tmp_path / "ran").exists()
 
 
 # ------------------------------------------------------------------------------------------------ guidance ablations
@@ -625,3 +701,23 @@ def test_thyroid_recipe_ablates_the_guided_row_on_both_test_sets_with_table_5_as
                                  "-0.0002 ± -0.0044", "delta_macro_f1": "-0.0017 ± -0.0035"}
     assert aimi["ellipticity"]["delta_macro_f1"] == "-0.0265 ± -0.0005"
     assert aimi["kurtosis"]["delta_macro_recall"] == "-0.0414 ± +0.0275"
+
+
+def test_the_dry_run_is_a_script_that_runs_as_run_does_and_previews_gpu_commands_anywhere(tmp_path):
+    """The missing --data are named as typed; the dry run starts with set -e and exports every variable a step gets;
+    -device cuda is previewed on a machine without CUDA; nothing is written."""
+    from nnunet_mtl.recipes.plan import STEP_ENV_VARS
+    workdir = tmp_path / "w"
+    missing = recipe_cli("run", "thyroid_rlar", "--workdir", str(workdir), "--dry-run", check=False)
+    assert missing.returncode == 2 and "needs --data ThyroidXL=PATH --data AIMI=PATH (" in missing.stderr
+    for key in ("ThyroidXL", "AIMI"):
+        (tmp_path / key).mkdir()
+    out = recipe_cli("run", "thyroid_rlar", "--workdir", str(workdir), "--data", f"ThyroidXL={tmp_path / 'ThyroidXL'}",
+                     "--data", f"AIMI={tmp_path / 'AIMI'}", "-device", "cuda", "--dry-run",
+                     env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout
+    first, export, *rest = out.splitlines()
+    assert first == "set -e" and export.startswith("export ")
+    assert [part.split("=")[0] for part in export.split()[1:]] == list(STEP_ENV_VARS)
+    trainings = [line for line in rest if line.startswith("nnUNetv2_train ")]
+    assert len(trainings) == 8 * 3 and all(line.endswith("-device cuda") for line in trainings)
+    assert "-device cpu" not in out and not workdir.exists()

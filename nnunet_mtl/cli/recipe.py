@@ -32,8 +32,9 @@ def register(subparsers):
                    help="a folder the recipe reads (recipe show lists its keys); remembered in the work folder")
     r.add_argument("--workdir", default=None, help="work folder (default ./recipe_NAME): nnU-Net's three folders, "
                                                    "predictions, comparisons, logs, report")
-    r.add_argument("-device", choices=("cpu", "cuda"), default=None,
-                   help="default: the recipe's defaults.device (auto: cuda when available)")
+    r.add_argument("-device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="default: the recipe's defaults.device (auto: cuda when available here; with --launcher "
+                        "slurm, cuda)")
     r.add_argument("-np", type=int, default=2, help="worker processes of each step (default 2)")
     r.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local (default): one step after the other on this machine; slurm: submit every step to "
@@ -142,7 +143,7 @@ def run_run(args) -> int:
     data.update(parse_data(args.data, recipe))
     missing = [k for k in recipe.data if k not in data]
     if missing:
-        raise NnunetMtlError(f"{recipe.name} needs --data " + " ".join(f"{k}=PATH" for k in missing)
+        raise NnunetMtlError(f"{recipe.name} needs " + " ".join(f"--data {k}=PATH" for k in missing)
                              + f" ({'; '.join(f'{k}: {recipe.data[k]}' for k in missing)})")
     for key, folder in data.items():
         if not folder.is_dir():
@@ -152,9 +153,9 @@ def run_run(args) -> int:
             raise NnunetMtlError(f"--workdir {workdir} and data {key} ({folder}) overlap; expected a work folder "
                                  f"outside the data (inputs are never written to)")
     device = args.device or stored.get("device") or recipe.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and args.launcher == "local" and not torch.cuda.is_available():
+    if device == "auto":  # on SLURM the jobs run on GPU nodes, not on the login node that decides here
+        device = "cuda" if torch.cuda.is_available() or args.launcher == "slurm" else "cpu"
+    if device == "cuda" and args.launcher == "local" and not args.dry_run and not torch.cuda.is_available():
         raise NnunetMtlError("-device cuda: no CUDA device here; expected -device cpu (or --launcher slurm)")
     if args.np < 1:
         raise NnunetMtlError(f"-np {args.np}; expected at least 1")
@@ -174,9 +175,8 @@ def run_run(args) -> int:
     ctx = Context(workdir=workdir, data=data, device=device, processes=args.np)
     steps = plan_steps(recipe, ctx)
     if args.dry_run:
-        env = ctx.env()
-        print("export " + " ".join(f"{k}={shlex.quote(env[k])}" for k in (
-            "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")))
+        # a script that runs as `run` does: the same variables, and it stops at the first step that fails
+        print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
         for i, step in enumerate(steps, 1):
             done, why = step_state(step, recipe, ctx)
             print(f"# [{i}/{len(steps)}] {step.id}" + (f" (done: {why})" if done else ""))

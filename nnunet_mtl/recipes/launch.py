@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -23,15 +25,19 @@ from nnunet_mtl.recipes.plan import Context, Step, executable, step_state
 from nnunet_mtl.recipes.schema import Recipe
 
 
-def run_step(argv: list[str], env: dict, log_path: str) -> int:
-    """Run one step's command with ``env``, appending its output to ``log_path``; its exit code. (What a submitit job
-    calls, locally or on a cluster node.)"""
+def run_step(argv: list[str], env: dict, log_path: str, whole: bool = False) -> int:
+    """Run one step's command, appending its output to ``log_path``; its exit code. (What a submitit job calls.)
+    On a SLURM node ``env`` holds only the recipe's variables (:meth:`Context.env`), set on top of the node's own
+    environment, whose CUDA_VISIBLE_DEVICES and SLURM_* stay as SLURM set them. A local job gets the ``whole``
+    environment of the command that launched it (with the GPU it is given, or none for a CPU step), not the
+    CUDA_VISIBLE_DEVICES submitit's local executor sets from its gpus_per_node."""
     log = Path(log_path)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(argv)}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
-        return subprocess.run(argv, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(argv, env=env if whole else {**os.environ, **env}, stdout=f,
+                              stderr=subprocess.STDOUT).returncode
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -150,7 +156,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
         if step.id in done:
             progress.begin(step, f" ... done before ({done[step.id]})")
     executor = _local_executor(ctx)
-    env = ctx.env()
+    env = {**os.environ, **ctx.env()}
     running: list = []
     try:
         remaining = list(todo)
@@ -167,13 +173,16 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             progress.begin(step)
             executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
             started = time.time()
-            job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)))
+            job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)), True)
             running.append(job)
             _wait(job, step, ctx, started)
             running.remove(job)
-    except KeyboardInterrupt:
+    except BaseException as e:  # interrupted, or a step failed while others ran on other GPUs
         for job in running:  # submitit's local jobs outlive this process unless cancelled
             job.cancel(check=False)
+        if running and not isinstance(e, KeyboardInterrupt):
+            print(f"cancelled {len(running)} step(s) still running on other GPUs (a training continues from its "
+                  f"latest checkpoint on the next run)", file=sys.stderr, flush=True)
         raise
     print(f"all {len(steps)} steps done ({len(todo)} run now, {len(done)} before) in {progress.elapsed()}")
 
@@ -189,7 +198,7 @@ def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Pro
                 progress.begin(step, f" (GPU {gpu})")
                 executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=1, visible_gpus=[gpu])
                 job = executor.submit(run_step, executable(step.argv), {**env, "CUDA_VISIBLE_DEVICES": str(gpu)},
-                                      str(ctx.log(step.id)))
+                                      str(ctx.log(step.id)), True)
                 running.append(job)
                 busy[gpu] = (job, step, time.time())
         for gpu, (job, step, started) in list(busy.items()):
@@ -241,8 +250,12 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
     todo, done = pending(steps, recipe, ctx)
     jobs_file = ctx.workdir / "slurm" / "jobs.json"
     env = ctx.env()
-    ids: dict[str, str] = {}
+    queued = still_queued(todo, jobs_file, ctx)
+    ids: dict[str, str] = dict(queued)
     for step in todo:
+        if step.id in queued:
+            print(f"{step.id}: still queued as job {queued[step.id]} (not submitted again)", flush=True)
+            continue
         deps = [ids[d] for d in step.deps if d in ids]
         try:  # one executor per step: submitit's parameters accumulate, a training's GPU would stick to what follows
             executor = submitit.AutoExecutor(folder=str(ctx.workdir / "slurm" / "%j"), cluster="slurm")
@@ -256,5 +269,50 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
               flush=True)
     jobs_file.parent.mkdir(parents=True, exist_ok=True)
     jobs_file.write_text(json.dumps({"recipe": recipe.name, "jobs": ids, "done_before": done}, indent=2))
-    print(f"{len(ids)} jobs submitted, {len(done)} steps done before; job ids in {jobs_file}")
+    print(f"{len(ids) - len(queued)} jobs submitted, {len(queued)} still queued from before, {len(done)} steps done "
+          f"before; job ids in {jobs_file}")
     return ids
+
+
+# SLURM's states of a job that has not ended (sacct's State column; "CANCELLED by 123" and the like have ended)
+LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+               "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
+
+
+def still_queued(todo: list[Step], jobs_file: Path, ctx: Context) -> dict[str, str]:
+    """{step id: job id} for the steps to run whose job from an earlier ``--launcher slurm`` of this work folder has
+    not ended (pending or running, by sacct through submitit), and whose dependencies' jobs are kept too: a rerun
+    submits only what is neither done nor on its way, with afterok on the jobs already queued. An unknown state
+    (no sacct, no accounting) stops the rerun rather than submitting twice."""
+    import submitit
+    try:
+        earlier = json.loads(jobs_file.read_text(encoding="utf-8")).get("jobs", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise NnunetMtlError(f"{jobs_file}: unreadable ({e}); expected the job ids of the last --launcher slurm "
+                             f"(remove it once no job of it is queued)") from None
+    wanted = {step.id: str(earlier[step.id]) for step in todo if step.id in earlier}
+    if not wanted:
+        return {}
+    jobs = {sid: submitit.SlurmJob(folder=str(ctx.workdir / "slurm" / "%j"), job_id=jid)
+            for sid, jid in wanted.items()}
+    quiet = logging.getLogger("submitit")  # its warning of a failed sacct call becomes our one-line error below
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        next(iter(jobs.values())).get_info(mode="force")  # one sacct call for all of them (submitit's shared watcher)
+    finally:
+        quiet.setLevel(level)
+    states = {sid: job.watcher.get_state(job.job_id, mode="cache").split()[0] for sid, job in jobs.items()}
+    unknown = [f"{sid} (job {wanted[sid]})" for sid, st in states.items() if st == "UNKNOWN"]
+    if unknown:
+        raise NnunetMtlError(f"{jobs_file}: sacct gives no state for {', '.join(unknown[:3])}"
+                             f"{' ...' if len(unknown) > 3 else ''}; expected to tell whether the earlier jobs are "
+                             f"still queued: cancel them (scancel) and remove {jobs_file} to submit everything again")
+    to_run = {step.id for step in todo}
+    kept: dict[str, str] = {}
+    for step in todo:  # plan order: a step's dependencies come before it; each must be done or kept
+        if states.get(step.id) in LIVE_STATES and all(d in kept or d not in to_run for d in step.deps):
+            kept[step.id] = wanted[step.id]
+    return kept

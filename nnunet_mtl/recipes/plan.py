@@ -35,6 +35,9 @@ from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.recipes.schema import Recipe
 
 CONFIGURATION = "2d"
+# what a step sets on top of the environment it runs in (Context.env); the dry run exports the same
+STEP_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_def_n_proc",
+                 "nnUNet_n_proc_DA", "PYTHONUNBUFFERED")
 
 
 @dataclass
@@ -89,9 +92,12 @@ class Context:
         return self.results / dataset.folder / f"{row.trainer}__nnUNetPlans__{CONFIGURATION}"
 
     def env(self) -> dict:
-        """The environment of every step: nnU-Net's folders, our trainers for nnU-Net's lookup, worker counts."""
+        """The variables every step sets on top of the environment it runs in: nnU-Net's folders, our trainers for
+        nnU-Net's lookup, worker counts, unbuffered output. Only these travel with a job: on a SLURM node the rest
+        (CUDA_VISIBLE_DEVICES, SLURM_*, what ``--slurm-setup`` loads) is the node's own."""
         from nnunet_mtl.paths import command_env
-        return command_env(self.workdir, self.device, self.processes)
+        full = command_env(self.workdir, self.device, self.processes)
+        return {k: full[k] for k in STEP_ENV_VARS}
 
 
 def trained_datasets(recipe: Recipe) -> list[str]:
