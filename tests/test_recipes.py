@@ -111,6 +111,21 @@ def test_all_errors_come_at_once(tmp_path):
                                                                            "comparisons[0].b[0]"}
 
 
+@pytest.mark.parametrize("change, field", [
+    (("[[rows]]\nkey", "rows = 5\n[[rowz]]\nkey"), "rows"),
+    (('from = "busi"', 'from = "busi"\nconverter = "busi"'), "datasets.busi25"),
+])
+def test_a_wrong_field_gets_one_line_not_a_second_one_that_follows_from_it(tmp_path, change, field):
+    lines = errors_of(write(tmp_path, MINIMAL.replace(*change, 1)))
+    assert len([line for line in lines if line.split(": ")[1].startswith(field)]) == 1, lines
+
+
+def test_a_comparison_with_b_not_a_list_is_one_line(tmp_path):
+    lines = errors_of(write(tmp_path, MINIMAL + '[[comparisons]]\nkey = "c"\na = "la"\nb = "la"\n'
+                                                'test_set = "udiat"\n'))
+    assert [line.split(": ")[1] for line in lines] == ["comparisons[0].b"], lines
+
+
 def test_paper_tables_are_checked_and_values_kept_as_printed(tmp_path):
     table = ('[[tables]]\nid = "Table 3"\ntest_set = "udiat"\nmetrics = ["attention_iou", "f1"]\n'
              'values."lesion-aware" = { attention_iou = "0.410 ± 0.007", f1 = "-" }\n'

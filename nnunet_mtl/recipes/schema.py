@@ -358,11 +358,12 @@ class _Checker:
                 self.error(f"{w}name", f"{name!r}; expected letters, digits, _ and - (DatasetNNN_NAME)")
             converter = self.get(spec, "converter", w, str, choices=CONVERTERS)
             from_ = self.get(spec, "from", w, str)
+            both = "converter" in spec and "from" in spec  # one error for it; the checks that follow assume one
             if ("converter" in spec) == ("from" in spec):
                 self.error(f"datasets.{handle}", "expected either converter = \"...\" (a conversion) or from = "
                                                  "HANDLE (a drop-masks or holdout copy), not both or neither")
             source = self.get(spec, "source", w, str)
-            if converter is not None and converter != "synthetic" and source is None:
+            if converter is not None and converter != "synthetic" and source is None and not both:
                 self.error(f"{w}source", f"missing; the {converter} converter reads a folder: expected a [data] key")
             if source is not None and source not in data:
                 self.error(f"{w}source", f"{source!r} is not a [data] key; expected one of "
@@ -377,7 +378,7 @@ class _Checker:
             test_per_class = self.get(spec, "test_per_class", w, int)
             test_classes = self.get(spec, "test_classes", w, list, default=[])
             holdout = test_fraction is not None or test_per_class is not None
-            if from_ is not None:
+            if from_ is not None and not both:
                 if keep is None and not holdout:
                     self.error(f"{w}keep", "missing; expected keep = F (a drop-masks copy: the fraction of masks "
                                            "kept) or test_fraction / test_per_class (a holdout copy)")
@@ -392,7 +393,7 @@ class _Checker:
                     self.error(f"{w}test_fraction", f"{test_fraction}; expected a fraction in (0, 1)")
                 elif test_per_class is not None and test_per_class < 1:
                     self.error(f"{w}test_per_class", f"{test_per_class}; expected at least 1")
-            elif holdout or keep is not None:
+            elif (holdout or keep is not None) and not both:
                 self.error(f"datasets.{handle}", "keep / test_fraction / test_per_class need from = HANDLE")
             if any(not isinstance(c, str) for c in test_classes):
                 self.error(f"{w}test_classes", "expected a list of class names")
@@ -473,7 +474,7 @@ class _Checker:
             out.append(RowSpec(key=key or "", label=self.get(row, "label", w, str, default=key or ""),
                                trainer=trainer or "", dataset=dataset or "",
                                paper_row=self.get(row, "paper_row", w, str)))
-        if not out and "rows" in self.raw:
+        if not out and isinstance(self.raw.get("rows"), list):  # a wrong type has its own error already
             self.error("rows", "empty; expected at least one [[rows]] entry")
         return out
 
@@ -507,7 +508,7 @@ class _Checker:
                 if value is not None and value not in row_keys:
                     self.error(f"{w}{name}", f"{value!r} is not a row key; expected one of "
                                              f"{', '.join(sorted(row_keys))}")
-            if not b and "b" in c:
+            if not b and isinstance(c.get("b"), list):
                 self.error(f"{w}b", "empty; expected at least one row to compare a with")
             if a in b:
                 self.error(f"{w}b", f"holds a ({a!r}) itself")
