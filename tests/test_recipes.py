@@ -426,6 +426,20 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
     assert step_state(slow, recipe, ctx)[0] is False
 
 
+def test_nnunets_own_trainers_are_rows_without_a_head(tmp_path):
+    """A baseline of plain nnU-Net (nnUNetTrainer, or a variant nnU-Net's -tr finds) trains with nnUNetv2_train and
+    is predicted by nnUNetv2_predict, like a segmentation-only row; a name neither knows is still an error."""
+    text = MINIMAL.replace("nnUNetTrainerLesionAware_tiny", "nnUNetTrainer_250epochs")
+    recipe = load_recipe(str(write(tmp_path, text)))
+    steps = {s.id: s for s in plan_steps(recipe, Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")},
+                                                         device="cpu"))}
+    assert steps["train:la:0"].argv[:6] == ["nnUNetv2_train", "613", "2d", "0", "-tr", "nnUNetTrainer_250epochs"]
+    assert steps["predict:la:udiat"].argv[0] == "nnUNetv2_predict"
+    lines = errors_of(write(tmp_path, MINIMAL.replace("nnUNetTrainerLesionAware_tiny", "nnUNetTrainerNoSuchOne")))
+    assert len(lines) == 1 and lines[0].startswith("mine.toml: rows[0].trainer: 'nnUNetTrainerNoSuchOne' is not a "
+                                                   "trainer"), lines
+
+
 def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classification_only_one_by_ours(tmp_path):
     text = MINIMAL.replace('kind = "holdout"\nfraction = 0.15', 'kind = "kfold"\nfolds = 3') \
         .replace("nnUNetTrainerLesionAware_tiny", "nnUNetTrainerSegOnly_tiny")

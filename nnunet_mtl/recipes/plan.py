@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.recipes.schema import Recipe
+from nnunet_mtl.recipes.schema import Recipe, trainer_class
 
 CONFIGURATION = "2d"
 # what a step sets on top of the environment it runs in (Context.env); the dry run exports the same
@@ -229,22 +229,20 @@ def _made(recipe: Recipe, handle: str) -> str:
 def has_lesion_map(trainer: str) -> bool:
     """Whether the trainer's model predicts a lesion map besides the mask (Fan et al.'s LA-Net): its rows are
     predicted with --save-attention and evaluated with --attention (attention_iou, Fan et al.'s JSI)."""
-    from nnunet_mtl.trainers import TRAINERS
-    cls = TRAINERS.get(trainer)
+    cls = trainer_class(trainer)
     return cls is not None and getattr(getattr(cls, "head", None), "kind", None) == "lesion_aware"
 
 
 def segments(trainer: str) -> bool:
     """Whether the trainer's model predicts masks (a classification-only one, nnUNetTrainerClsOnly, does not)."""
-    from nnunet_mtl.trainers import TRAINERS
-    return bool(getattr(TRAINERS.get(trainer), "segments", True))
+    return bool(getattr(trainer_class(trainer), "segments", True))
 
 
 def segmentation_only(trainer: str) -> bool:
-    """Whether the trainer has no classification head (its model predicts masks only: nnUNetv2_predict)."""
-    from nnunet_mtl.trainers import TRAINERS
-    cls = TRAINERS.get(trainer)
-    return cls is not None and getattr(getattr(cls, "head", None), "kind", None) == "none"
+    """Whether the trainer has no classification head (its model predicts masks only: nnUNetv2_predict): ours
+    without one (nnUNetTrainerSegOnly*) and nnU-Net's own (nnUNetTrainer, its variants, nnUNet_extTrainer's)."""
+    cls = trainer_class(trainer)
+    return cls is not None and getattr(getattr(cls, "head", None), "kind", "none") == "none"
 
 
 def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test_made: str) -> list[Step]:

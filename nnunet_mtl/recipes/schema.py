@@ -31,9 +31,13 @@ The format (docs/recipes.md has it with examples)::
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
+import io
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -196,11 +200,30 @@ def parse_paper_value(text: str) -> tuple[float, float | None] | None:
     return float(m.group(1)), (float(m.group(2)) if m.group(2) else None)
 
 
+@functools.lru_cache(maxsize=None)
+def trainer_class(trainer: str):
+    """The class of a trainer named in a recipe: one of nnunet_mtl's, else one nnU-Net's own ``-tr`` finds (its
+    trainers, e.g. nnUNetTrainer or nnUNetTrainer_250epochs, and those under nnUNet_extTrainer); None if neither.
+    nnU-Net's are segmentation-only rows (no classification head): predicted by nnUNetv2_predict."""
+    from nnunet_mtl.trainers import TRAINERS
+    if trainer in TRAINERS:
+        return TRAINERS[trainer]
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", trainer):
+        return None
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():  # nnU-Net prints where it searches; the modules it imports warn
+        warnings.simplefilter("ignore")
+        try:
+            return recursive_find_trainer_class_by_name(trainer)
+        except (RuntimeError, AssertionError):
+            return None
+
+
 def trainer_guided_features(trainer: str) -> tuple[str, ...]:
     """The guided radiomics features a trainer writes into its plans (``guidance_features``: what ablate-guidance
     reads back from the model's plans), () for a trainer without clinical guidance or an unknown name."""
-    from nnunet_mtl.trainers import TRAINERS
-    cls = TRAINERS.get(trainer)
+    cls = trainer_class(trainer)
     for term in getattr(cls, "terms", ()):
         features = term.plans_entries().get("guidance_features")
         if features:
@@ -462,10 +485,10 @@ class _Checker:
             self.unknown(row, {"key", "label", "trainer", "dataset", "paper_row"}, w)
             key = self.key_of(row, w, seen)
             trainer = self.get(row, "trainer", w, str, required=True)
-            if trainer is not None and trainers is not None and trainer not in trainers:
+            if trainer is not None and trainers is not None and trainer_class(trainer) is None:
                 close = difflib.get_close_matches(trainer, trainers, n=1)
                 self.error(f"{w}trainer", f"{trainer!r} is not a trainer" + (f"; expected e.g. {close[0]}" if close
-                                                                              else " of nnunet_mtl"))
+                                                                              else " of nnunet_mtl or nnU-Net"))
             dataset = self.get(row, "dataset", w, str, required=True)
             if dataset is not None and dataset not in datasets:
                 self.error(f"{w}dataset", f"{dataset!r} is not a dataset handle")
