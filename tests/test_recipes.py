@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -275,6 +276,9 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
     assert "segmentation not compared" in json.dumps(compared)  # against cls_only: the class metrics alone
     markdown = (workdir / "report" / "report.md").read_text()
     assert "| segmentation only (seg_only) | " in markdown and "| 0.55 ± 0.10 |" in markdown
+    # beside the paper: ours with its 95 % CI, as in the test set's table
+    assert re.search(r"\| segmentation only \(seg_only\) \| [\d.]+ ± [\d.]+ \[-?[\d.]+, -?[\d.]+\] \| 0\.55 ± 0\.10 \|",
+                     markdown), markdown
     assert "(fold ensemble)" in markdown and "Wilcoxon" in markdown
     assert (workdir / "report" / "plots" / "table_0_test.png").stat().st_size > 1000
     steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]

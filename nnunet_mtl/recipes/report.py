@@ -223,6 +223,11 @@ def _cell(entry: dict | None, metric: str) -> str:
     return fmt(entry.get("mean"), metric, entry.get("std"))
 
 
+def _cell_ci(entry: dict | None, metric: str) -> str:
+    """Mean ± std [95 % CI] (or the single model's value [bootstrap CI])."""
+    return _cell(entry, metric) + (f" {fmt_ci(entry.get('ci95'), metric)}" if entry and entry.get("ci95") else "")
+
+
 def to_markdown(report: dict, recipe: Recipe) -> str:
     k = report["folds"]
     lines = [f"# {recipe.title}", ""]
@@ -246,8 +251,7 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
                   "| --- | --- | " + " | ".join("---" for _ in metrics) + " |"]
         for row in ts["rows"]:
             lines.append(f"| {row['label']} | `{row['trainer']}` | " + " | ".join(
-                _cell(row[m], m) + (f" {fmt_ci(row[m].get('ci95'), m)}" if row[m] and row[m].get("ci95") else "")
-                for m in metrics) + " |")
+                _cell_ci(row[m], m) for m in metrics) + " |")
             if k > 1:
                 lines.append(f"| {row['label']} (fold ensemble) | | " + " | ".join(
                     fmt((row[m] or {}).get("ensemble"), m) for m in metrics) + " |")
@@ -265,8 +269,11 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
             if row["row"] is not None and row["paper_row"] != row["label"]:
                 name += f" ({row['paper_row']})"
             lines.append(f"| {name} | " + " | ".join(
-                f"{_cell(row[m]['ours'], m) if row['row'] is not None else ''} | {row[m]['paper'] or DASH}"
+                f"{_cell_ci(row[m]['ours'], m) if row['row'] is not None else ''} | {row[m]['paper'] or DASH}"
                 for m in metrics) + " |")
+        if report["comparisons"]:
+            lines += ["", "Ours with the 95 % CI as above; the p-values of the differences between our rows are in "
+                          "the comparisons below."]
         lines.append("")
     for c in report["comparisons"]:
         names = {r.key: r.label for r in recipe.rows}
