@@ -143,3 +143,60 @@ def test_read_splits_refuses_malformed_files_with_one_line(tmp_path, text, needl
     assert needle in str(e.value) and "\n" not in str(e.value) and str(path) in str(e.value)
     path.write_text('[{"train": ["a"], "val": ["b"]}]')
     assert read_splits(path, ["a", "b"]) == [{"train": ["a"], "val": ["b"]}]
+
+
+@pytest.fixture
+def phantom_split_env(tmp_path, monkeypatch):
+    """A synthetic raw dataset (20 patients, 2 images each) and its training cases."""
+    from dataset_conversion.synthetic import convert_synthetic
+    from nnunet_mtl.dataset.contract import load_raw_dataset
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    convert_synthetic(521, num_patients=20, images_per_patient=2, size=32, raw_root=tmp_path / "raw", progress=False)
+    raw = load_raw_dataset(next((tmp_path / "raw").glob("Dataset521_*")))
+    return tmp_path, raw.cases_in_split("train"), raw.cases_in_split("test")
+
+
+def test_split_from_a_patient_csv_and_from_nnunets_json(phantom_split_env, capsys):
+    """--from: a given split, a CSV by patient (listed patients validate in their fold, the rest train in all) or
+    nnU-Net's own JSON; both become the same splits_final.json, and a patient stays on one side."""
+    from nnunet_mtl.cli.main import main
+    tmp_path, train, _ = phantom_split_env
+    patients = sorted(train["patient_id"].unique())
+    csv = tmp_path / "paper_split.csv"
+    csv.write_text("patient,fold\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(patients[:6])))
+    assert main(["split", "-d", "521", "--from", str(csv)]) == 0
+    target = next((tmp_path / "pre").glob("Dataset521_*/splits_final.json"))
+    splits = json.loads(target.read_text())
+    assert len(splits) == 2
+    by_patient = dict(zip(train["case_id"], train["patient_id"]))
+    assert {by_patient[c] for c in splits[0]["val"]} == set(patients[:6:2])
+    assert len(splits[0]["val"]) == 6 and len(splits[0]["train"]) == len(train) - 6  # 2 images per patient
+    assert "fold 1: train" in capsys.readouterr().out
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps(splits))
+    assert main(["split", "-d", "521", "--from", str(given), "--overwrite"]) == 0
+    assert json.loads(target.read_text()) == splits
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("s.csv", "patient,fold\nNOPE,0\n", "names 1 patient(s) that are not training cases of the dataset (e.g. NOPE)"),
+    ("s.csv", "who,fold\nx,0\n", "has columns who, fold; expected fold and one of patient, case"),
+    ("s.csv", "patient,fold\n{p0},0\n{p1},2\n", "fold 1 has no patient; expected folds 0..2"),
+    ("s.csv", "patient,fold\n{p0},0\n{p0},1\n", "is in folds 0 and 1; expected one validation fold per patient"),
+    ("s.csv", "patient,fold\n{p0},x\n", "line 2: patient '{p0}', fold 'x'; expected an id and a fold"),
+    ("s.csv", "case,fold\n{c0},0\n", "has patient(s) {p0} in both train and val"),  # its other image trains
+    ("s.json", '[{{"train": ["{c0}"], "val": ["{t0}"]}}]', "fold 0 names {t0}, a test case"),
+    ("s.txt", "x", "expected a .json or .csv file"),
+])
+def test_a_bad_split_file_is_one_line_and_writes_nothing(phantom_split_env, capsys, name, text, needle):
+    from nnunet_mtl.cli.main import main
+    tmp_path, train, test = phantom_split_env
+    ids = {"p0": sorted(train["patient_id"])[0], "p1": sorted(train["patient_id"])[2],
+           "c0": sorted(train["case_id"])[0], "t0": sorted(test["case_id"])[0]}
+    path = tmp_path / name
+    path.write_text(text.format(**ids))
+    assert main(["split", "-d", "521", "--from", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle.format(**ids) in err, err
+    assert not list((tmp_path / "pre").glob("Dataset521_*/splits_final.json"))

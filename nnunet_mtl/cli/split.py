@@ -1,8 +1,11 @@
 """``nnunet_mtl split``: write nnU-Net's splits_final.json grouped by patient and stratified by class."""
 from __future__ import annotations
 
-from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, DEFAULT_SEED, describe_splits, grouped_stratified_holdout,
-                                       grouped_stratified_splits, write_splits)
+from pathlib import Path
+
+from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, DEFAULT_SEED, SPLIT_FILE_HELP, describe_splits,
+                                       grouped_stratified_holdout, grouped_stratified_splits, splits_from_file,
+                                       write_splits)
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.paths import find_dataset_folder, preprocessed_root, raw_root
 
@@ -13,8 +16,8 @@ def register(subparsers):
         description="Writes nnUNet_preprocessed/DatasetNNN_X/splits_final.json (nnU-Net's own split file) from the "
                     "raw dataset's cases.csv: k folds, no patient in both train and validation of a fold, classes "
                     "balanced across folds (or, with --holdout, one grouped and stratified train/validation split "
-                    "as fold 0; with --repeats R, R of them as folds 0..R-1). Our trainers write the k=5 split when "
-                    "the file is missing.")
+                    "as fold 0; with --repeats R, R of them as folds 0..R-1; with --from FILE, a given split, "
+                    "checked). Our trainers write the k=5 split when the file is missing.")
     p.add_argument("-d", required=True, help="dataset id or name")
     how = p.add_mutually_exclusive_group()
     how.add_argument("-k", "--folds", type=int, default=DEFAULT_NUM_FOLDS,
@@ -22,6 +25,10 @@ def register(subparsers):
     how.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                      help="instead of k folds: one split with this fraction of the patients as validation (fold 0), "
                           "e.g. 0.15 for the breast consistency paper's 85/15 internal split")
+    how.add_argument("--from", dest="from_file", default=None, metavar="FILE",
+                     help="instead: a given split (a paper's, or your own), checked against the dataset: nnU-Net's "
+                          "splits_final.json with this dataset's case ids, or a CSV with columns patient (or case) "
+                          "and fold, the fold whose validation set holds it; patients not listed train in every fold")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
                    help="with --holdout: R hold-out splits drawn with seeds SEED, SEED+1, ... as folds 0..R-1 "
                         "(repeated runs, each on its own validation patients; default 1)")
@@ -36,6 +43,10 @@ def run(args) -> int:
         raise NnunetMtlError(f"--repeats {args.repeats}: expected at least 1")
     if args.repeats > 1 and args.holdout is None:
         raise NnunetMtlError(f"--repeats {args.repeats} needs --holdout FRACTION (k folds already give k runs)")
+    if args.from_file is not None and args.repeats > 1:
+        raise NnunetMtlError(f"--repeats {args.repeats}: not with --from (the file gives the folds)")
+    if args.from_file is not None and not Path(args.from_file).is_file():
+        raise NnunetMtlError(f"--from {args.from_file}: no such file; expected {SPLIT_FILE_HELP}")
     raw = load_raw_dataset(find_dataset_folder(args.d, raw_root()), check_files=True)
     train = raw.cases_in_split("train")
     if train.empty:
@@ -46,7 +57,10 @@ def run(args) -> int:
         raise NnunetMtlError(f"{target} exists; pass --overwrite to replace it (trained folds would no longer match)")
     from nnunet_mtl.outputs import check_output_file
     check_output_file(target, "split file")
-    if args.holdout is not None:
+    if args.from_file is not None:
+        splits = splits_from_file(args.from_file, train["case_id"].tolist(), train["patient_id"].tolist(),
+                                  test_ids=raw.cases_in_split("test")["case_id"].tolist())
+    elif args.holdout is not None:
         splits = [fold for r in range(args.repeats) for fold in grouped_stratified_holdout(
             train["case_id"].tolist(), train["patient_id"].tolist(), train["class"].tolist(), fraction=args.holdout,
             seed=args.seed + r)]

@@ -131,3 +131,95 @@ def write_splits(splits: list[dict], path: Path) -> None:
     """nnU-Net's splits_final.json, atomically (two folds started at once may both write it)."""
     from nnunet_mtl.atomic import write_text_atomic
     write_text_atomic(json.dumps(splits, indent=2), path)
+
+
+SPLIT_FILE_HELP = ("a given split: nnU-Net's splits_final.json (a list of {\"train\": [case ids], \"val\": "
+                   "[case ids]}) or a CSV with a column patient (or case) and a column fold, the fold whose validation "
+                   "set holds it (patients not listed train in every fold)")
+
+
+def _split_csv(path: Path):
+    """(id column: 'patient' or 'case', {id: fold}) of a split CSV, checked."""
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise NnunetMtlError(f"{path} is not a readable CSV ({type(e).__name__}: {str(e)[:80]}); expected "
+                             f"{SPLIT_FILE_HELP}") from None
+    ids = [c for c in ("patient", "patient_id", "case", "case_id") if c in columns]
+    if len(ids) != 1 or "fold" not in columns:
+        raise NnunetMtlError(f"{path} has columns {', '.join(columns) or '(none)'}; expected fold and one of patient, "
+                             f"case (the fold whose validation set holds each)")
+    column = ids[0]
+    folds: dict[str, int] = {}
+    for line, r in enumerate(rows, start=2):
+        key, fold = r.get(column, ""), r.get("fold", "")
+        if not key or not fold.isdigit():
+            raise NnunetMtlError(f"{path} line {line}: {column} {key!r}, fold {fold!r}; expected an id and a fold "
+                                 f"0, 1, ...")
+        if folds.setdefault(key, int(fold)) != int(fold):
+            raise NnunetMtlError(f"{path} line {line}: {column} {key} is in folds {folds[key]} and {fold}; expected "
+                                 f"one validation fold per {column}")
+    if not folds:
+        raise NnunetMtlError(f"{path} lists no {column}; expected {SPLIT_FILE_HELP}")
+    used = set(folds.values())
+    if used != set(range(max(used) + 1)):
+        missing = sorted(set(range(max(used) + 1)) - used)
+        raise NnunetMtlError(f"{path}: fold {missing[0]} has no {column}; expected folds 0..{max(used)} each to "
+                             f"validate on some")
+    return column.split("_")[0], folds
+
+
+def count_split_file_folds(path) -> int:
+    """How many folds a given split file defines (a recipe plans its grid before the dataset exists)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return max(_split_csv(path)[1].values()) + 1
+    if path.suffix.lower() == ".json":
+        return len(read_splits(path))
+    raise NnunetMtlError(f"{path}: expected a .json or .csv file ({SPLIT_FILE_HELP})")
+
+
+def splits_from_file(path, case_ids: list[str], patient_ids: list[str], test_ids=()) -> list[dict]:
+    """The split a file gives, in nnU-Net's format, checked against the training cases ``case_ids`` (of patients
+    ``patient_ids``): every id known, none of the test set, no patient on both sides of a fold."""
+    path = Path(path)
+    patient_of_case = dict(zip(case_ids, patient_ids))
+    if path.suffix.lower() == ".json":
+        test = set(test_ids) - set(case_ids)
+        for fold, split in enumerate(read_splits(path)):
+            held = sorted({c for k in ("train", "val") for c in split[k]} & test)
+            if held:
+                raise NnunetMtlError(f"{path}: fold {fold} names {held[0]}, a test case; expected training cases only")
+        splits = read_splits(path, identifiers=case_ids)
+        splits = [{"train": sorted(s["train"]), "val": sorted(s["val"])} for s in splits]
+    else:
+        kind, fold_of = _split_csv(path) if path.suffix.lower() == ".csv" else (None, None)
+        if kind is None:
+            raise NnunetMtlError(f"{path}: expected a .json or .csv file ({SPLIT_FILE_HELP})")
+        known = set(patient_ids) if kind == "patient" else set(case_ids)
+        unknown = sorted(set(fold_of) - known)
+        if unknown:
+            raise NnunetMtlError(f"{path} names {len(unknown)} {kind}(s) that are not training cases of the dataset "
+                                 f"(e.g. {unknown[0]}); expected {kind} ids of its cases.csv")
+        key = (lambda c: patient_of_case[c]) if kind == "patient" else (lambda c: c)
+        splits = []
+        for fold in range(max(fold_of.values()) + 1):
+            val = sorted(c for c in case_ids if fold_of.get(key(c)) == fold)
+            splits.append({"train": sorted(c for c in case_ids if fold_of.get(key(c)) != fold), "val": val})
+    for fold, split in enumerate(splits):
+        both = sorted(set(split["train"]) & set(split["val"]))
+        if both:
+            raise NnunetMtlError(f"{path}: fold {fold} has {both[0]} in both train and val; expected each case on "
+                                 f"one side")
+        if not split["train"]:
+            raise NnunetMtlError(f"{path}: fold {fold} leaves nothing to train on; expected some cases outside its "
+                                 f"validation set")
+    try:
+        check_splits_grouped(splits, patient_of_case)
+    except NnunetMtlError as e:
+        raise NnunetMtlError(f"{path}: {e}") from None
+    return splits
