@@ -127,6 +127,28 @@ def test_a_comparison_with_b_not_a_list_is_one_line(tmp_path):
     assert [line.split(": ")[1] for line in lines] == ["comparisons[0].b"], lines
 
 
+def test_a_given_split_file_sets_the_folds_and_its_step_is_split_from(tmp_path):
+    """kind = "file": a paper's or the user's split, relative to the recipe; its folds (here 3) make the grid, and
+    the split step is nnunet_mtl split --from FILE, which checks it against the dataset."""
+    (tmp_path / "paper_split.csv").write_text("patient,fold\np1,0\np2,1\np3,2\n")
+    text = MINIMAL.replace('kind = "holdout"\nfraction = 0.15\nseed = 1', 'kind = "file"\nfile = "paper_split.csv"')
+    recipe = load_recipe(str(write(tmp_path, text)))
+    assert recipe.split.fold_ids == [0, 1, 2] and recipe.split.file == tmp_path / "paper_split.csv"
+    steps = {s.id: s for s in plan_steps(recipe, Context(workdir=tmp_path / "w", data={"BUSI": Path("/data/BUSI")},
+                                                         device="cpu"))}
+    assert steps["split:busi25"].argv == ["nnunet_mtl", "split", "-d", "613", "--from",
+                                          str(tmp_path / "paper_split.csv")]
+    assert {"train:la:0", "train:la:1", "train:la:2"} <= set(steps)
+    for change, needle in ((('file = "paper_split.csv"', 'file = "nope.csv"'), "split.file: '"),
+                           (('file = "paper_split.csv"', 'file = "paper_split.csv"\nfolds = 3'),
+                            "split.folds: not with kind = \"file\""),
+                           (('kind = "file"\nfile = "paper_split.csv"', 'kind = "file"'), "split.file: missing")):
+        lines = errors_of(write(tmp_path, text.replace(*change)))
+        assert len(lines) == 1 and needle in lines[0], lines
+    (tmp_path / "paper_split.csv").write_text("patient,fold\np1,0\np2,2\n")
+    assert "fold 1 has no patient" in errors_of(write(tmp_path, text))[0]
+
+
 def test_paper_tables_are_checked_and_values_kept_as_printed(tmp_path):
     table = ('[[tables]]\nid = "Table 3"\ntest_set = "udiat"\nmetrics = ["attention_iou", "f1"]\n'
              'values."lesion-aware" = { attention_iou = "0.410 ± 0.007", f1 = "-" }\n'

@@ -91,7 +91,8 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
     k = len(recipe.split.fold_ids)
     report = {"recipe": recipe.name, "title": recipe.title, "workdir": str(ctx.workdir), "folds": k,
               "split": {"kind": recipe.split.kind, "folds": recipe.split.folds, "fraction": recipe.split.fraction,
-                        "seed": recipe.split.seed, "repeats": recipe.split.repeats},
+                        "seed": recipe.split.seed, "repeats": recipe.split.repeats,
+                        "file": str(recipe.split.file) if recipe.split.file else None},
               "checkpoint": recipe.checkpoint, "test_sets": [], "tables": [], "comparisons": [], "ablations": [],
               "missing": [], "timings": _timings(ctx)}
     results = {}
@@ -234,7 +235,9 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
     if recipe.citation:
         lines += [f"Paper: {recipe.citation}", ""]
     split = report["split"]
-    how = (f"{split['folds']}-fold cross-validation (patient-grouped), seed {split['seed']}" if split["kind"] == "kfold"
+    how = (f"the given split {split.get('file')} ({split['folds']} fold{'s' if split['folds'] > 1 else ''})"
+           if split["kind"] == "file" else
+           f"{split['folds']}-fold cross-validation (patient-grouped), seed {split['seed']}" if split["kind"] == "kfold"
            else f"one patient-grouped hold-out split, {split['fraction']:.0%} validation, seed {split['seed']}"
            if split.get("repeats", 1) == 1 else
            f"{split['repeats']} patient-grouped hold-out splits (runs) as folds, {split['fraction']:.0%} validation "

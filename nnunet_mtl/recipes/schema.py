@@ -49,7 +49,7 @@ SCHEMA_VERSION = 1
 CONVERTERS = ("synthetic", "aimi", "breast", "udiat", "bus-uclm", "busi", "ddti", "thyroidxl", "tn3k")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
-SPLIT_KINDS = ("kfold", "holdout")
+SPLIT_KINDS = ("kfold", "holdout", "file")
 # metric name in a recipe -> the dotted key of nnunet_mtl evaluate's summary.json (docs/evaluation.md)
 METRICS = {
     "dice": "segmentation.dice.mean", "iou": "segmentation.iou.mean", "hd95": "segmentation.hd95_px.mean",
@@ -112,10 +112,11 @@ class SplitSpec:
     fraction: float | None = None
     seed: int = 12345
     repeats: int = 1          # holdout: this many hold-out splits (seeds seed, seed + 1, ...) as folds 0..repeats-1
+    file: Path | None = None  # file: a given split (nnunet_mtl split --from), its folds counted when the recipe loads
 
     @property
     def fold_ids(self) -> list[int]:
-        return list(range(self.folds)) if self.kind == "kfold" else list(range(self.repeats))
+        return list(range(self.folds)) if self.kind in ("kfold", "file") else list(range(self.repeats))
 
 
 @dataclass(frozen=True)
@@ -443,8 +444,13 @@ class _Checker:
 
     def split(self) -> SplitSpec:
         spec = self.get(self.raw, "split", "", dict, required=True, default={})
-        self.unknown(spec, {"kind", "folds", "fraction", "seed", "repeats"}, "split.")
+        self.unknown(spec, {"kind", "folds", "fraction", "seed", "repeats", "file"}, "split.")
         kind = self.get(spec, "kind", "split.", str, default="kfold", choices=SPLIT_KINDS) or "kfold"
+        file = self.get(spec, "file", "split.", str)
+        if kind == "file":
+            return self._split_file(spec, file)
+        if file is not None:
+            self.error("split.file", "only for kind = \"file\"")
         folds = self.get(spec, "folds", "split.", int, default=5 if kind == "kfold" else 1)
         fraction = self.get(spec, "fraction", "split.", (int, float))
         if kind == "kfold" and folds is not None and folds < 2:
@@ -466,6 +472,28 @@ class _Checker:
         return SplitSpec(kind=kind, folds=folds if kind == "kfold" and folds else 1, fraction=fraction,
                          seed=self.get(spec, "seed", "split.", int, default=12345),
                          repeats=repeats if kind == "holdout" and repeats and repeats > 0 else 1)
+
+    def _split_file(self, spec: dict, file: str | None) -> SplitSpec:
+        """kind = "file": a given split (a paper's, or the user's), path relative to the recipe's folder; its folds
+        are counted now, as the grid of trainings depends on them; the split step checks it against the dataset."""
+        from nnunet_mtl.dataset.splits import SPLIT_FILE_HELP, count_split_file_folds
+        for other in ("folds", "fraction", "repeats", "seed"):
+            if other in spec:
+                self.error(f"split.{other}", "not with kind = \"file\" (the file gives the folds)")
+        if file is None:
+            self.error("split.file", f"missing; kind = \"file\" needs {SPLIT_FILE_HELP}")
+            return SplitSpec(kind="file", folds=1)
+        path = Path(file).expanduser()
+        path = (path if path.is_absolute() else self.path.parent / path).resolve()
+        if not path.is_file():
+            self.error("split.file", f"{str(path)!r} does not exist; expected {SPLIT_FILE_HELP}")
+            return SplitSpec(kind="file", folds=1, file=path)
+        try:
+            folds = count_split_file_folds(path)
+        except NnunetMtlError as e:
+            self.error("split.file", str(e))
+            folds = 1
+        return SplitSpec(kind="file", folds=folds, file=path)
 
     def array(self, name: str, required: bool) -> list:
         items = self.get(self.raw, name, "", list, required=required, default=[])
