@@ -127,6 +127,15 @@ def test_a_comparison_with_b_not_a_list_is_one_line(tmp_path):
     assert [line.split(": ")[1] for line in lines] == ["comparisons[0].b"], lines
 
 
+def test_a_test_set_names_its_report_columns(tmp_path):
+    from nnunet_mtl.recipes.report import DEFAULT_METRICS, _metrics_for
+    assert _metrics_for(load_recipe(str(write(tmp_path, MINIMAL))), "udiat") == DEFAULT_METRICS
+    text = MINIMAL.replace('dataset = "udiat"\n', 'dataset = "udiat"\nmetrics = ["dice", "sensitivity"]\n')
+    assert _metrics_for(load_recipe(str(write(tmp_path, text))), "udiat") == ("dice", "sensitivity")
+    lines = errors_of(write(tmp_path, text.replace('"sensitivity"', '"sensitivty"')))
+    assert lines == ["mine.toml: test_sets[0].metrics[1]: 'sensitivty' is not a metric; did you mean 'sensitivity'?"]
+
+
 def test_a_given_split_file_sets_the_folds_and_its_step_is_split_from(tmp_path):
     """kind = "file": a paper's or the user's split, relative to the recipe; its folds (here 3) make the grid, and
     the split step is nnunet_mtl split --from FILE, which checks it against the dataset."""

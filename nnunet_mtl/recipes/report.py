@@ -195,7 +195,9 @@ def _paper(text):
 
 
 def _metrics_for(recipe: Recipe, test_set: str) -> tuple[str, ...]:
-    chosen = [m for t in recipe.tables if t.test_set == test_set for m in t.metrics]
+    """The test set's own metrics, then those of the paper tables on it; a standard set when neither names any."""
+    own = next((t.metrics for t in recipe.test_sets if t.key == test_set), ())
+    chosen = [*own, *(m for t in recipe.tables if t.test_set == test_set for m in t.metrics)]
     return tuple(dict.fromkeys(chosen)) if chosen else DEFAULT_METRICS
 
 

@@ -133,6 +133,7 @@ class TestSetSpec:
     key: str
     label: str
     dataset: str
+    metrics: tuple = ()       # the report's columns here (default: the tables' metrics, else a standard set)
 
 
 @dataclass(frozen=True)
@@ -495,6 +496,16 @@ class _Checker:
             folds = 1
         return SplitSpec(kind="file", folds=folds, file=path)
 
+    def metric_list(self, table: dict, w: str, required: bool) -> list[str]:
+        """``metrics = [...]`` of a table or a test set: the known metric names of it (each unknown one an error)."""
+        metrics = self.get(table, "metrics", w, list, required=required, default=[])
+        for j, m in enumerate(metrics):
+            if m not in METRICS:
+                close = difflib.get_close_matches(str(m), METRICS, n=1)
+                self.error(f"{w}metrics[{j}]", f"{m!r} is not a metric; expected one of {', '.join(METRICS)}"
+                           if not close else f"{m!r} is not a metric; did you mean {close[0]!r}?")
+        return [m for m in metrics if m in METRICS]
+
     def array(self, name: str, required: bool) -> list:
         items = self.get(self.raw, name, "", list, required=required, default=[])
         good = []
@@ -537,13 +548,14 @@ class _Checker:
         out, seen = [], set()
         for i, ts in self.array("test_sets", required=False):
             w = f"test_sets[{i}]."
-            self.unknown(ts, {"key", "label", "dataset"}, w)
+            self.unknown(ts, {"key", "label", "dataset", "metrics"}, w)
             key = self.key_of(ts, w, seen)
             dataset = self.get(ts, "dataset", w, str, required=True)
             if dataset is not None and dataset not in datasets:
                 self.error(f"{w}dataset", f"{dataset!r} is not a dataset handle")
+            metrics = self.metric_list(ts, w, required=False)
             out.append(TestSetSpec(key=key or "", label=self.get(ts, "label", w, str, default=key or ""),
-                                   dataset=dataset or ""))
+                                   dataset=dataset or "", metrics=tuple(metrics)))
         return out
 
     def comparisons(self, rows: list, test_sets: list) -> list[ComparisonSpec]:
@@ -580,12 +592,7 @@ class _Checker:
             test_set = self.get(t, "test_set", w, str, required=True)
             if test_set is not None and test_set not in ts_keys:
                 self.error(f"{w}test_set", f"{test_set!r} is not a test set key")
-            metrics = self.get(t, "metrics", w, list, required=True, default=[])
-            for j, m in enumerate(metrics):
-                if m not in METRICS:
-                    close = difflib.get_close_matches(str(m), METRICS, n=1)
-                    self.error(f"{w}metrics[{j}]", f"{m!r} is not a metric; expected one of {', '.join(METRICS)}"
-                               if not close else f"{m!r} is not a metric; did you mean {close[0]!r}?")
+            metrics = self.metric_list(t, w, required=True)
             values = self.get(t, "values", w, dict, default={})
             for row_label, cells in values.items():
                 where = f"{w}values.{row_label}"
@@ -608,7 +615,7 @@ class _Checker:
                         self.error(f"{where}.{metric}", f"{text!r}; expected a number, \"mean ± std\" or \"-\"")
             out.append(PaperTable(id=self.get(t, "id", w, str, required=True) or "",
                                   caption=self.get(t, "caption", w, str, default=""), test_set=test_set or "",
-                                  metrics=tuple(m for m in metrics if m in METRICS), values=values))
+                                  metrics=tuple(metrics), values=values))
         return out
 
     def paper_text(self, where: str, text) -> bool:
