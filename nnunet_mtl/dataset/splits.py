@@ -173,14 +173,20 @@ def _split_csv(path: Path):
     return column.split("_")[0], folds
 
 
+def _split_file_format(path: Path) -> str:
+    """'json' or 'csv', by the file's suffix."""
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in ("json", "csv"):
+        raise NnunetMtlError(f"{path}: expected a .json or .csv file ({SPLIT_FILE_HELP})")
+    return suffix
+
+
 def count_split_file_folds(path) -> int:
     """How many folds a given split file defines (a recipe plans its grid before the dataset exists)."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
+    if _split_file_format(path) == "csv":
         return max(_split_csv(path)[1].values()) + 1
-    if path.suffix.lower() == ".json":
-        return len(read_splits(path))
-    raise NnunetMtlError(f"{path}: expected a .json or .csv file ({SPLIT_FILE_HELP})")
+    return len(read_splits(path))
 
 
 def splits_from_file(path, case_ids: list[str], patient_ids: list[str], test_ids=()) -> list[dict]:
@@ -188,18 +194,16 @@ def splits_from_file(path, case_ids: list[str], patient_ids: list[str], test_ids
     ``patient_ids``): every id known, none of the test set, no patient on both sides of a fold."""
     path = Path(path)
     patient_of_case = dict(zip(case_ids, patient_ids))
-    if path.suffix.lower() == ".json":
+    if _split_file_format(path) == "json":
         test = set(test_ids) - set(case_ids)
-        for fold, split in enumerate(read_splits(path)):
+        splits = read_splits(path, identifiers=[*case_ids, *test])  # unknown ids refused here, test cases below
+        for fold, split in enumerate(splits):
             held = sorted({c for k in ("train", "val") for c in split[k]} & test)
             if held:
                 raise NnunetMtlError(f"{path}: fold {fold} names {held[0]}, a test case; expected training cases only")
-        splits = read_splits(path, identifiers=case_ids)
         splits = [{"train": sorted(s["train"]), "val": sorted(s["val"])} for s in splits]
     else:
-        kind, fold_of = _split_csv(path) if path.suffix.lower() == ".csv" else (None, None)
-        if kind is None:
-            raise NnunetMtlError(f"{path}: expected a .json or .csv file ({SPLIT_FILE_HELP})")
+        kind, fold_of = _split_csv(path)
         known = set(patient_ids) if kind == "patient" else set(case_ids)
         unknown = sorted(set(fold_of) - known)
         if unknown:

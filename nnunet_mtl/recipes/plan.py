@@ -144,12 +144,13 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                           ["nnUNetv2_plan_and_preprocess", "-d", str(ds.id), "-c", CONFIGURATION, "-np", n,
                            "-npfp", n, "--verify_dataset_integrity"], deps=[made[handle]], timeout_min=timeout))
         split = recipe.split
-        how = ["-k", str(split.folds)] if split.kind == "kfold" else ["--holdout", f"{split.fraction:g}"] \
-            if split.kind == "holdout" else ["--from", str(split.file)]
-        if split.kind == "holdout" and split.repeats > 1:
-            how += ["--repeats", str(split.repeats)]
-        if split.kind != "file":
-            how += ["--seed", str(split.seed)]
+        if split.kind == "file":  # a given split: the file gives the folds, nothing is drawn
+            how = ["--from", str(split.file)]
+        elif split.kind == "kfold":
+            how = ["-k", str(split.folds), "--seed", str(split.seed)]
+        else:
+            how = ["--holdout", f"{split.fraction:g}"] + (["--repeats", str(split.repeats)] if split.repeats > 1
+                                                          else []) + ["--seed", str(split.seed)]
         steps.append(Step(f"split:{handle}", "split", f"{split.kind} split of {ds.folder}",
                           ["nnunet_mtl", "split", "-d", str(ds.id), *how],
                           deps=[f"plan:{handle}"], timeout_min=timeout))
