@@ -30,7 +30,10 @@ BASELINES = ("nnUNetTrainerMTL", "nnUNetTrainerMTL_UW", "nnUNetTrainerMTL_JDSum"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     step_arguments(parser, steps=10, warmup=2)
+    parser.add_argument("--trainers", default=",".join(BASELINES),
+                        help="comma-separated subset of the baselines (nnUNetTrainerMTL is always timed)")
     args = parser.parse_args()
+    chosen = ["nnUNetTrainerMTL"] + [t for t in args.trainers.split(",") if t and t != "nnUNetTrainerMTL"]
     os.environ.setdefault("nnUNet_compile", "0")
     device = torch.device(args.device)
 
@@ -38,7 +41,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         plans, dataset_json = plan_phantom(Path(tmp), args.size)
-        trainers, batch = trainers_on_one_batch({name: TRAINERS[name] for name in BASELINES}, plans, dataset_json,
+        trainers, batch = trainers_on_one_batch({name: TRAINERS[name] for name in chosen}, plans, dataset_json,
                                                 device)
         med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
     print_step_times(med, trainers, batch, device, args.steps)

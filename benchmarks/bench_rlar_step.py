@@ -88,7 +88,8 @@ def main() -> int:
         work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
 
     patch = "x".join(map(str, first.configuration_manager.patch_size))
-    amp = "AMP fp16" if device.type == "cuda" else "fp32"
+    from nnunet_mtl.precision import describe
+    amp = describe(device).removeprefix("precision: ")
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "
           f"{args.layer} (stage {stages}), lambda_adv {rule.adv_weight}, {args.steps} interleaved steps each "
           f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rule._slow_reason)}:")

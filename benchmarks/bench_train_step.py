@@ -23,7 +23,18 @@ import torch
 
 
 def plan_phantom(root: Path, size: int) -> tuple[dict, dict]:
+    """(plans, dataset.json) of a phantom of ``size`` px planned by nnU-Net under ``root``; with the environment's
+    NNUNET_MTL_BENCH_PHANTOM=DIR under DIR/SIZE instead, planned once and reused by every benchmark that follows
+    (benchmarks/device_check.sh)."""
     from dataset_conversion.synthetic import convert_synthetic
+    shared = os.environ.get("NNUNET_MTL_BENCH_PHANTOM")
+    if shared:
+        root = Path(shared) / str(size)
+        for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            os.environ[var] = str(root / var)
+        planned = next((root / "nnUNet_preprocessed").glob("Dataset900_*/nnUNetPlans.json"), None)
+        if planned is not None:
+            return json.loads(planned.read_text()), json.loads((planned.parent / "dataset.json").read_text())
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[var] = str(root / var)
         (root / var).mkdir(parents=True, exist_ok=True)
@@ -107,7 +118,8 @@ def print_step_times(medians: dict, trainers: dict, batch: dict, device: torch.d
     """The header (device, batch, patch) and one line per trainer: ms per step and the ratio to ``reference``."""
     first = next(iter(trainers.values()))
     patch = "x".join(map(str, first.configuration_manager.patch_size))
-    amp = "AMP fp16" if device.type == "cuda" else "fp32"
+    from nnunet_mtl.precision import describe
+    amp = describe(device).removeprefix("precision: ")
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {len(batch['keys'])} x {patch}, "
           f"{steps} interleaved steps each (median):")
     width = max(len(n) for n in medians) + 2
@@ -144,6 +156,8 @@ def main() -> int:
     step_arguments(parser, steps=20, warmup=3)
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_compile", "0")  # compare the eager steps; compile time would dominate short runs
+    # nnU-Net's trainer never autocasts on the CPU: ours must not either for a like-for-like step (CUDA: both fp16)
+    os.environ["nnUNet_mtl_cpu_amp"] = "off"
     device = torch.device(args.device)
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -178,7 +192,8 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["nnUNetTrainerMTL"] / med["nnUNetTrainer"]
     patch = "x".join(map(str, base.configuration_manager.patch_size))
-    print(f"device {device}, batch {batch_size} x {patch}, {args.steps} interleaved steps each (median):")
+    compiled = "torch.compile on" if getattr(mtl, "_do_i_compile", lambda: False)() else "eager"
+    print(f"device {device} ({compiled}), batch {batch_size} x {patch}, {args.steps} interleaved steps each (median):")
     for name, value in med.items():
         print(f"  {name:18s} {value * 1000:8.1f} ms/step")
     print(f"ratio nnUNetTrainerMTL / nnUNetTrainer = {ratio:.3f}  (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")

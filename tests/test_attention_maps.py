@@ -109,7 +109,8 @@ def make_predictor(head_config, folds=1, mirroring=True):
                     "file_ending": ".png", "class_labels": CLASS_LABELS}
     predictor = MultitaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                    perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                   verbose_preprocessing=False, allow_tqdm=False)
+                                   verbose_preprocessing=False, allow_tqdm=False,
+                                   cpu_amp="off")  # the specification below is computed in float32
     predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("2d"), parameters,
                                     dataset_json, "nnUNetTrainerMTL", (0, 1))
     return predictor

@@ -33,7 +33,8 @@ def _default(env: str, default: int) -> int:
 def register(subparsers):
     p = subparsers.add_parser(
         "predict", help="segment and classify images with a trained multitask model (nnUNetv2_predict's flags)",
-        description="Runs nnU-Net's predictor (identical segmentations to nnUNetv2_predict) and also writes "
+        description="Runs nnU-Net's predictor (identical segmentations to nnUNetv2_predict; on a CPU with native "
+                    "bfloat16 equal up to rounding unless --cpu-amp off) and also writes "
                     "OUTPUT/class_predictions.csv with per-case class probabilities, averaged over test-time "
                     "mirroring, tiles and folds.")
     add_model_arguments(p)
@@ -77,6 +78,10 @@ def add_model_arguments(p, default_trainer: str = "nnUNetTrainerMTL") -> None:
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true")
+    p.add_argument("--cpu-amp", dest="cpu_amp", choices=["auto", "bf16", "off"], default=None,
+                   help="with -device cpu: bfloat16 autocast (auto: where the CPU computes bfloat16 natively; off: "
+                        "float32, masks bit-identical to nnUNetv2_predict). Default: the environment's "
+                        "nnUNet_mtl_cpu_amp, else auto (docs/benchmarks.md)")
 
 
 def model_folder_for(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -150,7 +155,9 @@ def check_inputs(input_folder: Path, file_ending: str, channels: int | None = No
 
 def check_run_options(args) -> None:
     """nnUNetv2_predict's numeric options, before nnU-Net asserts on them mid-run."""
+    from nnunet_mtl import precision
     from nnunet_mtl.resources import cap_processes
+    precision.requested(getattr(args, "cpu_amp", None))  # the environment's value too, before any work
     step = getattr(args, "step_size", 0.5)
     if not 0 < step <= 1:
         raise NnunetMtlError(f"-step_size {step}: expected a fraction of the patch size in (0, 1], e.g. 0.5")
@@ -273,6 +280,8 @@ def command_line(args, subcommand: str, folds: list, output, per_fold: bool = Fa
         cmd += ["-num_parts", str(args.num_parts), "-part_id", str(args.part_id)]
     if getattr(args, "cases", None):
         cmd += ["--cases", str(args.cases)]
+    if getattr(args, "cpu_amp", None):
+        cmd += ["--cpu-amp", args.cpu_amp]
     if per_fold:
         cmd.append("--per-fold")
     return shlex.join(cmd)
@@ -390,7 +399,7 @@ def load_predictor(args, checked: dict | None = None):
                                    use_mirroring=not args.disable_tta,
                                    perform_everything_on_device=not args.not_on_device, device=device,
                                    verbose=args.verbose, verbose_preprocessing=args.verbose,
-                                   allow_tqdm=not args.disable_progress_bar)
+                                   allow_tqdm=not args.disable_progress_bar, cpu_amp=getattr(args, "cpu_amp", None))
     try:
         predictor.initialize_from_trained_model_folder(str(model_folder), folds, checkpoint_name=args.chk)
     except RuntimeError as e:
@@ -472,6 +481,13 @@ def predict_into(args, output: Path, checked: dict | None = None) -> tuple[Path,
     return csv_path, count
 
 
+def print_precision(args) -> None:
+    import torch
+
+    from nnunet_mtl import precision
+    print(precision.describe(torch.device(args.device), getattr(args, "cpu_amp", None)), flush=True)
+
+
 def run(args) -> int:
     check_parts(args)
     if args.per_fold:
@@ -480,6 +496,7 @@ def run(args) -> int:
     refuse_per_fold_folder(output, "predicting")
     checked = preflight(args, parse_folds(args.f))
     check_prediction_output(output, class_predictions_name(args), checked)
+    print_precision(args)
     csv_path, count = predict_into(args, output, checked)
     print(f"segmentations: {output}\nclass probabilities ({count} cases predicted now): {csv_path}")
     if args.save_attention:
@@ -504,6 +521,7 @@ def run_per_fold(args) -> int:
     if getattr(args, "save_attention", False):
         check_attention_model(args, checked, folds[0])
     info = per_fold_info(args, "predict", folds, checked["model_folder"], output)
+    print_precision(args)
     start_per_fold_output(args, info, checked["dataset_json"].get("file_ending", ".png"))
     runs = [(f"fold {i + 1}/{len(folds)}: fold {k}'s model alone", [k], output / fold_subfolder(k))
             for i, k in enumerate(folds)]

@@ -1,7 +1,8 @@
 """Class-aware prediction: nnU-Net's predictor, unchanged for segmentation, plus per-case class probabilities.
 
 The segmentation path is nnU-Net's own code (sliding window, Gaussian tile weighting, mirroring, fold
-averaging, export), so masks are identical to ``nnUNetv2_predict``. The only override is where the network is
+averaging, export), so masks are identical to ``nnUNetv2_predict`` (on a CPU under bfloat16 autocast,
+:class:`CPUAutocastPredictor` and nnunet_mtl.precision, equal up to rounding; identical with it off). The only override is where the network is
 called: we ask it for its class logits too (same encoder pass), and average the class softmax
   - over the test-time mirrors of a tile (like the segmentation logits),
   - over the tiles of an image (plain mean: the class is a property of the whole image, no Gaussian weighting),
@@ -40,7 +41,31 @@ from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet
 
 
-class MultitaskPredictor(nnUNetPredictor):
+class CPUAutocastPredictor(nnUNetPredictor):
+    """nnU-Net's predictor, with bfloat16 autocast around the sliding window on a CPU where
+    :mod:`nnunet_mtl.precision` enables it (``cpu_amp``: auto | bf16 | off; None: the environment's
+    ``nnUNet_mtl_cpu_amp``). On CUDA nnU-Net's own float16 autocast applies, unchanged; with ``off`` everything is
+    nnU-Net's (masks bit-identical to ``nnUNetv2_predict``)."""
+
+    def __init__(self, *args, cpu_amp: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        from nnunet_mtl import precision
+        self.cpu_amp = precision.requested(cpu_amp)  # a bad value is refused here, before any image is read
+
+    def precision_line(self) -> str:
+        from nnunet_mtl import precision
+        return precision.describe(self.device, self.cpu_amp)
+
+    @torch.inference_mode()
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+        from nnunet_mtl import precision
+        if self.device.type != "cpu":
+            return super().predict_sliding_window_return_logits(input_image)
+        with precision.autocast_for(self.device, self.cpu_amp)():
+            return super().predict_sliding_window_return_logits(input_image)
+
+
+class MultitaskPredictor(CPUAutocastPredictor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.class_names: list[str] = []
@@ -104,6 +129,8 @@ class MultitaskPredictor(nnUNetPredictor):
         network = getattr(self.network, "_orig_mod", self.network)
         # a classification-only model runs no decoder: background logits keep nnU-Net's sliding window going
         prediction = out["seg"] if "seg" in out else network.background(x)
+        if prediction.dtype == torch.bfloat16:  # CPU autocast: the mirrors are summed in float32 (bfloat16 keeps 8
+            prediction = prediction.float()     # bits); float32 and CUDA's float16 are summed as nnU-Net sums them
         probs = torch.softmax(out["logits"].float(), 1)
         embeddings = [self._embedding(out)] if self.record_embeddings else []
         collecting = self._attention_sum is not None
@@ -376,18 +403,30 @@ class MultitaskPredictor(nnUNetPredictor):
         """CSV: case_id, predicted_class, prob_<class>... (one row per case, sorted by case id). The rows of a CSV
         already at ``path`` are kept, those of the cases predicted now replaced (a folder predicted in several
         runs keeps one row per mask); ``merge_existing`` False writes only the cases predicted now."""
-        rows = read_class_prediction_rows(path, self.class_names) if merge_existing else {}
-        for case, probs in self.class_probabilities.items():
-            row = {"case_id": case, "predicted_class": self.class_names[int(np.argmax(probs))]}
-            row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(self.class_names, probs)})
-            rows[case] = row
-        fields = class_prediction_fields(self.class_names)
-        with atomic_open(path, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            for case in sorted(rows):
-                writer.writerow({k: rows[case].get(k, "") for k in fields})
-        return path
+        return write_class_predictions(path, self.class_names, self.class_probabilities, merge_existing)
+
+
+class ValidationPredictor(MultitaskPredictor):
+    """The predictor of a trainer's final validation (nnunet_mtl.trainers.mtl): nnU-Net's loop calls
+    ``predict_sliding_window_return_logits`` once per validation case, in the order of ``cases``; the class
+    probabilities of each call are recorded under its case. ``validation_complete()``: every case predicted once,
+    nothing more."""
+
+    def __init__(self, *args, cases: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validation_cases = list(cases)
+        self._calls = 0
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+        case = self.validation_cases[self._calls] if self._calls < len(self.validation_cases) else None
+        self._calls += 1
+        self._fold_probs, self._fold_embeddings, self._fold_attention = [], [], []
+        logits = super().predict_sliding_window_return_logits(input_image)
+        self._record_case(case, tuple(input_image.shape))
+        return logits
+
+    def validation_complete(self) -> bool:
+        return self._calls == len(self.validation_cases) and set(self.class_probabilities) == set(self.validation_cases)
 
 
 _P_EPS = 1e-6  # P is clipped to [_P_EPS, 1 - _P_EPS] before its logarithm; round(255 P) does not see the difference
@@ -404,6 +443,24 @@ def attention_to_uint8(p: np.ndarray) -> np.ndarray:
     """What a lesion map PNG stores: round(255 P) (numpy's rint, half to even) of P clipped to [0, 1], as uint8;
     P >= 0.5 is then exactly pixel >= 128 (127.5 rounds to 128)."""
     return np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_class_predictions(path: Path, class_names, probabilities: dict, merge_existing: bool = True) -> Path:
+    """``probabilities`` ({case: probabilities ordered as class_names}) as class_predictions.csv at ``path``
+    (see :meth:`MultitaskPredictor.write_class_predictions`), written atomically."""
+    class_names = list(class_names)
+    rows = read_class_prediction_rows(path, class_names) if merge_existing else {}
+    for case, probs in probabilities.items():
+        row = {"case_id": case, "predicted_class": class_names[int(np.argmax(probs))]}
+        row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(class_names, probs)})
+        rows[case] = row
+    fields = class_prediction_fields(class_names)
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for case in sorted(rows):
+            writer.writerow({k: rows[case].get(k, "") for k in fields})
+    return path
 
 
 def class_prediction_fields(class_names) -> list[str]:

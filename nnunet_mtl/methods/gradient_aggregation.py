@@ -63,8 +63,13 @@ def make_aggregator(name: str):
 def torchjd_step(losses: list, features: list, shared: list, aggregator) -> None:
     """TorchJD's two steps: the per-task Jacobian into the shared parameters' ``.jac`` (and plain gradients into
     the task-specific parameters), then the aggregation into ``.grad``."""
+    import torch
     from torchjd.autojac import jac_to_grad, mtl_backward
-    mtl_backward(losses, features=features, shared_params=shared)
+    # Under autocast (CUDA float16, CPU bfloat16) PyTorch's batched (vmap) backward of instance norm fails on the
+    # low-precision activations with float32 weights ("expected scalar type BFloat16 but found Float"): the tasks'
+    # rows of the Jacobian are then differentiated one after another (the same values; one backward per task)
+    low_precision = any(f.dtype in (torch.float16, torch.bfloat16) for f in features)
+    mtl_backward(losses, features=features, shared_params=shared, parallel_chunk_size=1 if low_precision else None)
     jac_to_grad(shared, aggregator)
 
 

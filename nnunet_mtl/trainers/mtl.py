@@ -32,10 +32,9 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 
-from nnunet_mtl import __version__
+from nnunet_mtl import __version__, precision
 from nnunet_mtl.dataset.case_table import CaseTable, copy_if_changed
 from nnunet_mtl.dataset.contract import read_class_labels
 from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, check_splits_grouped, describe_splits,
@@ -128,6 +127,25 @@ def validation_classification(collated: dict, class_names: Sequence[str]) -> dic
 
 
 
+TIME_BUDGET_VAR = "nnUNet_mtl_max_train_minutes"
+
+
+def time_budget_seconds() -> float | None:
+    """The wall-clock budget of one nnUNetv2_train run (``nnUNet_mtl_max_train_minutes``, minutes > 0; unset: none):
+    training stops after the first epoch that ends past it, as early stopping does (checkpoint_final is that epoch's,
+    nnU-Net's final validation follows). A run resumed with --c gets the budget anew."""
+    value = os.environ.get(TIME_BUDGET_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = float("nan")
+    if not (minutes > 0 and np.isfinite(minutes)):
+        raise NnunetMtlError(f"{TIME_BUDGET_VAR} is {value!r}; expected a number of minutes > 0 (or unset)")
+    return 60.0 * minutes
+
+
 def selection_ema(previous: list[float], score: float, restart: bool) -> float:
     """The selection EMA after this epoch: nnU-Net's smoothing of its EMA Dice (0.9 old + 0.1 new), restarted at
     the first epoch of every stage. An undefined score (NaN: a pseudo Dice over validation patches without one
@@ -182,6 +200,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             except (ValueError, NnunetMtlError) as e:
                 fail(f"{trainer}: {e}")
             self.task_names = [t.name for t in self.terms if t.task]
+            try:  # the forward pass's precision (nnunet_mtl.precision): nnU-Net's on CUDA, bfloat16 on a CPU with it
+                self._autocast_factory = precision.autocast_for(self.device)
+                self._time_budget_s = time_budget_seconds()
+            except NnunetMtlError as e:
+                fail(str(e))
             self.loss_weights_now = dict(self.base_loss_weights)
             dataset_name = self.plans_manager.dataset_name
             try:
@@ -564,6 +587,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self._setup_terms()
         self.print_to_log_file(self.describe_composition())
         self.print_to_log_file(self.backward_rule.describe(self.base_loss_weights, self.task_names))
+        self.print_to_log_file(precision.describe(self.device))
+        if self._time_budget_s is not None:
+            self.print_to_log_file(f"time budget: training stops after the first epoch that ends past "
+                                   f"{self._time_budget_s / 60:g} minutes ({TIME_BUDGET_VAR})")
 
     def _check_stages_against_rule(self, spans) -> None:
         """A rule that needs gradients at the encoder's outputs (RLAR, gradient aggregation) cannot train a stage
@@ -644,8 +671,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return data, target
 
     def _autocast(self):
-        # nnU-Net's rule: autocast on CUDA only (slow or unsupported elsewhere)
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        # nnU-Net's float16 autocast on CUDA; bfloat16 autocast on a CPU that computes it natively (nnunet_mtl.precision)
+        return self._autocast_factory()
 
     def _scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss
@@ -658,14 +685,19 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def compute_losses(self, outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
         return compute_losses(self.terms, outputs, batch)
 
-    def train_step(self, batch: dict) -> dict:
-        self._batch_kinds += np.bincount(self.cases.values("mask", batch["keys"]), minlength=3)[:3]
+    def compute_gradients(self, batch: dict):
+        """One batch's forward pass, losses and parameter gradients (in ``.grad``, zeroed first; scaled under CUDA
+        AMP) by the backward rule, without the optimizer step; the rule's :class:`StepResult`."""
         data, target = self._to_device(batch)
         context = self._batch(data, target, batch["keys"], training=True)
         self.optimizer.zero_grad(set_to_none=True)
-        result = self.backward_rule(self.network, data, lambda outputs: self.compute_losses(outputs, context),
-                                    self.loss_weights_now, tasks=self.task_names, scale=self._scale,
-                                    autocast=self._autocast)
+        return self.backward_rule(self.network, data, lambda outputs: self.compute_losses(outputs, context),
+                                  self.loss_weights_now, tasks=self.task_names, scale=self._scale,
+                                  autocast=self._autocast)
+
+    def train_step(self, batch: dict) -> dict:
+        self._batch_kinds += np.bincount(self.cases.values("mask", batch["keys"]), minlength=3)[:3]
+        result = self.compute_gradients(batch)
         self.optimizer_step()
         return {"loss": result.total.float().cpu().numpy(),
                 **{f"{k}_loss": v.float().cpu().numpy() for k, v in result.losses.items()},
@@ -777,7 +809,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return [float(v) if stage_at(spans, e).stage.select_best else float("nan") for e, v in enumerate(values)]
 
     def early_stopped(self) -> str | None:
-        """Why training stops now (the selection score has not improved for early_stopping_patience epochs), or None."""
+        """Why training stops now, or None: the wall-clock budget of this run is spent (``nnUNet_mtl_max_train_minutes``),
+        or the selection score has not improved for early_stopping_patience epochs."""
+        budget = getattr(self, "_time_budget_s", None)
+        started = getattr(self, "_run_started", None)
+        if budget is not None and started is not None and time() - started >= budget:
+            return (f"time budget: {TIME_BUDGET_VAR}={budget / 60:g} minutes of training spent after "
+                    f"{self.current_epoch} epochs; the last epoch's weights are the final checkpoint")
         if self.early_stopping_patience is None:
             return None
         scores = np.asarray(self._selection_scores(), dtype=float)
@@ -823,6 +861,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         """nnU-Net's training loop, which can stop early (``early_stopping_patience``; decided from the logged
         scores, so a run resumed with --c after it stopped does not train on)."""
         self.on_train_start()
+        self._run_started = time()
         for epoch in range(self.current_epoch, self.num_epochs):
             reason = self.early_stopped()
             if reason is not None:
@@ -842,18 +881,58 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """nnU-Net's validation (segmentations of the fold's validation cases in ``validation/``), then the class
-        probabilities of the same cases in ``validation/class_predictions.csv``, so a cross-validation can be
-        evaluated for both tasks with ``nnunet_mtl evaluate``."""
-        if self.segments:
-            super().perform_actual_validation(save_probabilities)
-        else:
+        """nnU-Net's final validation (its masks, ``--npz`` probabilities and ``summary.json`` in ``validation/``,
+        written by its own code), in one pass that also gives the class probabilities of the same cases
+        (``validation/class_predictions.csv``), so a cross-validation can be evaluated for both tasks with
+        ``nnunet_mtl evaluate``.
+
+        nnU-Net builds its predictor inside ``perform_actual_validation`` by calling the name ``nnUNetPredictor`` of
+        its trainer module; for that call the name gives our predictor instead (:class:`ValidationPredictor`: the
+        same sliding window, plus the class softmax the network computes in the same forward passes, and CPU
+        autocast by :mod:`nnunet_mtl.precision`). Should nnU-Net's loop not predict exactly the fold's validation
+        cases in the order it is known to (the dataset's sorted identifiers, split over ranks), the class
+        probabilities come from a second pass over the cases, as before, and the log says so."""
+        head = unwrap(self.network).head_config.kind != NO_HEAD
+        if not self.segments:
             self.print_to_log_file("classification only: no segmentation of the validation cases (the decoder was "
                                    "never trained); class probabilities only")
-        if self.local_rank == 0 and unwrap(self.network).head_config.kind != NO_HEAD:
+            if self.local_rank == 0 and head:
+                self.write_validation_class_predictions()
+            return
+        _, val_keys = self.do_split()
+        if self.is_ddp:  # the keys nnU-Net gives this rank, in the order its dataset class sorts them
+            val_keys = val_keys[self.local_rank:: dist.get_world_size()]
+        cases = sorted(val_keys)
+        with _nnunet_validation_predictor(cases if head else None) as made:
+            super().perform_actual_validation(save_probabilities)
+        if not head:
+            return
+        predictor = made[0] if made else None
+        predicted = list(predictor.class_probabilities.items()) if predictor is not None else []
+        complete = predictor is not None and predictor.validation_complete()
+        if self.is_ddp:
+            complete = all(gather([complete]))
+            predicted = gather(predicted)
+        if self.local_rank != 0:
+            return
+        if not complete:
+            self.print_to_log_file("nnU-Net's validation did not predict the fold's validation cases as expected: the "
+                                   "class probabilities come from a second pass over them")
             self.write_validation_class_predictions()
+            return
+        self._write_class_predictions(dict(predicted), predictor.class_names)
+
+    def _write_class_predictions(self, probabilities: dict, class_names) -> Path:
+        from nnunet_mtl.inference.predictor import write_class_predictions
+        out = Path(self.output_folder) / "validation" / "class_predictions.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_class_predictions(out, class_names, probabilities, merge_existing=False)  # the fold's validation set
+        self.print_to_log_file(f"validation class probabilities: {out}")
+        return out
 
     def write_validation_class_predictions(self) -> Path:
+        """The class probabilities of the fold's validation cases from a pass of their own (a classification-only
+        model, whose decoder nnU-Net's validation does not run; or the fallback above)."""
         from nnunet_mtl.inference.predictor import MultitaskPredictor
         self.set_deep_supervision_enabled(False)
         network = unwrap(self.network)
@@ -871,12 +950,35 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         for key in val_keys:
             data, _, _, _ = dataset_val.load_case(key)
             predictor.predict_preprocessed_case(key, torch.from_numpy(np.asarray(data)))
-        out = Path(self.output_folder) / "validation" / "class_predictions.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        predictor.write_class_predictions(out, merge_existing=False)  # this fold's whole validation set
         self.set_deep_supervision_enabled(True)
-        self.print_to_log_file(f"validation class probabilities: {out}")
-        return out
+        return self._write_class_predictions(predictor.class_probabilities, predictor.class_names)
+
+
+class _nnunet_validation_predictor:
+    """While open, nnU-Net's trainer module builds :class:`ValidationPredictor` (``cases``: the validation cases in
+    nnU-Net's order; None: a model without a class head, which gets CPU autocast only) where it builds
+    ``nnUNetPredictor``; the predictors it made are listed in the value of ``with``. The name is restored on exit,
+    whatever happens."""
+
+    def __init__(self, cases: list[str] | None):
+        self.cases, self.made = cases, []
+
+    def __enter__(self) -> list:
+        import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as module
+        from nnunet_mtl.inference.predictor import CPUAutocastPredictor, ValidationPredictor
+        self.module, self.original = module, module.nnUNetPredictor
+
+        def build(*args, **kwargs):
+            predictor = ValidationPredictor(*args, cases=self.cases, **kwargs) if self.cases is not None else \
+                CPUAutocastPredictor(*args, **kwargs)
+            self.made.append(predictor)
+            return predictor
+
+        module.nnUNetPredictor = build
+        return self.made
+
+    def __exit__(self, *exc) -> None:
+        self.module.nnUNetPredictor = self.original
 
 
 # ---------------------------------------------------------------------------------------------- variants
