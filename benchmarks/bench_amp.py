@@ -154,6 +154,38 @@ def predict_ratio(demo: Path, repeats: int) -> dict:
             "largest_probability_difference": largest, "same_predicted_class": same_class}
 
 
+def network_share(demo: Path, repeats: int) -> dict:
+    """Where a prediction's time goes: the sliding window alone (network calls, mirroring, tile stitching) over the
+    demo's test images, preprocessed once by nnU-Net's preprocessor, in float32 and bfloat16 alternately (median
+    of ``repeats`` passes each), in this process."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    from nnunet_mtl.inference.predictor import MultitaskPredictor
+    raw, _, _, model = _demo_parts(demo)
+    os.environ.update({k: v for k, v in _demo_env(demo).items() if k.startswith("nnUNet_")})
+    predictors = {}
+    for mode in MODES:
+        p = MultitaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                               perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                               verbose_preprocessing=False, allow_tqdm=False, cpu_amp=mode)
+        p.initialize_from_trained_model_folder(str(model), [0], "checkpoint_final.pth")
+        predictors[mode] = p
+    first = predictors["off"]
+    preprocessor = first.configuration_manager.preprocessor_class(verbose=False)
+    lists = create_lists_from_splitted_dataset_folder(str(raw / "imagesTs"), first.dataset_json["file_ending"])
+    images = [torch.from_numpy(preprocessor.run_case(files, None, first.plans_manager, first.configuration_manager,
+                                                     first.dataset_json)[0]) for files in lists]
+    times = {m: [] for m in MODES}
+    for i in range(repeats):
+        for mode in (MODES if i % 2 == 0 else MODES[::-1]):
+            t0 = time.perf_counter()
+            for image in images:
+                predictors[mode].predict_logits_from_preprocessed_data(image)
+            times[mode].append(time.perf_counter() - t0)
+    fp32, bf16 = (statistics.median(times[m]) for m in MODES)
+    return {"images": len(images), "fp32_s": fp32, "bf16_s": bf16, "ratio": bf16 / fp32}
+
+
 # ------------------------------------------------------------------------------------------------ final validation
 def validation_ratio(demo: Path, repeats: int) -> dict:
     """Before / after of the final validation of the demo's fold 0 (see the module docstring)."""
@@ -240,13 +272,19 @@ def main() -> int:
                   flush=True)
     if "predict" in parts:
         r = out["predict"] = predict_ratio(args.demo, args.repeats)
-        print(f"\nnunet_mtl predict of {r['images']} images, median of {r['repeats']}: fp32 {r['fp32_s']:.1f} s, bf16 "
+        print(f"\nnnunet_mtl predict of {r['images']} images, median of {r['repeats']}: fp32 {r['fp32_s']:.1f} s, bf16 "
               f"{r['bf16_s']:.1f} s, bf16 / fp32 {r['ratio']:.3f} (goal <= {PREDICT_GOAL}: "
               f"{'met' if r['ratio'] <= PREDICT_GOAL else 'NOT met'}); masks' Dice agreement mean "
               f"{r['mean_dice_agreement']:.4f} (min {r['min_dice_agreement']:.4f}; goal >= {AGREEMENT_GOAL}: "
               f"{'met' if r['mean_dice_agreement'] >= AGREEMENT_GOAL else 'NOT met'}); class probabilities differ by "
               f"at most {r['largest_probability_difference']:.4f}, same predicted class for "
               f"{100 * r['same_predicted_class']:.1f} %", flush=True)
+    if "predict" in parts:
+        r = out["predict_network"] = network_share(args.demo, args.repeats)
+        share = r["fp32_s"] / out["predict"]["fp32_s"]
+        print(f"  of which the sliding window alone (network, mirroring, stitching; in-process, preprocessed once): "
+              f"fp32 {r['fp32_s']:.1f} s ({100 * share:.0f} % of the command), bf16 {r['bf16_s']:.1f} s, bf16 / fp32 "
+              f"{r['ratio']:.3f}", flush=True)
     if "validation" in parts:
         r = out["validation"] = validation_ratio(args.demo, args.repeats)
         print(f"\nfinal validation of {r['cases']} cases, median of {r['repeats']}: before (nnU-Net's pass + a class "

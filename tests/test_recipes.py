@@ -778,10 +778,12 @@ def test_the_dry_run_is_a_script_that_runs_as_run_does_and_previews_gpu_commands
         (tmp_path / key).mkdir()
     out = recipe_cli("run", "thyroid_rlar", "--workdir", str(workdir), "--data", f"ThyroidXL={tmp_path / 'ThyroidXL'}",
                      "--data", f"AIMI={tmp_path / 'AIMI'}", "-device", "cuda", "--dry-run",
-                     env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout
+                     env={**{k: v for k, v in os.environ.items() if k != "nnUNet_mtl_cpu_amp"},
+                          "CUDA_VISIBLE_DEVICES": "", "nnUNet_mtl_max_train_minutes": "30"}).stdout
     first, export, *rest = out.splitlines()
     assert first == "set -e" and export.startswith("export ")
-    assert [part.split("=")[0] for part in export.split()[1:]] == list(STEP_ENV_VARS)
+    # nnU-Net's variables, then ours that are set (the time budget here: it travels to SLURM jobs too)
+    assert [part.split("=")[0] for part in export.split()[1:]] == [*STEP_ENV_VARS, "nnUNet_mtl_max_train_minutes"]
     trainings = [line for line in rest if line.startswith("nnUNetv2_train ")]
     assert len(trainings) == 8 * 3 and all(line.endswith("-device cuda") for line in trainings)
     assert "-device cpu" not in out and not workdir.exists()

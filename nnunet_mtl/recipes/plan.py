@@ -38,6 +38,9 @@ CONFIGURATION = "2d"
 # what a step sets on top of the environment it runs in (Context.env); the dry run exports the same
 STEP_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_def_n_proc",
                  "nnUNet_n_proc_DA", "PYTHONUNBUFFERED")
+# ours, passed on to every step when set where the recipe runs (also to SLURM jobs, which get only what a step
+# sets): the CPU precision (nnunet_mtl.precision) and the wall-clock budget of a training
+OPTIONAL_STEP_ENV_VARS = ("nnUNet_mtl_cpu_amp", "nnUNet_mtl_max_train_minutes")
 
 
 @dataclass
@@ -93,11 +96,13 @@ class Context:
 
     def env(self) -> dict:
         """The variables every step sets on top of the environment it runs in: nnU-Net's folders, our trainers for
-        nnU-Net's lookup, worker counts, unbuffered output. Only these travel with a job: on a SLURM node the rest
+        nnU-Net's lookup, worker counts, unbuffered output, and our precision and time budget where set. Only these travel with a job: on a SLURM node the rest
         (CUDA_VISIBLE_DEVICES, SLURM_*, what ``--slurm-setup`` loads) is the node's own."""
         from nnunet_mtl.paths import command_env
         full = command_env(self.workdir, self.device, self.processes)
-        return {k: full[k] for k in STEP_ENV_VARS}
+        import os
+        return {**{k: full[k] for k in STEP_ENV_VARS},
+                **{k: os.environ[k] for k in OPTIONAL_STEP_ENV_VARS if os.environ.get(k)}}
 
 
 def trained_datasets(recipe: Recipe) -> list[str]:

@@ -49,8 +49,8 @@ from nnunet_mtl.seams.backward import WeightedSum, unwrap
 from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
-from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPUSchedule, DemoSchedule, FanPaperSchedule,
-                                          ThyroidPaperSchedule, TinySchedule)
+from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPU4kSchedule, CPUSchedule, DemoSchedule,
+                                          FanPaperSchedule, ThyroidPaperSchedule, TinySchedule)
 
 
 def _check_results_folder(plans: dict) -> None:
@@ -997,6 +997,10 @@ class nnUNetTrainerMTL_tiny(TinySchedule, nnUNetTrainerMTL):
 
 class nnUNetTrainerMTL_cpu(CPUSchedule, nnUNetTrainerMTL):
     """The real-data CPU recipe's short schedule."""
+
+
+class nnUNetTrainerMTL_cpu4k(CPU4kSchedule, nnUNetTrainerMTL):
+    """The learning-curve schedule (4,000 iterations, a validation curve every 50)."""
 
 
 class nnUNetTrainerMTL_paper(ThyroidPaperSchedule, nnUNetTrainerMTL):

@@ -35,6 +35,16 @@ class ThyroidPaperSchedule:
                 "num_epochs": 500, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
 
 
+class CPU4kSchedule:
+    """The learning-curve schedule on a CPU (docs/results.md): 4,000 iterations (80 epochs of 50) at nnU-Net's
+    planned batch, 10 validation iterations per epoch (the curve: pseudo Dice, AUC and macro F1 on the validation
+    patches each epoch), a checkpoint every epoch so that a run cut by ``nnUNet_mtl_max_train_minutes`` or a session's
+    end continues with ``--c``. Its poly learning rate decays over the 4,000 iterations: a point of its curve at
+    2,000 iterations is not the end of a 2,000-iteration schedule (whose rate would be lower by then)."""
+    schedule = {"num_epochs": 80, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 10, "save_every": 1,
+                "early_stopping_patience": None}
+
+
 class BreastPaperSchedule:
     """Zhang, Moradi, Saha, Sec. 3.2: AdamW (lr 9.2e-4, weight decay 1e-4), batch size 32, cosine annealing, early
     stopping on the internal validation loss. The paper names no epoch count or patience: 100 epochs of nnU-Net's
