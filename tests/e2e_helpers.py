@@ -33,6 +33,15 @@ def nnunet_env(root: Path, data_loader_processes: int = 1) -> dict:
     return env
 
 
+def use_in_process(monkeypatch, root: Path) -> None:
+    """This process' environment for in-process trainings on the nnU-Net folders under ``root``: nnU-Net's three
+    folders, in-process data loading, one worker process."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(root / var))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+
+
 def planned_phantom(env: dict, dataset: str, seed: int = 3, patients: int = 12) -> Path:
     """``nnunet_mtl convert synthetic`` (patients x 2 images of 64 px) and nnUNetv2_plan_and_preprocess; the raw
     dataset folder."""

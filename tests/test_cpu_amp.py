@@ -31,7 +31,7 @@ from nnunet_mtl.dataset.case_table import CaseTable
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.seams.terms import Setup
 from nnunet_mtl.trainers import TRAINERS
-from tests.e2e_helpers import BIN, nnunet_env as environment, planned_phantom, run, train
+from tests.e2e_helpers import BIN, nnunet_env as environment, planned_phantom, run, train, use_in_process
 
 WARM_UP_STEPS = 10
 COSINE_MIN = 0.88
@@ -80,10 +80,7 @@ def phantom(tmp_path_factory):
 
 @pytest.fixture
 def env(phantom, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(phantom / var))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    use_in_process(monkeypatch, phantom)
     monkeypatch.setenv("nnUNet_compile", "0")
     return phantom
 
@@ -245,9 +242,8 @@ def test_bf16_training_one_pass_validation_and_a_float32_predictor(tmp_path, mon
     # float32: the one pass and a pass of their own give the same class probabilities
     run([BIN / "nnUNetv2_train", "522", "2d", "0", "-tr", "nnUNetTrainerMTL_tiny", "-device", "cpu", "--val"], env32)
     one_pass = _rows(validation / "class_predictions.csv")
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", precision.ENV_VAR):
-        monkeypatch.setenv(var, env32[var])
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    use_in_process(monkeypatch, tmp_path)
+    monkeypatch.setenv(precision.ENV_VAR, "off")
     pre = Path(env["nnUNet_preprocessed"]) / raw.name
     trainer = TRAINERS["nnUNetTrainerMTL_tiny"](
         {**json.loads((pre / "nnUNetPlans.json").read_text()), "continue_training": False}, "2d", 0,

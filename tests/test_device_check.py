@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nnunet_mtl.trainers import TRAINERS
-from tests.e2e_helpers import nnunet_env as environment, planned_phantom
+from tests.e2e_helpers import nnunet_env as environment, planned_phantom, use_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +47,7 @@ def test_the_device_check_refuses_a_missing_out_and_a_gpu_run_without_data(tmp_p
 def test_a_time_budget_stops_training_after_the_epoch_that_spends_it(tmp_path, monkeypatch):
     env = environment(tmp_path)
     raw = planned_phantom(env, "523", seed=2)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, env[var])
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    use_in_process(monkeypatch, tmp_path)
     pre = Path(env["nnUNet_preprocessed"]) / raw.name
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((pre / "dataset.json").read_text())

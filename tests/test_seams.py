@@ -129,10 +129,8 @@ def phantom(tmp_path_factory):
 
 @pytest.fixture
 def nnunet_env(phantom, monkeypatch):
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(phantom / var))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # in-process data loading
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    from tests.e2e_helpers import use_in_process
+    use_in_process(monkeypatch, phantom)
     return phantom
 
 
