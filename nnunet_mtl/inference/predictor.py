@@ -2,8 +2,9 @@
 
 The segmentation path is nnU-Net's own code (sliding window, Gaussian tile weighting, mirroring, fold
 averaging, export), so masks are identical to ``nnUNetv2_predict`` (on a CPU under bfloat16 autocast,
-:class:`CPUAutocastPredictor` and nnunet_mtl.precision, equal up to rounding; identical with it off). The only override is where the network is
-called: we ask it for its class logits too (same encoder pass), and average the class softmax
+:class:`CPUAutocastPredictor` and nnunet_mtl.precision, equal up to rounding; identical with it off). The only
+override is where the network is called: we ask it for its class logits too (same encoder pass), and average the
+class softmax
   - over the test-time mirrors of a tile (like the segmentation logits),
   - over the tiles of an image (plain mean: the class is a property of the whole image, no Gaussian weighting),
   - over the folds (plain mean, like nnU-Net's fold ensemble).
@@ -51,10 +52,6 @@ class CPUAutocastPredictor(nnUNetPredictor):
         super().__init__(*args, **kwargs)
         from nnunet_mtl import precision
         self.cpu_amp = precision.requested(cpu_amp)  # a bad value is refused here, before any image is read
-
-    def precision_line(self) -> str:
-        from nnunet_mtl import precision
-        return precision.describe(self.device, self.cpu_amp)
 
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
@@ -215,10 +212,15 @@ class MultitaskPredictor(CPUAutocastPredictor):
                                                      device=torch.device("cpu"))
                                     if self.use_gaussian else 1.0)
 
-    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+    def _start_case(self) -> None:
+        """Empty the per-fold collections of a case (class probabilities, embeddings, lesion maps) before it is
+        predicted; :meth:`_record_case` turns them into the case's values afterwards."""
         self._fold_probs = []
         self._fold_embeddings = []
         self._fold_attention = []
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        self._start_case()
         prediction = super().predict_logits_from_preprocessed_data(data)
         case = self._current_case
         if case is None and self._sequential_cases:
@@ -279,9 +281,7 @@ class MultitaskPredictor(CPUAutocastPredictor):
                 return self.predict_logits_from_preprocessed_data(data)
             finally:
                 self._current_case = None
-        self._fold_probs = []
-        self._fold_embeddings = []
-        self._fold_attention = []
+        self._start_case()
         logits = self.predict_sliding_window_return_logits(data)
         self._record_case(case_id, tuple(data.shape))
         return logits
@@ -420,7 +420,7 @@ class ValidationPredictor(MultitaskPredictor):
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
         case = self.validation_cases[self._calls] if self._calls < len(self.validation_cases) else None
         self._calls += 1
-        self._fold_probs, self._fold_embeddings, self._fold_attention = [], [], []
+        self._start_case()
         logits = super().predict_sliding_window_return_logits(input_image)
         self._record_case(case, tuple(input_image.shape))
         return logits

@@ -27,6 +27,7 @@ outputs to have it run again.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,11 +97,11 @@ class Context:
 
     def env(self) -> dict:
         """The variables every step sets on top of the environment it runs in: nnU-Net's folders, our trainers for
-        nnU-Net's lookup, worker counts, unbuffered output, and our precision and time budget where set. Only these travel with a job: on a SLURM node the rest
-        (CUDA_VISIBLE_DEVICES, SLURM_*, what ``--slurm-setup`` loads) is the node's own."""
+        nnU-Net's lookup, worker counts, unbuffered output, and our precision and time budget where set. Only these
+        travel with a job: on a SLURM node the rest (CUDA_VISIBLE_DEVICES, SLURM_*, what ``--slurm-setup`` loads) is
+        the node's own."""
         from nnunet_mtl.paths import command_env
         full = command_env(self.workdir, self.device, self.processes)
-        import os
         return {**{k: full[k] for k in STEP_ENV_VARS},
                 **{k: os.environ[k] for k in OPTIONAL_STEP_ENV_VARS if os.environ.get(k)}}
 

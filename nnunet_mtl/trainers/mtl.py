@@ -203,6 +203,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             try:  # the forward pass's precision (nnunet_mtl.precision): nnU-Net's on CUDA, bfloat16 on a CPU with it
                 self._autocast_factory = precision.autocast_for(self.device)
                 self._time_budget_s = time_budget_seconds()
+                self._run_started: float | None = None  # set when run_training starts the epochs
             except NnunetMtlError as e:
                 fail(str(e))
             self.loss_weights_now = dict(self.base_loss_weights)
@@ -671,7 +672,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return data, target
 
     def _autocast(self):
-        # nnU-Net's float16 autocast on CUDA; bfloat16 autocast on a CPU that computes it natively (nnunet_mtl.precision)
+        # nnU-Net's float16 autocast on CUDA; bfloat16 autocast on a CPU that computes it natively
+        # (nnunet_mtl.precision)
         return self._autocast_factory()
 
     def _scale(self, loss: torch.Tensor) -> torch.Tensor:
@@ -809,10 +811,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return [float(v) if stage_at(spans, e).stage.select_best else float("nan") for e, v in enumerate(values)]
 
     def early_stopped(self) -> str | None:
-        """Why training stops now, or None: the wall-clock budget of this run is spent (``nnUNet_mtl_max_train_minutes``),
-        or the selection score has not improved for early_stopping_patience epochs."""
-        budget = getattr(self, "_time_budget_s", None)
-        started = getattr(self, "_run_started", None)
+        """Why training stops now, or None: the wall-clock budget of this run is spent
+        (``nnUNet_mtl_max_train_minutes``), or the selection score has not improved for early_stopping_patience
+        epochs."""
+        budget, started = self._time_budget_s, self._run_started
         if budget is not None and started is not None and time() - started >= budget:
             return (f"time budget: {TIME_BUDGET_VAR}={budget / 60:g} minutes of training spent after "
                     f"{self.current_epoch} epochs; the last epoch's weights are the final checkpoint")
