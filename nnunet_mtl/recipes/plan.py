@@ -13,7 +13,7 @@ Work folder ``W`` (``--workdir``)::
     W/recipe_run.json                the recipe's name, --data folders, device (a rerun and the report need no --data)
 
 Steps, in order: ``convert:H``, ``holdout:H``, ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
-``train:ROW:K`` (each row, each fold), ``predict:ROW:TS`` and ``evaluate:ROW:TS`` (each row, each test set),
+``train:ROW:K`` (fold-major: each fold, each row), ``predict:ROW:TS`` and ``evaluate:ROW:TS`` (each row, each test set),
 ``compare:KEY``, ``ablate:KEY`` (each [[ablations]] entry: nnunet_mtl ablate-guidance of a clinically guided row on
 a test set), ``report``.
 
@@ -162,9 +162,11 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                           deps=[f"plan:{handle}"], timeout_min=timeout))
     folds = recipe.split.fold_ids
     gpu = ctx.device == "cuda"
-    for row in recipe.rows:
-        ds = recipe.datasets[row.dataset]
-        for k in folds:
+    # fold-major: every row's fold 0 before any row's fold 1, so that a run stopped part-way (a session's end, a
+    # budget) has whole folds to compare rather than whole rows
+    for k in folds:
+        for row in recipe.rows:
+            ds = recipe.datasets[row.dataset]
             argv = ["nnUNetv2_train", str(ds.id), CONFIGURATION, str(k), "-tr", row.trainer, "-device", ctx.device]
             if training_started(ctx.model(recipe, row.key) / f"fold_{k}"):
                 argv.append("--c")

@@ -6,7 +6,7 @@ early when it has not improved for ``early_stopping_patience`` epochs (Sec. 3.2:
 validation loss"). Variants are named by what they change: alpha (``_alpha0p17`` = the default "best-cls",
 ``_alpha0p18`` "best-seg", the sweep ``_alpha0p1`` ... ``_alpha0p9``, ``_alpha0`` = the multitask baseline with the
 same weights and no consistency), ``_CE`` (L_seg cross-entropy only, as the paper's BCE), the schedule (``_paper``
-for each alpha, ``_demo``, ``_tiny``, ``_cpu``).
+for each alpha, ``_demo``, ``_tiny``, ``_cpu``, ``_cpu1k``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from nnunet_mtl.methods.birads_consistency import (BIRADSConsistency, NoTumourPe
                                                    loss_weights)
 from nnunet_mtl.methods.multitask import Classification, Segmentation
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
-from nnunet_mtl.trainers.schedules import BreastPaperSchedule, CPUSchedule, DemoSchedule, TinySchedule
+from nnunet_mtl.trainers.schedules import BreastPaperSchedule, CPU1kSchedule, CPUSchedule, DemoSchedule, TinySchedule
 
 SWEEP = tuple(round(0.1 * k, 1) for k in range(1, 10)) + (0.17, 0.18)  # Sec. 3.2: 0.1 ... 0.9, and the two picks
 
@@ -69,3 +69,11 @@ class nnUNetTrainerBIRADS_tiny(TinySchedule, nnUNetTrainerBIRADS):
 
 class nnUNetTrainerBIRADS_cpu(CPUSchedule, nnUNetTrainerBIRADS):
     """The real-data CPU recipe's short schedule."""
+
+
+class nnUNetTrainerBIRADS_cpu1k(CPU1kSchedule, nnUNetTrainerBIRADS):
+    """The real-data comparisons' CPU budget: 1,000 iterations (``breast_seeds``)."""
+
+
+class nnUNetTrainerBIRADS_alpha0_cpu1k(CPU1kSchedule, globals()["nnUNetTrainerBIRADS_alpha0"]):
+    """nnUNetTrainerBIRADS_cpu1k without the consistency (alpha = 0): its multitask baseline with the same weights."""

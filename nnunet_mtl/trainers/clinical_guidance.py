@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from nnunet_mtl.methods.clinical_guidance import ClinicalGuidance
 from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
-from nnunet_mtl.trainers.schedules import ThyroidPaperSchedule
+from nnunet_mtl.trainers.schedules import CPU1kSchedule, ThyroidPaperSchedule
 
 
 class nnUNetTrainerClinGuided(nnUNetTrainerMTL):
@@ -21,3 +21,7 @@ class nnUNetTrainerClinGuided_clin1(nnUNetTrainerClinGuided):
 
 class nnUNetTrainerClinGuided_paper(ThyroidPaperSchedule, nnUNetTrainerClinGuided):
     pass
+
+
+class nnUNetTrainerClinGuided_cpu1k(CPU1kSchedule, nnUNetTrainerClinGuided):
+    """The real-data comparisons' CPU budget: 1,000 iterations (``thyroid_cpu``)."""

@@ -13,7 +13,8 @@ Defaults (Fan et al., Sec. 3.3): lambda = 0.5, alpha = 0.1, tau = 0.8, plain cro
 named by what they change: ``_tau0p9`` ..., ``_alpha0p5`` ..., ``_lambda0p3`` ... (Eq. 6's hyper-parameters),
 ``_noCAM`` / ``_noSAM`` / ``_noMAM`` (Fig. 8-11 ablations), ``_onestage`` (no localization pre-training: Algorithm 1
 without stage 1), ``_pseudoseg`` (the decoder also learns from its own pseudo-labels), and the schedule (``_paper``:
-Adam, lr 1e-3, batch 8, 100 epochs; ``_demo``; ``_tiny``).
+Adam, lr 1e-3, batch 8, 100 epochs; ``_demo``; ``_tiny``; ``_cpu1k`` for the default alone: the real-data
+comparisons' CPU budget).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from nnunet_mtl.methods.lesion_aware import (LesionAwareConfig, Localization, Ps
 from nnunet_mtl.methods.multitask import Classification, Segmentation
 from nnunet_mtl.seams.stages import Stage
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
-from nnunet_mtl.trainers.schedules import DemoSchedule, FanPaperSchedule, TinySchedule
+from nnunet_mtl.trainers.schedules import CPU1kSchedule, DemoSchedule, FanPaperSchedule, TinySchedule
 
 LOCALIZATION_EPOCHS = 0.2  # t_l / (t_l + t_c) of Algorithm 1: the paper gives neither; our choice
 
@@ -77,3 +78,7 @@ for _base in [c for n, c in sorted(globals().items()) if n.startswith("nnUNetTra
                    doc=f"{_base.__name__} with the demo's CPU schedule")
     define_variant(_base, f"{_base.__name__}_tiny", globals(), bases=(TinySchedule,),
                    doc=f"{_base.__name__} for smoke tests")
+
+
+class nnUNetTrainerLesionAware_cpu1k(CPU1kSchedule, nnUNetTrainerLesionAware):
+    """The real-data comparisons' CPU budget: 1,000 iterations, of which the first 200 (4 epochs) are stage 1."""

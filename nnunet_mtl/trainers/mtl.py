@@ -49,7 +49,7 @@ from nnunet_mtl.seams.backward import WeightedSum, unwrap
 from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
-from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPU4kSchedule, CPUSchedule, DemoSchedule,
+from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPU1kSchedule, CPU4kSchedule, CPUSchedule, DemoSchedule,
                                           FanPaperSchedule, ThyroidPaperSchedule, TinySchedule)
 
 
@@ -999,6 +999,10 @@ class nnUNetTrainerMTL_tiny(TinySchedule, nnUNetTrainerMTL):
 
 class nnUNetTrainerMTL_cpu(CPUSchedule, nnUNetTrainerMTL):
     """The real-data CPU recipe's short schedule."""
+
+
+class nnUNetTrainerMTL_cpu1k(CPU1kSchedule, nnUNetTrainerMTL):
+    """The real-data comparisons' CPU budget: 1,000 iterations (docs/results.md)."""
 
 
 class nnUNetTrainerMTL_cpu4k(CPU4kSchedule, nnUNetTrainerMTL):

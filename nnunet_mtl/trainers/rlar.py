@@ -3,7 +3,7 @@
 The clinically guided trainer with RLAR's backward rule: total = w_seg L_seg + w_cls L_cls + w_clin L_clin +
 lambda_adv P, with P the mean |cos| between the tasks' gradients at z. Variants are named by what they change:
 where z is (``_last``, ``_mid``, ``_last3``; Tables 3-4), lambda_adv (``_adv0p01``, ``_adv1``), the schedule
-(``_paper``, ``_demo``, ``_tiny``), and ``_autograd`` (every gradient from plain autograd, for checking).
+(``_paper``, ``_cpu1k``, ``_demo``, ``_tiny``), and ``_autograd`` (every gradient from plain autograd, for checking).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import replace
 from nnunet_mtl.methods.rlar import RLAR
 from nnunet_mtl.trainers.clinical_guidance import nnUNetTrainerClinGuided
 from nnunet_mtl.trainers.mtl import define_variant
-from nnunet_mtl.trainers.schedules import DemoSchedule, ThyroidPaperSchedule, TinySchedule
+from nnunet_mtl.trainers.schedules import CPU1kSchedule, DemoSchedule, ThyroidPaperSchedule, TinySchedule
 
 
 class nnUNetTrainerRLAR(nnUNetTrainerClinGuided):
@@ -52,6 +52,8 @@ class nnUNetTrainerRLAR_adv1(nnUNetTrainerRLAR):
 for _base in (nnUNetTrainerRLAR, nnUNetTrainerRLAR_last, nnUNetTrainerRLAR_mid, nnUNetTrainerRLAR_last3):
     define_variant(_base, f"{_base.__name__}_paper", globals(), bases=(ThyroidPaperSchedule,),
                    doc=f"{_base.__name__} with the schedule of Salama et al. 2026 (AdamW 1e-4, batch 8, 500 x 250).")
+    define_variant(_base, f"{_base.__name__}_cpu1k", globals(), bases=(CPU1kSchedule,),
+                   doc=f"{_base.__name__} with the real-data comparisons' CPU budget (1,000 iterations, thyroid_cpu).")
 
 
 class nnUNetTrainerRLAR_tiny(TinySchedule, nnUNetTrainerRLAR):
