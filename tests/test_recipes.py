@@ -787,3 +787,15 @@ def test_the_dry_run_is_a_script_that_runs_as_run_does_and_previews_gpu_commands
     trainings = [line for line in rest if line.startswith("nnUNetv2_train ")]
     assert len(trainings) == 8 * 3 and all(line.endswith("-device cuda") for line in trainings)
     assert "-device cpu" not in out and not workdir.exists()
+
+
+def test_trainings_are_fold_major_so_a_run_cut_part_way_has_whole_folds():
+    """thyroid_cpu: every row's fold 0 before any row's fold 1 (a session's end leaves whole folds to compare)."""
+    recipe = load_recipe("thyroid_cpu")
+    steps = plan_steps(recipe, Context(workdir=Path("/w"), data={"DDTI": Path("/data/DDTI")}, device="cpu"))
+    trains = [s.id for s in steps if s.kind == "train"]
+    rows = [r.key for r in recipe.rows]
+    assert rows == ["seg_only", "cls_only", "mtl", "guided", "rlar", "rlar_mid"]
+    assert trains == [f"train:{r}:{k}" for k in (0, 1, 2) for r in rows]
+    assert all(s.argv[s.argv.index("-tr") + 1].endswith("_cpu1k") for s in steps if s.kind == "train")
+    assert "Class scheme: the six categories as recorded" in recipe.path.read_text()

@@ -37,8 +37,8 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from nnunet_mtl.evaluation.compare import OUTPUT_FILES, compare, format_table
+def case_table(args) -> Path | None:
+    """The case table of ``-d DATASET`` or ``--cases CASES.csv`` (patients for the bootstrap and tests), or None."""
     if args.d is not None and args.cases is not None:
         raise NnunetMtlError("pass -d DATASET or --cases CASES.csv, not both; expected one case table")
     cases = None
@@ -53,6 +53,12 @@ def run(args) -> int:
         if not cases.is_file():
             raise NnunetMtlError(f"{cases} does not exist; expected the raw dataset's case table (case_id, "
                                  f"patient_id)")
+    return cases
+
+
+def run(args) -> int:
+    from nnunet_mtl.evaluation.compare import OUTPUT_FILES, compare, format_table
+    cases = case_table(args)
     out = Path(args.o)
     result = compare(args.runs, out, cases_csv=cases, all_pairs=args.all_pairs, n_resamples=args.n_resamples,
                      seed=args.seed)

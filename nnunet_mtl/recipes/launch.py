@@ -173,7 +173,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             progress.begin(step)
             executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
             started = time.time()
-            job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)), True)
+            job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)), True)
             running.append(job)
             _wait(job, step, ctx, started)
             running.remove(job)
@@ -197,7 +197,8 @@ def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Pro
                 step = queue.pop(0)
                 progress.begin(step, f" (GPU {gpu})")
                 executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=1, visible_gpus=[gpu])
-                job = executor.submit(run_step, executable(step.argv), {**env, "CUDA_VISIBLE_DEVICES": str(gpu)},
+                job = executor.submit(run_step, executable(step.argv),
+                                      {**env, **step.env, "CUDA_VISIBLE_DEVICES": str(gpu)},
                                       str(ctx.log(step.id)), True)
                 running.append(job)
                 busy[gpu] = (job, step, time.time())
@@ -263,7 +264,7 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
             raise NnunetMtlError(f"--launcher slurm: {e} (submitit found no SLURM commands on this machine; "
                                  f"expected to run on a cluster's login node)") from None
         executor.update_parameters(**slurm_parameters(step, recipe, deps, options))
-        job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)))
+        job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)))
         ids[step.id] = str(job.job_id)
         print(f"submitted {step.id} as job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""),
               flush=True)

@@ -12,10 +12,16 @@ Work folder ``W`` (``--workdir``)::
     W/report/                        nnunet_mtl recipe report
     W/recipe_run.json                the recipe's name, --data folders, device (a rerun and the report need no --data)
 
+With ``seeds = [...]`` (one fold): seed S trains into W/seeds/seed_S/nnUNet_results (nnUNet_results and
+nnUNet_mtl_seed set for its steps only), predicts into W/predictions/ROW/TESTSET/seed_S/, and
+``nnunet_mtl average-seeds`` writes W/predictions/ROW/TESTSET/evaluation/ (the seed-averaged per-case values, which
+the comparisons test, and the mean ± std over the seeds, which the report shows).
+
 Steps, in order: ``convert:H``, ``holdout:H``, ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
-``train:ROW:K`` (fold-major: each fold, each row), ``predict:ROW:TS`` and ``evaluate:ROW:TS`` (each row, each test set),
-``compare:KEY``, ``ablate:KEY`` (each [[ablations]] entry: nnunet_mtl ablate-guidance of a clinically guided row on
-a test set), ``report``.
+``train:ROW:K`` (fold-major: each fold, each row; ``train:ROW:0:seedS`` seed-major with seeds), ``predict:ROW:TS``
+and ``evaluate:ROW:TS`` (each row, each test set; ``...:seedS`` per seed, then ``seeds:ROW:TS``), ``compare:KEY``,
+``ablate:KEY`` (each [[ablations]] entry: nnunet_mtl ablate-guidance of a clinically guided row on a test set),
+``report``.
 
 Resuming: a step whose outputs are there is skipped (:func:`step_state`); a training with any checkpoint continues
 with nnU-Net's ``--c`` (from checkpoint_final it only redoes the validation, from checkpoint_latest it goes on); a
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.evaluation.seeds import SEEDS_SUMMARY
 from nnunet_mtl.recipes.schema import Recipe, trainer_class
 
 CONFIGURATION = "2d"
@@ -47,15 +54,17 @@ OPTIONAL_STEP_ENV_VARS = ("nnUNet_mtl_cpu_amp", "nnUNet_mtl_max_train_minutes")
 @dataclass
 class Step:
     id: str
-    kind: str                  # convert, holdout, drop, plan, split, train, predict, evaluate, compare, ablate, report
+    kind: str                  # convert, holdout, drop, plan, split, train, predict, evaluate, seeds, compare, ablate,
+    #                            report
     title: str
     argv: list[str]
     deps: list[str] = field(default_factory=list)
     gpu: bool = False
     timeout_min: int = 60
+    env: dict = field(default_factory=dict)   # set for this step only, on top of Context.env() (a seed's results)
 
     def command_line(self) -> str:
-        return " ".join(shlex.quote(a) for a in self.argv)
+        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env.items()), *map(shlex.quote, self.argv)])
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,20 @@ class Context:
     def results(self) -> Path:
         return self.workdir / "nnUNet_results"
 
-    def predictions(self, row: str, test_set: str) -> Path:
-        return self.workdir / "predictions" / row / test_set
+    def predictions(self, row: str, test_set: str, seed: int | None = None) -> Path:
+        """A row's predictions of a test set; with a seed, that seed's model's (the row's folder then holds the
+        seed average's evaluation/)."""
+        base = self.workdir / "predictions" / row / test_set
+        return base if seed is None else base / f"seed_{seed}"
+
+    def results_for(self, seed: int | None) -> Path:
+        """nnU-Net's results folder of a seed's trainings (W/seeds/seed_S/nnUNet_results), or the shared one."""
+        return self.results if seed is None else self.workdir / "seeds" / f"seed_{seed}" / "nnUNet_results"
+
+    def seed_env(self, seed: int | None) -> dict:
+        """What a step of one seed sets on top of env(): its own results folder and the trainer's seed."""
+        from nnunet_mtl.trainers.mtl import SEED_VAR
+        return {} if seed is None else {"nnUNet_results": str(self.results_for(seed)), SEED_VAR: str(seed)}
 
     def comparison(self, key: str) -> Path:
         return self.workdir / "comparisons" / key
@@ -90,10 +111,10 @@ class Context:
     def log(self, step_id: str) -> Path:
         return self.workdir / "logs" / (step_id.replace(":", "_") + ".log")
 
-    def model(self, recipe: Recipe, row_key: str) -> Path:
+    def model(self, recipe: Recipe, row_key: str, seed: int | None = None) -> Path:
         row = recipe.row(row_key)
         dataset = recipe.datasets[row.dataset]
-        return self.results / dataset.folder / f"{row.trainer}__nnUNetPlans__{CONFIGURATION}"
+        return self.results_for(seed) / dataset.folder / f"{row.trainer}__nnUNetPlans__{CONFIGURATION}"
 
     def env(self) -> dict:
         """The variables every step sets on top of the environment it runs in: nnU-Net's folders, our trainers for
@@ -164,47 +185,39 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
     gpu = ctx.device == "cuda"
     # fold-major: every row's fold 0 before any row's fold 1, so that a run stopped part-way (a session's end, a
     # budget) has whole folds to compare rather than whole rows
-    for k in folds:
+    # with seeds (one fold), seed-major likewise
+    for k, seed in [(k, seed) for k in folds for seed in (recipe.seeds or (None,))]:
         for row in recipe.rows:
             ds = recipe.datasets[row.dataset]
             argv = ["nnUNetv2_train", str(ds.id), CONFIGURATION, str(k), "-tr", row.trainer, "-device", ctx.device]
-            if training_started(ctx.model(recipe, row.key) / f"fold_{k}"):
+            if training_started(ctx.model(recipe, row.key, seed) / f"fold_{k}"):
                 argv.append("--c")
-            steps.append(Step(f"train:{row.key}:{k}", "train", f"train {row.label} ({row.trainer}), fold {k}", argv,
-                              deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout))
+            steps.append(Step(f"train:{row.key}:{k}{_seed_suffix(seed)}", "train",
+                              f"train {row.label} ({row.trainer}), fold {k}"
+                              + (f", seed {seed}" if seed is not None else ""), argv,
+                              deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout, env=ctx.seed_env(seed)))
     for row in recipe.rows:
-        ds = recipe.datasets[row.dataset]
-        seg_only = segmentation_only(row.trainer)
         for ts in recipe.test_sets:
+            if not recipe.seeds:
+                steps += _predict_and_evaluate(recipe, ctx, row, ts, gpu, made[ts.dataset])
+                continue
+            for seed in recipe.seeds:
+                steps += _predict_and_evaluate(recipe, ctx, row, ts, gpu, made[ts.dataset], seed)
             test = recipe.datasets[ts.dataset]
-            out = ctx.predictions(row.key, ts.key)
-            if seg_only:  # nnunet_mtl predict adds class probabilities: a model without a head is nnU-Net's alone
-                predictions = _nnunet_predictions(recipe, ctx, row, ts, gpu, made[ts.dataset])
-            else:
-                argv = ["nnunet_mtl", "predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(out),
-                        "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, folds),
-                        "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n,
-                        "--disable_progress_bar"]
-                if len(folds) > 1:
-                    argv.append("--per-fold")
-                if has_lesion_map(row.trainer):
-                    argv.append("--save-attention")
-                if prediction_started(out):
-                    argv.append("--continue_prediction")
-                predictions = [Step(f"predict:{row.key}:{ts.key}", "predict", f"predict {ts.label} with {row.label}",
-                                    argv, deps=[made[ts.dataset]] + [f"train:{row.key}:{k}" for k in folds], gpu=gpu,
-                                    timeout_min=timeout)]
-            steps += predictions
-            steps.append(Step(f"evaluate:{row.key}:{ts.key}", "evaluate", f"evaluate {row.label} on {ts.label}",
-                              ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n]
-                              + (["--attention"] if has_lesion_map(row.trainer) else []),
-                              deps=[p.id for p in predictions], timeout_min=timeout))
+            runs = [str(ctx.predictions(row.key, ts.key, seed)) for seed in recipe.seeds]
+            steps.append(Step(f"seeds:{row.key}:{ts.key}", "seeds", f"average {row.label} on {ts.label} over the "
+                              f"seeds {', '.join(map(str, recipe.seeds))}",
+                              ["nnunet_mtl", "average-seeds", *runs, "-d", str(test.id), "-o",
+                               str(ctx.predictions(row.key, ts.key) / "evaluation"), "--overwrite"],
+                              deps=[f"evaluate:{row.key}:{ts.key}{_seed_suffix(seed)}" for seed in recipe.seeds],
+                              timeout_min=timeout))
     for c in recipe.comparisons:
         test = recipe.datasets[recipe.test_set(c.test_set).dataset]
         runs = [str(ctx.predictions(r, c.test_set)) for r in (c.a, *c.b)]
+        done = "seeds" if recipe.seeds else "evaluate"  # with seeds: the seed averages are compared
         steps.append(Step(f"compare:{c.key}", "compare", f"compare {c.a} with {', '.join(c.b)} on {c.test_set}",
                           ["nnunet_mtl", "compare", *runs, "-d", str(test.id), "-o", str(ctx.comparison(c.key))],
-                          deps=[f"evaluate:{r}:{c.test_set}" for r in (c.a, *c.b)], timeout_min=timeout))
+                          deps=[f"{done}:{r}:{c.test_set}" for r in (c.a, *c.b)], timeout_min=timeout))
     for a in recipe.ablations:
         row, ts = recipe.row(a.row), recipe.test_set(a.test_set)
         ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
@@ -221,16 +234,56 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
     steps.append(Step("report", "report", "report", ["nnunet_mtl", "recipe", "report", str(recipe.path if
                                                      recipe.path.parent != _shipped_folder() else recipe.name),
                                                      "--workdir", str(ctx.workdir)],
-                      deps=[s.id for s in steps if s.kind in ("evaluate", "compare", "ablate")],
+                      deps=[s.id for s in steps if s.kind in ("evaluate", "seeds", "compare", "ablate")],
                       timeout_min=timeout))
     return steps
 
+
+def _seed_suffix(seed: int | None) -> str:
+    return "" if seed is None else f":seed{seed}"
+
+
+def step_seed(step_id: str) -> int | None:
+    """The seed a step id names (``train:mtl:0:seed2`` -> 2), None for an unseeded step."""
+    last = step_id.rsplit(":", 1)[-1]
+    return int(last[4:]) if last.startswith("seed") and last[4:].isdigit() else None
+
+
+def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test_made: str,
+                          seed: int | None = None) -> list[Step]:
+    """A row's prediction(s) of a test set and their evaluation (one seed's models with a seed)."""
+    n, timeout, folds = str(ctx.processes), recipe.timeout_min, recipe.split.fold_ids
+    ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
+    suffix, env = _seed_suffix(seed), ctx.seed_env(seed)
+    out = ctx.predictions(row.key, ts.key, seed)
+    if segmentation_only(row.trainer):  # nnunet_mtl predict adds class probabilities: no head, nnU-Net's alone
+        predictions = _nnunet_predictions(recipe, ctx, row, ts, gpu, test_made, seed)
+    else:
+        argv = ["nnunet_mtl", "predict", "-i", str(ctx.raw / test.folder / "imagesTs"), "-o", str(out),
+                "-d", str(ds.id), "-c", CONFIGURATION, "-tr", row.trainer, "-f", *map(str, folds),
+                "-chk", recipe.checkpoint, "-device", ctx.device, "-npp", n, "-nps", n, "--disable_progress_bar"]
+        if len(folds) > 1:
+            argv.append("--per-fold")
+        if has_lesion_map(row.trainer):
+            argv.append("--save-attention")
+        if prediction_started(out):
+            argv.append("--continue_prediction")
+        which = f" (seed {seed})" if seed is not None else ""
+        predictions = [Step(f"predict:{row.key}:{ts.key}{suffix}", "predict",
+                            f"predict {ts.label} with {row.label}{which}", argv,
+                            deps=[test_made] + [f"train:{row.key}:{k}{suffix}" for k in folds], gpu=gpu,
+                            timeout_min=timeout, env=env)]
+    evaluate = Step(f"evaluate:{row.key}:{ts.key}{suffix}", "evaluate",
+                    f"evaluate {row.label} on {ts.label}" + (f" (seed {seed})" if seed is not None else ""),
+                    ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n]
+                    + (["--attention"] if has_lesion_map(row.trainer) else []),
+                    deps=[p.id for p in predictions], timeout_min=timeout)
+    return [*predictions, evaluate]
 
 def ablation_file(recipe: Recipe) -> str:
     """What ablate-guidance writes last in its output folder: the mean ± std over folds (k folds, --per-fold) or
     the one model's table."""
     return "guidance_ablation_per_fold.json" if len(recipe.split.fold_ids) > 1 else "guidance_ablation.json"
-
 
 def _made(recipe: Recipe, handle: str) -> str:
     """The step that writes a dataset."""
@@ -257,11 +310,14 @@ def segmentation_only(trainer: str) -> bool:
     return cls is not None and getattr(getattr(cls, "head", None), "kind", "none") == "none"
 
 
-def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test_made: str) -> list[Step]:
+def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test_made: str,
+                        seed: int | None = None) -> list[Step]:
     """nnUNetv2_predict for a segmentation-only row: with k folds each fold's model alone into OUT/fold_K and all
-    of them into OUT/ensemble (the layout nnunet_mtl evaluate reads as per-fold), with one fold into OUT."""
+    of them into OUT/ensemble (the layout nnunet_mtl evaluate reads as per-fold), with one fold into OUT (one
+    seed's model with a seed)."""
     ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
-    out, folds = ctx.predictions(row.key, ts.key), recipe.split.fold_ids
+    out, folds = ctx.predictions(row.key, ts.key, seed), recipe.split.fold_ids
+    seeded = _seed_suffix(seed)
     n = str(ctx.processes)
     runs = [(f":{k}", out / f"fold_{k}", [k]) for k in folds] + [("", out / "ensemble", folds)] if len(folds) > 1 \
         else [("", out, folds)]
@@ -272,11 +328,12 @@ def _nnunet_predictions(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test_m
                 "-device", ctx.device, "-npp", n, "-nps", n, "--disable_progress_bar"]
         if prediction_started(folder):
             argv.append("--continue_prediction")
-        which = f"fold {use[0]}'s model" if len(use) == 1 and len(folds) > 1 else "the fold ensemble"
-        steps.append(Step(f"predict:{row.key}:{ts.key}{suffix}", "predict",
+        which = (f"fold {use[0]}'s model" if len(use) == 1 and len(folds) > 1 else
+                 f"seed {seed}'s model" if seed is not None else "the fold ensemble")
+        steps.append(Step(f"predict:{row.key}:{ts.key}{suffix}{seeded}", "predict",
                           f"predict {ts.label} with {row.label} ({which}; masks only: nnUNetv2_predict)", argv,
-                          deps=[test_made] + [f"train:{row.key}:{k}" for k in use], gpu=gpu,
-                          timeout_min=recipe.timeout_min))
+                          deps=[test_made] + [f"train:{row.key}:{k}{seeded}" for k in use], gpu=gpu,
+                          timeout_min=recipe.timeout_min, env=ctx.seed_env(seed)))
     return steps
 
 
@@ -302,7 +359,7 @@ def _dataset_json(folder: Path) -> dict:
 
 def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
     """(done, why): whether the step's outputs are all there, naming the file that shows it (or what is missing)."""
-    kind, parts = step.kind, step.id.split(":")
+    kind, parts, seed = step.kind, step.id.split(":"), step_seed(step.id)
     if kind in ("convert", "drop", "holdout"):
         ds = recipe.datasets[parts[1]]
         marker = ctx.raw / ds.folder / {"convert": "dataset.json", "drop": "partial_report.json",
@@ -331,7 +388,7 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
                                  f"; expected the recipe's split (remove the file, and any trained folds, to redo it)")
         return True, str(path)
     if kind == "train":
-        fold = ctx.model(recipe, parts[1]) / f"fold_{parts[2]}"
+        fold = ctx.model(recipe, parts[1], seed) / f"fold_{parts[2]}"
         # the final validation's last file: nnU-Net's summary.json, or for a classification-only model (no masks to
         # score) our class_predictions.csv
         last = "summary.json" if segments(recipe.row(parts[1]).trainer) else "class_predictions.csv"
@@ -345,13 +402,16 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         return expected is not None and expected > 0 and have == expected, \
             f"{have} of {expected if expected is not None else '?'} masks in {folder}"
     if kind == "predict":
-        out = ctx.predictions(parts[1], parts[2])
+        out = ctx.predictions(parts[1], parts[2], seed)
         if len(recipe.split.fold_ids) == 1:
             return (out / "class_predictions.csv").is_file(), str(out / "class_predictions.csv")
         marker = out / "ensemble" / "class_predictions.csv"  # per-fold: the ensemble is written last
         return marker.is_file() and (out / "per_fold.json").is_file(), str(marker)
+    if kind == "seeds":
+        marker = ctx.predictions(parts[1], parts[2]) / "evaluation" / SEEDS_SUMMARY
+        return marker.is_file(), str(marker)
     if kind == "evaluate":
-        out = ctx.predictions(parts[1], parts[2]) / "evaluation"
+        out = ctx.predictions(parts[1], parts[2], seed) / "evaluation"
         marker = out / ("per_fold_summary.json" if len(recipe.split.fold_ids) > 1 else "summary.json")
         return marker.is_file(), str(marker)
     if kind == "compare":

@@ -3,7 +3,8 @@ nothing else (a missing file is a "—" and a note naming the step that writes i
 
 Per test set, one table: every row's metrics, over folds as ``mean ± std`` (k folds: ``nnunet_mtl predict
 --per-fold``'s fold models, each alone, as the papers report) with the t-based 95 % CI of that mean, and the fold
-ensemble as a second row; with one fold the single value and its bootstrap 95 % CI. Per paper table (``[[tables]]``),
+ensemble as a second row; with seeds (``seeds = [...]``) likewise over the seeds' models, and the seed average
+(``nnunet_mtl average-seeds``) as the second row; with one fold the single value and its bootstrap 95 % CI. Per paper table (``[[tables]]``),
 the same rows beside the paper's numbers as printed. The comparisons (``nnunet_mtl compare``: paired bootstrap CI
 of the difference, Wilcoxon / McNemar / DeLong p, Holm). Per guidance ablation (``[[ablations]]``: ``nnunet_mtl
 ablate-guidance``), the change of macro precision, recall and F1 when one guided feature is left out, ours (mean ±
@@ -17,6 +18,7 @@ import math
 import re
 from pathlib import Path
 
+from nnunet_mtl.evaluation.seeds import SEEDS_SUMMARY
 from nnunet_mtl.recipes.plan import Context, ablation_file
 from nnunet_mtl.recipes.schema import ABLATION_METRICS, METRICS, Recipe, parse_paper_value
 
@@ -48,13 +50,18 @@ def row_results(recipe: Recipe, ctx: Context, row: str, test_set: str) -> tuple[
     with one fold the single value and its bootstrap CI (std and ensemble None)."""
     from nnunet_mtl.evaluation.evaluate import _flatten
     evaluation = ctx.predictions(row, test_set) / "evaluation"
-    if len(recipe.split.fold_ids) > 1:
-        path = evaluation / "per_fold_summary.json"
+    if len(recipe.split.fold_ids) > 1 or recipe.seeds:
+        # k folds: each fold's model and the fold ensemble; seeds: each seed's model and the seed average
+        path = evaluation / (SEEDS_SUMMARY if recipe.seeds else "per_fold_summary.json")
         data = _read(path)
         if data is None:
             return None, {}
-        over = (data.get("mean_std_over_folds") or {}).get("metrics", {})
-        ensemble = (data.get("fold_ensemble") or {}).get("metrics", {})
+        if recipe.seeds:
+            over = data.get("metrics", {})
+            ensemble = (data.get("seed_average") or {}).get("metrics", {})
+        else:
+            over = (data.get("mean_std_over_folds") or {}).get("metrics", {})
+            ensemble = (data.get("fold_ensemble") or {}).get("metrics", {})
         return str(path), {name: {"mean": over[key].get("mean"), "std": over[key].get("std"),
                                   "ci95": over[key].get("ci95"), "ensemble": ensemble.get(key)}
                            for name, key in METRICS.items() if key in over}
@@ -90,6 +97,7 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
     """Everything the report shows, as data (report.json)."""
     k = len(recipe.split.fold_ids)
     report = {"recipe": recipe.name, "title": recipe.title, "workdir": str(ctx.workdir), "folds": k,
+              "seeds": list(recipe.seeds),
               "split": {"kind": recipe.split.kind, "folds": recipe.split.folds, "fraction": recipe.split.fraction,
                         "seed": recipe.split.seed, "repeats": recipe.split.repeats,
                         "file": str(recipe.split.file) if recipe.split.file else None},
@@ -244,10 +252,16 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
            if split.get("repeats", 1) == 1 else
            f"{split['repeats']} patient-grouped hold-out splits (runs) as folds, {split['fraction']:.0%} validation "
            f"each, seeds {split['seed']}-{split['seed'] + split['repeats'] - 1}")
+    seeds = report.get("seeds") or []
     lines += [f"Split: {how}; checkpoint {report['checkpoint']}. "
-              + ("Our cells: mean ± std over the folds' models, each predicting alone (95 % CI of the mean, t-based); "
+              + (f"Every row trained {len(seeds)} times, seeds {', '.join(map(str, seeds))} (nnUNet_mtl_seed). Our "
+                 "cells: mean ± std over the seeds' models, each predicting alone (95 % CI of the mean, t-based); the "
+                 "seed-average row: per case the mean of the seeds' values and class probabilities "
+                 "(nnunet_mtl average-seeds)." if seeds else
+                 "Our cells: mean ± std over the folds' models, each predicting alone (95 % CI of the mean, t-based); "
                  "the ensemble row: the folds' models averaged." if k > 1 else
                  "Our cells: the single model, with the bootstrap 95 % CI over the test images."), ""]
+    extra = "seed average" if seeds else "fold ensemble" if k > 1 else None
     if recipe.note:
         lines += [f"Note: {recipe.note}", ""]
     for ts in report["test_sets"]:
@@ -257,8 +271,8 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
         for row in ts["rows"]:
             lines.append(f"| {row['label']} | `{row['trainer']}` | " + " | ".join(
                 _cell_ci(row[m], m) for m in metrics) + " |")
-            if k > 1:
-                lines.append(f"| {row['label']} (fold ensemble) | | " + " | ".join(
+            if extra:
+                lines.append(f"| {row['label']} ({extra}) | | " + " | ".join(
                     fmt((row[m] or {}).get("ensemble"), m) for m in metrics) + " |")
         lines.append("")
     for table in report["tables"]:
@@ -289,7 +303,8 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
             lines += ["not run yet", ""]
             continue
         unit = c["rows"][0].get("unit")
-        runs = "the fold ensembles" if k > 1 else "the single models"
+        runs = ("the seed averages (per case, the mean over the seeds)" if seeds else "the fold ensembles" if k > 1
+                else "the single models")
         lines += [f"Paired, {runs}, unit: {unit} (n = {c['rows'][0].get('n_units')}); difference = first minus "
                   "second, 95 % CI by paired bootstrap; p from the test named, Holm over the comparison's table.", "",
                   "| pair | metric | first | second | difference [95 % CI] | test | p | p Holm |",

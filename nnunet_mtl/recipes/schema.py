@@ -20,6 +20,7 @@ The format (docs/recipes.md has it with examples)::
                                      # "test", options = [...]) or from = HANDLE and keep, as, seed (drop-masks)
                                      # or test_fraction | test_per_class (+ test_classes), seed (holdout)
     [split]                          # kind = "kfold" (folds >= 2) | "holdout" (fraction, repeats), seed
+    seeds = [0, 1, 2]                # optional, top level: train every row once per seed (one-fold splits only)
     [[rows]]                         # key, label, trainer, dataset (a training HANDLE), paper_row (optional)
     [[test_sets]]                    # key, label, and dataset = HANDLE (its imagesTs / labelsTs)
     [[comparisons]]                  # key, a = row, b = [rows], test_set
@@ -184,6 +185,7 @@ class Recipe:
     comparisons: tuple = ()
     tables: tuple = ()
     ablations: tuple = ()
+    seeds: tuple = ()         # training seeds (nnUNet_mtl_seed): every row trained once per seed; () = one unseeded
 
     def row(self, key: str) -> RowSpec:
         return next(r for r in self.rows if r.key == key)
@@ -314,7 +316,7 @@ class _Checker:
     def recipe(self) -> Recipe:
         raw = self.raw
         self.unknown(raw, {"schema", "name", "title", "description", "paper", "estimate", "defaults", "data",
-                           "datasets", "split", "rows", "test_sets", "comparisons", "tables", "ablations"}, "")
+                           "datasets", "split", "rows", "test_sets", "comparisons", "tables", "ablations", "seeds"}, "")
         version = self.get(raw, "schema", "", int, required=True)
         if version is not None and version != SCHEMA_VERSION:
             self.error("schema", f"{version}; expected {SCHEMA_VERSION}")
@@ -347,6 +349,7 @@ class _Checker:
         comparisons = self.comparisons(rows, test_sets)
         tables = self.tables(rows, test_sets)
         ablations = self.ablations(rows, test_sets)
+        seeds = self.seeds(split, ablations)
         device = self.get(defaults, "device", "defaults.", str, default="auto", choices=DEVICES)
         checkpoint = self.get(defaults, "checkpoint", "defaults.", str, default="checkpoint_final.pth",
                               choices=CHECKPOINTS)
@@ -358,7 +361,26 @@ class _Checker:
                       device=device, checkpoint=checkpoint, timeout_min=timeout or 24 * 60, data=data,
                       datasets=datasets, split=split, rows=tuple(rows),
                       test_sets=tuple(test_sets), comparisons=tuple(comparisons), tables=tuple(tables),
-                      ablations=tuple(ablations))
+                      ablations=tuple(ablations), seeds=tuple(seeds))
+
+    def seeds(self, split: SplitSpec, ablations: list) -> list[int]:
+        """``seeds = [0, 1, 2]``: every row trained once per seed, the split fixed. One fold only: seeds x folds
+        would multiply the trainings and leave two spreads to tell apart (docs/recipes.md)."""
+        if "seeds" not in self.raw:
+            return []
+        seeds = self.raw["seeds"]
+        if (not isinstance(seeds, list) or len(seeds) < 2 or not all(type(x) is int and x >= 0 for x in seeds)
+                or len(set(seeds)) != len(seeds)):
+            self.error("seeds", f"{seeds!r}; expected a list of at least two different integers >= 0, e.g. [0, 1, 2]")
+            return []
+        if len(split.fold_ids) != 1:
+            self.error("seeds", f"with a {len(split.fold_ids)}-fold split; expected a one-fold split (kind = "
+                                "\"holdout\" without repeats, or a file with one fold): seeds repeat the training of "
+                                "one fixed split")
+        if ablations:
+            self.error("seeds", "with [[ablations]]; expected one or the other (ablate-guidance reads one model per "
+                                "fold)")
+        return seeds
 
     def datasets(self, data: dict) -> dict:
         out, ids = {}, {}

@@ -146,6 +146,30 @@ def time_budget_seconds() -> float | None:
     return 60.0 * minutes
 
 
+SEED_VAR = "nnUNet_mtl_seed"
+
+
+def training_seed() -> int | None:
+    """The training seed (``nnUNet_mtl_seed``, an integer >= 0; unset: none, nnU-Net's own unseeded draw). A recipe
+    with ``seeds = [...]`` sets it per training. It seeds Python's, NumPy's and torch's generators of the training
+    process before the network is built: the initial weights and the main process' draws follow it. nnU-Net's
+    data-augmentation workers draw their own seeds, so a seed names a training draw and fixes its initialization; it
+    does not make a training reproducible bit for bit."""
+    value = os.environ.get(SEED_VAR, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise NnunetMtlError(f"{SEED_VAR} is {value!r}; expected an integer >= 0 (or unset)")
+    return int(value)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
 def selection_ema(previous: list[float], score: float, restart: bool) -> float:
     """The selection EMA after this epoch: nnU-Net's smoothing of its EMA Dice (0.9 old + 0.1 new), restarted at
     the first epoch of every stage. An undefined score (NaN: a pseudo Dice over validation patches without one
@@ -203,6 +227,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             try:  # the forward pass's precision (nnunet_mtl.precision): nnU-Net's on CUDA, bfloat16 on a CPU with it
                 self._autocast_factory = precision.autocast_for(self.device)
                 self._time_budget_s = time_budget_seconds()
+                self.training_seed = training_seed()
+                if self.training_seed is not None:  # before initialize() builds the network: its weights follow
+                    seed_everything(self.training_seed)
                 self._run_started: float | None = None  # set when run_training starts the epochs
             except NnunetMtlError as e:
                 fail(str(e))
@@ -589,6 +616,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.print_to_log_file(self.describe_composition())
         self.print_to_log_file(self.backward_rule.describe(self.base_loss_weights, self.task_names))
         self.print_to_log_file(precision.describe(self.device))
+        if self.training_seed is not None:
+            self.print_to_log_file(f"training seed {self.training_seed} ({SEED_VAR}): initial weights and the main "
+                                   f"process' draws; nnU-Net's augmentation workers seed themselves")
         if self._time_budget_s is not None:
             self.print_to_log_file(f"time budget: training stops after the first epoch that ends past "
                                    f"{self._time_budget_s / 60:g} minutes ({TIME_BUDGET_VAR})")
