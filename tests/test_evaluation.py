@@ -629,3 +629,33 @@ def test_per_fold_evaluation_of_a_cross_validation_with_unannotated_references(p
     assert result["mean_std_over_folds"]["metrics"]["segmentation.dice.mean"]["mean"] == pytest.approx(0.5)
     assert result["mean_std_over_folds"]["metrics"]["num_cases"]["mean"] == 6
     assert "mean ± std over 2 folds" in out
+
+
+def test_a_training_folds_validation_is_scored_against_its_own_cases_of_labelsTr(folders, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """nnU-Net's fold_K/validation holds a fold's cases only: `evaluate -pred fold_K/validation -d D` reads them from
+    splits_final.json and takes labelsTr, no flag needed; a validation case without a prediction is still an error."""
+    raw, pre = tmp_path / "raw" / "Dataset502_Val", tmp_path / "pre" / "Dataset502_Val"
+    pre.mkdir(parents=True)
+    raw.mkdir(parents=True)
+    (folders / "ref").rename(raw / "labelsTr")
+    _png(raw / "labelsTr" / "000200.png", _square(2, 2, 5))   # a case of the other fold
+    (folders / "cases.csv").rename(raw / "cases.csv")
+    (folders / "dataset.json").rename(raw / "dataset.json")
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["000012", "000013", "000100"], "val": ["000200"]},
+                                                       {"train": ["000200"], "val": ["000012", "000013", "000100"]}]))
+    validation = tmp_path / "res" / "Dataset502_Val" / "nnUNetTrainerMTL__nnUNetPlans__2d" / "fold_1" / "validation"
+    validation.parent.mkdir(parents=True)
+    (folders / "pred").rename(validation)
+    (validation / "999999.png").unlink()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert main(["evaluate", "-pred", str(validation), "-d", "502"]) == 0
+    summary = json.loads((validation / "evaluation" / "summary.json").read_text())
+    assert summary["num_cases"] == 3 and summary["inputs"]["ref_dir"].endswith("labelsTr")
+    assert any("training fold's validation: evaluated against its 3 validation cases (fold 1's val list in"
+               in n for n in summary["notes"])
+    (validation / "000013.png").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", "-pred", str(validation), "-d", "502", "--overwrite"]) != 0
+    assert "1 reference case(s) have no prediction" in capsys.readouterr().err

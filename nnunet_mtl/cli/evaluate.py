@@ -145,7 +145,9 @@ def run(args) -> int:
     if args.d is not None:
         from nnunet_mtl.paths import find_dataset_folder, raw_root
         raw = find_dataset_folder(args.d, raw_root())
-        ref = ref or raw / "labelsTs"
+        from nnunet_mtl.evaluation.evaluate import fold_validation_cases
+        # a training fold's validation folder is scored against the training references, the rest against labelsTs
+        ref = ref or raw / ("labelsTr" if fold_validation_cases(pred) is not None else "labelsTs")
         if cases is None and (raw / "cases.csv").is_file():
             cases = raw / "cases.csv"
         if labels_json is None and (raw / "dataset.json").is_file():

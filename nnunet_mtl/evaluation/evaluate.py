@@ -513,6 +513,37 @@ def check_attention_files(pred_dir, cases: list[str]) -> dict[str, Path]:
     return {c: found[c] for c in cases}
 
 
+def fold_validation_cases(pred_dir) -> tuple[list[str], str] | None:
+    """The validation cases of a training fold's ``validation/`` folder (nnU-Net's
+    ``nnUNet_results/DatasetNNN_X/TRAINER__PLANS__CONF/fold_K/validation``) and where they were read: fold K's
+    ``val`` list of ``nnUNet_preprocessed/DatasetNNN_X/splits_final.json``, or, without it, the cases nnU-Net's own
+    ``validation/summary.json`` scored. None for any other folder. A fold's validation holds a third or a fifth of
+    the training cases: it is evaluated against those, not against every reference in labelsTr."""
+    pred = Path(pred_dir).resolve()
+    fold = _FOLD_SUBFOLDER.fullmatch(pred.parent.name)
+    if pred.name != "validation" or fold is None or "__" not in pred.parent.parent.name:
+        return None
+    dataset = pred.parent.parent.parent.name
+    root = os.environ.get("nnUNet_preprocessed")
+    split = Path(root) / dataset / "splits_final.json" if root else None
+    if split is not None and split.is_file():
+        from nnunet_mtl.dataset.splits import read_splits
+        folds = read_splits(split)
+        k = int(fold.group(1))
+        if k < len(folds):
+            return [str(c) for c in folds[k]["val"]], f"fold {k}'s val list in {split}"
+    summary = pred / "summary.json"
+    if summary.is_file():
+        try:
+            per_case = json.loads(summary.read_text()).get("metric_per_case") or []
+            cases = [Path(str(r["reference_file"])).name.rsplit(".", 1)[0] for r in per_case]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if cases:
+            return cases, f"the cases nnU-Net's {summary} scored"
+    return None
+
+
 def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=None, class_labels=None,
                     output_dir=None, num_processes: int = 1, allow_missing: bool = False,
                     nsd_tolerance_px: float = seg_metrics.DEFAULT_NSD_TOLERANCE_PX,
@@ -539,6 +570,16 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
     if not ref_cases:
         raise NnunetMtlError(f"reference folder {ref_dir} has no .png files; expected CASE_ID.png label maps")
     notes = []
+    own = fold_validation_cases(pred_dir)
+    if own is not None:  # a training fold's validation: its own cases, not every reference of labelsTr
+        cases, source = own
+        outside = sorted(set(cases) - set(ref_cases))
+        if outside:
+            raise NnunetMtlError(f"{len(outside)} validation case(s) of {pred_dir} ({source}) have no reference in "
+                                 f"{ref_dir}: {_some(outside)}; expected the training dataset's labelsTr")
+        ref_cases = {c: ref_cases[c] for c in cases}
+        notes.append(f"{pred_dir} is a training fold's validation: evaluated against its {len(cases)} validation "
+                     f"cases ({source})")
     class_names = _class_names(class_labels, "class_labels") if class_labels is not None else None
     classification_only = not pred_cases
     predictions = None
