@@ -245,7 +245,21 @@ CASES = [
      lambda w, m: ((w / "ev2").mkdir(), shutil.copy(w / "evaluation" / "per_case.csv", w / "ev2"),
                    (w / "cmp").write_text("x"),
                    ["compare", str(w / "evaluation"), str(w / "ev2"), "-o", str(w / "cmp")])[3], "cmp is a file"),
+    ("average-seeds-output-exists", "output",
+     lambda w, m: ((w / "ev2").mkdir(), [shutil.copy(w / "evaluation" / n, w / "ev2") for n in
+                                         ("per_case.csv", "summary.json")], (w / "avg").mkdir(),
+                   (w / "avg" / "per_case.csv").write_text("x"),
+                   ["average-seeds", str(w / "evaluation"), str(w / "ev2"), "-o", str(w / "avg")])[4],
+     "per_case.csv exists; pass --overwrite"),
     # --- corrupt or foreign inputs ---------------------------------------------------------------------------
+    ("average-seeds-missing-case", "input",
+     lambda w, m: ((w / "ev2").mkdir(), shutil.copy(w / "evaluation" / "summary.json", w / "ev2"),
+                   (w / "ev2" / "per_case.csv").write_text(
+                       "".join((w / "evaluation" / "per_case.csv").read_text().splitlines(True)[:-1])),
+                   ["average-seeds", str(w / "evaluation"), str(w / "ev2"), "-o", str(w / "avg")])[3],
+     "is missing in run"),
+    ("average-seeds-one-run", "value", lambda w, m: ["average-seeds", str(w / "evaluation"), "-o", str(w / "avg")],
+     "1 run given; expected the evaluated prediction folders of at least two seeds"),
     ("compare-not-evaluated", "input",
      lambda w, m: ["compare", str(w / "pred"), str(w / "evaluation"), "-o", str(w / "cmp")],
      "run `nnunet_mtl evaluate -pred"),
@@ -353,7 +367,8 @@ def test_sweep_covers_every_subcommand_and_class():
     """Every subcommand that reads or writes files is in the sweep (trainer-dir only prints a path), and each of
     the input classes of issue 13 has cases."""
     from nnunet_mtl.cli.main import SUBCOMMAND_MODULES
-    prefixes = {"ablate_guidance": "ablate", "evaluate": "evaluate", "trainer_dir": None, "drop_masks": "drop-masks"}
+    prefixes = {"ablate_guidance": "ablate", "evaluate": "evaluate", "trainer_dir": None, "drop_masks": "drop-masks",
+                "average_seeds": "average-seeds"}
     for module in SUBCOMMAND_MODULES:
         prefix = prefixes.get(module, module)
         if prefix is not None:
