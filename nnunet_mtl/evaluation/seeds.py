@@ -46,9 +46,9 @@ def average_seeds(runs: list, output_dir, *, cases_csv=None, n_resamples: int | 
     bootstrap CIs. Every check runs before anything is written."""
     from nnunet_mtl.evaluation import classification as cls_metrics
     from nnunet_mtl.evaluation.compare import check_classes, check_same_cases, read_per_case, resolve_run
-    from nnunet_mtl.evaluation.evaluate import (ATTENTION_METRIC, DEFAULT_BOOTSTRAP, SEG_METRICS, _json_safe, aggregate_summaries,
-                                                bootstrap_intervals, read_cases_table, summary_stats, write_json,
-                                                write_per_case_csv)
+    from nnunet_mtl.evaluation.evaluate import (ATTENTION_METRIC, DEFAULT_BOOTSTRAP, SEG_METRICS, _json_safe,
+                                                aggregate_summaries, bootstrap_intervals, read_cases_table,
+                                                summary_stats, write_json, write_per_case_csv)
     from nnunet_mtl.outputs import check_not_an_input, check_output_file, check_output_folder
     if len(runs) < 2:
         raise NnunetMtlError(f"{len(runs)} run given; expected the evaluated prediction folders of at least two "

@@ -32,6 +32,7 @@ outputs to have it run again.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -186,7 +187,7 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
     # fold-major: every row's fold 0 before any row's fold 1, so that a run stopped part-way (a session's end, a
     # budget) has whole folds to compare rather than whole rows
     # with seeds (one fold), seed-major likewise
-    for k, seed in [(k, seed) for k in folds for seed in (recipe.seeds or (None,))]:
+    for k, seed in itertools.product(folds, recipe.seeds or (None,)):
         for row in recipe.rows:
             ds = recipe.datasets[row.dataset]
             argv = ["nnUNetv2_train", str(ds.id), CONFIGURATION, str(k), "-tr", row.trainer, "-device", ctx.device]
@@ -198,11 +199,10 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                               deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout, env=ctx.seed_env(seed)))
     for row in recipe.rows:
         for ts in recipe.test_sets:
-            if not recipe.seeds:
-                steps += _predict_and_evaluate(recipe, ctx, row, ts, gpu, made[ts.dataset])
-                continue
-            for seed in recipe.seeds:
+            for seed in recipe.seeds or (None,):
                 steps += _predict_and_evaluate(recipe, ctx, row, ts, gpu, made[ts.dataset], seed)
+            if not recipe.seeds:
+                continue
             test = recipe.datasets[ts.dataset]
             runs = [str(ctx.predictions(row.key, ts.key, seed)) for seed in recipe.seeds]
             steps.append(Step(f"seeds:{row.key}:{ts.key}", "seeds", f"average {row.label} on {ts.label} over the "
@@ -255,6 +255,7 @@ def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test
     n, timeout, folds = str(ctx.processes), recipe.timeout_min, recipe.split.fold_ids
     ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
     suffix, env = _seed_suffix(seed), ctx.seed_env(seed)
+    which = f" (seed {seed})" if seed is not None else ""
     out = ctx.predictions(row.key, ts.key, seed)
     if segmentation_only(row.trainer):  # nnunet_mtl predict adds class probabilities: no head, nnU-Net's alone
         predictions = _nnunet_predictions(recipe, ctx, row, ts, gpu, test_made, seed)
@@ -268,13 +269,12 @@ def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test
             argv.append("--save-attention")
         if prediction_started(out):
             argv.append("--continue_prediction")
-        which = f" (seed {seed})" if seed is not None else ""
         predictions = [Step(f"predict:{row.key}:{ts.key}{suffix}", "predict",
                             f"predict {ts.label} with {row.label}{which}", argv,
                             deps=[test_made] + [f"train:{row.key}:{k}{suffix}" for k in folds], gpu=gpu,
                             timeout_min=timeout, env=env)]
     evaluate = Step(f"evaluate:{row.key}:{ts.key}{suffix}", "evaluate",
-                    f"evaluate {row.label} on {ts.label}" + (f" (seed {seed})" if seed is not None else ""),
+                    f"evaluate {row.label} on {ts.label}{which}",
                     ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n]
                     + (["--attention"] if has_lesion_map(row.trainer) else []),
                     deps=[p.id for p in predictions], timeout_min=timeout)

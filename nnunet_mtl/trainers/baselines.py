@@ -11,7 +11,8 @@ backward rule (or a choice of head and terms) declared on :class:`nnUNetTrainerM
 
 Each has the schedule variants ``_paper`` (Salama et al. 2026's thyroid schedule, to sit next to RLAR in its
 tables), ``_breastpaper`` (Zhang, Moradi, Saha's, next to the BI-RADS consistency rows), ``_fanpaper`` (Fan et al.'s,
-next to the lesion-aware rows), ``_demo``, ``_tiny``, ``_cpu`` (the real-data CPU recipe) and ``_cpu1k`` (the real-data comparisons' budget).
+next to the lesion-aware rows), ``_demo``, ``_tiny``, ``_cpu`` (the real-data CPU recipe) and ``_cpu1k`` (the
+real-data comparisons' budget).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from nnunet_mtl.methods.multitask import Classification, Segmentation
 from nnunet_mtl.methods.single_task import NoHeadConfig
 from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
-from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPU1kSchedule, CPUSchedule, DemoSchedule, FanPaperSchedule,
-                                          ThyroidPaperSchedule, TinySchedule)
+from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPU1kSchedule, CPUSchedule, DemoSchedule,
+                                          FanPaperSchedule, ThyroidPaperSchedule, TinySchedule)
 
 
 class nnUNetTrainerSegOnly(nnUNetTrainerMTL):
