@@ -90,6 +90,10 @@ class MultitaskPredictor(CPUAutocastPredictor):
         self._fold_attention: list[torch.Tensor] = []
         self._current_properties: dict | None = None
         self._input_files: dict[str, list[str]] = {}  # output name -> input files (the sequential path's properties)
+        # the Python API (nnunet_mtl.api): collect the lesion map P of each case in memory, without writing it; the
+        # last case's fold-mean P (preprocessed geometry, padding cut) is then in last_attention
+        self.keep_attention = False
+        self.last_attention: torch.Tensor | None = None
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name: str = "checkpoint_final.pth"):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
@@ -186,11 +190,11 @@ class MultitaskPredictor(CPUAutocastPredictor):
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
         self._tile_probs = []  # reset: nnU-Net retries on CPU after an out-of-memory on the device
         self._tile_embeddings = []
-        if self.attention_folder is not None:
+        if self._collects_attention():
             self._start_attention_window(data, slicers)
         try:
             logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
-            if self.attention_folder is not None:  # the stitched P of this fold, still padded like data
+            if self._collects_attention():  # the stitched P of this fold, still padded like data
                 self._fold_attention.append(self._attention_sum / self._attention_weight)
         finally:
             self._attention_sum = self._attention_weight = self._attention_slicers = None
@@ -198,6 +202,10 @@ class MultitaskPredictor(CPUAutocastPredictor):
         if self.record_embeddings:
             self._fold_embeddings.append(torch.cat(self._tile_embeddings, 1))  # (mirrors, tiles, K)
         return logits
+
+    def _collects_attention(self) -> bool:
+        """Whether the sliding window stitches P: to write it (--save-attention) or to keep it (the Python API)."""
+        return self.attention_folder is not None or self.keep_attention
 
     def _start_attention_window(self, data: torch.Tensor, slicers) -> None:
         """Empty sums of P (1, *data's spatial shape) and of the tile weights, on the CPU in float32, for one
@@ -236,10 +244,15 @@ class MultitaskPredictor(CPUAutocastPredictor):
             self.class_probabilities[case] = self.last_class_probabilities
             if self.record_embeddings:
                 self.embeddings[case] = torch.stack(self._fold_embeddings).numpy()  # (folds, mirrors, tiles, K)
-        if self.attention_folder is not None and case is not None and self._fold_attention:
+        self.last_attention = None
+        writes = self.attention_folder is not None and case is not None
+        if self._fold_attention and (writes or self.keep_attention):
             unpadded = self._padding_slicer(input_shape)
             attention = torch.stack([a[(slice(None), *unpadded[1:])] for a in self._fold_attention]).mean(0)
-            self._export_attention(case, attention)
+            if self.keep_attention:
+                self.last_attention = attention
+            if writes:
+                self._export_attention(case, attention)
         self._fold_attention = []
 
     def _manage_input_and_output_lists(self, *args, **kwargs):
@@ -285,6 +298,29 @@ class MultitaskPredictor(CPUAutocastPredictor):
         logits = self.predict_sliding_window_return_logits(data)
         self._record_case(case_id, tuple(data.shape))
         return logits
+
+    def predict_array_with_classes(self, image: np.ndarray, properties: dict
+                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One image (nnU-Net's (c, x, y[, z]) layout, ``properties`` with its 'spacing') predicted as nnU-Net's
+        ``predict_single_npy_array`` predicts it (the same preprocessing, sliding window, mirroring, fold average and
+        export into the image's geometry), returning together what that method cannot: (mask, class probabilities
+        ordered as class_names, P in the image's geometry or None). P is given when ``keep_attention`` is set and
+        the head returns a lesion map. Written out rather than calling predict_single_npy_array because P's way back
+        into the image needs nnU-Net's preprocessing properties (the crop box), which that method keeps to itself."""
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        adapter = PreprocessAdapterFromNpy([image], None, [dict(properties)], None, self.plans_manager,
+                                           self.dataset_json, self.configuration_manager,
+                                           num_threads_in_multithreaded=1, verbose=self.verbose)
+        item = next(adapter)
+        logits = self.predict_logits_from_preprocessed_data(item["data"]).cpu()
+        probabilities, attention = self.last_class_probabilities, self.last_attention
+        mask = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, item["data_properties"],
+            return_probabilities=False)
+        if attention is not None:
+            attention = self.attention_in_image_geometry(attention, item["data_properties"])
+        return mask, probabilities, attention
 
     def fold_classifiers(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(W, b) of the head's final linear classifier (logits = W h + b; Salama et al. 2026, Eq. 1) of every fold, in
