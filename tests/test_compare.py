@@ -452,3 +452,12 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(evaluated, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("nnunet_mtl compare: error: ") and needle in err, err
     assert _snapshot(evaluated) == before  # not even ./comparison
+
+
+def test_run_names_are_the_shortest_distinct_folder_suffixes():
+    """comparison.png names each pair by its runs' folders (issue: 'A vs B' told a reader nothing)."""
+    from nnunet_mtl.evaluation.compare import run_names
+    assert run_names(["/w/predictions/mtl/ddti_test/evaluation", "/w/predictions/rlar/ddti_test/evaluation"]) == [
+        "mtl/ddti_test", "rlar/ddti_test"]
+    assert run_names(["/a/x/fold_0", "/a/y/fold_1"]) == ["fold_0", "fold_1"]
+    assert run_names(["/a/run", "/b/run"]) == ["a/run", "b/run"]

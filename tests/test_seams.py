@@ -557,6 +557,54 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_in_step():
     assert len(log["stage"]) == 4
 
 
+def _logged(term_names, extra_keys=(), epochs=3):
+    keys = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs", "val_auc", "val_macro_f1",
+            "val_balanced_accuracy", "mtl_score", "ema_mtl_score")
+    log = {k: [0.5, 0.4, 0.3][:epochs] for k in keys}
+    log.update(epoch_start_timestamps=[0.0, 10.0, 20.0][:epochs], epoch_end_timestamps=[9.0, 19.0, 29.0][:epochs],
+               stage=[0] * epochs)
+    for name in term_names:
+        scale = 20.0 if name == "clin" else 0.5
+        log.update({f"train_{name}_losses": [scale, scale * 0.9, scale * 0.8][:epochs],
+                    f"val_{name}_losses": [scale, scale * 0.95, scale * 0.85][:epochs]})
+    log.update({k: [0.2, 0.3, 0.4][:epochs] for k in extra_keys})
+    return log
+
+
+def test_progress_png_gives_a_large_loss_term_its_own_axis_and_keeps_legends_off_the_curves(tmp_path):
+    """Salama et al.'s guidance loss (8-25) on the tasks' axis would flatten them (below 1): it gets a panel of its
+    own, log-scaled, with the RLAR penalty on a second axis; every legend lies outside its panel."""
+    from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger, progress_figure
+    fig = progress_figure(_logged(("seg", "cls", "clin"), ["train_rlar_penalty"]), ("seg", "cls", "clin"),
+                          ["train_rlar_penalty"])
+    fig.canvas.draw()
+    panels = [a for a in fig.axes if a.get_title(loc="left")]
+    assert len(panels) == 5
+    labels = [{line.get_label() for line in a.get_lines()} for a in fig.axes]
+    tasks = next(lab for lab in labels if "loss_tr seg" in lab)
+    assert "loss_tr cls" in tasks and not any("clin" in lab for lab in tasks)
+    other = panels[1]
+    assert {line.get_label() for line in other.get_lines()} == {"loss_tr clin", "loss_val clin"}
+    assert other.get_yscale() == "log" and max(other.get_ylim()) < 30
+    assert any("train_rlar_penalty" in lab for lab in labels)
+    for a in panels[:3]:  # the duration and learning-rate panels have one curve and no legend
+        legend = a.get_legend()
+        assert legend is not None
+        inside = a.get_window_extent()
+        box = legend.get_window_extent()
+        assert box.y1 <= inside.y0, a.get_title(loc="left")  # under the panel, not over its curves
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    # seg and cls only: four panels, and the logger writes the file
+    fig = progress_figure(_logged(("seg", "cls")), ("seg", "cls"))
+    assert len([a for a in fig.axes if a.get_title(loc="left")]) == 4 and len(fig.axes) == 5  # + the Dice twin
+    plt.close(fig)
+    logger = MultitaskLocalLogger(term_names=("seg", "cls", "clin"))
+    logger.my_fantastic_logging = _logged(("seg", "cls", "clin"))
+    logger.plot_progress_png(str(tmp_path))
+    assert (tmp_path / "progress.png").stat().st_size > 10_000
+
+
 def test_pretrained_finds_a_users_trainer_in_an_ext_folder(tmp_path, monkeypatch):
     from nnunet_mtl.cli.pretrained import head_config_for
     from nnunet_mtl.paths import ext_trainer_dir
@@ -670,3 +718,35 @@ def test_each_papers_baselines_train_on_that_papers_schedule(suffix, schedule):
               "cpu": "nnUNetTrainerBIRADS_cpu", "paper": "nnUNetTrainerRLAR_paper"}[suffix]
     assert merged_along_mro(getattr(trainers, method), "schedule") == merged_along_mro(
         getattr(trainers, f"nnUNetTrainerMTL_{suffix}"), "schedule")
+
+
+class TrainerWithAreaToTensorBoard(TrainerWithArea):
+    """Its own results folder: TensorBoard's event files of this test only."""
+
+
+def test_tensorboard_receives_every_logged_value_per_epoch(nnunet_env, monkeypatch):
+    """nnUNet_mtl_tensorboard=1: nnU-Net's values and ours (a new term, the classification curves, the selection
+    score) reach TensorBoard's event files in fold_K/tensorboard, one value per epoch; a bad value of the variable
+    is a one-line refusal before training."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nnunet_mtl.trainers.tensorboard_logger import TensorBoardLogger
+    monkeypatch.setenv("nnUNet_mtl_tensorboard", "1")
+    trainer = train(nnunet_env, TrainerWithAreaToTensorBoard)
+    assert any(isinstance(logger, TensorBoardLogger) for logger in trainer.logger.loggers)
+    events = EventAccumulator(str(Path(trainer.output_folder) / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for key in ("train_losses", "val_losses", "ema_fg_dice", "lrs", "train_area_losses", "val_cls_losses",
+                "ema_mtl_score"):
+        assert key in tags, key
+        assert [e.step for e in events.Scalars(key)] == [0, 1], key
+    logged = checkpoint(trainer)["logging"]
+    assert [e.value for e in events.Scalars("train_area_losses")] == pytest.approx(logged["train_area_losses"])
+    # an undefined value (the AUC of an epoch whose validation patches hold one class) is left out, not drawn as 0
+    finite = [k for k, v in enumerate(logged["val_auc"]) if v == v]
+    assert ([e.step for e in events.Scalars("val_auc")] if "val_auc" in tags else []) == finite
+    assert "config/text_summary" in events.Tags()["tensors"]
+    monkeypatch.setenv("nnUNet_mtl_tensorboard", "yes")
+    with pytest.raises(SystemExit, match="nnUNet_mtl_tensorboard='yes'; expected 1"):
+        make_trainer(nnunet_env, TrainerWithAreaToTensorBoard, fold=1)

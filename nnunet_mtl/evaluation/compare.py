@@ -796,14 +796,34 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_names(folders: list[str]) -> list[str]:
+    """Short names that tell the runs apart: the fewest trailing path components (an ``evaluation`` folder left
+    out) that differ between all of them, e.g. ``mtl/ddti_test`` and ``rlar/ddti_test`` for a recipe's
+    ``predictions/ROW/TESTSET``."""
+    parts = []
+    for folder in folders:
+        components = list(Path(folder).parts)
+        if components and components[-1] == "evaluation":
+            components.pop()
+        parts.append(components or [str(folder)])
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(f) for f in folders]
+
+
 def plot_comparison(result: dict, path) -> Path:
-    """One panel per metric (three per row): each pair's difference A − B with its 95% CI, and the zero line."""
+    """One panel per metric (three per row): each pair's difference first − second with its 95% CI, and the zero
+    line; the pairs named by the runs' folders (:func:`run_names`), not by their letters."""
     from matplotlib.ticker import MaxNLocator
 
     from nnunet_mtl.evaluation.evaluate import _figure, save_figure_atomic
     rows = result["rows"]
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    name = dict(zip((r["label"] for r in result["runs"]), run_names([r["folder"] for r in result["runs"]])))
+    pair_names = [" − ".join(name.get(part, part) for part in pair.split(" vs ")) for pair in pairs]
     ncols = min(3, max(1, len(metrics)))
     nrows = math.ceil(len(metrics) / ncols) if metrics else 1
     fig = _figure(3.6 * ncols, nrows * (1.5 + 0.4 * len(pairs)) + 0.5)
@@ -820,7 +840,7 @@ def plot_comparison(result: dict, path) -> Path:
             ax.annotate(f"p Holm {format_p(r['p_holm'])}", (x, y), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=7)
         ax.axvline(0, color="grey", linestyle="--", linewidth=0.8)
-        ax.set_yticks(range(len(pairs)), pairs if k % ncols == 0 else [""] * len(pairs))
+        ax.set_yticks(range(len(pairs)), pair_names if k % ncols == 0 else [""] * len(pairs))
         ax.set_ylim(len(pairs) - 0.4, -0.7)
         higher = METRIC_INFO[metric][2]
         ax.set_title(f"{of_metric[0]['label']} ({'higher' if higher else 'lower'} is better)", fontsize=9)

@@ -49,6 +49,7 @@ from nnunet_mtl.seams.backward import WeightedSum, unwrap
 from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
+from nnunet_mtl.trainers.tensorboard_logger import TensorBoardLogger, tensorboard_enabled
 from nnunet_mtl.trainers.schedules import (BreastPaperSchedule, CPU1kSchedule, CPU4kSchedule, CPUSchedule, DemoSchedule,
                                           FanPaperSchedule, ThyroidPaperSchedule, TinySchedule)
 
@@ -260,6 +261,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self.plans_manager.plans[PLANS_KEY] = section
             self.logger.local_logger = MultitaskLocalLogger(
                 term_names=[t.name for t in self.terms], extra_keys=[f"train_{k}" for k in self.backward_rule.logged])
+            try:
+                if tensorboard_enabled() and self.local_rank == 0:
+                    self.logger.loggers.append(TensorBoardLogger(self.output_folder))
+                    self.logger.loggers[-1].update_config({"trainer": trainer, "fold": fold,
+                                                           "configuration": configuration, **section})
+            except NnunetMtlError as e:
+                fail(str(e))
             if self.selection not in ("mtl_score", "val_loss"):
                 fail(f"{trainer}.selection is {self.selection!r}; expected 'mtl_score' or 'val_loss'")
             self.cases: CaseTable | None = None
@@ -887,6 +895,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
+            for logger in self.logger.loggers:
+                if isinstance(logger, TensorBoardLogger) and logger.writer is not None:
+                    logger.writer.flush()  # an epoch's values visible in TensorBoard when it ends
         self.current_epoch += 1
 
     def run_training(self):
