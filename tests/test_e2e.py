@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run, train
+from tests.e2e_helpers import BIN, run, train
 
 pytestmark = pytest.mark.e2e
 DATASET = "501"
@@ -16,12 +16,10 @@ TRAINER = "nnUNetTrainerMTL_tiny"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    env = nnunet_env(root)
-    raw = planned_phantom(env, DATASET)
-    result, model = train(env, DATASET, TRAINER)
-    return {"root": root, "env": env, "raw": raw, "model": model, "train_log": result.stdout}
+def trained(trained_phantom):
+    """The session's trained tiny phantom (tests/conftest.py)."""
+    assert trained_phantom["dataset"] == DATASET and trained_phantom["trainer"] == TRAINER
+    return trained_phantom
 
 
 def test_training_outputs(trained):
@@ -81,6 +79,36 @@ def test_evaluate_on_predictions(trained):
     assert summary["num_cases"] == len(list(pred.glob("*.png")))
     assert summary["classification"] is not None
     assert "dice" in result.stdout.lower()
+
+
+def test_predict_from_the_model_folder(trained, tmp_path):
+    """``-m MODEL_FOLDER`` (as nnUNetv2_predict_from_modelfolder) predicts what -d / -c / -tr name, from a copy of
+    the folder outside nnUNet_results; -m beside -d, or with a name that is not TRAINER__PLANS__CONFIGURATION, is one
+    line."""
+    import shutil
+    env, raw, root = trained["env"], trained["raw"], trained["root"]
+    copy = tmp_path / "elsewhere" / trained["model"].parent.name / trained["model"].name
+    shutil.copytree(trained["model"], copy, ignore=shutil.ignore_patterns("validation", "checkpoint_best.pth"))
+    options = ["-i", str(raw / "imagesTs"), "-f", "0", "-device", "cpu", "--disable_tta", "--cpu-amp", "off"]
+    by_name = tmp_path / "by_name"
+    run([str(BIN / "nnunet_mtl"), "predict", "-o", str(by_name), "-d", DATASET, "-c", "2d", "-tr", TRAINER,
+         *options], env)
+    by_folder = tmp_path / "by_folder"
+    env_elsewhere = {**env, "nnUNet_results": str(tmp_path / "empty")}
+    run([str(BIN / "nnunet_mtl"), "predict", "-o", str(by_folder), "-m", str(copy), *options], env_elsewhere)
+    masks = sorted(p.name for p in by_name.glob("*.png"))
+    assert masks and sorted(p.name for p in by_folder.glob("*.png")) == masks
+    for name in masks:
+        assert np.array_equal(np.asarray(Image.open(by_name / name)), np.asarray(Image.open(by_folder / name)))
+    assert (by_name / "class_predictions.csv").read_text() == (by_folder / "class_predictions.csv").read_text()
+    for extra, expected in ((["-m", str(copy), "-d", DATASET], "expected no -d / -c beside it"),
+                            (["-m", str(tmp_path)], "is not TRAINER__PLANS__CONFIGURATION"),
+                            (["-m", str(copy), "-tr", "nnUNetTrainerRLAR"], "is a model of -tr " + TRAINER),
+                            (["-c", "2d"], "-d missing")):
+        result = run([str(BIN / "nnunet_mtl"), "predict", "-o", str(tmp_path / "x"), *extra, *options], env,
+                     check=False)
+        assert result.returncode == 2 and expected in result.stderr, (extra, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 def test_predict_with_unknown_trainer_is_one_clear_line(trained):

@@ -364,6 +364,24 @@ def test_cli_evaluate_prints_table_and_writes_files(folders, capsys):
     assert (pred / "evaluation" / "summary.json").is_file() and str(pred / "evaluation" / "per_case.csv") in out
 
 
+def test_cli_masks_without_class_predictions_say_why_classification_is_not_evaluated(folders, tmp_path, capsys):
+    """A folder of masks only (nnUNetv2_predict's, or nnUNetv2_apply_postprocessing's output) is scored for
+    segmentation, with a note that names the missing CSV and the way to give it."""
+    import shutil
+    masks_only = tmp_path / "postprocessed"
+    shutil.copytree(folders / "pred", masks_only, ignore=shutil.ignore_patterns("*.csv", "evaluation"))
+    args = ["evaluate", "-pred", str(masks_only), "-ref", str(folders / "ref"), "--cases", str(folders / "cases.csv"),
+            "--class-labels", str(folders / "dataset.json")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "has masks but no class_predictions.csv: classification not evaluated" in out and "--classes" in out
+    assert json.loads((masks_only / "evaluation" / "summary.json").read_text())["classification"] is None
+    # given with --classes, the unprocessed folder's CSV is evaluated and the note is gone
+    assert main([*args, "--classes", str(folders / "pred" / "class_predictions.csv"), "-o", str(tmp_path / "e")]) == 0
+    assert "classification not evaluated" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["classification"] is not None
+
+
 def test_cli_dataset_id_and_aggregate(folders, tmp_path, capsys, monkeypatch):
     raw = tmp_path / "raw"
     ds = raw / "Dataset501_Test"
@@ -659,3 +677,18 @@ def test_a_training_folds_validation_is_scored_against_its_own_cases_of_labelsTr
     capsys.readouterr()
     assert main(["evaluate", "-pred", str(validation), "-d", "502", "--overwrite"]) != 0
     assert "1 reference case(s) have no prediction" in capsys.readouterr().err
+
+
+def test_roc_says_which_class_has_no_curve_and_why():
+    """One-vs-rest ROC with a class absent from the reference (a test set without normal images): the legend names
+    it instead of leaving it out silently."""
+    from nnunet_mtl.evaluation.evaluate import roc_figure
+    y = np.array([0, 0, 1, 1, 0])
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.1]])
+    fig = roc_figure(y, probs, ["benign", "malignant", "normal"])
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts[:2] == ["benign (AUC 1.000)", "malignant (AUC 1.000)"]
+    assert texts[2] == "normal: no ROC (no normal case in the reference)"
+    fig = roc_figure(np.array([1, 1]), np.array([[0.3, 0.7], [0.4, 0.6]]), ["benign", "malignant"])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "malignant: no ROC (every case is malignant)"]

@@ -36,7 +36,9 @@ def reference_cases_csv(args) -> Path:
     beside_inputs = Path(args.i).resolve().parent / "cases.csv"
     if beside_inputs.is_file():
         return beside_inputs
+    from nnunet_mtl.cli.predict import resolve_model_arguments
     from nnunet_mtl.paths import find_dataset_folder, raw_root
+    resolve_model_arguments(args)  # -m sets args.d
     return find_dataset_folder(args.d, raw_root()) / "cases.csv"
 
 

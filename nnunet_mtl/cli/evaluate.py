@@ -200,6 +200,10 @@ def run(args) -> int:
     elif masks and any(pred.glob("class_predictions_part*.csv")):
         print(f"note: {pred} has class_predictions_part*.csv (from -num_parts) but no class_predictions.csv: "
               f"classification not evaluated (merge the parts, or pass one with --classes)")
+    elif masks:
+        print(f"note: {pred} has masks but no class_predictions.csv: classification not evaluated (nnUNetv2_predict "
+              f"and nnUNetv2_apply_postprocessing write masks only; nnunet_mtl predict writes the CSV; after "
+              f"postprocessing, pass the unprocessed folder's with --classes, or copy it beside the masks)")
     if cases is not None:
         _existing_file(cases, "case table")
     class_labels = load_class_labels(labels_json) if labels_json is not None else None

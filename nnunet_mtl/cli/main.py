@@ -14,7 +14,8 @@ from nnunet_mtl import __version__
 from nnunet_mtl.errors import NnunetMtlError
 
 SUBCOMMAND_MODULES = ("demo", "convert", "predict", "evaluate", "split", "radiomics", "ablate_guidance", "pretrained",
-                      "trainer_dir", "ensemble", "compare", "average_seeds", "drop_masks", "holdout", "recipe")
+                      "trainer_dir", "ensemble", "compare", "average_seeds", "drop_masks", "holdout", "recipe",
+                      "gallery", "crossval")
 
 
 def build_parser() -> argparse.ArgumentParser:

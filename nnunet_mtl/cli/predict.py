@@ -64,10 +64,15 @@ def add_model_arguments(p, default_trainer: str = "nnUNetTrainerMTL") -> None:
     ablate-guidance)."""
     p.add_argument("-i", required=True, help="input folder of images named CASE_0000.png (as nnUNetv2_predict)")
     p.add_argument("-o", required=True, help="output folder (created if missing)")
-    p.add_argument("-d", required=True, help="dataset id or name, e.g. 500 or Dataset500_SyntheticUS")
+    p.add_argument("-d", help="dataset id or name, e.g. 500 or Dataset500_SyntheticUS (or -m)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("-tr", default=default_trainer, help=f"trainer class used for training (default {default_trainer})")
-    p.add_argument("-c", required=True, help="configuration, e.g. 2d")
+    p.add_argument("-c", help="configuration, e.g. 2d (or -m)")
+    p.set_defaults(default_trainer=default_trainer)
+    p.add_argument("-m", default=None,
+                   help="the trained model folder itself, TRAINER__PLANS__CONFIGURATION with fold_K/ inside (as "
+                        "nnUNetv2_predict_from_modelfolder; it may lie outside nnUNet_results, e.g. unpacked from "
+                        "nnUNetv2_export_model_to_zip); instead of -d, -tr, -p and -c")
     p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds to ensemble (default 0 1 2 3 4)")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
@@ -82,6 +87,42 @@ def add_model_arguments(p, default_trainer: str = "nnUNetTrainerMTL") -> None:
                    help="with -device cpu: bfloat16 autocast (auto: where the CPU computes bfloat16 natively; off: "
                         "float32, masks bit-identical to nnUNetv2_predict). Default: the environment's "
                         "nnUNet_mtl_cpu_amp, else auto (docs/benchmarks.md)")
+
+
+def resolve_model_arguments(args) -> Path:
+    """The model folder that -m, or -d / -tr / -p / -c, name; with -m, args.d / tr / p / c are set from the folder's
+    name (TRAINER__PLANS__CONFIGURATION, under its dataset's folder) so that everything after sees one model."""
+    if getattr(args, "resolved_model_folder", None) is not None:
+        return args.resolved_model_folder
+    given = getattr(args, "m", None)
+    if given is None:
+        missing = [flag for flag, value in (("-d", args.d), ("-c", args.c)) if value is None]
+        if missing:
+            raise NnunetMtlError(f"{' and '.join(missing)} missing; expected -d DATASET -c CONFIGURATION (with -tr, "
+                                 f"-p), or -m MODEL_FOLDER")
+        return model_folder_for(args.d, args.tr, args.p, args.c)
+    if args.d is not None or args.c is not None:
+        raise NnunetMtlError(f"-m {given} names the model; expected no -d / -c beside it (they come from the folder)")
+    folder = Path(given)
+    parts = folder.resolve().name.split("__")
+    if len(parts) != 3 or not all(parts):
+        raise NnunetMtlError(f"-m {given}: the folder's name is not TRAINER__PLANS__CONFIGURATION; expected the model "
+                             f"folder nnUNetv2_train wrote, e.g. .../Dataset500_X/nnUNetTrainerMTL__nnUNetPlans__2d")
+    if not folder.is_dir():
+        raise NnunetMtlError(f"-m {given}: no such folder; expected a trained model folder (with plans.json and "
+                             f"fold_K/)")
+    if not (folder / "plans.json").is_file():
+        raise NnunetMtlError(f"-m {given}: no plans.json in it; expected the model folder nnUNetv2_train wrote")
+    # -tr / -p beside -m: only their defaults, or the folder's own values
+    for flag, value, default, own in (("-tr", args.tr, getattr(args, "default_trainer", None), parts[0]),
+                                      ("-p", args.p, "nnUNetPlans", parts[1])):
+        if value not in (default, own):
+            raise NnunetMtlError(f"-m {given} is a model of {flag} {own}, but {flag} {value} was given; expected "
+                                 f"one of the two")
+    args.tr, args.p, args.c = parts
+    args.d = folder.resolve().parent.name
+    args.resolved_model_folder = folder
+    return folder
 
 
 def model_folder_for(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -206,7 +247,7 @@ def preflight(args, folds: list) -> dict:
     """Everything checked before a predictor is loaded, for all ``folds`` at once and without loading a network:
     the model folder, every fold's checkpoint, the input images, the run options. Returns {"model_folder", "plans",
     "dataset_json", "inputs"}, which :func:`load_predictor` takes."""
-    model_folder = model_folder_for(args.d, args.tr, args.p, args.c)
+    model_folder = resolve_model_arguments(args)
     plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
     check_checkpoints(model_folder, plans, folds, args.chk)
     dataset_json = read_json_object(model_folder / "dataset.json", "the dataset.json nnUNetv2_train copied there")
@@ -265,8 +306,10 @@ def check_parts(args) -> None:
 
 def command_line(args, subcommand: str, folds: list, output, per_fold: bool = False) -> str:
     """The nnunet_mtl command that does what ``args`` asks with ``folds`` into ``output`` (for per_fold.json)."""
-    cmd = ["nnunet_mtl", subcommand, "-i", str(args.i), "-o", str(output), "-d", str(args.d), "-c", args.c,
-           "-tr", args.tr, "-p", args.p, "-f", *map(str, folds), "-chk", args.chk, "-device", args.device]
+    model = (["-m", str(args.m)] if getattr(args, "m", None) else
+             ["-d", str(args.d), "-c", args.c, "-tr", args.tr, "-p", args.p])
+    cmd = ["nnunet_mtl", subcommand, "-i", str(args.i), "-o", str(output), *model, "-f", *map(str, folds),
+           "-chk", args.chk, "-device", args.device]
     if args.step_size != 0.5:
         cmd += ["-step_size", str(args.step_size)]
     for flag in ("disable_tta", "save_probabilities", "continue_prediction"):

@@ -517,21 +517,28 @@ def fold_validation_cases(pred_dir) -> tuple[list[str], str] | None:
     """The validation cases of a training fold's ``validation/`` folder (nnU-Net's
     ``nnUNet_results/DatasetNNN_X/TRAINER__PLANS__CONF/fold_K/validation``) and where they were read: fold K's
     ``val`` list of ``nnUNet_preprocessed/DatasetNNN_X/splits_final.json``, or, without it, the cases nnU-Net's own
-    ``validation/summary.json`` scored. None for any other folder. A fold's validation holds a third or a fifth of
-    the training cases: it is evaluated against those, not against every reference in labelsTr."""
+    ``validation/summary.json`` scored. The same for nnU-Net's merged cross-validation folder
+    (``TRAINER__PLANS__CONF/crossval_results_folds_0_1_2``, of accumulate_cv_results and
+    nnUNetv2_find_best_configuration): the union of those folds' val lists. None for any other folder. A fold's
+    validation holds a third or a fifth of the training cases: it is evaluated against those, not against every
+    reference in labelsTr."""
     pred = Path(pred_dir).resolve()
     fold = _FOLD_SUBFOLDER.fullmatch(pred.parent.name)
-    if pred.name != "validation" or fold is None or "__" not in pred.parent.parent.name:
+    merged = _CROSSVAL_FOLDER.fullmatch(pred.name)
+    if merged is not None and "__" in pred.parent.name:  # nnU-Net's accumulate_cv_results: the folds' validations
+        ks, dataset = [int(k) for k in merged.group(1).split("_")], pred.parent.parent.name
+    elif pred.name == "validation" and fold is not None and "__" in pred.parent.parent.name:
+        ks, dataset = [int(fold.group(1))], pred.parent.parent.parent.name
+    else:
         return None
-    dataset = pred.parent.parent.parent.name
     root = os.environ.get("nnUNet_preprocessed")
     split = Path(root) / dataset / "splits_final.json" if root else None
     if split is not None and split.is_file():
         from nnunet_mtl.dataset.splits import read_splits
         folds = read_splits(split)
-        k = int(fold.group(1))
-        if k < len(folds):
-            return [str(c) for c in folds[k]["val"]], f"fold {k}'s val list in {split}"
+        if all(k < len(folds) for k in ks):
+            what = f"fold {ks[0]}'s val list" if len(ks) == 1 else f"the val lists of folds {', '.join(map(str, ks))}"
+            return [str(c) for k in ks for c in folds[k]["val"]], f"{what} in {split}"
     summary = pred / "summary.json"
     if summary.is_file():
         try:
@@ -926,7 +933,13 @@ def plot_confusion_matrix(classification: dict, path: Path) -> Path:
 
 
 def plot_roc_curve(y_true, probs: np.ndarray, class_names: list[str], path: Path) -> Path:
-    """Binary: the ROC of class index 1; more classes: one one-vs-rest ROC per class with both sides present."""
+    """roc_curve.png: :func:`roc_figure`, written atomically."""
+    return save_figure_atomic(roc_figure(y_true, probs, class_names), path)
+
+
+def roc_figure(y_true, probs: np.ndarray, class_names: list[str]):
+    """Binary: the ROC of class index 1; more classes: one one-vs-rest ROC per class with both sides present, and
+    for each other class a legend line that says why it has none."""
     from sklearn.metrics import roc_auc_score, roc_curve
     y_true = np.asarray(y_true)
     fig = _figure()
@@ -936,6 +949,9 @@ def plot_roc_curve(y_true, probs: np.ndarray, class_names: list[str], path: Path
     for c in classes:
         y = (y_true == c).astype(int)
         if y.min() == y.max():
+            # said in the legend: a class missing from the plot is not a class the model got right
+            why = f"no {class_names[c]} case in the reference" if y.max() == 0 else f"every case is {class_names[c]}"
+            ax.plot([], [], " ", label=f"{class_names[c]}: no ROC ({why})")
             continue
         fpr, tpr, _ = roc_curve(y, probs[:, c])
         ax.plot(fpr, tpr, label=f"{class_names[c]} (AUC {roc_auc_score(y, probs[:, c]):.3f})")
@@ -944,12 +960,11 @@ def plot_roc_curve(y_true, probs: np.ndarray, class_names: list[str], path: Path
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC" if len(class_names) == 2 else "ROC, one-vs-rest")
-    if drawn:
-        ax.legend(loc="lower right")
-    else:
+    ax.legend(loc="lower right")
+    if not drawn:
         ax.text(0.5, 0.5, "undefined: one class only in the reference", ha="center", va="center")
     fig.tight_layout()
-    return save_figure_atomic(fig, path)
+    return fig
 
 
 def plot_reliability_diagram(y_true, probs: np.ndarray, class_names: list[str], reliability: dict,
@@ -1142,6 +1157,7 @@ PER_FOLD_FILE = "per_fold.json"
 PER_FOLD_SUMMARY = "per_fold_summary.json"
 PER_FOLD_SUMMARY_CSV = "per_fold_summary.csv"
 ENSEMBLE_SUBFOLDER = "ensemble"
+_CROSSVAL_FOLDER = re.compile(r"crossval_results_folds_(\d+(?:_\d+)*)")  # nnU-Net's folds_tuple_to_string
 _FOLD_SUBFOLDER = re.compile(r"fold_(\d+)")
 _CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 PER_FOLD_DEFINITIONS = {
