@@ -126,6 +126,18 @@ def holdout(w, *extra):
     return ["holdout", "-d", "777", "--into", "778", *extra]
 
 
+def gallery(w, *extra):
+    return ["gallery", "-pred", str(w / "pred"), "-d", "777", *extra]
+
+
+def export(w, *extra, out="m.onnx"):
+    return ["export", "-d", "777", "-c", "2d", "-f", "0", "-o", str(w / out), *extra]
+
+
+def crossval(w, *extra):
+    return ["crossval", "-d", "777", "-c", "2d", "-f", "0", *extra]
+
+
 def _file(path: Path, text: str = "x") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -251,13 +263,33 @@ CASES = [
                    (w / "avg" / "per_case.csv").write_text("x"),
                    ["average-seeds", str(w / "evaluation"), str(w / "ev2"), "-o", str(w / "avg")])[4],
      "per_case.csv exists; pass --overwrite"),
+    ("gallery-o-exists", "output", lambda w, m: (_file(w / "g.html"), gallery(w, "-o", str(w / "g.html")))[1],
+     "already exists"),
+    ("gallery-o-in-pred", "output", lambda w, m: gallery(w, "-o", str(w / "pred" / "g.html")), "is in the input folder"),
+    ("export-o-exists", "output", lambda w, m: (_file(w / "m.onnx"), export(w))[1], "already exists"),
+    ("export-o-folder", "output", lambda w, m: export(w, out="in"), "is a folder"),
     # --- corrupt or foreign inputs ---------------------------------------------------------------------------
+    ("export-no-head", "input", lambda w, m: export(w), "has no 'nnunet_mtl.head' section"),
+    ("export-unknown-trainer", "input", lambda w, m: export(w, "-tr", "nnUNetTrainerNope"), "no trained model"),
+    ("gallery-no-reference", "input", lambda w, m: ["gallery", "-pred", str(w / "pred")], "no reference"),
+    ("gallery-no-images", "input", lambda w, m: gallery(w, "-i", str(w / "nnUNet_raw")), "have no image"),
+    ("crossval-validation-without-classes", "input",
+     lambda w, m: ((w / "nnUNet_results" / "Dataset777_A" / "nnUNetTrainerMTL__nnUNetPlans__2d" / "fold_0"
+                    / "validation").mkdir(),
+                   crossval(w))[1], "fold 0's final validation to have run"),
+    ("crossval-not-validated", "input", lambda w, m: crossval(w), "fold_0/validation not found; expected fold 0"),
+    ("crossval-unknown-trainer", "input", lambda w, m: crossval(w, "-tr", "nnUNetTrainerNope"), "no trained model"),
     ("average-seeds-missing-case", "input",
      lambda w, m: ((w / "ev2").mkdir(), shutil.copy(w / "evaluation" / "summary.json", w / "ev2"),
                    (w / "ev2" / "per_case.csv").write_text(
                        "".join((w / "evaluation" / "per_case.csv").read_text().splitlines(True)[:-1])),
                    ["average-seeds", str(w / "evaluation"), str(w / "ev2"), "-o", str(w / "avg")])[3],
      "is missing in run"),
+    ("gallery-size-5", "value", lambda w, m: gallery(w, "--size", "5"), "--size 5"),
+    ("export-zero-tolerance", "value", lambda w, m: export(w, "--tolerance", "0"), "--tolerance 0"),
+    ("export-m-and-d", "value", lambda w, m: ["export", "-m", str(w), "-d", "777", "-o", str(w / "x.onnx")],
+     "expected no -d / -c beside it"),
+    ("crossval-negative-fold", "value", lambda w, m: crossval(w, "-f", "-1"), "fold numbers are 0 or more"),
     ("average-seeds-one-run", "value", lambda w, m: ["average-seeds", str(w / "evaluation"), "-o", str(w / "avg")],
      "1 run given; expected the evaluated prediction folders of at least two seeds"),
     ("compare-not-evaluated", "input",

@@ -15,7 +15,7 @@ from nnunet_mtl.errors import NnunetMtlError
 
 SUBCOMMAND_MODULES = ("demo", "convert", "predict", "evaluate", "split", "radiomics", "ablate_guidance", "pretrained",
                       "trainer_dir", "ensemble", "compare", "average_seeds", "drop_masks", "holdout", "recipe",
-                      "gallery", "crossval")
+                      "gallery", "export", "crossval")
 
 
 def build_parser() -> argparse.ArgumentParser:
