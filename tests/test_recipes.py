@@ -312,6 +312,10 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
                      markdown), markdown
     assert "(fold ensemble)" in markdown and "Wilcoxon" in markdown
     assert (workdir / "report" / "plots" / "table_0_test.png").stat().st_size > 1000
+    # every row's fold ensemble as a case gallery, linked under the test set's table
+    assert report["galleries"]["test"] == {row: f"galleries/{row}__test.html" for row in rows}
+    for row, page in report["galleries"]["test"].items():
+        assert f"]({page})" in markdown and "data-case=" in (workdir / "report" / page).read_text(), row
     steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
     assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:0", "train:seg_only:1", "report"}
     assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerSegOnly_tiny -device cpu" in \

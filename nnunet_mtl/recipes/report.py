@@ -275,6 +275,11 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
                 lines.append(f"| {row['label']} ({extra}) | | " + " | ".join(
                     fmt((row[m] or {}).get("ensemble"), m) for m in metrics) + " |")
         lines.append("")
+        pages = (report.get("galleries") or {}).get(ts["key"]) or {}
+        if pages:
+            what = ("the first seed's models" if seeds else "the fold ensemble" if k > 1 else "the model")
+            links = " · ".join(f"[{row['label']}]({pages[row['row']]})" for row in ts["rows"] if row["row"] in pages)
+            lines += [f"Every case in the browser ({what}; image, outlines, classes, Dice, worst first): {links}", ""]
     for table in report["tables"]:
         metrics = table["metrics"]
         label = next((t["label"] for t in report["test_sets"] if t["key"] == table["test_set"]), table["test_set"])
@@ -419,16 +424,48 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "table"
 
 
+def gallery_source(recipe: Recipe, ctx: Context, row: str, test_set: str) -> Path:
+    """The prediction folder a row's gallery of a test set shows: the fold ensemble with k folds (what the
+    comparisons test), the single model with one fold; with seeds the first seed's (a gallery shows one model's
+    masks; the seed average has probabilities but no masks)."""
+    seed = recipe.seeds[0] if recipe.seeds else None
+    folder = ctx.predictions(row, test_set, seed)
+    return folder / "ensemble" if len(recipe.split.fold_ids) > 1 else folder
+
+
+def write_galleries(recipe: Recipe, ctx: Context, folder: Path) -> dict:
+    """``folder/ROW__TESTSET.html`` (nnunet_mtl gallery) for every row and test set evaluated so far, rewritten
+    each time the report is; {test set: {row: the page's path relative to the report}}. A row not evaluated yet is
+    left out (the report's missing list says so)."""
+    from nnunet_mtl.evaluation.evaluate import load_class_labels
+    from nnunet_mtl.evaluation.gallery import write_gallery
+    pages: dict = {}
+    for ts in recipe.test_sets:
+        raw = ctx.raw / recipe.datasets[ts.dataset].folder
+        for row in recipe.rows:
+            pred = gallery_source(recipe, ctx, row.key, ts.key)
+            if not (pred / "evaluation" / "per_case.csv").is_file():
+                continue
+            html = folder / f"{_safe(row.key)}__{_safe(ts.key)}.html"
+            write_gallery(pred, raw / "labelsTs", [raw / "imagesTs"], html, cases_csv=raw / "cases.csv",
+                          class_labels=load_class_labels(raw / "dataset.json"), overwrite=True,
+                          log=lambda message: None)
+            pages.setdefault(ts.key, {})[row.key] = str(html.relative_to(folder.parent))
+    return pages
+
+
 def write_report(recipe: Recipe, ctx: Context, output: Path | None = None) -> tuple[str, list[Path]]:
-    """Build, write (report.md, report.json, plots/) and return the Markdown and the files written."""
+    """Build, write (report.md, report.json, plots/, galleries/) and return the Markdown and the files written."""
     from nnunet_mtl.atomic import atomic_open
     folder = output or ctx.workdir / "report"
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     report = build_report(recipe, ctx)
+    report["galleries"] = write_galleries(recipe, ctx, folder / "galleries")
     markdown = to_markdown(report, recipe)
     with atomic_open(folder / "report.md") as f:
         f.write(markdown + "\n")
     with atomic_open(folder / "report.json") as f:
         json.dump(report, f, indent=2, default=float)
     plots = plot_tables(report, folder / "plots")
-    return markdown, [folder / "report.md", folder / "report.json", *plots]
+    pages = [folder / p for rows in report["galleries"].values() for p in rows.values()]
+    return markdown, [folder / "report.md", folder / "report.json", *plots, *pages]
