@@ -692,3 +692,35 @@ def test_roc_says_which_class_has_no_curve_and_why():
     fig = roc_figure(np.array([1, 1]), np.array([[0.3, 0.7], [0.4, 0.6]]), ["benign", "malignant"])
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
         "malignant: no ROC (every case is malignant)"]
+
+
+def test_intervals_over_few_folds_stay_in_the_metrics_range_and_counts_get_none(tmp_path):
+    """Three folds with a wide spread: the t interval of Dice would start below 0 and AUC's end above 1 (t(0.975, 2)
+    = 4.30); both are clipped and marked, a note says why; support and num_cases have no interval; an interval
+    inside the range is left as it is."""
+    from nnunet_mtl.evaluation.evaluate import aggregate_summaries, format_aggregate_table, metric_range, t_interval
+    paths = []
+    for k, (dice, auc, mcc, support) in enumerate([(0.05, 0.99, -0.9, 10), (0.60, 0.50, 0.2, 14),
+                                                   (0.10, 0.97, -0.5, 12)]):
+        summary = {"num_cases": support, "segmentation": {"dice": {"mean": dice, "std": 0.1},
+                                                          "hd95_px": {"mean": 3.0 + k}},
+                   "classification": {"auc": auc, "mcc": mcc, "accuracy": 0.70 + 0.01 * k,
+                                      "per_class": {"benign": {"support": support}}}}
+        paths.append(tmp_path / f"s{k}.json")
+        paths[-1].write_text(json.dumps(summary))
+    agg = aggregate_summaries(paths)
+    m = agg["metrics"]
+    raw_dice = t_interval([0.05, 0.60, 0.10])
+    assert raw_dice[0] < 0 and m["segmentation.dice.mean"]["ci95"] == [0.0, pytest.approx(min(1.0, raw_dice[1]))]
+    assert m["segmentation.dice.mean"]["ci95_clipped"] is True
+    assert m["classification.auc"]["ci95"][1] == 1.0 and m["classification.auc"]["ci95_clipped"]
+    assert m["classification.mcc"]["ci95"][0] == -1.0
+    accuracy = m["classification.accuracy"]
+    assert accuracy["ci95"] == pytest.approx(t_interval([0.70, 0.71, 0.72])) and "ci95_clipped" not in accuracy
+    for count in ("num_cases", "classification.per_class.benign.support"):
+        assert m[count]["ci95"] is None and m[count]["std"] == pytest.approx(2.0)
+    assert any("clipped to it" in n and "4.30" in n for n in agg["notes"])
+    assert any("no 95% CI" in n and "num_cases" in n for n in agg["notes"])
+    table = format_aggregate_table(agg)
+    assert "[0.0000, " in table and "]*" in table and "clipped to the metric's range" in table
+    assert metric_range("segmentation.hd95_mm.median") == (0.0, math.inf) and metric_range("foo.bar") is None

@@ -80,7 +80,9 @@ settings, notes and definitions left out) gets the mean and the sample std (ddof
 a metric defined in fewer than two runs has std null. ``ci95`` is the t-based 95% confidence interval of the mean
 over the runs, mean ± t_{0.975, n-1} · std / sqrt(n) (scipy.stats.t): with three repeated runs, as Fan et al. report,
 the spread of the runs says how far their mean may be from the method's expected result; null with fewer than two
-runs. Summaries computed with different NSD tolerances or ECE bins
+runs and for counts (num_cases, support: a run's size is not an estimate). An interval reaching past the metric's
+range (Dice below 0, AUC above 1: over 2-3 folds the t quantile is 4.30 or 12.7) is clipped to it, marked
+``"ci95_clipped": true`` and named in a note (:func:`metric_range`). Summaries computed with different NSD tolerances or ECE bins
 are refused (their numbers mean different things); summaries from before these settings existed are accepted.
 
 Per-fold prediction folders (written by ``nnunet_mtl predict --per-fold``: ``fold_K/`` per fold's model alone,
@@ -1075,7 +1077,8 @@ def check_output_is_not_an_input(output_path, input_paths, overwrite: bool = Fal
 
 AGGREGATE_STD = "sample std (ddof=1) over the runs where the metric is defined"
 AGGREGATE_CI = ("t-based 95% confidence interval of the mean over the runs where the metric is defined: mean ± "
-                "t_{0.975, n-1} * std / sqrt(n) with the sample std (scipy.stats.t); null with fewer than two runs")
+                "t_{0.975, n-1} * std / sqrt(n) with the sample std (scipy.stats.t), clipped to the metric's range "
+                "(ci95_clipped true when it was); null with fewer than two runs and for counts")
 
 
 def t_interval(values, confidence: float = CONFIDENCE_LEVEL) -> list[float] | None:
@@ -1089,6 +1092,49 @@ def t_interval(values, confidence: float = CONFIDENCE_LEVEL) -> list[float] | No
     mean, sd = float(values.mean()), float(values.std(ddof=1))
     half = float(t.ppf((1 + confidence) / 2, values.size - 1)) * sd / math.sqrt(values.size)
     return [mean - half, mean + half]
+
+
+# The range of each aggregated number, by the last part of its dotted key (a per-case statistic's .mean / .median /
+# .std by the metric before it): a t-based interval over 2-3 folds is wide (t(0.975, 2) = 4.30 standard errors)
+# and is clipped to it; counts get no interval at all (a fold's number of cases is not an estimate).
+_COUNT_KEYS = {"num_cases", "support", "cases_with_spacing", "empty_reference_cases", "empty_prediction_cases",
+               "annotated_cases", "unannotated_cases", "num_units", "num_images"}
+_UNIT_RANGE = {"dice", "iou", "nsd_px", "nsd_mm", "attention_iou", "accuracy", "balanced_accuracy",
+               "macro_precision", "macro_recall", "macro_f1", "weighted_precision", "weighted_recall", "weighted_f1",
+               "auc", "auc_ovr", "ece", "sensitivity", "specificity", "precision", "recall", "f1"}
+
+
+def metric_range(key: str) -> tuple[float, float] | str | None:
+    """(low, high) of an aggregated number, "count" for a count (no interval), None when unknown (not clipped)."""
+    parts = key.split(".")
+    last = parts[-1]
+    if last in _COUNT_KEYS:
+        return "count"
+    if last == "std":
+        return (0.0, math.inf)
+    name = parts[-2] if last in ("mean", "median") and len(parts) > 1 else last
+    if name in _UNIT_RANGE:
+        return (0.0, 1.0)
+    if name.startswith("hd95"):
+        return (0.0, math.inf)
+    if name == "mcc":
+        return (-1.0, 1.0)
+    if name == "brier":
+        return (0.0, 2.0)  # the multi-class Brier score: sum over classes of squared errors, mean over cases
+    return None
+
+
+def bounded_t_interval(key: str, values) -> tuple[list[float] | None, bool]:
+    """:func:`t_interval` of ``values`` kept inside the metric's range (:func:`metric_range`); no interval for a
+    count. Returns (interval, whether it was clipped)."""
+    bounds = metric_range(key)
+    if bounds == "count":
+        return None, False
+    ci = t_interval(values)
+    if ci is None or bounds is None:
+        return ci, False
+    clipped = [max(ci[0], bounds[0]), min(ci[1], bounds[1])]
+    return clipped, clipped != ci
 
 
 def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool = False) -> dict:
@@ -1121,18 +1167,34 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
                                          f"{first[0]}; expected summaries computed with the same settings")
         flat.append(_flatten(data))
     keys = list(dict.fromkeys(k for f in flat for k in f))
-    metrics = {}
+    metrics, clipped, counts = {}, [], []
     for key in keys:
         values = [f.get(key, math.nan) for f in flat]
         defined = np.array([v for v in values if not math.isnan(v)])
+        ci, was_clipped = bounded_t_interval(key, defined)
         metrics[key] = {
             "mean": float(defined.mean()) if defined.size else math.nan,
             "std": float(defined.std(ddof=1)) if defined.size > 1 else math.nan,
             "n": int(defined.size),
             "values": values,
-            "ci95": t_interval(defined),
+            "ci95": ci,
         }
+        if was_clipped:
+            metrics[key]["ci95_clipped"] = True
+            clipped.append(key)
+        if metric_range(key) == "count" and defined.size > 1:
+            counts.append(key)
     notes = []
+    if clipped:
+        n = len(flat)
+        from scipy.stats import t
+        notes.append(f"{len(clipped)} t-based 95% CI(s) reached past the metric's range and are clipped to it "
+                     f"(ci95_clipped): with {n} runs the half-width is t(0.975, {n - 1}) = "
+                     f"{float(t.ppf(0.975, n - 1)):.2f} standard errors, so such an interval says little more than "
+                     f"the range: {_some(clipped)}")
+    if counts:
+        notes.append(f"counts have a mean and std over the runs but no 95% CI (a run's number of cases is not an "
+                     f"estimate): {_some(counts)}")
     single = [k for k, m in metrics.items() if m["n"] == 1]
     if len(flat) == 1:
         notes.append("one run only: no standard deviation and no 95% confidence interval")
@@ -1493,7 +1555,7 @@ def _t_ci(m: dict, digits: int = 4) -> str:
     ci = m.get("ci95")
     if not ci or ci[0] is None or ci[1] is None:
         return "n/a"
-    return f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
+    return f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]" + ("*" if m.get("ci95_clipped") else "")
 
 
 def format_aggregate_table(agg: dict) -> str:
@@ -1506,6 +1568,8 @@ def format_aggregate_table(agg: dict) -> str:
              f"  {'metric':<{width}}{'mean ± std':>24}  {'95% CI (t)':<22}{'runs':>5}"]
     for key, m in metrics.items():
         lines.append(f"  {key:<{width}}{_num(m['mean']) + ' ± ' + _num(m['std']):>24}  {_t_ci(m):<22}{m['n']:>5}")
+    if any(m.get("ci95_clipped") for m in metrics.values()):
+        lines.append("* clipped to the metric's range (see the note)")
     for note in agg.get("notes") or []:
         lines.append(f"note: {note}")
     return "\n".join(lines)
