@@ -750,3 +750,76 @@ def test_tensorboard_receives_every_logged_value_per_epoch(nnunet_env, monkeypat
     monkeypatch.setenv("nnUNet_mtl_tensorboard", "yes")
     with pytest.raises(SystemExit, match="nnUNet_mtl_tensorboard='yes'; expected 1"):
         make_trainer(nnunet_env, TrainerWithAreaToTensorBoard, fold=1)
+
+
+def test_a_split_file_with_a_case_on_both_sides_is_refused_unless_allowed(nnunet_env, monkeypatch):
+    """A hand-edited splits_final.json that validates a case it trains on: one line naming the fold and the case
+    before training (nnU-Net alone warns and trains to the end); nnUNet_mtl_allow_split_leak=1 trains anyway."""
+    from nnunet_mtl.dataset.splits import write_splits
+    pre = next((nnunet_env / "nnUNet_preprocessed").glob("Dataset503_*"))
+    path = pre / "splits_final.json"
+    before = path.read_text() if path.is_file() else None
+    trainer = make_trainer(nnunet_env, TrainerWithArea)
+    trainer.initialize()
+    try:
+        trainer.do_split()  # writes the trainer's split when there is none yet
+        splits = json.loads(path.read_text())
+        leaked = splits[0]["val"][0]
+        splits[0]["train"] = sorted(splits[0]["train"] + [leaked])
+        write_splits(splits, path)
+        with pytest.raises(SystemExit, match=rf"fold 0 has case\(s\) {leaked} in both train and val.*"
+                                             rf"nnUNet_mtl_allow_split_leak=1"):
+            trainer.do_split()
+        monkeypatch.setenv("nnUNet_mtl_allow_split_leak", "1")
+        train_keys, val_keys = trainer.do_split()
+        assert leaked in train_keys and leaked in val_keys
+        assert "WARNING: fold 0 has case(s)" in log_text(trainer)
+    finally:
+        if before is None:
+            path.unlink()
+        else:
+            path.write_text(before)
+
+
+def test_a_bad_case_table_is_named_by_the_raw_file_the_user_edits(nnunet_env):
+    """The trainer reads a copy of cases.csv beside the preprocessed data; an unknown class is reported against
+    nnUNet_raw's cases.csv, the file to fix, not against the copy."""
+    import csv
+    import io
+    raw = next((nnunet_env / "nnUNet_raw").glob("Dataset503_*")) / "cases.csv"
+    before = raw.read_text()
+    rows = list(csv.DictReader(io.StringIO(before)))
+    first_train = next(r for r in rows if r["split"] == "train")
+    first_train["class"] = "cyst"
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    raw.write_text(out.getvalue())
+    try:
+        with pytest.raises(SystemExit) as info:
+            make_trainer(nnunet_env, TrainerWithArea)
+        message = str(info.value)
+        assert "'cyst'" in message and str(raw) in message and "nnUNet_preprocessed" not in message, message
+    finally:
+        raw.write_text(before)
+
+
+def test_pretrained_weights_without_our_head_are_refused_with_the_command_that_adds_one(nnunet_env, tmp_path):
+    """nnUNetv2_train -pretrained_weights PLAIN.pth: one line naming nnunet_mtl pretrained, before nnU-Net's
+    'AssertionError: Key cls_head... is missing'; a checkpoint with our head passes."""
+    from nnunet_mtl.networks.multitask_unet import HEAD_PREFIX
+    from nnunet_mtl.seams.backward import unwrap
+    from nnunet_mtl.trainers.mtl import pretrained_weights_argument
+    trainer = make_trainer(nnunet_env, TrainerWithArea)
+    trainer.initialize()
+    state = unwrap(trainer.network).state_dict()
+    plain, mine = tmp_path / "plain.pth", tmp_path / "mine.pth"
+    torch.save({"network_weights": {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}}, plain)
+    torch.save({"network_weights": state}, mine)
+    with pytest.raises(SystemExit, match=rf"-pretrained_weights {plain} has no classification head.*nnunet_mtl "
+                                         rf"pretrained -i {plain} -tr TrainerWithArea -d Dataset503_"):
+        trainer._check_pretrained_weights(str(plain))
+    trainer._check_pretrained_weights(str(mine))
+    assert pretrained_weights_argument(["nnUNetv2_train", "1", "2d", "0", "-pretrained_weights", "x.pth"]) == "x.pth"
+    assert pretrained_weights_argument(["nnUNetv2_train", "1", "2d", "0"]) is None

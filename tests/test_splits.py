@@ -165,7 +165,14 @@ def test_split_from_a_patient_csv_and_from_nnunets_json(phantom_split_env, capsy
     patients = sorted(train["patient_id"].unique())
     csv = tmp_path / "paper_split.csv"
     csv.write_text("patient,fold\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(patients[:6])))
-    assert main(["split", "-d", "521", "--from", str(csv)]) == 0
+    # the patients not listed would train in every fold and never be validated: refused unless asked
+    assert main(["split", "-d", "521", "--from", str(csv)]) == 2
+    err = capsys.readouterr().err
+    left = len(patients) - 6
+    assert f"does not list {left} patient(s) of the training cases ({', '.join(patients[6:11])} and {left - 5} more)" \
+        in err
+    assert "--unlisted train" in err and not list((tmp_path / "pre").glob("Dataset521_*/splits_final.json"))
+    assert main(["split", "-d", "521", "--from", str(csv), "--unlisted", "train"]) == 0
     target = next((tmp_path / "pre").glob("Dataset521_*/splits_final.json"))
     splits = json.loads(target.read_text())
     assert len(splits) == 2
@@ -185,7 +192,7 @@ def test_split_from_a_patient_csv_and_from_nnunets_json(phantom_split_env, capsy
     ("s.csv", "patient,fold\n{p0},0\n{p1},2\n", "fold 1 has no patient; expected folds 0..2"),
     ("s.csv", "patient,fold\n{p0},0\n{p0},1\n", "is in folds 0 and 1; expected one validation fold per patient"),
     ("s.csv", "patient,fold\n{p0},x\n", "line 2: patient '{p0}', fold 'x'; expected an id and a fold"),
-    ("s.csv", "case,fold\n{c0},0\n", "has patient(s) {p0} in both train and val"),  # its other image trains
+    ("s.csv", "case,fold\n{c0},0\n", "does not list {left} case(s) of the training cases"),
     ("s.json", '[{{"train": ["{c0}"], "val": ["{t0}"]}}]', "fold 0 names {t0}, a test case"),
     ("s.txt", "x", "expected a .json or .csv file"),
 ])
@@ -193,10 +200,23 @@ def test_a_bad_split_file_is_one_line_and_writes_nothing(phantom_split_env, caps
     from nnunet_mtl.cli.main import main
     tmp_path, train, test = phantom_split_env
     ids = {"p0": sorted(train["patient_id"])[0], "p1": sorted(train["patient_id"])[2],
-           "c0": sorted(train["case_id"])[0], "t0": sorted(test["case_id"])[0]}
+           "c0": sorted(train["case_id"])[0], "t0": sorted(test["case_id"])[0], "left": len(train) - 1}
     path = tmp_path / name
     path.write_text(text.format(**ids))
     assert main(["split", "-d", "521", "--from", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle.format(**ids) in err, err
     assert not list((tmp_path / "pre").glob("Dataset521_*/splits_final.json"))
+
+
+def test_a_patient_split_across_sides_is_refused_even_when_unlisted_cases_train(phantom_split_env, capsys):
+    """A case CSV that validates one image of a patient while the other trains (with --unlisted train): the patient
+    is on both sides of the fold, refused by name."""
+    from nnunet_mtl.cli.main import main
+    tmp_path, train, _ = phantom_split_env
+    p0 = sorted(train["patient_id"])[0]
+    c0 = sorted(train.loc[train["patient_id"] == p0, "case_id"])[0]
+    path = tmp_path / "s.csv"
+    path.write_text(f"case,fold\n{c0},0\n")
+    assert main(["split", "-d", "521", "--from", str(path), "--unlisted", "train"]) == 2
+    assert f"has patient(s) {p0} in both train and val" in capsys.readouterr().err

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, DEFAULT_SEED, SPLIT_FILE_HELP, describe_splits,
+from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, DEFAULT_SEED, SPLIT_FILE_HELP, UNLISTED, describe_splits,
                                        grouped_stratified_holdout, grouped_stratified_splits, splits_from_file,
                                        write_splits)
 from nnunet_mtl.errors import NnunetMtlError
@@ -28,7 +28,11 @@ def register(subparsers):
     how.add_argument("--from", dest="from_file", default=None, metavar="FILE",
                      help="instead: a given split (a paper's, or your own), checked against the dataset: nnU-Net's "
                           "splits_final.json with this dataset's case ids, or a CSV with columns patient (or case) "
-                          "and fold, the fold whose validation set holds it; patients not listed train in every fold")
+                          "and fold, the fold whose validation set holds it (every training patient, or see "
+                          "--unlisted)")
+    p.add_argument("--unlisted", choices=UNLISTED, default="refuse",
+                   help="with --from CSV: training patients the CSV does not list are refused (default: they would "
+                        "train in every fold and be validated in none) or, with 'train', kept in training on purpose")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
                    help="with --holdout: R hold-out splits drawn with seeds SEED, SEED+1, ... as folds 0..R-1 "
                         "(repeated runs, each on its own validation patients; default 1)")
@@ -59,7 +63,7 @@ def run(args) -> int:
     check_output_file(target, "split file")
     if args.from_file is not None:
         splits = splits_from_file(args.from_file, train["case_id"].tolist(), train["patient_id"].tolist(),
-                                  test_ids=raw.cases_in_split("test")["case_id"].tolist())
+                                  test_ids=raw.cases_in_split("test")["case_id"].tolist(), unlisted=args.unlisted)
     elif args.holdout is not None:
         splits = [fold for r in range(args.repeats) for fold in grouped_stratified_holdout(
             train["case_id"].tolist(), train["patient_id"].tolist(), train["class"].tolist(), fraction=args.holdout,

@@ -106,9 +106,15 @@ def read_splits(path, identifiers=None) -> list[dict]:
     return splits
 
 
-def check_splits_grouped(splits: list[dict], patient_of_case: dict[str, str]) -> None:
-    """Raise if a patient appears in both train and val of one fold."""
+def check_splits_grouped(splits: list[dict], patient_of_case: dict[str, str], folds=None) -> None:
+    """Raise if a case, or a patient, appears in both train and val of one fold (of ``folds``, default all)."""
     for fold, split in enumerate(splits):
+        if folds is not None and fold not in folds:
+            continue
+        both = sorted(set(split["train"]) & set(split["val"]))
+        if both:
+            raise NnunetMtlError(f"fold {fold} has case(s) {', '.join(both[:5])} in both train and val; expected "
+                                 f"every case on one side only")
         train_patients = {patient_of_case[c] for c in split["train"] if c in patient_of_case}
         leaked = sorted({patient_of_case[c] for c in split["val"] if c in patient_of_case} & train_patients)
         if leaked:
@@ -135,7 +141,7 @@ def write_splits(splits: list[dict], path: Path) -> None:
 
 SPLIT_FILE_HELP = ("a given split: nnU-Net's splits_final.json (a list of {\"train\": [case ids], \"val\": "
                    "[case ids]}) or a CSV with a column patient (or case) and a column fold, the fold whose validation "
-                   "set holds it (patients not listed train in every fold)")
+                   "set holds it (every training patient listed, unless --unlisted train)")
 
 
 def _split_csv(path: Path):
@@ -189,9 +195,15 @@ def count_split_file_folds(path) -> int:
     return len(read_splits(path))
 
 
-def splits_from_file(path, case_ids: list[str], patient_ids: list[str], test_ids=()) -> list[dict]:
+UNLISTED = ("refuse", "train")
+
+
+def splits_from_file(path, case_ids: list[str], patient_ids: list[str], test_ids=(),
+                     unlisted: str = "refuse") -> list[dict]:
     """The split a file gives, in nnU-Net's format, checked against the training cases ``case_ids`` (of patients
-    ``patient_ids``): every id known, none of the test set, no patient on both sides of a fold."""
+    ``patient_ids``): every id known, none of the test set, no patient on both sides of a fold. A CSV that leaves
+    training patients (cases) out would train them in every fold and validate them in none: refused, naming them,
+    unless ``unlisted`` is "train"."""
     path = Path(path)
     patient_of_case = dict(zip(case_ids, patient_ids))
     if _split_file_format(path) == "json":
@@ -209,6 +221,12 @@ def splits_from_file(path, case_ids: list[str], patient_ids: list[str], test_ids
         if unknown:
             raise NnunetMtlError(f"{path} names {len(unknown)} {kind}(s) that are not training cases of the dataset "
                                  f"(e.g. {unknown[0]}); expected {kind} ids of its cases.csv")
+        left_out = sorted(known - set(fold_of))
+        if left_out and unlisted != "train":
+            shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+            raise NnunetMtlError(f"{path} does not list {len(left_out)} {kind}(s) of the training cases ({shown}): "
+                                 f"they would train in every fold and be validated in none; expected every {kind} "
+                                 f"listed, or --unlisted train to keep them in training on purpose")
         key = (lambda c: patient_of_case[c]) if kind == "patient" else (lambda c: c)
         splits = []
         for fold in range(max(fold_of.values()) + 1):

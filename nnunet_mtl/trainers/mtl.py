@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 from time import time
 from typing import Sequence
@@ -87,6 +88,24 @@ def _remove_start_up_folders(created: list[Path], log_file) -> None:
             folder.rmdir()
         except OSError:
             pass
+
+
+def pretrained_weights_argument(argv: list[str]) -> str | None:
+    """The file nnUNetv2_train's ``-pretrained_weights`` names (nnU-Net passes it to run_training, not to the
+    trainer), or None."""
+    if "-pretrained_weights" in argv:
+        i = argv.index("-pretrained_weights")
+        return argv[i + 1] if i + 1 < len(argv) else None
+    return None
+
+
+SPLIT_LEAK_VAR = "nnUNet_mtl_allow_split_leak"
+
+
+def split_leak_allowed() -> bool:
+    """Whether a fold with a case or patient on both sides trains anyway (nnUNet_mtl_allow_split_leak=1: e.g. to
+    reproduce a paper that split by image); unset or 0: refused."""
+    return os.environ.get(SPLIT_LEAK_VAR, "0").strip() in ("1", "true", "True")
 
 
 def fail(message: str):
@@ -362,6 +381,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         raw_csv = raw / "cases.csv" if raw is not None else None
         if raw_csv is not None and raw_csv.is_file():
             copy_if_changed(raw_csv, pre)
+            self._case_table_source = raw_csv  # what the user edits: errors name it, not the copy
         if not pre.is_file():
             fail(f"no cases.csv for {self.plans_manager.dataset_name}: looked in {pre} and in nnUNet_raw; expected "
                  f"the case table written by 'nnunet_mtl convert' (columns case_id, split, class, patient_id)")
@@ -375,7 +395,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self.cases = CaseTable.from_csv(path, self.class_labels, split="train",
                                             preprocessed_folder=Path(self.preprocessed_dataset_folder))
         except NnunetMtlError as e:
-            fail(str(e))
+            source = getattr(self, "_case_table_source", None)
+            fail(str(e).replace(str(path), str(source)) if source is not None else str(e))
 
     def _check_inputs_before_training(self) -> None:
         """What the inputs alone can tell, in __init__ (before nnU-Net loads data or writes more than its log):
@@ -428,9 +449,12 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                     + describe_splits(splits, {k: self.class_names[v] for k, v in classes.items()}))
             splits = self._read_split_file(splits_file, identifiers)
             try:
-                check_splits_grouped(splits, patients)
+                check_splits_grouped(splits, patients, folds=[self.fold])
             except NnunetMtlError as e:
-                self.print_to_log_file(f"WARNING: {e}")
+                if not split_leak_allowed():
+                    fail(f"{splits_file}: {e} (the validation would score what was trained on); set "
+                         f"{SPLIT_LEAK_VAR}=1 to train anyway")
+                self.print_to_log_file(f"WARNING: {e} ({SPLIT_LEAK_VAR}=1: training anyway)")
         tr_keys, val_keys = super().do_split()
         self._train_keys = list(tr_keys)
         return tr_keys, val_keys
@@ -485,6 +509,25 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self.backward_rule.setup(self.network, self.print_to_log_file)
         except ValueError as e:
             fail(f"{type(self).__name__}: {e}")
+        self._check_pretrained_weights(pretrained_weights_argument(sys.argv))
+
+    def _check_pretrained_weights(self, path: str | None) -> None:
+        """``nnUNetv2_train ... -pretrained_weights FILE`` loads FILE right after this initialize, with nnU-Net's
+        assertion on the first missing key (``Key cls_head... is missing``): a plain nnU-Net checkpoint has no
+        class head. Said here in one line, with the command that adds one."""
+        if path is None or not Path(path).is_file():
+            return  # nnU-Net names a missing file itself
+        from nnunet_mtl.networks.multitask_unet import HEAD_PREFIX
+        try:
+            weights = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("network_weights")
+        except Exception:  # noqa: BLE001 - an unreadable file: nnU-Net's loader says so itself
+            return
+        ours = [k for k in unwrap(self.network).state_dict() if k.startswith(HEAD_PREFIX)]
+        if isinstance(weights, dict) and ours and not any(k.startswith(HEAD_PREFIX) for k in weights):
+            dataset = self.plans_manager.dataset_name
+            fail(f"-pretrained_weights {path} has no classification head (a plain nnU-Net checkpoint?); expected "
+                 f"one with ours: nnunet_mtl pretrained -i {path} -tr {type(self).__name__} -d {dataset} -o "
+                 f"pretrained_with_head.pth, then -pretrained_weights pretrained_with_head.pth")
 
     def _do_i_compile(self):
         # a rule that differentiates twice (RLAR) cannot run under torch.compile
