@@ -72,14 +72,20 @@ def _busi_files(folder: Path, cls: str):
     return images, {n: [p for _, p in sorted(v)] for n, v in masks.items()}, odd
 
 
-def busi_cases(source, report: ConversionReport):
-    """The BUSI cases, class by class in number order (a generator of :class:`Case` / :class:`Skipped`)."""
-    root = find_layout(source, [f"{c}/" for c in BUSI_FOLDERS], dataset="BUSI", expected=BUSI_LAYOUT)
+def busi_cases(source, report: ConversionReport, normal: str = "include"):
+    """The BUSI cases, class by class in number order (a generator of :class:`Case` / :class:`Skipped`). With
+    ``normal`` "exclude" the normal/ folder is not required (a copy without it converts): its images would be left
+    out anyway; when it is there they are read and reported as excluded."""
+    required = BUSI_FOLDERS if normal == "include" else MALIGNANCY
+    root = find_layout(source, [f"{c}/" for c in required], dataset="BUSI", expected=BUSI_LAYOUT)
     report.note("BUSI publishes no patient ids and no pixel size: each image is its own patient (a patient-level "
                 "split cannot group repeat images of one woman; see the near-duplicates), spacing empty (HD95 in "
                 "pixels)")
     merged = 0
     for cls in BUSI_FOLDERS:
+        if not (root / cls).is_dir():  # normal/, not required with --normal exclude
+            report.note(f"no {cls}/ folder in {root}: its images are not converted (--normal exclude leaves them out)")
+            continue
         images, masks, odd = _busi_files(root / cls, cls)
         for ref, reason in odd:
             yield Skipped(ref, reason)
@@ -105,6 +111,7 @@ def busi_cases(source, report: ConversionReport):
 def convert_busi(source, options: ConvertOptions, *, raw_root=None) -> ConversionReport:
     """Convert BUSI (benign / malignant; ``normal`` with ``--normal include``); returns the report
     (``report.path`` is the dataset folder)."""
-    return convert_source("BUSI", source, lambda report: busi_cases(source, report), options, classes=MALIGNANCY,
+    return convert_source("BUSI", source, lambda report: busi_cases(source, report, options.normal), options,
+                          classes=MALIGNANCY,
                           raw_root=raw_root, description="BUSI, Dataset_BUSI_with_GT (Al-Dhabyani et al. 2020), "
                                                          "benign / malignant, converted by nnunet_mtl")

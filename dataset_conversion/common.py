@@ -236,9 +236,15 @@ def find_layout(source, required: Sequence[str], *, dataset: str, expected: str)
     missing = missing_in(source)
     if not missing:
         return source
-    matches = [sub for sub in sorted(source.iterdir()) if sub.is_dir() and not missing_in(sub)]
+    subfolders = [sub for sub in sorted(source.iterdir()) if sub.is_dir()]
+    matches = [sub for sub in subfolders if not missing_in(sub)]
     if len(matches) == 1:
         return matches[0]
+    # name what is missing where the layout almost is (the dataset's folder one level down), not in the parent
+    closest = min([source, *subfolders], key=lambda folder: len(missing_in(folder)))
+    if closest != source and len(missing_in(closest)) < len(missing):
+        raise NnunetMtlError(f"{closest} looks like {dataset} but has no {', '.join(missing_in(closest))}; expected "
+                             f"{expected}")
     raise NnunetMtlError(f"{source} does not look like {dataset} (no {', '.join(missing)}); expected {expected}")
 
 

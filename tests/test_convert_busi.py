@@ -179,3 +179,19 @@ def test_busi_names_that_collide_are_an_error_naming_both(busi_src, tmp_path, fi
     assert "rename or remove one" in message
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())  # nothing written
     assert sorted(p.name for p in b.iterdir()) == before  # inputs untouched
+
+
+def test_busi_without_normal_folder(busi_src, tmp_path):
+    """A copy without normal/: converts with --normal exclude (its images would be left out anyway; the report says
+    the folder is not there); with --normal include the error names the BUSI folder and normal/ alone, not the
+    three class folders of the parent the user pointed at."""
+    root = next(p for p in [busi_src, *busi_src.iterdir()] if (p / "benign").is_dir())
+    shutil.rmtree(root / "normal")
+    report = convert_busi(busi_src, _opts(), raw_root=tmp_path / "raw")
+    assert any("no normal/ folder" in n for n in report.notes)
+    raw = load_raw_dataset(report.path)
+    assert set(raw.cases["class"]) == {"benign", "malignant"}
+    with pytest.raises(NnunetMtlError) as e:
+        convert_busi(busi_src, _opts(normal="include"), raw_root=tmp_path / "raw2")
+    message = str(e.value)
+    assert f"{root} looks like BUSI but has no normal/" in message and "benign/" not in message.split(";")[0]

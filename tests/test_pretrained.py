@@ -47,6 +47,14 @@ def test_head_shape_follows_the_trainer():
         head_config_for("nnUNetTrainer", labels)
 
 
+def test_an_unknown_trainer_is_one_line_without_nnunets_lookup_chatter(capsys):
+    """nnU-Net's trainer lookup prints where it searched (seven lines) before it gives up: not shown to the user,
+    whose one line says what was expected."""
+    with pytest.raises(NnunetMtlError, match="'nnUNetTrainerNope' is not an nnunet_mtl trainer"):
+        head_config_for("nnUNetTrainerNope", {"a": 0, "b": 1})
+    assert capsys.readouterr().out == ""
+
+
 def test_checkpoint_with_a_head_is_refused_with_a_clear_line(tmp_path):
     source, _ = plain_checkpoint(tmp_path)
     once = tmp_path / "once.pth"

@@ -158,8 +158,27 @@ def test_radiomics_command(tmp_path, monkeypatch, capsys):
     assert main(["radiomics", "-d", "900", "-np", "1"]) == 0
     out = capsys.readouterr().out
     assert "6 training cases (5 with a lesion), 6 computed now" in out
+    # the dataset was never preprocessed: its preprocessed folder is made for the cache, and that is said
+    assert "Dataset900_Radio is not preprocessed yet" in out
     table = pd.read_csv(tmp_path / "pre" / "Dataset900_Radio" / CACHE_NAME)
     assert len(table) == 6
+    assert main(["radiomics", "-d", "900", "-np", "1"]) == 0
+    assert "not preprocessed yet" not in capsys.readouterr().out
+
+
+def test_a_dataset_without_any_lesion_outline_is_an_error_not_empty_targets(tmp_path, monkeypatch, capsys):
+    """Every mask empty (e.g. lesions drawn as 255 and lost, or only normal images): the guidance trainers would have
+    nothing to learn from; the command says so with exit 2 instead of a table of NaN and exit 0."""
+    from nnunet_mtl.cli.main import main
+    raw = _raw_dataset(tmp_path / "raw", n=3)
+    for label in (raw / "labelsTr").glob("*.png"):
+        Image.fromarray(np.zeros(YY.shape, np.uint8)).save(label)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    assert main(["radiomics", "-d", "900", "-np", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("nnunet_mtl radiomics: error: none of the 3 training cases of Dataset900_Radio has a "
+                           "lesion"), last
 
 
 def test_a_case_pyradiomics_rejects_is_left_out_not_fatal(tmp_path, monkeypatch, capsys):

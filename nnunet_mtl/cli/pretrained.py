@@ -42,9 +42,13 @@ def head_config_for(trainer_name: str, class_labels: dict):
 
         from nnunet_mtl.paths import env_with_ext_trainer
         os.environ.update(env_with_ext_trainer())
+        import contextlib
+        import io
+        chatter = io.StringIO()  # nnU-Net prints where it looked; the one line below says it for the user
         try:
             from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-            cls = recursive_find_trainer_class_by_name(trainer_name)
+            with contextlib.redirect_stdout(chatter):
+                cls = recursive_find_trainer_class_by_name(trainer_name)
         except RuntimeError:
             cls = None
     if cls is None or not (isinstance(cls, type) and issubclass(cls, nnUNetTrainerMTL)):
