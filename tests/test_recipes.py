@@ -587,9 +587,20 @@ def test_a_failed_step_on_one_gpu_cancels_the_others_and_says_so(tmp_path, capsy
     with pytest.raises(NnunetMtlError, match="step train:mtl:1 failed with exit code 3"):
         run_local([slow, failing], recipe, ctx, gpus=[0, 1])
     assert time.time() - started < 40
-    assert "cancelled 1 step(s) still running on other GPUs" in capsys.readouterr().err
+    assert "cancelled 1 other step(s) still running" in capsys.readouterr().err
     time.sleep(2)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_failed_step_on_the_cpu_cancels_nothing_and_says_nothing_of_it(tmp_path, capsys):
+    """One step at a time: the step that failed has ended; no 'cancelled ... still running' line about it."""
+    from nnunet_mtl.recipes.launch import run_local
+    recipe = load_recipe("synthetic")
+    ctx = Context(workdir=tmp_path, data={}, device="cpu")
+    failing = Step("train:mtl:0", "train", "fails", [sys.executable, "-c", "exit(3)"], timeout_min=5)
+    with pytest.raises(NnunetMtlError, match="step train:mtl:0 failed with exit code 3"):
+        run_local([failing], recipe, ctx)
+    assert "cancelled" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ guidance ablations

@@ -134,6 +134,8 @@ def run_run(args) -> int:
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
+    from nnunet_mtl.outputs import check_output_folder
+    check_output_folder(workdir, "--workdir")  # a file, or a folder that cannot be made: one line, dry run too
     run_file = workdir / RUN_FILE
     stored = read_run_file(run_file)
     if stored and stored.get("recipe") != recipe.name:

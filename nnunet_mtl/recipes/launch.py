@@ -178,11 +178,12 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             _wait(job, step, ctx, started)
             running.remove(job)
     except BaseException as e:  # interrupted, or a step failed while others ran on other GPUs
-        for job in running:  # submitit's local jobs outlive this process unless cancelled
+        alive = [job for job in running if not job.done()]  # not the step that failed: it has ended
+        for job in alive:  # submitit's local jobs outlive this process unless cancelled
             job.cancel(check=False)
-        if running and not isinstance(e, KeyboardInterrupt):
-            print(f"cancelled {len(running)} step(s) still running on other GPUs (a training continues from its "
-                  f"latest checkpoint on the next run)", file=sys.stderr, flush=True)
+        if alive and not isinstance(e, KeyboardInterrupt):
+            print(f"cancelled {len(alive)} other step(s) still running (a training continues from its latest "
+                  f"checkpoint on the next run)", file=sys.stderr, flush=True)
         raise
     print(f"all {len(steps)} steps done ({len(todo)} run now, {len(done)} before) in {progress.elapsed()}")
 
