@@ -13,7 +13,9 @@ Layout (the Kaggle / Cairo University download)::
 
 780 images (437 benign / 210 malignant / 133 normal). The folder is the class; there is no spreadsheet, no patient
 id and no pixel size. ``benign (433).png`` and ``malignant (145).png`` are the same image: the shared duplicate
-policy drops both (ambiguous label) and reports them.
+policy drops both (ambiguous label) and reports them. Other scans are filed under both classes with a different
+crop and outline (near-identical, dHash distance 0, not byte-identical): the report names them as label conflicts,
+kept unless ``--label-conflicts drop`` (:mod:`dataset_conversion.common`).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def register_converters(sources) -> None:
                     "class. The masks of one image are merged; RGB images (some with coloured marks) are "
                     "converted to grey. No patient ids and no pixel size are published: each image is its own "
                     "patient and spacing is left empty. The image filed as both benign (433) and malignant (145) "
-                    "is dropped as ambiguous and reported.",
+                    "is dropped as ambiguous and reported; near-identical scans filed under both classes are "
+                    "listed as label conflicts (--label-conflicts drop drops them).",
         source_help="the Dataset_BUSI_with_GT folder (or the folder holding it)")
 
 

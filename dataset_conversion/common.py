@@ -47,6 +47,15 @@ Policies (documented here once, for every converter)
   (a patient id the dataset does not publish), which a patient-level split cannot see. Pairs within one patient
   (cine frames, repeat views) are expected and not listed. All pairs are counted; the report lists the first
   :data:`REPORT_LIST_LIMIT` (cine frames of one scanner hash alike: ~150,000 pairs per 2,000 frames).
+- Label conflicts: near-duplicates (the same rule: dHash, different patients) whose *classes* differ. BUSI files
+  one scan under both classes with different crops and outlines (dHash distance 0, so not an exact duplicate):
+  the same image with two truths, like the exact copies dropped as ambiguous. They are counted and listed in their
+  own section of the report. ``--label-conflicts keep`` (default) keeps them, as near-duplicates are kept: the
+  8-bit rule also pairs unrelated images that share a scanner's layout (cine frames of different clips hash
+  alike by the thousand), so removing every pair by default would remove valid images; the report says they are
+  kept and how to drop them. ``--label-conflicts drop`` drops every case of the conversion that is in a conflict
+  (all of them, not only the pairs listed); a case already in the dataset (``--add-to-existing``) is never
+  changed, so of such a pair only the new case is dropped.
 - A problem with one case's files (missing, unreadable, image and mask of different sizes, a lesion case with an
   empty mask) skips that case with a one-line reason naming the file; a problem with the dataset as a whole
   (wrong folder, unreadable spreadsheet, missing column) stops the run. Bad clinical values are reported, never
@@ -76,6 +85,7 @@ MALIGNANCY = ("benign", "malignant")  # the benign / malignant target of every d
 NORMAL_CLASS = "normal"
 NORMAL_CHOICES = ("exclude", "include")
 DUPLICATE_CHOICES = ("drop", "keep")
+LABEL_CONFLICT_CHOICES = ("keep", "drop")
 MIN_RESIZE, MAX_RESIZE = 32, 4096
 SPLIT_CHOICES = ("train", "test", "official")
 REPORT_FILE = "conversion_report.json"
@@ -139,6 +149,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_id: int, defau
                         help="exact duplicates within the source: drop later copies and ambiguous ones (default; "
                              "see the report) or keep every copy as published (e.g. to test on a paper's count); "
                              "copies of cases already in the dataset are always skipped")
+    parser.add_argument("--label-conflicts", choices=LABEL_CONFLICT_CHOICES, default="keep",
+                        help="near-duplicates of different patients whose classes differ (one scan filed under "
+                             "two classes, as in BUSI): keep them (default; listed in the report as label "
+                             "conflicts: the near-duplicate rule also pairs unrelated look-alike images) or drop "
+                             "every case of this conversion that is in one")
     parser.add_argument("-j", "--num-processes", type=int, default=default_num_processes(),
                         help="worker processes for decoding / converting / PNG encoding (default %(default)s; "
                              "1: no workers)")
@@ -159,12 +174,16 @@ class ConvertOptions:
     progress: bool = True
     resize: int | None = None     # square size every image and mask is resized to; None: as published
     duplicates: str = "drop"      # "drop": the policy of the module docstring; "keep": every copy as published
+    label_conflicts: str = "keep"  # near-duplicates with different classes: "keep" (listed) or "drop"
 
     def __post_init__(self):
         if self.resize is not None and not MIN_RESIZE <= self.resize <= MAX_RESIZE:
             raise NnunetMtlError(f"--resize {self.resize}: expected a size from {MIN_RESIZE} to {MAX_RESIZE} pixels")
         if self.duplicates not in DUPLICATE_CHOICES:
             raise NnunetMtlError(f"--duplicates {self.duplicates!r}: expected one of {', '.join(DUPLICATE_CHOICES)}")
+        if self.label_conflicts not in LABEL_CONFLICT_CHOICES:
+            raise NnunetMtlError(f"--label-conflicts {self.label_conflicts!r}: expected one of "
+                                 f"{', '.join(LABEL_CONFLICT_CHOICES)}")
         if self.split not in SPLIT_CHOICES:
             raise NnunetMtlError(f"--as {self.split!r}: expected train, test or official")
         if self.normal not in NORMAL_CHOICES:
@@ -181,7 +200,8 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     return ConvertOptions(dataset_id=args.dataset_id, name=args.name, split=split,
                           add_to_existing=args.add_to_existing, overwrite=args.overwrite, normal=args.normal,
                           num_processes=args.num_processes, progress=not args.no_progress,
-                          resize=getattr(args, "resize", None), duplicates=getattr(args, "duplicates", "drop"))
+                          resize=getattr(args, "resize", None), duplicates=getattr(args, "duplicates", "drop"),
+                          label_conflicts=getattr(args, "label_conflicts", "keep"))
 
 
 def class_labels_for(classes: Sequence[str], normal: str) -> dict[str, int]:
@@ -444,31 +464,70 @@ def difference_hash(grey: np.ndarray) -> int:
 def near_duplicate_pairs(hashes: Sequence[int], groups: Sequence[str], max_bits: int = NEAR_DUPLICATE_MAX_BITS, *,
                          limit: int = REPORT_LIST_LIMIT) -> tuple[int, list[tuple[int, int, int]]]:
     """(number of pairs, the first ``limit`` pairs) of hashes at most ``max_bits`` apart whose ``groups``
-    (patients) differ; a pair is (i, j, distance) with i < j, in (i, j) order.
+    (patients) differ; a pair is (i, j, distance) with i < j, in (i, j) order (:func:`scan_near_duplicates`)."""
+    scan = scan_near_duplicates(hashes, groups, max_bits=max_bits, limit=limit)
+    return scan.total, scan.pairs
+
+
+@dataclass
+class PairScan:
+    """What :func:`scan_near_duplicates` found: near-duplicate pairs and, among them, the label conflicts."""
+    total: int = 0
+    pairs: list = field(default_factory=list)            # the first ``limit`` pairs (i, j, distance)
+    conflicts_total: int = 0
+    conflicts: list = field(default_factory=list)        # the first ``limit`` pairs whose labels differ
+    conflicts_by_distance: dict = field(default_factory=dict)  # bits -> conflicting pairs (all of them)
+    in_conflict: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per hash: in any conflict
+
+
+def scan_near_duplicates(hashes: Sequence[int], groups: Sequence[str], labels: Sequence[str] | None = None, *,
+                         max_bits: int = NEAR_DUPLICATE_MAX_BITS, limit: int = REPORT_LIST_LIMIT) -> PairScan:
+    """Pairs of hashes at most ``max_bits`` apart whose ``groups`` (patients) differ, and among them those whose
+    ``labels`` (classes) differ too: the label conflicts. Every pair is counted, the first ``limit`` of each kind
+    (in (i, j) order, i < j) are listed, and every hash in a conflict is marked in ``in_conflict`` (what
+    ``--label-conflicts drop`` needs, however many pairs there are).
 
     Pairs are counted in place, never collected: the frames of one scanner's cine clips share their layout and
     hash alike across clips (~150,000 pairs among 2,000 frames). Vectorised in row blocks (XOR + popcount) whose
     working memory stays under :data:`PAIR_BLOCK_BYTES` however many hashes: 20,000 images take about a second."""
     h = np.asarray([int(x) for x in hashes], dtype=np.uint64)
     g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+    lab = None if labels is None else np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1]
+    scan = PairScan(in_conflict=np.zeros(len(h), bool))
+    by_distance = np.zeros(max_bits + 1, np.int64)
     # bytes per compared pair at worst: uint64 XOR, uint8 popcount, bool tests, two int64 indices of a hit
     rows = max(1, PAIR_BLOCK_BYTES // (32 * max(1, len(h))))
-    total, first = 0, []
     for start in range(0, len(h), rows):
         stop = min(len(h), start + rows)
         dist = np.bitwise_count(h[start:stop, None] ^ h[None, start:])  # columns from `start`: only j >= i matter
         ii, jj = np.nonzero(dist <= max_bits)
         keep = (jj > ii) & (g[ii + start] != g[jj + start])
-        total += int(np.count_nonzero(keep))
-        if len(first) < limit:
-            ii, jj = ii[keep][:limit - len(first)], jj[keep][:limit - len(first)]
-            first.extend(zip((ii + start).tolist(), (jj + start).tolist(), dist[ii, jj].tolist()))
-    return total, first
+        ii, jj = ii[keep], jj[keep]
+        scan.total += len(ii)
+        _first_pairs(scan.pairs, ii, jj, start, dist, limit)
+        if lab is not None:
+            differ = lab[ii + start] != lab[jj + start]
+            ci, cj = ii[differ], jj[differ]
+            scan.conflicts_total += len(ci)
+            scan.in_conflict[ci + start] = True
+            scan.in_conflict[cj + start] = True
+            by_distance += np.bincount(dist[ci, cj], minlength=max_bits + 1)[:max_bits + 1]
+            _first_pairs(scan.conflicts, ci, cj, start, dist, limit)
+    scan.conflicts_by_distance = {bits: int(n) for bits, n in enumerate(by_distance.tolist()) if n}
+    return scan
+
+
+def _first_pairs(into: list, ii: np.ndarray, jj: np.ndarray, start: int, dist: np.ndarray, limit: int) -> None:
+    """Append the block's pairs (row ``ii`` + ``start``, column ``jj`` + ``start``) to ``into`` up to ``limit``."""
+    if len(into) < limit:
+        ii, jj = ii[:limit - len(into)], jj[:limit - len(into)]
+        into.extend(zip((ii + start).tolist(), (jj + start).tolist(), dist[ii, jj].tolist()))
 
 
 # --- the report -----------------------------------------------------------------------------------------------
 class ConversionReport:
-    """What a conversion did: counts, skipped cases, duplicates, near-duplicates, bad clinical values, notes.
+    """What a conversion did: counts, skipped cases, duplicates, near-duplicates, label conflicts (near-duplicates
+    of different classes), bad clinical values, notes.
 
     Printed with :meth:`format` and written as ``conversion_report.json`` into the dataset folder (a list of
     conversions: ``--add-to-existing`` appends). nnU-Net and the contract ignore extra files there."""
@@ -484,6 +543,11 @@ class ConversionReport:
         self.duplicates: list[dict] = []
         self.near_duplicates: list[dict] = []
         self.near_duplicates_total = 0
+        self.label_conflicts: list[dict] = []  # near-duplicates of different classes: the first REPORT_LIST_LIMIT
+        self.label_conflicts_total = 0
+        self.label_conflicts_by_distance: dict[int, int] = {}  # dHash bits -> conflicting pairs (all of them)
+        self.label_conflicts_policy = "keep"  # --label-conflicts
+        self.label_conflicts_dropped: list[str] = []  # case ids dropped for a conflict (every one, not a sample)
         self.bad_values: list[dict] = []
         self.patients_merged: list[dict] = []  # identical images under two patient ids: merged into one
         self.mask_encodings: dict[str, int] = {}  # encoding -> mask files of the cases added, read that way
@@ -533,8 +597,19 @@ class ConversionReport:
             "skipped": self.skipped, "duplicates": self.duplicates, "patients_merged": self.patients_merged,
             "near_duplicates": {"max_distance_bits": NEAR_DUPLICATE_MAX_BITS, "scope": "different patients",
                                 "total": self.near_duplicates_total, "pairs": self.near_duplicates},
+            "label_conflicts": {"max_distance_bits": NEAR_DUPLICATE_MAX_BITS,
+                                "scope": "near-duplicates of different patients whose classes differ",
+                                "policy": self.label_conflicts_policy, "total": self.label_conflicts_total,
+                                "by_distance": {str(k): v for k, v in self.label_conflicts_by_distance.items()},
+                                "pairs": self.label_conflicts, "dropped": self.label_conflicts_dropped},
             "bad_values": self.bad_values,
         }
+
+    def _conflict_action(self) -> str:
+        """What was done with the label conflicts, for the printed section's title."""
+        if self.label_conflicts_policy == "drop":
+            return f"{len(self.label_conflicts_dropped)} case(s) dropped, --label-conflicts drop"
+        return "all kept, --label-conflicts drop drops them"
 
     def format(self) -> str:
         """The printed summary: counts per class and split, then what was skipped and why, duplicates, notes."""
@@ -562,6 +637,11 @@ class ConversionReport:
         section(f"near-duplicates of different patients (dHash <= {NEAR_DUPLICATE_MAX_BITS} bits, listed only)",
                 [f"{p['a']} ~ {p['b']} ({p['distance']} bits)" for p in self.near_duplicates],
                 self.near_duplicates_total)
+        by_distance = ", ".join(f"{bits} bits: {n}" for bits, n in sorted(self.label_conflicts_by_distance.items()))
+        section(f"label conflicts (near-duplicates whose classes differ; {self._conflict_action()}"
+                + (f"; pairs at {by_distance}" if by_distance else "") + ")",
+                [f"{p['a']} ({p['classes'][0]}) ~ {p['b']} ({p['classes'][1]}) ({p['distance']} bits)"
+                 for p in self.label_conflicts], self.label_conflicts_total)
         section("bad clinical values (left empty)",
                 [f"{b['case']} {b['column']}={b['value']!r}: expected {b['expected']}" for b in self.bad_values])
         if self.mask_encodings:
@@ -780,17 +860,19 @@ def convert(cases: Iterable[Case | Skipped], options: ConvertOptions, report: Co
         if options.resize is not None:
             report.note(f"every image resized to {options.resize}x{options.resize} (bilinear; masks nearest), "
                         f"spacing scaled with it: masks, Dice and HD95 are at that size")
+        dups.merge_patients()
+        dups.near_duplicates(options.label_conflicts)
         kept = writer.case_ids
-        added = [r for r in added if r["case_id"] in kept]  # minus copies dropped as ambiguous later
+        added = [r for r in added if r["case_id"] in kept]  # minus copies dropped as ambiguous or conflicting later
         for row in added:
             for encoding in encodings[row["case_id"]]:
                 report.mask_encodings[encoding] = report.mask_encodings.get(encoding, 0) + 1
         if not added:
             first = report.skipped[0]["reason"] if report.skipped else "the source lists no cases"
-            raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped; "
-                                 f"first: {first})")
-        dups.merge_patients()
-        dups.near_duplicates()
+            conflicts = (f", {len(report.label_conflicts_dropped)} dropped as label conflicts"
+                         if report.label_conflicts_dropped else "")
+            raise NnunetMtlError(f"{report.source}: no case could be converted ({len(report.skipped)} skipped"
+                                 f"{conflicts}; first: {first})")
         report.summary = writer.summary()
         report.added = summarize_cases([(r["split"], r["class"]) for r in added], writer.class_labels)
         report.seconds = time.perf_counter() - started
@@ -876,6 +958,7 @@ class _Duplicates:
         self.groups: dict[str, dict] = {}  # digest -> report entry
         self.ambiguous: set[str] = set()
         self.kept: dict[str, tuple[str, int]] = {}  # case_id -> (patient, dhash)
+        self.existing: set[str] = set()  # cases of the dataset before this conversion (--add-to-existing)
         # patients of this source that share an identical image: one person under two ids (BUS-UCLM files
         # CHCO_000-003 again as CHVI_005, 008, 009, 013), merged by merge_patients()
         self.same_patient: dict[str, str] = {}  # patient -> the patient it is merged into (union-find parent)
@@ -895,6 +978,7 @@ class _Duplicates:
             self.first.setdefault(pixel_digest(grey), {"case_id": row["case_id"], "split": row["split"],
                                                        "class": row["class"], "existing": True})
             self.kept[row["case_id"]] = (row["patient_id"], difference_hash(grey))
+            self.existing.add(row["case_id"])
 
     def admit(self, case: Case, split: str, done: _Done) -> bool:
         """True: register the case. False: it was a duplicate; its files (and maybe the first copy's) are gone."""
@@ -965,8 +1049,37 @@ class _Duplicates:
             self.report.patients_merged.append({"patients": sorted(members, key=self.patient_order.get),
                                                 "into": into, "identical_images": pairs, "cases_moved": moved})
 
-    def near_duplicates(self) -> None:
+    def _scan(self, rows: dict[str, dict]) -> tuple[list[str], PairScan]:
         ids = list(self.kept)
-        total, pairs = near_duplicate_pairs([self.kept[c][1] for c in ids], [self.kept[c][0] for c in ids])
-        self.report.near_duplicates_total = total
-        self.report.near_duplicates = [{"a": ids[i], "b": ids[j], "distance": d} for i, j, d in pairs]
+        return ids, scan_near_duplicates([self.kept[c][1] for c in ids], [self.kept[c][0] for c in ids],
+                                         [rows[c]["class"] for c in ids])
+
+    def near_duplicates(self, label_conflicts: str = "keep") -> None:
+        """List the near-duplicates of different patients and, among them, the label conflicts (classes differ);
+        with ``label_conflicts`` "drop", drop every case of this conversion in a conflict first, so that the
+        near-duplicates listed are those of the dataset written."""
+        rows = {row["case_id"]: row for row in self.writer.rows}
+        ids, scan = self._scan(rows)
+        self.report.label_conflicts_policy = label_conflicts
+        self.report.label_conflicts_total = scan.conflicts_total
+        self.report.label_conflicts_by_distance = scan.conflicts_by_distance
+        # closest first: a pair at 0 bits (the same scan, as in BUSI) before look-alikes of one scanner's layout
+        self.report.label_conflicts = [{"a": ids[i], "b": ids[j], "distance": d,
+                                        "classes": [rows[ids[i]]["class"], rows[ids[j]]["class"]]}
+                                       for i, j, d in sorted(scan.conflicts, key=lambda pair: pair[2])]
+        if label_conflicts == "drop" and scan.conflicts_total:
+            spared = 0
+            for index in np.flatnonzero(scan.in_conflict).tolist():
+                case_id = ids[index]
+                if case_id in self.existing:  # adding to a dataset never changes the cases already there
+                    spared += 1
+                    continue
+                self.writer.remove_case(case_id, rows[case_id]["split"])
+                del self.kept[case_id]
+                self.report.label_conflicts_dropped.append(case_id)
+            if spared:
+                self.report.note(f"{spared} case(s) already in the dataset are in a label conflict: kept, as "
+                                 f"--add-to-existing never changes them (only cases of this conversion are dropped)")
+            ids, scan = self._scan(rows)
+        self.report.near_duplicates_total = scan.total
+        self.report.near_duplicates = [{"a": ids[i], "b": ids[j], "distance": d} for i, j, d in scan.pairs]

@@ -195,3 +195,51 @@ def test_busi_without_normal_folder(busi_src, tmp_path):
         convert_busi(busi_src, _opts(normal="include"), raw_root=tmp_path / "raw2")
     message = str(e.value)
     assert f"{root} looks like BUSI but has no normal/" in message and "benign/" not in message.split(";")[0]
+
+
+def _smooth(seed, crop):
+    """A B-mode-like image of coarse structure (a 5 x 4 grid of grey levels, smoothly interpolated): cropping a
+    few pixels off it keeps its difference hash, as BUSI's re-cropped copies of one scan do."""
+    small = np.random.default_rng(seed).integers(0, 256, (4, 5)).astype(np.uint8)
+    big = np.asarray(Image.fromarray(small).resize((SHAPE[1] + 6, SHAPE[0] + 6), Image.BILINEAR))
+    top, left, height, width = crop
+    return np.ascontiguousarray(big[top:top + height, left:left + width])
+
+
+@pytest.fixture
+def busi_conflict_src(busi_src):
+    """benign (5) and malignant (7): one scan filed under both classes, cropped differently and outlined
+    differently (near-identical, not byte-identical), as in the published BUSI."""
+    root = busi_src / "Dataset_BUSI_with_GT"
+    benign, malignant = _smooth(4, (3, 3, 32, 40)), _smooth(4, (2, 4, 33, 39))
+    _save(root / "benign" / "benign (5).png", np.dstack([benign] * 3))
+    _save(root / "benign" / "benign (5)_mask.png", _box((10, 20, 10, 25)), "1")
+    _save(root / "malignant" / "malignant (7).png", np.dstack([malignant] * 3))
+    mask = np.zeros(malignant.shape, bool)
+    mask[12:22, 8:22] = True
+    _save(root / "malignant" / "malignant (7)_mask.png", mask, "1")
+    return busi_src
+
+
+def test_busi_cross_class_near_duplicates_are_label_conflicts(busi_conflict_src, tmp_path, monkeypatch, capsys):
+    """Issue 25, item 7b: the same scan under both classes with different crops and outlines was listed only among
+    the near-duplicates. It is now a label conflict, in its own section: kept by default (the report says so and
+    how to drop it), dropped with --label-conflicts drop; the byte-identical 433 / 145 pair is dropped as before."""
+    report = convert_busi(busi_conflict_src, _opts(), raw_root=tmp_path / "raw")
+    _, cases = converted(report)
+    assert {"busi_benign_0005", "busi_malignant_0007"} <= set(cases.index)
+    assert [(p["a"], p["b"], p["classes"]) for p in report.label_conflicts] == \
+        [("busi_benign_0005", "busi_malignant_0007", ["benign", "malignant"])]
+    assert report.label_conflicts_total == 1 and report.label_conflicts_policy == "keep"
+    assert [d["cases"] for d in report.duplicates] == [["busi_benign_0433", "busi_malignant_0145"]]
+    text = report.format()
+    assert "label conflicts (near-duplicates whose classes differ; all kept, --label-conflicts drop drops them" in text
+    assert "busi_benign_0005 (benign) ~ busi_malignant_0007 (malignant)" in text
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "cli"))
+    assert main(["convert", "busi", str(busi_conflict_src), "--no-progress", "--label-conflicts", "drop"]) == 0
+    out = capsys.readouterr().out
+    assert "label conflicts (near-duplicates whose classes differ; 2 case(s) dropped, --label-conflicts drop" in out
+    raw = load_raw_dataset(tmp_path / "cli" / "Dataset603_BUSI")
+    assert raw.cases["case_id"].tolist() == ["busi_benign_0001", "busi_benign_0002", "busi_benign_0003",
+                                             "busi_malignant_0001"]
+    nnunet_verify(raw.folder)

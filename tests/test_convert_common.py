@@ -408,3 +408,107 @@ def test_resize_makes_square_images_keeps_masks_binary_and_scales_the_spacing(tm
     for bad in (8, 100000):
         with pytest.raises(NnunetMtlError, match=f"--resize {bad}: expected a size from 32 to 4096"):
             _opts(resize=bad)
+
+
+# --- label conflicts (issue 25, item 7b) ----------------------------------------------------------------------
+def _near(image):
+    """A near-identical copy (one pixel off by one: not an exact duplicate, the same difference hash)."""
+    near = image.copy()
+    near[0, 0] ^= 1
+    return near
+
+
+def _conflict_cases(src):
+    """x / y: one scan filed as benign and as malignant (near-identical); w / z: a near-duplicate pair of one
+    class; c: unrelated."""
+    scan, pair = _noise(1), _noise(2)
+    return [_case(src, "x", scan, "benign"), _case(src, "w", pair, "benign"),
+            _case(src, "y", _near(scan), "malignant"), _case(src, "z", _near(pair), "benign"),
+            _case(src, "c", _noise(3), "malignant")]
+
+
+def test_label_conflicts_are_named_in_the_report_and_kept_by_default(tmp_path):
+    """BUSI files one scan under both classes with a different crop: the report listed it only among the
+    near-duplicates. Near-duplicates whose classes differ are now a section of their own, kept by default."""
+    src = tmp_path / "src"
+    d = bin(difference_hash(_noise(1)) ^ difference_hash(_near(_noise(1)))).count("1")
+    path, report = _convert(_conflict_cases(src), tmp_path / "raw")
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["x", "w", "y", "z", "c"]  # nothing removed
+    assert report.label_conflicts_total == 1 and report.label_conflicts_by_distance == {d: 1}
+    assert report.label_conflicts == [{"a": "x", "b": "y", "distance": d, "classes": ["benign", "malignant"]}]
+    assert report.near_duplicates_total == 2 and report.label_conflicts_dropped == []
+    run = json.loads((path / common.REPORT_FILE).read_text())["conversions"][0]
+    assert run["label_conflicts"] == {
+        "max_distance_bits": common.NEAR_DUPLICATE_MAX_BITS,
+        "scope": "near-duplicates of different patients whose classes differ", "policy": "keep", "total": 1,
+        "by_distance": {str(d): 1}, "pairs": report.label_conflicts, "dropped": []}
+    assert run["options"]["label_conflicts"] == "keep"
+    text = report.format()
+    assert (f"label conflicts (near-duplicates whose classes differ; all kept, --label-conflicts drop drops them; "
+            f"pairs at {d} bits: 1): 1\n  x (benign) ~ y (malignant) ({d} bits)") in text
+
+
+def test_label_conflicts_drop(tmp_path):
+    """--label-conflicts drop: both cases of the conflict are gone (files and rows), the same-class near-duplicate
+    pair stays, and the near-duplicates listed are those of the dataset written."""
+    src = tmp_path / "src"
+    path, report = _convert(_conflict_cases(src), tmp_path / "raw", label_conflicts="drop")
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["w", "z", "c"]
+    assert sorted(p.name for p in (path / "imagesTr").iterdir()) == ["c_0000.png", "w_0000.png", "z_0000.png"]
+    assert report.label_conflicts_dropped == ["x", "y"] and report.label_conflicts_total == 1
+    assert [(p["a"], p["b"]) for p in report.near_duplicates] == [("w", "z")]
+    assert report.added["train"] == {"benign": 2, "malignant": 1}
+    run = json.loads((path / common.REPORT_FILE).read_text())["conversions"][0]
+    assert run["label_conflicts"]["policy"] == "drop" and run["label_conflicts"]["dropped"] == ["x", "y"]
+    assert "label conflicts (near-duplicates whose classes differ; 2 case(s) dropped, --label-conflicts drop" \
+        in report.format()
+    # every case in a conflict: nothing left is one line that says why
+    with pytest.raises(NnunetMtlError, match=r"no case could be converted \(0 skipped, 2 dropped as label conflicts"):
+        _convert([_case(src, "x", _noise(1)), _case(src, "y", _near(_noise(1)), "malignant")],
+                 tmp_path / "raw2", label_conflicts="drop")
+
+
+def test_label_conflicts_drop_never_changes_the_existing_dataset(tmp_path):
+    """Adding a test set with --label-conflicts drop: of a conflict with a case already there, only the new case
+    is dropped, and the report says why the other stays."""
+    src, root = tmp_path / "src", tmp_path / "raw"
+    path, _ = _convert([_case(src, "x", _noise(1)), _case(src, "c", _noise(3), "malignant")], root)
+    _, report = _convert([_case(src, "y", _near(_noise(1)), "malignant"), _case(src, "t", _noise(4))], root,
+                         add_to_existing=True, split="test", label_conflicts="drop")
+    assert load_raw_dataset(path).cases["case_id"].tolist() == ["x", "c", "t"]
+    assert report.label_conflicts_dropped == ["y"] and report.label_conflicts[0]["classes"] == ["benign", "malignant"]
+    assert any("1 case(s) already in the dataset are in a label conflict: kept" in n for n in report.notes)
+
+
+def test_label_conflicts_option():
+    p = argparse.ArgumentParser()
+    add_common_arguments(p, 1, "X")
+    assert options_from_args(p.parse_args([])).label_conflicts == "keep"
+    assert options_from_args(p.parse_args(["--label-conflicts", "drop"])).label_conflicts == "drop"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--label-conflicts", "merge"])
+    with pytest.raises(NnunetMtlError, match="--label-conflicts 'merge': expected one of keep, drop"):
+        _opts(label_conflicts="merge")
+
+
+def test_scan_near_duplicates_counts_every_conflict_in_blocks(monkeypatch):
+    """Conflicts are counted, histogrammed and marked over all pairs (not only the pairs listed), block by block,
+    as a comparison of all pairs at once finds them."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2 ** 63, 12, dtype=np.uint64)
+    hashes = [int(base[i % 12]) ^ (1 << int(rng.integers(0, 64))) for i in range(600)]
+    groups = [str(i % 29) for i in range(600)]
+    labels = [str(i % 5) if i % 12 else "0" for i in range(600)]  # hashes of base 0 share one class: no conflict
+    h, g, lab = np.array(hashes, dtype=np.uint64), np.array(groups), np.array(labels)
+    dist = np.bitwise_count(h[:, None] ^ h[None, :])
+    near = np.triu(dist <= common.NEAR_DUPLICATE_MAX_BITS, 1) & (g[:, None] != g[None, :])
+    conflict = near & (lab[:, None] != lab[None, :])
+    monkeypatch.setattr(common, "PAIR_BLOCK_BYTES", 32 * 600 * 5)  # 5 rows a block
+    scan = common.scan_near_duplicates(hashes, groups, labels, limit=10)
+    assert scan.total == int(near.sum()) and scan.conflicts_total == int(conflict.sum()) > 10
+    ii, jj = np.nonzero(conflict)
+    assert scan.conflicts == [(i, j, int(dist[i, j])) for i, j in zip(ii.tolist(), jj.tolist())][:10]
+    assert np.array_equal(scan.in_conflict, conflict.any(axis=0) | conflict.any(axis=1))
+    assert 0 < scan.in_conflict.sum() < 600
+    assert sum(scan.conflicts_by_distance.values()) == scan.conflicts_total
+    assert near_duplicate_pairs(hashes, groups, limit=10) == (scan.total, scan.pairs)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.common import ConvertOptions
-from dataset_conversion.ddti import (OPEN_OUTLINE_PX, TIRADS_MAPPING, convert_ddti, parse_regions, parse_tirads,
-                                     pathology_class, rasterize)
+from dataset_conversion.ddti import (OPEN_OUTLINE_PX, TIRADS_MAPPING, convert_ddti, find_outside_outlines,
+                                     parse_regions, parse_tirads, pathology_class, rasterize)
 from dataset_conversion.tn3k import convert_tn3k
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
@@ -257,3 +257,75 @@ def test_ddti_open_outline_is_skipped_and_listed(ddti_src, tmp_path):
     assert "ddti_0009_1" in cases.index
     assert any(f"1 image(s) kept with an open outline (--keep-open-outlines), filled as if closed by a straight "
                f"edge: ddti_0009_1 ({gap:.0f} px)" in n for n in report.notes)
+
+
+# SHAPE is 32 rows x 40 columns (the image spans y 0..32): a strip below the scan, y 26..38, half of it outside
+STRIP = [(5, 26), (25, 26), (25, 38), (5, 38)]
+
+
+def test_ddti_outline_outside_the_image_finds_points_and_area():
+    """Which outline, how many of its points and how much of its area lie outside the image's pixel grid."""
+    edge = [(0, 0), (40, 0), (40, 32), (0, 32)]  # the image's own edges: inside (a lesion outlined to the edge)
+    found = find_outside_outlines([SQUARE, [(1, 40), (2, 41)], STRIP, edge], 40, 32)  # a 2-point line: not drawn
+    assert [(o.number, o.of, o.points_outside, o.points) for o in found] == [(3, 4, 2, 4)]
+    assert found[0].area_outside == pytest.approx(0.5)  # y 26..32 of 26..38
+    assert found[0].describe() == "outline 3 of 4 (2 of 4 points, 50% of its area outside the 40x32 image)"
+    assert find_outside_outlines([[(-0.5, 3), (10, 3), (10, 9)]], 40, 32)[0].area_outside == pytest.approx(
+        0.5 * 0.5 * 6 * (0.5 / 10.5) / (0.5 * 10.5 * 6))  # the sliver left of x = 0
+    away = find_outside_outlines([[(50, 50), (60, 50), (60, 60)]], 40, 32)
+    assert away[0].area_outside == 1.0 and away[0].points_outside == 3
+
+
+@pytest.fixture
+def ddti_outside_src(ddti_src):
+    """11_1: the nodule's outline and a second outline over the text strip below the scan, partly outside the image
+    (338_2 of the published copy); 12_1: its only outline partly outside."""
+    (ddti_src / "11.xml").write_text(_xml(11, "4b", [(1, _svg(SQUARE, STRIP))]))
+    (ddti_src / "12.xml").write_text(_xml(12, "3", [(1, _svg(STRIP))]))
+    for n in (11, 12):
+        _jpeg(ddti_src / f"{n}_1.jpg", _noise(110 + n))
+    return ddti_src
+
+
+def test_ddti_outline_outside_the_image_skips_the_case_by_default(ddti_outside_src, tmp_path):
+    """Issue 25, item 7a: an outline partly outside its image was merged into the lesion and clipped without a
+    word. By default the image is skipped, the reason naming the outline, its points and area outside."""
+    report = convert_ddti(ddti_outside_src, _opts(dataset_id=608, name="DDTI"), raw_root=tmp_path / "raw")
+    _, cases = converted(report)
+    assert "ddti_0011_1" not in cases.index and "ddti_0012_1" not in cases.index
+    assert {"ddti_0001_1", "ddti_0002_1", "ddti_0004_1"} <= set(cases.index)  # outlines inside: unchanged
+    reasons = {s["case"]: s["reason"] for s in report.skipped}
+    assert reasons["ddti_0011_1"].startswith(
+        "image 1 in 11.xml: outline 2 of 2 (2 of 4 points, 50% of its area outside the 40x32 image)")
+    assert "--outside-outlines drop-outline drops it, keep keeps it clipped" in reasons["ddti_0011_1"]
+    assert "outline 1 of 1 (2 of 4 points" in reasons["ddti_0012_1"]
+    assert not any("outside" in n for n in report.notes)
+
+
+def test_ddti_outline_outside_the_image_dropped_or_kept_on_request(ddti_outside_src, tmp_path, monkeypatch, capsys):
+    """drop-outline keeps the image with its other outlines (an image left without one is skipped); keep fills it
+    clipped, as before; either is listed in the report."""
+    report = convert_ddti(ddti_outside_src, _opts(dataset_id=608, name="DDTI"), outside_outlines="drop-outline",
+                          raw_root=tmp_path / "drop")
+    raw, cases = converted(report)
+    assert int(case_label(raw, "ddti_0011_1").sum()) == 121 and cases.at["ddti_0011_1", "polygons"] == "1"
+    assert "no outline inside the image is left" in {s["case"]: s["reason"] for s in report.skipped}["ddti_0012_1"]
+    assert ("1 outline(s) partly outside their image dropped (--outside-outlines drop-outline), the image kept with "
+            "its other outlines: ddti_0011_1 outline 2 of 2 (2 of 4 points, 50% of its area outside the 40x32 "
+            "image)") in report.notes
+    report = convert_ddti(ddti_outside_src, _opts(dataset_id=608, name="DDTI"), outside_outlines="keep",
+                          raw_root=tmp_path / "keep")
+    raw, cases = converted(report)
+    clipped = int(rasterize([STRIP], SHAPE).sum())
+    assert clipped == 21 * 6  # rows 26..31 of the strip (columns 5..25), its outline included
+    assert int(case_label(raw, "ddti_0011_1").sum()) == 121 + clipped and cases.at["ddti_0011_1", "polygons"] == "2"
+    assert int(case_label(raw, "ddti_0012_1").sum()) == clipped
+    assert any(n.startswith("2 outline(s) partly outside their image kept, clipped at the edge (--outside-outlines "
+                            "keep): ddti_0011_1 outline 2 of 2") for n in report.notes)
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "cli"))
+    assert main(["convert", "ddti", str(ddti_outside_src), "--no-progress", "--outside-outlines", "drop-outline"]) == 0
+    assert "1 outline(s) partly outside their image dropped" in capsys.readouterr().out
+    with pytest.raises(NnunetMtlError, match="--outside-outlines 'clip': expected one of skip-case, drop-outline, "
+                                             "keep"):
+        convert_ddti(ddti_outside_src, _opts(dataset_id=608, name="DDTI"), outside_outlines="clip",
+                     raw_root=tmp_path / "bad")
