@@ -422,8 +422,10 @@ def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_p
     jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
     import pickle
     submitted = pickle.loads((workdir / "slurm" / jobs["train:mtl:0"] / f"{jobs['train:mtl:0']}_submitted.pkl"
-                              ).read_bytes())  # submitit's DelayedSubmission: run_step(argv, env, log)
-    argv, job_env, _ = submitted.args
+                              ).read_bytes())  # submitit's DelayedSubmission: run_step(argv, env, log, whole, provenance)
+    argv, job_env, _, whole, provenance = submitted.args
+    assert whole is False and provenance[0] == str(workdir / "logs" / "provenance" / "train_mtl_0.json")
+    assert provenance[1]["command"] == ["nnUNetv2_train", "520", "2d", "0", "-tr", "nnUNetTrainerMTL_tiny"]
     assert argv[-2:] == ["-device", "cuda"]
     # only the recipe's variables travel: PATH, CUDA_VISIBLE_DEVICES, SLURM_* on the node stay the node's own
     assert set(job_env) == {"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
@@ -516,9 +518,11 @@ def test_a_segmentation_only_row_is_predicted_by_nnunet_per_fold_and_a_classific
     # its training is done when the final validation wrote its class predictions (there is no summary.json of masks)
     fold = ctx.model(recipe, "la") / "fold_2"
     (fold / "validation").mkdir(parents=True)
-    (fold / "checkpoint_final.pth").write_bytes(b"")
+    (fold / "checkpoint_final.pth").write_bytes(b"\x80\x02")
     assert not step_state(steps["train:la:2"], recipe, ctx)[0]
-    (fold / "validation" / "class_predictions.csv").write_text("case_id\n")
+    (fold / "validation" / "class_predictions.csv").write_text("case_id\n")  # its header alone: cut short
+    assert not step_state(steps["train:la:2"], recipe, ctx)[0]
+    (fold / "validation" / "class_predictions.csv").write_text("case_id\na\n")
     assert step_state(steps["train:la:2"], recipe, ctx)[0]
 
 

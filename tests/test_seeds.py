@@ -212,7 +212,7 @@ def test_a_seeded_grid_trains_each_seed_into_its_own_results_and_compares_the_se
     fold = tmp_path / "w/seeds/seed_2/nnUNet_results/Dataset521_SeedPhantom/nnUNetTrainerMTL_tiny__nnUNetPlans__2d"
     assert not step_state(train, recipe, ctx)[0]
     (fold / "fold_0/validation").mkdir(parents=True)
-    (fold / "fold_0/checkpoint_final.pth").write_bytes(b"")
+    (fold / "fold_0/checkpoint_final.pth").write_bytes(b"\x80\x02")
     (fold / "fold_0/validation/summary.json").write_text("{}")
     assert step_state(train, recipe, ctx)[0] and not step_state(steps["train:mtl:0:seed1"], recipe, ctx)[0]
     assert not step_state(average, recipe, ctx)[0]

@@ -130,7 +130,7 @@ def run_run(args) -> int:
     import torch
 
     from nnunet_mtl.recipes.launch import SlurmOptions, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import Context, plan_steps, step_state
+    from nnunet_mtl.recipes.plan import Context, check_provenance, plan_steps, step_state
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -177,10 +177,13 @@ def run_run(args) -> int:
     ctx = Context(workdir=workdir, data=data, device=device, processes=args.np)
     steps = plan_steps(recipe, ctx)
     if args.dry_run:
-        # a script that runs as `run` does: the same variables, and it stops at the first step that fails
+        # a script that runs as `run` does: the same variables, and it stops at the first step that fails; the
+        # provenance of what is done is checked as run checks it (nothing recorded: a dry run writes nothing)
+        states = {step.id: step_state(step, recipe, ctx) for step in steps}
+        check_provenance(steps, {k: why for k, (done, why) in states.items() if done}, ctx, adopt=False)
         print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
         for i, step in enumerate(steps, 1):
-            done, why = step_state(step, recipe, ctx)
+            done, why = states[step.id]
             print(f"# [{i}/{len(steps)}] {step.id}" + (f" (done: {why})" if done else ""))
             print(("# " if done else "") + step.command_line())
         return 0
@@ -215,7 +218,13 @@ def run_report(args) -> int:
     stored = read_run_file(workdir / RUN_FILE)
     if stored and stored.get("recipe") != recipe.name:
         raise NnunetMtlError(f"{workdir} holds a run of recipe {stored.get('recipe')!r}, not {recipe.name!r}")
-    ctx = Context(workdir=workdir, data={}, device=stored.get("device", "cpu"))
+    data = {k: Path(v) for k, v in (stored.get("data") or {}).items() if k in recipe.data}
+    ctx = Context(workdir=workdir, data=data, device=stored.get("device", "cpu"))
+    # the numbers must be the recipe's: a step done by another protocol (the recipe edited since) is refused
+    from nnunet_mtl.recipes.plan import check_provenance, plan_steps, step_state
+    steps = plan_steps(recipe, ctx)
+    check_provenance(steps, {s.id: "" for s in steps if s.kind != "report" and step_state(s, recipe, ctx)[0]}, ctx,
+                     adopt=False)
     markdown, written = write_report(recipe, ctx, Path(args.o).resolve() if args.o else None)
     print(markdown)
     print("wrote " + ", ".join(str(p) for p in written))

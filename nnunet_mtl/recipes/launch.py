@@ -21,23 +21,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.recipes.plan import Context, Step, executable, step_state
+from nnunet_mtl.recipes.plan import Context, Step, check_provenance, executable, fingerprints, step_state
 from nnunet_mtl.recipes.schema import Recipe
 
 
-def run_step(argv: list[str], env: dict, log_path: str, whole: bool = False) -> int:
+def run_step(argv: list[str], env: dict, log_path: str, whole: bool = False, provenance: tuple | None = None) -> int:
     """Run one step's command, appending its output to ``log_path``; its exit code. (What a submitit job calls.)
     On a SLURM node ``env`` holds only the recipe's variables (:meth:`Context.env`), set on top of the node's own
     environment, whose CUDA_VISIBLE_DEVICES and SLURM_* stay as SLURM set them. A local job gets the ``whole``
     environment of the command that launched it (with the GPU it is given, or none for a CPU step), not the
-    CUDA_VISIBLE_DEVICES submitit's local executor sets from its gpus_per_node."""
+    CUDA_VISIBLE_DEVICES submitit's local executor sets from its gpus_per_node. ``provenance`` (path, record): written
+    when the command succeeded, in the job itself, so that a SLURM step records what made it even when nobody
+    waits for it (:func:`nnunet_mtl.recipes.plan.check_provenance`)."""
     log = Path(log_path)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(argv)}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
-        return subprocess.run(argv, env=env if whole else {**os.environ, **env}, stdout=f,
+        code = subprocess.run(argv, env=env if whole else {**os.environ, **env}, stdout=f,
                               stderr=subprocess.STDOUT).returncode
+    if code == 0 and provenance is not None:
+        from nnunet_mtl.recipes.plan import write_provenance
+        write_provenance(Path(provenance[0]), provenance[1])
+    return code
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -75,7 +81,8 @@ def record(ctx: Context, step: Step, seconds: float, status: str) -> None:
 
 
 def pending(steps: list[Step], recipe: Recipe, ctx: Context) -> tuple[list[Step], dict]:
-    """The steps to run (not done) and, for every done one, the file that shows it."""
+    """The steps to run (not done) and, for every done one, the file that shows it; the done steps' provenance
+    checked against the recipe as it is now (refused on a mismatch, recorded where missing)."""
     todo, done = [], {}
     for step in steps:
         finished, why = step_state(step, recipe, ctx)
@@ -83,7 +90,15 @@ def pending(steps: list[Step], recipe: Recipe, ctx: Context) -> tuple[list[Step]
             done[step.id] = why
         else:
             todo.append(step)
+    adopted = check_provenance(steps, done, ctx)
+    if adopted:
+        print(f"note: recorded the provenance of {adopted} step(s) done before records existed "
+              f"({ctx.workdir / 'logs' / 'provenance'})", flush=True)
     return todo, done
+
+
+def _provenance(step: Step, prints: dict, ctx: Context) -> tuple[str, dict]:
+    return str(ctx.provenance(step.id)), prints[step.id]
 
 
 # ------------------------------------------------------------------------------------------------ local
@@ -157,6 +172,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             progress.begin(step, f" ... done before ({done[step.id]})")
     executor = _local_executor(ctx)
     env = {**os.environ, **ctx.env()}
+    prints = fingerprints(steps, ctx)
     running: list = []
     try:
         remaining = list(todo)
@@ -166,14 +182,15 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
                 # every GPU step of this kind at once (the steps in between, e.g. an evaluation after each
                 # prediction, only wait for them), then the rest in order
                 wave = [s for s in remaining if s.kind == step.kind and s.gpu]
-                _run_wave(wave, executor, env, ctx, progress, gpus, running)
+                _run_wave(wave, executor, env, ctx, progress, gpus, running, prints)
                 remaining = [s for s in remaining if s not in wave]
                 continue
             remaining.pop(0)
             progress.begin(step)
             executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
             started = time.time()
-            job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)), True)
+            job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)), True,
+                                  _provenance(step, prints, ctx))
             running.append(job)
             _wait(job, step, ctx, started)
             running.remove(job)
@@ -189,7 +206,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
 
 
 def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Progress, gpus: list[int],
-              running: list) -> None:
+              running: list, prints: dict) -> None:
     """Steps of one kind (independent of each other: all trainings, or all predictions), at most one per GPU."""
     queue, busy = list(wave), {}
     while queue or busy:
@@ -200,7 +217,7 @@ def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Pro
                 executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=1, visible_gpus=[gpu])
                 job = executor.submit(run_step, executable(step.argv),
                                       {**env, **step.env, "CUDA_VISIBLE_DEVICES": str(gpu)},
-                                      str(ctx.log(step.id)), True)
+                                      str(ctx.log(step.id)), True, _provenance(step, prints, ctx))
                 running.append(job)
                 busy[gpu] = (job, step, time.time())
         for gpu, (job, step, started) in list(busy.items()):
@@ -250,6 +267,7 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
     returns {step id: job id} (also written to W/slurm/jobs.json)."""
     import submitit
     todo, done = pending(steps, recipe, ctx)
+    prints = fingerprints(steps, ctx)
     jobs_file = ctx.workdir / "slurm" / "jobs.json"
     env = ctx.env()
     queued = still_queued(todo, jobs_file, ctx)
@@ -265,7 +283,8 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
             raise NnunetMtlError(f"--launcher slurm: {e} (submitit found no SLURM commands on this machine; "
                                  f"expected to run on a cluster's login node)") from None
         executor.update_parameters(**slurm_parameters(step, recipe, deps, options))
-        job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)))
+        job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)), False,
+                              _provenance(step, prints, ctx))
         ids[step.id] = str(job.job_id)
         print(f"submitted {step.id} as job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""),
               flush=True)

@@ -23,6 +23,13 @@ and ``evaluate:ROW:TS`` (each row, each test set; ``...:seedS`` per seed, then `
 ``ablate:KEY`` (each [[ablations]] entry: nnunet_mtl ablate-guidance of a clinically guided row on a test set),
 ``report``.
 
+Provenance: when a step finishes, ``W/logs/provenance/STEP.json`` records its fingerprint (:func:`fingerprints`:
+its command with the work folder, the data folders and the flags that change how, not what, it computes left out,
+and the fingerprints of the steps it waits for). A rerun, a dry run and the report compare every done step's record
+with the recipe as it is now: an edit that changes what a finished step computed (a split seed, a dataset option,
+a trainer) is refused with one line naming the first such step and what changed, instead of reporting outputs made
+by another protocol as this one's. A done step without a record (a run from before records existed) gets one.
+
 Resuming: a step whose outputs are there is skipped (:func:`step_state`); a training with any checkpoint continues
 with nnU-Net's ``--c`` (from checkpoint_final it only redoes the validation, from checkpoint_latest it goes on); a
 prediction whose folder holds some masks continues with ``--continue_prediction``. An interrupted ablation is
@@ -32,6 +39,7 @@ outputs to have it run again.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -111,6 +119,10 @@ class Context:
 
     def log(self, step_id: str) -> Path:
         return self.workdir / "logs" / (step_id.replace(":", "_") + ".log")
+
+    def provenance(self, step_id: str) -> Path:
+        """What produced a finished step's outputs (:func:`fingerprints`)."""
+        return self.workdir / "logs" / "provenance" / (step_id.replace(":", "_") + ".json")
 
     def model(self, recipe: Recipe, row_key: str, seed: int | None = None) -> Path:
         row = recipe.row(row_key)
@@ -364,7 +376,7 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         ds = recipe.datasets[parts[1]]
         marker = ctx.raw / ds.folder / {"convert": "dataset.json", "drop": "partial_report.json",
                                         "holdout": "holdout_report.json"}[kind]
-        return marker.is_file(), str(marker)
+        return has_content(marker), str(marker)
     if kind == "plan":
         ds = recipe.datasets[parts[1]]
         folder = ctx.preprocessed / ds.folder
@@ -372,12 +384,12 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         expected = _dataset_json(ctx.raw / ds.folder).get("numTraining")
         data = folder / f"nnUNetPlans_{CONFIGURATION}"
         have = len(list(data.glob("*.pkl"))) if data.is_dir() else 0
-        done = plans.is_file() and expected is not None and have == expected
+        done = has_content(plans) and expected is not None and have == expected
         return done, f"{plans} and {have} of {expected} preprocessed cases in {data}"
     if kind == "split":
         ds = recipe.datasets[parts[1]]
         path = ctx.preprocessed / ds.folder / "splits_final.json"
-        if not path.is_file():
+        if not has_content(path, parse=False):
             return False, str(path)
         try:
             folds = len(json.loads(path.read_text()))
@@ -393,7 +405,7 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         # score) our class_predictions.csv
         last = "summary.json" if segments(recipe.row(parts[1]).trainer) else "class_predictions.csv"
         final, summary = fold / "checkpoint_final.pth", fold / "validation" / last
-        return final.is_file() and summary.is_file(), f"{final} and {summary}"
+        return has_content(final) and has_content(summary), f"{final} and {summary}"
     if kind == "predict" and step.argv[0] == "nnUNetv2_predict":  # a segmentation-only row: one mask per image
         folder = Path(step.argv[step.argv.index("-o") + 1])
         inputs = Path(step.argv[step.argv.index("-i") + 1])
@@ -404,23 +416,126 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
     if kind == "predict":
         out = ctx.predictions(parts[1], parts[2], seed)
         if len(recipe.split.fold_ids) == 1:
-            return (out / "class_predictions.csv").is_file(), str(out / "class_predictions.csv")
+            return has_content(out / "class_predictions.csv"), str(out / "class_predictions.csv")
         marker = out / "ensemble" / "class_predictions.csv"  # per-fold: the ensemble is written last
-        return marker.is_file() and (out / "per_fold.json").is_file(), str(marker)
+        return has_content(marker) and has_content(out / "per_fold.json"), str(marker)
     if kind == "seeds":
         marker = ctx.predictions(parts[1], parts[2]) / "evaluation" / SEEDS_SUMMARY
-        return marker.is_file(), str(marker)
+        return has_content(marker), str(marker)
     if kind == "evaluate":
         out = ctx.predictions(parts[1], parts[2], seed) / "evaluation"
         marker = out / ("per_fold_summary.json" if len(recipe.split.fold_ids) > 1 else "summary.json")
-        return marker.is_file(), str(marker)
+        return has_content(marker), str(marker)
     if kind == "compare":
         marker = ctx.comparison(parts[1]) / "comparison.json"
-        return marker.is_file(), str(marker)
+        return has_content(marker), str(marker)
     if kind == "ablate":
         marker = ctx.ablation(parts[1]) / ablation_file(recipe)
-        return marker.is_file(), str(marker)
+        return has_content(marker), str(marker)
     return False, "always run"
+
+
+def has_content(path: Path, parse: bool = True) -> bool:
+    """A marker that proves a step done: a non-empty file; a JSON file that parses to an object or a list; a CSV with
+    a header and at least one row. A file emptied or cut short (a kill, a full disk, a hand edit) does not count."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if not parse:
+            return True
+        if path.suffix == ".json":
+            return isinstance(json.loads(path.read_text(encoding="utf-8")), (dict, list))
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8") as f:
+                return sum(1 for line, _ in zip(f, range(2)) if line.strip()) == 2
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+# flags that change how a step runs, not what it computes: left out of its fingerprint (with their values)
+_HOW_FLAGS = {"-np": 1, "-npp": 1, "-nps": 1, "-npfp": 1, "-j": 1, "-device": 1, "--continue_prediction": 0,
+              "--disable_progress_bar": 0, "--no-progress": 0, "--c": 0, "--overwrite": 0}
+
+
+def _normalized(step: Step, ctx: Context) -> list[str]:
+    """The step's command and seed variables with the work folder as ``<W>``, each data folder as ``<data:KEY>``
+    and the how-flags left out: what decides the step's outputs, wherever the run lives."""
+    places = sorted([(str(ctx.workdir), "<W>"), *((str(p), f"<data:{k}>") for k, p in ctx.data.items())],
+                    key=lambda kv: -len(kv[0]))
+
+    def place(token: str) -> str:
+        for path, name in places:
+            if token == path or token.startswith(path + os.sep):
+                return name + token[len(path):]
+        return token
+    out, skip = [], 0
+    for token in step.argv:
+        if skip:
+            skip -= 1
+            continue
+        if token in _HOW_FLAGS:
+            skip = _HOW_FLAGS[token]
+            continue
+        out.append(place(token))
+    return out + [f"{k}={place(v)}" for k, v in sorted(step.env.items())]
+
+
+def fingerprints(steps: list[Step], ctx: Context) -> dict[str, dict]:
+    """{step id: {"fingerprint", "command"}}: the hash of the step's normalized command (:func:`_normalized`) and of
+    its dependencies' fingerprints, so that a change upstream (a split seed) reaches every step made from it."""
+    out: dict[str, dict] = {}
+    for step in steps:  # in order: a step's dependencies come before it
+        command = _normalized(step, ctx)
+        text = json.dumps([command, [out[d]["fingerprint"] for d in step.deps if d in out]])
+        out[step.id] = {"fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], "command": command}
+    return out
+
+
+def _what_changed(before: list[str], now: list[str]) -> str:
+    """The tokens of a command that differ between two runs, shortly."""
+    gone = [t for t in before if t not in now]
+    new = [t for t in now if t not in before]
+    if not gone and not new:
+        return "a step it depends on changed"
+    return f"was {' '.join(gone[:6]) or '(nothing)'}, now {' '.join(new[:6]) or '(nothing)'}"
+
+
+def check_provenance(steps: list[Step], done: dict, ctx: Context, adopt: bool = True) -> int:
+    """Every done step's recorded fingerprint against the recipe as it is now (module docstring); the first step
+    that differs is refused with one line. A done step without a record gets one when ``adopt`` (the outputs of a
+    run from before records existed are taken as the recipe's). Returns how many records were adopted."""
+    prints = fingerprints(steps, ctx)
+    adopted = 0
+    for step in steps:
+        if step.id not in done:
+            continue
+        path = ctx.provenance(step.id)
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict) or "fingerprint" not in recorded:
+            if adopt:
+                write_provenance(path, prints[step.id])
+                adopted += 1
+            continue
+        if recorded["fingerprint"] != prints[step.id]["fingerprint"]:
+            raise NnunetMtlError(
+                f"step {step.id} is done, but by another protocol than the recipe's now "
+                f"({_what_changed(recorded.get('command') or [], prints[step.id]['command'])}); expected the recipe "
+                f"as it ran (undo the edit), another --workdir, or its outputs removed to redo it ({path} records "
+                f"what made them)")
+    return adopted
+
+
+def write_provenance(path: Path, record: dict) -> None:
+    """A step's provenance record, atomically (written by the step's job when its command succeeded)."""
+    from nnunet_mtl.atomic import write_text_atomic
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(record, indent=1), path)
 
 
 def executable(argv: list[str]) -> list[str]:
