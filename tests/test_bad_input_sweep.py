@@ -265,7 +265,8 @@ CASES = [
      "per_case.csv exists; pass --overwrite"),
     ("gallery-o-exists", "output", lambda w, m: (_file(w / "g.html"), gallery(w, "-o", str(w / "g.html")))[1],
      "already exists"),
-    ("gallery-o-in-pred", "output", lambda w, m: gallery(w, "-o", str(w / "pred" / "g.html")), "is in the input folder"),
+    ("gallery-o-in-pred", "output", lambda w, m: gallery(w, "-o", str(w / "pred" / "g.html")),
+     "is in the input folder"),
     ("export-o-exists", "output", lambda w, m: (_file(w / "m.onnx"), export(w))[1], "already exists"),
     ("export-o-folder", "output", lambda w, m: export(w, out="in"), "is a folder"),
     # --- corrupt or foreign inputs ---------------------------------------------------------------------------

@@ -422,7 +422,7 @@ def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_p
     jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
     import pickle
     submitted = pickle.loads((workdir / "slurm" / jobs["train:mtl:0"] / f"{jobs['train:mtl:0']}_submitted.pkl"
-                              ).read_bytes())  # submitit's DelayedSubmission: run_step(argv, env, log, whole, provenance)
+                              ).read_bytes())  # submitit's DelayedSubmission: run_step's arguments
     argv, job_env, _, whole, provenance = submitted.args
     assert whole is False and provenance[0] == str(workdir / "logs" / "provenance" / "train_mtl_0.json")
     assert provenance[1]["command"] == ["nnUNetv2_train", "520", "2d", "0", "-tr", "nnUNetTrainerMTL_tiny"]

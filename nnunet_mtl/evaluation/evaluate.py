@@ -82,8 +82,9 @@ over the runs, mean ± t_{0.975, n-1} · std / sqrt(n) (scipy.stats.t): with thr
 the spread of the runs says how far their mean may be from the method's expected result; null with fewer than two
 runs and for counts (num_cases, support: a run's size is not an estimate). An interval reaching past the metric's
 range (Dice below 0, AUC above 1: over 2-3 folds the t quantile is 4.30 or 12.7) is clipped to it, marked
-``"ci95_clipped": true`` and named in a note (:func:`metric_range`). Summaries computed with different NSD tolerances or ECE bins
-are refused (their numbers mean different things); summaries from before these settings existed are accepted.
+``"ci95_clipped": true`` and named in a note (:func:`metric_range`). Summaries computed with different NSD
+tolerances or ECE bins are refused (their numbers mean different things); summaries from before these settings
+existed are accepted.
 
 Per-fold prediction folders (written by ``nnunet_mtl predict --per-fold``: ``fold_K/`` per fold's model alone,
 ``ensemble/`` for all folds together, ``per_fold.json`` saying which is which): :func:`per_fold_layout` recognizes

@@ -103,7 +103,8 @@ def progress_figure(log: dict, term_names: Sequence[str], extra_keys: Sequence[s
             for split, ls in (("train", "--"), ("val", ":")):
                 series = log[f"{split}_{name}_losses"][:epoch + 1]
                 values += [v for v in series if v == v]
-                ax.plot(x, series, color=colors[name], ls=ls, label=f"loss_{'tr' if split == 'train' else 'val'} {name}")
+                short = "tr" if split == "train" else "val"
+                ax.plot(x, series, color=colors[name], ls=ls, label=f"loss_{short} {name}")
         if values and min(values) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
