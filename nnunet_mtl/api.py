@@ -333,7 +333,7 @@ def _model_folder(model_folder, dataset, configuration, trainer: str, plans: str
         if dataset is None or configuration is None:
             raise NnunetMtlError("no model given; expected model_folder=... or dataset=... with configuration=... "
                                  "(e.g. dataset=500, configuration='2d')")
-        from nnunet_mtl.cli.predict import model_folder_for
+        from nnunet_mtl.inference.models import model_folder_for
         return model_folder_for(str(dataset), trainer, plans, configuration)
     folder = Path(model_folder).expanduser()
     if not folder.exists():

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from nnunet_mtl.cli.main import main
-from nnunet_mtl.cli.predict import check_per_fold_folds, parse_folds
+from nnunet_mtl.inference.models import check_per_fold_folds, parse_folds
 from nnunet_mtl.errors import NnunetMtlError
 from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run, train
 

@@ -36,7 +36,7 @@ def reference_cases_csv(args) -> Path:
     beside_inputs = Path(args.i).resolve().parent / "cases.csv"
     if beside_inputs.is_file():
         return beside_inputs
-    from nnunet_mtl.cli.predict import resolve_model_arguments
+    from nnunet_mtl.inference.models import resolve_model_arguments
     from nnunet_mtl.paths import find_dataset_folder, raw_root
     resolve_model_arguments(args)  # -m sets args.d
     return find_dataset_folder(args.d, raw_root()) / "cases.csv"
@@ -109,7 +109,8 @@ def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_c
 def run(args) -> int:
     if args.per_fold:
         return run_per_fold(args)
-    from nnunet_mtl.cli.predict import check_prediction_output, parse_folds, preflight, refuse_per_fold_folder
+    from nnunet_mtl.cli.predict import check_prediction_output, preflight, refuse_per_fold_folder
+    from nnunet_mtl.inference.models import parse_folds
     from nnunet_mtl.evaluation.guidance_ablation import format_ablation_table
 
     output = Path(args.o)
@@ -127,8 +128,9 @@ def run(args) -> int:
 def run_per_fold(args) -> int:
     """The ablation of each fold's model alone (OUT/fold_K), of the fold ensemble (OUT/ensemble), and the mean ±
     std over folds of every delta (OUT/guidance_ablation_per_fold.*)."""
-    from nnunet_mtl.cli.predict import (check_per_fold_folds, check_prediction_output, per_fold_info, preflight,
-                                        start_per_fold_output, sub_run_args)
+    from nnunet_mtl.cli.predict import (check_prediction_output, per_fold_info, preflight, start_per_fold_output,
+                                        sub_run_args)
+    from nnunet_mtl.inference.models import check_per_fold_folds
     from nnunet_mtl.outputs import check_output_folder
     from nnunet_mtl.evaluation.evaluate import ENSEMBLE_SUBFOLDER, fold_subfolder
     from nnunet_mtl.evaluation.guidance_ablation import (aggregate_fold_ablations, format_ablation_table,

@@ -99,7 +99,7 @@ def crossval_model(model: Path, folds: list[int], raw: Path, num_processes: int)
 
 def run(args) -> int:
     from nnunet_mtl.atomic import write_text_atomic
-    from nnunet_mtl.cli.predict import model_folder_for
+    from nnunet_mtl.inference.models import model_folder_for
     from nnunet_mtl.evaluation.crossval import crossval_folder_name, format_crossval_table, rank_models
     from nnunet_mtl.paths import env_with_ext_trainer, find_dataset_folder, raw_root, results_root
     import os

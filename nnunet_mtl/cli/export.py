@@ -57,13 +57,13 @@ def register(subparsers):
 def model_folder_of(args) -> Path:
     """The model folder: -m, or nnUNet_results/DatasetNNN_X/TRAINER__PLANS__CONFIGURATION of -d -tr -p -c, resolved
     and checked as nnunet_mtl predict does (one rule for both commands)."""
-    from nnunet_mtl.cli.predict import resolve_model_arguments
+    from nnunet_mtl.inference.models import resolve_model_arguments
     return resolve_model_arguments(args)
 
 
 def parse_fold(value: str) -> int | str:
     """-f's value as nnU-Net names fold folders: a fold number, or 'all'."""
-    from nnunet_mtl.cli.predict import parse_folds
+    from nnunet_mtl.inference.models import parse_folds
     values = str(value).split()
     if len(values) != 1:
         raise NnunetMtlError(f"-f {value!r}: expected one fold (one graph holds one fold's weights)")
