@@ -447,6 +447,8 @@ def _run_cases(tasks: list[tuple], num_processes: int) -> list[dict]:
         else:
             workers = min(num_processes, len(tasks), os.cpu_count() or 1)
             chunk = max(1, len(tasks) // (workers * 8))
+            from nnunet_mtl.processes import children_die_with_this_process
+            children_die_with_this_process()  # a killed evaluate leaves no worker behind
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 for result in pool.map(_evaluate_case, tasks, chunksize=chunk):
                     results.append(result)

@@ -30,11 +30,13 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_mtl.atomic import atomic_open
@@ -90,6 +92,10 @@ class MultitaskPredictor(CPUAutocastPredictor):
         self._fold_attention: list[torch.Tensor] = []
         self._current_properties: dict | None = None
         self._input_files: dict[str, list[str]] = {}  # output name -> input files (the sequential path's properties)
+        # the output folder's class_predictions CSV of this part, rewritten while a folder is predicted (None: not
+        # predicting into a folder), and when it was written last
+        self._rows_file: Path | None = None
+        self._rows_flushed = 0.0
         # the Python API (nnunet_mtl.api): collect the lesion map P of each case in memory, without writing it; the
         # last case's fold-mean P (preprocessed geometry, padding cut) is then in last_attention
         self.keep_attention = False
@@ -242,6 +248,7 @@ class MultitaskPredictor(CPUAutocastPredictor):
         self.last_class_probabilities = torch.stack(self._fold_probs).mean(0).numpy()
         if case is not None:
             self.class_probabilities[case] = self.last_class_probabilities
+            self._maybe_flush_rows()
             if self.record_embeddings:
                 self.embeddings[case] = torch.stack(self._fold_embeddings).numpy()  # (folds, mirrors, tiles, K)
         self.last_attention = None
@@ -255,14 +262,95 @@ class MultitaskPredictor(CPUAutocastPredictor):
                 self._export_attention(case, attention)
         self._fold_attention = []
 
-    def _manage_input_and_output_lists(self, *args, **kwargs):
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder,
+                                       output_folder_or_list_of_truncated_output_files,
+                                       folder_with_segs_from_prev_stage=None, overwrite: bool = True,
+                                       part_id: int = 0, num_parts: int = 1, save_probabilities: bool = False):
+        """nnU-Net's lists of the cases to predict (this part's), where a continued prediction (``overwrite``
+        False, ``--continue_prediction``) keeps only the cases that are finished: nnU-Net keeps every case whose
+        mask file exists, but after a kill that file may be cut short (nnU-Net's export writes it in place), and its
+        class probabilities may be missing (class_predictions.csv is written at the end, and every
+        :data:`ROWS_FLUSH_SECONDS`). A case counts as finished when its mask can be read (and its .npz exists with
+        ``save_probabilities``) and the folder's CSV of this part has its row; the others are predicted again, so
+        that the continued folder is the one an uninterrupted run writes."""
+        folder = output_folder_or_list_of_truncated_output_files
+        self._rows_file = (Path(folder) / class_predictions_file_name(num_parts, part_id)
+                           if isinstance(folder, (str, os.PathLike)) else None)
+        self._rows_flushed = time.monotonic()
+        inputs, outputs, prev = super()._manage_input_and_output_lists(
+            list_of_lists_or_source_folder, folder, folder_with_segs_from_prev_stage, True, part_id, num_parts,
+            save_probabilities)
+        if not overwrite and outputs is not None:
+            rows = (read_class_prediction_rows(self._rows_file, self.class_names)
+                    if self._rows_file is not None and self.class_names else None)
+            todo = [i for i, o in enumerate(outputs) if not self._finished_output(o, rows, save_probabilities)]
+            kept = len(outputs) - len(todo)
+            inputs, outputs, prev = ([x[i] for i in todo] for x in (inputs, outputs, prev))
+            print(f"--continue_prediction: {kept} case(s) already finished (mask readable and a row in "
+                  f"{self._rows_file.name if self._rows_file is not None else 'no CSV'}), {len(todo)} to predict")
         # Both of nnU-Net's paths predict cases in the order of this output list. The parallel path also tells us
         # the case with each item (see predict_from_data_iterator); the sequential one only through this order.
-        inputs, outputs, prev = super()._manage_input_and_output_lists(*args, **kwargs)
         self._sequential_cases = [os.path.basename(o) for o in outputs] if outputs is not None else None
         if outputs is not None:
             self._input_files.update({os.path.basename(o): list(files) for o, files in zip(outputs, inputs)})
         return inputs, outputs, prev
+
+    def _finished_output(self, truncated: str, rows: dict | None, save_probabilities: bool) -> bool:
+        """Whether the case written under ``truncated`` (nnU-Net's output path without its ending) is complete:
+        mask present and readable by the dataset's reader (a file cut short by a kill is not), the .npz too with
+        ``save_probabilities`` (nnU-Net writes it before the mask), and a row in ``rows`` (None: not checked)."""
+        mask = truncated + self.dataset_json["file_ending"]
+        if not os.path.isfile(mask) or (save_probabilities and not os.path.isfile(truncated + ".npz")):
+            return False
+        if rows is not None and os.path.basename(truncated) not in rows:
+            return False
+        try:
+            self.plans_manager.image_reader_writer_class().read_seg(mask)
+        except Exception:  # any reader's error on a cut file (PIL: OSError, SimpleITK: RuntimeError, gzip: EOFError)
+            return False
+        return True
+
+    def _maybe_flush_rows(self) -> None:
+        """Write the class probabilities predicted so far into the output folder's CSV (merged with its rows, as the
+        final write does) when the last write is :data:`ROWS_FLUSH_SECONDS` old: a prediction killed midway then
+        keeps the rows of its finished cases, and ``--continue_prediction`` does not predict them again."""
+        if self._rows_file is None or time.monotonic() - self._rows_flushed < ROWS_FLUSH_SECONDS:
+            return
+        write_class_predictions(self._rows_file, self.class_names, self.class_probabilities)
+        self._rows_flushed = time.monotonic()
+
+    # nnU-Net records its arguments by reading its own locals with this method's signature: keep its parameters
+    def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = default_num_processes,
+                           num_processes_segmentation_export: int = default_num_processes,
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
+        """nnU-Net's prediction of a folder, whose worker processes die with this process even when it is killed
+        with SIGKILL (nnU-Net's forked multiprocessing manager would otherwise keep its spawned preprocessing
+        workers polling and its export workers waiting for good: measured, see
+        :func:`nnunet_mtl.processes.children_die_with_this_process`)."""
+        from nnunet_mtl.processes import children_die_with_this_process
+        children_die_with_this_process()
+        try:
+            return super().predict_from_files(
+                list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+                overwrite, num_processes_preprocessing, num_processes_segmentation_export,
+                folder_with_segs_from_prev_stage, num_parts, part_id)
+        finally:
+            self._rows_file = None  # the CSV belongs to this folder's prediction only
+
+    def predict_from_files_sequential(self, list_of_lists_or_source_folder,
+                                      output_folder_or_list_of_truncated_output_files,
+                                      save_probabilities: bool = False, overwrite: bool = True,
+                                      folder_with_segs_from_prev_stage: str = None):
+        """nnU-Net's prediction of a folder in this process (``-npp 0 -nps 0``); afterwards the folder's CSV is no
+        longer rewritten by this predictor (see :meth:`_maybe_flush_rows`)."""
+        try:
+            return super().predict_from_files_sequential(
+                list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+                overwrite, folder_with_segs_from_prev_stage)
+        finally:
+            self._rows_file = None
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 3):
@@ -463,6 +551,16 @@ class ValidationPredictor(MultitaskPredictor):
 
     def validation_complete(self) -> bool:
         return self._calls == len(self.validation_cases) and set(self.class_probabilities) == set(self.validation_cases)
+
+
+# how often a prediction into a folder rewrites its class_predictions CSV (seconds): what a kill can lose
+ROWS_FLUSH_SECONDS = 10.0
+
+
+def class_predictions_file_name(num_parts: int = 1, part_id: int = 0) -> str:
+    """The class_predictions CSV of one part of a prediction (nnUNetv2_predict's ``-num_parts`` / ``-part_id``),
+    as ``nnunet_mtl predict`` names it (nnunet_mtl.cli.predict.class_predictions_name)."""
+    return "class_predictions.csv" if num_parts == 1 else f"class_predictions_part{part_id}.csv"
 
 
 _P_EPS = 1e-6  # P is clipped to [_P_EPS, 1 - _P_EPS] before its logarithm; round(255 P) does not see the difference

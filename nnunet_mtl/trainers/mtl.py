@@ -36,12 +36,14 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_mtl import __version__, precision
+from nnunet_mtl.atomic import atomic_path, remove_stale_temporaries
 from nnunet_mtl.dataset.case_table import CaseTable, copy_if_changed
 from nnunet_mtl.dataset.contract import read_class_labels
 from nnunet_mtl.dataset.splits import (DEFAULT_NUM_FOLDS, check_splits_grouped, describe_splits,
                                        grouped_stratified_splits, read_splits, write_splits)
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.outputs import check_output_file, check_output_folder
+from nnunet_mtl.processes import children_die_with_this_process
 from nnunet_mtl.evaluation.classification import classification_metrics
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Segmentation
 from nnunet_mtl.methods.single_task import NO_HEAD
@@ -199,6 +201,52 @@ def selection_ema(previous: list[float], score: float, restart: bool) -> float:
     if not np.isfinite(score):
         return float(last)
     return float(score) if not np.isfinite(last) else float(0.9 * last + 0.1 * score)
+
+
+# ------------------------------------------------------------------ checkpoints after a kill
+# the files nnUNetv2_train --c looks for, in its order (nnunetv2/run/run_training.py, maybe_load_checkpoint)
+RESUME_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def probe_checkpoint(path: Path) -> tuple[dict | None, str | None]:
+    """(the checkpoint, None) when torch can read ``path``, else (None, why). Memory-mapped, so the tensors are not
+    read: a torch checkpoint is a zip whose directory is at its end, so a file cut short (a kill during a
+    non-atomic write, a full disk, an interrupted copy) fails at once. A file of torch's pre-1.6 format, which cannot
+    be mapped, is read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True), None
+    except Exception:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False), None
+        except Exception as e:
+            detail = (str(e).strip().splitlines() or [""])[0][:160]
+            return None, f"{type(e).__name__}{': ' + detail if detail else ''}"
+
+
+def unreadable_checkpoint_message(path: Path, why: str) -> str:
+    """The one line that refuses an unreadable checkpoint: which file, why, what is intact beside it, and what to
+    do (nnU-Net's --c takes the first of RESUME_ORDER that exists, readable or not)."""
+    intact = []
+    for name in RESUME_ORDER:
+        other = path.with_name(name)
+        if other.name == path.name or not other.is_file():
+            continue
+        checkpoint, error = probe_checkpoint(other)
+        if error is None:
+            epochs = checkpoint.get("current_epoch") if isinstance(checkpoint, dict) else None
+            done = f" ({epochs} epoch{'' if epochs == 1 else 's'} done)" if isinstance(epochs, int) else ""
+            intact.append(name + done)
+    beside = (f"intact beside it: {', '.join(intact)}" if intact else
+              "no other checkpoint beside it can be read (--c without one starts a new training)")
+    return (f"checkpoint {path} cannot be read ({why}): cut short or damaged, so it is not loaded; {beside}. "
+            f"Delete it and rerun: nnUNetv2_train --c takes the first of {', '.join(RESUME_ORDER)} that exists")
+
+
+def remove_stale_checkpoint_temporaries(folder: Path) -> None:
+    """Remove the temporary files of checkpoints in ``folder`` left by a process killed while it saved one."""
+    for name in RESUME_ORDER:
+        remove_stale_temporaries(folder / name)
+
 
 class nnUNetTrainerMTL(nnUNetTrainer):
     # ------------------------------------------------------------------ the composition
@@ -529,6 +577,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                  f"one with ours: nnunet_mtl pretrained -i {path} -tr {type(self).__name__} -d {dataset} -o "
                  f"pretrained_with_head.pth, then -pretrained_weights pretrained_with_head.pth")
 
+    def get_dataloaders(self):
+        """nnU-Net's loaders; the augmentation workers they fork (here, and again when a stage restarts them) are
+        killed by the kernel when this process dies, even by SIGKILL (see
+        `nnunet_mtl.processes.children_die_with_this_process`)."""
+        children_die_with_this_process()
+        return super().get_dataloaders()
+
     def _do_i_compile(self):
         # a rule that differentiates twice (RLAR) cannot run under torch.compile
         return type(self).backward.compiles and super()._do_i_compile()
@@ -641,7 +696,37 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             + (f": {m} annotated + {m_prime} unannotated per batch of {self.batch_size}" if m is not None else
                ": nnU-Net's uniform draw"))
 
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint (its own save_checkpoint writes it, same content), written atomically: into a hidden
+        temporary file beside ``filename``, renamed over it once complete. nnU-Net's torch.save writes in place, so
+        a kill during it (checkpoint_best is saved whenever the score improves) would leave a truncated file that
+        ``--c`` picks and cannot load, with the previous good one already overwritten; now a kill leaves the previous
+        checkpoint intact and a ``.NAME.PID.HEX.tmp`` file, which nnU-Net never looks for and the next save or
+        ``--c`` removes. Other ranks and ``--disable_checkpointing``: nnU-Net's behaviour (nothing written)."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)
+            return
+        target = Path(filename)
+        remove_stale_checkpoint_temporaries(target.parent)
+        with atomic_path(target) as tmp:
+            super().save_checkpoint(str(tmp))
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's load, after checking that the file can be read at all. nnU-Net's ``--c`` chooses the file by
+        existence only (final, then latest, then best) and would stop with torch's traceback on a truncated one (a
+        checkpoint written before saves were atomic, a full disk, a cut copy). Refused with one line instead, naming
+        the file and the intact checkpoints beside it, rather than falling back to one of them by itself: our saves
+        are atomic, so an unreadable file is damage from outside that a person should look at, and the fallback
+        would silently redo epochs (from checkpoint_best, possibly many) or retrain a finished model whose
+        checkpoint_final is damaged. Deleting the file makes ``--c`` take the next one."""
+        if isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            path = Path(filename_or_checkpoint)
+            if self.local_rank == 0:
+                remove_stale_checkpoint_temporaries(path.parent)
+            _, why = probe_checkpoint(path) if path.is_file() else (None, None)  # a missing file: nnU-Net's error
+            if why is not None:
+                fail(unreadable_checkpoint_message(path, why))
+            filename_or_checkpoint = str(path)
         super().load_checkpoint(filename_or_checkpoint)
         # the saved optimizer state belongs to the stage of the last finished epoch; its flags are re-applied at the
         # start of the next epoch (a stage change there is a regular transition)
