@@ -79,10 +79,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from nnunet_mtl.dataset.contract import NORMAL_CLASS  # the class of --normal include (one definition)
 from nnunet_mtl.errors import NnunetMtlError
 
 MALIGNANCY = ("benign", "malignant")  # the benign / malignant target of every dataset that has one
-NORMAL_CLASS = "normal"
 NORMAL_CHOICES = ("exclude", "include")
 DUPLICATE_CHOICES = ("drop", "keep")
 LABEL_CONFLICT_CHOICES = ("keep", "drop")

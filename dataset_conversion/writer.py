@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dataset_conversion.common import NORMAL_CLASS  # images without a lesion: their masks are empty
+from nnunet_mtl.dataset.contract import NORMAL_CLASS  # images without a lesion: their masks are empty
 from nnunet_mtl import paths
 from nnunet_mtl.dataset.contract import (FULL_LABELS, MASK_COLUMN, MASK_KINDS, PARTIAL_LABELS, REQUIRED_COLUMNS,
                                          SPACING_COLUMNS, SPLITS, declares_ignore_label, label_map_for,

@@ -22,6 +22,7 @@ from nnunet_mtl.errors import ContractError
 
 REQUIRED_COLUMNS = ("case_id", "split", "class", "patient_id")
 SPACING_COLUMNS = ("spacing_row_mm", "spacing_col_mm")
+NORMAL_CLASS = "normal"  # the class of lesion-free images (converters' --normal include): their masks are empty
 MASK_COLUMN = "mask"
 MASK_KINDS = ("full", "box", "none")  # a drawn outline (or an empty mask: no lesion); a bounding box; no mask
 # Label values of the masks (labelsTr / labelsTs). A partially annotated dataset declares nnU-Net's ignore label

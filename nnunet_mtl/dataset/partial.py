@@ -46,15 +46,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_mtl.dataset.contract import (MASK_COLUMN, MASK_KINDS, RawDataset, declares_ignore_label, kind_of_label_map,
-                                         load_raw_dataset, mask_kind_by_case)
+from nnunet_mtl.dataset.contract import (MASK_COLUMN, MASK_KINDS, NORMAL_CLASS, RawDataset, declares_ignore_label,
+                                         kind_of_label_map, load_raw_dataset, mask_kind_by_case)
 from nnunet_mtl.errors import ContractError, NnunetMtlError
 
 DROP_KINDS = ("none", "box")  # what a not-kept patient's lesion images become
 DEFAULT_SEED = 0
 PROVENANCE_KEY = "nnunet_mtl_partial"  # the dataset.json key that says how a partial dataset was made
 REPORT_FILE = "partial_report.json"
-NORMAL_CLASS = "normal"  # the converters' class of lesion-free images (dataset_conversion.common.NORMAL_CLASS)
 
 
 # --- choosing the patients --------------------------------------------------------------------------------------
