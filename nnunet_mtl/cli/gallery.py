@@ -63,25 +63,14 @@ def image_folders(args, raw: Path | None, ref: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    from nnunet_mtl.evaluation.evaluate import fold_validation_cases, load_class_labels
+    from nnunet_mtl.cli.evaluate import reference_inputs
+    from nnunet_mtl.evaluation.evaluate import load_class_labels
     from nnunet_mtl.evaluation.gallery import write_gallery
     pred = Path(args.pred)
     if not pred.is_dir():
         raise NnunetMtlError(f"prediction folder {pred} does not exist; expected the CASE.png masks and / or the "
                              f"class_predictions.csv of nnunet_mtl predict")
-    ref = Path(args.ref) if args.ref else None
-    cases = Path(args.cases) if args.cases else None
-    labels_json = Path(args.class_labels) if args.class_labels else None
-    raw = None
-    if args.d is not None:
-        from nnunet_mtl.paths import find_dataset_folder, raw_root
-        raw = find_dataset_folder(args.d, raw_root())
-        # as evaluate: a training fold's validation folder against labelsTr, everything else against labelsTs
-        ref = ref or raw / ("labelsTr" if fold_validation_cases(pred) is not None else "labelsTs")
-        if cases is None and (raw / "cases.csv").is_file():
-            cases = raw / "cases.csv"
-        if labels_json is None and (raw / "dataset.json").is_file():
-            labels_json = raw / "dataset.json"
+    raw, ref, cases, labels_json = reference_inputs(args, pred)  # as evaluate finds them
     if ref is None:
         raise NnunetMtlError("no reference: pass -ref LABELS_FOLDER or -d DATASET (uses nnUNet_raw/DatasetNNN_X/"
                              "labelsTs and its images)")

@@ -368,7 +368,8 @@ def predict_folder(predictor, args, output: Path) -> None:
 
 
 def class_predictions_name(args) -> str:
-    return "class_predictions.csv" if args.num_parts == 1 else f"class_predictions_part{args.part_id}.csv"
+    from nnunet_mtl.inference.predictor import class_predictions_file_name  # one naming rule, the predictor's
+    return class_predictions_file_name(args.num_parts, args.part_id)
 
 
 ATTENTION_FOLDER = "attention"  # = nnunet_mtl.evaluation.evaluate.ATTENTION_FOLDER (OUT/attention/CASE.png)

@@ -559,7 +559,7 @@ ROWS_FLUSH_SECONDS = 10.0
 
 def class_predictions_file_name(num_parts: int = 1, part_id: int = 0) -> str:
     """The class_predictions CSV of one part of a prediction (nnUNetv2_predict's ``-num_parts`` / ``-part_id``),
-    as ``nnunet_mtl predict`` names it (nnunet_mtl.cli.predict.class_predictions_name)."""
+    (``nnunet_mtl predict`` and the continued prediction both name it by this)."""
     return "class_predictions.csv" if num_parts == 1 else f"class_predictions_part{part_id}.csv"
 
 
