@@ -1,4 +1,4 @@
-"""Files written so that a reader never sees half of one: into a temporary file beside the target (a name unique
+"""Files written so that a reader never sees half of one (text, JSON, CSV, figures): into a temporary file beside the target (a name unique
 to this process and call, so two folds or two commands writing the same file at once never share it), then renamed
 into place with ``os.replace``. On an error the temporary file is removed and the target is left as it was.
 
@@ -8,7 +8,10 @@ their exact names); :func:`remove_stale_temporaries` removes those of processes 
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
+import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -87,3 +90,41 @@ def remove_stale_temporaries(path) -> list[Path]:
             tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+def json_safe(obj):
+    """NaN / inf -> None, numpy scalars -> Python numbers, recursively (JSON has no NaN)."""
+    import numpy as np  # here, not at the top: this module is imported by light commands
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(obj, path: Path) -> Path:
+    """JSON (NaN as null), written atomically."""
+    return write_text_atomic(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n", path)
+
+
+def write_csv(rows: list[dict], fieldnames: list[str], path) -> Path:
+    """A CSV with a header, written atomically; keys of a row outside ``fieldnames`` are ignored."""
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def save_figure_atomic(fig, path) -> Path:
+    """``fig.savefig`` into a temporary file, then renamed into place (PNG unless the suffix says otherwise)."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=path.suffix[1:] or "png")
+    return path

@@ -497,7 +497,7 @@ def test_aggregate_refuses_to_write_over_an_input(folders, capsys):
 
 
 def test_json_and_csv_are_written_atomically(tmp_path):
-    from nnunet_mtl.evaluation.evaluate import write_csv, write_json
+    from nnunet_mtl.atomic import write_csv, write_json
     path = tmp_path / "out.json"
     write_json({"a": float("nan"), "b": 1}, path)
     assert json.loads(path.read_text()) == {"a": None, "b": 1}

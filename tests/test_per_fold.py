@@ -149,7 +149,7 @@ class FakePredictor:
 @pytest.fixture
 def fake_prediction(monkeypatch):
     """load_predictor / predict_folder replaced; records every (folds, output, args) they were called with."""
-    from nnunet_mtl.cli import predict as predict_cli
+    from nnunet_mtl.inference import runner
     from nnunet_mtl.evaluation.guidance_ablation import class_probabilities
     calls = []
 
@@ -168,8 +168,8 @@ def fake_prediction(monkeypatch):
                 predictor.embeddings[case] = h
             predictor.class_probabilities[case] = class_probabilities(h, predictor.fold_classifiers())
 
-    monkeypatch.setattr(predict_cli, "load_predictor", load_predictor)
-    monkeypatch.setattr(predict_cli, "predict_folder", predict_folder)
+    monkeypatch.setattr(runner, "load_predictor", load_predictor)
+    monkeypatch.setattr(runner, "predict_folder", predict_folder)
     return calls
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.inference.class_predictions import CLASS_PREDICTIONS
 
 
 def register(subparsers):
-    from nnunet_mtl.cli.predict import add_model_arguments, add_per_fold_argument
+    from nnunet_mtl.cli.model_arguments import add_model_arguments, add_per_fold_argument
     p = subparsers.add_parser(
         "ablate-guidance", help="zero the classifier weights of one guided radiomics feature at a time and report "
                                 "the change of precision, recall and F1 on a test set",
@@ -85,14 +86,14 @@ def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_c
     """The plain ablation of args' folds into ``output``: predict once recording the embeddings, write masks and
     class_predictions.csv, ablate every guided feature, write guidance_ablation.*. ``checked``: what preflight
     returned. Returns (baseline, rows)."""
-    from nnunet_mtl.cli.predict import free_memory, load_predictor, predict_folder
+    from nnunet_mtl.inference.runner import free_memory, load_predictor, predict_folder
     from nnunet_mtl.evaluation.guidance_ablation import ablate_guidance, write_ablation
     predictor = load_predictor(args, checked)
     class_names = predictor.class_names
     output.mkdir(parents=True, exist_ok=True)
     predictor.record_embeddings = True
     predict_folder(predictor, args, output)
-    predictor.write_class_predictions(output / "class_predictions.csv")
+    predictor.write_class_predictions(output / CLASS_PREDICTIONS)
     missing = sorted(set(predictor.embeddings) - set(y_by_case))
     if missing:
         raise NnunetMtlError(f"{len(missing)} predicted case(s) have no row in {cases_csv} (e.g. {missing[0]}); "
@@ -109,7 +110,8 @@ def ablate_into(args, output: Path, cases_csv: Path, features: list[str], y_by_c
 def run(args) -> int:
     if args.per_fold:
         return run_per_fold(args)
-    from nnunet_mtl.cli.predict import check_prediction_output, preflight, refuse_per_fold_folder
+    from nnunet_mtl.inference.per_fold import refuse_per_fold_folder
+    from nnunet_mtl.inference.runner import check_prediction_output, preflight
     from nnunet_mtl.inference.models import parse_folds
     from nnunet_mtl.evaluation.guidance_ablation import format_ablation_table
 
@@ -118,7 +120,7 @@ def run(args) -> int:
     cases_csv = reference_cases_csv(args)
     checked = preflight(args, parse_folds(args.f))
     features, y_by_case = _reference(args, checked, cases_csv)
-    check_prediction_output(output, "class_predictions.csv", checked)
+    check_prediction_output(output, CLASS_PREDICTIONS, checked)
     baseline, rows = ablate_into(args, output, cases_csv, features, y_by_case, checked)
     print(format_ablation_table(baseline, rows))
     print(f"wrote {output / 'guidance_ablation.csv'}, guidance_ablation.json, guidance_ablation.png")
@@ -128,11 +130,11 @@ def run(args) -> int:
 def run_per_fold(args) -> int:
     """The ablation of each fold's model alone (OUT/fold_K), of the fold ensemble (OUT/ensemble), and the mean ±
     std over folds of every delta (OUT/guidance_ablation_per_fold.*)."""
-    from nnunet_mtl.cli.predict import (check_prediction_output, per_fold_info, preflight, start_per_fold_output,
-                                        sub_run_args)
+    from nnunet_mtl.inference.per_fold import (ENSEMBLE_SUBFOLDER, fold_subfolder, per_fold_info,
+                                               start_per_fold_output, sub_run_args)
+    from nnunet_mtl.inference.runner import check_prediction_output, preflight
     from nnunet_mtl.inference.models import check_per_fold_folds
     from nnunet_mtl.outputs import check_output_folder
-    from nnunet_mtl.evaluation.evaluate import ENSEMBLE_SUBFOLDER, fold_subfolder
     from nnunet_mtl.evaluation.guidance_ablation import (aggregate_fold_ablations, format_ablation_table,
                                                          format_per_fold_ablation_table, write_per_fold_ablation)
 
@@ -144,7 +146,7 @@ def run_per_fold(args) -> int:
     output = Path(args.o)
     check_output_folder(output)
     for name in [fold_subfolder(k) for k in folds] + [ENSEMBLE_SUBFOLDER]:
-        check_prediction_output(output / name, "class_predictions.csv", checked)
+        check_prediction_output(output / name, CLASS_PREDICTIONS, checked)
     info = per_fold_info(args, "ablate-guidance", folds, checked["model_folder"], output)
     start_per_fold_output(args, info, file_ending)
 

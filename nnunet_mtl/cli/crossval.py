@@ -60,8 +60,8 @@ def check_merged_masks(model: Path, folds: list[int], merged: Path, ending: str)
 def crossval_model(model: Path, folds: list[int], raw: Path, num_processes: int) -> dict:
     """Merge, evaluate and summarise one model's cross-validation (module docstring); its table row."""
     from nnunet_mtl.dataset.contract import read_json_object
-    from nnunet_mtl.evaluation.crossval import (crossval_folder_name, merge_fold_class_predictions,
-                                                model_class_names, multitask_score)
+    from nnunet_mtl.evaluation.crossval import crossval_folder_name, merge_fold_class_predictions, multitask_score
+    from nnunet_mtl.inference.models import model_class_names
     from nnunet_mtl.evaluation.evaluate import evaluate_folder, load_class_labels
     plans = read_json_object(model / "plans.json", "the plans.json nnUNetv2_train wrote")
     dataset_json = read_json_object(model / "dataset.json", "the dataset.json nnUNetv2_train copied there")

@@ -14,8 +14,9 @@ import math
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.inference.class_predictions import CLASS_PREDICTIONS
+from nnunet_mtl.inference.models import model_class_names
 
-CLASS_PREDICTIONS = "class_predictions.csv"
 SELECTIONS = ("dice", "multitask")
 
 
@@ -24,19 +25,13 @@ def crossval_folder_name(folds) -> str:
     return "crossval_results_folds_" + "_".join(str(k) for k in folds)
 
 
-def model_class_names(plans: dict) -> list[str]:
-    """The class names of a model's plans.json (our section's class_labels, in index order); [] for none."""
-    labels = (plans.get("nnunet_mtl") or {}).get("class_labels") or {}
-    return [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1])]
-
-
 def merge_fold_class_predictions(model_folder, folds, merged_folder) -> Path:
     """``merged_folder/class_predictions.csv``: the rows of every fold's ``validation/class_predictions.csv``, each
     case once. Everything is read and checked before the file is written (atomically): a fold without the CSV (a
     model of plain nnU-Net, or a validation not run), a case validated by two folds (the splits were edited between
     trainings), a CSV of other classes than the model's plans."""
     from nnunet_mtl.dataset.contract import read_json_object
-    from nnunet_mtl.inference.predictor import read_class_prediction_rows, write_class_predictions
+    from nnunet_mtl.inference.class_predictions import read_class_prediction_rows, write_class_predictions
     model_folder, merged_folder = Path(model_folder), Path(merged_folder)
     plans = read_json_object(model_folder / "plans.json", "the plans.json nnUNetv2_train wrote")
     names = model_class_names(plans)

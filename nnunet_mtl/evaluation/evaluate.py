@@ -104,7 +104,6 @@ Every JSON / CSV / PNG written here is written to a temporary file in the same f
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -117,10 +116,15 @@ import numpy as np
 
 from nnunet_mtl.dataset.contract import (LESION_LABEL, MASK_COLUMN, SPACING_COLUMNS, kind_of_label_map,
                                          read_cases_csv, read_class_labels, read_json_object)
-from nnunet_mtl.atomic import atomic_open, write_text_atomic
+from nnunet_mtl.atomic import json_safe, save_figure_atomic, write_csv, write_json
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import classification as cls_metrics
 from nnunet_mtl.evaluation import segmentation as seg_metrics
+from nnunet_mtl.inference.class_predictions import CLASS_PREDICTIONS, read_class_predictions
+from nnunet_mtl.inference.per_fold import (ENSEMBLE_SUBFOLDER, FOLD_SUBFOLDER, PER_FOLD_FILE, fold_subfolder,  # noqa: F401 TEMPORARY re-export
+                                          has_masks, per_fold_layout)
+from nnunet_mtl.tables import class_index
+from nnunet_mtl.tables import read_csv_rows, rows_by_case  # noqa: F401 TEMPORARY: compare.py's import, until it imports tables
 
 SEG_METRICS = ("dice", "iou", "hd95_px", "hd95_mm", "nsd_px", "nsd_mm")
 ATTENTION_METRIC = "attention_iou"  # with --attention: IoU of the lesion map P >= 0.5 (Fan et al.'s JSI)
@@ -132,8 +136,7 @@ DEFAULT_BOOTSTRAP = 1000
 DEFAULT_BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_METHODS = ("percentile", "BCa")
-# class_predictions.csv stores 6 decimals: a row of K rounded probabilities sums to 1 within K * 5e-7
-PROBABILITY_TOLERANCE = 1e-3
+_json_safe = json_safe  # TEMPORARY (issue 24 refactor in progress): seeds.py's import, removed when it imports atomic
 
 
 def check_evaluation_output(output_dir) -> None:
@@ -154,43 +157,6 @@ def _some(ids: list[str]) -> str:
     ids = sorted(ids)
     more = f" and {len(ids) - _MAX_LISTED} more" if len(ids) > _MAX_LISTED else ""
     return ", ".join(ids[:_MAX_LISTED]) + more
-
-
-def _json_safe(obj):
-    """NaN / inf -> None, numpy scalars -> Python numbers, recursively (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(obj, path: Path) -> Path:
-    """JSON (NaN as null), written atomically."""
-    return write_text_atomic(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n", path)
-
-
-def write_csv(rows: list[dict], fieldnames: list[str], path) -> Path:
-    """A CSV with a header, written atomically; keys of a row outside ``fieldnames`` are ignored."""
-    with atomic_open(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(path)
-
-
-def save_figure_atomic(fig, path) -> Path:
-    """``fig.savefig`` into a temporary file, then renamed into place (PNG unless the suffix says otherwise)."""
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format=path.suffix[1:] or "png")
-    return path
 
 
 def _nan(x) -> float:
@@ -214,12 +180,6 @@ def list_png_cases(folder, role: str) -> dict[str, Path]:
     return {p.name[:-len(".png")]: p for p in sorted(folder.iterdir()) if p.name.endswith(".png") and p.is_file()}
 
 
-def has_masks(folder) -> bool:
-    """Whether ``folder`` holds CASE.png files directly (a prediction folder without any is classification only)."""
-    return any(p.name.endswith(".png") and p.is_file() for p in Path(folder).iterdir())
-
-
-CLASS_PREDICTIONS = "class_predictions.csv"  # what nnunet_mtl predict writes next to the masks
 CLASSIFICATION_ONLY_DEFINITION = (
     "a prediction folder with no CASE.png masks but a class_predictions.csv (nnunet_mtl predict of a "
     "classification-only model, e.g. nnUNetTrainerClsOnly, whose decoder is never run) is scored on classification "
@@ -302,86 +262,6 @@ def _class_names(class_labels: dict, source: str) -> list[str]:
         return cls_metrics.ordered_class_names(class_labels)
     except ValueError as e:
         raise NnunetMtlError(f"{source}: {e}") from None
-
-
-def _class_index(value: str, names: list[str], what: str) -> int:
-    """A class given by name, or by its index written as digits."""
-    if value in names:
-        return names.index(value)
-    if value.isdigit() and int(value) < len(names):
-        return int(value)
-    raise NnunetMtlError(f"{what} is {value!r}; expected one of {', '.join(names)}")
-
-
-def read_csv_rows(path, expected: str) -> tuple[list[str], list[dict]]:
-    """(column names, rows) of a CSV file, names and cells stripped of surrounding spaces; one line naming the file
-    and ``expected`` when it is not text."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except UnicodeDecodeError:
-        raise NnunetMtlError(f"{path} is not a text CSV file; expected {expected}") from None
-    return fields, rows
-
-
-def rows_by_case(rows: list[dict], path) -> dict[str, dict]:
-    """The rows with a case_id, by case id in file order; a case listed twice is one line naming the file."""
-    out = {}
-    for row in rows:
-        case = row.get("case_id", "")
-        if not case:
-            continue
-        if case in out:
-            raise NnunetMtlError(f"{path} lists case {case} more than once; expected one row per case")
-        out[case] = row
-    return out
-
-
-def read_class_predictions(path, class_names: list[str] | None) -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
-    """class_predictions.csv -> (class names, {case_id: (predicted index, probabilities in index order)}).
-
-    Without ``class_names`` the classes are the prob_<name> columns in file order (the predictor writes them by
-    index). An empty predicted_class falls back to the arg max of the probabilities.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise NnunetMtlError(f"class predictions {path} do not exist; expected the class_predictions.csv written by "
-                             f"nnunet_mtl predict")
-    fields, rows = read_csv_rows(path, "the class_predictions.csv written by nnunet_mtl predict")
-    prob_cols = [c for c in fields if c.startswith("prob_")]
-    if "case_id" not in fields or not prob_cols:
-        raise NnunetMtlError(f"{path} has columns {', '.join(fields) or 'none'}; expected case_id, predicted_class, "
-                             f"prob_<class>...")
-    if class_names is None:
-        class_names = [c[len("prob_"):] for c in prob_cols]
-        if len(class_names) < 2:
-            raise NnunetMtlError(f"{path} has one prob_ column; expected one per class (at least two)")
-    elif sorted(prob_cols) != sorted(f"prob_{n}" for n in class_names):
-        raise NnunetMtlError(f"{path} has probability columns {', '.join(prob_cols)}; expected "
-                             f"{', '.join('prob_' + n for n in class_names)} (from class_labels)")
-    out = {}
-    for case, row in rows_by_case(rows, path).items():
-        try:
-            probs = np.array([float(row[f"prob_{n}"]) for n in class_names])
-        except ValueError:
-            raise NnunetMtlError(f"{path}: case {case} has a probability that is not a number; expected floats "
-                                 f"in prob_ columns") from None
-        if not np.all(np.isfinite(probs)):
-            raise NnunetMtlError(f"{path}: case {case} has a non-finite probability; expected finite floats")
-        if probs.min() < -PROBABILITY_TOLERANCE or probs.max() > 1 + PROBABILITY_TOLERANCE:
-            worst = probs.min() if probs.min() < 0 else probs.max()
-            raise NnunetMtlError(f"{path}: case {case} has a probability of {worst:g}; expected class probabilities "
-                                 f"in [0, 1] (not logits)")
-        if abs(probs.sum() - 1.0) > PROBABILITY_TOLERANCE:
-            raise NnunetMtlError(f"{path}: the probabilities of case {case} sum to {probs.sum():g}; expected one "
-                                 f"distribution over the classes, summing to 1 (within {PROBABILITY_TOLERANCE:g})")
-        predicted = row.get("predicted_class", "")
-        index = (int(np.argmax(probs)) if predicted == "" else
-                 _class_index(predicted, class_names, f"{path}: predicted_class of case {case}"))
-        out[case] = (index, probs)
-    return class_names, out
 
 
 # ----------------------------------------------------------------------------------------------- per case
@@ -528,7 +408,7 @@ def fold_validation_cases(pred_dir) -> tuple[list[str], str] | None:
     validation holds a third or a fifth of the training cases: it is evaluated against those, not against every
     reference in labelsTr."""
     pred = Path(pred_dir).resolve()
-    fold = _FOLD_SUBFOLDER.fullmatch(pred.parent.name)
+    fold = FOLD_SUBFOLDER.fullmatch(pred.parent.name)
     merged = _CROSSVAL_FOLDER.fullmatch(pred.name)
     if merged is not None and "__" in pred.parent.name:  # nnU-Net's accumulate_cv_results: the folds' validations
         ks, dataset = [int(k) for k in merged.group(1).split("_")], pred.parent.parent.name
@@ -654,7 +534,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
         if classification_only and not cls_cases:
             raise NnunetMtlError(f"no evaluated case has a reference class in {cases_csv}; expected the case table of "
                                  f"the dataset of {ref_dir} (classification only: nothing else to evaluate)")
-        true_index = {c: _class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
+        true_index = {c: class_index(table[c]["class"], class_names, f"{cases_csv}: class of case {c}")
                       for c in cls_cases}
 
     seg_keys = () if classification_only else SEG_METRICS + ((ATTENTION_METRIC,) if attention else ())
@@ -755,7 +635,7 @@ def evaluate_folder(pred_dir, ref_dir, *, class_predictions_csv=None, cases_csv=
                    "cases_csv": None if cases_csv is None else str(cases_csv),
                    "attention_dir": str(Path(pred_dir) / ATTENTION_FOLDER) if attention else None},
     }
-    summary = _json_safe(summary)  # the returned dict equals what summary.json holds
+    summary = json_safe(summary)  # the returned dict equals what summary.json holds
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -1209,7 +1089,7 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
     elif classification_only:
         notes.append(f"{len(classification_only)} of {len(flat)} runs are classification only (segmentation null): "
                      f"the segmentation metrics are over the other runs ({_some(classification_only)})")
-    agg = _json_safe({"num_runs": len(flat), "runs": [str(p) for p in summary_paths],
+    agg = json_safe({"num_runs": len(flat), "runs": [str(p) for p in summary_paths],
                       "std": AGGREGATE_STD, "ci95": AGGREGATE_CI, "notes": notes,
                       "metrics": metrics})
     if output_path is not None:
@@ -1218,13 +1098,9 @@ def aggregate_summaries(summary_paths: list, output_path=None, overwrite: bool =
 
 
 # ----------------------------------------------------------------------------------------------- per-fold folders
-PER_FOLD_FILE = "per_fold.json"
 PER_FOLD_SUMMARY = "per_fold_summary.json"
 PER_FOLD_SUMMARY_CSV = "per_fold_summary.csv"
-ENSEMBLE_SUBFOLDER = "ensemble"
 _CROSSVAL_FOLDER = re.compile(r"crossval_results_folds_(\d+(?:_\d+)*)")  # nnU-Net's folds_tuple_to_string
-_FOLD_SUBFOLDER = re.compile(r"fold_(\d+)")
-_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 PER_FOLD_DEFINITIONS = {
     "mean_std_over_folds": "each fold's model alone on the same test cases, one summary per fold; mean and sample "
                            "std (ddof=1) over the folds of each number (e.g. of the folds' mean Dice, of their macro "
@@ -1232,68 +1108,6 @@ PER_FOLD_DEFINITIONS = {
     "fold_ensemble": "all folds together, one prediction (nnU-Net's fold ensemble: segmentation and class softmax "
                      "averaged over the folds), what nnunet_mtl predict -f 0 1 2 writes; a single number, no std",
 }
-
-
-def fold_subfolder(fold) -> str:
-    """The subfolder of one fold's own predictions in a per-fold folder."""
-    return f"fold_{fold}"
-
-
-def _has_masks(folder: Path) -> bool:
-    return has_masks(folder)
-
-
-def per_fold_layout(pred_dir) -> dict | None:
-    """The subfolders of a per-fold prediction folder, or None for a plain one (masks at the top level).
-
-    Recognized by ``per_fold.json`` (which names the subfolders and their folds), or, without it, by ``fold_K``
-    subfolders and no masks at the top level. Returns ``{"folds": [(name, [k])...] in fold order, "ensemble":
-    (name, [k...] or None) or None, "info": per_fold.json's content or None, "notes": [str]}``.
-    """
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        return None
-    info_path = pred_dir / PER_FOLD_FILE
-    if info_path.is_file():
-        expected = "the per_fold.json written by nnunet_mtl predict --per-fold"
-        info = read_json_object(info_path, expected)
-        subfolders = info.get("subfolders")
-        if not isinstance(subfolders, dict) or not subfolders:
-            raise NnunetMtlError(f"{info_path} has no 'subfolders' object; expected {expected}")
-        folds, ensemble = [], None
-        for name, entry in subfolders.items():
-            listed = entry.get("folds") if isinstance(entry, dict) else None
-            if (not isinstance(listed, list) or not listed or not all(type(k) is int for k in listed)
-                    or not (_FOLD_SUBFOLDER.fullmatch(name) or name == ENSEMBLE_SUBFOLDER)):
-                raise NnunetMtlError(f"{info_path}: subfolder entry {name!r} is not understood; expected fold_K or "
-                                     f"ensemble with a list of integer 'folds' ({expected})")
-            if name == ENSEMBLE_SUBFOLDER:
-                ensemble = (name, listed)
-            else:
-                folds.append((name, listed))
-        if not folds:
-            raise NnunetMtlError(f"{info_path} lists no fold_K subfolder; expected {expected}")
-        if _has_masks(pred_dir):
-            raise NnunetMtlError(f"{pred_dir} holds both {PER_FOLD_FILE} and masks at the top level; expected a "
-                                 f"per-fold folder (fold_K/, ensemble/) or a plain prediction folder, not both")
-        folds.sort(key=lambda nf: nf[1])
-        return {"folds": folds, "ensemble": ensemble, "info": info, "notes": []}
-    if _has_masks(pred_dir):
-        return None
-    found = sorted((int(m.group(1)), d.name) for d in pred_dir.iterdir()
-                   if d.is_dir() and (m := _FOLD_SUBFOLDER.fullmatch(d.name)))
-    if not found:
-        return None
-    for _, name in found:
-        ckpt = next((pred_dir / name / c for c in _CHECKPOINTS if (pred_dir / name / c).is_file()), None)
-        if ckpt is not None:
-            raise NnunetMtlError(f"{pred_dir} is a trained model folder ({ckpt} is a checkpoint), not predictions; "
-                                 f"expected a folder written by nnunet_mtl predict (for a cross-validation evaluate "
-                                 f"{pred_dir / name / 'validation'}, see docs/evaluation.md)")
-    ensemble = (ENSEMBLE_SUBFOLDER, None) if (pred_dir / ENSEMBLE_SUBFOLDER).is_dir() else None
-    notes = [f"no {PER_FOLD_FILE} in {pred_dir}: subfolders {', '.join(n for _, n in found)}"
-             f"{' and ensemble' if ensemble else ''} taken from their names"]
-    return {"folds": [(name, [k]) for k, name in found], "ensemble": ensemble, "info": None, "notes": notes}
 
 
 def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_labels=None, output_dir=None,
@@ -1406,7 +1220,7 @@ def evaluate_per_fold(pred_dir, ref_dir, layout: dict, *, cases_csv=None, class_
         "subfolders_from": source,
         "per_fold_json": layout.get("info"),
     }
-    result = _json_safe(result)
+    result = json_safe(result)
     write_json(result, summary_path)
     rows = []
     ensemble_metrics = (result["fold_ensemble"] or {}).get("metrics", {})

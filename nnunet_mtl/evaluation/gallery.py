@@ -106,7 +106,7 @@ class PerCase:
 
 
 def _read_per_case_csv(path: Path) -> tuple[list[dict], list[str]]:
-    from nnunet_mtl.evaluation.evaluate import read_csv_rows
+    from nnunet_mtl.tables import read_csv_rows
     fields, rows = read_csv_rows(path, "the per_case.csv written by nnunet_mtl evaluate")
     if "case_id" not in fields:
         raise NnunetMtlError(f"{path} has columns {', '.join(fields) or 'none'}; expected the per_case.csv written "
@@ -142,7 +142,8 @@ def per_case_results(pred_dir, ref_dir, *, evaluation_dir=None, cases_csv=None, 
     folder's class_predictions.csv when the reference classes are known; no bootstrap, which changes no per-case
     number) into a temporary folder, so that nothing is written beside the inputs."""
     from nnunet_mtl.dataset.contract import read_json_object
-    from nnunet_mtl.evaluation.evaluate import CLASS_PREDICTIONS, OUTPUT_FILES, evaluate_folder
+    from nnunet_mtl.evaluation.evaluate import OUTPUT_FILES, evaluate_folder
+    from nnunet_mtl.inference.class_predictions import CLASS_PREDICTIONS
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     evaluation_dir = Path(evaluation_dir) if evaluation_dir is not None else pred_dir / "evaluation"
     stored = evaluation_dir / OUTPUT_FILES[0]
@@ -619,7 +620,8 @@ def write_gallery(pred_dir, ref_dir, image_dirs: list, output=None, *, evaluatio
     "notes"}. Everything the inputs can tell is checked before the first file is written, and each file is written
     atomically, so an error leaves no half-written page."""
     from nnunet_mtl.atomic import atomic_open, write_text_atomic
-    from nnunet_mtl.evaluation.evaluate import list_png_cases, per_fold_layout
+    from nnunet_mtl.evaluation.evaluate import list_png_cases
+    from nnunet_mtl.inference.per_fold import per_fold_layout
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     image_dirs = [Path(d) for d in image_dirs]
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:

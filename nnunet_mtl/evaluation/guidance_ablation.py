@@ -91,7 +91,7 @@ def _figure(width: float, height: float):
 
 
 def plot_ablation(rows: list[dict], path) -> None:
-    from nnunet_mtl.evaluation.evaluate import save_figure_atomic
+    from nnunet_mtl.atomic import save_figure_atomic
     ordered = sorted(rows, key=lambda r: r["delta_macro_f1"])
     fig = _figure(7, 0.35 * len(rows) + 1.5)
     ax = fig.add_subplot()
@@ -104,7 +104,7 @@ def plot_ablation(rows: list[dict], path) -> None:
 
 def write_ablation(output, baseline: dict, rows: list[dict], reference) -> list[Path]:
     """guidance_ablation.csv, guidance_ablation.json and guidance_ablation.png in ``output`` (each atomically)."""
-    from nnunet_mtl.evaluation.evaluate import write_csv, write_json
+    from nnunet_mtl.atomic import write_csv, write_json
     output = Path(output)
     written = [write_csv(rows, list(rows[0]), output / "guidance_ablation.csv"),
                write_json({"baseline": {k: baseline[k] for k in ("num_cases", *METRICS, "auc")},
@@ -177,7 +177,7 @@ def per_fold_ablation_csv_rows(agg: dict) -> tuple[list[str], list[dict]]:
 
 def write_per_fold_ablation(output, agg: dict) -> list[Path]:
     """guidance_ablation_per_fold.csv / .json / .png in ``output`` (each atomically)."""
-    from nnunet_mtl.evaluation.evaluate import write_csv, write_json
+    from nnunet_mtl.atomic import write_csv, write_json
     output = Path(output)
     fields, rows = per_fold_ablation_csv_rows(agg)
     written = [write_csv(rows, fields, output / "guidance_ablation_per_fold.csv"),
@@ -213,7 +213,7 @@ def format_per_fold_ablation_table(agg: dict) -> str:
 
 
 def plot_per_fold_ablation(agg: dict, path) -> None:
-    from nnunet_mtl.evaluation.evaluate import save_figure_atomic
+    from nnunet_mtl.atomic import save_figure_atomic
     ordered = sorted(agg["features"], key=lambda r: r["delta_macro_f1"]["mean"])
     fig = _figure(7, 0.35 * len(ordered) + 1.5)
     ax = fig.add_subplot()

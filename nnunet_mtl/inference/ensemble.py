@@ -30,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_mtl.atomic import atomic_open, temporary_name
+from nnunet_mtl.atomic import temporary_name
 from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.inference.class_predictions import (CLASS_PREDICTIONS, folder_class_csvs, prediction_row,
+                                                     prob_columns, read_class_tables,
+                                                     write_class_prediction_rows)
+from nnunet_mtl.inference.per_fold import ENSEMBLE_SUBFOLDER, PER_FOLD_FILE, per_fold_layout
 
-CLASS_PREDICTIONS = "class_predictions.csv"
 ENSEMBLE_INFO = "ensemble.json"
 _SAVE_PROBABILITIES = ("expected a folder predicted with --save_probabilities (nnunet_mtl predict ... "
                        "--save_probabilities, or nnUNetv2_predict --save_probabilities), whose CASE.npz "
@@ -92,7 +95,6 @@ class PredictionFolder:
 def resolve_input(given) -> tuple[Path, dict | None]:
     """The folder to ensemble for ``given``: itself, or the ensemble/ of a per-fold folder (with per_fold.json's
     content, {} when the layout was recognized by its subfolder names)."""
-    from nnunet_mtl.evaluation.evaluate import ENSEMBLE_SUBFOLDER, PER_FOLD_FILE, per_fold_layout
     path = Path(given)
     if not path.exists():
         raise NnunetMtlError(f"input folder {path} does not exist; expected a folder written by nnunet_mtl predict "
@@ -114,40 +116,6 @@ def _json_of(folder: Path, name: str, what: str) -> dict:
     from nnunet_mtl.dataset.contract import read_json_object
     return read_json_object(folder / name, f"the {name} that nnU-Net's prediction copies into its output folder "
                                            f"({what})")
-
-
-def folder_class_csvs(folder: Path) -> list[Path]:
-    """class_predictions.csv of a folder, or the class_predictions_partK.csv of a -num_parts prediction; []."""
-    whole = folder / CLASS_PREDICTIONS
-    if whole.exists():
-        if not whole.is_file():
-            raise NnunetMtlError(f"{whole} is not a file; expected the class_predictions.csv nnunet_mtl predict writes")
-        return [whole]
-    return sorted(p for p in folder.glob("class_predictions_part*.csv") if p.is_file())
-
-
-def read_class_tables(csv_paths) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The class names (prob_ columns in file order) and {case: probabilities} of one prediction: one
-    class_predictions.csv, or the parts of a -num_parts prediction (which must agree on the columns, and hold each
-    case once)."""
-    from nnunet_mtl.evaluation.evaluate import read_class_predictions
-    names, probabilities, source = None, {}, {}
-    for path in csv_paths:
-        these, rows = read_class_predictions(path, None)
-        if names is not None and these != names:
-            raise NnunetMtlError(f"{path} has columns {_columns(these)}, {csv_paths[0]} has {_columns(names)}; "
-                                 f"expected the parts of one prediction to have the same prob_<class> columns")
-        names = these
-        for case, (_index, probs) in rows.items():
-            if case in probabilities:
-                raise NnunetMtlError(f"case {case} is in both {source[case]} and {path}; expected each case in one "
-                                     f"part of the prediction")
-            probabilities[case], source[case] = probs, path
-    return names or [], probabilities
-
-
-def _columns(names) -> str:
-    return ",".join(f"prob_{n}" for n in names)
 
 
 def scan_prediction_folder(given) -> PredictionFolder:
@@ -197,8 +165,8 @@ def check_compatible(items: list[PredictionFolder]) -> None:
                              f"class predictions in every folder (predicted with nnunet_mtl predict) or in none")
     for item in with_csv[1:]:
         if item.class_names != with_csv[0].class_names:
-            raise NnunetMtlError(f"{item.csv_paths[0]} has columns {_columns(item.class_names)}, "
-                                 f"{with_csv[0].csv_paths[0]} has {_columns(with_csv[0].class_names)}; expected the "
+            raise NnunetMtlError(f"{item.csv_paths[0]} has columns {prob_columns(item.class_names)}, "
+                                 f"{with_csv[0].csv_paths[0]} has {prob_columns(with_csv[0].class_names)}; expected the "
                                  f"same prob_<class> columns in the same order (models of the same classes)")
 
 
@@ -287,7 +255,7 @@ def average_class_predictions(csv_paths) -> tuple[list[str], list[dict]]:
     names = tables[0][0]
     for (these, _), path in zip(tables[1:], csv_paths[1:]):
         if these != names:
-            raise NnunetMtlError(f"{path} has columns {_columns(these)}, {csv_paths[0]} has {_columns(names)}; "
+            raise NnunetMtlError(f"{path} has columns {prob_columns(these)}, {csv_paths[0]} has {prob_columns(names)}; "
                                  f"expected the same prob_<class> columns in the same order")
     cases = set(tables[0][1])
     for (_, probs), path in zip(tables, csv_paths):
@@ -304,21 +272,8 @@ def mean_class_rows(names: list[str], tables: list[dict]) -> list[dict]:
     rows = []
     for case in sorted(tables[0]):
         mean = np.mean([np.asarray(t[case], dtype=np.float64) for t in tables], axis=0)
-        row = {"case_id": case, "predicted_class": names[int(np.argmax(mean))]}
-        row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(names, mean)})
-        rows.append(row)
+        rows.append(prediction_row(case, names, mean))
     return rows
-
-
-def write_class_prediction_rows(rows: list[dict], names: list[str], path) -> Path:
-    """class_predictions.csv (case_id, predicted_class, prob_<class>...), sorted by case id, written atomically."""
-    fields = ["case_id", "predicted_class"] + [f"prob_{n}" for n in names]
-    with atomic_open(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in sorted(rows, key=lambda r: r["case_id"]):
-            writer.writerow({k: row.get(k, "") for k in fields})
-    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -336,7 +291,6 @@ def check_output(output: Path, items: list[PredictionFolder], cases: list[str], 
                  with_classes: bool) -> None:
     """What the ensemble writes into ``output`` can be written, and nothing there would be left beside it from
     another prediction (masks, .npz or rows of other cases; .npz of these cases without --save_npz)."""
-    from nnunet_mtl.evaluation.evaluate import PER_FOLD_FILE
     for item in items:
         if output.exists() and item.folder.resolve() == output.resolve():
             raise NnunetMtlError(f"-o {output} is {item.folder}, which is one of the inputs ({item.describe()}); "

@@ -27,7 +27,6 @@ byte-identical); P costs one interpolation per network call and one export per c
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import os
 import time
@@ -41,6 +40,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_mtl.atomic import atomic_open
 from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.inference.class_predictions import (class_predictions_file_name, read_class_prediction_rows,
+                                                     write_class_predictions)
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet
 
 
@@ -557,12 +558,6 @@ class ValidationPredictor(MultitaskPredictor):
 ROWS_FLUSH_SECONDS = 10.0
 
 
-def class_predictions_file_name(num_parts: int = 1, part_id: int = 0) -> str:
-    """The class_predictions CSV of one part of a prediction (nnUNetv2_predict's ``-num_parts`` / ``-part_id``),
-    (``nnunet_mtl predict`` and the continued prediction both name it by this)."""
-    return "class_predictions.csv" if num_parts == 1 else f"class_predictions_part{part_id}.csv"
-
-
 _P_EPS = 1e-6  # P is clipped to [_P_EPS, 1 - _P_EPS] before its logarithm; round(255 P) does not see the difference
 
 
@@ -579,49 +574,3 @@ def attention_to_uint8(p: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_class_predictions(path: Path, class_names, probabilities: dict, merge_existing: bool = True) -> Path:
-    """``probabilities`` ({case: probabilities ordered as class_names}) as class_predictions.csv at ``path``
-    (see :meth:`MultitaskPredictor.write_class_predictions`), written atomically."""
-    class_names = list(class_names)
-    rows = read_class_prediction_rows(path, class_names) if merge_existing else {}
-    for case, probs in probabilities.items():
-        row = {"case_id": case, "predicted_class": class_names[int(np.argmax(probs))]}
-        row.update({f"prob_{n}": f"{float(p):.6f}" for n, p in zip(class_names, probs)})
-        rows[case] = row
-    fields = class_prediction_fields(class_names)
-    with atomic_open(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for case in sorted(rows):
-            writer.writerow({k: rows[case].get(k, "") for k in fields})
-    return path
-
-
-def class_prediction_fields(class_names) -> list[str]:
-    return ["case_id", "predicted_class"] + [f"prob_{n}" for n in class_names]
-
-
-def read_class_prediction_rows(path, class_names) -> dict[str, dict]:
-    """The rows of an existing class_predictions.csv by case id ({} when there is none), for merging with a new
-    prediction. Refused with one line when it cannot be read or has other columns than this model writes: merging
-    would mix the classes of two models. Run before predicting (``nnunet_mtl predict`` does) and again when
-    writing."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    if not path.is_file():
-        raise NnunetMtlError(f"{path} is not a file; expected the class_predictions.csv of this output folder")
-    expected = class_prediction_fields(class_names)
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields = list(reader.fieldnames or [])
-            rows = {row["case_id"]: row for row in reader} if fields == expected else None
-    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as e:
-        raise NnunetMtlError(f"{path} is not a readable class_predictions.csv ({type(e).__name__}); expected the "
-                             f"file nnunet_mtl predict writes, or another -o")
-    if rows is None:
-        raise NnunetMtlError(f"{path} has columns {','.join(fields) or 'none'}, this model writes "
-                             f"{','.join(expected)}: its rows come from another model; expected another -o (or "
-                             f"remove the file)")
-    return rows
