@@ -1,193 +1,21 @@
-"""``nnunet_mtl compare``: the statistics against independent computations (scipy on hand-made pairs, Holm and
-McNemar by hand, DeLong against the brute-force U-statistics and the paired bootstrap, the vectorized AUC against
-scikit-learn), the case matching and class checks, the patient unit, per-fold folders, and the command end to end."""
+"""``nnunet_mtl compare``: reading and checking the runs (the case matching and class checks, settings that must
+agree), the patient unit, per-fold folders, the table against scipy and Holm, and the command end to end. The
+statistics themselves are tested in test_paired_statistics.py."""
 import csv
 import json
-import math
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import stats
-from sklearn.metrics import roc_auc_score
 
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import compare as cmp
+from nnunet_mtl.evaluation.paired_statistics import holm, wilcoxon_paired
 
 CLASSES = ("benign", "malignant")
-
-
-# ------------------------------------------------------------------------------------------------ Holm
-def test_holm_by_hand():
-    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> max(0.06, 0.04) = 0.06
-    assert cmp.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    # capped at 1; NaN (no test) stays NaN and does not count in m (m = 2 here)
-    out = cmp.holm([0.6, math.nan, 0.2])
-    assert out[0] == pytest.approx(0.6) and math.isnan(out[1]) and out[2] == pytest.approx(0.4)
-    assert cmp.holm([0.5, 0.7]) == pytest.approx([1.0, 1.0])
-    assert cmp.holm([]).size == 0
-
-
-# ------------------------------------------------------------------------------------------------ Wilcoxon
-def test_zero_method_is_zsplit_and_matches_scipy():
-    assert cmp.ZERO_METHOD == "zsplit"
-    rng = np.random.default_rng(0)
-    # 60 cases, 40 exact ties (Dice 1.0 vs 1.0), B better on most of the rest: the normal approximation
-    d = np.concatenate([np.zeros(40), rng.uniform(-0.05, 0.2, 20).round(3)])
-    w = cmp.wilcoxon_paired(d)
-    ref = stats.wilcoxon(d, zero_method="zsplit", method="asymptotic", correction=False)
-    assert w["p"] == pytest.approx(ref.pvalue) and w["statistic"] == pytest.approx(ref.statistic)
-    assert w["zero_method"] == "zsplit" and w["n_zero"] == 40 and "normal approximation" in w["method"]
-    # the choice matters: dropping the ties ("wilcox", scipy's default) claims much stronger evidence
-    dropped = stats.wilcoxon(d, zero_method="wilcox", method="asymptotic").pvalue
-    assert dropped < w["p"] / 5
-
-
-def test_wilcoxon_small_samples_are_exact():
-    no_ties = np.array([0.11, -0.02, 0.35, 0.07, 0.21, -0.04, 0.16, 0.09])
-    w = cmp.wilcoxon_paired(no_ties)
-    assert w["method"] == "exact" and w["p"] == pytest.approx(stats.wilcoxon(no_ties, method="exact").pvalue)
-    with_zeros = np.array([0.0, 0.0, 0.1, 0.1, -0.2, 0.3, 0.3, 0.05, 0.0, 0.2])
-    w = cmp.wilcoxon_paired(with_zeros)
-    perm = stats.wilcoxon(with_zeros, zero_method="zsplit", method=stats.PermutationMethod(n_resamples=np.inf))
-    assert w["method"].startswith("exact (all 2^7 sign flips") and w["p"] == pytest.approx(perm.pvalue)
-    assert cmp.wilcoxon_paired(np.zeros(9))["p"] == 1.0  # every case ties: no evidence of a difference
-
-
-# ------------------------------------------------------------------------------------------------ McNemar
-def test_mcnemar_exact_by_hand():
-    # 30 patients: both right 6, A right / B wrong 9, A wrong / B right 1, both wrong 14
-    a = np.array([1] * 6 + [1] * 9 + [0] * 1 + [0] * 14, bool)
-    b = np.array([1] * 6 + [0] * 9 + [1] * 1 + [0] * 14, bool)
-    m = cmp.mcnemar_exact(a, b)
-    # two-sided exact: 2 * P(X <= 1), X ~ Bin(10, 1/2) = 2 * (1 + 10) / 1024
-    assert (m["b"], m["c"]) == (9, 1) and m["p"] == pytest.approx(22 / 1024)
-    assert cmp.mcnemar_exact(a, a)["p"] == 1.0
-
-
-def test_mcnemar_clustered_by_hand():
-    a = np.array([1, 1, 0, 1, 1], bool)
-    b = np.array([0, 0, 1, 0, 1], bool)
-    # one image per cluster: the plain asymptotic McNemar (b - c)^2 / (b + c) = (3 - 1)^2 / 4
-    single = cmp.mcnemar_clustered(a, b, np.arange(5))
-    assert single["statistic"] == pytest.approx(1.0) and single["p"] == pytest.approx(stats.chi2.sf(1.0, 1))
-    # patients {0, 1}, {2}, {3, 4}: d = (2 - 0)/2, (0 - 1)/1, (1 - 0)/2 = 1, -1, 0.5 -> 0.5^2 / 2.25
-    m = cmp.mcnemar_clustered(a, b, np.array([0, 0, 1, 2, 2]))
-    assert m["statistic"] == pytest.approx(0.25 / 2.25) and m["p"] == pytest.approx(stats.chi2.sf(0.25 / 2.25, 1))
-
-
-# ------------------------------------------------------------------------------------------------ AUC, DeLong
-def _scores(rng, n=60):
-    y = rng.integers(0, 2, n)
-    latent = y * 1.0 + rng.normal(0, 1, n)
-    a = (latent + rng.normal(0, 0.5, n)).round(1)  # rounded: ties inside and across the classes
-    b = (latent + rng.normal(0, 1.2, n)).round(1)
-    return y, a, b
-
-
-def _brute_delong(y, a, b):
-    """DeLong et al. (1988) by its definition: the kernel psi over all positive-negative pairs, no ranks."""
-    pos, neg = y == 1, y == 0
-    v10, v01 = [], []
-    for s in (a, b):
-        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
-        v10.append(psi.mean(axis=1))
-        v01.append(psi.mean(axis=0))
-    s = np.cov(np.array(v10)) / pos.sum() + np.cov(np.array(v01)) / neg.sum()
-    return np.mean(v10[0]), np.mean(v10[1]), s[0, 0] + s[1, 1] - 2 * s[0, 1]
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_delong_matches_the_brute_force_u_statistics(seed):
-    y, a, b = _scores(np.random.default_rng(seed))
-    dl = cmp.delong_test(y, a, b)
-    auc_a, auc_b, var = _brute_delong(y, a, b)
-    assert dl["auc_a"] == pytest.approx(roc_auc_score(y, a)) == pytest.approx(auc_a)
-    assert dl["auc_b"] == pytest.approx(roc_auc_score(y, b)) == pytest.approx(auc_b)
-    assert dl["variance"] == pytest.approx(var, rel=1e-10)
-    assert dl["p"] == pytest.approx(2 * stats.norm.sf(abs(auc_a - auc_b) / math.sqrt(var)))
-    assert dl["ci_low"] < dl["difference"] < dl["ci_high"]
-
-
-def test_delong_agrees_with_an_independent_paired_bootstrap():
-    rng = np.random.default_rng(5)
-    y, a, b = _scores(rng, n=120)
-    dl = cmp.delong_test(y, a, b)
-    diffs = []
-    for _ in range(400):  # plain resampling of cases with scikit-learn's AUC
-        i = rng.integers(0, len(y), len(y))
-        if y[i].min() != y[i].max():
-            diffs.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
-    se = np.std(diffs, ddof=1)
-    assert np.sign(np.mean(diffs)) == np.sign(dl["difference"])
-    assert 0.75 < se / dl["se"] < 1.33
-    p_boot = 2 * stats.norm.sf(abs(dl["difference"]) / se)
-    assert 0.5 < p_boot / dl["p"] < 2 and 0.001 < dl["p"] < 0.5  # a p where the two can disagree
-    # and the module's own bootstrap (vectorized AUC, scipy.stats.bootstrap) says the same
-    probs = lambda s: np.stack([1 - s / 10, s / 10], axis=1)  # noqa: E731 (any monotone map keeps the AUC)
-    ci = cmp.paired_bootstrap_ci(cmp.auc_difference_statistic(y, probs(a), probs(b)), np.arange(len(y)),
-                                 n_resamples=1000, seed=0)
-    assert ci["estimate"] == pytest.approx(dl["difference"])
-    assert 0.75 < ci["se"] / dl["se"] < 1.33 and ci["low"] < dl["difference"] < ci["high"]
-
-
-def test_delong_degenerate_cases():
-    y = np.array([0, 0, 1, 1])
-    same = cmp.delong_test(y, [0.1, 0.2, 0.8, 0.9], [0.1, 0.2, 0.8, 0.9])
-    assert same["difference"] == 0 and same["p"] == 1.0
-    assert math.isnan(cmp.delong_test([0, 1, 1], [0.1, 0.5, 0.9], [0.2, 0.4, 0.9])["p"])  # one negative only
-
-
-def test_weighted_auc_matches_sklearn():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 50)
-    s = (y + rng.normal(0, 1, 50)).round(1)
-    w = rng.integers(0, 4, size=(5, 50))
-    ours = cmp.weighted_auc(y, s, w)
-    for row, value in zip(w, ours):
-        assert value == pytest.approx(roc_auc_score(y, s, sample_weight=row))
-    # three classes: the one-vs-rest macro AUC, and a weighted resample equals the repeated cases
-    y3 = rng.integers(0, 3, 60)
-    p3 = rng.dirichlet(np.ones(3), 60) + np.eye(3)[y3]
-    p3 /= p3.sum(axis=1, keepdims=True)
-    assert cmp.macro_ovr_auc(y3, p3, np.ones(60))[0] == pytest.approx(
-        roc_auc_score(y3, p3, multi_class="ovr", average="macro"))
-    counts = rng.integers(0, 3, 60)
-    assert cmp.macro_ovr_auc(y3, p3, counts)[0] == pytest.approx(
-        roc_auc_score(np.repeat(y3, counts), np.repeat(p3, counts, axis=0), multi_class="ovr", average="macro"))
-
-
-# ------------------------------------------------------------------------------------------------ bootstrap
-def test_paired_bootstrap_equals_scipys_paired_bootstrap():
-    rng = np.random.default_rng(1)
-    a, b = rng.uniform(0.6, 1, 30), rng.uniform(0.5, 1, 30)
-    ours = cmp.paired_bootstrap_ci(cmp.mean_difference_statistic(a - b), np.arange(30), n_resamples=999, seed=7)
-    ref = stats.bootstrap((a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True, vectorized=True,
-                          n_resamples=999, method="BCa", rng=np.random.default_rng(7))
-    assert (ours["low"], ours["high"]) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
-    assert ours["method"] == "paired bootstrap over images, BCa"
-
-
-def test_cluster_bootstrap_resamples_patients():
-    rng = np.random.default_rng(2)
-    d = rng.normal(0.02, 0.1, 20)
-    one_each = cmp.paired_bootstrap_ci(cmp.mean_difference_statistic(d), np.arange(20), n_resamples=500, seed=4)
-    # every patient imaged twice, identically: drawing patients gives exactly the one-image-per-patient interval
-    twice = np.repeat(d, 2)
-    patients = np.repeat(np.arange(20), 2)
-    clustered = cmp.paired_bootstrap_ci(cmp.mean_difference_statistic(twice), patients, n_resamples=500, seed=4)
-    assert (clustered["low"], clustered["high"]) == pytest.approx((one_each["low"], one_each["high"]))
-    assert clustered["n_units"] == 20 and "over patients" in clustered["method"]
-    # treating the 40 images as independent would claim a CI about sqrt(2) narrower
-    naive = cmp.paired_bootstrap_ci(cmp.mean_difference_statistic(twice), np.arange(40), n_resamples=500, seed=4)
-    assert (naive["high"] - naive["low"]) < 0.85 * (clustered["high"] - clustered["low"])
-
-
-def test_bootstrap_of_identical_runs_is_a_point():
-    ci = cmp.paired_bootstrap_ci(cmp.mean_difference_statistic(np.zeros(12)), np.arange(12), n_resamples=200, seed=0)
-    assert (ci["low"], ci["high"]) == (0.0, 0.0) and "same value" in ci["method"]
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -247,7 +75,7 @@ def test_image_unit_table(runs):
         stats.wilcoxon(np.subtract(dice_a, dice_b), zero_method="zsplit", method="asymptotic").pvalue)
     assert rows["hd95_mm"]["n_images"] == 23 and "23 of 24" in rows["hd95_mm"]["note"]  # case 0000 has no spacing
     assert rows["auc"]["test_short"] == "DeLong" and rows["accuracy"]["test_short"] == "McNemar exact"
-    assert [r["p_holm"] for r in result["rows"]] == pytest.approx(list(cmp.holm([r["p"] for r in result["rows"]])))
+    assert [r["p_holm"] for r in result["rows"]] == pytest.approx(list(holm([r["p"] for r in result["rows"]])))
     table = cmp.format_table(result)
     assert "unit: image (24 images; no case table" in table and "p Holm" in table and "zsplit" in table
 
@@ -264,7 +92,7 @@ def test_patient_unit(runs):
     rows = {r["metric"]: r for r in result["rows"]}
     d = np.array([float(x["dice"]) for x in _read(runs / "unet")]) - [float(x["dice"]) for x in _read(runs / "mtl")]
     per_patient = d.reshape(12, 2).mean(axis=1)  # cases 2k, 2k+1 are patient k
-    assert rows["dice"]["p"] == pytest.approx(cmp.wilcoxon_paired(per_patient)["p"])
+    assert rows["dice"]["p"] == pytest.approx(wilcoxon_paired(per_patient)["p"])
     assert rows["dice"]["n_units"] == 12 and rows["dice"]["difference"] == pytest.approx(d.mean())
     assert rows["accuracy"]["test_short"] == "McNemar (clustered)" and rows["auc"]["test_short"] == "bootstrap"
     assert "over patients" in rows["dice"]["ci_method"]
@@ -411,7 +239,7 @@ def test_cli_end_to_end(evaluated, capsys):
     with open(out / "comparison.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["metric"] == "dice" and rows[0]["run_a"] == str(evaluated / "a")
-    assert [float(r["p_holm"]) for r in rows] == pytest.approx(list(cmp.holm([float(r["p"]) for r in rows])))
+    assert [float(r["p_holm"]) for r in rows] == pytest.approx(list(holm([float(r["p"]) for r in rows])))
     saved = json.loads((out / "comparison.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     settings = saved["settings"]
     assert (settings["zero_method"], settings["n_resamples"], settings["seed"], settings["unit"]) == \

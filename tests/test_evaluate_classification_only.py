@@ -13,8 +13,10 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation import compare as cmp
-from nnunet_mtl.evaluation.evaluate import (_short_line, aggregate_summaries, evaluate_folder, format_aggregate_table,
-                                            format_per_fold_table, format_summary_table)
+from nnunet_mtl.evaluation.aggregate import aggregate_summaries
+from nnunet_mtl.evaluation.evaluate import evaluate_folder
+from nnunet_mtl.evaluation.formatting import format_aggregate_table, format_per_fold_table, format_summary_table
+from nnunet_mtl.evaluation.per_fold import short_summary_line
 
 CLASSES = ("benign", "malignant")
 CLASS_LABELS = {"benign": 0, "malignant": 1}
@@ -115,7 +117,7 @@ def test_plain_folder_is_scored_on_classification_only(world, capsys):
     table = format_summary_table(summary)
     assert "Segmentation: not evaluated (classification only" in table and "Classification (8 cases)" in table
     assert "Dice" not in table and "empty reference" not in table and "balanced accuracy" in table
-    assert "Dice" not in _short_line(summary) and "classification only" in _short_line(summary)
+    assert "Dice" not in short_summary_line(summary) and "classification only" in short_summary_line(summary)
 
 
 def test_a_reference_case_without_a_row(world, capsys):

@@ -12,8 +12,10 @@ from scipy.spatial.distance import cdist
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation.classification import classification_metrics
-from nnunet_mtl.evaluation.evaluate import (aggregate_summaries, evaluate_folder, format_aggregate_table,
-                                            format_summary_table, load_class_labels, read_cases_table)
+from nnunet_mtl.evaluation.aggregate import aggregate_summaries
+from nnunet_mtl.evaluation.evaluate import evaluate_folder
+from nnunet_mtl.evaluation.formatting import format_aggregate_table, format_summary_table
+from nnunet_mtl.evaluation.inputs import load_class_labels, read_cases_table
 from nnunet_mtl.evaluation.segmentation import case_metrics, dice_iou, hd95
 
 CLASS_LABELS = {"benign": 0, "malignant": 1}
@@ -682,7 +684,7 @@ def test_a_training_folds_validation_is_scored_against_its_own_cases_of_labelsTr
 def test_roc_says_which_class_has_no_curve_and_why():
     """One-vs-rest ROC with a class absent from the reference (a test set without normal images): the legend names
     it instead of leaving it out silently."""
-    from nnunet_mtl.evaluation.evaluate import roc_figure
+    from nnunet_mtl.evaluation.plots import roc_figure
     y = np.array([0, 0, 1, 1, 0])
     probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.1]])
     fig = roc_figure(y, probs, ["benign", "malignant", "normal"])
@@ -698,7 +700,8 @@ def test_intervals_over_few_folds_stay_in_the_metrics_range_and_counts_get_none(
     """Three folds with a wide spread: the t interval of Dice would start below 0 and AUC's end above 1 (t(0.975, 2)
     = 4.30); both are clipped and marked, a note says why; support and num_cases have no interval; an interval
     inside the range is left as it is."""
-    from nnunet_mtl.evaluation.evaluate import aggregate_summaries, format_aggregate_table, metric_range, t_interval
+    from nnunet_mtl.evaluation.aggregate import aggregate_summaries, metric_range, t_interval
+    from nnunet_mtl.evaluation.formatting import format_aggregate_table
     paths = []
     for k, (dice, auc, mcc, support) in enumerate([(0.05, 0.99, -0.9, 10), (0.60, 0.50, 0.2, 14),
                                                    (0.10, 0.97, -0.5, 12)]):

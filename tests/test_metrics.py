@@ -16,9 +16,11 @@ from nnunet_mtl.evaluation import segmentation as seg_metrics
 from nnunet_mtl.evaluation.classification import (classification_metrics, ece_bin_index,
                                                   expected_calibration_error, per_case_brier, reliability_bins,
                                                   resampled_metrics)
-from nnunet_mtl.evaluation.evaluate import (OUTPUT_FILES, SEG_METRICS, aggregate_summaries, bootstrap_intervals,
-                                            check_evaluation_output, evaluate_folder, format_per_fold_table,
-                                            format_summary_table)
+from nnunet_mtl.evaluation.aggregate import aggregate_summaries
+from nnunet_mtl.evaluation.bootstrap import bootstrap_intervals
+from nnunet_mtl.evaluation.evaluate import check_evaluation_output, evaluate_folder
+from nnunet_mtl.evaluation.formatting import format_per_fold_table, format_summary_table
+from nnunet_mtl.evaluation.shared import OUTPUT_FILES, SEG_METRICS
 from nnunet_mtl.evaluation.segmentation import case_metrics, nsd
 from tests.test_evaluation import _png, _square
 
@@ -556,7 +558,7 @@ def test_cli_options_reach_the_summary(patients, capsys):
 
 def test_cli_defaults_match_the_package():
     from nnunet_mtl.cli import evaluate as cli
-    from nnunet_mtl.evaluation import evaluate as ev
+    from nnunet_mtl.evaluation import bootstrap as ev
     assert cli.DEFAULT_NSD_TOLERANCE_MM == seg_metrics.DEFAULT_NSD_TOLERANCE_MM
     assert cli.DEFAULT_NSD_TOLERANCE_PX == seg_metrics.DEFAULT_NSD_TOLERANCE_PX
     assert cli.DEFAULT_ECE_BINS == cls_metrics.DEFAULT_ECE_BINS
@@ -642,7 +644,7 @@ def test_positive_class_metrics_get_intervals_and_rows(patients):
 def test_t_interval_matches_scipy():
     from scipy import stats
 
-    from nnunet_mtl.evaluation.evaluate import t_interval
+    from nnunet_mtl.evaluation.aggregate import t_interval
     values = [0.81, 0.86, 0.78]
     mean, sem = np.mean(values), np.std(values, ddof=1) / math.sqrt(3)
     assert t_interval(values) == pytest.approx(list(stats.t.interval(0.95, 2, loc=mean, scale=sem)))

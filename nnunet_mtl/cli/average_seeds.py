@@ -27,9 +27,9 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from nnunet_mtl.cli.compare import case_table
+    from nnunet_mtl.evaluation.inputs import case_table
     from nnunet_mtl.evaluation.seeds import OUTPUT_FILES, SEEDS_SUMMARY, average_seeds, format_seeds_table
-    cases = case_table(args)
+    cases = case_table(args.d, args.cases)
     out = Path(args.o)
     existing = [n for n in OUTPUT_FILES if (out / n).exists()]
     if existing and not args.overwrite:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnunet_mtl.errors import NnunetMtlError
+from nnunet_mtl.evaluation.inputs import case_table
 
 
 def register(subparsers):
-    from nnunet_mtl.evaluation.compare import DEFAULT_N_RESAMPLES, DEFAULT_SEED, ZERO_METHOD
+    from nnunet_mtl.evaluation.paired_statistics import DEFAULT_N_RESAMPLES, DEFAULT_SEED, ZERO_METHOD
     p = subparsers.add_parser(
         "compare", help="paired comparison of evaluated prediction runs (CI, Wilcoxon, McNemar, DeLong, Holm)",
         description="Compares prediction runs case by case. Each RUN is a folder written by nnunet_mtl predict and "
@@ -37,28 +37,9 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def case_table(args) -> Path | None:
-    """The case table of ``-d DATASET`` or ``--cases CASES.csv`` (patients for the bootstrap and tests), or None."""
-    if args.d is not None and args.cases is not None:
-        raise NnunetMtlError("pass -d DATASET or --cases CASES.csv, not both; expected one case table")
-    cases = None
-    if args.cases is not None:
-        cases = Path(args.cases)
-        if not cases.is_file():
-            raise NnunetMtlError(f"case table {cases} {'is a folder' if cases.is_dir() else 'does not exist'}; "
-                                 f"expected a cases.csv with case_id and patient_id")
-    elif args.d is not None:
-        from nnunet_mtl.paths import find_dataset_folder, raw_root
-        cases = find_dataset_folder(args.d, raw_root()) / "cases.csv"
-        if not cases.is_file():
-            raise NnunetMtlError(f"{cases} does not exist; expected the raw dataset's case table (case_id, "
-                                 f"patient_id)")
-    return cases
-
-
 def run(args) -> int:
     from nnunet_mtl.evaluation.compare import OUTPUT_FILES, compare, format_table
-    cases = case_table(args)
+    cases = case_table(args.d, args.cases)
     out = Path(args.o)
     result = compare(args.runs, out, cases_csv=cases, all_pairs=args.all_pairs, n_resamples=args.n_resamples,
                      seed=args.seed)

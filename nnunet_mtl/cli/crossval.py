@@ -62,7 +62,8 @@ def crossval_model(model: Path, folds: list[int], raw: Path, num_processes: int)
     from nnunet_mtl.dataset.contract import read_json_object
     from nnunet_mtl.evaluation.crossval import crossval_folder_name, merge_fold_class_predictions, multitask_score
     from nnunet_mtl.inference.models import model_class_names
-    from nnunet_mtl.evaluation.evaluate import evaluate_folder, load_class_labels
+    from nnunet_mtl.evaluation.evaluate import evaluate_folder
+    from nnunet_mtl.evaluation.inputs import load_class_labels
     plans = read_json_object(model / "plans.json", "the plans.json nnUNetv2_train wrote")
     dataset_json = read_json_object(model / "dataset.json", "the dataset.json nnUNetv2_train copied there")
     ending = dataset_json.get("file_ending", ".png")

@@ -75,7 +75,8 @@ def run(args) -> int:
     import torch
 
     from dataset_conversion.synthetic import convert_synthetic
-    from nnunet_mtl.evaluation.evaluate import evaluate_folder, format_summary_table
+    from nnunet_mtl.evaluation.evaluate import evaluate_folder
+    from nnunet_mtl.evaluation.formatting import format_summary_table
 
     from nnunet_mtl.outputs import check_output_folder
     from nnunet_mtl.trainers import TRAINERS

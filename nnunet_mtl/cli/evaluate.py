@@ -111,31 +111,13 @@ def metric_options(args) -> dict:
     return options
 
 
-def reference_inputs(args, pred: Path) -> tuple[Path | None, Path | None, Path | None, Path | None]:
-    """(raw dataset folder, reference masks, cases.csv, dataset.json) for a prediction folder: -ref, --cases and
-    --class-labels as given, the rest from -d's raw dataset (also for nnunet_mtl gallery). A training fold's
-    validation folder is scored against the training references (labelsTr), everything else against labelsTs."""
-    ref = Path(args.ref) if args.ref else None
-    cases = Path(args.cases) if args.cases else None
-    labels_json = Path(args.class_labels) if args.class_labels else None
-    raw = None
-    if args.d is not None:
-        from nnunet_mtl.evaluation.evaluate import fold_validation_cases
-        from nnunet_mtl.paths import find_dataset_folder, raw_root
-        raw = find_dataset_folder(args.d, raw_root())
-        ref = ref or raw / ("labelsTr" if fold_validation_cases(pred) is not None else "labelsTs")
-        if cases is None and (raw / "cases.csv").is_file():
-            cases = raw / "cases.csv"
-        if labels_json is None and (raw / "dataset.json").is_file():
-            labels_json = raw / "dataset.json"
-    return raw, ref, cases, labels_json
-
-
 def run(args) -> int:
-    from nnunet_mtl.evaluation.evaluate import (PER_FOLD_SUMMARY, PER_FOLD_SUMMARY_CSV, aggregate_summaries,
-                                                evaluate_folder, evaluate_per_fold, format_aggregate_table,
-                                                format_per_fold_table, format_summary_table, load_class_labels,
-                                                per_fold_layout, written_files)
+    from nnunet_mtl.evaluation.aggregate import aggregate_summaries
+    from nnunet_mtl.evaluation.evaluate import evaluate_folder, written_files
+    from nnunet_mtl.evaluation.formatting import format_aggregate_table, format_per_fold_table, format_summary_table
+    from nnunet_mtl.evaluation.inputs import load_class_labels, reference_inputs
+    from nnunet_mtl.evaluation.per_fold import PER_FOLD_SUMMARY, PER_FOLD_SUMMARY_CSV, evaluate_per_fold
+    from nnunet_mtl.inference.per_fold import per_fold_layout
     if args.aggregate:
         if args.pred or args.ref or args.d:
             raise NnunetMtlError("--aggregate takes summary.json files only; do not combine it with -pred/-ref/-d")
@@ -159,7 +141,8 @@ def run(args) -> int:
     if not pred.is_dir():
         raise NnunetMtlError(f"prediction folder {pred} does not exist; expected a folder of CASE_ID.png masks (and / "
                              f"or the class_predictions.csv of nnunet_mtl predict)")
-    _, ref, cases, labels_json = reference_inputs(args, pred)
+    _, ref, cases, labels_json = reference_inputs(pred, dataset=args.d, ref=args.ref, cases=args.cases,
+                                                  class_labels=args.class_labels)
     if ref is None:
         raise NnunetMtlError("no reference: pass -ref REF_DIR or -d DATASET (uses nnUNet_raw/DatasetNNN_X/labelsTs)")
 

@@ -142,7 +142,8 @@ def per_case_results(pred_dir, ref_dir, *, evaluation_dir=None, cases_csv=None, 
     folder's class_predictions.csv when the reference classes are known; no bootstrap, which changes no per-case
     number) into a temporary folder, so that nothing is written beside the inputs."""
     from nnunet_mtl.dataset.contract import read_json_object
-    from nnunet_mtl.evaluation.evaluate import OUTPUT_FILES, evaluate_folder
+    from nnunet_mtl.evaluation.evaluate import evaluate_folder
+    from nnunet_mtl.evaluation.shared import OUTPUT_FILES
     from nnunet_mtl.inference.class_predictions import CLASS_PREDICTIONS
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     evaluation_dir = Path(evaluation_dir) if evaluation_dir is not None else pred_dir / "evaluation"
@@ -309,7 +310,7 @@ def make_card(row: dict, class_names: list[str], image_path: Path, pred_path: Pa
               size: int) -> Card:
     """Read the case's image and masks, check they have one geometry, and draw them."""
     from nnunet_mtl.dataset.contract import IGNORE_LABEL, LESION_LABEL
-    from nnunet_mtl.evaluation.evaluate import read_label_png
+    from nnunet_mtl.evaluation.inputs import read_label_png
     case = row["case_id"]
     image = read_grey_image(image_path)
     ref = read_label_png(ref_path)
@@ -620,7 +621,7 @@ def write_gallery(pred_dir, ref_dir, image_dirs: list, output=None, *, evaluatio
     "notes"}. Everything the inputs can tell is checked before the first file is written, and each file is written
     atomically, so an error leaves no half-written page."""
     from nnunet_mtl.atomic import atomic_open, write_text_atomic
-    from nnunet_mtl.evaluation.evaluate import list_png_cases
+    from nnunet_mtl.evaluation.inputs import list_png_cases
     from nnunet_mtl.inference.per_fold import per_fold_layout
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     image_dirs = [Path(d) for d in image_dirs]

@@ -6,7 +6,7 @@ and this module writes both into one evaluation folder:
 
 - **mean ± std over the seeds** (``per_seed_summary.json``): every scalar of each seed's ``summary.json`` (written
   by ``nnunet_mtl evaluate``), with the sample std (ddof=1) and the t-based 95 % CI of the mean: how much a training
-  draw moves the number (:func:`nnunet_mtl.evaluation.evaluate.aggregate_summaries`, as for folds).
+  draw moves the number (:func:`nnunet_mtl.evaluation.aggregate.aggregate_summaries`, as for folds).
 - **the seed-averaged per-case values** (``per_case.csv``, ``summary.json``): the input of ``nnunet_mtl compare``.
   Per case, each segmentation metric (Dice, IoU, HD95, ...) is the mean of the seeds' values (NaN-aware: a value
   missing in one seed is averaged over the others), and the class probabilities are the mean of the seeds'
@@ -46,9 +46,12 @@ def average_seeds(runs: list, output_dir, *, cases_csv=None, n_resamples: int | 
     bootstrap CIs. Every check runs before anything is written."""
     from nnunet_mtl.evaluation import classification as cls_metrics
     from nnunet_mtl.evaluation.compare import check_classes, check_same_cases, read_per_case, resolve_run
-    from nnunet_mtl.evaluation.evaluate import (ATTENTION_METRIC, DEFAULT_BOOTSTRAP, SEG_METRICS, _json_safe,
-                                                aggregate_summaries, bootstrap_intervals, read_cases_table,
-                                                summary_stats, write_json, write_per_case_csv)
+    from nnunet_mtl.atomic import json_safe, write_json
+    from nnunet_mtl.evaluation.aggregate import aggregate_summaries
+    from nnunet_mtl.evaluation.bootstrap import DEFAULT_BOOTSTRAP, bootstrap_intervals
+    from nnunet_mtl.evaluation.evaluate import write_per_case_csv
+    from nnunet_mtl.evaluation.inputs import read_cases_table
+    from nnunet_mtl.evaluation.shared import ATTENTION_METRIC, SEG_METRICS, summary_stats
     from nnunet_mtl.outputs import check_not_an_input, check_output_file, check_output_folder
     if len(runs) < 2:
         raise NnunetMtlError(f"{len(runs)} run given; expected the evaluated prediction folders of at least two "
@@ -116,7 +119,7 @@ def average_seeds(runs: list, output_dir, *, cases_csv=None, n_resamples: int | 
             n_resamples=resamples, seed=bootstrap_seed,
             positive_class=None if classification is None else cls_metrics.positive_class_index(class_names))
         notes = notes + intervals.pop("notes")
-    summary = _json_safe({
+    summary = json_safe({
         "num_cases": len(cases), "segmentation": segmentation, "classification": classification,
         "confidence_intervals": intervals,
         "settings": {**settings, "bootstrap_resamples": resamples, "bootstrap_seed": int(bootstrap_seed)},
@@ -132,8 +135,8 @@ def average_seeds(runs: list, output_dir, *, cases_csv=None, n_resamples: int | 
 
 
 def _flat(summary: dict) -> dict:
-    from nnunet_mtl.evaluation.evaluate import _flatten
-    return _flatten({k: summary[k] for k in ("segmentation", "classification") if summary.get(k) is not None})
+    from nnunet_mtl.evaluation.aggregate import flatten_metrics
+    return flatten_metrics({k: summary[k] for k in ("segmentation", "classification") if summary.get(k) is not None})
 
 
 def format_seeds_table(path) -> str:

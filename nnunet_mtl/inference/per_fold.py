@@ -14,7 +14,6 @@ from nnunet_mtl.atomic import write_json
 from nnunet_mtl.dataset.contract import read_json_object
 from nnunet_mtl.errors import NnunetMtlError
 
-
 PER_FOLD_FILE = "per_fold.json"
 
 

@@ -14,8 +14,13 @@ from pathlib import Path
 from nnunet_mtl.dataset.contract import read_json_object
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.inference.class_predictions import class_predictions_file_name, read_class_prediction_rows
-from nnunet_mtl.inference.models import (PLANS_KEY, check_checkpoints, model_class_names, parse_folds,
-                                         resolve_model_arguments)
+from nnunet_mtl.inference.models import (
+    PLANS_KEY,
+    check_checkpoints,
+    model_class_names,
+    parse_folds,
+    resolve_model_arguments,
+)
 from nnunet_mtl.inference.per_fold import sub_run_args
 from nnunet_mtl.paths import env_with_ext_trainer
 
@@ -29,7 +34,8 @@ def check_inputs(input_folder: Path, file_ending: str, channels: int | None = No
                              f"input {input_folder} is a file; expected a folder of CASE_0000{file_ending} images")
     images = sorted(input_folder.glob(f"*_0000{file_ending}"))
     if not images:
-        raise NnunetMtlError(f"no images *_0000{file_ending} in {input_folder}; expected nnU-Net's naming CASE_0000{file_ending}")
+        raise NnunetMtlError(f"no images *_0000{file_ending} in {input_folder}; expected nnU-Net's naming "
+                             f"CASE_0000{file_ending}")
     if channels:  # nnU-Net reads CASE_0000 .. CASE_{channels-1}: another channel file would be read as an input
         pattern = re.compile(r"(?P<case>.+)_(?P<k>\d{4})" + re.escape(file_ending))
         for path in sorted(input_folder.iterdir()):

@@ -48,7 +48,7 @@ def row_results(recipe: Recipe, ctx: Context, row: str, test_set: str) -> tuple[
     """(the file read or None, {metric: {mean, std, ci95, ensemble}}) for one row on one test set, from nnunet_mtl
     evaluate's files: with k folds the mean, std and t-based CI over the folds' models and the ensemble's value;
     with one fold the single value and its bootstrap CI (std and ensemble None)."""
-    from nnunet_mtl.evaluation.evaluate import _flatten
+    from nnunet_mtl.evaluation.aggregate import flatten_metrics
     evaluation = ctx.predictions(row, test_set) / "evaluation"
     if len(recipe.split.fold_ids) > 1 or recipe.seeds:
         # k folds: each fold's model and the fold ensemble; seeds: each seed's model and the seed average
@@ -69,7 +69,7 @@ def row_results(recipe: Recipe, ctx: Context, row: str, test_set: str) -> tuple[
     data = _read(path)
     if data is None:
         return None, {}
-    flat = _flatten(data)
+    flat = flatten_metrics(data)
     intervals = (data.get("confidence_intervals") or {}).get("intervals", {})
     return str(path), {name: {"mean": flat[key], "std": None, "ci95": intervals.get(key), "ensemble": None}
                        for name, key in METRICS.items() if key in flat}
@@ -437,7 +437,7 @@ def write_galleries(recipe: Recipe, ctx: Context, folder: Path) -> dict:
     """``folder/ROW__TESTSET.html`` (nnunet_mtl gallery) for every row and test set evaluated so far, rewritten
     each time the report is; {test set: {row: the page's path relative to the report}}. A row not evaluated yet is
     left out (the report's missing list says so)."""
-    from nnunet_mtl.evaluation.evaluate import load_class_labels
+    from nnunet_mtl.evaluation.inputs import load_class_labels
     from nnunet_mtl.evaluation.gallery import write_gallery
     pages: dict = {}
     for ts in recipe.test_sets:
