@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dataset_conversion.breast import convert_breast, convert_udiat  # noqa: E402
-from dataset_conversion.common import ConvertOptions  # noqa: E402
+from dataset_conversion.options import ConvertOptions  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

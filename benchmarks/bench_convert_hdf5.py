@@ -141,7 +141,7 @@ def child(source: str, num_processes: int, raw: str) -> int:
     import resource
 
     from dataset_conversion.aimi import convert_aimi
-    from dataset_conversion.common import ConvertOptions
+    from dataset_conversion.options import ConvertOptions
 
     options = ConvertOptions(dataset_id=990, name="BenchAIMI", split="test", num_processes=num_processes,
                              progress=False)

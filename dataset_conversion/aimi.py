@@ -2,7 +2,7 @@
 nodules of 167 patients, Stanford University Medical Center).
 
 ``nnunet_mtl convert aimi SOURCE`` (aliases ``AIMI``, ``stanford-thyroid``); the options every converter has are in
-:mod:`dataset_conversion.common`. Layout::
+:mod:`dataset_conversion.options`. Layout::
 
     SOURCE/dataset.hdf5    ~36 GB; datasets of equal length N, one 2D frame per index:
                            image (N, H, W) uint8, mask (N, H, W) 0/255, annot_id (N,) bytes like b'123_',
@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.common import (Case, CaseStream, ConversionReport, ConvertOptions, Skipped, SkipCase,
-                                       add_converter, column_name, convert_source, find_layout, is_missing, safe_id)
+from dataset_conversion.common import Case, CaseStream, Skipped, SkipCase, column_name, find_layout, is_missing, safe_id
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 from dataset_conversion.thyroid_xl import (TARGETS, check_target, histopathology_class, target_classes,
                                            tirads_class)
 from nnunet_mtl.errors import NnunetMtlError

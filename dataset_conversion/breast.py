@@ -1,7 +1,7 @@
 """Breast-ultrasound datasets as published: BrEaST-Lesions_USG and UDIAT Dataset B.
 
 ``nnunet_mtl convert breast SOURCE`` (alias ``BrEaST``) and ``nnunet_mtl convert udiat SOURCE`` (alias
-``UDIAT``); the options every converter has are in :mod:`dataset_conversion.common`.
+``UDIAT``); the options every converter has are in :mod:`dataset_conversion.options`.
 
 BrEaST-Lesions_USG (Pawlowska et al., Scientific Data 2024)::
 
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
-                                       column_name, convert_source, find_layout, list_files, read_xlsx_table,
+from dataset_conversion.common import (MALIGNANCY, Case, Skipped, column_name, find_layout, list_files, read_xlsx_table,
                                        spacing_mm, split_cell)
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 from nnunet_mtl.errors import NnunetMtlError
 
 TARGETS = ("malignancy", "birads")

@@ -1,7 +1,7 @@
 """BUS-UCLM (breast ultrasound lesion segmentation dataset, Vallez et al., Scientific Data 2025) as published.
 
 ``nnunet_mtl convert bus-uclm SOURCE`` (alias ``BUS-UCLM``); the options every converter has are in
-:mod:`dataset_conversion.common`.
+:mod:`dataset_conversion.options`.
 
 Layout (the Mendeley Data download, 683 images of 38 patients)::
 
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, SkipCase,
-                                       add_converter, column_name, convert_source, find_layout, list_files,
+from dataset_conversion.common import (MALIGNANCY, Case, Skipped, SkipCase, column_name, find_layout, list_files,
                                        read_image, safe_id)
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 from nnunet_mtl.errors import NnunetMtlError
 
 UCLM_LAYOUT = ("images/*.png, masks/*.png with the same names (RGB: green benign, red malignant, black normal) and "

@@ -1,7 +1,7 @@
 """BUSI (Breast Ultrasound Images Dataset, Al-Dhabyani et al., Data in Brief 2020) as published.
 
 ``nnunet_mtl convert busi SOURCE`` (alias ``BUSI``); the options every converter has are in
-:mod:`dataset_conversion.common`.
+:mod:`dataset_conversion.options`.
 
 Layout (the Kaggle / Cairo University download)::
 
@@ -15,15 +15,17 @@ Layout (the Kaggle / Cairo University download)::
 id and no pixel size. ``benign (433).png`` and ``malignant (145).png`` are the same image: the shared duplicate
 policy drops both (ambiguous label) and reports them. Other scans are filed under both classes with a different
 crop and outline (near-identical, dHash distance 0, not byte-identical): the report names them as label conflicts,
-kept unless ``--label-conflicts drop`` (:mod:`dataset_conversion.common`).
+kept unless ``--label-conflicts drop`` (:mod:`dataset_conversion.driver`).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, UniqueNames,
-                                       add_converter, convert_source, find_layout, list_files)
+from dataset_conversion.common import MALIGNANCY, Case, Skipped, UniqueNames, find_layout, list_files
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 
 BUSI_FOLDERS = MALIGNANCY + ("normal",)
 BUSI_LAYOUT = ("Dataset_BUSI_with_GT/{benign,malignant,normal}/ holding 'benign (N).png' with its "

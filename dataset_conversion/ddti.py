@@ -1,7 +1,7 @@
 """DDTI (Digital Database of Thyroid Ultrasound Images, Pedraza et al., SPIE 2015) as published.
 
 ``nnunet_mtl convert ddti SOURCE`` (alias ``DDTI``); the options every converter has are in
-:mod:`dataset_conversion.common`.
+:mod:`dataset_conversion.options`.
 
 Layout (the CIM@LAB download, also mirrored on Kaggle; one flat folder)::
 
@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
-                                       column_name, convert_source, find_layout, list_files, read_image)
+from dataset_conversion.common import MALIGNANCY, Case, Skipped, column_name, find_layout, list_files, read_image
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.image_files import image_header
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from dataset_conversion.writer import RawDatasetWriter
+from nnunet_mtl.dataset.writer import RawDatasetWriter
 from nnunet_mtl.errors import NnunetMtlError
 
 CLASS_LABELS = {"benign": 0, "malignant": 1, "normal": 2}

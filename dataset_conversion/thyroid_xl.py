@@ -1,7 +1,7 @@
 """ThyroidXL as published (Duong Viet et al., MICCAI 2025; huggingface.co/datasets/VNPT-AI/ThyroidXL).
 
 ``nnunet_mtl convert thyroidxl SOURCE`` (alias ``ThyroidXL``); the options every converter has are in
-:mod:`dataset_conversion.common`. Layout::
+:mod:`dataset_conversion.options`. Layout::
 
     SOURCE/train/images/<patient>_<hash>_<K>.png    B-mode images (9,541 in the release)
     SOURCE/train/masks/<same name>                   nodule masks
@@ -42,9 +42,11 @@ import json
 import re
 from pathlib import Path
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
-                                       column_name, convert_source, find_layout, is_missing, list_files,
+from dataset_conversion.common import (MALIGNANCY, Case, Skipped, column_name, find_layout, is_missing, list_files,
                                        safe_id)
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 from nnunet_mtl.errors import NnunetMtlError
 
 TIRADS_CLASSES = ("TR1", "TR2", "TR3", "TR4", "TR5")  # ACR TI-RADS levels; shared with the AIMI converter

@@ -1,7 +1,7 @@
 """TN3K (thyroid nodules, Gong et al., TRFE-Net 2021/2022) as published, with the TNCD benign / malignant labels.
 
 ``nnunet_mtl convert tn3k SOURCE`` (alias ``TN3K``); the options every converter has are in
-:mod:`dataset_conversion.common`.
+:mod:`dataset_conversion.options`.
 
 Layout (the TRFE-Net / Hugging Face ``TN3K.rar`` release; the label files as packaged with it by the ACL code)::
 
@@ -20,8 +20,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dataset_conversion.common import (MALIGNANCY, Case, ConversionReport, ConvertOptions, Skipped, add_converter,
-                                       convert_source, find_layout, list_files, safe_id)
+from dataset_conversion.common import MALIGNANCY, Case, Skipped, find_layout, list_files, safe_id
+from dataset_conversion.driver import add_converter, convert_source
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import ConversionReport
 from nnunet_mtl.errors import NnunetMtlError
 
 # published folder prefix -> split under --as official

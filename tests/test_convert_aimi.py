@@ -13,7 +13,7 @@ import pytest
 
 from dataset_conversion import aimi
 from dataset_conversion.aimi import HDF5Frames, annot_key, convert_aimi
-from dataset_conversion.common import ConvertOptions
+from dataset_conversion.options import ConvertOptions
 from dataset_conversion.thyroid_xl import convert_thyroid_xl
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
@@ -161,7 +161,7 @@ def test_aimi_wrong_folder_bad_file_and_cli(aimi_src, tmp_path, monkeypatch, cap
 def test_near_duplicate_pairs_counted_in_bounded_blocks(monkeypatch):
     """Cine frames of one scanner hash alike across clips: the shared search counts every pair and keeps the first
     REPORT_LIST_LIMIT, block by block, with the same result as comparing all pairs at once."""
-    from dataset_conversion import common
+    from dataset_conversion import duplicates
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2 ** 63, 20, dtype=np.uint64)
@@ -170,10 +170,10 @@ def test_near_duplicate_pairs_counted_in_bounded_blocks(monkeypatch):
     h = np.array(hashes, dtype=np.uint64)
     dist = np.bitwise_count(h[:, None] ^ h[None, :])
     g = np.array(groups)
-    ii, jj = np.nonzero((dist <= common.NEAR_DUPLICATE_MAX_BITS) & (g[:, None] != g[None, :]))
+    ii, jj = np.nonzero((dist <= duplicates.NEAR_DUPLICATE_MAX_BITS) & (g[:, None] != g[None, :]))
     expected = [(i, j, int(dist[i, j])) for i, j in zip(ii.tolist(), jj.tolist()) if i < j]
-    monkeypatch.setattr(common, "PAIR_BLOCK_BYTES", 32 * 1500 * 7)  # 7 rows a block: many blocks
-    total, pairs = common.near_duplicate_pairs(hashes, groups)
-    assert total == len(expected) > common.REPORT_LIST_LIMIT
-    assert pairs == expected[:common.REPORT_LIST_LIMIT]
-    assert common.near_duplicate_pairs(hashes, groups, limit=3) == (total, expected[:3])
+    monkeypatch.setattr(duplicates, "PAIR_BLOCK_BYTES", 32 * 1500 * 7)  # 7 rows a block: many blocks
+    total, pairs = duplicates.near_duplicate_pairs(hashes, groups)
+    assert total == len(expected) > duplicates.REPORT_LIST_LIMIT
+    assert pairs == expected[:duplicates.REPORT_LIST_LIMIT]
+    assert duplicates.near_duplicate_pairs(hashes, groups, limit=3) == (total, expected[:3])

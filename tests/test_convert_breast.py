@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.breast import convert_breast, convert_udiat
-from dataset_conversion.common import REPORT_FILE, ConvertOptions
+from dataset_conversion.options import ConvertOptions
+from dataset_conversion.report import REPORT_FILE
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError

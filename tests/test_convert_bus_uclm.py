@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.bus_uclm import convert_bus_uclm
-from dataset_conversion.common import ConvertOptions
+from dataset_conversion.options import ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.busi import convert_busi
-from dataset_conversion.common import ConvertOptions
+from dataset_conversion.options import ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError

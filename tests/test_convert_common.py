@@ -1,18 +1,26 @@
-"""dataset_conversion.common: options, layout errors, parallel conversion, duplicates, report, atomicity."""
+"""The shared layer of dataset_conversion (common, options, driver, duplicates, report, registry): options, layout
+errors, parallel conversion, duplicates, report, atomicity, the converter names."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import pkgutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_conversion import common
-from dataset_conversion.common import (Case, CaseStream, ConversionReport, ConvertOptions, Skipped, SkipCase,
-                                       add_common_arguments, add_converter, class_labels_for, column_name, convert,
-                                       convert_source, difference_hash, find_layout, list_files, load_files,
-                                       merge_masks, near_duplicate_pairs, options_from_args, read_image, spacing_mm)
+import dataset_conversion
+from dataset_conversion import common, duplicates, registry
+from dataset_conversion.common import (Case, CaseStream, Skipped, SkipCase, column_name, find_layout, list_files,
+                                       load_files, merge_masks, read_image, spacing_mm)
+from dataset_conversion.driver import add_converter, convert, convert_source
+from dataset_conversion.duplicates import difference_hash, near_duplicate_pairs
+from dataset_conversion.options import ConvertOptions, add_common_arguments, class_labels_for, options_from_args
+from dataset_conversion.report import REPORT_FILE, ConversionReport
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import ContractError, NnunetMtlError
 
@@ -207,7 +215,7 @@ def test_convert_writes_dataset_and_report(tmp_path):
     assert image.ndim == 2 and (image[:, :8] == 0).all() and image[:, 8:].any()
     label = np.array(Image.open(path / "labelsTr" / "c2.png"))
     assert set(np.unique(label)) == {0, 1} and label.sum() == 10 * 18 + 16  # both masks merged
-    doc = json.loads((path / common.REPORT_FILE).read_text())
+    doc = json.loads((path / REPORT_FILE).read_text())
     run = doc["conversions"][0]
     assert run["skipped"] == [{"case": "c9", "reason": "no class in the sheet"}]
     assert run["counts"]["train"] == {"benign": 1, "malignant": 1} and run["options"]["normal"] == "exclude"
@@ -298,7 +306,7 @@ def test_as_test_and_add_to_existing(tmp_path):
     raw = load_raw_dataset(path)
     assert raw.cases[["case_id", "split"]].values.tolist() == [["a", "train"], ["b", "train"], ["x", "test"]]
     assert "already in the dataset as a" in report.duplicates[0]["action"]  # leakage check against the train set
-    runs = json.loads((path / common.REPORT_FILE).read_text())["conversions"]
+    runs = json.loads((path / REPORT_FILE).read_text())["conversions"]
     assert len(runs) == 2 and runs[1]["added"]["test"] == {"benign": 0, "malignant": 1}
     with pytest.raises(ContractError, match="expected the same classes"):
         _convert(extra, root, class_labels_for(["benign", "malignant"], "include"), add_to_existing=True)
@@ -363,7 +371,7 @@ def test_parallel_order_and_failures(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return True
 
-    monkeypatch.setattr(common._Duplicates, "admit", interrupt)
+    monkeypatch.setattr(duplicates.Duplicates, "admit", interrupt)
     with pytest.raises(KeyboardInterrupt):
         convert(cases, _opts(num_processes=2, overwrite=True), ConversionReport("f", "s"), class_labels=LABELS,
                 raw_root=root, chunksize=1)
@@ -437,9 +445,9 @@ def test_label_conflicts_are_named_in_the_report_and_kept_by_default(tmp_path):
     assert report.label_conflicts_total == 1 and report.label_conflicts_by_distance == {d: 1}
     assert report.label_conflicts == [{"a": "x", "b": "y", "distance": d, "classes": ["benign", "malignant"]}]
     assert report.near_duplicates_total == 2 and report.label_conflicts_dropped == []
-    run = json.loads((path / common.REPORT_FILE).read_text())["conversions"][0]
+    run = json.loads((path / REPORT_FILE).read_text())["conversions"][0]
     assert run["label_conflicts"] == {
-        "max_distance_bits": common.NEAR_DUPLICATE_MAX_BITS,
+        "max_distance_bits": duplicates.NEAR_DUPLICATE_MAX_BITS,
         "scope": "near-duplicates of different patients whose classes differ", "policy": "keep", "total": 1,
         "by_distance": {str(d): 1}, "pairs": report.label_conflicts, "dropped": []}
     assert run["options"]["label_conflicts"] == "keep"
@@ -458,7 +466,7 @@ def test_label_conflicts_drop(tmp_path):
     assert report.label_conflicts_dropped == ["x", "y"] and report.label_conflicts_total == 1
     assert [(p["a"], p["b"]) for p in report.near_duplicates] == [("w", "z")]
     assert report.added["train"] == {"benign": 2, "malignant": 1}
-    run = json.loads((path / common.REPORT_FILE).read_text())["conversions"][0]
+    run = json.loads((path / REPORT_FILE).read_text())["conversions"][0]
     assert run["label_conflicts"]["policy"] == "drop" and run["label_conflicts"]["dropped"] == ["x", "y"]
     assert "label conflicts (near-duplicates whose classes differ; 2 case(s) dropped, --label-conflicts drop" \
         in report.format()
@@ -501,10 +509,10 @@ def test_scan_near_duplicates_counts_every_conflict_in_blocks(monkeypatch):
     labels = [str(i % 5) if i % 12 else "0" for i in range(600)]  # hashes of base 0 share one class: no conflict
     h, g, lab = np.array(hashes, dtype=np.uint64), np.array(groups), np.array(labels)
     dist = np.bitwise_count(h[:, None] ^ h[None, :])
-    near = np.triu(dist <= common.NEAR_DUPLICATE_MAX_BITS, 1) & (g[:, None] != g[None, :])
+    near = np.triu(dist <= duplicates.NEAR_DUPLICATE_MAX_BITS, 1) & (g[:, None] != g[None, :])
     conflict = near & (lab[:, None] != lab[None, :])
-    monkeypatch.setattr(common, "PAIR_BLOCK_BYTES", 32 * 600 * 5)  # 5 rows a block
-    scan = common.scan_near_duplicates(hashes, groups, labels, limit=10)
+    monkeypatch.setattr(duplicates, "PAIR_BLOCK_BYTES", 32 * 600 * 5)  # 5 rows a block
+    scan = duplicates.scan_near_duplicates(hashes, groups, labels, limit=10)
     assert scan.total == int(near.sum()) and scan.conflicts_total == int(conflict.sum()) > 10
     ii, jj = np.nonzero(conflict)
     assert scan.conflicts == [(i, j, int(dist[i, j])) for i, j in zip(ii.tolist(), jj.tolist())][:10]
@@ -512,3 +520,61 @@ def test_scan_near_duplicates_counts_every_conflict_in_blocks(monkeypatch):
     assert 0 < scan.in_conflict.sum() < 600
     assert sum(scan.conflicts_by_distance.values()) == scan.conflicts_total
     assert near_duplicate_pairs(hashes, groups, limit=10) == (scan.total, scan.pairs)
+
+
+# --- the converter names: dataset_conversion.registry, the CLI and the recipe schema -----------------------------
+def _sub_commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The sub-command names of ``parser`` (aliases aside: a name and its aliases map to one parser), in order."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names, seen = [], set()
+    for name, sub in action.choices.items():
+        if id(sub) not in seen:
+            seen.add(id(sub))
+            names.append(name)
+    return names
+
+
+def _registered_by(register) -> list[str]:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return _sub_commands(parser)
+
+
+def _convert_parser(cli_convert) -> argparse.ArgumentParser:
+    """The parser of ``nnunet_mtl convert`` as the CLI builds it."""
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    cli_convert.register(commands)
+    return commands.choices["convert"]
+
+
+def test_recipe_schema_names_the_cli_converters():
+    """A recipe's converter = "..." accepts exactly the sources of ``nnunet_mtl convert``, in its order."""
+    from nnunet_mtl.cli import convert as cli_convert
+    from nnunet_mtl.recipes import schema
+
+    cli = _sub_commands(_convert_parser(cli_convert))
+    assert cli == list(registry.converter_names()) == list(schema.CONVERTERS)
+    assert cli[0] == "synthetic" and {"aimi", "breast", "udiat", "bus-uclm", "busi", "ddti", "thyroidxl",
+                                      "tn3k"} <= set(cli)
+
+
+def test_registry_lists_each_converter_module_and_its_names():
+    """Every dataset_conversion module with register_converters is in the registry, and each registry module
+    registers exactly the names listed for it (a new converter needs its registry line)."""
+    with_register = {f"dataset_conversion.{info.name}" for info in pkgutil.iter_modules(dataset_conversion.__path__)
+                     if hasattr(importlib.import_module(f"dataset_conversion.{info.name}"), "register_converters")}
+    modules = registry.converter_modules()
+    assert with_register == set(modules) - {"nnunet_mtl.cli.convert"}
+    assert modules[0] == "nnunet_mtl.cli.convert" and len(modules) == len(set(modules))
+    for module in modules:
+        names = _registered_by(importlib.import_module(module).register_converters)
+        assert names == [name for name, owner in registry.CONVERTERS.items() if owner == module], module
+
+
+def test_registry_imports_nothing_heavy():
+    """The recipe schema reads the names without loading a converter (or numpy)."""
+    code = ("import sys, dataset_conversion.registry; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'dataset_conversion')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['dataset_conversion', 'dataset_conversion.registry']"

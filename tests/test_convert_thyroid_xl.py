@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_conversion.common import ConvertOptions
+from dataset_conversion.options import ConvertOptions
 from dataset_conversion.thyroid_xl import (bethesda_category, convert_thyroid_xl, histopathology_class,
                                            tirads_class)
 from nnunet_mtl.cli.main import main

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_conversion.common import ConvertOptions
 from dataset_conversion.ddti import (OPEN_OUTLINE_PX, TIRADS_MAPPING, convert_ddti, find_outside_outlines,
                                      parse_regions, parse_tirads, pathology_class, rasterize)
+from dataset_conversion.options import ConvertOptions
 from dataset_conversion.tn3k import convert_tn3k
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataset_conversion.writer import RawDatasetWriter
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.dataset.holdout import (PROVENANCE_KEY, REPORT_FILE, choose_test_patients, holdout, holdout_name,
                                         plan_holdout, write_holdout_dataset)
 from nnunet_mtl.dataset.partial import drop_masks
+from nnunet_mtl.dataset.writer import RawDatasetWriter
 from nnunet_mtl.errors import NnunetMtlError
 from tests.test_bad_input_sweep import deny_writes, snapshot
 

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_conversion.writer import RawDatasetWriter
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import (FULL_LABELS, IGNORE_LABEL, PARTIAL_LABELS, bounding_box, kind_of_label_map,
                                          load_raw_dataset)
 from nnunet_mtl.dataset.partial import (PROVENANCE_KEY, REPORT_FILE, choose_kept_patients, default_name, drop_masks,
                                         keep_quotas, patient_classes)
+from nnunet_mtl.dataset.writer import RawDatasetWriter
 from nnunet_mtl.errors import ContractError, NnunetMtlError
 from tests.test_bad_input_sweep import deny_writes, snapshot
 

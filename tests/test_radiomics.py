@@ -109,7 +109,7 @@ def test_feature_list_is_configurable_and_checked():
 
 def _raw_dataset(root, n=6):
     """A minimal raw dataset (contract layout): n training cases, the last one without a lesion, one test case."""
-    from dataset_conversion.writer import RawDatasetWriter
+    from nnunet_mtl.dataset.writer import RawDatasetWriter
     with RawDatasetWriter(900, "Radio", {"benign": 0, "malignant": 1}, raw_root=root) as w:
         for i in range(n):
             mask = ellipse(ry=10 + 2 * i, rx=14) if i < n - 1 else np.zeros(YY.shape, bool)
@@ -201,7 +201,7 @@ def test_a_case_pyradiomics_rejects_is_left_out_not_fatal(tmp_path, monkeypatch,
 # ------------------------------------------------------------------------------------------------ partial masks
 def _partial_dataset(root):
     """c0-c3: full masks with a lesion; c4: no mask (all ignore); c5: a box (ignore inside); c6: full, no lesion."""
-    from dataset_conversion.writer import RawDatasetWriter
+    from nnunet_mtl.dataset.writer import RawDatasetWriter
     kinds = ["full"] * 4 + ["none", "box", "full"]
     with RawDatasetWriter(901, "RadioPartial", {"benign": 0, "malignant": 1}, raw_root=root) as w:
         for i, kind in enumerate(kinds):

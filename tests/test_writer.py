@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset_conversion.writer import (MaskEncodingError, RawDatasetWriter, binarize_mask, format_summary, read_mask,
-                                      to_grey_uint8)
 from nnunet_mtl.dataset.contract import load_raw_dataset
+from nnunet_mtl.dataset.writer import (MaskEncodingError, RawDatasetWriter, binarize_mask, format_summary, read_mask,
+                                       to_grey_uint8)
 from nnunet_mtl.errors import ContractError
 
 CLASSES = {"benign": 0, "malignant": 1}
@@ -245,8 +247,8 @@ def test_worker_path_stores_mask_kinds(tmp_path):
     """The parallel converters' path (check_case in the main process, write_case_files in a worker, register_case)
     stores partial kinds too: the label map of the kind, the kind the row must say (a box around nothing is full),
     and a test case that is not full is refused before a file is written."""
-    from dataset_conversion.writer import write_case_files
     from nnunet_mtl.dataset.contract import PARTIAL_LABELS, kind_of_label_map
+    from nnunet_mtl.dataset.writer import write_case_files
 
     lesion = (_mask() > 0).astype(np.uint8)
     w = RawDatasetWriter(7, "Workers", CLASSES, raw_root=tmp_path)
@@ -266,3 +268,11 @@ def test_worker_path_stores_mask_kinds(tmp_path):
     assert raw.cases["mask"].tolist() == ["full", "none", "box", "full"]
     for case, kind in zip(raw.cases["case_id"], raw.cases["mask"]):
         assert kind_of_label_map(np.array(Image.open(path / "labelsTr" / f"{case}.png"))) == kind
+
+
+def test_the_writer_is_core_and_imports_no_converter():
+    """The raw-dataset writer belongs to the core (nnunet_mtl.dataset): importing it loads nothing of the
+    dataset_conversion package, which depends on it and not the other way round."""
+    code = "import sys, nnunet_mtl.dataset.writer; print([m for m in sys.modules if m.startswith('dataset_conversion')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,27 +1,17 @@
 """``nnunet_mtl convert SOURCE ...``: write a raw dataset (nnU-Net layout + class labels + cases.csv).
 
-The synthetic phantom is registered here; every module of the ``dataset_conversion`` package that defines
-``register_converters(sources)`` adds its own sources (so a new converter is one new module, no edit here).
-Converter modules import their heavy dependencies (openpyxl, h5py, ...) inside their functions, so listing the
-commands stays fast.
+The synthetic phantom is registered here; every other module named in
+:data:`dataset_conversion.registry.CONVERTERS` adds its own sources with ``register_converters(sources)`` (so a new
+converter is one new module and one registry line, no edit here). Converter modules import their heavy
+dependencies (openpyxl, h5py, ...) inside their functions, so listing the commands stays fast.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 
+from dataset_conversion.registry import converter_modules
 from nnunet_mtl.errors import NnunetMtlError
-
-
-
-def converter_modules() -> list[str]:
-    """This module, then every dataset_conversion module that defines register_converters (sorted by name)."""
-    import dataset_conversion
-    names = ["nnunet_mtl.cli.convert"]
-    for info in sorted(pkgutil.iter_modules(dataset_conversion.__path__), key=lambda m: m.name):
-        names.append(f"dataset_conversion.{info.name}")
-    return names
 
 
 def register(subparsers):
@@ -30,10 +20,8 @@ def register(subparsers):
         description="Writes $nnUNet_raw/DatasetNNN_Name in nnU-Net's 2D PNG layout with dataset.json "
                     "(incl. class_labels) and cases.csv (case, split, class, patient, clinical columns).")
     sources = p.add_subparsers(dest="source", metavar="SOURCE")
-    for name in converter_modules():
-        register_converters_of = getattr(importlib.import_module(name), "register_converters", None)
-        if register_converters_of is not None:
-            register_converters_of(sources)
+    for name in converter_modules():  # this module (synthetic), then the dataset converters
+        importlib.import_module(name).register_converters(sources)
 
     def _no_source(args):
         p.print_help()
@@ -67,8 +55,8 @@ def register_converters(sources) -> None:
 
 def print_result(folder) -> None:
     """The summary table (classes x splits) and the folder: what every converter prints at the end."""
-    from dataset_conversion.writer import format_summary, summarize_cases
     from nnunet_mtl.dataset.contract import load_raw_dataset
+    from nnunet_mtl.dataset.writer import format_summary, summarize_cases
 
     raw = load_raw_dataset(folder, check_files=False)
     print(format_summary(summarize_cases(zip(raw.cases["split"], raw.cases["class"]), raw.class_labels)))

@@ -227,12 +227,12 @@ def plan_holdout(source, target_id, *, fraction=None, per_class=None, classes=No
 
 # --- the work ---------------------------------------------------------------------------------------------------
 def write_holdout_dataset(plan: HoldoutPlan) -> tuple[Path, dict]:
-    """Write ``plan``'s dataset through :class:`~dataset_conversion.writer.RawDatasetWriter` (a hidden temporary
+    """Write ``plan``'s dataset through :class:`~nnunet_mtl.dataset.writer.RawDatasetWriter` (a hidden temporary
     folder, validated, moved into place only when complete; an error leaves nothing): every image and label copied
     byte for byte, the held-out patients' training cases into imagesTs / labelsTs; dataset.json the source's (its
     counts recomputed) plus :data:`PROVENANCE_KEY`; cases.csv the source's with ``split`` ``test`` for the held-out
     cases. Returns (dataset folder, the report written as ``holdout_report.json``)."""
-    from dataset_conversion.writer import WRITER_JSON_KEYS, RawDatasetWriter, case_file_paths
+    from nnunet_mtl.dataset.writer import WRITER_JSON_KEYS, RawDatasetWriter, case_file_paths
 
     raw, sel = plan.source, plan.selection
     src_json = raw.dataset_json

@@ -233,12 +233,12 @@ def _read_label(path: Path) -> np.ndarray:
 
 
 def write_partial_dataset(plan: DropMasksPlan) -> tuple[Path, dict]:
-    """Write ``plan``'s dataset through :class:`~dataset_conversion.writer.RawDatasetWriter` (a hidden temporary
+    """Write ``plan``'s dataset through :class:`~nnunet_mtl.dataset.writer.RawDatasetWriter` (a hidden temporary
     folder, validated, moved into place only when complete; an error leaves nothing): images and test labels copied
     byte for byte, kept patients' labels too, the other training labels rewritten as ``plan.as_kind``; dataset.json
     the source's plus the ignore label (``PARTIAL_LABELS``) and :data:`PROVENANCE_KEY`, cases.csv the source's plus
     the ``mask`` column. Returns (dataset folder, the report written as ``partial_report.json``)."""
-    from dataset_conversion.writer import WRITER_JSON_KEYS, RawDatasetWriter, case_file_paths, write_label_file
+    from nnunet_mtl.dataset.writer import WRITER_JSON_KEYS, RawDatasetWriter, case_file_paths, write_label_file
 
     raw, sel = plan.source, plan.selection
     src_json = raw.dataset_json

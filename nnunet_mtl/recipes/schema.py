@@ -43,11 +43,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from dataset_conversion.registry import converter_names
 from nnunet_mtl.dataset.partial import DROP_KINDS
 from nnunet_mtl.errors import NnunetMtlError
 
 SCHEMA_VERSION = 1
-CONVERTERS = ("synthetic", "aimi", "breast", "udiat", "bus-uclm", "busi", "ddti", "thyroidxl", "tn3k")
+CONVERTERS = converter_names()  # the sub-commands of `nnunet_mtl convert`, as its converters register them
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 SPLIT_KINDS = ("kfold", "holdout", "file")

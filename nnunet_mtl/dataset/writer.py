@@ -1,4 +1,5 @@
-"""The one writer every converter uses to produce a raw dataset that follows the nnunet_mtl contract.
+"""The one writer that produces a raw dataset following the nnunet_mtl contract: every converter
+(``dataset_conversion``), ``nnunet_mtl holdout`` and ``nnunet_mtl drop-masks`` write through it.
 
 A converter only decides *what* a case is (image, mask, class, patient, clinical values); this writer decides
 *how* it is stored: nnU-Net's 2D PNG layout, ``dataset.json`` with ``class_labels``, and ``cases.csv``.
@@ -32,11 +33,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from nnunet_mtl.dataset.contract import NORMAL_CLASS  # images without a lesion: their masks are empty
 from nnunet_mtl import paths
-from nnunet_mtl.dataset.contract import (FULL_LABELS, MASK_COLUMN, MASK_KINDS, PARTIAL_LABELS, REQUIRED_COLUMNS,
-                                         SPACING_COLUMNS, SPLITS, declares_ignore_label, label_map_for,
-                                         load_raw_dataset, read_cases_csv, read_class_labels, stored_kind)
+# NORMAL_CLASS: images without a lesion, their masks are empty (one definition, in the contract)
+from nnunet_mtl.dataset.contract import (FULL_LABELS, MASK_COLUMN, MASK_KINDS, NORMAL_CLASS, PARTIAL_LABELS,
+                                         REQUIRED_COLUMNS, SPACING_COLUMNS, SPLITS, declares_ignore_label,
+                                         label_map_for, load_raw_dataset, read_cases_csv, read_class_labels,
+                                         stored_kind)
 from nnunet_mtl.errors import ContractError
 
 SPLIT_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
@@ -212,7 +214,8 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 def case_file_paths(folder: Path, case_id: str, split: str) -> tuple[Path, Path]:
     """(image file, label file) of a case inside a dataset folder (or a writer's temporary folder)."""
     image_dir, label_dir = SPLIT_FOLDERS[split]
-    return (Path(folder) / image_dir / f"{case_id}_0000{FILE_ENDING}", Path(folder) / label_dir / f"{case_id}{FILE_ENDING}")
+    return (Path(folder) / image_dir / f"{case_id}_0000{FILE_ENDING}",
+            Path(folder) / label_dir / f"{case_id}{FILE_ENDING}")
 
 
 def image_and_mask(image, label, *, name: str = "case", mask_names=()) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -277,7 +280,8 @@ def format_summary(summary: dict) -> str:
     rows.append(["total"] + [str(sum(summary[s].values())) for s in SPLITS]
                 + [str(sum(sum(summary[s].values()) for s in SPLITS))])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(  # noqa: E731
+        v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
