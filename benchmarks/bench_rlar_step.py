@@ -84,7 +84,7 @@ def main() -> int:
         med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
         rlar = trainers["nnUNetTrainerRLAR"]
         rule = rlar.backward_rule
-        stages, fast = rule._stages, rule.written_out
+        stages, fast = rule.encoder_stages, rule.written_out
         work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
 
     patch = "x".join(map(str, first.configuration_manager.patch_size))
@@ -92,7 +92,7 @@ def main() -> int:
     amp = describe(device).removeprefix("precision: ")
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "
           f"{args.layer} (stage {stages}), lambda_adv {rule.adv_weight}, {args.steps} interleaved steps each "
-          f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rule._slow_reason)}:")
+          f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rule.autograd_reason)}:")
     for name, value in med.items():
         print(f"  {name:27s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.3f}x MTL")
     before = med["nnUNetTrainerRLAR_autograd"] / med["nnUNetTrainerMTL"]

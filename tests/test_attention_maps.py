@@ -21,7 +21,9 @@ from torch import nn
 
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.evaluation.evaluate import ATTENTION_FOLDER, evaluate_folder, format_summary_table
+from nnunet_mtl.evaluation.evaluate import evaluate_folder
+from nnunet_mtl.evaluation.formatting import format_summary_table
+from nnunet_mtl.evaluation.shared import ATTENTION_FOLDER
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet
 from nnunet_mtl.seams.heads import Head, HeadConfig, register_head
 from tests.test_network import make_plans, make_unet
@@ -273,7 +275,7 @@ def test_attention_to_uint8_puts_one_half_at_128():
 def model(tmp_path, monkeypatch):
     """tests/test_per_fold.py's fake model folder (enough for predict's checks before loading), with load_predictor
     replaced by make_predictor of a head chosen by the test (a real MultitaskPredictor)."""
-    from nnunet_mtl.cli import predict as predict_cli
+    from nnunet_mtl.inference import runner
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (tmp_path / var).mkdir()
         monkeypatch.setenv(var, str(tmp_path / var))
@@ -294,7 +296,7 @@ def model(tmp_path, monkeypatch):
         state["loaded"].append(folds)
         return make_predictor(state["head"], folds=len(folds))
 
-    monkeypatch.setattr(predict_cli, "load_predictor", load_predictor)
+    monkeypatch.setattr(runner, "load_predictor", load_predictor)  # where predict's runner looks it up
     return {"root": tmp_path, "state": state}
 
 

@@ -6,8 +6,10 @@ import torch
 from nnunet_mtl.autodiff import use_fast_instance_norm
 from nnunet_mtl.methods.clinical_guidance import clinical_guidance_loss
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig
-from nnunet_mtl.methods.rlar import rlar_backward, rlar_penalty, rlar_penalty_at, written_out_seg_gradient
+from nnunet_mtl.methods.rlar import (rlar_backward, rlar_penalty, rlar_penalty_at,
+                                     why_seg_gradient_not_written_out)
 from nnunet_mtl.networks.multitask_unet import MultitaskUNet
+from nnunet_mtl.seams.terms import TermLosses
 from tests.test_network import ARCH, make_unet
 
 
@@ -29,14 +31,18 @@ def batch(seed=1):
     return data, seg, cls, radiomics, valid
 
 
+# what each loss below is computed from (LossTerm.acts_on), as the trainer's compute_losses passes it on
+ACTS_ON = {"seg": ("segmentation",), "cls": ("classification",), "clin": ("embedding",)}
+
+
 def task_losses_for(seg, cls, radiomics, valid):
     def losses(output):
         seg_out = output["seg"]
         seg_loss = sum(torch.nn.functional.cross_entropy(
             s, torch.nn.functional.interpolate(seg.double(), size=s.shape[2:]).long()[:, 0]) / 2 ** i
             for i, s in enumerate(seg_out))
-        return {"seg": seg_loss, "cls": torch.nn.functional.cross_entropy(output["logits"], cls),
-                "clin": clinical_guidance_loss(output["embedding"][:, :4], radiomics, valid)}
+        return TermLosses({"seg": seg_loss, "cls": torch.nn.functional.cross_entropy(output["logits"], cls),
+                           "clin": clinical_guidance_loss(output["embedding"][:, :4], radiomics, valid)}, ACTS_ON)
     return losses
 
 
@@ -88,7 +94,7 @@ def test_penalty_changes_the_gradient_by_its_own_derivative(layers, fast):
     losses_fn = task_losses_for(seg, cls, radiomics, valid)
     with_pen, without = make_net(), make_net()
     if fast:
-        assert written_out_seg_gradient(with_pen) is None  # the test network is nnU-Net's: the fast path is taken
+        assert why_seg_gradient_not_written_out(with_pen) is None  # nnU-Net's network: the fast path is taken
         use_fast_instance_norm(with_pen.encoder)  # as the trainer does for the stages above a z below the bottleneck
     _, penalty = rlar_backward(with_pen, data, losses_fn, WEIGHTS, layers, adv_weight=0.5, fast=fast)
     rlar_backward(without, data, losses_fn, WEIGHTS, layers, adv_weight=0.0, fast=fast)
@@ -123,7 +129,8 @@ def make_net_with(**arch_changes):
     kwargs = {**ARCH["arch_kwargs"], **arch_changes}
     unet = get_network_from_plans(ARCH["network_class_name"], kwargs, ARCH["_kw_requires_import"], 1, 2,
                                   allow_init=True, deep_supervision=True)
-    return MultitaskUNet(unet, BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0, guided_dim=4)).double()
+    head = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0, guided_dim=4)
+    return MultitaskUNet(unet, head).double()
 
 
 def test_a_decoder_the_fast_path_does_not_know_falls_back_to_autograd():
@@ -132,7 +139,7 @@ def test_a_decoder_the_fast_path_does_not_know_falls_back_to_autograd():
     data, seg, cls, radiomics, valid = batch()
     losses_fn = task_losses_for(seg, cls, radiomics, valid)
     auto, plain = make_net_with(nonlin_first=True), make_net_with(nonlin_first=True)
-    assert "non-linearity" in written_out_seg_gradient(auto)
+    assert "non-linearity" in why_seg_gradient_not_written_out(auto)
     _, p_auto = rlar_backward(auto, data, losses_fn, WEIGHTS, [3], adv_weight=0.5)  # fast=None: decides itself
     _, p_plain = rlar_backward(plain, data, losses_fn, WEIGHTS, [3], adv_weight=0.5, fast=False)
     assert p_auto.item() == p_plain.item()
@@ -196,9 +203,9 @@ def partial_losses_for(seg, cls, radiomics, valid):
     def losses(output):
         targets = [torch.nn.functional.interpolate(seg.double(), size=s.shape[2:], mode="nearest")
                    for s in output["seg"]]  # nnU-Net's downsampled deep-supervision targets
-        return {"seg": seg_loss(output["seg"], targets),
-                "cls": torch.nn.functional.cross_entropy(output["logits"], cls),
-                "clin": clinical_guidance_loss(output["embedding"][:, :4], radiomics, valid)}
+        return TermLosses({"seg": seg_loss(output["seg"], targets),
+                           "cls": torch.nn.functional.cross_entropy(output["logits"], cls),
+                           "clin": clinical_guidance_loss(output["embedding"][:, :4], radiomics, valid)}, ACTS_ON)
     return losses
 
 
@@ -218,7 +225,7 @@ def test_an_unannotated_sample_has_an_exactly_zero_segmentation_gradient_at_z(la
     output = net(data, return_aux=True, record_decoder=fast)
     losses = losses_fn(output)
     grads = task_gradients({t: WEIGHTS[t] * v for t, v in losses.items()}, list(WEIGHTS), output, layers,
-                           decoder=net.decoder if fast else None)
+                           decoder=net.decoder if fast else None, segmentation_tasks=["seg"])
     for j in range(len(layers)):
         g = grads["seg"][j]
         assert torch.equal(g[2], torch.zeros_like(g[2]))  # exactly 0, every entry
@@ -254,3 +261,103 @@ def test_the_step_on_a_partial_batch_is_finite_and_an_all_ignore_batch_trains_no
                *net.decoder.seg_layers.parameters()]  # nnU-Net's decoder also holds a reference to the encoder
     for p in decoder:
         assert p.grad is None or torch.equal(p.grad, torch.zeros_like(p.grad))
+
+
+# ---------------------------------------------------------------------------------------- what a term acts on
+def _terms_acting_on(seg_name, seg_acts_on):
+    """A segmentation loss named ``seg_name`` declaring ``seg_acts_on``, and a classification loss (the batch's
+    classes: :func:`batch`'s)."""
+    from nnunet_mtl.seams.terms import LossTerm
+
+    class MaskLoss(LossTerm):
+        name, acts_on = seg_name, seg_acts_on
+
+        def __call__(self, outputs, batch):
+            return sum(torch.nn.functional.cross_entropy(
+                s, torch.nn.functional.interpolate(batch.seg_target.double(), size=s.shape[2:]).long()[:, 0]) / 2 ** i
+                for i, s in enumerate(outputs["seg"]))
+
+    class ClassLoss(LossTerm):
+        name, acts_on = "cls", ("classification",)
+
+        def __call__(self, outputs, batch):
+            return torch.nn.functional.cross_entropy(outputs["logits"], batch.case("class"))
+
+    return [MaskLoss(), ClassLoss()]
+
+
+class CaseClasses:
+    """The one column of a case table these terms read: ``class``, by batch position."""
+
+    def __init__(self, classes):
+        self.classes = classes
+
+    def tensor(self, column, keys, device=None, dtype=None):
+        assert column == "class" and list(keys) == ["a", "b", "c", "d"]
+        return self.classes.to(device)
+
+
+def _rule_step(terms, fast=True, monkeypatch=None):
+    """One RLAR rule step on a fresh network; (parameter gradients, log lines, calls of the written-out decoder
+    gradient)."""
+    import nnunet_mtl.methods.rlar as rlar_module
+    from nnunet_mtl.methods.rlar import RLAR
+    from nnunet_mtl.seams.terms import Batch, compute_losses
+    data, seg, cls, _, _ = batch()
+    net, calls, log = make_net(), [], []
+    original = rlar_module.decoder_input_gradients
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rlar_module, "decoder_input_gradients", counted)
+    rule = RLAR(layer="bottleneck", adv_weight=0.5, fast=fast)
+    rule.setup(net, log.append)
+    context = Batch(data=data, target=seg, keys=["a", "b", "c", "d"], cases=CaseClasses(cls))
+    weights = {t.name: 1.0 for t in terms}
+    names = [t.name for t in terms]
+    log.append(rule.describe(weights, names))
+    rule(net, data, lambda outputs: compute_losses(terms, outputs, context), weights, tasks=names)
+    return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]), log, len(calls)
+
+
+def test_a_term_acting_on_the_segmentation_output_is_written_out_whatever_its_name(monkeypatch):
+    """RLAR writes out the gradient at z of a task whose term declares acts_on = ("segmentation",), whatever its
+    name, and asks autograd for a term that does not declare it, even one named "seg"; the log says which, and both
+    give autograd's gradients."""
+    grads, log, calls = _rule_step(_terms_acting_on("mask_dice", ("segmentation",)), monkeypatch=monkeypatch)
+    assert calls == 1  # the written-out decoder gradient, once: the one segmentation task
+    assert "segmentation gradient at z: written out" in log[0]
+    assert "written out (nnunet_mtl.autodiff) for ['mask_dice'], from autograd for ['cls']" in log[1]
+    undeclared, log_undeclared, calls_undeclared = _rule_step(_terms_acting_on("seg", ()), monkeypatch=monkeypatch)
+    assert calls_undeclared == 0  # the name "seg" alone does not make it written out
+    assert "written out (nnunet_mtl.autodiff) for no task, from autograd for ['seg', 'cls']" in log_undeclared[1]
+    reference, log_autograd, calls_autograd = _rule_step(_terms_acting_on("mask_dice", ("segmentation",)), fast=False,
+                                                         monkeypatch=monkeypatch)
+    assert calls_autograd == 0 and "autograd (fast is False)" in log_autograd[0]
+    assert close(grads, reference, rel=1e-6) and close(undeclared, reference, rel=1e-6)
+
+
+def test_every_term_of_the_package_declares_what_it_acts_on():
+    """acts_on is declared on every loss term of nnunet_mtl's methods, with names of OUTPUTS; the segmentation-only
+    ones are exactly the terms on nnU-Net's decoder output."""
+    import importlib
+    import pkgutil
+
+    import nnunet_mtl.methods
+    from nnunet_mtl.seams.terms import OUTPUTS, LossTerm
+    for module in pkgutil.iter_modules(nnunet_mtl.methods.__path__):
+        importlib.import_module(f"nnunet_mtl.methods.{module.name}")
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    ours = {c.__name__: c for c in subclasses(LossTerm) if c.__module__.startswith("nnunet_mtl.methods.")}
+    assert {"Segmentation", "Classification", "ClinicalGuidance", "BIRADSConsistency", "Localization"} <= set(ours)
+    for name, cls in ours.items():
+        assert cls.acts_on and set(cls.acts_on) <= set(OUTPUTS), name
+    segmentation_only = sorted(n for n, c in ours.items() if tuple(c.acts_on) == ("segmentation",))
+    assert segmentation_only == ["NoTumourPenalty", "PseudoSegmentation", "Segmentation"]

@@ -24,7 +24,7 @@ from nnunet_mtl.trainers import nnUNetTrainerMTL, nnUNetTrainerMTL_tiny
 
 # ------------------------------------------------------------------------------------------------ a new term
 class MaskArea(LossTerm):  # a regularizer: the mean soft lesion mask
-    name, task = "area", False
+    name, task, acts_on = "area", False, ("segmentation",)
 
     def __call__(self, outputs, batch):
         seg = outputs["seg"][0] if isinstance(outputs["seg"], list) else outputs["seg"]
@@ -70,7 +70,7 @@ class RunningPrior(nn.Module):  # a learnable logit and a running maximum, both 
 
 
 class PriorTerm(LossTerm):
-    name = "prior"
+    name, acts_on = "prior", ("classification", "loss_module")
 
     def loss_modules(self):
         return {"prior": {"kind": "test_prior", "init": 0.5}}
@@ -175,7 +175,8 @@ def test_a_new_head_is_rebuilt_from_the_plans_and_loads_strictly(nnunet_env):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     trainer = train(nnunet_env, TrainerWithLinearHead)
     plans = json.loads((Path(trainer.output_folder_base) / "plans.json").read_text())
-    assert plans["nnunet_mtl"]["head"] == {"kind": "test_linear", "num_classes": 3, "loss_modules": {}}
+    assert plans["nnunet_mtl"]["head"] == {"kind": "test_linear", "import_path": f"{__name__}:LinearHead",
+                                           "num_classes": 3, "loss_modules": {}}
     manager = PlansManager(plans)
     network = nnUNetTrainerMTL.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2,
                                                           enable_deep_supervision=False)
@@ -196,7 +197,8 @@ def test_a_head_owned_loss_module_is_saved_resumed_and_free_of_weight_decay(nnun
     assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0 and groups[1]["params"] == [
         trainer.network.head.loss_modules["prior"].u]
     plans = json.loads((Path(trainer.output_folder_base) / "plans.json").read_text())
-    assert plans["nnunet_mtl"]["head"]["loss_modules"] == {"prior": {"kind": "test_prior", "init": 0.5}}
+    assert plans["nnunet_mtl"]["head"]["loss_modules"] == {"prior": {"kind": "test_prior", "init": 0.5,
+                                                                     "import_path": f"{__name__}:RunningPrior"}}
     resumed = make_trainer(nnunet_env, TrainerWithPrior)
     resumed.load_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))  # what --c does
     state = resumed.network.state_dict()
@@ -470,8 +472,12 @@ def test_cases_csv_copies_never_show_a_half_written_file(tmp_path):
 
 
 def test_methods_and_seams_import_nothing_of_nnunet():
-    """The losses are pure functions: the methods, the seams and the case table load without nnunetv2."""
-    code = ("import sys, nnunet_mtl.methods, nnunet_mtl.seams, nnunet_mtl.dataset.case_table; "
+    """The losses are pure functions: the methods (every module), the seams and the case table load without
+    nnunetv2."""
+    code = ("import sys, importlib, pkgutil, nnunet_mtl.methods, nnunet_mtl.seams, nnunet_mtl.dataset.case_table; "
+            "[importlib.import_module('nnunet_mtl.methods.' + m.name) for m in pkgutil.iter_modules("
+            "nnunet_mtl.methods.__path__)]; "
+            "assert 'nnunet_mtl.methods.rlar' in sys.modules and 'nnunet_mtl.methods.lesion_aware' in sys.modules; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'dynamic_network_architectures', "
             "'batchgenerators', 'batchgeneratorsv2')); print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -106,6 +106,7 @@ def add_head_to_checkpoint(checkpoint_path: Path, out_path: Path, head_config, s
 def run(args) -> int:
     from nnunet_mtl.dataset.contract import read_class_labels, read_json_object
     from nnunet_mtl.paths import find_dataset_folder, preprocessed_root, raw_root
+    from nnunet_mtl.seams.heads import IMPORT_PATH
     source, out = Path(args.i), Path(args.o)
     if not source.is_file():
         raise NnunetMtlError(f"checkpoint {source} does not exist")
@@ -121,7 +122,8 @@ def run(args) -> int:
     class_labels = read_class_labels(read_json_object(dataset_json_path), source=str(dataset_json_path))
     config = head_config_for(args.tr, class_labels)
     added = add_head_to_checkpoint(source, out, config, args.seed)
-    shape = ", ".join(f"{k} {v}" for k, v in config.to_dict().items() if k not in ("kind", "loss_modules"))
+    shape = ", ".join(f"{k} {v}" for k, v in config.to_dict().items()
+                      if k not in ("kind", IMPORT_PATH, "loss_modules"))
     print(f"added a fresh {config.kind} head ({added} tensors: {shape}) for {args.tr} to a copy of {source}")
     print(f"wrote {out}\nnow: nnUNetv2_train {args.d} 2d FOLD -tr {args.tr} -pretrained_weights {out}")
     return 0

@@ -11,11 +11,8 @@
   :mod:`~nnunet_mtl.methods.uncertainty_weighting` (Kendall et al. 2018), :mod:`~nnunet_mtl.methods.single_task`
   (the head kind ``none``).
 
-Importing this package imports every module in it, so that the heads and loss modules they register are known
-wherever a network is rebuilt from its plans. The trainers that compose them: :mod:`nnunet_mtl.trainers`.
+Importing this package imports none of its modules: each registers its heads and loss modules when it is imported,
+and the plans name the module of every head and loss module they use (:mod:`nnunet_mtl.seams.heads`), so rebuilding
+a network imports just that module, and a module that fails to import breaks only what uses it. The trainers that
+compose them: :mod:`nnunet_mtl.trainers`.
 """
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")

@@ -66,7 +66,7 @@ from torch import nn
 from nnunet_mtl.dataset.contract import BACKGROUND_LABEL, LESION_LABEL
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.seams.heads import register_loss_module
-from nnunet_mtl.seams.terms import Batch, LossTerm, Setup
+from nnunet_mtl.seams.terms import CLASSIFICATION, LOSS_MODULE, SEGMENTATION, Batch, LossTerm, Setup
 
 EPS = 1e-6                  # Table 1: compactness' epsilon; also inside the square root of R
 EDGE_EPS = 1e-12            # inside the edge magnitude's square root
@@ -198,6 +198,7 @@ class BIRADSConsistency(LossTerm):
     docstring)."""
 
     name, task = "consistency", False
+    acts_on = (SEGMENTATION, CLASSIFICATION, LOSS_MODULE)  # phi of the soft mask, p of the logits, the prior
     partial_masks = True  # reads the lesion label only; unannotated patches are never used
 
     def __init__(self, init_weights: Sequence[float] = INITIAL_WEIGHTS, momentum: float = MOMENTUM):
@@ -235,6 +236,7 @@ class NoTumourPenalty(LossTerm):
     overlaps its box) is not known to be lesion-free, so it is not penalized for predicting lesion there."""
 
     name, task = "ntp", False
+    acts_on = (SEGMENTATION,)
     partial_masks = True  # penalizes only patches whose every pixel is annotated background
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:
@@ -247,6 +249,7 @@ class PriorWeightDecay(LossTerm):
     """||u||^2 of Eq. 2 (weight beta)."""
 
     name, task = "prior_l2", False
+    acts_on = (LOSS_MODULE,)
     partial_masks = True  # reads no target
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:

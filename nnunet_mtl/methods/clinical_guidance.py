@@ -30,7 +30,7 @@ import torch
 
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.radiomics.features import DEFAULT_FEATURES, check_feature_names
-from nnunet_mtl.seams.terms import Batch, LossTerm, Setup
+from nnunet_mtl.seams.terms import EMBEDDING, Batch, LossTerm, Setup
 
 
 def clinical_guidance_loss(h_tirads: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -48,6 +48,7 @@ class ClinicalGuidance(LossTerm):
     """L_clin (Eq. 3) on the leading ``len(features)`` entries of the embedding (Eq. 2)."""
 
     name = "clin"
+    acts_on = (EMBEDDING,)  # h_tirads, the leading entries of the embedding (Eq. 2)
     partial_masks = True  # a case without a full mask has no target and is left out of L_clin (setup)
 
     def __init__(self, features=DEFAULT_FEATURES):

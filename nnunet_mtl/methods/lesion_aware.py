@@ -62,7 +62,7 @@ from torch import nn
 
 from nnunet_mtl.dataset.contract import IGNORE_LABEL, LESION_LABEL, MASK_KINDS
 from nnunet_mtl.seams.heads import Head, HeadConfig, register_head
-from nnunet_mtl.seams.terms import Batch, LossTerm, Setup
+from nnunet_mtl.seams.terms import ATTENTION, SEGMENTATION, Batch, LossTerm, Setup
 
 TAU, ALPHA, LAMBDA = 0.8, 0.1, 0.5  # Fan et al., Sec. 3.3
 FULL, BOX, NONE = (MASK_KINDS.index(k) for k in ("full", "box", "none"))
@@ -126,7 +126,8 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class LesionAwareNet(nn.Module):
-    """LA-Net: per-stage projection, shared CBAM, shared squeeze, resize to f_n, concatenate, conv + BN: the logit of P."""
+    """LA-Net: per-stage projection, shared CBAM, shared squeeze, resize to f_n, concatenate, conv + BN: the logit of
+    P."""
 
     def __init__(self, stage_channels: Sequence[int], width: int, reduction: int, kernel_size: int,
                  channel_attention: bool, spatial_attention: bool):
@@ -243,6 +244,7 @@ class Localization(LossTerm):
     """L_loc (Eq. 5), and the labelled part of L'_loc (Eq. 6): the lesion map P against the annotation."""
 
     name = "loc"
+    acts_on = (ATTENTION,)
     partial_masks = True
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:
@@ -254,6 +256,7 @@ class PseudoLocalization(LossTerm):
     alpha)."""
 
     name, task = "pseudo_loc", False
+    acts_on = (ATTENTION,)
     partial_masks = True
 
     def __init__(self, tau: float = TAU):
@@ -274,6 +277,7 @@ class PseudoSegmentation(LossTerm):
     batch Dice pools the whole batch, and annotated and pseudo-labelled samples in one call would blur each other."""
 
     name, task = "pseudo_seg", False
+    acts_on = (SEGMENTATION,)
     partial_masks = True
 
     def __init__(self, tau: float = TAU):

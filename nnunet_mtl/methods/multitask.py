@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from nnunet_mtl.seams.heads import Head, HeadConfig, register_head
-from nnunet_mtl.seams.terms import Batch, LossTerm, Setup
+from nnunet_mtl.seams.terms import CLASSIFICATION, SEGMENTATION, Batch, LossTerm, Setup
 
 
 # ------------------------------------------------------------------------------------------------ the head
@@ -81,6 +81,7 @@ class Segmentation(LossTerm):
     """L_seg: nnU-Net's loss on the decoder's outputs (Dice + CE, deep supervision)."""
 
     name = "seg"
+    acts_on = (SEGMENTATION,)
     partial_masks = True  # nnU-Net's loss masks the ignore label (Dice) and skips it (CE)
 
     def setup(self, setup: Setup) -> None:
@@ -95,6 +96,7 @@ class Classification(LossTerm):
     the training fold's class counts)."""
 
     name = "cls"
+    acts_on = (CLASSIFICATION,)
     partial_masks = True  # reads the class only
 
     def __init__(self, balanced: bool = True):

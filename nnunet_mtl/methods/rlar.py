@@ -16,15 +16,19 @@ Choice (Eq. 6 is ambiguous, docs/clinical_guidance_rlar.md): its sum runs over t
 are the loss terms marked ``task`` with a positive weight; regularizer terms are added to the total only.
 Where z is (Tables 3-4): :data:`RLAR_LAYERS`.
 
-How one step is computed (:func:`rlar_backward`; measured in benchmarks/bench_rlar_step.py, docs/clinical_guidance_rlar.md):
+How one step is computed (:func:`rlar_backward`; measured in benchmarks/bench_rlar_step.py,
+docs/clinical_guidance_rlar.md):
 1. one forward pass of the whole network; for nnU-Net's standard decoder it records what step 2 needs
    (:mod:`nnunet_mtl.autodiff.decoder_gradient`);
 2. every task's gradient at z, with a graph, so that P can be differentiated:
-   - seg: the loss's gradients at the decoder's outputs (autograd, a few element-wise operations), then the
-     decoder's data gradient written out with differentiable adjoint operations: it walks only the path from the
-     outputs to z. For z below the bottleneck, autograd carries it on through the encoder stages above z. Any
-     other decoder: ``autograd.grad(L_seg, z, create_graph=True)``, the same values, slower;
-   - cls and clin: ``autograd.grad`` through the head (and the encoder stages above z);
+   - a task whose loss term acts on the segmentation output alone (:attr:`LossTerm.acts_on
+     <nnunet_mtl.seams.terms.LossTerm.acts_on>` is ``("segmentation",)``, whatever the term's name; L_seg's):
+     the loss's gradients at the decoder's outputs (autograd, a few element-wise operations), then the decoder's
+     data gradient written out with differentiable adjoint operations: it walks only the path from the outputs to
+     z. For z below the bottleneck, autograd carries it on through the encoder stages above z. Any other decoder:
+     ``autograd.grad(L_seg, z, create_graph=True)``, the same values, slower;
+   - every other task (cls and clin; a term that does not declare ``acts_on``): ``autograd.grad`` through the head
+     (and the encoder stages above z);
 3. one ``backward`` of the total: it walks the forward graph once with the summed gradients of all losses and of
    the penalty, plus the double-backward path of P.
 Measured slower and dropped: step 2 also returning the task losses' parameter gradients, so that only P is
@@ -46,7 +50,7 @@ import torch
 
 from nnunet_mtl.autodiff import decoder_input_gradients, unsupported, use_fast_instance_norm
 from nnunet_mtl.seams.backward import BackwardRule, identity, no_autocast, unwrap
-from nnunet_mtl.seams.terms import StepResult
+from nnunet_mtl.seams.terms import SEGMENTATION, StepResult, acting_on_alone
 
 ZERO_NORM = 1e-20  # below this a per-sample gradient counts as zero: its cosine is defined as 0
 
@@ -117,14 +121,16 @@ def _seg_gradients(output: dict, decoder, loss: torch.Tensor, layers: Sequence[i
 
 def task_gradients(losses: dict[str, torch.Tensor], tasks: Sequence[str], output: dict, layers: Sequence[int], *,
                    decoder=None, scale: Callable = identity, differentiable: bool = True,
-                   autocast: Callable | None = None) -> dict[str, list[torch.Tensor]]:
+                   autocast: Callable | None = None,
+                   segmentation_tasks: Sequence[str] = ()) -> dict[str, list[torch.Tensor]]:
     """{task: [dL_t/dz for z = output['skips'][k], k in layers]} (Eq. 4 before normalization), with a graph unless
-    ``differentiable`` is False. The segmentation gradient is written out when ``output`` has the decoder's
-    records (and ``decoder`` is given), else asked of autograd. A task that does not reach z gets zeros."""
+    ``differentiable`` is False. The gradient of a task in ``segmentation_tasks`` (its loss is computed from the
+    segmentation output alone) is written out when ``output`` has the decoder's records (and ``decoder`` is given);
+    every other gradient is asked of autograd. A task that does not reach z gets zeros."""
     z = [output["skips"][k] for k in layers]
     grads = {}
     for t in tasks:
-        if t == "seg" and decoder is not None and output.get("decoder_records") is not None:
+        if t in segmentation_tasks and decoder is not None and output.get("decoder_records") is not None:
             grads[t] = _seg_gradients(output, decoder, scale(losses[t]), layers, differentiable,
                                       autocast or nullcontext)
         else:
@@ -142,30 +148,36 @@ def rlar_penalty_at(losses: dict[str, torch.Tensor], tasks: Sequence[str], outpu
     return torch.stack([rlar_penalty([grads[t][j] for t in tasks]) for j in range(len(layers))]).mean()
 
 
-def written_out_seg_gradient(network) -> str | None:
-    """None if the RLAR step writes out this network's segmentation gradient, else why it asks autograd."""
+def why_seg_gradient_not_written_out(network) -> str | None:
+    """None if the RLAR step can write out the segmentation gradient at z of this network's decoder, else the reason
+    it asks autograd (a decoder that :mod:`nnunet_mtl.autodiff` does not know)."""
     return unsupported(network.decoder)
 
 
 def rlar_backward(network, data: torch.Tensor, task_losses: Callable[[dict], dict], task_weights: dict[str, float],
                   layers: Sequence[int], adv_weight: float, *, tasks: Sequence[str] | None = None,
-                  scale: Callable = identity, autocast: Callable | None = None,
-                  fast: bool | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                  scale: Callable = identity, autocast: Callable | None = None, fast: bool | None = None,
+                  segmentation_tasks: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Forward, losses, penalty and all parameter gradients (accumulated into ``.grad``) of one RLAR step.
 
     network: a :class:`~nnunet_mtl.networks.multitask_unet.MultitaskUNet`; task_losses(output) -> {term: unweighted
     loss}; task_weights: {term: w_t}; tasks: the terms whose gradients the penalty compares (default: every term
-    with w_t > 0; the others with w_t > 0 are only added to the total, terms with w_t = 0 not at all); layers: encoder stage indices whose outputs are z (the
-    penalty is the mean over them); autocast: a context-manager factory for the forward pass (AMP), or None; fast:
-    write out the segmentation gradient (None: whenever :func:`written_out_seg_gradient` allows; False: autograd).
-    Returns the unweighted losses and P (without lambda_adv), detached.
+    with w_t > 0; the others with w_t > 0 are only added to the total, terms with w_t = 0 not at all); layers:
+    encoder stage indices whose outputs are z (the penalty is the mean over them); autocast: a context-manager
+    factory for the forward pass (AMP), or None; fast: write out the segmentation gradient (None: whenever
+    :func:`why_seg_gradient_not_written_out` finds no reason against it; False: autograd); segmentation_tasks: the
+    terms computed from the segmentation output alone, whose gradient is written out (None: those that declare it,
+    ``acts_on``, in the :class:`~nnunet_mtl.seams.terms.TermLosses` that ``task_losses`` returns; none for a plain
+    dict). Returns the unweighted losses and P (without lambda_adv), detached.
     """
     layers = sorted(set(int(k) for k in layers))
     if fast is None:
-        fast = written_out_seg_gradient(network) is None
+        fast = why_seg_gradient_not_written_out(network) is None
     with (autocast or nullcontext)():
         output = network(data, return_aux=True, record_decoder=fast)
         losses = task_losses(output)
+    if segmentation_tasks is None:
+        segmentation_tasks = acting_on_alone(losses, SEGMENTATION)
     if tasks is None:
         tasks = [t for t, w in task_weights.items() if w > 0]
     tasks = [t for t in tasks if task_weights[t] > 0]
@@ -173,7 +185,8 @@ def rlar_backward(network, data: torch.Tensor, task_losses: Callable[[dict], dic
     weighted = {t: task_weights[t] * losses[t] for t in task_weights if task_weights[t] > 0}
     # at lambda_adv = 0 the penalty is only logged: no graph for a double backward
     penalty = rlar_penalty_at(weighted, tasks, output, layers, decoder=network.decoder if fast else None,
-                              scale=scale, differentiable=adv_weight > 0, autocast=autocast)
+                              scale=scale, differentiable=adv_weight > 0, autocast=autocast,
+                              segmentation_tasks=segmentation_tasks)
     total = sum(weighted.values()) + (adv_weight * penalty if adv_weight > 0 else 0)  # Eq. 7
     scale(total).backward()
     return {k: v.detach() for k, v in losses.items()}, penalty.detach()
@@ -183,7 +196,9 @@ def rlar_backward(network, data: torch.Tensor, task_losses: Callable[[dict], dic
 @dataclass
 class RLAR(BackwardRule):
     """Eq. 7's gradients: the weighted terms plus ``adv_weight`` times the penalty at ``layer`` (:data:`RLAR_LAYERS`).
-    ``fast`` False: every gradient from plain autograd (the same values, slower; for checking)."""
+    ``fast`` False: every gradient from plain autograd (the same values, slower; for checking). Which tasks' gradients
+    at z are written out follows the terms' ``acts_on`` (those computed from the segmentation output alone), never
+    their names; the training log says which, at the first step and whenever it changes."""
 
     name: ClassVar[str] = "RLAR"
     compiles: ClassVar[bool] = False       # torch.compile cannot differentiate twice
@@ -194,8 +209,10 @@ class RLAR(BackwardRule):
     layer: str = "bottleneck"
     adv_weight: float = 0.1    # lambda_adv (Eq. 6)
     fast: bool = True
-    _stages: list = field(default_factory=list, repr=False)
-    _slow_reason: str | None = field(default=None, repr=False)
+    _encoder_stages: list = field(default_factory=list, repr=False)  # the encoder stages whose outputs are z
+    _autograd_reason: str | None = field(default=None, repr=False)   # None: the decoder's gradient is written out
+    _log: Callable[[str], None] | None = field(default=None, init=False, repr=False, compare=False)
+    _logged_choice: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def validate(self) -> None:
         if self.layer not in RLAR_LAYERS:
@@ -206,26 +223,38 @@ class RLAR(BackwardRule):
     def setup(self, network, log) -> None:
         net = unwrap(network)
         n = len(net.encoder.stages)
-        self._stages = RLAR_LAYERS[self.layer](n)
-        if min(self._stages) < 0:
+        self._log, self._logged_choice = log, None
+        self._encoder_stages = RLAR_LAYERS[self.layer](n)
+        if min(self._encoder_stages) < 0:
             raise ValueError(f"RLAR layer {self.layer!r} needs at least 3 encoder stages; this plan's network has {n}")
         if isinstance(network, torch.nn.parallel.DistributedDataParallel):
-            self._slow_reason = "multi-GPU (DDP)"
+            self._autograd_reason = "multi-GPU (DDP)"
         elif not self.fast:
-            self._slow_reason = "fast is False"
+            self._autograd_reason = "fast is False"
         else:
-            self._slow_reason = written_out_seg_gradient(net)  # None: written out
+            self._autograd_reason = why_seg_gradient_not_written_out(net)  # None: written out
             # instance norm's closed-form double backward (same parameters, state_dict and values) where autograd
             # differentiates twice: the encoder stages above the lowest z, and the decoder when it is not written
             # out. Nowhere else, so that the step's other parts stay exactly the multitask trainer's.
-            for stage in net.encoder.stages[min(self._stages) + 1:]:
+            for stage in net.encoder.stages[min(self._encoder_stages) + 1:]:
                 use_fast_instance_norm(stage)
-            if self._slow_reason is not None:
+            if self._autograd_reason is not None:
                 use_fast_instance_norm(net.decoder)
 
     @property
+    def encoder_stages(self) -> list[int]:
+        """The encoder stage indices whose outputs are z (set by :meth:`setup`)."""
+        return list(self._encoder_stages)
+
+    @property
+    def autograd_reason(self) -> str | None:
+        """Why the decoder's gradient at z comes from autograd for every task; None when it is written out for the
+        tasks that act on the segmentation output alone."""
+        return self._autograd_reason
+
+    @property
     def written_out(self) -> bool:
-        return self._slow_reason is None
+        return self._autograd_reason is None
 
     def check(self, weights, tasks) -> None:
         active = [t for t in tasks if weights[t] > 0]
@@ -234,14 +263,33 @@ class RLAR(BackwardRule):
                              f"positive loss weight; expected two of {list(tasks)} with a weight > 0")
 
     def describe(self, weights, tasks) -> str:
-        return (f"RLAR: lambda_adv {self.adv_weight}, layer {self.layer} = encoder stage(s) {self._stages}; tasks "
-                f"{[t for t in tasks if weights[t] > 0]}; segmentation gradient at z: "
-                + ("written out (nnunet_mtl.autodiff)" if self.written_out else f"autograd ({self._slow_reason})"))
+        return (f"RLAR: lambda_adv {self.adv_weight}, layer {self.layer} = encoder stage(s) {self._encoder_stages}; "
+                f"tasks {[t for t in tasks if weights[t] > 0]}; segmentation gradient at z: "
+                + ("written out (nnunet_mtl.autodiff) for the tasks whose terms act on the segmentation output alone "
+                   "(LossTerm.acts_on), autograd for the others" if self.written_out
+                   else f"autograd ({self._autograd_reason})"))
+
+    def describe_choice(self, losses, weights, tasks) -> str:
+        """One line: the tasks whose gradient at z this step writes out, and those it asks autograd for."""
+        active = [t for t in tasks if weights[t] > 0]
+        written = [t for t in acting_on_alone(losses, SEGMENTATION) if t in active] if self.written_out else []
+        autograd = [t for t in active if t not in written]
+        return (f"RLAR: gradient at z written out (nnunet_mtl.autodiff) for {written or 'no task'}, from autograd "
+                f"for {autograd or 'no task'}"
+                + ("" if self.written_out else f" ({self._autograd_reason})"))
 
     def __call__(self, network, data, compute_losses, weights, *, tasks=(), scale=identity,
                  autocast=no_autocast) -> StepResult:
-        losses, penalty = rlar_backward(unwrap(network), data, compute_losses, dict(weights), self._stages,
-                                        self.adv_weight, tasks=list(tasks), scale=scale, autocast=autocast,
-                                        fast=self.written_out)
+        def losses_and_choice(outputs):
+            losses = compute_losses(outputs)
+            choice = self.describe_choice(losses, weights, tasks)
+            if choice != self._logged_choice and self._log is not None:
+                self._log(choice)
+            self._logged_choice = choice
+            return losses
+
+        losses, penalty = rlar_backward(unwrap(network), data, losses_and_choice, dict(weights),
+                                        self._encoder_stages, self.adv_weight, tasks=list(tasks), scale=scale,
+                                        autocast=autocast, fast=self.written_out)
         total = sum(weights[t] * v for t, v in losses.items()) + self.adv_weight * penalty  # Eq. 7
         return StepResult(losses, total, {"rlar_penalty": penalty})

@@ -14,7 +14,8 @@ Why this shape:
   under :data:`HEAD_ATTRIBUTE` (its state_dict keys start with :data:`HEAD_PREFIX`); nothing else names it.
 - Everything the shape depends on (head kind, number of classes, widths, loss modules) is read from the
   ``nnunet_mtl`` section of the plans, which the trainer writes before training; nnU-Net saves those plans next to
-  the checkpoint, so ``nnUNetv2_predict`` rebuilds the same network and loads it strictly.
+  the checkpoint, so ``nnUNetv2_predict`` rebuilds the same network and loads it strictly. The section also names
+  the head's and the loss modules' classes by import path: rebuilding imports just their modules.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ class MultitaskUNet(nn.Module):
         return out
 
     @property
-    def num_stages(self) -> int:
+    def num_encoder_stages(self) -> int:
+        """How many stages nnU-Net's encoder has (its outputs are ``skips``; not the training schedule's stages)."""
         return len(self.encoder.stages)
 
     def part(self, name: str) -> nn.Module:
@@ -109,10 +111,14 @@ class MultitaskUNet(nn.Module):
         return HEAD_PREFIX + "classifier.weight", HEAD_PREFIX + "classifier.bias"
 
 
-def head_config_from_plans(plans: dict) -> HeadConfig:
+def head_config_from_plans(plans: dict, source=None) -> HeadConfig:
+    """The head config of the plans' ``nnunet_mtl.head`` section, its head and loss module classes imported from the
+    paths stored there (:func:`~nnunet_mtl.seams.heads.head_config_from_dict`; ``source``, the plans file where
+    known, is named in its errors). KeyError when the section is missing; a
+    :class:`~nnunet_mtl.seams.heads.PlansClassError` (a KeyError too) when a class it names cannot be built."""
     section = plans.get(PLANS_KEY)
     if not section or "head" not in section:
         raise KeyError(
             f"the plans have no '{PLANS_KEY}.head' section: this model was not trained by an nnunet_mtl trainer, "
             f"or its plans.json was replaced")
-    return head_config_from_dict(section["head"])
+    return head_config_from_dict(section["head"], source)

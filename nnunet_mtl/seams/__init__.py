@@ -1,7 +1,8 @@
 """The seams every trainer is composed of (none of them imports nnU-Net):
 
 - :mod:`~nnunet_mtl.seams.heads`: head kinds (what reads the encoder beside nnU-Net's decoder) and the loss
-  modules a head owns, rebuilt from the plans;
+  modules a head owns, rebuilt from the plans (their classes imported by the paths stored there,
+  :mod:`~nnunet_mtl.seams.import_paths`);
 - :mod:`~nnunet_mtl.seams.terms`: loss terms (name, weight, function of outputs and batch);
 - :mod:`~nnunet_mtl.seams.backward`: backward rules (weighted sum, gradient aggregation, RLAR);
 - :mod:`~nnunet_mtl.seams.stages`: staged schedules;

@@ -8,9 +8,11 @@ no-op off CUDA) and ``scale`` (the grad scaler's ``scale``, or the identity) and
 A rule is a dataclass instance declared on a trainer (``backward = WeightedSum()``), copied per training run, with:
 
 - ``__call__(network, data, compute_losses, weights, *, tasks, scale, autocast) -> StepResult``: one forward pass
-  (``network(data, return_aux=True)``), ``compute_losses(outputs)`` -> {term: unweighted loss}, gradients into
-  ``.grad``. ``tasks`` names the terms that are task objectives (:attr:`LossTerm.task`). ``network`` is the
-  trainer's network as nnU-Net holds it (possibly DDP- or compile-wrapped; :func:`unwrap` gives the module);
+  (``network(data, return_aux=True)``), ``compute_losses(outputs)`` -> {term: unweighted loss} (a
+  :class:`~nnunet_mtl.seams.terms.TermLosses`: also what each term ``acts_on``, never to be read off its name),
+  gradients into ``.grad``. ``tasks`` names the terms that are task objectives (:attr:`LossTerm.task`).
+  ``network`` is the trainer's network as nnU-Net holds it (possibly DDP- or compile-wrapped; :func:`unwrap` gives
+  the module);
 - optional ``setup(network, log)`` once the network is built, ``loss_modules(tasks)`` (parameters the rule learns,
   owned by the head), ``check(weights, tasks)`` (raise ValueError when
   the rule cannot work with these weights), ``describe(weights, tasks)`` (one line for the training log);

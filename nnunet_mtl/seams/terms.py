@@ -7,6 +7,9 @@ A term is an object (declared in a trainer's ``terms`` tuple, copied per trainin
 - ``name``: the log key and the key of ``loss_weights``;
 - ``task``: True for a task objective of its own (segmentation, classification, clinical guidance): RLAR and
   gradient aggregation treat each task separately; False for a regularizer, which is only added to the total;
+- ``acts_on``: which of the network's outputs the loss is computed from (:data:`OUTPUTS`): a backward rule that
+  treats outputs differently reads it, never the name (RLAR writes out the gradient at z of a task that acts on
+  the segmentation output alone, and asks autograd for every other);
 - ``__call__(outputs, batch)``: the unweighted loss (a scalar tensor);
 - optionally ``setup(setup)`` (once, at train start: class weights, cached targets ...), ``head_params()`` (fields
   of the head's config this term needs, e.g. the guided width), ``loss_modules()`` (parameters/buffers the head
@@ -79,9 +82,24 @@ class Batch:
         return modules[name]
 
 
+# What a loss term is computed from, among the network's outputs (LossTerm.acts_on): name -> what it is
+SEGMENTATION, CLASSIFICATION, EMBEDDING, ATTENTION, LOSS_MODULE = (
+    "segmentation", "classification", "embedding", "attention", "loss_module")
+OUTPUTS = {
+    SEGMENTATION: "outputs['seg']: nnU-Net's decoder logits (a list over the deep-supervision scales in training)",
+    CLASSIFICATION: "outputs['logits']: the head's class logits",
+    EMBEDDING: "outputs['embedding']: the embedding the head's linear classifier reads",
+    ATTENTION: "outputs['attention'] / outputs['attention_logits']: a head's lesion map",
+    LOSS_MODULE: "batch.loss_module(name): parameters and buffers the head owns for the term",
+}
+
+
 class LossTerm:
     name: ClassVar[str] = ""
     task: ClassVar[bool] = True
+    # every network output the loss is computed from (keys of OUTPUTS); () = not declared, which a backward rule
+    # must read as "any of them" (RLAR then takes the term's gradient at z from autograd)
+    acts_on: ClassVar[tuple[str, ...]] = ()
     # True: the term knows cases whose mask is a box or missing (cases.csv column mask; their label maps hold nnU-Net's
     # ignore label, see nnunet_mtl.dataset.contract): it never reads an ignore pixel as lesion or background. A
     # trainer refuses such cases unless every one of its terms (and its backward rule) knows them.
@@ -109,9 +127,28 @@ class LossTerm:
         return f"{type(self).__name__}({self.name!r})"
 
 
-def compute_losses(terms: Sequence[LossTerm], outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
-    """{term name: unweighted loss}, in the order of ``terms`` (training and validation alike)."""
-    return {term.name: term(outputs, batch) for term in terms}
+class TermLosses(dict):
+    """{term name: unweighted loss}, a dict that also carries each term's declaration :attr:`LossTerm.acts_on` as
+    ``acts_on`` ({term name: tuple of outputs}): what a backward rule gets from ``compute_losses``, so it knows what
+    each loss is computed from without going by the terms' names."""
+
+    def __init__(self, losses: Mapping[str, torch.Tensor], acts_on: Mapping[str, tuple[str, ...]]):
+        super().__init__(losses)
+        self.acts_on = dict(acts_on)
+
+
+def compute_losses(terms: Sequence[LossTerm], outputs: dict, batch: Batch) -> TermLosses:
+    """{term name: unweighted loss}, in the order of ``terms`` (training and validation alike), with the terms'
+    ``acts_on`` (:class:`TermLosses`)."""
+    return TermLosses({term.name: term(outputs, batch) for term in terms},
+                      {term.name: tuple(term.acts_on) for term in terms})
+
+
+def acting_on_alone(losses: Mapping[str, torch.Tensor], output: str) -> list[str]:
+    """The terms of ``losses`` (a :class:`TermLosses`) that declare they are computed from ``output`` alone
+    (``acts_on == (output,)``); none for a plain dict, which carries no declaration."""
+    acts_on = getattr(losses, "acts_on", {})
+    return [name for name in losses if tuple(acts_on.get(name, ())) == (output,)]
 
 
 def weighted_total(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

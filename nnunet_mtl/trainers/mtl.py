@@ -1094,7 +1094,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self._write_class_predictions(dict(predicted), predictor.class_names)
 
     def _write_class_predictions(self, probabilities: dict, class_names) -> Path:
-        from nnunet_mtl.inference.predictor import write_class_predictions
+        from nnunet_mtl.inference.class_predictions import write_class_predictions
         out = Path(self.output_folder) / "validation" / "class_predictions.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_class_predictions(out, class_names, probabilities, merge_existing=False)  # the fold's validation set
