@@ -17,11 +17,25 @@ from pathlib import Path
 from nnunet_mtl.cli.model_arguments import add_model_arguments, add_per_fold_argument
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.inference.models import PLANS_KEY, check_per_fold_folds, parse_folds
-from nnunet_mtl.inference.per_fold import (ENSEMBLE_SUBFOLDER, fold_subfolder, per_fold_info, refuse_per_fold_folder,
-                                           start_per_fold_output, sub_run_args)
-from nnunet_mtl.inference.runner import (ATTENTION_FOLDER, check_attention_model, check_prediction_output,
-                                         class_predictions_name, note_missing_attention, note_unmatched, predict_into,
-                                         preflight, print_precision)
+from nnunet_mtl.inference.per_fold import (
+    ENSEMBLE_SUBFOLDER,
+    fold_subfolder,
+    per_fold_info,
+    refuse_per_fold_folder,
+    start_per_fold_output,
+    sub_run_args,
+)
+from nnunet_mtl.inference.runner import (
+    ATTENTION_FOLDER,
+    check_attention_model,
+    check_prediction_output,
+    class_predictions_name,
+    note_missing_attention,
+    note_unmatched,
+    predict_into,
+    preflight,
+    print_precision,
+)
 
 
 def register(subparsers):
