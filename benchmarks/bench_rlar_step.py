@@ -92,7 +92,8 @@ def main() -> int:
     amp = describe(device).removeprefix("precision: ")
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "
           f"{args.layer} (stage {stages}), lambda_adv {rule.adv_weight}, {args.steps} interleaved steps each "
-          f"(median); segmentation gradient {'written out' if fast else 'from autograd: ' + str(rule.autograd_reason)}:")
+          f"(median); segmentation gradient "
+          f"{'written out' if fast else 'from autograd: ' + str(rule.autograd_reason)}:")
     for name, value in med.items():
         print(f"  {name:27s} {value * 1000:8.1f} ms/step   {value / med['nnUNetTrainerMTL']:.3f}x MTL")
     before = med["nnUNetTrainerRLAR_autograd"] / med["nnUNetTrainerMTL"]

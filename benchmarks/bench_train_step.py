@@ -196,7 +196,8 @@ def main() -> int:
     print(f"device {device} ({compiled}), batch {batch_size} x {patch}, {args.steps} interleaved steps each (median):")
     for name, value in med.items():
         print(f"  {name:18s} {value * 1000:8.1f} ms/step")
-    print(f"ratio nnUNetTrainerMTL / nnUNetTrainer = {ratio:.3f}  (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
+    print(f"ratio nnUNetTrainerMTL / nnUNetTrainer = {ratio:.3f}  "
+          f"(target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})")
     return 0
 
 

@@ -371,8 +371,8 @@ def _folds(folder: Path, folds, checkpoint: str) -> list:
         return available
     values = [folds] if isinstance(folds, (int, str)) else list(folds)
     if not values:
-        raise NnunetMtlError(f"folds is empty; expected fold numbers such as (0,) or (0, 1, 2), 'all', or None for "
-                             f"every trained fold")
+        raise NnunetMtlError("folds is empty; expected fold numbers such as (0,) or (0, 1, 2), 'all', or None for "
+                             "every trained fold")
     parsed = []
     for value in values:
         if value == "all":

@@ -1,6 +1,7 @@
-"""Files written so that a reader never sees half of one (text, JSON, CSV, figures): into a temporary file beside the target (a name unique
-to this process and call, so two folds or two commands writing the same file at once never share it), then renamed
-into place with ``os.replace``. On an error the temporary file is removed and the target is left as it was.
+"""Files written so that a reader never sees half of one (text, JSON, CSV, figures): into a temporary file beside the
+target (a name unique to this process and call, so two folds or two commands writing the same file at once never share
+it), then renamed into place with ``os.replace``. On an error the temporary file is removed and the target is left as it
+was.
 
 A process killed with SIGKILL (or by the OOM killer) during a write cannot remove its temporary file: the target is
 intact, and a hidden ``.NAME.PID.HEX.tmp`` stays beside it. No reader looks for such names (nnU-Net picks files by

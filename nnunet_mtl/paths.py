@@ -66,7 +66,8 @@ def find_dataset_folder(dataset: str | int, root: Path) -> Path:
         raise NnunetMtlError(f"{root} does not exist; expected the folder of nnU-Net datasets")
     matches = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
     if not matches:
-        raise NnunetMtlError(f"no dataset with id {dataset_id} in {root}; expected a folder Dataset{dataset_id:03d}_<Name>")
+        raise NnunetMtlError(f"no dataset with id {dataset_id} in {root}; "
+                             f"expected a folder Dataset{dataset_id:03d}_<Name>")
     if len(matches) > 1:
         raise NnunetMtlError(
             f"dataset id {dataset_id} is ambiguous in {root}: {', '.join(p.name for p in matches)}")
@@ -115,4 +116,5 @@ def venv_command(name: str) -> str:
 
 
 def ext_trainer_hint() -> str:
-    return f'export {EXT_TRAINER_VAR}="{ext_trainer_dir()}"   # or: export {EXT_TRAINER_VAR}="$(nnunet_mtl trainer-dir)"'
+    return (f'export {EXT_TRAINER_VAR}="{ext_trainer_dir()}"   '
+            f'# or: export {EXT_TRAINER_VAR}="$(nnunet_mtl trainer-dir)"')

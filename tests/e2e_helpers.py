@@ -16,7 +16,8 @@ def run(cmd, env, check=True):
     """A command line of ours or nnU-Net's; its output tails in the assertion when it fails."""
     result = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"{cmd[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"{cmd[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
     return result
 
 
@@ -65,8 +66,8 @@ def planned_partial_phantom(env: dict, source: str, dataset: str, keep: float = 
                             seed: int = 0, patients: int = 12, boxes: int = 0) -> Path:
     """A partially annotated phantom, planned: ``nnunet_mtl convert synthetic`` into ``source`` (as
     :func:`planned_phantom` with its default phantom seed 3, not planned), ``nnunet_mtl drop-masks -d source
-    --keep keep --into dataset --as as_ --seed seed``, then nnUNetv2_plan_and_preprocess of ``dataset`` (after drop-masks: preprocessing records where
-    the lesions are). Returns the raw folder of ``dataset``.
+    --keep keep --into dataset --as as_ --seed seed``, then nnUNetv2_plan_and_preprocess of ``dataset`` (after
+    drop-masks: preprocessing records where the lesions are). Returns the raw folder of ``dataset``.
 
     ``boxes`` > 0 (with ``as_="none"``) turns the first ``boxes`` unannotated cases (by case id) into box cases
     before planning (their source mask's bounding box, :func:`nnunet_mtl.dataset.contract.label_map_for`), so one

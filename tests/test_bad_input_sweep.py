@@ -108,8 +108,8 @@ def predict(w, *extra, out="out", inputs="in"):
 
 def ablate(w, *extra, out="out"):
     return ["ablate-guidance", "-i", str(w / "in"), "-o", str(w / out), "-d", "777", "-c", "2d", "-f", "0",
-            "-device", "cpu", "-tr", "nnUNetTrainerMTL", "--cases", str(w / "nnUNet_raw" / "Dataset777_A" / "cases.csv"),
-            *extra]
+            "-device", "cpu", "-tr", "nnUNetTrainerMTL",
+            "--cases", str(w / "nnUNet_raw" / "Dataset777_A" / "cases.csv"), *extra]
 
 
 def evaluate(w, *extra):

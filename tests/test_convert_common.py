@@ -129,7 +129,8 @@ def test_helpers(tmp_path):
     a, b = _mask(), _mask(box=(0, 5, 0, 5))
     merged = merge_masks([a, b > 0], ["a.png", "b.png"])
     assert merged.dtype == np.uint8 and merged.sum() == (a > 0).sum() + 25  # logical OR
-    with pytest.raises(SkipCase, match=r"c.png is 10x9 px but a.png is 48x40 \(the mask looks cropped relative to its image\); "
+    with pytest.raises(SkipCase, match=r"c.png is 10x9 px but a.png is 48x40 "
+                                        r"\(the mask looks cropped relative to its image\); "
                                         r"expected a mask of the image's size"):
         merge_masks([a, np.zeros((9, 10), np.uint8)], ["a.png", "c.png"])
     one_bit = tmp_path / "m.png"

@@ -112,7 +112,8 @@ def test_thyroid_xl_malignancy_from_the_conclusion_code_by_default(thyroid_src, 
     what reproduces the thyroid paper's counts (../shared/DESIGN.md)."""
     report = convert_thyroid_xl(thyroid_src, thyroid_opts(), target="malignancy", raw_root=tmp_path / "raw")
     assert report.added["train"] == {"benign": 2, "malignant": 1}  # 00000058 code 3 (x2 images), 00000101 code 1
-    assert report.added["test"] == {"benign": 3, "malignant": 0}  # 00000200, 00000300 (code 3, though Bethesda V), 00000500
+    # 00000200, 00000300 (code 3, though Bethesda V), 00000500
+    assert report.added["test"] == {"benign": 3, "malignant": 0}
     cases = load_raw_dataset(report.path).cases.set_index("case_id")
     assert cases.at["ThyroidXL_00000300_22222222_0", "class"] == "benign"
     assert cases.at["ThyroidXL_00000300_22222222_0", "label_source"] == "conclusion"

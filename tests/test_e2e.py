@@ -86,7 +86,7 @@ def test_predict_from_the_model_folder(trained, tmp_path):
     the folder outside nnUNet_results; -m beside -d, or with a name that is not TRAINER__PLANS__CONFIGURATION, is one
     line."""
     import shutil
-    env, raw, root = trained["env"], trained["raw"], trained["root"]
+    env, raw = trained["env"], trained["raw"]
     copy = tmp_path / "elsewhere" / trained["model"].parent.name / trained["model"].name
     shutil.copytree(trained["model"], copy, ignore=shutil.ignore_patterns("validation", "checkpoint_best.pth"))
     options = ["-i", str(raw / "imagesTs"), "-f", "0", "-device", "cpu", "--disable_tta", "--cpu-amp", "off"]

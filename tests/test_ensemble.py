@@ -214,7 +214,7 @@ def test_average_class_predictions(tmp_path):
 # ------------------------------------------------------------------------------------------------ bad inputs
 def _drop_row(path: Path, case: str) -> None:
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(l for l in lines if not l.startswith(case + ",")) + "\n")
+    path.write_text("\n".join(line for line in lines if not line.startswith(case + ",")) + "\n")
 
 
 def _swap_columns(path: Path) -> None:

@@ -159,7 +159,8 @@ def test_auc_undefined_is_nan_with_a_note():
     assert math.isnan(three["auc"]) and three["notes"]
     # one class absent from the reference: OvR macro over the two that have both sides, noted
     partial = classification_metrics([0, 1, 0, 1], [0, 1, 0, 0],
-                                     np.array([[.6, .3, .1], [.2, .7, .1], [.5, .4, .1], [.5, .2, .3]]), ["a", "b", "c"])
+                                     np.array([[.6, .3, .1], [.2, .7, .1], [.5, .4, .1], [.5, .2, .3]]),
+                                     ["a", "b", "c"])
     # a: positives {.6, .5} vs negatives {.2, .5} -> 3.5/4 (one tie); b: {.7, .2} vs {.3, .4} -> 2/4
     assert partial["auc"] == pytest.approx((3.5 / 4 + 2 / 4) / 2)
     assert "c" in partial["notes"][0]

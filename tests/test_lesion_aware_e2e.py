@@ -44,8 +44,8 @@ def test_the_dataset_is_half_annotated(partial):
 def test_two_stages_cross_in_one_run_and_the_batches_follow_them(trained):
     log = trained["log"]
     assert "entering stage 1/2 'localization'" in log and "entering stage 2/2 'semi_supervised'" in log
-    pattern = r"batches of stage '{}' \({}\): (\d+) annotated cases \((\d+) full, (\d+) box\) and (\d+) unannotated over " \
-              r"(\d+) steps"
+    pattern = r"batches of stage '{}' \({}\): (\d+) annotated cases \((\d+) full, (\d+) box\) " \
+              r"and (\d+) unannotated over (\d+) steps"
     stage_1 = re.search(pattern.format("localization", "annotated"), log)
     stage_2 = re.search(pattern.format("semi_supervised", "mixed"), log)
     assert stage_1 and stage_2, log[-3000:]

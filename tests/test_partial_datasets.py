@@ -286,7 +286,8 @@ def test_drop_masks_changes_nothing_else(world):
     for r in new[new["split"] == "train"].to_dict("records"):
         label, src_label = _label(folder, r["case_id"]), _label(source, r["case_id"])
         if r["mask"] == "full":  # kept, or lesion-free: the same file
-            assert _sha(folder / "labelsTr" / f"{r['case_id']}.png") == _sha(source / "labelsTr" / f"{r['case_id']}.png")
+            assert (_sha(folder / "labelsTr" / f"{r['case_id']}.png")
+                    == _sha(source / "labelsTr" / f"{r['case_id']}.png"))
         else:                    # the lesion's bounding box, ignore inside, background outside
             r0, r1, c0, c1 = bounding_box(src_label)
             assert r["mask"] == "box" and (label[r0:r1 + 1, c0:c1 + 1] == IGNORE_LABEL).all()
@@ -323,7 +324,8 @@ REFUSALS = [
     ("unknown-source", lambda w, m: ["drop-masks", "-d", "999", "--keep", "0.5", "--into", "613"],
      "no dataset with id 999"),
     ("source-already-partial", _make_partial, "is already partially annotated"),
-    ("keep-0", lambda w, m: ["drop-masks", "-d", "603", "--keep", "0", "--into", "613"], "--keep 0.0 is outside (0, 1]"),
+    ("keep-0", lambda w, m: ["drop-masks", "-d", "603", "--keep", "0", "--into", "613"],
+     "--keep 0.0 is outside (0, 1]"),
     ("keep-above-1", lambda w, m: ["drop-masks", "-d", "603", "--keep", "1.5", "--into", "613"],
      "--keep 1.5 is outside (0, 1]"),
     ("keep-nan", lambda w, m: ["drop-masks", "-d", "603", "--keep", "nan", "--into", "613"], "--keep nan is outside"),
@@ -341,7 +343,8 @@ REFUSALS = [
     ("raw-read-only", lambda w, m: (deny_writes(m, w / "nnUNet_raw"),
                                     ["drop-masks", "-d", "603", "--keep", "0.5", "--into", "613"])[1],
      "is not writable"),
-    ("raw-unset", lambda w, m: (m.delenv("nnUNet_raw"), ["drop-masks", "-d", "603", "--keep", "0.5", "--into", "613"])[1],
+    ("raw-unset", lambda w, m: (m.delenv("nnUNet_raw"),
+                                ["drop-masks", "-d", "603", "--keep", "0.5", "--into", "613"])[1],
      "environment variable nnUNet_raw is not set"),
     ("target-path-is-file", lambda w, m: ((w / "nnUNet_raw" / "Dataset613_Src_masks50").write_text("x"),
                                           ["drop-masks", "-d", "603", "--keep", "0.5", "--into", "613"])[1],

@@ -58,7 +58,7 @@ class TrainerWithLinearHead(nnUNetTrainerMTL_tiny):
     head = LinearConfig()
 
 
-# ------------------------------------------------------------------------------------------------ a head-owned loss module
+# ----------------------------------------------------------------------------------------- a head-owned loss module
 @register_loss_module("test_prior")
 class RunningPrior(nn.Module):  # a learnable logit and a running maximum, both in the network's state
     no_weight_decay = True
@@ -165,7 +165,8 @@ def test_a_new_term_is_logged_plotted_and_checkpointed(nnunet_env):
     assert all(0 <= v <= 1 for v in logged["train_area_losses"] + logged["val_area_losses"])
     # train_losses / val_losses are the weighted totals of the same terms
     for split in ("train", "val"):
-        expected = [s + c + 0.01 * a for s, c, a in zip(*(logged[f"{split}_{n}_losses"] for n in ("seg", "cls", "area")))]
+        terms = (logged[f"{split}_{n}_losses"] for n in ("seg", "cls", "area"))
+        expected = [s + c + 0.01 * a for s, c, a in zip(*terms)]
         assert np.allclose(logged[f"{split}_losses"], expected, rtol=1e-5)
     assert (Path(trainer.output_folder) / "progress.png").is_file()
     assert "area x 0.01 (regularizer)" in log_text(trainer)
@@ -398,12 +399,14 @@ def test_the_thyroid_paper_schedule_builds_adamw(nnunet_env):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-2)
     assert trainer.batch_size == 8
-    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (500, 250, 50)
+    schedule = (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch)
+    assert schedule == (500, 250, 50)
     assert (trainer.backward_rule.layer, trainer.backward_rule.adv_weight) == ("bottleneck", 0.1)
     assert trainer.base_loss_weights == {"seg": 1.0, "cls": 1.0, "clin": 0.1}
     from nnunet_mtl.trainers.mtl import merged_along_mro
     assert nnUNetTrainerRLAR_mid_paper.backward.layer == "mid"
-    assert merged_along_mro(nnUNetTrainerRLAR_mid_paper, "schedule") == merged_along_mro(nnUNetTrainerRLAR_paper, "schedule")
+    assert (merged_along_mro(nnUNetTrainerRLAR_mid_paper, "schedule")
+            == merged_along_mro(nnUNetTrainerRLAR_paper, "schedule"))
     plain = make_trainer(nnunet_env, nnUNetTrainerMTL)  # nnU-Net's own optimizer otherwise
     plain.initialize()
     assert type(plain.optimizer) is torch.optim.SGD and plain.optimizer.param_groups[0]["weight_decay"] == 3e-5
@@ -519,7 +522,8 @@ def test_partially_annotated_cases_need_the_ignore_label_and_terms_that_know_the
     trainer.do_split()
     trainer._check_mask_annotation()  # all full: nothing to say
     frame = pd.DataFrame({"case_id": trainer.cases.keys(), "split": "train",
-                          "class": [trainer.class_names[c] for c in trainer.cases.values("class", trainer.cases.keys())],
+                          "class": [trainer.class_names[c]
+                                    for c in trainer.cases.values("class", trainer.cases.keys())],
                           "patient_id": trainer.cases.values("patient_id", trainer.cases.keys())})
     frame["mask"] = "full"
     frame.loc[frame["case_id"] == trainer._train_keys[0], "mask"] = "box"

@@ -273,6 +273,7 @@ def test_worker_path_stores_mask_kinds(tmp_path):
 def test_the_writer_is_core_and_imports_no_converter():
     """The raw-dataset writer belongs to the core (nnunet_mtl.dataset): importing it loads nothing of the
     dataset_conversion package, which depends on it and not the other way round."""
-    code = "import sys, nnunet_mtl.dataset.writer; print([m for m in sys.modules if m.startswith('dataset_conversion')])"
+    code = ("import sys, nnunet_mtl.dataset.writer; "
+            "print([m for m in sys.modules if m.startswith('dataset_conversion')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

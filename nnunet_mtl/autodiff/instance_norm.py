@@ -1,10 +1,11 @@
 """Instance normalization with a closed-form double backward (for RLAR's gradient penalty).
 
-Why: RLAR differentiates the segmentation loss's gradient at z, so every instance norm between z and the output
-is differentiated twice. PyTorch computes instance norm as batch norm on a (1, B*C, ...) view, and its double
-backward is the composite ``batchnorm_double_backward``: measured over the benchmark plan's decoder shapes
-(benchmarks/bench_instance_norm.py, 2-core CPU) 89 ms, against 18 ms for the closed form below. The forward pass and the first backward stay PyTorch's own kernels
-(``native_batch_norm``, ``native_batch_norm_backward``), so the values are the ones ``F.instance_norm`` gives.
+Why: RLAR differentiates the segmentation loss's gradient at z, so every instance norm between z and the output is
+differentiated twice. PyTorch computes instance norm as batch norm on a (1, B*C, ...) view, and its double backward is
+the composite ``batchnorm_double_backward``: measured over the benchmark plan's decoder shapes
+(benchmarks/bench_instance_norm.py, 2-core CPU) 89 ms, against 18 ms for the closed form below. The forward pass and the
+first backward stay PyTorch's own kernels (``native_batch_norm``, ``native_batch_norm_backward``), so the values are the
+ones ``F.instance_norm`` gives.
 
 The math, per (sample, channel) group of N elements (eps inside r):
     xhat = (x - mean) r,  r = 1 / sqrt(var + eps),  y = w xhat + b

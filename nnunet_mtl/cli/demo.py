@@ -153,7 +153,8 @@ def run(args) -> int:
     import json
     class_labels = json.loads((raw / "dataset.json").read_text())["class_labels"]
     eval_dir = predictions / "evaluation"
-    summary = evaluate_folder(predictions, raw / "labelsTs", class_predictions_csv=predictions / "class_predictions.csv",
+    summary = evaluate_folder(predictions, raw / "labelsTs",
+                              class_predictions_csv=predictions / "class_predictions.csv",
                               cases_csv=raw / "cases.csv", class_labels=class_labels, output_dir=eval_dir)
     print(format_summary_table(summary))
     steps.done()

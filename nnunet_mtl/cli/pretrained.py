@@ -26,7 +26,8 @@ def register(subparsers):
                                              "checkpoint_final.pth)")
     p.add_argument("-o", required=True, help="output checkpoint")
     p.add_argument("-d", required=True, help="dataset id or name the multitask model will be trained on")
-    p.add_argument("-tr", default="nnUNetTrainerRLAR", help="our trainer that will be trained (default nnUNetTrainerRLAR)")
+    p.add_argument("-tr", default="nnUNetTrainerRLAR",
+                   help="our trainer that will be trained (default nnUNetTrainerRLAR)")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)

@@ -1,8 +1,8 @@
 """Seam 4, per-case data: one table of the training cases, looked up by nnU-Net's case keys (``batch['keys']``).
 
-Built on the raw dataset contract (``cases.csv``, read and checked by :func:`~nnunet_mtl.dataset.contract.read_cases_csv`)
-and gives per-batch tensors of its numeric columns (:meth:`CaseTable.tensor`) and values of any column
-(:meth:`CaseTable.values`):
+Built on the raw dataset contract (``cases.csv``, read and checked by
+:func:`~nnunet_mtl.dataset.contract.read_cases_csv`) and gives per-batch tensors of its numeric columns
+(:meth:`CaseTable.tensor`) and values of any column (:meth:`CaseTable.values`):
 
 - ``class``: the class index (``class_labels`` of dataset.json);
 - ``patient_id``: text (values only);
@@ -84,7 +84,8 @@ class CaseTable:
     def value(self, name: str, key: str):
         column = self.column(name)
         if key not in column:
-            raise KeyError(f"case {key!r} has no {name!r} in the case table{f' ({self.source})' if self.source else ''}")
+            raise KeyError(f"case {key!r} has no {name!r} in the case table"
+                           f"{f' ({self.source})' if self.source else ''}")
         return column[key]
 
     def values(self, name: str, keys: Iterable[str]) -> list:
@@ -94,7 +95,8 @@ class CaseTable:
         """The column for ``keys`` as one tensor (scalars -> (B,), arrays of shape S -> (B, *S))."""
         values = self.values(name, keys)
         if values and isinstance(values[0], str):
-            raise TypeError(f"column {name!r} is text; use values({name!r}, keys) (or Batch.values) instead of a tensor")
+            raise TypeError(f"column {name!r} is text; use values({name!r}, keys) (or Batch.values) "
+                            f"instead of a tensor")
         if values and isinstance(values[0], np.ndarray):
             array = np.stack(values)
         else:

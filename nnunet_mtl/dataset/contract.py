@@ -75,7 +75,8 @@ def read_cases_csv(path, class_labels: dict[str, int] | None = None) -> pd.DataF
         # dtype=str + keep_default_na=False: ids like "000123" and values like "NA" stay exactly as written
         cases = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ContractError(f"{path} is not a readable CSV file ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        raise ContractError(f"{path} is not a readable CSV file "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     missing = [c for c in REQUIRED_COLUMNS if c not in cases.columns]
     if missing:
         raise ContractError(f"{path} lacks column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_COLUMNS)} "

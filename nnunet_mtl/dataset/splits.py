@@ -68,7 +68,8 @@ def grouped_stratified_holdout(case_ids: list[str], patient_ids: list[str], clas
     counts = Counter(label)
     stratify = label if min(counts.values()) >= 2 and n_val >= len(counts) else None
     train_p, val_p = train_test_split(patients, test_size=n_val, stratify=stratify, random_state=seed)
-    split = [{"train": sorted(c for p in train_p for c in cases_of[p]), "val": sorted(c for p in val_p for c in cases_of[p])}]
+    split = [{"train": sorted(c for p in train_p for c in cases_of[p]),
+              "val": sorted(c for p in val_p for c in cases_of[p])}]
     check_splits_grouped(split, {c: p for p in patients for c in cases_of[p]})
     return split
 
@@ -124,11 +125,13 @@ def check_splits_grouped(splits: list[dict], patient_of_case: dict[str, str], fo
 
 
 def describe_splits(splits: list[dict], class_of_case: dict[str, str]) -> str:
+    def fmt(counts: Counter) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
     lines = []
     for fold, split in enumerate(splits):
         tr = Counter(class_of_case.get(c, "?") for c in split["train"])
         va = Counter(class_of_case.get(c, "?") for c in split["val"])
-        fmt = lambda c: ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
         lines.append(f"fold {fold}: train {len(split['train'])} ({fmt(tr)}) | val {len(split['val'])} ({fmt(va)})")
     return "\n".join(lines)
 

@@ -166,8 +166,9 @@ def check_compatible(items: list[PredictionFolder]) -> None:
     for item in with_csv[1:]:
         if item.class_names != with_csv[0].class_names:
             raise NnunetMtlError(f"{item.csv_paths[0]} has columns {prob_columns(item.class_names)}, "
-                                 f"{with_csv[0].csv_paths[0]} has {prob_columns(with_csv[0].class_names)}; expected the "
-                                 f"same prob_<class> columns in the same order (models of the same classes)")
+                                 f"{with_csv[0].csv_paths[0]} has {prob_columns(with_csv[0].class_names)}; "
+                                 f"expected the same prob_<class> columns in the same order (models of the same "
+                                 f"classes)")
 
 
 def check_same_cases(items: list[PredictionFolder]) -> list[str]:

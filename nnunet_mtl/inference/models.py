@@ -76,7 +76,8 @@ def check_checkpoints(model_folder: Path, plans: dict, folds: list, checkpoint: 
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         except Exception as e:  # a truncated or foreign file
-            raise NnunetMtlError(f"checkpoint {path} cannot be read ({type(e).__name__}); expected an nnU-Net checkpoint")
+            raise NnunetMtlError(f"checkpoint {path} cannot be read ({type(e).__name__}); "
+                                 f"expected an nnU-Net checkpoint")
         trained_on = ckpt.get("init_args", {}).get("plans", {}).get("dataset_name")
         if trained_on and trained_on != plans.get("dataset_name"):
             raise NnunetMtlError(

@@ -102,7 +102,8 @@ class MultitaskPredictor(CPUAutocastPredictor):
         self.keep_attention = False
         self.last_attention: torch.Tensor | None = None
 
-    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name: str = "checkpoint_final.pth"):
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
+                                             checkpoint_name: str = "checkpoint_final.pth"):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self._check_multitask(model_training_output_dir)
 
@@ -422,7 +423,8 @@ class MultitaskPredictor(CPUAutocastPredictor):
         weight_key, bias_key = keys
         if not self.list_of_parameters:
             state = network.state_dict()
-            return [(state[weight_key].detach().cpu().double().numpy(), state[bias_key].detach().cpu().double().numpy())]
+            return [(state[weight_key].detach().cpu().double().numpy(),
+                     state[bias_key].detach().cpu().double().numpy())]
         return [(params[weight_key].detach().cpu().double().numpy(),
                  params[bias_key].detach().cpu().double().numpy()) for params in self.list_of_parameters]
 

@@ -16,7 +16,7 @@ range; distances in pixels, so targets are comparable across scanners with diffe
 
 An image without a lesion (empty mask) has no targets: every feature is NaN and the case is left out of the
 guidance loss.
-"""
+"""  # noqa: E501 (the feature table's rows stay one line each)
 from __future__ import annotations
 
 import logging
@@ -51,8 +51,8 @@ def check_feature_names(names) -> tuple[str, ...]:
     unknown = [n for n in names if n not in ALL_FEATURES]
     if unknown or not names:
         from nnunet_mtl.errors import NnunetMtlError
-        raise NnunetMtlError(f"unknown radiomics feature(s) {', '.join(unknown) or '(none given)'}; expected names from "
-                             f"{', '.join(ALL_FEATURES)}")
+        raise NnunetMtlError(f"unknown radiomics feature(s) {', '.join(unknown) or '(none given)'}; "
+                             f"expected names from {', '.join(ALL_FEATURES)}")
     return names
 
 

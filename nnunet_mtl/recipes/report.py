@@ -1,15 +1,15 @@
 """``nnunet_mtl recipe report``: our numbers beside the paper's, from the files the recipe's commands wrote and
 nothing else (a missing file is a "—" and a note naming the step that writes it, so a partial run reports too).
 
-Per test set, one table: every row's metrics, over folds as ``mean ± std`` (k folds: ``nnunet_mtl predict
---per-fold``'s fold models, each alone, as the papers report) with the t-based 95 % CI of that mean, and the fold
-ensemble as a second row; with seeds (``seeds = [...]``) likewise over the seeds' models, and the seed average
-(``nnunet_mtl average-seeds``) as the second row; with one fold the single value and its bootstrap 95 % CI. Per
-paper table (``[[tables]]``), the same rows beside the paper's numbers as printed. The comparisons (``nnunet_mtl compare``: paired bootstrap CI
-of the difference, Wilcoxon / McNemar / DeLong p, Holm). Per guidance ablation (``[[ablations]]``: ``nnunet_mtl
-ablate-guidance``), the change of macro precision, recall and F1 when one guided feature is left out, ours (mean ±
-std over the folds' models) beside the paper's as printed. Written to ``W/report/report.md`` (also printed),
-``report.json`` (what a program reads) and ``plots/TABLE.png`` (ours against the paper's per metric).
+Per test set, one table: every row's metrics, over folds as ``mean ± std`` (k folds: ``nnunet_mtl predict --per-fold``'s
+fold models, each alone, as the papers report) with the t-based 95 % CI of that mean, and the fold ensemble as a second
+row; with seeds (``seeds = [...]``) likewise over the seeds' models, and the seed average (``nnunet_mtl average-seeds``)
+as the second row; with one fold the single value and its bootstrap 95 % CI. Per paper table (``[[tables]]``), the same
+rows beside the paper's numbers as printed. The comparisons (``nnunet_mtl compare``: paired bootstrap CI of the
+difference, Wilcoxon / McNemar / DeLong p, Holm). Per guidance ablation (``[[ablations]]``: ``nnunet_mtl
+ablate-guidance``), the change of macro precision, recall and F1 when one guided feature is left out, ours (mean ± std
+over the folds' models) beside the paper's as printed. Written to ``W/report/report.md`` (also printed), ``report.json``
+(what a program reads) and ``plots/TABLE.png`` (ours against the paper's per metric).
 """
 from __future__ import annotations
 

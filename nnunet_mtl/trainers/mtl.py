@@ -1010,7 +1010,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         extras = [f"train_{k} {get(f'train_{k}'):.4f}" for k in self.backward_rule.logged]
         if extras:
             self.print_to_log_file("  ".join(extras))
-        self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps') - get('epoch_start_timestamps'), 2)} s")
+        self.print_to_log_file(f"Epoch time: "
+                               f"{np.round(get('epoch_end_timestamps') - get('epoch_start_timestamps'), 2)} s")
 
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(str(Path(self.output_folder) / "checkpoint_latest.pth"))
