@@ -4,8 +4,8 @@ What ``load_model(...).predict`` returns must be what ``nnunet_mtl predict`` wri
 settings: the masks equal, bit for bit (float32 on the CPU, ``--cpu-amp off``), and the class probabilities equal to
 class_predictions.csv's to its 6 decimals, in the dataset's class order. An array gives the same prediction as the
 file it was read from, in every accepted shape. Every refusal is one NnunetMtlError line naming the value or file.
-The lesion map is checked against ``--save-attention``'s PNGs on tests/test_attention_maps.py's predictor, whose
-head's map is known.
+The lesion map is checked against ``--save-attention``'s PNGs on tests/attention_helpers.py's predictor (the one
+tests/test_attention_maps.py checks), whose head's map is known.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from nnunet_mtl import load_model
 from nnunet_mtl.api import Model, Prediction
 from nnunet_mtl.errors import NnunetMtlError
 from tests.e2e_helpers import BIN, run, use_in_process
+from tests.file_helpers import read_png
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +40,6 @@ def phantom(trained_phantom):
 def model(phantom) -> Model:
     """Fold 0, float32, no test-time mirroring: the fast settings of the tests that do not test mirroring."""
     return load_model(phantom["model"], folds=(0,), cpu_amp="off", use_mirroring=False)
-
-
-def read_png(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
 
 
 def one_line_error(call, *needles: str) -> str:
@@ -235,12 +231,13 @@ def test_bad_images_are_one_line(phantom, model, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ lesion maps
 def test_attention_equals_what_save_attention_writes(tmp_path):
-    """A head with a lesion map (tests/test_attention_maps.py's, two folds, mirroring): the API's P, stored as
+    """A head with a lesion map (tests/attention_helpers.py's, two folds, mirroring): the API's P, stored as
     round(255 P), is the PNG ``--save-attention`` writes, with the same mask and class probabilities; a head without
     one gives None."""
     from nnunet_mtl.inference.predictor import attention_to_uint8
-    from tests.test_attention_maps import (ATTENTION_FOLDER, KnownAttentionConfig, NoAttentionConfig, make_predictor,
-                                           predict_sequential, write_images)
+    from nnunet_mtl.evaluation.shared import ATTENTION_FOLDER
+    from tests.attention_helpers import (KnownAttentionConfig, NoAttentionConfig, make_predictor, predict_sequential,
+                                         write_images)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: one thread is faster on a shared machine
     try:

@@ -2,34 +2,32 @@
 stitched like nnU-Net's logits, averaged over folds and put back into the image's geometry by nnU-Net's export) and
 ``nnunet_mtl evaluate --attention`` (attention_iou: Fan et al.'s JSI of the localization map).
 
-The predictor runs on a real nnU-Net U-Net (tests/test_network.py's) with a head registered here whose attention map
-is known: a constant (which only the geometry can change) or sigmoid(1x1 conv of the bottleneck), which the test
-recomputes tile by tile from nnU-Net's own slicers, preprocessing and Gaussian."""
+The predictor runs on a real nnU-Net U-Net (tests/network_helpers.py's) with a head registered in
+tests/attention_helpers.py whose attention map is known: a constant (which only the geometry can change) or
+sigmoid(1x1 conv of the bottleneck), which the test recomputes tile by tile from nnU-Net's own slicers,
+preprocessing and Gaussian."""
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.evaluation.evaluate import evaluate_folder
 from nnunet_mtl.evaluation.formatting import format_summary_table
 from nnunet_mtl.evaluation.shared import ATTENTION_FOLDER
-from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet
-from nnunet_mtl.seams.heads import Head, HeadConfig, register_head
-from tests.test_network import make_plans, make_unet
+from nnunet_mtl.networks.multitask_unet import PLANS_KEY
+from tests.attention_helpers import (CLASS_LABELS, KnownAttentionConfig, NoAttentionConfig, make_predictor,
+                                     predict_sequential, write_images)
+from tests.file_helpers import read_png
 
-CLASS_LABELS = {"benign": 0, "malignant": 1}
-PATCH = 32  # tests/test_network.py's plans: 32 x 32 patches, bottleneck 4 x 4 (three stride-2 stages)
+PATCH = 32  # tests/network_helpers.py's plans: 32 x 32 patches, bottleneck 4 x 4 (three stride-2 stages)
 
 
 @pytest.fixture(autouse=True)
@@ -39,108 +37,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------------------------------------------------ heads
-@dataclass(kw_only=True)
-class KnownAttentionConfig(HeadConfig):
-    kind: ClassVar[str] = "test_known_attention"
-    constant: float = -1.0  # >= 0: P is this value everywhere; else sigmoid(1x1 conv of the bottleneck)
-
-
-@register_head
-class KnownAttentionHead(Head):
-    """Logits from the pooled bottleneck; ``attention`` (B, 1, h, w) at the bottleneck's resolution, as the
-    lesion-aware head returns it."""
-
-    config_class = KnownAttentionConfig
-
-    def __init__(self, encoder_channels, config):
-        super().__init__(encoder_channels, config)
-        self.classifier = nn.Linear(encoder_channels[-1], config.num_classes)
-        self.squeeze = nn.Conv2d(encoder_channels[-1], 1, 1)
-
-    def forward(self, skips):
-        f = skips[-1]
-        if self.config.constant >= 0:
-            p = torch.full((f.shape[0], 1, *f.shape[2:]), self.config.constant, device=f.device)
-        else:
-            p = torch.sigmoid(self.squeeze(f))
-        return {"logits": self.classifier(f.mean((2, 3))), "attention": p}
-
-
-@dataclass(kw_only=True)
-class NoAttentionConfig(HeadConfig):
-    kind: ClassVar[str] = "test_no_attention"
-
-
-@register_head
-class NoAttentionHead(Head):
-    config_class = NoAttentionConfig
-
-    def __init__(self, encoder_channels, config):
-        super().__init__(encoder_channels, config)
-        self.classifier = nn.Linear(encoder_channels[-1], config.num_classes)
-
-    def forward(self, skips):
-        return {"logits": self.classifier(skips[-1].mean((2, 3)))}
-
-
-# ------------------------------------------------------------------------------------------------ a predictor
-def make_predictor(head_config, folds=1, mirroring=True):
-    """A MultitaskPredictor on tests/test_network.py's 2D U-Net (patch 32) with ``head_config``; ``folds`` parameter
-    sets that differ in the attention's 1x1 convolution (seeded)."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_mtl.inference.predictor import MultitaskPredictor
-    torch.manual_seed(0)
-    network = MultitaskUNet(make_unet(deep_supervision=False), head_config)
-    network.eval()
-    plans = make_plans()
-    plans[PLANS_KEY] = {"head": head_config.to_dict(), "class_labels": CLASS_LABELS}
-    plans["foreground_intensity_properties_per_channel"] = {"0": {}}  # z-scoring needs no statistics
-    plans_manager = PlansManager(plans)
-    parameters = []
-    for k in range(folds):
-        state = {name: value.clone() for name, value in network.state_dict().items()}
-        if "cls_head.squeeze.weight" in state:
-            state["cls_head.squeeze.weight"] *= 3.0 * (1.0 + k)  # a P with contrast; fold k differs from fold 0
-            state["cls_head.squeeze.bias"] += 0.3 * k
-        parameters.append(state)
-    dataset_json = {"channel_names": {"0": "US"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 1,
-                    "file_ending": ".png", "class_labels": CLASS_LABELS}
-    predictor = MultitaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                   perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                   verbose_preprocessing=False, allow_tqdm=False,
-                                   cpu_amp="off")  # the specification below is computed in float32
-    predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("2d"), parameters,
-                                    dataset_json, "nnUNetTrainerMTL", (0, 1))
-    return predictor
-
-
-def write_images(folder: Path) -> dict[str, np.ndarray]:
-    """Two grey images: 'crop' (44 x 52, a zero border that nnU-Net crops away; 36 x 40 inside: 2 x 2 overlapping
-    tiles) and 'small' (24 x 20: padded to one 32 x 32 tile)."""
-    rng = np.random.default_rng(1)
-    crop = np.zeros((44, 52), np.uint8)
-    crop[4:40, 6:46] = rng.integers(1, 256, (36, 40))
-    small = rng.integers(1, 256, (24, 20)).astype(np.uint8)
-    folder.mkdir(parents=True, exist_ok=True)
-    for case, image in (("crop", crop), ("small", small)):
-        Image.fromarray(image).save(folder / f"{case}_0000.png")
-    return {"crop": crop, "small": small}
-
-
-def read_png(path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img)
-
-
-def predict_sequential(predictor, inputs: Path, out: Path, attention: bool = True) -> None:
-    if attention:
-        predictor.save_attention_into(out / ATTENTION_FOLDER)
-    out.mkdir(parents=True, exist_ok=True)  # as nnunet_mtl predict makes it
-    predictor.predict_from_files_sequential(str(inputs), str(out), save_probabilities=False, overwrite=True)
 
 
 def expected_attention(predictor, image_file: Path, mirroring=True) -> np.ndarray:

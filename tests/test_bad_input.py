@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from nnunet_mtl.cli.main import main
-from tests.test_network import make_plans
+from tests.network_helpers import make_plans
 
 
 def one_error_line(capsys, code):

@@ -6,9 +6,7 @@ removed or left half-written."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import shutil
 import zlib
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 
 from nnunet_mtl.cli.main import main
+from tests.file_helpers import deny_writes, snapshot
 
 CLASSES = {"benign": 0, "malignant": 1, "normal": 2}
 
@@ -37,7 +36,7 @@ def template(tmp_path_factory):
     folder, a prediction folder with class_predictions.csv, and an evaluation summary."""
     from dataset_conversion.synthetic import convert_synthetic
     from nnunet_mtl.evaluation.evaluate import evaluate_folder
-    from tests.test_network import make_plans
+    from tests.network_helpers import make_plans
 
     root = tmp_path_factory.mktemp("world")
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -75,30 +74,6 @@ def world(template, tmp_path, monkeypatch):
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, str(root / var))
     return root
-
-
-def snapshot(root: Path) -> dict:
-    """Every entry under root: folders by name, files by size and content hash (hidden temporary files too)."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha1(path.read_bytes()).hexdigest()
-    return out
-
-
-def deny_writes(monkeypatch, folder: Path) -> None:
-    """os.access says `folder` is not writable (the tests may run as root, for whom chmod does not bite)."""
-    import nnunet_mtl.outputs as outputs
-    real = os.access
-
-    def access(path, mode, *a, **k):
-        if mode & os.W_OK and Path(os.path.abspath(path)) == folder:
-            return False
-        return real(path, mode, *a, **k)
-    monkeypatch.setattr(outputs.os, "access", access)
 
 
 def predict(w, *extra, out="out", inputs="in"):

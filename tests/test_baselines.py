@@ -11,7 +11,7 @@ from nnunet_mtl.methods.gradient_aggregation import AGGREGATORS, TorchJDAggregat
 from nnunet_mtl.methods.uncertainty_weighting import (LogVariances, UncertaintyWeighting,
                                                       uncertainty_weighted_total)
 from nnunet_mtl.seams import WeightedSum
-from tests.test_seams import small_net, toy_losses
+from tests.network_helpers import small_net, toy_losses
 
 
 def grads(net) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_uncertainty_weighted_total_follows_kendall():
 def test_uncertainty_weighting_rule_learns_its_log_variances_in_the_head():
     from nnunet_mtl.methods.multitask import BottleneckMLPConfig
     from nnunet_mtl.networks.multitask_unet import MultitaskUNet
-    from tests.test_network import make_unet
+    from tests.network_helpers import make_unet
     rule = UncertaintyWeighting()
     config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,
                                  loss_modules=rule.loss_modules(["seg", "cls"]))

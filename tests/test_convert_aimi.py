@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+from functools import partial
 
 import h5py
 import numpy as np
@@ -13,13 +14,11 @@ import pytest
 
 from dataset_conversion import aimi
 from dataset_conversion.aimi import HDF5Frames, annot_key, convert_aimi
-from dataset_conversion.options import ConvertOptions
 from dataset_conversion.thyroid_xl import convert_thyroid_xl
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.convert_helpers import nnunet_verify
-from tests.test_convert_thyroid_xl import thyroid_opts, thyroid_src  # noqa: F401 (a fixture)
+from tests.convert_helpers import convert_options, nnunet_verify, thyroid_opts
 
 SHAPE = (32, 40)
 # (annot_id as stored, frame_num order in the file); clip 2 is stored out of order, clip 4 has no metadata row
@@ -31,9 +30,7 @@ HEADER = ["annot_id", "age", "sex", "location", "size_x", "size_y", "size_z", "t
           "ti-rads_echogenicity", "ti-rads_shape", "ti-rads_margin", "ti-rads_echogenicfoci", "histopath_diagnosis"]
 
 
-def _opts(**kw):
-    return ConvertOptions(**{"dataset_id": 606, "name": "AIMIThyroid", "split": "test", "num_processes": 1,
-                             "progress": False, **kw})
+_opts = partial(convert_options, dataset_id=606, name="AIMIThyroid", split="test")
 
 
 def write_aimi(folder, clips=CLIPS, shape=SHAPE, metadata=METADATA):
@@ -125,7 +122,7 @@ def test_aimi_streams_frames(aimi_src, tmp_path, monkeypatch):
     loader.close()
 
 
-def test_aimi_as_external_test_of_thyroid_xl_and_nnunet_verify(thyroid_src, aimi_src, tmp_path):  # noqa: F811
+def test_aimi_as_external_test_of_thyroid_xl_and_nnunet_verify(thyroid_src, aimi_src, tmp_path):
     root = tmp_path / "raw"
     convert_thyroid_xl(thyroid_src, thyroid_opts(split="train"), raw_root=root)
     report = convert_aimi(aimi_src, _opts(dataset_id=605, add_to_existing=True, num_processes=2), raw_root=root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +12,18 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.breast import convert_breast, convert_udiat
-from dataset_conversion.options import ConvertOptions
 from dataset_conversion.report import REPORT_FILE
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.convert_helpers import case_arrays, nnunet_verify
+from tests.convert_helpers import case_arrays, convert_options, nnunet_verify
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BREAST_HEADER = ["CaseID", "Image_filename", "Mask_tumor_filename", "Mask_other_filename", "Pixel_size", "Age",
                  "Shape", "BIRADS", "Diagnosis", "Classification"]
 
 
-def _opts(**kw):
-    return ConvertOptions(**{"dataset_id": 601, "name": "BrEaST", "num_processes": 1, "progress": False, **kw})
+_opts = partial(convert_options, dataset_id=601, name="BrEaST")
 
 
 def _noise(seed, shape):

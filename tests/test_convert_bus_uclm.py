@@ -2,23 +2,23 @@
 with a stray 'Y', a Label that disagrees with the mask, patients from the file names), the CLI and nnU-Net's check."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from dataset_conversion.bus_uclm import convert_bus_uclm
-from dataset_conversion.options import ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.convert_helpers import case_label, converted, nnunet_verify
+from tests.convert_helpers import case_label, convert_options, converted, nnunet_verify
 
 SHAPE = (32, 36)
 GREEN, RED, BLACK = (0, 255, 0), (255, 0, 0), (0, 0, 0)
 
 
-def _opts(**kw):
-    return ConvertOptions(**{"dataset_id": 604, "name": "BUSUCLM", "num_processes": 1, "progress": False, **kw})
+_opts = partial(convert_options, dataset_id=604, name="BUSUCLM")
 
 
 def _write(src, name, seed, regions):

@@ -4,23 +4,22 @@ mask, an orphan mask, a stray file), the CLI and nnU-Net's dataset check."""
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dataset_conversion.busi import convert_busi
-from dataset_conversion.options import ConvertOptions
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.convert_helpers import case_label, converted, nnunet_verify
+from tests.convert_helpers import case_label, convert_options, converted, nnunet_verify
 
 SHAPE = (32, 40)
 
 
-def _opts(**kw):
-    return ConvertOptions(**{"dataset_id": 603, "name": "BUSI", "num_processes": 1, "progress": False, **kw})
+_opts = partial(convert_options, dataset_id=603, name="BUSI")
 
 
 def _rgb(seed, mark=False):

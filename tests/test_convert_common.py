@@ -8,6 +8,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,10 +20,11 @@ from dataset_conversion.common import (Case, CaseStream, Skipped, SkipCase, colu
                                        load_files, merge_masks, read_image, spacing_mm)
 from dataset_conversion.driver import add_converter, convert, convert_source
 from dataset_conversion.duplicates import difference_hash, near_duplicate_pairs
-from dataset_conversion.options import ConvertOptions, add_common_arguments, class_labels_for, options_from_args
+from dataset_conversion.options import add_common_arguments, class_labels_for, options_from_args
 from dataset_conversion.report import REPORT_FILE, ConversionReport
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import ContractError, NnunetMtlError
+from tests.convert_helpers import convert_options
 
 LABELS = {"benign": 0, "malignant": 1}
 
@@ -53,8 +55,7 @@ def _case(src, name, image, cls="benign", patient=None, masks=None, lesion=True,
     return Case(name, cls, patient or name, image=img, masks=paths, lesion=lesion, source=f"{name}.png", **kw)
 
 
-def _opts(**kw):
-    return ConvertOptions(**{"dataset_id": 9, "name": "Fx", "num_processes": 1, "progress": False, **kw})
+_opts = partial(convert_options, dataset_id=9, name="Fx")
 
 
 def _convert(cases, root, labels=LABELS, **kw):

@@ -9,65 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_conversion.options import ConvertOptions
 from dataset_conversion.thyroid_xl import (bethesda_category, convert_thyroid_xl, histopathology_class,
                                            tirads_class)
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.convert_helpers import nnunet_verify
-
-
-def thyroid_opts(**kw):
-    return ConvertOptions(**{"dataset_id": 605, "name": "ThyroidXL", "split": "official", "num_processes": 1,
-                             "progress": False, **kw})
-
-
-def _nodule(tirads, fnac, histo=None, conclusion=None):
-    return {"Position": "Left lobe", "Width": 12.0, "Height": 9.0, "Depth": None, "TIRADS": tirads, "FNAC": fnac,
-            "Conclusion": conclusion, "Histopathology": histo}
-
-
-# patient -> (split, image suffixes, record or None)
-THYROID_PATIENTS = {
-    "00000058": ("train", ["2201CE11_0", "A73CED93_1"],
-                 {"age": 60, "gender": 2, "conclusion": 3, "nodule_1": _nodule(4, "2", None, "Benign (FNAC) - 3"),
-                  "nodule_2": None}),
-    "00000101": ("train", ["0BADF00D_0"],
-                 {"age": 2005, "gender": 1, "conclusion": 1,
-                  "nodule_1": _nodule("5", "6", "Papillary thyroid carcinoma"), "nodule_2": _nodule(3, "2")}),
-    "00000400": ("train", ["DEADBEEF_0"], None),  # an image without a record
-    "00000200": ("test", ["11111111_0"], {"age": 45, "gender": 2, "conclusion": 3, "nodule_1": _nodule(3, "3")}),
-    "00000300": ("test", ["22222222_0"], {"age": 51, "gender": 2, "conclusion": 3, "nodule_1": _nodule(7, "V")}),
-    "00000500": ("test", ["33333333_0", "44444444_1"],
-                 {"age": 38, "gender": 2, "conclusion": 4, "nodule_1": _nodule(2, "II", "Nodular goiter")}),
-}
-NO_MASK = "00000500_44444444_1"
-
-
-@pytest.fixture
-def thyroid_src(tmp_path):
-    src = tmp_path / "ThyroidXL"
-    for split in ("train", "test"):
-        for sub in ("images", "masks"):
-            (src / split / sub).mkdir(parents=True)
-    (src / "train" / "labels_orig").mkdir()  # published extras: ignored
-    (src / "stats").mkdir()
-    seed = 0
-    for pid, (split, suffixes, _) in THYROID_PATIENTS.items():
-        for suffix in suffixes:
-            seed += 1
-            name = f"{pid}_{suffix}.png"
-            grey = np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)
-            # some images RGB, as exported
-            Image.fromarray(np.dstack([grey] * 3) if seed % 2 else grey).save(src / split / "images" / name)
-            if name[:-4] != NO_MASK:
-                mask = np.zeros((32, 32), np.uint8)
-                mask[8:8 + seed, 10:20] = 255
-                Image.fromarray(mask).save(src / split / "masks" / name)
-    info = {pid: rec for pid, (_, _, rec) in THYROID_PATIENTS.items() if rec is not None}
-    (src / "stats" / "id2info_eng.json").write_text(json.dumps(info, indent=1))
-    return src
+from tests.convert_helpers import THYROID_NO_MASK, nnunet_verify, thyroid_opts
 
 
 def test_value_parsers():
@@ -100,7 +47,7 @@ def test_thyroid_xl_tirads_official(thyroid_src, tmp_path):
     reasons = {s["case"]: s["reason"] for s in report.skipped}
     assert "no record in stats/id2info_eng.json" in reasons["ThyroidXL_00000400_DEADBEEF_0"]
     assert "TIRADS 7" in reasons["ThyroidXL_00000300_22222222_0"]
-    assert "44444444_1.png does not exist" in reasons[f"ThyroidXL_{NO_MASK}"]
+    assert "44444444_1.png does not exist" in reasons[f"ThyroidXL_{THYROID_NO_MASK}"]
     assert any("more than one nodule record" in n for n in report.notes)
     image = np.array(Image.open(report.path / "imagesTs" / "ThyroidXL_00000200_11111111_0_0000.png"))
     label = np.array(Image.open(report.path / "labelsTs" / "ThyroidXL_00000200_11111111_0.png"))

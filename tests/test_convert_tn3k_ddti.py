@@ -4,6 +4,7 @@ polygon marks per image, a cut-off <svg>), the CLI and nnU-Net's check."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,19 +12,17 @@ from PIL import Image
 
 from dataset_conversion.ddti import (OPEN_OUTLINE_PX, TIRADS_MAPPING, convert_ddti, find_outside_outlines,
                                      parse_regions, parse_tirads, pathology_class, rasterize)
-from dataset_conversion.options import ConvertOptions
 from dataset_conversion.tn3k import convert_tn3k
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.dataset.contract import load_raw_dataset
 from nnunet_mtl.errors import NnunetMtlError
-from tests.convert_helpers import case_label, converted, nnunet_verify
+from tests.convert_helpers import case_label, convert_options, converted, nnunet_verify
 
 SHAPE = (32, 40)
 BOX = (8, 24, 10, 30)  # rows 8..23, cols 10..29: 16 x 20
 
 
-def _opts(**kw):
-    return ConvertOptions(**{"dataset_id": 607, "name": "TN3K", "num_processes": 1, "progress": False, **kw})
+_opts = partial(convert_options, dataset_id=607, name="TN3K")
 
 
 def _jpeg(path, array):

@@ -8,6 +8,8 @@ import torch.multiprocessing as mp
 
 from nnunet_mtl.trainers.mtl import epoch_means, validation_classification
 
+pytestmark = pytest.mark.slow  # trains or starts processes (the fast subset leaves it out)
+
 CLASSES = ["benign", "malignant", "normal"]
 
 
@@ -109,7 +111,7 @@ def uw_step_gradient(rank: int, wrap=lambda net: net) -> list:
     from nnunet_mtl.methods.multitask import BottleneckMLPConfig
     from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
     from nnunet_mtl.networks.multitask_unet import MultitaskUNet
-    from tests.test_network import make_unet
+    from tests.network_helpers import make_unet
     rule = UncertaintyWeighting()
     torch.manual_seed(0)
     config = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0,

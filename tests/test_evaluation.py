@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy.spatial.distance import cdist
 
 from nnunet_mtl.cli.main import main
@@ -17,6 +16,7 @@ from nnunet_mtl.evaluation.evaluate import evaluate_folder
 from nnunet_mtl.evaluation.formatting import format_aggregate_table, format_summary_table
 from nnunet_mtl.evaluation.inputs import load_class_labels, read_cases_table
 from nnunet_mtl.evaluation.segmentation import case_metrics, dice_iou, hd95
+from tests.file_helpers import square, write_png
 
 CLASS_LABELS = {"benign": 0, "malignant": 1}
 
@@ -168,16 +168,6 @@ def test_auc_undefined_is_nan_with_a_note():
 
 
 # ------------------------------------------------------------------------------------------------ folders
-def _png(path, mask):
-    Image.fromarray(np.asarray(mask, np.uint8)).save(path)
-
-
-def _square(top, left, size, shape=(32, 32)):
-    m = np.zeros(shape, np.uint8)
-    m[top:top + size, left:left + size] = 1
-    return m
-
-
 @pytest.fixture
 def folders(tmp_path):
     """Three reference cases with zero-padded ids, predictions for them plus one without reference."""
@@ -185,14 +175,14 @@ def folders(tmp_path):
     pred.mkdir()
     ref.mkdir()
     cases = {  # case: (pred mask, ref mask, class, spacing row, spacing col, probabilities)
-        "000012": (_square(4, 4, 8), _square(4, 4, 8), "benign", "0.5", "0.5", (0.9, 0.1)),
-        "000013": (_square(4, 4, 8), _square(4, 8, 8), "malignant", "0.2", "0.4", (0.3, 0.7)),
-        "000100": (np.zeros((32, 32)), _square(10, 10, 6), "malignant", "", "", (0.6, 0.4)),
+        "000012": (square(4, 4, 8), square(4, 4, 8), "benign", "0.5", "0.5", (0.9, 0.1)),
+        "000013": (square(4, 4, 8), square(4, 8, 8), "malignant", "0.2", "0.4", (0.3, 0.7)),
+        "000100": (np.zeros((32, 32)), square(10, 10, 6), "malignant", "", "", (0.6, 0.4)),
     }
     for case, (p, r, *_rest) in cases.items():
-        _png(pred / f"{case}.png", p)
-        _png(ref / f"{case}.png", r)
-    _png(pred / "999999.png", _square(0, 0, 3))  # no reference: ignored with a warning
+        write_png(pred / f"{case}.png", p)
+        write_png(ref / f"{case}.png", r)
+    write_png(pred / "999999.png", square(0, 0, 3))  # no reference: ignored with a warning
     with open(tmp_path / "cases.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case_id", "split", "class", "patient_id", "spacing_row_mm", "spacing_col_mm"])
@@ -225,9 +215,9 @@ def test_evaluate_folder_writes_per_case_and_summary(folders, capsys):
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
     assert list(rows) == ["000012", "000013", "000100"]  # zero padding kept
     assert float(rows["000012"]["hd95_mm"]) == 0.0
-    assert float(rows["000013"]["hd95_px"]) == pytest.approx(hd95(_square(4, 4, 8) > 0, _square(4, 8, 8) > 0))
+    assert float(rows["000013"]["hd95_px"]) == pytest.approx(hd95(square(4, 4, 8) > 0, square(4, 8, 8) > 0))
     assert float(rows["000013"]["hd95_mm"]) == pytest.approx(
-        hd95(_square(4, 4, 8) > 0, _square(4, 8, 8) > 0, (0.2, 0.4)))
+        hd95(square(4, 4, 8) > 0, square(4, 8, 8) > 0, (0.2, 0.4)))
     assert float(rows["000100"]["hd95_px"]) == pytest.approx(math.hypot(32, 32)) and rows["000100"]["hd95_mm"] == ""
     assert rows["000100"]["true_class"] == "malignant" and rows["000100"]["predicted_class"] == "benign"
     assert float(rows["000013"]["prob_malignant"]) == pytest.approx(0.7)
@@ -532,7 +522,7 @@ def test_evaluate_output_folder_is_never_an_input_folder(folders, capsys):
 # ---------------------------------------------------------------------------------------- unannotated references
 def _box_label(top, left, size, shape=(32, 32)):
     """A box annotation as the contract stores it: nnU-Net's ignore label 2 inside the box, 0 outside."""
-    return _square(top, left, size, shape) * 2
+    return square(top, left, size, shape) * 2
 
 
 @pytest.fixture
@@ -540,12 +530,12 @@ def partial(folders):
     """The three cases of ``folders`` plus three whose references are not outlined: 'box01' (2 inside a box),
     'none01' (all 2) and 'tbl01' (a 0 / 1 map that cases.csv says is a box); cases.csv gets a mask column."""
     pred, ref = folders / "pred", folders / "ref"
-    extra = {"box01": (_square(4, 4, 8), _box_label(3, 3, 10), "malignant", (0.2, 0.8), "box"),
-             "none01": (_square(4, 4, 8), np.full((32, 32), 2), "benign", (0.7, 0.3), "none"),
-             "tbl01": (np.zeros((32, 32)), _square(4, 4, 8), "benign", (0.4, 0.6), "box")}
+    extra = {"box01": (square(4, 4, 8), _box_label(3, 3, 10), "malignant", (0.2, 0.8), "box"),
+             "none01": (square(4, 4, 8), np.full((32, 32), 2), "benign", (0.7, 0.3), "none"),
+             "tbl01": (np.zeros((32, 32)), square(4, 4, 8), "benign", (0.4, 0.6), "box")}
     for case, (p, r, *_rest) in extra.items():
-        _png(pred / f"{case}.png", p)
-        _png(ref / f"{case}.png", r)
+        write_png(pred / f"{case}.png", p)
+        write_png(ref / f"{case}.png", r)
     with open(folders / "cases.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -626,11 +616,11 @@ def test_only_unannotated_references_give_no_segmentation_numbers(partial):
 
 
 @pytest.mark.parametrize("label, needle", [
-    (_square(4, 4, 8) * 3, r"has values \[0, 3\]; expected 0 \(background\), 1 \(lesion\) and 2"),
-    (_square(4, 4, 8) + _box_label(20, 20, 4), r"has lesion \(1\) and ignore \(2\) pixels"),
+    (square(4, 4, 8) * 3, r"has values \[0, 3\]; expected 0 \(background\), 1 \(lesion\) and 2"),
+    (square(4, 4, 8) + _box_label(20, 20, 4), r"has lesion \(1\) and ignore \(2\) pixels"),
 ])
 def test_a_reference_with_other_values_is_one_error(folders, label, needle):
-    _png(folders / "ref" / "000013.png", label)
+    write_png(folders / "ref" / "000013.png", label)
     with pytest.raises(NnunetMtlError, match=needle) as info:
         evaluate_folder(folders / "pred", folders / "ref", bootstrap=0)
     assert str(folders / "ref" / "000013.png") in str(info.value) and "\n" not in str(info.value)
@@ -660,7 +650,7 @@ def test_a_training_folds_validation_is_scored_against_its_own_cases_of_labelsTr
     pre.mkdir(parents=True)
     raw.mkdir(parents=True)
     (folders / "ref").rename(raw / "labelsTr")
-    _png(raw / "labelsTr" / "000200.png", _square(2, 2, 5))   # a case of the other fold
+    write_png(raw / "labelsTr" / "000200.png", square(2, 2, 5))   # a case of the other fold
     (folders / "cases.csv").rename(raw / "cases.csv")
     (folders / "dataset.json").rename(raw / "dataset.json")
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["000012", "000013", "000100"], "val": ["000200"]},

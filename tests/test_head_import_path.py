@@ -185,7 +185,7 @@ def test_unimportable_paths_in_process():
 def test_the_trainer_turns_an_unimportable_path_into_one_line():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_mtl.trainers.mtl import nnUNetTrainerMTL
-    from tests.test_network import make_plans
+    from tests.network_helpers import make_plans
     plans = make_plans()
     plans["nnunet_mtl"]["head"]["import_path"] = "gone_module_for_tests:Head"
     manager = PlansManager(plans)

@@ -20,7 +20,7 @@ from nnunet_mtl.dataset.holdout import (PROVENANCE_KEY, REPORT_FILE, choose_test
 from nnunet_mtl.dataset.partial import drop_masks
 from nnunet_mtl.dataset.writer import RawDatasetWriter
 from nnunet_mtl.errors import NnunetMtlError
-from tests.test_bad_input_sweep import deny_writes, snapshot
+from tests.file_helpers import deny_writes, phantom_world, snapshot
 
 CLASSES = {"benign": 0, "malignant": 1, "normal": 2}
 
@@ -113,12 +113,7 @@ def test_default_names():
 def template(tmp_path_factory):
     """nnUNet_raw with a tiny phantom, Dataset651_Src: 16 patients x 2 images of 32 px, 12 patients in training
     (benign 4, malignant 6, normal 2) and 4 in test; and Dataset652_Img, one image per patient (BUSI-like)."""
-    from dataset_conversion.synthetic import convert_synthetic
-    root = tmp_path_factory.mktemp("holdout")
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / var).mkdir()
-    convert_synthetic(651, "Src", num_patients=16, images_per_patient=2, size=(32, 32), normal_fraction=0.125,
-                      malignant_fraction=0.5, test_fraction=0.25, raw_root=root / "nnUNet_raw", progress=False)
+    root = phantom_world(tmp_path_factory.mktemp("holdout"), 651)
     lesion = np.zeros((8, 8), np.uint8)
     lesion[2:5, 3:6] = 1
     with RawDatasetWriter(652, "Img", CLASSES, raw_root=root / "nnUNet_raw") as w:

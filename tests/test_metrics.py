@@ -22,7 +22,7 @@ from nnunet_mtl.evaluation.evaluate import check_evaluation_output, evaluate_fol
 from nnunet_mtl.evaluation.formatting import format_per_fold_table, format_summary_table
 from nnunet_mtl.evaluation.shared import OUTPUT_FILES, SEG_METRICS
 from nnunet_mtl.evaluation.segmentation import case_metrics, nsd
-from tests.test_evaluation import _png, _square
+from tests.file_helpers import square, write_png
 
 CLASS_LABELS = {"benign": 0, "malignant": 1}
 
@@ -399,8 +399,8 @@ def patients(tmp_path):
     rows, probs = [], []
     for i in range(8):
         case = f"case{i}"
-        _png(ref / f"{case}.png", _square(6, 6, 12))
-        _png(pred / f"{case}.png", _square(6, 6 + i % 4, 12))  # shifted by 0..3 columns
+        write_png(ref / f"{case}.png", square(6, 6, 12))
+        write_png(pred / f"{case}.png", square(6, 6 + i % 4, 12))  # shifted by 0..3 columns
         cls = "malignant" if i % 3 else "benign"
         p = 0.2 + 0.1 * i
         rows.append([case, "test", cls, f"P{i // 2}", "0.1", "0.1"])
@@ -427,7 +427,7 @@ def test_evaluate_folder_reports_the_new_metrics_with_intervals(patients):
     seg, cls, ci = summary["segmentation"], summary["classification"], summary["confidence_intervals"]
     # 12x12 squares shifted by k columns: every boundary pixel is within k px of the other boundary
     # -> NSD@2px is 1 for k <= 2; k = 3: hand-count via nsd()
-    shifted3 = nsd(_square(6, 9, 12), _square(6, 6, 12), 2.0)
+    shifted3 = nsd(square(6, 9, 12), square(6, 6, 12), 2.0)
     assert seg["nsd_px"]["mean"] == pytest.approx((1 + 1 + 1 + shifted3) / 4)
     assert seg["nsd_mm"]["mean"] == pytest.approx(1.0)  # 3 px * 0.1 mm = 0.3 mm, within 1 mm
     assert {"mcc", "brier", "ece"} <= set(cls)
@@ -465,7 +465,7 @@ def test_evaluate_folder_reports_the_new_metrics_with_intervals(patients):
 def test_options_change_tolerances_bins_and_bootstrap(patients):
     summary = _evaluate(patients, nsd_tolerance_px=3.0, nsd_tolerance_mm=0.15, ece_bins=5, bootstrap=0)
     assert summary["segmentation"]["nsd_px"]["mean"] == pytest.approx(1.0)  # every shift <= 3 px
-    shifted = [nsd(_square(6, 6 + k, 12), _square(6, 6, 12), 0.15, (0.1, 0.1)) for k in range(4)]
+    shifted = [nsd(square(6, 6 + k, 12), square(6, 6, 12), 0.15, (0.1, 0.1)) for k in range(4)]
     assert summary["segmentation"]["nsd_mm"]["mean"] == pytest.approx(np.mean(shifted))
     assert summary["confidence_intervals"] is None and summary["classification"]["reliability"]["n_bins"] == 5
     assert "tau = 3 px" in summary["definitions"]["nsd_px"] and "5 equal-width" in summary["definitions"]["ece"]

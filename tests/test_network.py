@@ -1,49 +1,11 @@
 """The multitask network: nnU-Net-compatible forward, extras on request, shape from the plans only."""
 import pytest
 import torch
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
-
-ARCH = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 4, "features_per_stage": [8, 16, 32, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
-        "kernel_sizes": [[3, 3]] * 4, "strides": [[1, 1], [2, 2], [2, 2], [2, 2]],
-        "n_conv_per_stage": [1, 1, 1, 1], "n_conv_per_stage_decoder": [1, 1, 1], "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
-
-
-def make_unet(deep_supervision=True):
-    return get_network_from_plans(ARCH["network_class_name"], ARCH["arch_kwargs"], ARCH["_kw_requires_import"],
-                                  1, 2, allow_init=True, deep_supervision=deep_supervision)
-
-
-def make_plans(num_classes=3):
-    return {
-        "dataset_name": "Dataset999_T", "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [1, 1], "original_median_shape_after_transp": [1, 32, 32],
-        "image_reader_writer": "NaturalImage2DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "configurations": {"2d": {"data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor",
-                                  "batch_size": 2, "patch_size": [32, 32], "median_image_size_in_voxels": [32, 32],
-                                  "spacing": [1, 1], "normalization_schemes": ["ZScoreNormalization"],
-                                  "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
-                                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                                  "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
-                                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                                  "resampling_fn_probabilities_kwargs": {}, "architecture": ARCH,
-                                  "batch_dice": True}},
-        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {},
-        PLANS_KEY: {"head": BottleneckMLPConfig(num_classes=num_classes, hidden=16, embed_dim=8).to_dict()},
-    }
+from tests.network_helpers import make_plans, make_unet
 
 
 def test_plain_forward_is_segmentation_only():

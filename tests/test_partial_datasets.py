@@ -22,7 +22,7 @@ from nnunet_mtl.dataset.partial import (PROVENANCE_KEY, REPORT_FILE, choose_kept
                                         keep_quotas, patient_classes)
 from nnunet_mtl.dataset.writer import RawDatasetWriter
 from nnunet_mtl.errors import ContractError, NnunetMtlError
-from tests.test_bad_input_sweep import deny_writes, snapshot
+from tests.file_helpers import deny_writes, phantom_world, snapshot
 
 CLASSES = {"benign": 0, "malignant": 1, "normal": 2}
 
@@ -214,13 +214,7 @@ def test_choice_is_per_patient_seeded_and_nested():
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """nnUNet_raw with a tiny fully annotated phantom, Dataset603_Src: 16 patients x 2 images of 32 px."""
-    from dataset_conversion.synthetic import convert_synthetic
-    root = tmp_path_factory.mktemp("partial")
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / var).mkdir()
-    convert_synthetic(603, "Src", num_patients=16, images_per_patient=2, size=(32, 32), normal_fraction=0.125,
-                      malignant_fraction=0.5, test_fraction=0.25, raw_root=root / "nnUNet_raw", progress=False)
-    return root
+    return phantom_world(tmp_path_factory.mktemp("partial"), 603)
 
 
 @pytest.fixture

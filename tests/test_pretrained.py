@@ -9,7 +9,7 @@ from nnunet_mtl.cli.pretrained import add_head_to_checkpoint, head_config_for
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.methods.multitask import BottleneckMLPConfig
 from nnunet_mtl.networks.multitask_unet import MultitaskUNet
-from tests.test_network import make_unet
+from tests.network_helpers import make_unet
 
 CONFIG = BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, guided_dim=4)
 

@@ -10,7 +10,7 @@ from nnunet_mtl.methods.rlar import (rlar_backward, rlar_penalty, rlar_penalty_a
                                      why_seg_gradient_not_written_out)
 from nnunet_mtl.networks.multitask_unet import MultitaskUNet
 from nnunet_mtl.seams.terms import TermLosses
-from tests.test_network import ARCH, make_unet
+from tests.network_helpers import ARCH, make_unet
 
 
 # ---------------------------------------------------------------------------------------- the training step

@@ -20,6 +20,7 @@ from nnunet_mtl.seams import (Batch, GradientAggregation, Head, HeadConfig, Loss
                               register_head, register_loss_module)
 from nnunet_mtl.seams.terms import weighted_total
 from nnunet_mtl.trainers import nnUNetTrainerMTL, nnUNetTrainerMTL_tiny
+from tests.network_helpers import small_net, toy_losses
 
 
 # ------------------------------------------------------------------------------------------------ a new term
@@ -207,14 +208,6 @@ def test_a_head_owned_loss_module_is_saved_resumed_and_free_of_weight_decay(nnun
         assert torch.equal(state[key], weights[key])
 
 
-def small_net():
-    from tests.test_network import make_unet
-    from nnunet_mtl.methods.multitask import BottleneckMLPConfig
-    from nnunet_mtl.networks.multitask_unet import MultitaskUNet
-    torch.manual_seed(0)
-    return MultitaskUNet(make_unet(), BottleneckMLPConfig(num_classes=3, hidden=16, embed_dim=8, dropout=0.0)).double()
-
-
 def jacobian_sum(network):
     """TorchJD's mtl_backward + jac_to_grad with its Sum aggregator, written out: every task's gradient at the
     features (one row of the Jacobian), their sum back-propagated into the shared parameters; the task-specific
@@ -263,11 +256,6 @@ def test_gradient_aggregation_falls_back_on_non_finite_losses():
          {"seg": 1.0, "cls": 1.0}, tasks=("seg", "cls"))
     assert not called  # the weighted sum's inf gradients make AMP's grad scaler skip the step
     assert any(not torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
-
-
-def toy_losses(outputs):
-    seg = outputs["seg"][0]
-    return {"seg": seg.square().mean(), "cls": outputs["logits"].square().mean(), "area": seg.abs().mean()}
 
 
 def test_a_new_stage_freezes_selects_and_resumes(nnunet_env):
