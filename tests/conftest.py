@@ -4,6 +4,9 @@
 ``nnUNetTrainerMTL_tiny`` (fold 0) through the real commands. Tests that only read the trained model (prediction,
 the Python API, export, the gallery) share it; a test that writes must write under its own ``tmp_path`` or under a
 name of its own in the fixture's root.
+
+``thyroid_src``: a ThyroidXL source tree under the test's ``tmp_path`` (tests/convert_helpers.py's
+``write_thyroid_xl``), for the ThyroidXL and AIMI converter tests.
 """
 from __future__ import annotations
 
@@ -24,3 +27,25 @@ def trained_phantom(tmp_path_factory):
     result, model = train(env, PHANTOM_DATASET, PHANTOM_TRAINER)
     return {"root": root, "env": env, "raw": raw, "model": model, "train_log": result.stdout,
             "dataset": PHANTOM_DATASET, "trainer": PHANTOM_TRAINER}
+
+
+@pytest.fixture
+def thyroid_src(tmp_path):
+    """tmp_path/ThyroidXL: a ThyroidXL source tree with the published layout and its quirks (THYROID_PATIENTS)."""
+    from tests.convert_helpers import write_thyroid_xl
+    return write_thyroid_xl(tmp_path / "ThyroidXL")
+
+
+# fixtures that train a network or run a recipe: a test that uses one is slow (pyproject.toml's "slow" marker);
+# by name, or (module, name) for a name other modules use for something cheap
+SLOW_FIXTURES = {"trained_phantom", "synthetic_run", "two_folds", ("test_seams", "phantom")}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every e2e test, and every test using a fixture of SLOW_FIXTURES, is also marked slow: ``-m "not slow"`` is
+    the fast subset (README, "Tests and benchmarks")."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        used = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("e2e") or SLOW_FIXTURES & (used | {(module, name) for name in used}):
+            item.add_marker(pytest.mark.slow)

@@ -33,6 +33,8 @@ from nnunet_mtl.seams.terms import Setup
 from nnunet_mtl.trainers import TRAINERS
 from tests.e2e_helpers import BIN, nnunet_env as environment, planned_phantom, run, train, use_in_process
 
+pytestmark = pytest.mark.slow  # trains or starts processes (the fast subset leaves it out)
+
 WARM_UP_STEPS = 10
 COSINE_MIN = 0.88
 RELATIVE_ERROR_MAX = 0.55

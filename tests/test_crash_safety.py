@@ -39,6 +39,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mtl.trainers import nnUNetTrainerMTL_tiny
 from nnunet_mtl.processes import children_die_with_this_process
 
+pytestmark = pytest.mark.slow  # trains or starts processes (the fast subset leaves it out)
+
 DATASET = "587"
 needs_fork = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and PR_SET_PDEATHSIG: Linux")
 

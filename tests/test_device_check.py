@@ -13,6 +13,8 @@ import torch
 from nnunet_mtl.trainers import TRAINERS
 from tests.e2e_helpers import nnunet_env as environment, planned_phantom, use_in_process
 
+pytestmark = pytest.mark.slow  # trains or starts processes (the fast subset leaves it out)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

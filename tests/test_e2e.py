@@ -2,6 +2,7 @@
 nnUNetv2_train (tiny-schedule multitask trainer), nnUNetv2_predict, nnunet_mtl predict, nnunet_mtl evaluate."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,23 +217,45 @@ def test_birads_trains_saves_its_prior_and_predicts_through_nnunet(birads_traine
     assert (root / "pred_birads" / "class_predictions.csv").is_file()
 
 
-@pytest.mark.parametrize("trainer, describes", [
-    ("nnUNetTrainerSegOnly_tiny", "head none; terms seg x 1"),
-    ("nnUNetTrainerClsOnly_tiny", "classification only: no segmentation of the validation cases"),
-    ("nnUNetTrainerMTL_UW_tiny", "uncertainty weighting (Kendall et al. 2018)"),
-    ("nnUNetTrainerMTL_PCGrad_tiny", "TorchJD PCGrad"),
-    ("nnUNetTrainerMTL_UPGrad_tiny", "TorchJD UPGrad"),
-    ("nnUNetTrainerMTL_MGDA_tiny", "TorchJD MGDA"),
-    ("nnUNetTrainerMTL_CAGrad_tiny", "TorchJD CAGrad"),
+def train_in_process(trained, trainer: str, monkeypatch) -> Path:
+    """TRAINER fold 0 in this process (nnU-Net's ``run_training``, without the final validation) on the module's
+    preprocessed phantom and split; its model folder."""
+    from nnunet_mtl.trainers import TRAINERS
+    from tests.e2e_helpers import use_in_process
+    use_in_process(monkeypatch, trained["root"])
+    pre = next((trained["root"] / "nnUNet_preprocessed").glob(f"Dataset{int(DATASET):03d}_*"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    torch.manual_seed(0)
+    network_trainer = TRAINERS[trainer]({**plans, "continue_training": False}, "2d", 0, dataset_json,
+                                        torch.device("cpu"))
+    network_trainer.run_training()
+    return Path(network_trainer.output_folder).parent
+
+
+# One nnUNetv2_train subprocess per trainer family (single task, uncertainty weighting, TorchJD aggregation);
+# the other TorchJD aggregators train in-process: the same trainer code, without a second start of nnU-Net
+@pytest.mark.parametrize("trainer, describes, how", [
+    ("nnUNetTrainerSegOnly_tiny", "head none; terms seg x 1", "nnUNetv2_train"),
+    ("nnUNetTrainerClsOnly_tiny", "classification only: no segmentation of the validation cases", "nnUNetv2_train"),
+    ("nnUNetTrainerMTL_UW_tiny", "uncertainty weighting (Kendall et al. 2018)", "nnUNetv2_train"),
+    ("nnUNetTrainerMTL_UPGrad_tiny", "TorchJD UPGrad", "nnUNetv2_train"),
+    ("nnUNetTrainerMTL_PCGrad_tiny", "TorchJD PCGrad", "in-process"),
+    ("nnUNetTrainerMTL_MGDA_tiny", "TorchJD MGDA", "in-process"),
+    ("nnUNetTrainerMTL_CAGrad_tiny", "TorchJD CAGrad", "in-process"),
 ])
-def test_every_baseline_trains_through_nnunet_and_its_checkpoint_loads_strictly(trained, trainer, describes):
-    """Issue 12: each baseline through a tiny nnUNetv2_train run on the same preprocessed phantom and split; its
+def test_every_baseline_trains_through_nnunet_and_its_checkpoint_loads_strictly(trained, trainer, describes, how,
+                                                                                monkeypatch):
+    """Issue 12: each baseline through a tiny nnU-Net training on the same preprocessed phantom and split; its
     finite losses logged, its backward rule named in the log, and its checkpoint strictly loaded into the network
     rebuilt from plans.json (what the predictors do)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_mtl.trainers import TRAINERS
-    model = train_also(trained, trainer)["model"]
+    if how == "nnUNetv2_train":
+        model = train_also(trained, trainer)["model"]
+    else:
+        model = train_in_process(trained, trainer, monkeypatch)
     log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
     assert describes in log
     ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)

@@ -14,7 +14,7 @@ from PIL import Image
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.inference.models import check_per_fold_folds, parse_folds
 from nnunet_mtl.errors import NnunetMtlError
-from tests.e2e_helpers import BIN, nnunet_env, planned_phantom, run, train
+from tests.e2e_helpers import BIN, nnunet_env, run, train
 
 CLASSES = ["benign", "malignant"]
 
@@ -432,18 +432,24 @@ def test_a_plain_prediction_folder_is_evaluated_as_before(per_fold_folder, capsy
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-DATASET = "502"
+DATASET = "501"  # the session's trained phantom (tests/conftest.py), copied
 TRAINER = "nnUNetTrainerMTL_tiny"
 
 
 @pytest.fixture(scope="module")
-def two_folds(tmp_path_factory):
-    """A tiny phantom, planned, and folds 0 and 1 trained with the smoke-test schedule."""
+def two_folds(tmp_path_factory, trained_phantom):
+    """A tiny phantom, planned, and folds 0 and 1 trained with the smoke-test schedule: a copy of the session's
+    trained phantom (fold 0), whose shared folders stay as they are, and fold 1 trained here."""
+    import shutil
+    assert trained_phantom["dataset"] == DATASET and trained_phantom["trainer"] == TRAINER
     root = tmp_path_factory.mktemp("per_fold_e2e")
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(trained_phantom["root"] / var, root / var)
+    model = trained_phantom["model"]  # only this trainer's folder (other tests train more into the shared one)
+    shutil.copytree(model, root / "nnUNet_results" / model.parent.name / model.name)
     env = nnunet_env(root)
-    raw = planned_phantom(env, DATASET)
-    for fold in ("0", "1"):
-        train(env, DATASET, TRAINER, fold)
+    train(env, DATASET, TRAINER, "1")
+    raw = Path(env["nnUNet_raw"]) / trained_phantom["raw"].name
     return {"root": root, "env": env, "raw": raw}
 
 

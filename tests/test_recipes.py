@@ -357,6 +357,7 @@ def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_
     assert report["test_sets"][0]["rows"][0]["dice"]["mean"] is not None
 
 
+@pytest.mark.slow
 def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     """Against a stand-in sbatch (prints job ids 101, 102, ...) and srun: the submission files submitit writes."""
     fake = tmp_path / "bin"
@@ -396,6 +397,7 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     assert not (workdir / "nnUNet_raw").exists() or not any((workdir / "nnUNet_raw").iterdir())  # nothing ran here
 
 
+@pytest.mark.slow
 def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_path):
     """Run twice against stand-in sbatch and sacct: the second run keeps the jobs sacct reports pending or running,
     and submits again the failed training and everything after it, with afterok on the kept jobs. The login node has
@@ -452,6 +454,7 @@ def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_p
     assert err.returncode == 2 and "sacct gives no state" in err.stderr and len(err.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_local_launcher_waits_with_a_time_limit(tmp_path):
     """submitit's local executor kills a job at its timeout_min (its default would be 2 minutes): the step fails
     with one message naming the limit and its log, and nothing after it starts."""
@@ -545,6 +548,7 @@ def test_progress_of_a_running_step_is_its_logs_newest_epoch(tmp_path):
     assert last_progress(log).startswith("fold 1/2")
 
 
+@pytest.mark.slow
 def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once(tmp_path, monkeypatch):
     """--gpus: the trainings, then the predictions, one per listed GPU at a time (each with its
     CUDA_VISIBLE_DEVICES); the CPU steps between them (an evaluation after each prediction) still run, once, after
@@ -577,6 +581,7 @@ def test_local_launcher_with_gpus_runs_each_kind_one_per_gpu_and_every_step_once
         assert order.index(f"predict:{row}:test") < order.index(f"evaluate:{row}:test")
 
 
+@pytest.mark.slow
 def test_a_failed_step_on_one_gpu_cancels_the_others_and_says_so(tmp_path, capsys):
     """--gpus: when a training fails while another runs on the other GPU, the run stops at once with the failed
     step's error, and the running one is cancelled (not left running behind the command, not waited for)."""
@@ -786,6 +791,7 @@ def test_thyroid_recipe_ablates_the_guided_row_on_both_test_sets_with_table_5_as
     assert aimi["kurtosis"]["delta_macro_recall"] == "-0.0414 ± +0.0275"
 
 
+@pytest.mark.slow
 def test_the_dry_run_is_a_script_that_runs_as_run_does_and_previews_gpu_commands_anywhere(tmp_path):
     """The missing --data are named as typed; the dry run starts with set -e and exports every variable a step gets;
     -device cuda is previewed on a machine without CUDA; nothing is written."""

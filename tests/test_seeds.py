@@ -218,6 +218,7 @@ def test_a_seeded_grid_trains_each_seed_into_its_own_results_and_compares_the_se
     assert not step_state(average, recipe, ctx)[0]
 
 
+@pytest.mark.slow
 def test_a_seeded_recipe_runs_end_to_end_and_reports_the_spread_over_seeds(tmp_path):
     path = _recipe(tmp_path)
     workdir = tmp_path / "run"

@@ -108,6 +108,10 @@ def _local_executor(ctx: Context):
 
 
 PROGRESS_EVERY_S = 20.0
+# the first look at a job after FIRST_POLL_S, then less and less often (a tenth of the time it has run, at most every
+# PROGRESS_EVERY_S): most of a recipe's steps (evaluations, comparisons, small predictions) end within seconds, and
+# each second of polling slack is a second every such step waits for nothing
+FIRST_POLL_S = 0.1
 
 
 def last_progress(log: Path) -> str | None:
@@ -132,7 +136,7 @@ def _wait(job, step: Step, ctx: Context, started: float) -> None:
     """Wait for the job, printing the step's progress (its log's newest epoch) when it changes."""
     shown = None
     while not job.done():
-        time.sleep(min(PROGRESS_EVERY_S, 1.0 + (time.time() - started) / 10))
+        time.sleep(min(PROGRESS_EVERY_S, FIRST_POLL_S + (time.time() - started) / 10))
         line = last_progress(ctx.log(step.id))
         if line and line != shown:
             print(f"    {line} ({time.time() - started:.0f} s)", flush=True)
@@ -225,7 +229,7 @@ def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Pro
                 del busy[gpu]
                 running.remove(job)
                 _result(job, step, ctx, started)
-        time.sleep(1)
+        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------------------------------------ SLURM
