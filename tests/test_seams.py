@@ -654,9 +654,9 @@ def test_early_stopping_counts_epochs_since_the_best_selectable_score(nnunet_env
     log = trainer.logger.local_logger.my_fantastic_logging
     log["val_losses"], log["stage"] = [0.1, 0.9, 0.5, 0.6], [0, 1, 1, 1]
     log["ema_mtl_score"] = [0.0] * 4
-    assert trainer.early_stopped() is None  # best selectable epoch 2, one epoch ago
+    assert trainer.early_stop_reason() is None  # best selectable epoch 2, one epoch ago
     log["val_losses"].append(0.7), log["stage"].append(1), log["ema_mtl_score"].append(0.0)
-    assert "not improved for 2 epochs (best at epoch 2" in trainer.early_stopped()
+    assert "not improved for 2 epochs (best at epoch 2" in trainer.early_stop_reason()
 
 
 class TrainerRefusedAtStart(nnUNetTrainerMTL):

@@ -976,7 +976,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         spans = self._stage_plan()
         return [float(v) if stage_at(spans, e).stage.select_best else float("nan") for e, v in enumerate(values)]
 
-    def early_stopped(self) -> str | None:
+    def early_stop_reason(self) -> str | None:
         """Why training stops now, or None: the wall-clock budget of this run is spent
         (``nnUNet_mtl_max_train_minutes``), or the selection score has not improved for early_stopping_patience
         epochs."""
@@ -1035,7 +1035,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.on_train_start()
         self._run_started = time()
         for epoch in range(self.current_epoch, self.num_epochs):
-            reason = self.early_stopped()
+            reason = self.early_stop_reason()
             if reason is not None:
                 self.print_to_log_file(reason)
                 break
