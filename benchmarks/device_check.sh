@@ -128,7 +128,9 @@ if [[ $SMOKE -eq 0 ]]; then
     fi
 fi
 export nnUNet_mtl_max_train_minutes="$MINUTES"
-if "$BIN/nnunet_mtl" recipe run "$TOML" --workdir "$RECIPE_WORK" -device "$DEVICE" "${DATA_ARGS[@]}" >>"$LOG" 2>&1; then
+NP=(); [[ $SMOKE -eq 1 ]] && NP=(-np 1)  # the smoke: one worker per step (nnU-Net's pools spawn, each imports torch)
+if "$BIN/nnunet_mtl" recipe run "$TOML" --workdir "$RECIPE_WORK" -device "$DEVICE" "${NP[@]}" "${DATA_ARGS[@]}" \
+        >>"$LOG" 2>&1; then
     "$BIN/nnunet_mtl" recipe report "$TOML" --workdir "$RECIPE_WORK" -o "$WORK/report" >>"$LOG" 2>&1
     cp "$WORK/report/report.md" "$OUT/breast_report.md"
     [[ -f "$WORK/report/report.json" ]] && cp "$WORK/report/report.json" "$OUT/breast_report.json"

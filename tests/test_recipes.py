@@ -269,12 +269,17 @@ def recipe_cli(*args, env=None, check=True):
     return result
 
 
+# one worker process per step (-np 1): every worker of nnU-Net's prediction and validation pools is a spawned process
+# that imports torch and nnU-Net again, on a 2-core machine running two test workers
+ONE_WORKER = ("-np", "1")
+
+
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
     """``nnunet_mtl recipe run synthetic`` once, through submitit's local executor and the real commands."""
     workdir = tmp_path_factory.mktemp("recipe") / "run"
     started = time.time()
-    result = recipe_cli("run", "synthetic", "--workdir", str(workdir))
+    result = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER)
     return workdir, result, time.time() - started
 
 
@@ -333,10 +338,10 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     # an interrupted training: its best checkpoint written, no final one, no validation
     (fold / "checkpoint_final.pth").unlink()
     (fold / "validation" / "summary.json").unlink()
-    dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--dry-run").stdout
+    dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--dry-run").stdout
     assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c" in dry
     assert "# [4/23] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
-    out = recipe_cli("run", "synthetic", "--workdir", str(workdir)).stdout
+    out = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER).stdout
     assert "all 23 steps done (2 run now, 21 before)" in out  # the training and the report
     assert other.stat().st_mtime_ns == before and (fold / "checkpoint_final.pth").is_file()
     assert "$ " in (log := (workdir / "logs" / "train_mtl_1.log").read_text())

@@ -222,7 +222,8 @@ def test_a_seeded_grid_trains_each_seed_into_its_own_results_and_compares_the_se
 def test_a_seeded_recipe_runs_end_to_end_and_reports_the_spread_over_seeds(tmp_path):
     path = _recipe(tmp_path)
     workdir = tmp_path / "run"
-    result = subprocess.run([str(BIN / "nnunet_mtl"), "recipe", "run", str(path), "--workdir", str(workdir)],
+    result = subprocess.run([str(BIN / "nnunet_mtl"), "recipe", "run", str(path), "--workdir", str(workdir),
+                             "-np", "1"],
                             capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for seed in (1, 2):
