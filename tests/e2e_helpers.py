@@ -43,6 +43,17 @@ def use_in_process(monkeypatch, root: Path) -> None:
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
 
 
+def in_process_trainer(root: Path, dataset: str, cls, fold: int = 0):
+    """A trainer of class ``cls`` for ``dataset`` (its id, e.g. "503") planned under ``root``, built in this process
+    as nnUNetv2_train builds it (the plans, 2d, ``fold``, the dataset.json, the CPU); nothing run yet."""
+    import json
+
+    import torch
+    pre = next((Path(root) / "nnUNet_preprocessed").glob(f"Dataset{int(dataset):03d}_*"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    return cls({**plans, "continue_training": False}, "2d", fold, dataset_json, torch.device("cpu"))
+
 def planned_phantom(env: dict, dataset: str, seed: int = 3, patients: int = 12) -> Path:
     """``nnunet_mtl convert synthetic`` (patients x 2 images of 64 px) and nnUNetv2_plan_and_preprocess; the raw
     dataset folder."""

@@ -66,10 +66,8 @@ def nnunet_env(phantom, monkeypatch):
 
 
 def make_trainer(root: Path, cls=nnUNetTrainerMTL_crashsafety, fold=0):
-    pre = next((root / "nnUNet_preprocessed").glob(f"Dataset{DATASET}_*"))
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((pre / "dataset.json").read_text())
-    return cls({**plans, "continue_training": False}, "2d", fold, dataset_json, torch.device("cpu"))
+    from tests.e2e_helpers import in_process_trainer
+    return in_process_trainer(root, DATASET, cls, fold)
 
 
 @pytest.fixture

@@ -221,14 +221,10 @@ def train_in_process(trained, trainer: str, monkeypatch) -> Path:
     """TRAINER fold 0 in this process (nnU-Net's ``run_training``, without the final validation) on the module's
     preprocessed phantom and split; its model folder."""
     from nnunet_mtl.trainers import TRAINERS
-    from tests.e2e_helpers import use_in_process
+    from tests.e2e_helpers import in_process_trainer, use_in_process
     use_in_process(monkeypatch, trained["root"])
-    pre = next((trained["root"] / "nnUNet_preprocessed").glob(f"Dataset{int(DATASET):03d}_*"))
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((pre / "dataset.json").read_text())
     torch.manual_seed(0)
-    network_trainer = TRAINERS[trainer]({**plans, "continue_training": False}, "2d", 0, dataset_json,
-                                        torch.device("cpu"))
+    network_trainer = in_process_trainer(trained["root"], DATASET, TRAINERS[trainer])
     network_trainer.run_training()
     return Path(network_trainer.output_folder).parent
 

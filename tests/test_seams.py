@@ -136,10 +136,8 @@ def nnunet_env(phantom, monkeypatch):
 
 
 def make_trainer(root: Path, cls, fold=0):
-    pre = next((root / "nnUNet_preprocessed").glob("Dataset503_*"))
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((pre / "dataset.json").read_text())
-    return cls({**plans, "continue_training": False}, "2d", fold, dataset_json, torch.device("cpu"))
+    from tests.e2e_helpers import in_process_trainer
+    return in_process_trainer(root, "503", cls, fold)
 
 
 def train(root: Path, cls):
