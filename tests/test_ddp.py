@@ -134,9 +134,130 @@ def _uw_rank(rank, world, init_file, queue):
 
 def test_uncertainty_weighting_log_variances_get_the_mean_gradient_of_the_ranks(tmp_path):
     """Kendall et al. 2018's s_t live in the head, outside the forward pass; DDP still averages their gradients
-    over the ranks (what supports_ddp = True promises), to the gradient of one process holding both halves."""
+    over the ranks (what ddp_reducer = True promises), to the gradient of one process holding both halves."""
     results = dict(run_ranks(_uw_rank, tmp_path, timeout=180))
     assert results[0] == pytest.approx(results[1], rel=1e-12)
     halves = [np.asarray(uw_step_gradient(rank)) for rank in range(2)]
     assert results[0] == pytest.approx(((halves[0] + halves[1]) / 2).tolist(), rel=1e-10)
     assert not np.allclose(halves[0], halves[1])  # the ranks' own gradients differ: the averaging is real
+
+
+# ------------------------------------------- steps DDP's reducer cannot take: the trainer averages the gradients
+SCENARIOS = ("rlar", "upgrad", "frozen_encoder")
+
+
+def scenario_step(name: str, data, wrap=None) -> dict:
+    """One step of scenario ``name`` on ``data`` with the trainer's step function (``rule_step``) on a fresh, seeded
+    network: wrapped by ``wrap`` (DDP, the gradients averaged by the trainer) or not (one process). {parameter
+    name: its gradient as a list, or None}."""
+
+    from nnunet_mtl.methods.gradient_aggregation import TorchJDAggregation
+    from nnunet_mtl.methods.rlar import RLAR
+    from nnunet_mtl.seams.backward import WeightedSum
+    from nnunet_mtl.seams.distributed import averages_gradients_itself, rule_step
+    from nnunet_mtl.seams.stages import Stage
+    from nnunet_mtl.seams.terms import TermLosses
+    from tests.network_helpers import small_net
+
+    net = small_net().eval()  # eval: the head's dropout is 0; no batch-norm anywhere
+    wrapped = wrap(net) if wrap else net
+    stages = (Stage("all"),)
+    if name == "rlar":  # the written-out path (acts_on), as the trainer runs it
+        rule = RLAR(layer="bottleneck", adv_weight=0.5)
+
+        def losses(outputs):
+            return TermLosses({"seg": outputs["seg"][0].square().mean(), "cls": outputs["logits"].square().mean()},
+                              {"seg": ("segmentation",), "cls": ("classification",)})
+    else:
+        losses = every_output_losses
+        if name == "upgrad":
+            rule = TorchJDAggregation(aggregator="upgrad")
+            rule.validate()
+        else:  # a stage that trains the decoder and the head only (the frozen encoder gets no gradient)
+            rule, stages = WeightedSum(), (Stage("decoder and head", trainable=("decoder", "head")),)
+            keep = {id(p) for part in ("decoder", "head") for p in net.part_parameters(part)}
+            for p in net.parameters():
+                p.requires_grad_(id(p) in keep)  # after wrapping, as the trainer's stages do
+    rule.setup(wrapped, lambda line: None)
+    rule_step(rule, wrapped, data, losses, {"seg": 1.0, "cls": 1.0},
+              average_itself=wrap is not None and averages_gradients_itself(rule, stages), tasks=("seg", "cls"))
+    return {n: None if p.grad is None else p.grad.flatten().tolist() for n, p in net.named_parameters()}
+
+
+def ddp_batch():
+    import torch
+    return torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+def _scenarios_rank(rank, world, init_file, queue):
+    """One rank: each scenario's step on its own half of the batch, through DDP and the trainer's averaging."""
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        half = ddp_batch()[2 * rank:2 * rank + 2]
+        queue.put((rank, {name: scenario_step(name, half, DistributedDataParallel) for name in SCENARIOS}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_steps(tmp_path_factory):
+    """Every scenario's gradients on each of two gloo ranks (CPU), and in one process on each half and on both."""
+    ranks = dict(run_ranks(_scenarios_rank, tmp_path_factory.mktemp("ddp"), timeout=300))
+    data = ddp_batch()
+    alone = {name: [scenario_step(name, data[2 * r:2 * r + 2]) for r in range(2)] for name in SCENARIOS}
+    both = {name: scenario_step(name, data) for name in ("upgrad",)}
+    return ranks, alone, both
+
+
+def gradients(step: dict, names=None) -> np.ndarray:
+    return np.concatenate([np.asarray(g) for n, g in step.items() if g is not None and (names is None or n in names)])
+
+
+def test_rlar_under_ddp_gets_the_mean_of_the_ranks_single_process_steps(two_rank_steps):
+    """Salama et al. 2026, Eq. 7 on two ranks: each rank's penalty is that of its own batch (as nnU-Net's per-rank
+    losses); the parameter gradient every rank applies is the mean of the two single-process steps."""
+    ranks, alone, _ = two_rank_steps
+    mean = (gradients(alone["rlar"][0]) + gradients(alone["rlar"][1])) / 2
+    for rank in range(2):
+        assert np.allclose(gradients(ranks[rank]["rlar"]), mean, rtol=1e-9, atol=1e-12), rank
+    assert not np.allclose(gradients(alone["rlar"][0]), gradients(alone["rlar"][1]))  # the averaging is real
+
+
+def test_torchjd_under_ddp_aggregates_the_jacobian_of_the_whole_batch(two_rank_steps):
+    """UPGrad (Quinton & Rey 2024, Eq. 5) on two ranks aggregates the mean of the ranks' Jacobians, i.e. the step of
+    one process holding both halves (the task losses are batch means), not the mean of the ranks' aggregates."""
+    ranks, alone, both = two_rank_steps
+    whole = gradients(both["upgrad"])
+    for rank in range(2):
+        assert np.allclose(gradients(ranks[rank]["upgrad"]), whole, rtol=1e-9, atol=1e-12), rank
+    mean_of_aggregates = (gradients(alone["upgrad"][0]) + gradients(alone["upgrad"][1])) / 2
+    assert not np.allclose(mean_of_aggregates, whole, rtol=1e-6)  # the two readings differ: which one is pinned
+
+
+def test_a_stage_that_freezes_the_encoder_trains_under_ddp(two_rank_steps):
+    """A stage that trains the decoder and the head only (frozen after DDP wrapped the network, as the trainer's
+    stages do): the trained parameters get the mean of the ranks' gradients, the frozen ones none."""
+    ranks, alone, _ = two_rank_steps
+    for rank in range(2):
+        step = ranks[rank]["frozen_encoder"]
+        assert all(g is None for n, g in step.items() if n.startswith("encoder."))
+        assert step.keys() == alone["frozen_encoder"][0].keys()
+        for name, g in step.items():
+            if g is not None:
+                expected = (np.asarray(alone["frozen_encoder"][0][name]) + np.asarray(alone["frozen_encoder"][1][name]))
+                assert np.allclose(g, expected / 2, rtol=1e-9, atol=1e-12), name
+
+
+def test_which_steps_the_trainer_averages_itself():
+    from nnunet_mtl.methods.gradient_aggregation import TorchJDAggregation
+    from nnunet_mtl.methods.rlar import RLAR
+    from nnunet_mtl.methods.uncertainty_weighting import UncertaintyWeighting
+    from nnunet_mtl.seams.backward import WeightedSum
+    from nnunet_mtl.seams.distributed import averages_gradients_itself
+    from nnunet_mtl.seams.stages import Stage
+    plain, frozen = (Stage("all"),), (Stage("warm-up", trainable=("head",)), Stage("all"))
+    assert not averages_gradients_itself(WeightedSum(), plain)
+    assert not averages_gradients_itself(UncertaintyWeighting(), plain)
+    assert averages_gradients_itself(WeightedSum(), frozen)
+    assert averages_gradients_itself(RLAR(), plain) and averages_gradients_itself(TorchJDAggregation(), plain)

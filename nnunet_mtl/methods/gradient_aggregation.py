@@ -26,8 +26,16 @@ decoder's and head's ``.grad`` and the per-task Jacobian rows into the encoder p
 ``jac_to_grad(encoder, aggregator)`` aggregates them into ``.grad`` (TorchJD >= 0.18 splits these two steps).
 The task losses are the weighted ones (``loss_weights``) and, under nnU-Net's AMP, scaled by the grad scaler:
 every aggregator here is positively homogeneous of degree 1 (scaling all rows by s scales the result by s), so the
-aggregated gradient is the scaled one the optimizer step unscales. Not under torch.compile and not multi-GPU (see
+aggregated gradient is the scaled one the optimizer step unscales. Not under torch.compile (see
 ``GradientAggregation``).
+
+Multi-GPU (nnU-Net's ``-num_gpus N``): after ``mtl_backward`` every rank's ``.jac`` is replaced by its mean over
+the ranks, and the aggregator runs on that mean: the Jacobian of the mean of the ranks' task losses (the objective
+nnU-Net's DDP training minimizes; for losses that are means over samples and equal per-rank batches, what one process
+would aggregate for the whole batch). Every rank then aggregates the same matrix into the same update. Averaging the
+ranks' aggregated gradients instead would not be that step (an aggregator is not linear in its rows: the projections
+of PCGrad and UPGrad, the min-norm point of MGDA). The task-specific gradients (decoder, head) are averaged after the
+step, as DDP would (:mod:`nnunet_mtl.seams.distributed`).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from nnunet_mtl.seams.backward import GradientAggregation
+from nnunet_mtl.seams.distributed import average_over_ranks
 
 # name -> (TorchJD class name, its arguments, the reference)
 AGGREGATORS = {
@@ -62,7 +71,8 @@ def make_aggregator(name: str):
 
 def torchjd_step(losses: list, features: list, shared: list, aggregator) -> None:
     """TorchJD's two steps: the per-task Jacobian into the shared parameters' ``.jac`` (and plain gradients into
-    the task-specific parameters), then the aggregation into ``.grad``."""
+    the task-specific parameters), then the aggregation into ``.grad``; under multi-GPU training the Jacobians are
+    averaged over the ranks between the two (see the module's docstring)."""
     import torch
     from torchjd.autojac import jac_to_grad, mtl_backward
     # Under autocast (CUDA float16, CPU bfloat16) PyTorch's batched (vmap) backward of instance norm fails on the
@@ -70,6 +80,7 @@ def torchjd_step(losses: list, features: list, shared: list, aggregator) -> None
     # rows of the Jacobian are then differentiated one after another (the same values; one backward per task)
     low_precision = any(f.dtype in (torch.float16, torch.bfloat16) for f in features)
     mtl_backward(losses, features=features, shared_params=shared, parallel_chunk_size=1 if low_precision else None)
+    average_over_ranks([p.jac for p in shared if getattr(p, "jac", None) is not None])  # multi-GPU; else a no-op
     jac_to_grad(shared, aggregator)
 
 

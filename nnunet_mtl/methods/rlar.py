@@ -37,7 +37,9 @@ differentiated afterwards (P's gradient must flow back through the decoder's for
 AMP (PyTorch's gradient-penalty recipe): the gradients at z are taken of scaled losses, so fp16 gradients do not
 underflow; the cosine is computed in fp32 and does not care about the scale; the total is scaled for the
 backward, so the parameter gradients come out scaled exactly as in nnU-Net's step. torch.compile cannot
-differentiate twice (no compile); DDP does not support double backward through its hooks (refused).
+differentiate twice (no compile). Multi-GPU: DDP does not support double backward through its hooks, so each rank
+takes this step on the module inside the wrapper, with the penalty of its own batch, and the trainer averages the
+parameter gradients over the ranks afterwards (:mod:`nnunet_mtl.seams.distributed`).
 """
 from __future__ import annotations
 
@@ -202,7 +204,9 @@ class RLAR(BackwardRule):
 
     name: ClassVar[str] = "RLAR"
     compiles: ClassVar[bool] = False       # torch.compile cannot differentiate twice
-    supports_ddp: ClassVar[bool] = False   # DDP's hooks do not support the double backward
+    # multi-GPU: DDP's hooks do not support the double backward; each rank takes this step on its own batch (its
+    # own penalty, as nnU-Net's per-rank losses) and the trainer averages the gradients (nnunet_mtl.seams.distributed)
+    ddp_reducer: ClassVar[bool] = False
     needs_encoder_gradient: ClassVar[bool] = True  # the gradients at z
     logged: ClassVar[tuple[str, ...]] = ("rlar_penalty",)
 
@@ -227,9 +231,7 @@ class RLAR(BackwardRule):
         self._encoder_stages = RLAR_LAYERS[self.layer](n)
         if min(self._encoder_stages) < 0:
             raise ValueError(f"RLAR layer {self.layer!r} needs at least 3 encoder stages; this plan's network has {n}")
-        if isinstance(network, torch.nn.parallel.DistributedDataParallel):
-            self._autograd_reason = "multi-GPU (DDP)"
-        elif not self.fast:
+        if not self.fast:
             self._autograd_reason = "fast is False"
         else:
             self._autograd_reason = why_seg_gradient_not_written_out(net)  # None: written out

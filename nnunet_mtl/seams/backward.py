@@ -16,7 +16,10 @@ A rule is a dataclass instance declared on a trainer (``backward = WeightedSum()
 - optional ``setup(network, log)`` once the network is built, ``loss_modules(tasks)`` (parameters the rule learns,
   owned by the head), ``check(weights, tasks)`` (raise ValueError when
   the rule cannot work with these weights), ``describe(weights, tasks)`` (one line for the training log);
-- class flags ``compiles`` (torch.compile may be used), ``supports_ddp`` (multi-GPU), ``needs_encoder_gradient``
+- class flags ``compiles`` (torch.compile may be used), ``ddp_reducer`` (multi-GPU: True, the rule's one backward
+  through the DDP-wrapped network lets DDP's reducer average the gradients; False, the trainer gives the rule the
+  module inside the wrapper and averages the gradients over the ranks after the step,
+  :mod:`nnunet_mtl.seams.distributed`), ``needs_encoder_gradient``
   (gradients at the encoder's outputs: a stage may not freeze the encoder), ``logged`` (names of the values of
   :attr:`StepResult.extras`, logged as ``train_<name>``).
 
@@ -59,7 +62,7 @@ def unwrap(network: nn.Module) -> nn.Module:
 class BackwardRule:
     name: ClassVar[str] = ""
     compiles: ClassVar[bool] = True
-    supports_ddp: ClassVar[bool] = True
+    ddp_reducer: ClassVar[bool] = True  # False: under DDP the trainer averages the gradients after the step
     needs_encoder_gradient: ClassVar[bool] = False  # True: stages may not freeze the encoder (gradients at z)
     logged: ClassVar[tuple[str, ...]] = ()
     # the rule works on the terms' losses only (it reads no mask itself), so partially annotated cases are the
@@ -123,13 +126,16 @@ class GradientAggregation(BackwardRule):
     features)`` followed by ``jac_to_grad(shared_parameters, aggregator)`` is such a function. Regularizer terms
     (``task`` False) are not aggregated: their plain gradient is added. A step whose losses are not finite (AMP's
     first steps overflow) falls back to the weighted sum, whose inf/NaN gradients make the grad scaler skip it and
-    lower its scale, as in nnU-Net's own step. No torch.compile (an aggregator may take per-task Jacobians), no
-    multi-GPU (DDP averages only what ``backward`` produces, not gradients an aggregator writes).
+    lower its scale, as in nnU-Net's own step. No torch.compile (an aggregator may take per-task Jacobians).
+    Multi-GPU: DDP's reducer sees only what ``backward`` produces, not what an aggregator writes into ``.grad``, so
+    the trainer averages the gradients over the ranks after the step (``ddp_reducer`` False); an aggregator may
+    average its inputs over the ranks first (TorchJD's Jacobians:
+    :func:`nnunet_mtl.methods.gradient_aggregation.torchjd_step`).
     """
 
     name: ClassVar[str] = "gradient aggregation"
     compiles: ClassVar[bool] = False
-    supports_ddp: ClassVar[bool] = False
+    ddp_reducer: ClassVar[bool] = False
     needs_encoder_gradient: ClassVar[bool] = True
     aggregate: Callable[[list, list, list], None] | None = None
     label: str = ""

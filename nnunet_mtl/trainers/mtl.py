@@ -49,6 +49,7 @@ from nnunet_mtl.methods.multitask import BottleneckMLPConfig, Classification, Se
 from nnunet_mtl.methods.single_task import NO_HEAD
 from nnunet_mtl.networks.multitask_unet import PLANS_KEY, MultitaskUNet, head_config_from_plans
 from nnunet_mtl.seams.backward import WeightedSum, unwrap
+from nnunet_mtl.seams.distributed import averages_gradients_itself, rule_step
 from nnunet_mtl.seams.stages import Stage, StagedLRScheduler, resolve_stages, stage_at
 from nnunet_mtl.seams.terms import Batch, Setup, check_weights, compute_losses, weighted_total
 from nnunet_mtl.trainers.progress_logger import MultitaskLocalLogger
@@ -541,17 +542,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                 fail(f"{type(self).__name__}.stages: {e}")
         return self._stage_spans
 
-    def _refuse_unsupported_ddp(self) -> None:
-        trainer = type(self).__name__
-        if not self.backward_rule.supports_ddp:
-            fail(f"{trainer} does not support multi-GPU (DDP) training: its backward rule "
-                 f"({self.backward_rule.name}) differentiates twice, which DDP does not support; train on one GPU")
-        if any(s.trainable is not None for s in type(self).stages):
-            fail(f"{trainer} does not support multi-GPU (DDP) training: its stages freeze parts of the network, and "
-                 f"DDP fixes the trainable parameters when it wraps the network; train on one GPU")
-
     def initialize(self):
-        # no DDP refusal here: validation-only runs (--val, -num_gpus > 1) initialize too, and they work
         super().initialize()  # the network reads `segments` from the plans section set in __init__
         try:
             self.backward_rule.setup(self.network, self.print_to_log_file)
@@ -734,8 +725,6 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self._stage_flags_applied = False
 
     def on_train_start(self):
-        if self.is_ddp:
-            self._refuse_unsupported_ddp()
         spans = self._stage_plan()
         for span in spans:
             try:
@@ -859,9 +848,12 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         data, target = self._to_device(batch)
         context = self._batch(data, target, batch["keys"], training=True)
         self.optimizer.zero_grad(set_to_none=True)
-        return self.backward_rule(self.network, data, lambda outputs: self.compute_losses(outputs, context),
-                                  self.loss_weights_now, tasks=self.task_names, scale=self._scale,
-                                  autocast=self._autocast)
+        # multi-GPU: a step DDP's reducer cannot take runs on the module inside the wrapper and its gradients are
+        # averaged over the ranks afterwards (nnunet_mtl.seams.distributed)
+        itself = self.is_ddp and averages_gradients_itself(self.backward_rule, type(self).stages)
+        return rule_step(self.backward_rule, self.network, data, lambda outputs: self.compute_losses(outputs, context),
+                         self.loss_weights_now, average_itself=itself, tasks=self.task_names, scale=self._scale,
+                         autocast=self._autocast)
 
     def train_step(self, batch: dict) -> dict:
         self._batch_kinds += np.bincount(self.cases.values("mask", batch["keys"]), minlength=3)[:3]
