@@ -13,7 +13,7 @@ both RLAR variants take one step on the same weights and batch (without the opti
 difference of their parameter gradients is printed; the convolution work is counted to print the step's floor.
 Target: nnUNetTrainerRLAR / nnUNetTrainerMTL <= 1.5.
 
-    python benchmarks/bench_rlar_step.py [--device cpu|cuda] [--steps 10] [--size 128] [--layer bottleneck]
+    python benchmarks/bench_rlar_step.py [--device cpu|cuda] [--steps 10] [--size 128] [--layer bottleneck[,mid,...]]
                                          [--mtl-fast-norm]
 """
 from __future__ import annotations
@@ -35,7 +35,9 @@ from bench_train_step import interleaved_medians, make_batch, plan_phantom, prep
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     step_arguments(parser, steps=10, warmup=2)
-    parser.add_argument("--layer", default="bottleneck", help="bottleneck | last | mid | last3")
+    parser.add_argument("--layer", default="bottleneck",
+                        help="bottleneck | last | mid | last3, or several separated by commas (one process: each "
+                             "layer's block follows a '--- layer NAME' line)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--mtl-fast-norm", action="store_true",
                         help="also time nnUNetTrainerMTL with RLAR's instance norm (what that alone changes)")
@@ -51,47 +53,67 @@ def main() -> int:
     from nnunet_mtl.trainers import (nnUNetTrainerClinGuided, nnUNetTrainerMTL, nnUNetTrainerRLAR,
                                      nnUNetTrainerRLAR_autograd)
 
-    def at_layer(cls):
-        return type(cls.__name__, (cls,), {"backward": replace(cls.backward, layer=args.layer)})
+    layers = [layer.strip() for layer in args.layer.split(",")]
 
-    variants = {"nnUNetTrainerMTL": nnUNetTrainerMTL, "nnUNetTrainerClinGuided": nnUNetTrainerClinGuided,
-                "nnUNetTrainerRLAR_autograd": at_layer(nnUNetTrainerRLAR_autograd),
-                "nnUNetTrainerRLAR": at_layer(nnUNetTrainerRLAR)}
-    if args.mtl_fast_norm:
-        variants["MTL + fast instance norm"] = nnUNetTrainerMTL
+    def at_layer(cls, layer):
+        return type(cls.__name__, (cls,), {"backward": replace(cls.backward, layer=layer)})
+
     with tempfile.TemporaryDirectory() as tmp:
         plans, dataset_json = plan_phantom(Path(tmp), args.size)
-        trainers = {}
-        for name, cls in variants.items():
+
+        def build(cls, fast_norm=False):
             t = cls({**json.loads(json.dumps(plans)), "continue_training": False}, "2d", 0, dataset_json, device)
             t.initialize()
-            if name == "MTL + fast instance norm":
+            if fast_norm:
                 use_fast_instance_norm(t.network)
-            trainers[name] = t
-        first = trainers["nnUNetTrainerMTL"]
+            return t
+
+        # the layer-independent trainers once; per layer the two RLAR trainers (one process for every layer)
+        shared = {"nnUNetTrainerMTL": build(nnUNetTrainerMTL),
+                  "nnUNetTrainerClinGuided": build(nnUNetTrainerClinGuided)}
+        if args.mtl_fast_norm:
+            shared["MTL + fast instance norm"] = build(nnUNetTrainerMTL, fast_norm=True)
+        first = shared["nnUNetTrainerMTL"]
         batch_size = first.configuration_manager.batch_size
         batch = make_batch(first, batch_size, torch.Generator().manual_seed(0))
-        rng = np.random.default_rng(0)
-        reference_state = trainers["nnUNetTrainerRLAR"].network.state_dict()
-        guided = nnUNetTrainerRLAR.head_config(2).guided_dim
-        targets = {k: rng.standard_normal(guided).astype(np.float32) for k in batch["keys"]}
-        for name, t in trainers.items():
-            t.network.load_state_dict(reference_state)  # same shapes: guided_dim only names part of h
-            prepare(t, batch, targets)
-            t.network.train()
-        difference = gradient_difference(trainers["nnUNetTrainerRLAR_autograd"], trainers["nnUNetTrainerRLAR"], batch)
+        for layer in layers:
+            if len(layers) > 1:
+                print(f"--- layer {layer}")
+            trainers = {**shared, "nnUNetTrainerRLAR_autograd": build(at_layer(nnUNetTrainerRLAR_autograd, layer)),
+                        "nnUNetTrainerRLAR": build(at_layer(nnUNetTrainerRLAR, layer))}
+            report(trainers, batch, layer, args, device)
+            for name in ("nnUNetTrainerRLAR_autograd", "nnUNetTrainerRLAR"):
+                del trainers[name]
+    return 0
 
-        med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
-        rlar = trainers["nnUNetTrainerRLAR"]
-        rule = rlar.backward_rule
-        stages, fast = rule.encoder_stages, rule.written_out
-        work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
+
+def report(trainers: dict, batch: dict, layer: str, args, device) -> None:
+    """The same weights and batch for every trainer, the RLAR paths' gradient difference, the interleaved medians,
+    and the lines this benchmark prints for one RLAR layer."""
+    from nnunet_mtl.trainers import nnUNetTrainerRLAR
+    first = trainers["nnUNetTrainerMTL"]
+    batch_size = first.configuration_manager.batch_size
+    rng = np.random.default_rng(0)
+    reference_state = trainers["nnUNetTrainerRLAR"].network.state_dict()
+    guided = nnUNetTrainerRLAR.head_config(2).guided_dim
+    targets = {k: rng.standard_normal(guided).astype(np.float32) for k in batch["keys"]}
+    for name, t in trainers.items():
+        t.network.load_state_dict(reference_state)  # same shapes: guided_dim only names part of h
+        prepare(t, batch, targets)
+        t.network.train()
+    difference = gradient_difference(trainers["nnUNetTrainerRLAR_autograd"], trainers["nnUNetTrainerRLAR"], batch)
+
+    med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
+    rlar = trainers["nnUNetTrainerRLAR"]
+    rule = rlar.backward_rule
+    stages, fast = rule.encoder_stages, rule.written_out
+    work = convolution_work(rlar.network, batch["data"][:1].to(device), min(stages))
 
     patch = "x".join(map(str, first.configuration_manager.patch_size))
     from nnunet_mtl.precision import describe
     amp = describe(device).removeprefix("precision: ")
     print(f"device {device} ({amp}, {torch.get_num_threads()} threads), batch {batch_size} x {patch}, RLAR at "
-          f"{args.layer} (stage {stages}), lambda_adv {rule.adv_weight}, {args.steps} interleaved steps each "
+          f"{layer} (stage {stages}), lambda_adv {rule.adv_weight}, {args.steps} interleaved steps each "
           f"(median); segmentation gradient "
           f"{'written out' if fast else 'from autograd: ' + str(rule.autograd_reason)}:")
     for name, value in med.items():
@@ -106,7 +128,6 @@ def main() -> int:
           f"convolution work alone its floor is 1 + path / (encoder + decoder) = {1 + u / (e + d):.3f}x")
     print(f"ratio nnUNetTrainerRLAR / nnUNetTrainerMTL = {ratio:.3f} (before: nnUNetTrainerRLAR_autograd {before:.3f}; "
           f"target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
-    return 0
 
 
 def convolution_work(network, image, lowest_z: int) -> dict[str, float]:

@@ -6,7 +6,8 @@
 #   benchmarks/device_check.sh --prepare-raw DATA RAW  # on any machine: BrEaST and UDIAT converted at 256 x 256
 #
 # 1. CUDA step ratios with AMP, each benchmark's trainers interleaved on one batch of a phantom planned by nnU-Net
-#    (planned once, shared): MTL / nnU-Net; RLAR / MTL at each layer (bottleneck, last, mid, last3); BI-RADS / MTL;
+#    (planned once, shared): MTL / nnU-Net; RLAR / MTL at each layer (bottleneck, last, mid, last3: one process, a
+#    summary section each); BI-RADS / MTL;
 #    LesionAware / MTL; PCGrad and UPGrad / MTL; then MTL / nnU-Net again with torch.compile (nnUNet_compile=1).
 # 2. BrEaST -> UDIAT at 256 x 256: nnUNetTrainerMTL, nnUNetTrainerSegOnly and nnUNetTrainerBIRADS, each training cut
 #    by a wall-clock budget (nnUNet_mtl_max_train_minutes, default 0.75 min), predicted on UDIAT, evaluated and
@@ -103,8 +104,16 @@ bench() {  # bench TITLE SCRIPT ARGS...: its output into the log, its result lin
 
 say "part 1: step ratios on $DEVICE (phantom $SIZE px, planned once into $NNUNET_MTL_BENCH_PHANTOM)"
 bench "MTL / nnU-Net" bench_train_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"
+# the four RLAR layers in one process (one start, one MTL trainer); each layer's block is its own summary section
+say "RLAR / MTL at bottleneck, last, mid, last3"
+out="$("$PY" "$HERE/bench_rlar_step.py" --device "$DEVICE" --size "$SIZE" --layer bottleneck,last,mid,last3 \
+    "${STEPS[@]}" 2>>"$LOG")" || { echo "$out" >> "$LOG"; say "FAILED: RLAR / MTL"; exit 1; }
+echo "$out" >> "$LOG"
 for layer in bottleneck last mid last3; do
-    bench "RLAR / MTL at $layer" bench_rlar_step.py --device "$DEVICE" --size "$SIZE" --layer "$layer" "${STEPS[@]}"
+    { echo; echo "## RLAR / MTL at $layer"; echo; echo '```'
+      echo "$out" | awk -v layer="$layer" '/^--- layer /{on = ($3 == layer); next} on' \
+          | grep -E "^device |ms/step|^ratio|same gradients" || true
+      echo '```'; } >> "$SUMMARY"
 done
 bench "BI-RADS / MTL" bench_birads_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"
 bench "LesionAware / MTL" bench_lesion_aware_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"
