@@ -22,8 +22,10 @@ def run(cmd, env, check=True):
 
 
 def nnunet_env(root: Path, data_loader_processes: int = 1) -> dict:
-    """os.environ with nnUNet_raw / _preprocessed / _results under ``root`` (created), our trainers findable, and
-    one worker process (2-core CI)."""
+    """os.environ with nnUNet_raw / _preprocessed / _results under ``root`` (created), our trainers findable, one
+    worker process (2-core CI), and ``nnunet_mtl predict`` without worker processes unless a test passes -npp / -nps
+    (nnUNet_npp / nnUNet_nps = 0: each worker is a spawned process that imports PyTorch and nnU-Net again, seconds of
+    CPU for tiny images)."""
     env = dict(os.environ)
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[var] = str(root / var)
@@ -31,6 +33,7 @@ def nnunet_env(root: Path, data_loader_processes: int = 1) -> dict:
     env["nnUNet_extTrainer"] = str(ext_trainer_dir())
     env["nnUNet_def_n_proc"] = "1"
     env["nnUNet_n_proc_DA"] = str(data_loader_processes)
+    env["nnUNet_npp"] = env["nnUNet_nps"] = "0"
     return env
 
 

@@ -53,9 +53,11 @@ def test_split_is_grouped_by_patient(trained):
 def test_class_aware_prediction_matches_nnunet_predict(trained):
     env, raw, root = trained["env"], trained["raw"], trained["root"]
     common = ["-i", str(raw / "imagesTs"), "-d", DATASET, "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu"]
-    run([str(BIN / "nnUNetv2_predict"), "-o", str(root / "pred_nnunet"), *common], env)
+    # both with worker processes (nnU-Net's path of preprocessing and export; the other tests run ours without)
+    run([str(BIN / "nnUNetv2_predict"), "-o", str(root / "pred_nnunet"), *common, "-npp", "1", "-nps", "1"], env)
     # float32 on the CPU (the default there is bfloat16 where the CPU has it: docs/precision.md)
-    run([str(BIN / "nnunet_mtl"), "predict", "-o", str(root / "pred_mtl"), *common, "--cpu-amp", "off"], env)
+    run([str(BIN / "nnunet_mtl"), "predict", "-o", str(root / "pred_mtl"), *common, "--cpu-amp", "off",
+         "-npp", "1", "-nps", "1"], env)
     ours = sorted((root / "pred_mtl").glob("*.png"))
     theirs = sorted((root / "pred_nnunet").glob("*.png"))
     assert [p.name for p in ours] == [p.name for p in theirs] and ours
@@ -157,7 +159,7 @@ def test_rlar_trains_and_predicts_through_nnunet(rlar_trained):
     assert all(np.isfinite(logged["train_clin_losses"])) and all(np.isfinite(logged["val_clin_losses"]))
     out = root / "pred_rlar"
     run([str(BIN / "nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(out), "-d", DATASET, "-c", "2d",
-         "-tr", rlar_trained["trainer"], "-f", "0", "-device", "cpu", "--disable_tta"], env)
+         "-tr", rlar_trained["trainer"], "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(p.name[:-len("_0000.png")]
                                                              for p in (raw / "imagesTs").glob("*.png"))
 
@@ -210,7 +212,8 @@ def test_birads_trains_saves_its_prior_and_predicts_through_nnunet(birads_traine
     log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
     assert "New best (lowest validation loss" in log
     for command, out in (("nnUNetv2_predict", root / "pred_birads_nnunet"), ("nnunet_mtl", root / "pred_birads")):
-        prefix_args = [str(BIN / command)] + (["predict"] if command == "nnunet_mtl" else [])
+        # nnU-Net's needs one worker of each kind at least; ours runs in its process (nnunet_env)
+        prefix_args = [str(BIN / command)] + (["predict"] if command == "nnunet_mtl" else ["-npp", "1", "-nps", "1"])
         run([*prefix_args, "-i", str(raw / "imagesTs"), "-o", str(out), "-d", DATASET, "-c", "2d",
              "-tr", birads_trained["trainer"], "-f", "0", "-device", "cpu", "--disable_tta"], env)
         assert len(list(out.glob("*.png"))) == len(list((raw / "imagesTs").glob("*.png")))
@@ -293,7 +296,8 @@ def test_single_task_baselines_predict_what_they_learned(trained):
     train_also(trained, "nnUNetTrainerSegOnly_tiny")
     out = root / "pred_segonly"
     run([BIN / "nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", DATASET, "-c", "2d",
-         "-tr", "nnUNetTrainerSegOnly_tiny", "-f", "0", "-device", "cpu", "--disable_tta"], env)
+         "-tr", "nnUNetTrainerSegOnly_tiny", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+        env)
     assert sorted(p.stem for p in out.glob("*.png")) == cases
     result = run([BIN / "nnunet_mtl", "predict", "-i", raw / "imagesTs", "-o", root / "nope", "-d", DATASET, "-c",
                   "2d", "-tr", "nnUNetTrainerSegOnly_tiny", "-f", "0", "-device", "cpu"], env, check=False)

@@ -79,7 +79,7 @@ def test_final_validation_writes_masks_and_classes(trained):
 def test_nnunet_predict_and_ours_give_the_same_masks_plus_classes(trained):
     env, raw, root = trained["env"], trained["raw"], trained["root"]
     common = ["-i", str(raw / "imagesTs"), "-d", DATASET, "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu"]
-    run([BIN / "nnUNetv2_predict", "-o", root / "pred_nnunet", *common], env)
+    run([BIN / "nnUNetv2_predict", "-o", root / "pred_nnunet", *common, "-npp", "1", "-nps", "1"], env)
     run([BIN / "nnunet_mtl", "predict", "-o", root / "pred_mtl", *common, "--cpu-amp", "off"], env)  # float32
     ours, theirs = sorted((root / "pred_mtl").glob("*.png")), sorted((root / "pred_nnunet").glob("*.png"))
     assert [p.name for p in ours] == [p.name for p in theirs] and ours

@@ -6,6 +6,7 @@ README itself tells a CPU user to make, plus a smaller phantom and schedule, are
 
 - ``-device cpu`` on ``nnUNetv2_train``, ``nnUNetv2_predict`` and ``nnunet_mtl predict`` (step 4's note);
 - ``-np 2 -npfp 2`` on ``nnUNetv2_plan_and_preprocess`` (step 2's note for machines with few cores);
+- ``-npp 1 -nps 1`` on ``nnUNetv2_predict`` and ``nnunet_mtl predict`` (step 5's note for machines with few cores);
 - ``nnUNetTrainerMTL`` -> ``nnUNetTrainerMTL_tiny`` (2 epochs of 3 iterations) and a 12-patient phantom of 64 px.
 
 A README edit that breaks a command (a flag renamed, a folder the next step does not find, an empty glob) fails
@@ -44,6 +45,7 @@ def as_run_here(block: str) -> str:
                    r"\1 --num-patients 12 --images-per-patient 2 --size 64", block)
     block = re.sub(r"(nnUNetv2_plan_and_preprocess [^#;\n]*)", r"\1 -np 2 -npfp 2 ", block)
     block = re.sub(r"((?:nnUNetv2_train|nnUNetv2_predict|nnunet_mtl predict) [^#;\n]*)", r"\1 -device cpu ", block)
+    block = re.sub(r"((?:nnUNetv2_predict|nnunet_mtl predict) [^#;\n]*)", r"\1 -npp 1 -nps 1 ", block)
     return block
 
 
@@ -54,7 +56,8 @@ def test_as_run_here_changes_only_what_the_readme_says():
                       "M=$R/nnUNetTrainerMTL__nnUNetPlans__2d\n")
     assert [line.split() for line in got.splitlines()] == [
         "for f in 0 1 2; do nnUNetv2_train 500 2d $f -tr nnUNetTrainerMTL_tiny -device cpu ; done".split(),
-        "nnunet_mtl predict -i a -o b -d 500 -tr nnUNetTrainerMTL_paper --per-fold -device cpu # note".split(),
+        "nnunet_mtl predict -i a -o b -d 500 -tr nnUNetTrainerMTL_paper --per-fold -device cpu -npp 1 -nps 1 # note"
+        .split(),
         ["M=$R/nnUNetTrainerMTL_tiny__nnUNetPlans__2d"]]
 
 

@@ -36,8 +36,11 @@ def add_model_arguments(p, default_trainer: str = "nnUNetTrainerMTL") -> None:
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
-    p.add_argument("-npp", type=int, default=_default("nnUNet_npp", 3), help="preprocessing processes")
-    p.add_argument("-nps", type=int, default=_default("nnUNet_nps", 3), help="segmentation export processes")
+    p.add_argument("-npp", type=int, default=_default("nnUNet_npp", 3),
+                   help="preprocessing processes (default 3 as nnUNetv2_predict, or $nnUNet_npp; 0: in this process)")
+    p.add_argument("-nps", type=int, default=_default("nnUNet_nps", 3),
+                   help="segmentation export processes (default 3 as nnUNetv2_predict, or $nnUNet_nps; 0: in this "
+                        "process)")
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true")
