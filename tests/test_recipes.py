@@ -1,6 +1,14 @@
 """Recipes (issue 14): the format and its errors, the grid of commands, the synthetic recipe end to end through the
 real commands (one run shared by the end-to-end, resume and report tests), resuming an interrupted training,
-submitit's local executor and its time limit, and what the SLURM launcher submits (against a stand-in sbatch)."""
+submitit's local executor and its time limit, what the SLURM launcher submits (against a stand-in sbatch), and the
+synthetic recipe on a real Slurm.
+
+The synthetic recipe runs once per test session: on a real single-node Slurm where one can start here
+(tests/slurm_cluster.py; .ci/run installs it), lived as a cluster user lives it (a failing job, a rerun while jobs
+are queued, an scancel, a rerun that completes it); elsewhere through submitit's local executor. Either way the work
+folder ends complete and the launcher-independent tests read it; the local launcher's own output is checked by the
+resume test (a local rerun on that folder), and its full runs by tests/test_seeds.py and tests/test_device_check.py.
+"""
 from __future__ import annotations
 
 import json
@@ -16,6 +24,7 @@ import pytest
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.recipes.plan import Context, Step, plan_steps, step_state
 from nnunet_mtl.recipes.schema import RecipeError, load_recipe, parse_paper_value, shipped_recipes
+from tests.slurm_cluster import SlurmCluster, missing as slurm_missing
 
 BIN = Path(sys.executable).parent
 MINIMAL = '''schema = 1
@@ -274,19 +283,65 @@ def recipe_cli(*args, env=None, check=True):
 ONE_WORKER = ("-np", "1")
 
 
+# on a real Slurm: a setup line of the job script (--slurm-setup) fails one training, as a node without the
+# environment would; one pending step is cancelled with scancel
+FAILING = "train:la:1"
+CANCELLED = "evaluate:cls_only:test"
+FAULT = f'case "$SLURM_JOB_NAME" in *:{FAILING}) echo "injected failure of {FAILING}"; exit 3;; esac'
+AFTER_FAILING = {"predict:la:test", "evaluate:la:test"}   # what afterok cancels when FAILING fails
+DOWNSTREAM = {"compare:mtl_vs_others", "report"}          # ... and when either FAILING or CANCELLED does not finish
+
+
+def slurm_story(root: Path) -> dict:
+    """The synthetic recipe on a real Slurm (a single node started under ``root``): 1. submitted with FAULT;
+    2. the same command again at once; 3. scancel of CANCELLED; 4. Slurm runs what it can; 5. the command once more,
+    without the fault, and Slurm completes it. What each command printed, the job ids and sacct's states."""
+    cluster = SlurmCluster(root / "cluster").start()
+    try:
+        env = {**cluster.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        workdir = root / "run"
+        jobs_file = workdir / "slurm" / "jobs.json"
+        common = ["run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--launcher", "slurm", "-device", "cpu",
+                  "--slurm-cpus", "1"]
+        first = recipe_cli(*common, "--slurm-setup", FAULT, env=env).stdout
+        jobs = json.loads(jobs_file.read_text())["jobs"]
+        again = recipe_cli(*common, "--slurm-setup", FAULT, env=env).stdout
+        kept = json.loads(jobs_file.read_text())["jobs"]
+        subprocess.run(["scancel", jobs[CANCELLED]], env=cluster.env, check=True, timeout=30)
+        cluster.wait_until_idle(timeout=1500)
+        by_job = cluster.states(jobs.values())
+        rerun = recipe_cli(*common, env=env).stdout
+        rerun_jobs = json.loads(jobs_file.read_text())["jobs"]
+        cluster.wait_until_idle(timeout=1200)
+        now = cluster.states(rerun_jobs.values())
+        return {"workdir": workdir, "first": first, "jobs": jobs, "again": again, "kept": kept, "rerun": rerun,
+                "first_states": {step: by_job.get(job) for step, job in jobs.items()}, "rerun_jobs": rerun_jobs,
+                "states": {step: now.get(job) for step, job in rerun_jobs.items()}}
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
-    """``nnunet_mtl recipe run synthetic`` once, through submitit's local executor and the real commands."""
-    workdir = tmp_path_factory.mktemp("recipe") / "run"
-    started = time.time()
-    result = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER)
-    return workdir, result, time.time() - started
+    """``nnunet_mtl recipe run synthetic`` once with the real commands: (work folder, launcher, what happened)."""
+    root = tmp_path_factory.mktemp("recipe")
+    if slurm_missing() is None:
+        story = slurm_story(root)
+        return story["workdir"], "slurm", story
+    workdir = root / "run"
+    recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER)
+    return workdir, "local", {"why_not_slurm": slurm_missing()}
+
+
+def on_slurm(synthetic_run) -> dict:
+    workdir, launcher, story = synthetic_run
+    if launcher != "slurm":
+        pytest.skip(f"the synthetic recipe ran locally: {story['why_not_slurm']}")
+    return story
 
 
 def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
-    workdir, result, _ = synthetic_run
-    out = result.stdout
-    assert "[23/23] report: report" in out and "all 23 steps done (23 run now, 0 before)" in out
+    workdir, _, _ = synthetic_run
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["folds"] == 2 and not report["missing"]
     rows = {r["row"]: r for r in report["test_sets"][0]["rows"]}
@@ -321,8 +376,6 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
     assert report["galleries"]["test"] == {row: f"galleries/{row}__test.html" for row in rows}
     for row, page in report["galleries"]["test"].items():
         assert f"]({page})" in markdown and "data-case=" in (workdir / "report" / page).read_text(), row
-    steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
-    assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:0", "train:seg_only:1", "report"}
     assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerSegOnly_tiny -device cpu" in \
         (workdir / "logs" / "train_seg_only_1.log").read_text()
     # the model without a head: nnU-Net's predictor per fold and for the ensemble, read by evaluate as per-fold
@@ -331,6 +384,8 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
 
 
 def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with_c(synthetic_run):
+    """Locally, whichever launcher made the folder: the dry run and the run resume the training with --c, print
+    every step of the grid and record the steps run in logs/steps.jsonl."""
     workdir, _, _ = synthetic_run
     fold = workdir / "nnUNet_results/Dataset520_RecipePhantom/nnUNetTrainerMTL_tiny__nnUNetPlans__2d/fold_1"
     other = fold.parent / "fold_0" / "checkpoint_final.pth"
@@ -343,6 +398,10 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     assert "# [4/23] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER).stdout
     assert "all 23 steps done (2 run now, 21 before)" in out  # the training and the report
+    assert "[4/23] train:mtl:0: train multitask (nnUNetTrainerMTL_tiny), fold 0 ... done before (" in out
+    assert "[23/23] report: report" in out
+    steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:1", "report"}
     assert other.stat().st_mtime_ns == before and (fold / "checkpoint_final.pth").is_file()
     assert "$ " in (log := (workdir / "logs" / "train_mtl_1.log").read_text())
     assert log.rsplit("\n$ ", 1)[1].startswith(str(BIN / "nnUNetv2_train")) and "-device cpu --c\n" in log
@@ -360,6 +419,45 @@ def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_
     assert "comparison mtl_vs_others: not run yet (step compare:mtl_vs_others)" in out
     report = json.loads((partial / "report" / "report.json").read_text())
     assert report["test_sets"][0]["rows"][0]["dice"]["mean"] is not None
+
+
+def test_slurm_every_step_is_submitted_with_afterok_and_a_rerun_keeps_the_queued_jobs(synthetic_run):
+    story = on_slurm(synthetic_run)
+    jobs, kept, first, again = story["jobs"], story["kept"], story["first"], story["again"]
+    assert len(jobs) == 23 and "23 jobs submitted, 0 still queued from before, 0 steps done before" in first
+    # the second command found every job pending or running through sacct, or its step done (the first ones may
+    # have finished in between), and submitted nothing
+    assert f"0 jobs submitted, {len(kept)} still queued from before, {23 - len(kept)} steps done before" in again
+    assert all(kept[s] == jobs[s] for s in kept) and len(kept) >= 20
+    assert f"{CANCELLED}: still queued as job {jobs[CANCELLED]}" in again
+    script = story["workdir"] / "slurm" / jobs["predict:mtl:test"] / f"{jobs['predict:mtl:test']}_submission.sh"
+    # the test images (the conversion) and both folds' models
+    assert f"afterok:{jobs['convert:phantom']}:{jobs['train:mtl:0']}:{jobs['train:mtl:1']}\n" in script.read_text()
+
+
+def test_slurm_a_failed_and_a_cancelled_step_cancel_what_waits_on_them_and_nothing_else(synthetic_run):
+    story = on_slurm(synthetic_run)
+    states = story["first_states"]
+    assert states[FAILING] == "FAILED" and states[CANCELLED] == "CANCELLED"
+    for step in AFTER_FAILING | DOWNSTREAM:
+        assert states[step] == "CANCELLED", (step, states[step])
+    done = set(story["jobs"]) - AFTER_FAILING - DOWNSTREAM - {FAILING, CANCELLED}
+    assert {states[s] for s in done} == {"COMPLETED"}, {s: states[s] for s in done}
+    job = story["jobs"][FAILING]
+    output = (story["workdir"] / "slurm" / job / f"{job}_0_log.out").read_text()
+    assert f"injected failure of {FAILING}" in output
+
+
+def test_slurm_a_rerun_submits_the_failed_and_cancelled_steps_and_completes_the_recipe(synthetic_run):
+    story = on_slurm(synthetic_run)
+    before, now = story["jobs"], story["rerun_jobs"]
+    redo = {FAILING, CANCELLED} | AFTER_FAILING | DOWNSTREAM
+    assert f"{len(redo)} jobs submitted, 0 still queued from before, {23 - len(redo)} steps done before" in \
+        story["rerun"]
+    assert set(now) == redo and all(now[s] != before[s] for s in redo)
+    assert {story["states"][s] for s in redo} == {"COMPLETED"}, story["states"]
+    assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerLesionAware_tiny -device cpu" in \
+        (story["workdir"] / "logs" / "train_la_1.log").read_text()
 
 
 @pytest.mark.slow
