@@ -41,9 +41,20 @@ def thyroid_src(tmp_path):
 SLOW_FIXTURES = {"trained_phantom", "synthetic_run", "two_folds", ("test_seams", "phantom")}
 
 
+# the longest test files (measured with --durations under two workers), longest first: pytest-xdist's --dist
+# loadfile hands whole files to its workers in collection order, so a long file collected late runs alone at the
+# end while the other worker idles (the run's last minutes); handing the long ones out first evens the two out
+LONGEST_FIRST = ("test_recipes.py", "test_e2e.py", "test_device_check.py", "test_cpu_amp.py", "test_seeds.py",
+                 "test_readme.py", "test_partial_trainers.py", "test_per_fold.py", "test_lesion_aware_e2e.py",
+                 "test_crash_safety.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Every e2e test, and every test using a fixture of SLOW_FIXTURES, is also marked slow: ``-m "not slow"`` is
-    the fast subset (README, "Tests and benchmarks")."""
+    the fast subset (README, "Tests and benchmarks"). The files of LONGEST_FIRST come first, in that order (each
+    file's tests stay together and in their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         used = set(getattr(item, "fixturenames", ()))

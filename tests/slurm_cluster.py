@@ -185,8 +185,16 @@ class SlurmCluster:
         out = self._client("sacct", "-X", "-n", "-P", "-o", "JobID,State", *[f"-j{j}" for j in job_ids])
         return {job: state.split()[0] for job, state in (line.split("|", 1) for line in out.stdout.splitlines())}
 
-    def wait_until_idle(self, timeout: float) -> None:
-        """Until no job is pending or running (squeue is empty)."""
-        def empty():
-            return self._client("squeue", "-h", "-o", "%i").stdout.strip() == ""
-        self._wait("the queue to empty", empty, timeout, ["slurmctld"])
+    def wait_until_ended(self, job_ids, timeout: float) -> None:
+        """Until sacct reports every job of ``job_ids`` ended (squeue can be empty a moment before slurmdbd has
+        recorded the last job's end)."""
+        job_ids = [str(j) for j in job_ids]
+
+        def ended():
+            states = self.states(job_ids)
+            return len(states) == len(job_ids) and not LIVE & set(states.values())
+        self._wait("the jobs to end", ended, timeout, ["slurmctld"])
+
+
+# sacct's states of a job that has not ended
+LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD"}

@@ -308,11 +308,11 @@ def slurm_story(root: Path) -> dict:
         again = recipe_cli(*common, "--slurm-setup", FAULT, env=env).stdout
         kept = json.loads(jobs_file.read_text())["jobs"]
         subprocess.run(["scancel", jobs[CANCELLED]], env=cluster.env, check=True, timeout=30)
-        cluster.wait_until_idle(timeout=1500)
+        cluster.wait_until_ended(jobs.values(), timeout=1500)
         by_job = cluster.states(jobs.values())
         rerun = recipe_cli(*common, env=env).stdout
         rerun_jobs = json.loads(jobs_file.read_text())["jobs"]
-        cluster.wait_until_idle(timeout=1200)
+        cluster.wait_until_ended(rerun_jobs.values(), timeout=1200)
         now = cluster.states(rerun_jobs.values())
         return {"workdir": workdir, "first": first, "jobs": jobs, "again": again, "kept": kept, "rerun": rerun,
                 "first_states": {step: by_job.get(job) for step, job in jobs.items()}, "rerun_jobs": rerun_jobs,
