@@ -64,8 +64,12 @@ class SlurmCluster:
         return self
 
     def stop(self) -> None:
-        if which("scancel") and (self.root / "slurm.conf").exists():
+        if which("scancel") and (self.root / "slurm.conf").exists() and self.processes:
             subprocess.run([which("scancel"), "--full", "-u", "root"], env=self.env, capture_output=True, timeout=30)
+            # scancel returns before the jobs' steps have ended; slurmd must outlive them, or they are orphaned
+            deadline = time.time() + 30
+            while time.time() < deadline and self._client("squeue", "-h", "-o", "%i").stdout.strip():
+                time.sleep(0.5)
         for p in reversed(self.processes):
             if p.poll() is None:
                 p.terminate()
