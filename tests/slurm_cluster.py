@@ -21,6 +21,11 @@ SBIN = ("/usr/sbin", "/sbin")
 CLUSTER = "nnunetmtl"
 
 
+class SlurmStartError(RuntimeError):
+    """The test cluster did not start (a daemon exited, did not come up in time, or its setup failed): the machine,
+    not the code under test."""
+
+
 def which(program: str) -> str | None:
     return shutil.which(program) or next((f"{d}/{program}" for d in SBIN if os.access(f"{d}/{program}", os.X_OK)),
                                          None)
@@ -58,6 +63,9 @@ class SlurmCluster:
             self._munge()
             self._database()
             self._slurm(timeout)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            self.stop()
+            raise SlurmStartError(f"{type(e).__name__}: {e}") from e
         except BaseException:
             self.stop()
             raise
