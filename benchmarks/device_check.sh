@@ -93,13 +93,18 @@ EOF
     echo '```'
 } > "$SUMMARY" 2>>"$LOG"
 
+section() {  # section TITLE OUTPUT: a benchmark's result lines under ## TITLE in the summary
+    { echo; echo "## $1"; echo; echo '```'; echo "$2" | grep -E "^device |ms/step|^ratio|same gradients" || true
+      echo '```'; } >> "$SUMMARY"
+}
+
 bench() {  # bench TITLE SCRIPT ARGS...: its output into the log, its result lines into the summary
     local title="$1"; shift
     say "$title"
     local out
     out="$("$PY" "$HERE/$1" "${@:2}" 2>>"$LOG")" || { echo "$out" >> "$LOG"; say "FAILED: $title"; return 1; }
     echo "$out" >> "$LOG"
-    { echo; echo "## $title"; echo; echo '```'; echo "$out" | grep -E "^device |ms/step|^ratio|same gradients" || true; echo '```'; } >> "$SUMMARY"
+    section "$title" "$out"
 }
 
 say "part 1: step ratios on $DEVICE (phantom $SIZE px, planned once into $NNUNET_MTL_BENCH_PHANTOM)"
@@ -110,10 +115,7 @@ out="$("$PY" "$HERE/bench_rlar_step.py" --device "$DEVICE" --size "$SIZE" --laye
     "${STEPS[@]}" 2>>"$LOG")" || { echo "$out" >> "$LOG"; say "FAILED: RLAR / MTL"; exit 1; }
 echo "$out" >> "$LOG"
 for layer in bottleneck last mid last3; do
-    { echo; echo "## RLAR / MTL at $layer"; echo; echo '```'
-      echo "$out" | awk -v layer="$layer" '/^--- layer /{on = ($3 == layer); next} on' \
-          | grep -E "^device |ms/step|^ratio|same gradients" || true
-      echo '```'; } >> "$SUMMARY"
+    section "RLAR / MTL at $layer" "$(echo "$out" | awk -v layer="$layer" '/^--- layer /{on = ($3 == layer); next} on')"
 done
 bench "BI-RADS / MTL" bench_birads_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"
 bench "LesionAware / MTL" bench_lesion_aware_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"

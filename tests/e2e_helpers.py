@@ -57,6 +57,7 @@ def in_process_trainer(root: Path, dataset: str, cls, fold: int = 0):
     dataset_json = json.loads((pre / "dataset.json").read_text())
     return cls({**plans, "continue_training": False}, "2d", fold, dataset_json, torch.device("cpu"))
 
+
 def planned_phantom(env: dict, dataset: str, seed: int = 3, patients: int = 12) -> Path:
     """``nnunet_mtl convert synthetic`` (patients x 2 images of 64 px) and nnUNetv2_plan_and_preprocess; the raw
     dataset folder."""

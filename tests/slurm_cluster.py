@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from nnunet_mtl.recipes.launch import LIVE_STATES  # the states of a job that has not ended, as the launcher reads them
+
 PROGRAMS = ("munged", "slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "sacctmgr", "squeue", "scancel", "sinfo",
             "mariadbd", "mariadb-install-db", "mariadb")
 SBIN = ("/usr/sbin", "/sbin")
@@ -204,9 +206,6 @@ class SlurmCluster:
 
         def ended():
             states = self.states(job_ids)
-            return len(states) == len(job_ids) and not LIVE & set(states.values())
+            return len(states) == len(job_ids) and not LIVE_STATES & set(states.values())
         self._wait("the jobs to end", ended, timeout, ["slurmctld"])
 
-
-# sacct's states of a job that has not ended
-LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD"}

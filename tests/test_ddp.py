@@ -150,7 +150,6 @@ def scenario_step(name: str, data, wrap=None) -> dict:
     """One step of scenario ``name`` on ``data`` with the trainer's step function (``rule_step``) on a fresh, seeded
     network: wrapped by ``wrap`` (DDP, the gradients averaged by the trainer) or not (one process). {parameter
     name: its gradient as a list, or None}."""
-
     from nnunet_mtl.methods.gradient_aggregation import TorchJDAggregation
     from nnunet_mtl.methods.rlar import RLAR
     from nnunet_mtl.seams.backward import WeightedSum
@@ -206,12 +205,13 @@ def two_rank_steps(tmp_path_factory):
     ranks = dict(run_ranks(_scenarios_rank, tmp_path_factory.mktemp("ddp"), timeout=300))
     data = ddp_batch()
     alone = {name: [scenario_step(name, data[2 * r:2 * r + 2]) for r in range(2)] for name in SCENARIOS}
-    both = {name: scenario_step(name, data) for name in ("upgrad",)}
+    both = {"upgrad": scenario_step("upgrad", data)}  # one process holding both halves (TorchJD's reference)
     return ranks, alone, both
 
 
-def gradients(step: dict, names=None) -> np.ndarray:
-    return np.concatenate([np.asarray(g) for n, g in step.items() if g is not None and (names is None or n in names)])
+def gradients(step: dict) -> np.ndarray:
+    """Every parameter's gradient of a step, concatenated (parameters without one left out)."""
+    return np.concatenate([np.asarray(g) for g in step.values() if g is not None])
 
 
 def test_rlar_under_ddp_gets_the_mean_of_the_ranks_single_process_steps(two_rank_steps):

@@ -58,11 +58,12 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     if not params:
         return
     has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    dist.all_reduce(has)
-    for p, n in zip(params, has.tolist()):
-        if n > 0 and p.grad is None:
+    dist.all_reduce(has)  # how many ranks have a gradient for each parameter
+    reached = [p for p, n in zip(params, has.tolist()) if n > 0]
+    for p in reached:
+        if p.grad is None:
             p.grad = torch.zeros_like(p)
-    average_over_ranks([p.grad for p, n in zip(params, has.tolist()) if n > 0])
+    average_over_ranks([p.grad for p in reached])
 
 
 def averages_gradients_itself(rule, stages) -> bool:
