@@ -561,6 +561,32 @@ def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_p
     assert err.returncode == 2 and "sacct gives no state" in err.stderr and len(err.stderr.strip().splitlines()) == 1
 
 
+def sleeper(folder: Path, seconds: int) -> list[str]:
+    """A step's command that starts a process of its own (as a training starts data-loader workers) which writes
+    its pid, sleeps, then writes ``folder/ran``: what a cancel must stop, the child as well as the command."""
+    inner = (f"import os, pathlib, time; d = pathlib.Path({str(folder)!r}); (d / 'pid').write_text(str(os.getpid()));"
+             f" time.sleep({seconds}); (d / 'ran').write_text('ran')")
+    return [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {inner!r}])"]
+
+
+def assert_ended(folder: Path) -> None:
+    """The sleeper's process is gone within a few seconds of its step's end (a zombie not yet reaped counts as
+    gone), and it did not get to write ``ran``."""
+    pid = int((folder / "pid").read_text())
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the cancelled step's command (pid {pid}) is still running")
+    assert not (folder / "ran").exists()
+
+
 @pytest.mark.slow
 def test_local_launcher_waits_with_a_time_limit(tmp_path):
     """submitit's local executor kills a job at its timeout_min (its default would be 2 minutes): the step fails
@@ -568,13 +594,14 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
     from nnunet_mtl.recipes.launch import run_local
     recipe = load_recipe("synthetic")
     ctx = Context(workdir=tmp_path, data={}, device="cpu")
-    slow = Step("report", "report", "sleeps", [sys.executable, "-c", "import time; time.sleep(120)"], timeout_min=0.05)
-    after = Step("report2", "report", "never", [sys.executable, "-c", "open('ran', 'w')"])
+    slow = Step("report", "report", "sleeps", sleeper(tmp_path, 120), timeout_min=0.05)
+    after = Step("report2", "report", "never", [sys.executable, "-c", f"open({str(tmp_path / 'ran2')!r}, 'w')"])
     started = time.time()
     with pytest.raises(NnunetMtlError, match="did not finish within 0.05 min"):
         run_local([slow, after], recipe, ctx)
-    assert time.time() - started < 60 and not (tmp_path / "ran").exists()
+    assert time.time() - started < 60 and not (tmp_path / "ran2").exists()
     assert step_state(slow, recipe, ctx)[0] is False
+    assert_ended(tmp_path)  # killed with its job, not left sleeping to write 'ran' later
 
 
 def test_nnunets_own_trainers_are_rows_without_a_head(tmp_path):
@@ -695,8 +722,7 @@ def test_a_failed_step_on_one_gpu_cancels_the_others_and_says_so(tmp_path, capsy
     from nnunet_mtl.recipes.launch import run_local
     recipe = load_recipe("synthetic")
     ctx = Context(workdir=tmp_path, data={}, device="cuda")
-    slow = Step("train:mtl:0", "train", "slow", [sys.executable, "-c", "import time; time.sleep(60); open('ran', 'w')"],
-                gpu=True, timeout_min=5)
+    slow = Step("train:mtl:0", "train", "slow", sleeper(tmp_path, 60), gpu=True, timeout_min=5)
     failing = Step("train:mtl:1", "train", "fails", [sys.executable, "-c", "import time; time.sleep(3); exit(3)"],
                    gpu=True, timeout_min=5)
     started = time.time()
@@ -704,8 +730,7 @@ def test_a_failed_step_on_one_gpu_cancels_the_others_and_says_so(tmp_path, capsy
         run_local([slow, failing], recipe, ctx, gpus=[0, 1])
     assert time.time() - started < 40
     assert "cancelled 1 other step(s) still running" in capsys.readouterr().err
-    time.sleep(2)
-    assert not (tmp_path / "ran").exists()
+    assert_ended(tmp_path)
 
 
 def test_a_failed_step_on_the_cpu_cancels_nothing_and_says_nothing_of_it(tmp_path, capsys):

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +40,63 @@ def run_step(argv: list[str], env: dict, log_path: str, whole: bool = False, pro
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(argv)}\n# started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
-        code = subprocess.run(argv, env=env if whole else {**os.environ, **env}, stdout=f,
-                              stderr=subprocess.STDOUT).returncode
+        code = _run_as_group(argv, env if whole else {**os.environ, **env}, f)
     if code == 0 and provenance is not None:
         from nnunet_mtl.recipes.plan import write_provenance
         write_provenance(Path(provenance[0]), provenance[1])
     return code
+
+
+def _die_with_parent() -> None:
+    """In the step's command, before it starts (Linux): SIGKILL when the job process that started it dies, so that
+    a job killed outright (submitit's local executor sends SIGKILL one second after SIGINT) leaves no command
+    running behind it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the SIGINT / SIGTERM handler below still stops the group
+        pass
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    """SIGTERM to the command's whole process group (a training's data-loader workers too), SIGKILL to what is
+    left after half a second."""
+    for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=grace)
+            if sig == signal.SIGKILL:
+                return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _run_as_group(argv: list[str], env: dict, out) -> int:
+    """The command in its own session (its own process group), waited for. A cancelled job (SIGINT from
+    submitit's local executor, SIGTERM from SLURM or a user) stops the whole group before the job ends, instead
+    of leaving the command running on: a training cancelled after another failed must not go on writing."""
+    linux = sys.platform.startswith("linux")
+    child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=_die_with_parent if linux else None)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {}
+
+    def stop(signum, frame):
+        _stop_group(child)
+        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    if main:
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            _stop_group(child)
 
 
 def tail(path: Path, lines: int = 15) -> str:
