@@ -587,6 +587,25 @@ def assert_ended(folder: Path) -> None:
     assert not (folder / "ran").exists()
 
 
+@pytest.mark.parametrize("sig, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", SystemExit)])
+def test_a_signal_to_the_step_stops_its_commands_whole_group_at_once(tmp_path, sig, raised):
+    """run_step's job gets SIGINT (submitit's local cancel, one second before SIGKILL) or SIGTERM (SLURM, a user):
+    the command and the process it started are gone well inside that second, and the job process ends by the
+    signal's own exception (no exit code read as success)."""
+    import signal
+    import threading
+    from nnunet_mtl.recipes.launch import run_step
+    before = signal.getsignal(getattr(signal, sig))
+    threading.Timer(1.5, os.kill, (os.getpid(), getattr(signal, sig))).start()
+    started = time.time()
+    with pytest.raises(raised):
+        run_step(sleeper(tmp_path, 30), {}, str(tmp_path / "step.log"), provenance=(str(tmp_path / "made.json"), {}))
+    assert time.time() - started < 2.5  # 1.5 s to the signal, then the stop itself
+    assert_ended(tmp_path)
+    assert signal.getsignal(getattr(signal, sig)) is before  # the job's own handler is back
+    assert not (tmp_path / "made.json").exists()  # a cancelled step records nothing as made
+
+
 @pytest.mark.slow
 def test_local_launcher_waits_with_a_time_limit(tmp_path):
     """submitit's local executor kills a job at its timeout_min (its default would be 2 minutes): the step fails

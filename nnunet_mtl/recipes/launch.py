@@ -58,20 +58,27 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop_group(child: subprocess.Popen) -> None:
-    """SIGTERM to the command's whole process group (a training's data-loader workers too), SIGKILL to what is
-    left after half a second."""
-    for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            child.wait(timeout=grace)
-            if sig == signal.SIGKILL:
-                return
-        except subprocess.TimeoutExpired:
-            continue
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):  # the whole group has ended
+        pass
+
+
+def _stop_group(child: subprocess.Popen, grace: float = 0.3) -> None:
+    """SIGTERM to the command's whole process group (a training's data-loader workers too), then SIGKILL to what
+    is left of the group after ``grace`` seconds (inside the one second submitit's local executor gives a job
+    between SIGINT and SIGKILL), then reap the command."""
+    _signal_group(child, signal.SIGTERM)
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(child, signal.SIGKILL)  # also when the command has ended and left processes of its own
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _run_as_group(argv: list[str], env: dict, out) -> int:
@@ -81,22 +88,25 @@ def _run_as_group(argv: list[str], env: dict, out) -> int:
     linux = sys.platform.startswith("linux")
     child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                              preexec_fn=_die_with_parent if linux else None)
-    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM)
     previous = {}
 
     def stop(signum, frame):
-        _stop_group(child)
+        _signal_group(child, signal.SIGTERM)  # at once; the rest (waiting, reaping) outside the handler
         raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
 
-    if main:
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        previous = {sig: signal.signal(sig, stop) for sig in signals}
     try:
         return child.wait()
+    except BaseException:
+        for sig in previous:  # a second Ctrl-C must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_group(child)
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if child.poll() is None:
-            _stop_group(child)
 
 
 def tail(path: Path, lines: int = 15) -> str:
