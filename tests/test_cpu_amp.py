@@ -176,7 +176,7 @@ def test_every_trainer_family_steps_under_cpu_bf16_autocast(env, family):
             trainer.train_step(batch)
     state = copy.deepcopy(trainer.network.state_dict())  # running statistics (the BI-RADS prior) as before
     if layer and family.endswith("_written"):
-        WARMED_UP[layer] = copy.deepcopy(state)
+        WARMED_UP[layer] = state  # only read from here on (load_state_dict copies out of it)
     fp32, g32, last32 = _gradients(trainer, batch, "off")
     trainer.network.load_state_dict(state)
     bf16, g16, last16 = _gradients(trainer, batch, "bf16")
