@@ -15,7 +15,7 @@ def register(subparsers):
                     "targets (they are left out of the guidance loss). Definitions: docs/clinical_guidance_rlar.md.")
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES),
-                   help="feature names (default: the paper's 13)")
+                   help="feature names (default: Salama et al. 2026's 13)")
     p.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
     p.set_defaults(func=run)
 

@@ -18,7 +18,7 @@ of :mod:`nnunet_mtl.dataset.partial` are reused, not copied):
   class index (:func:`~nnunet_mtl.dataset.partial.patient_classes`);
 - **exact quotas**: ``--fraction F`` takes F x patients rounded half up (at least one) in all, shared among the
   classes by the largest remainder (:func:`~nnunet_mtl.dataset.partial.keep_quotas`; exact fractions, so 0.15 x
-  252 is 38 as the paper says, no class off its exact share by a whole patient). ``--per-class N`` takes N
+  252 is 38 as Zhang, Moradi, Saha say, no class off its exact share by a whole patient). ``--per-class N`` takes N
   patients of every class that has training patients (the normal class too when the source has one);
   ``--classes`` restricts either rule to the classes named, the others stay training (Fan et al.'s BUSI with
   ``--normal include``: 40 benign + 40 malignant, the normal images all training);

@@ -22,8 +22,8 @@ lesion (0 for the others); (w_seg, w_cls) = (0.9, 0.1), lambda_nt = 0.5, beta = 
 saved in every checkpoint, restored by ``--c``, loaded strictly by the predictor, free of weight decay (Eq. 2 has
 its own L2 on u).
 
-Choices where the paper is silent or where nnU-Net differs (docs/birads_consistency.md, each pinned by a test in
-tests/test_birads.py):
+Choices where Zhang, Moradi, Saha are silent or where nnU-Net differs (docs/birads_consistency.md, each pinned by a
+test in tests/test_birads.py):
 - Sobel kernels scaled by 1/8, so that a sharp straight edge of length L has edge magnitudes summing to L and C of
   a disk is about 0.96 (unscaled, C of a disk would be about 0.015 and 1 - C almost constant);
 - the image border counts as background: the edge magnitude is summed over the image and a one-pixel ring of

@@ -10,8 +10,8 @@ part of the classification head's embedding.
   mask by :mod:`nnunet_mtl.radiomics`, cached beside the preprocessed data) standardized with the mean and std of
   the training fold's lesion cases.
 
-Choices where the paper is silent (docs/clinical_guidance_rlar.md): squared L2 per sample summed over the features,
-averaged over the samples that have targets; images without a lesion have no targets and are left out; a batch
+Choices where Salama et al. 2026 are silent (docs/clinical_guidance_rlar.md): squared L2 per sample summed over the
+features, averaged over the samples that have targets; images without a lesion have no targets and are left out; a batch
 without any target gives an exact zero that stays connected to the graph. Total (Eq. 7 without RLAR):
 w_seg L_seg + w_cls L_cls + w_clin L_clin, w_clin = 0.1 (about 13 summed squared z-scores against a CE of about 1
 at the start).

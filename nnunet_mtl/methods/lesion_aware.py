@@ -19,13 +19,13 @@ The losses (Fan et al., Sec. 2.2, Eq. 5-6), all cross-entropies:
 - L'_loc's second part (Eq. 6): the same on unannotated cases against pseudo-labels 1[P > tau], computed from P
   itself and detached (:class:`PseudoLocalization`, term ``pseudo_loc``);
 - L_cls (Eq. 6): cross-entropy of the class (nnunet_mtl's :class:`~nnunet_mtl.methods.multitask.Classification`,
-  unweighted as in the paper).
+  unweighted as in Fan et al.).
 
 L_hyb (Eq. 6) = lambda L_cls + (1 - lambda) (L_loc + alpha L'_loc), to which nnunet_mtl adds w_seg L_seg (nnU-Net's
 Dice + CE on the decoder, annotated pixels only through the ignore label): :func:`loss_weights`. Algorithm 1's two
 stages are the trainer's schedule (``nnunet_mtl.trainers.lesion_aware``).
 
-Choices where the paper is silent, or where nnU-Net differs (docs/lesion_aware.md; each pinned by a test in
+Choices where Fan et al. are silent, or where nnU-Net differs (docs/lesion_aware.md; each pinned by a test in
 tests/test_lesion_aware.py):
 
 - stages: the deepest ``stages`` = 4 encoder outputs (Fan et al., Sec. 3.2: n = 4 ResNet stages, each halving the

@@ -37,7 +37,7 @@ PYRADIOMICS_FEATURES = {
     "glcm_imc1": ("glcm", "Imc1"),
 }
 OWN_FEATURES = ("ellipticity", "aspect_ratio", "edge_sharpness", "edge_contrast")
-# the paper's 13, grouped as in Sec. 2.2: shape, margin, first order, texture
+# Salama et al. 2026's 13, grouped as in Sec. 2.2: shape, margin, first order, texture
 DEFAULT_FEATURES = ("circularity", "ellipticity", "elongation", "aspect_ratio", "edge_sharpness", "edge_contrast",
                     "mean", "entropy", "kurtosis", "glcm_contrast", "glcm_energy", "glcm_correlation", "glcm_imc1")
 ALL_FEATURES = tuple(PYRADIOMICS_FEATURES) + OWN_FEATURES

@@ -5,8 +5,8 @@ statistics owned by the head. The best checkpoint is the one with the lowest val
 early when it has not improved for ``early_stopping_patience`` epochs (Sec. 3.2: "early stopping based on internal
 validation loss"). Variants are named by what they change: alpha (``_alpha0p17`` = the default "best-cls",
 ``_alpha0p18`` "best-seg", the sweep ``_alpha0p1`` ... ``_alpha0p9``, ``_alpha0`` = the multitask baseline with the
-same weights and no consistency), ``_CE`` (L_seg cross-entropy only, as the paper's BCE), the schedule (``_paper``
-for each alpha, ``_demo``, ``_tiny``, ``_cpu``, ``_cpu1k``).
+same weights and no consistency), ``_CE`` (L_seg cross-entropy only, as Zhang, Moradi, Saha's BCE), the schedule
+(``_paper`` for each alpha, ``_demo``, ``_tiny``, ``_cpu``, ``_cpu1k``).
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ def alpha_name(alpha: float) -> str:
 
 
 class nnUNetTrainerBIRADS(nnUNetTrainerMTL):
-    # the paper's L_cls is plain BCE: no class weights
+    # Zhang, Moradi, Saha's L_cls is plain BCE: no class weights
     terms = (Segmentation(), Classification(balanced=False), BIRADSConsistency(), NoTumourPenalty(), PriorWeightDecay())
     loss_weights = loss_weights(alpha=0.17)  # "Proposed-best-cls"
     selection = "val_loss"
-    early_stopping_patience = 50  # of nnU-Net's 1000 epochs of 250 iterations (the paper names none)
+    early_stopping_patience = 50  # of nnU-Net's 1000 epochs of 250 iterations (Zhang, Moradi, Saha name none)
 
 
 for _alpha in (0.0, *SWEEP):
@@ -41,8 +41,8 @@ for _alpha in (0.0, *SWEEP):
 
 
 class nnUNetTrainerBIRADS_CE(nnUNetTrainerBIRADS, nnUNetTrainerCELoss):
-    """L_seg = cross-entropy only (nnU-Net's CE variant, deep supervision kept), as the paper's BCE on the mask
-    (two softmax channels are a sigmoid of their difference)."""
+    """L_seg = cross-entropy only (nnU-Net's CE variant, deep supervision kept), as Zhang, Moradi, Saha's BCE on the
+    mask (two softmax channels are a sigmoid of their difference)."""
 
 
 class nnUNetTrainerBIRADS_paper(BreastPaperSchedule, nnUNetTrainerBIRADS):
@@ -52,7 +52,8 @@ class nnUNetTrainerBIRADS_paper(BreastPaperSchedule, nnUNetTrainerBIRADS):
 for _alpha in (0.0, *SWEEP):
     _base = globals()[f"nnUNetTrainerBIRADS_{alpha_name(_alpha)}"]
     define_variant(_base, f"{_base.__name__}_paper", globals(), bases=(BreastPaperSchedule,),
-                   doc=f"{_base.__name__} with the paper's schedule (AdamW 9.2e-4, cosine annealing, batch 32).")
+                   doc=f"{_base.__name__} with Zhang, Moradi, Saha's schedule (AdamW 9.2e-4, cosine annealing, "
+                       "batch 32).")
 
 
 class nnUNetTrainerBIRADS_demo(DemoSchedule, nnUNetTrainerBIRADS):

@@ -25,7 +25,7 @@ from nnunet_mtl.seams.stages import Stage
 from nnunet_mtl.trainers.mtl import define_variant, nnUNetTrainerMTL
 from nnunet_mtl.trainers.schedules import CPU1kSchedule, DemoSchedule, FanPaperSchedule, TinySchedule
 
-LOCALIZATION_EPOCHS = 0.2  # t_l / (t_l + t_c) of Algorithm 1: the paper gives neither; our choice
+LOCALIZATION_EPOCHS = 0.2  # t_l / (t_l + t_c) of Algorithm 1: Fan et al. give neither; our choice
 
 
 def two_stages(localization_epochs: float | int = LOCALIZATION_EPOCHS, pseudo_terms=("pseudo_loc",)

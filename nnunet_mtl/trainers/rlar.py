@@ -25,7 +25,7 @@ class nnUNetTrainerRLAR_last(nnUNetTrainerRLAR):
 
 
 class nnUNetTrainerRLAR_mid(nnUNetTrainerRLAR):
-    """RLAR at the middle encoder stage (Tables 3-4; best on the external AIMI set in the paper)."""
+    """RLAR at the middle encoder stage (Tables 3-4; best on the external AIMI set in Salama et al. 2026)."""
     backward = replace(nnUNetTrainerRLAR.backward, layer="mid")
 
 
@@ -48,7 +48,7 @@ class nnUNetTrainerRLAR_adv1(nnUNetTrainerRLAR):
     backward = replace(nnUNetTrainerRLAR.backward, adv_weight=1.0)
 
 
-# the paper's schedule for the default and for every layer of the ablation (Tables 3-4)
+# Salama et al. 2026's schedule for the default and for every layer of the ablation (Tables 3-4)
 for _base in (nnUNetTrainerRLAR, nnUNetTrainerRLAR_last, nnUNetTrainerRLAR_mid, nnUNetTrainerRLAR_last3):
     define_variant(_base, f"{_base.__name__}_paper", globals(), bases=(ThyroidPaperSchedule,),
                    doc=f"{_base.__name__} with the schedule of Salama et al. 2026 (AdamW 1e-4, batch 8, 500 x 250).")

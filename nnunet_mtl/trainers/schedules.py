@@ -29,8 +29,8 @@ class TinySchedule:
 class ThyroidPaperSchedule:
     """Salama et al. 2026, Sec. 3 'Implementation Details': AdamW (lr 1e-4, default betas), batch size 8, up to 500
     epochs of 250 training and 50 validation iterations, best checkpoint by validation (our multitask score).
-    Weight decay: PyTorch's AdamW default 1e-2 (the paper names only lr and betas; an AdamW built with only those
-    has this decay). The poly learning-rate decay stays nnU-Net's (the paper does not say)."""
+    Weight decay: PyTorch's AdamW default 1e-2 (Salama et al. name only lr and betas; an AdamW built with only those
+    has this decay). The poly learning-rate decay stays nnU-Net's (Salama et al. do not say)."""
     schedule = {"optimizer_name": "adamw", "initial_lr": 1e-4, "weight_decay": 1e-2, "fixed_batch_size": 8,
                 "num_epochs": 500, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
 
@@ -59,16 +59,16 @@ class CPU1kSchedule:
 
 class BreastPaperSchedule:
     """Zhang, Moradi, Saha, Sec. 3.2: AdamW (lr 9.2e-4, weight decay 1e-4), batch size 32, cosine annealing, early
-    stopping on the internal validation loss. The paper names no epoch count or patience: 100 epochs of nnU-Net's
-    250 iterations (with batch 32 on BrEaST's 214 training images, about 3,700 passes over them) and a patience of
-    20 epochs (our choices, docs/birads_consistency.md). Inputs 256 x 256: convert with --resize 256."""
+    stopping on the internal validation loss. Zhang, Moradi, Saha name no epoch count or patience: 100 epochs of
+    nnU-Net's 250 iterations (with batch 32 on BrEaST's 214 training images, about 3,700 passes over them) and a
+    patience of 20 epochs (our choices, docs/birads_consistency.md). Inputs 256 x 256: convert with --resize 256."""
     schedule = {"optimizer_name": "adamw", "initial_lr": 9.2e-4, "weight_decay": 1e-4, "fixed_batch_size": 32,
                 "lr_schedule": "cosine", "num_epochs": 100, "early_stopping_patience": 20}
 
 
 class FanPaperSchedule:
     """Fan et al., Sec. 3.3: Adam (lr 1e-3; PyTorch's Adam has no weight decay: AdamW with weight decay 0 is the
-    same update), mini-batches of 8, 100 epochs (of nnU-Net's 250 iterations: the paper's epoch is one pass over its
-    data). The learning-rate decay stays nnU-Net's poly (the paper names none)."""
+    same update), mini-batches of 8, 100 epochs (of nnU-Net's 250 iterations: Fan et al.'s epoch is one pass over its
+    data). The learning-rate decay stays nnU-Net's poly (Fan et al. name none)."""
     schedule = {"optimizer_name": "adamw", "initial_lr": 1e-3, "weight_decay": 0.0, "fixed_batch_size": 8,
                 "num_epochs": 100}
