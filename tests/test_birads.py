@@ -333,7 +333,7 @@ def test_the_trainers_declare_the_papers_loss_and_selection():
     assert (paper["optimizer_name"], paper["weight_decay"], paper["fixed_batch_size"], paper["lr_schedule"]) == \
         ("adamw", 1e-4, 32, "cosine")
     classification = next(t for t in nnUNetTrainerBIRADS.terms if t.name == "cls")
-    assert classification.balanced is False  # the paper's plain BCE
+    assert classification.balanced is False  # Zhang, Moradi, Saha's plain BCE
     from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss
     assert TRAINERS["nnUNetTrainerBIRADS_CE"]._build_loss is nnUNetTrainerCELoss._build_loss
 

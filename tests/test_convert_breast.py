@@ -272,7 +272,7 @@ def test_real_files_and_nnunet_verify(real_breast_udiat):
 @pytest.mark.shared_data
 def test_real_udiat_as_the_breast_paper_counts_it(tmp_path):
     """Zhang, Moradi, Saha test on UDIAT's 163 images: --duplicates keep keeps the 4 copies our policy drops; with
-    --resize 256 every case is 256 x 256, as the paper's inputs."""
+    --resize 256 every case is 256 x 256, as Zhang, Moradi, Saha's inputs."""
     report = convert_udiat(_real("UDIAT_DatasetB"), _opts(num_processes=2, duplicates="keep", resize=256,
                                                            name="UDIAT"), raw_root=tmp_path)
     raw = load_raw_dataset(report.path)

@@ -42,7 +42,7 @@ def _train(counts: dict[str, int], images: int = 1) -> pd.DataFrame:
 
 # --- the choice of patients (pure functions) --------------------------------------------------------------------
 def test_fraction_takes_the_exact_total_shared_by_largest_remainder():
-    # BrEaST (benign 154, malignant 98, one patient per image): 15 % is the paper's 38 test images
+    # BrEaST (benign 154, malignant 98, one patient per image): 15 % is Zhang, Moradi, Saha's 38 test images
     sel = choose_test_patients(_train({"benign": 154, "malignant": 98}), CLASSES, fraction=0.15)
     assert sel.quotas == {"benign": 23, "malignant": 15, "normal": 0}  # 23.1 + 14.7: the 38th to the larger remainder
     assert len(sel.held_out) == 38
