@@ -269,6 +269,66 @@ def test_a_held_out_test_set_inside_one_source_and_repeated_holdout_runs(tmp_pat
     assert any("split.repeats: only for kind = \"holdout\"" in line for line in lines), lines
 
 
+def test_k_folds_add_each_rows_cross_validation_and_the_report_shows_it(tmp_path):
+    """With k folds every row gets validate:ROW:K (nnunet_mtl evaluate of fold K's own validation, written under
+    W/crossval, nothing into nnUNet_results) and crossval:ROW (their mean ± std, evaluate --aggregate), before the
+    test sets' predictions; the report waits for them and shows the mean ± std and each fold's value. One fold
+    (a single hold-out) or seeds: none (there is nothing to average over folds)."""
+    from nnunet_mtl.evaluation.aggregate import aggregate_summaries
+    from nnunet_mtl.recipes.report import build_report, to_markdown
+    recipe = load_recipe(str(write(tmp_path, MINIMAL.replace('kind = "holdout"\nfraction = 0.15',
+                                                             'kind = "kfold"\nfolds = 3'))))
+    w = tmp_path / "w"
+    ctx = Context(workdir=w, data={"BUSI": Path("/data/BUSI")}, device="cpu")
+    steps = {s.id: s for s in plan_steps(recipe, ctx)}
+    ids = list(steps)
+    cv = ["validate:la:0", "validate:la:1", "validate:la:2", "crossval:la"]
+    assert ids[ids.index("train:la:2") + 1:ids.index("predict:la:udiat")] == cv
+    model = w / "nnUNet_results/Dataset613_BUSI_masks25/nnUNetTrainerLesionAware_tiny__nnUNetPlans__2d"
+    # the training dataset's labelsTr and fold 1's val list; no --attention: nnU-Net's validation writes no maps
+    assert steps["validate:la:1"].argv == ["nnunet_mtl", "evaluate", "-pred", str(model / "fold_1/validation"),
+                                           "-d", "613", "-o", str(w / "crossval/la/fold_1"), "-np", "2"]
+    assert steps["validate:la:1"].deps == ["train:la:1"] and steps["crossval:la"].deps == cv[:3]
+    assert steps["crossval:la"].argv == ["nnunet_mtl", "evaluate", "--aggregate",
+                                         *(str(w / f"crossval/la/fold_{k}/summary.json") for k in range(3)),
+                                         "-o", str(w / "crossval/la/summary.json"), "--overwrite"]
+    assert "crossval:la" in steps["report"].deps
+    assert step_state(steps["crossval:la"], recipe, ctx) == (False, str(w / "crossval/la/summary.json"))
+    # the report before: the rows listed as missing; then three folds scored (one without classes) and aggregated
+    report = build_report(recipe, ctx)
+    assert report["crossval"]["rows"][0]["source"] is None
+    assert "cross-validation of la: not run yet (step crossval:la)" in report["missing"]
+    summaries = []
+    for k, (dice, f1) in enumerate([(0.6, 0.5), (0.7, None), (0.8, 0.7)]):
+        fold = w / f"crossval/la/fold_{k}"
+        fold.mkdir(parents=True)
+        (fold / "summary.json").write_text(json.dumps({
+            "segmentation": {"dice": {"mean": dice}, "hd95_px": {"mean": 10.0 + k}},
+            "classification": None if f1 is None else {"macro_f1": f1, "auc": 0.8}}))
+        summaries.append(fold / "summary.json")
+        assert step_state(steps[f"validate:la:{k}"], recipe, ctx)[0]
+    aggregate_summaries(summaries, output_path=w / "crossval/la/summary.json")
+    assert step_state(steps["crossval:la"], recipe, ctx)[0]
+    report = build_report(recipe, ctx)
+    row = report["crossval"]["rows"][0]
+    assert report["crossval"]["folds"] == 3 and "attention_iou" not in report["crossval"]["metrics"]
+    assert row["dice"]["mean"] == pytest.approx(0.7) and row["dice"]["std"] == pytest.approx(0.1)
+    assert row["dice"]["values"] == pytest.approx([0.6, 0.7, 0.8]) and row["macro_f1"]["mean"] == pytest.approx(0.6)
+    assert not any("cross-validation" in m for m in report["missing"])
+    markdown = to_markdown(report, recipe)
+    assert "## Cross-validation: each fold's model on its own validation cases" in markdown
+    assert re.search(r"\| lesion-aware \| `nnUNetTrainerLesionAware_tiny` \| .*0\.700 ± 0\.100 \[0\.452, 0\.948\]",
+                     markdown), markdown
+    assert "| lesion-aware (per fold) | | " in markdown and "0.600 / 0.700 / 0.800" in markdown
+    assert "0.500 / — / 0.700" in markdown  # a fold without classes: its place kept
+    # one fold, or seeds: no cross-validation steps and no section
+    for text in (MINIMAL, MINIMAL.replace('title = "t"', 'title = "t"\nseeds = [0, 1]')):
+        plain = load_recipe(str(write(tmp_path, text)))
+        assert not [s for s in plan_steps(plain, ctx) if s.kind in ("validate", "crossval")]
+        assert build_report(plain, ctx)["crossval"] is None
+
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def recipe_cli(*args, env=None, check=True):
     result = subprocess.run([str(BIN / "nnunet_mtl"), "recipe", *args], capture_output=True, text=True,
@@ -278,6 +338,9 @@ def recipe_cli(*args, env=None, check=True):
     return result
 
 
+# the synthetic recipe's steps: convert, plan, split, 4 rows x 2 folds of training, 4 x (2 validate + crossval),
+# 4 rows' predictions and evaluations (segmentation only: per fold and the ensemble), compare, report
+STEPS = 35
 # one worker process per step (-np 1): every worker of nnU-Net's prediction and validation pools is a spawned process
 # that imports torch and nnU-Net again, on a 2-core machine running two test workers
 ONE_WORKER = ("-np", "1")
@@ -288,7 +351,7 @@ ONE_WORKER = ("-np", "1")
 FAILING = "train:la:1"
 CANCELLED = "evaluate:cls_only:test"
 FAULT = f'case "$SLURM_JOB_NAME" in *:{FAILING}) echo "injected failure of {FAILING}"; exit 3;; esac'
-AFTER_FAILING = {"predict:la:test", "evaluate:la:test"}   # what afterok cancels when FAILING fails
+AFTER_FAILING = {"validate:la:1", "crossval:la", "predict:la:test", "evaluate:la:test"}  # afterok's, when FAILING fails
 DOWNSTREAM = {"compare:mtl_vs_others", "report"}          # ... and when either FAILING or CANCELLED does not finish
 
 
@@ -355,6 +418,17 @@ def test_synthetic_recipe_runs_end_to_end_and_reports(synthetic_run):
     assert 0 <= rows["mtl"]["auc"]["mean"] <= 1 and rows["seg_only"]["auc"] is None  # no head, no classes
     # no masks (classification only): classes scored, no Dice; a lesion map: attention_iou, for that row alone
     assert rows["cls_only"]["dice"] is None and 0 <= rows["cls_only"]["auc"]["mean"] <= 1
+    # the cross-validation: each fold's model on its own validation cases (nnU-Net's final validation, scored), per
+    # row the mean ± std over the 2 folds and each fold's value; what a row's model does not predict stays empty
+    cv = {r["row"]: r for r in report["crossval"]["rows"]}
+    assert set(cv) == set(rows) and all(r["source"] for r in cv.values())
+    for row in ("mtl", "seg_only", "la"):
+        assert len(cv[row]["dice"]["values"]) == 2 and 0 <= cv[row]["dice"]["mean"] <= 1
+    assert cv["seg_only"]["auc"] is None and cv["cls_only"]["dice"] is None and 0 <= cv["cls_only"]["auc"]["mean"] <= 1
+    fold_1 = json.loads((workdir / "crossval/mtl/fold_1/summary.json").read_text())
+    assert cv["mtl"]["dice"]["values"][1] == fold_1["segmentation"]["dice"]["mean"]
+    assert "## Cross-validation: each fold's model on its own validation cases" in \
+        (workdir / "report" / "report.md").read_text()
     assert 0 <= rows["la"]["attention_iou"]["mean"] <= 1 and rows["mtl"]["attention_iou"] is None
     assert not any((workdir / "predictions/cls_only/test/fold_0").glob("*.png"))
     assert len(list((workdir / "predictions/la/test/fold_1/attention").glob("*.png"))) == \
@@ -399,11 +473,13 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     (fold / "validation" / "summary.json").unlink()
     dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--dry-run").stdout
     assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c" in dry
-    assert "# [4/23] train:mtl:0 (done: " in dry and "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
+    assert f"# [4/{STEPS}] train:mtl:0 (done: " in dry
+    assert "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER).stdout
-    assert "all 23 steps done (2 run now, 21 before)" in out  # the training and the report
-    assert "[4/23] train:mtl:0: train multitask (nnUNetTrainerMTL_tiny), fold 0 ... done before (" in out
-    assert "[23/23] report: report" in out
+    # the training and the report (fold 1's validate step is done: a step is never redone because an earlier was)
+    assert f"all {STEPS} steps done (2 run now, {STEPS - 2} before)" in out
+    assert f"[4/{STEPS}] train:mtl:0: train multitask (nnUNetTrainerMTL_tiny), fold 0 ... done before (" in out
+    assert f"[{STEPS}/{STEPS}] report: report" in out
     steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
     assert {s["step"] for s in steps if s["status"] == "done"} >= {"train:mtl:1", "report"}
     assert other.stat().st_mtime_ns == before and (fold / "checkpoint_final.pth").is_file()
@@ -421,6 +497,7 @@ def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_
     out = recipe_cli("report", "synthetic", "--workdir", str(partial)).stdout
     assert "seg_only on test: no evaluation yet (step evaluate:seg_only:test)" in out
     assert "comparison mtl_vs_others: not run yet (step compare:mtl_vs_others)" in out
+    assert "cross-validation of mtl: not run yet (step crossval:mtl)" in out
     report = json.loads((partial / "report" / "report.json").read_text())
     assert report["test_sets"][0]["rows"][0]["dice"]["mean"] is not None
 
@@ -428,10 +505,10 @@ def test_report_reads_a_partial_run_and_says_what_is_missing(synthetic_run, tmp_
 def test_slurm_every_step_is_submitted_with_afterok_and_a_rerun_keeps_the_queued_jobs(synthetic_run):
     story = on_slurm(synthetic_run)
     jobs, kept, first, again = story["jobs"], story["kept"], story["first"], story["again"]
-    assert len(jobs) == 23 and "23 jobs submitted, 0 still queued from before, 0 steps done before" in first
+    assert len(jobs) == STEPS and f"{STEPS} jobs submitted, 0 still queued from before, 0 steps done before" in first
     # the second command found every job pending or running through sacct, or its step done (the first ones may
     # have finished in between), and submitted nothing
-    assert f"0 jobs submitted, {len(kept)} still queued from before, {23 - len(kept)} steps done before" in again
+    assert f"0 jobs submitted, {len(kept)} still queued from before, {STEPS - len(kept)} steps done before" in again
     assert all(kept[s] == jobs[s] for s in kept) and len(kept) >= 20
     assert f"{CANCELLED}: still queued as job {jobs[CANCELLED]}" in again
     script = story["workdir"] / "slurm" / jobs["predict:mtl:test"] / f"{jobs['predict:mtl:test']}_submission.sh"
@@ -456,7 +533,7 @@ def test_slurm_a_rerun_submits_the_failed_and_cancelled_steps_and_completes_the_
     story = on_slurm(synthetic_run)
     before, now = story["jobs"], story["rerun_jobs"]
     redo = {FAILING, CANCELLED} | AFTER_FAILING | DOWNSTREAM
-    assert f"{len(redo)} jobs submitted, 0 still queued from before, {23 - len(redo)} steps done before" in \
+    assert f"{len(redo)} jobs submitted, 0 still queued from before, {STEPS - len(redo)} steps done before" in \
         story["rerun"]
     assert set(now) == redo and all(now[s] != before[s] for s in redo)
     assert {story["states"][s] for s in redo} == {"COMPLETED"}, story["states"]
@@ -479,9 +556,9 @@ def test_slurm_launcher_submits_every_step_with_afterok_dependencies(tmp_path):
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "-device", "cuda",
                      "--slurm-partition", "gpu", "--slurm-setup", "module load cuda", "--timeout-min", "120",
                      env=env).stdout
-    assert "23 jobs submitted, 0 still queued from before, 0 steps done before" in out
+    assert f"{STEPS} jobs submitted, 0 still queued from before, 0 steps done before" in out
     jobs = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
-    assert jobs["convert:phantom"] == "101" and jobs["report"] == "123"
+    assert jobs["convert:phantom"] == "101" and jobs["report"] == str(100 + STEPS)
 
     def script(step):
         return (workdir / "slurm" / jobs[step] / f"{jobs[step]}_submission.sh").read_text()
@@ -548,7 +625,7 @@ def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_p
         if redo & set(step.deps):
             redo.add(step.id)
     assert {"predict:mtl:test", "evaluate:mtl:test", "compare:mtl_vs_others", "report"} <= redo
-    assert f"{len(redo)} jobs submitted, {23 - len(redo)} still queued from before" in again
+    assert f"{len(redo)} jobs submitted, {STEPS - len(redo)} still queued from before" in again
     assert f"convert:phantom: still queued as job {jobs['convert:phantom']}" in again
     now = json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"]
     assert all((now[s] == jobs[s]) == (s not in redo) for s in jobs)

@@ -16,7 +16,8 @@ def register(subparsers):
         "recipe", help="run a paper's protocol (or your own) end to end from one TOML file",
         description="A recipe names the datasets and converters, the split, the trainer rows, the test sets, the "
                     "comparisons and the paper's reported numbers. 'run' does conversion, planning, every fold of "
-                    "every trainer, prediction (per fold and the fold ensemble), evaluation, comparison and the "
+                    "every trainer, the cross-validation (k folds: each fold's model on its validation cases), "
+                    "prediction (per fold and the fold ensemble), evaluation, comparison and the "
                     "report, each step one command (--dry-run prints them); a rerun skips finished steps and "
                     "continues an interrupted training with nnU-Net's --c. See docs/recipes.md.")
     sub = p.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)

@@ -6,6 +6,8 @@ Work folder ``W`` (``--workdir``)::
     W/nnUNet_raw, W/nnUNet_preprocessed, W/nnUNet_results   nnU-Net's three folders (exported for every step)
     W/predictions/ROW/TESTSET/       nnunet_mtl predict (--per-fold with k folds: fold_K/ and ensemble/), and its
                                      evaluation/ (nnunet_mtl evaluate)
+    W/crossval/ROW/                  k folds: fold_K/ (nnunet_mtl evaluate of the fold's own validation, the masks and
+                                     classes nnU-Net's final validation wrote) and summary.json (their mean ± std)
     W/comparisons/KEY/               nnunet_mtl compare
     W/ablations/KEY/                 nnunet_mtl ablate-guidance (leave one guided feature out; --per-fold with k folds)
     W/logs/STEP.log                  each step's output; W/logs/steps.jsonl: when each step ran and how long
@@ -18,7 +20,9 @@ nnUNet_mtl_seed set for its steps only), predicts into W/predictions/ROW/TESTSET
 the comparisons test, and the mean ± std over the seeds, which the report shows).
 
 Steps, in order: ``convert:H``, ``holdout:H``, ``drop:H`` (datasets), ``plan:H`` and ``split:H`` (training datasets),
-``train:ROW:K`` (fold-major: each fold, each row; ``train:ROW:0:seedS`` seed-major with seeds), ``predict:ROW:TS``
+``train:ROW:K`` (fold-major: each fold, each row; ``train:ROW:0:seedS`` seed-major with seeds), with k folds
+``validate:ROW:K`` and ``crossval:ROW`` (the cross-validation: each fold's model on its own validation cases, then
+the mean ± std over the folds, as Salama et al. 2026 report their in-domain 3-fold CV), ``predict:ROW:TS``
 and ``evaluate:ROW:TS`` (each row, each test set; ``...:seedS`` per seed, then ``seeds:ROW:TS``), ``compare:KEY``,
 ``ablate:KEY`` (each [[ablations]] entry: nnunet_mtl ablate-guidance of a clinically guided row on a test set),
 ``report``.
@@ -63,8 +67,8 @@ OPTIONAL_STEP_ENV_VARS = ("nnUNet_mtl_cpu_amp", "nnUNet_mtl_max_train_minutes")
 @dataclass
 class Step:
     id: str
-    kind: str                  # convert, holdout, drop, plan, split, train, predict, evaluate, seeds, compare, ablate,
-    #                            report
+    kind: str                  # convert, holdout, drop, plan, split, train, validate, crossval, predict, evaluate,
+    #                            seeds, compare, ablate, report
     title: str
     argv: list[str]
     deps: list[str] = field(default_factory=list)
@@ -113,6 +117,10 @@ class Context:
 
     def comparison(self, key: str) -> Path:
         return self.workdir / "comparisons" / key
+
+    def crossval(self, row: str) -> Path:
+        """A row's cross-validation: fold_K/ (each fold's validation scored) and summary.json (over the folds)."""
+        return self.workdir / "crossval" / row
 
     def ablation(self, key: str) -> Path:
         return self.workdir / "ablations" / key
@@ -209,6 +217,9 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                               f"train {row.label} ({row.trainer}), fold {k}"
                               + (f", seed {seed}" if seed is not None else ""), argv,
                               deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout, env=ctx.seed_env(seed)))
+    if len(folds) > 1:  # k folds (not seeds, which have one): the cross-validation
+        for row in recipe.rows:
+            steps += _crossval(recipe, ctx, row)
     for row in recipe.rows:
         for ts in recipe.test_sets:
             for seed in recipe.seeds or (None,):
@@ -246,7 +257,7 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
     steps.append(Step("report", "report", "report", ["nnunet_mtl", "recipe", "report", str(recipe.path if
                                                      recipe.path.parent != _shipped_folder() else recipe.name),
                                                      "--workdir", str(ctx.workdir)],
-                      deps=[s.id for s in steps if s.kind in ("evaluate", "seeds", "compare", "ablate")],
+                      deps=[s.id for s in steps if s.kind in ("evaluate", "seeds", "crossval", "compare", "ablate")],
                       timeout_min=timeout))
     return steps
 
@@ -291,6 +302,24 @@ def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test
                     + (["--attention"] if has_lesion_map(row.trainer) else []),
                     deps=[p.id for p in predictions], timeout_min=timeout)
     return [*predictions, evaluate]
+
+def _crossval(recipe: Recipe, ctx: Context, row) -> list[Step]:
+    """Each fold's model on its own validation cases (the masks and classes nnU-Net's final validation wrote into
+    fold_K/validation, scored against labelsTr and cases.csv by nnunet_mtl evaluate), then the mean ± std and t-based
+    95 % CI over the folds (evaluate --aggregate). Written under W/crossval/ROW, nothing into nnUNet_results."""
+    n, timeout, folds = str(ctx.processes), recipe.timeout_min, recipe.split.fold_ids
+    ds, out = recipe.datasets[row.dataset], ctx.crossval(row.key)
+    steps = [Step(f"validate:{row.key}:{k}", "validate", f"score {row.label}'s fold {k} model on its validation cases",
+                  ["nnunet_mtl", "evaluate", "-pred", str(ctx.model(recipe, row.key) / f"fold_{k}" / "validation"),
+                   "-d", str(ds.id), "-o", str(out / f"fold_{k}"), "-np", n],
+                  deps=[f"train:{row.key}:{k}"], timeout_min=timeout) for k in folds]
+    steps.append(Step(f"crossval:{row.key}", "crossval", f"cross-validation of {row.label}: mean ± std over the "
+                      f"{len(folds)} folds", ["nnunet_mtl", "evaluate", "--aggregate",
+                                              *(str(out / f"fold_{k}" / "summary.json") for k in folds),
+                                              "-o", str(out / "summary.json"), "--overwrite"],
+                      deps=[s.id for s in steps], timeout_min=timeout))
+    return steps
+
 
 def ablation_file(recipe: Recipe) -> str:
     """What ablate-guidance writes last in its output folder: the mean ± std over folds (k folds, --per-fold) or
@@ -421,6 +450,9 @@ def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:
         return has_content(marker) and has_content(out / "per_fold.json"), str(marker)
     if kind == "seeds":
         marker = ctx.predictions(parts[1], parts[2]) / "evaluation" / SEEDS_SUMMARY
+        return has_content(marker), str(marker)
+    if kind in ("validate", "crossval"):
+        marker = ctx.crossval(parts[1]) / (f"fold_{parts[2]}" if kind == "validate" else "") / "summary.json"
         return has_content(marker), str(marker)
     if kind == "evaluate":
         out = ctx.predictions(parts[1], parts[2], seed) / "evaluation"

@@ -4,7 +4,9 @@ nothing else (a missing file is a "—" and a note naming the step that writes i
 Per test set, one table: every row's metrics, over folds as ``mean ± std`` (k folds: ``nnunet_mtl predict --per-fold``'s
 fold models, each alone, as the papers report) with the t-based 95 % CI of that mean, and the fold ensemble as a second
 row; with seeds (``seeds = [...]``) likewise over the seeds' models, and the seed average (``nnunet_mtl average-seeds``)
-as the second row; with one fold the single value and its bootstrap 95 % CI. Per paper table (``[[tables]]``), the same
+as the second row; with one fold the single value and its bootstrap 95 % CI. With k folds, the cross-validation: each
+fold's model on its own validation cases, mean ± std over the folds with the t-based CI and every fold's value
+(``W/crossval/ROW``, steps ``validate`` and ``crossval``). Per paper table (``[[tables]]``), the same
 rows beside the paper's numbers as printed. The comparisons (``nnunet_mtl compare``: paired bootstrap CI of the
 difference, Wilcoxon / McNemar / DeLong p, Holm). Per guidance ablation (``[[ablations]]``: ``nnunet_mtl
 ablate-guidance``), the change of macro precision, recall and F1 when one guided feature is left out, ours (mean ± std
@@ -101,8 +103,8 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
               "split": {"kind": recipe.split.kind, "folds": recipe.split.folds, "fraction": recipe.split.fraction,
                         "seed": recipe.split.seed, "repeats": recipe.split.repeats,
                         "file": str(recipe.split.file) if recipe.split.file else None},
-              "checkpoint": recipe.checkpoint, "test_sets": [], "tables": [], "comparisons": [], "ablations": [],
-              "missing": [], "timings": _timings(ctx)}
+              "checkpoint": recipe.checkpoint, "test_sets": [], "crossval": None, "tables": [], "comparisons": [],
+              "ablations": [], "missing": [], "timings": _timings(ctx)}
     results = {}
     for ts in recipe.test_sets:
         metrics = _metrics_for(recipe, ts.key)
@@ -114,6 +116,10 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
             entry["rows"].append({"row": row.key, "label": row.label, "trainer": row.trainer, **{
                 m: results[(row.key, ts.key)].get(m) for m in metrics}})
         report["test_sets"].append(entry)
+    if k > 1 and not recipe.seeds:
+        report["crossval"] = crossval_results(recipe, ctx)
+        report["missing"] += [f"cross-validation of {r['row']}: not run yet (step crossval:{r['row']})"
+                              for r in report["crossval"]["rows"] if r["source"] is None]
     for table in recipe.tables:
         def cells(ours: dict, paper: dict) -> dict:
             return {m: {"ours": ours.get(m), "paper": paper.get(m), "paper_value": _paper(paper.get(m))}
@@ -150,6 +156,25 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
         if report["ablations"][-1]["source"] is None:
             report["missing"].append(f"ablation {a.key}: not run yet (step ablate:{a.key})")
     return report
+
+
+def crossval_results(recipe: Recipe, ctx: Context) -> dict:
+    """Every row's cross-validation (k folds): {metric: {mean, std, ci95, values}} from ``evaluate --aggregate``'s
+    W/crossval/ROW/summary.json (the metrics of the first test set, a standard set without one; no lesion-map IoU:
+    nnU-Net's validation writes no maps)."""
+    shown = _metrics_for(recipe, recipe.test_sets[0].key) if recipe.test_sets else DEFAULT_METRICS
+    metrics = [m for m in shown if m != "attention_iou"]
+    rows = []
+    for row in recipe.rows:
+        path = ctx.crossval(row.key) / "summary.json"
+        data = _read(path)
+        over = (data or {}).get("metrics", {})
+        rows.append({"row": row.key, "label": row.label, "trainer": row.trainer,
+                     "source": str(path) if data is not None else None,
+                     **{m: {"mean": over[METRICS[m]].get("mean"), "std": over[METRICS[m]].get("std"),
+                            "ci95": over[METRICS[m]].get("ci95"), "values": over[METRICS[m]].get("values")}
+                        if METRICS[m] in over else None for m in metrics}})
+    return {"folds": len(recipe.split.fold_ids), "metrics": metrics, "rows": rows}
 
 
 def _stat(entry) -> dict | None:
@@ -280,6 +305,8 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
             what = ("the first seed's models" if seeds else "the fold ensemble" if k > 1 else "the model")
             links = " · ".join(f"[{row['label']}]({pages[row['row']]})" for row in ts["rows"] if row["row"] in pages)
             lines += [f"Every case in the browser ({what}; image, outlines, classes, Dice, worst first): {links}", ""]
+    if report.get("crossval"):
+        lines += _crossval_markdown(report["crossval"])
     for table in report["tables"]:
         metrics = table["metrics"]
         label = next((t["label"] for t in report["test_sets"] if t["key"] == table["test_set"]), table["test_set"])
@@ -329,6 +356,22 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
     if report["missing"]:
         lines += ["Not yet available:", ""] + [f"- {m}" for m in report["missing"]] + [""]
     return "\n".join(lines)
+
+
+def _crossval_markdown(cv: dict) -> list[str]:
+    metrics = cv["metrics"]
+    lines = ["## Cross-validation: each fold's model on its own validation cases", "",
+             f"nnU-Net's final validation of each of the {cv['folds']} folds, scored by nnunet_mtl evaluate "
+             f"(W/crossval/ROW/fold_K); our cells: mean ± std over the folds (95 % CI of the mean, t-based), then "
+             f"each fold's value in fold order.", "",
+             "| row | trainer | " + " | ".join(LABELS[m] for m in metrics) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in metrics) + " |"]
+    for row in cv["rows"]:
+        lines.append(f"| {row['label']} | `{row['trainer']}` | " + " | ".join(
+            _cell_ci(row[m], m) for m in metrics) + " |")
+        lines.append(f"| {row['label']} (per fold) | | " + " | ".join(
+            " / ".join(fmt(v, m) for v in (row[m] or {}).get("values") or []) or DASH for m in metrics) + " |")
+    return lines + [""]
 
 
 def _delta(entry: dict | None) -> str:
