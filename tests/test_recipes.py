@@ -321,11 +321,6 @@ def test_k_folds_add_each_rows_cross_validation_and_the_report_shows_it(tmp_path
                      markdown), markdown
     assert "| lesion-aware (per fold) | | " in markdown and "0.600 / 0.700 / 0.800" in markdown
     assert "0.500 / — / 0.700" in markdown  # a fold without classes: its place kept
-    # the validation with the checkpoint the test sets are predicted with: the final one here, else --val_best
-    assert steps["train:la:1"].argv[-2:] == ["-device", "cpu"]
-    best = recipe.path.read_text() + '[defaults]\ncheckpoint = "checkpoint_best.pth"\n'
-    best = load_recipe(str(write(tmp_path, best)))
-    assert plan_steps(best, ctx)[ids.index("train:la:1")].argv[-3:] == ["-device", "cpu", "--val_best"]
     # one fold, or seeds: no cross-validation steps and no section
     for text in (MINIMAL, MINIMAL.replace('title = "t"', 'title = "t"\nseeds = [0, 1]')):
         plain = load_recipe(str(write(tmp_path, text)))
@@ -1043,8 +1038,7 @@ def test_the_dry_run_is_a_script_that_runs_as_run_does_and_previews_gpu_commands
     # nnU-Net's variables, then ours that are set (the time budget here: it travels to SLURM jobs too)
     assert [part.split("=")[0] for part in export.split()[1:]] == [*STEP_ENV_VARS, "nnUNet_mtl_max_train_minutes"]
     trainings = [line for line in rest if line.startswith("nnUNetv2_train ")]
-    # the best checkpoint (Salama et al. 2026's selection): each fold's validation with it too
-    assert len(trainings) == 8 * 3 and all(line.endswith("-device cuda --val_best") for line in trainings)
+    assert len(trainings) == 8 * 3 and all(line.endswith("-device cuda") for line in trainings)
     assert "-device cpu" not in out and not workdir.exists()
 
 

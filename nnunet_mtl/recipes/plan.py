@@ -211,8 +211,6 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
         for row in recipe.rows:
             ds = recipe.datasets[row.dataset]
             argv = ["nnUNetv2_train", str(ds.id), CONFIGURATION, str(k), "-tr", row.trainer, "-device", ctx.device]
-            if recipe.checkpoint == "checkpoint_best.pth":  # the fold's validation (the cross-validation) with the
-                argv.append("--val_best")                    # checkpoint the test sets are predicted with
             if training_started(ctx.model(recipe, row.key, seed) / f"fold_{k}"):
                 argv.append("--c")
             steps.append(Step(f"train:{row.key}:{k}{_seed_suffix(seed)}", "train",
@@ -307,9 +305,8 @@ def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test
 
 def _crossval(recipe: Recipe, ctx: Context, row) -> list[Step]:
     """Each fold's model on its own validation cases (the masks and classes nnU-Net's final validation wrote into
-    fold_K/validation, with the recipe's checkpoint: a recipe of checkpoint_best.pth trains with --val_best; scored
-    against labelsTr and cases.csv by nnunet_mtl evaluate), then the mean ± std and t-based 95 % CI over the folds
-    (evaluate --aggregate). Written under W/crossval/ROW, nothing into nnUNet_results."""
+    fold_K/validation, scored against labelsTr and cases.csv by nnunet_mtl evaluate), then the mean ± std and t-based
+    95 % CI over the folds (evaluate --aggregate). Written under W/crossval/ROW, nothing into nnUNet_results."""
     n, timeout, folds = str(ctx.processes), recipe.timeout_min, recipe.split.fold_ids
     ds, out = recipe.datasets[row.dataset], ctx.crossval(row.key)
     steps = [Step(f"validate:{row.key}:{k}", "validate", f"score {row.label}'s fold {k} model on its validation cases",
