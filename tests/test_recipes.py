@@ -320,7 +320,14 @@ def test_k_folds_add_each_rows_cross_validation_and_the_report_shows_it(tmp_path
     assert re.search(r"\| lesion-aware \| `nnUNetTrainerLesionAware_tiny` \| .*0\.700 ± 0\.100 \[0\.452, 0\.948\]",
                      markdown), markdown
     assert "| lesion-aware (per fold) | | " in markdown and "0.600 / 0.700 / 0.800" in markdown
+    assert "nnU-Net's final validation (the final checkpoint) of each of the 3 folds" in markdown
     assert "0.500 / — / 0.700" in markdown  # a fold without classes: its place kept
+    # repeated hold-out splits: the same steps, but runs (overlapping validation sets), not folds
+    runs = load_recipe(str(write(tmp_path, MINIMAL.replace("seed = 1", "seed = 1\nrepeats = 3"))))
+    assert [s.id for s in plan_steps(runs, ctx) if s.kind == "crossval"] == ["crossval:la"]
+    text = to_markdown(build_report(runs, ctx), runs)
+    assert "## Validation: each run's model on its own validation cases" in text and "3 hold-out runs" in text
+    assert "Cross-validation" not in text
     # one fold, or seeds: no cross-validation steps and no section
     for text in (MINIMAL, MINIMAL.replace('title = "t"', 'title = "t"\nseeds = [0, 1]')):
         plain = load_recipe(str(write(tmp_path, text)))

@@ -174,7 +174,8 @@ def crossval_results(recipe: Recipe, ctx: Context) -> dict:
                      **{m: {"mean": over[METRICS[m]].get("mean"), "std": over[METRICS[m]].get("std"),
                             "ci95": over[METRICS[m]].get("ci95"), "values": over[METRICS[m]].get("values")}
                         if METRICS[m] in over else None for m in metrics}})
-    return {"folds": len(recipe.split.fold_ids), "metrics": metrics, "rows": rows}
+    return {"folds": len(recipe.split.fold_ids), "runs": recipe.split.kind == "holdout", "metrics": metrics,
+            "rows": rows}
 
 
 def _stat(entry) -> dict | None:
@@ -359,11 +360,16 @@ def to_markdown(report: dict, recipe: Recipe) -> str:
 
 
 def _crossval_markdown(cv: dict) -> list[str]:
-    metrics = cv["metrics"]
-    lines = ["## Cross-validation: each fold's model on its own validation cases", "",
-             f"nnU-Net's final validation of each of the {cv['folds']} folds, scored by nnunet_mtl evaluate "
-             f"(W/crossval/ROW/fold_K); our cells: mean ± std over the folds (95 % CI of the mean, t-based), then "
-             f"each fold's value in fold order.", "",
+    metrics, k = cv["metrics"], cv["folds"]
+    # repeated hold-out splits (split.repeats) are runs on random splits whose validation sets overlap, not folds
+    title, each = (("Validation: each run's model on its own validation cases", f"each of the {k} hold-out runs "
+                    "(random splits; their validation sets overlap)") if cv.get("runs") else
+                   ("Cross-validation: each fold's model on its own validation cases", f"each of the {k} folds"))
+    over = "runs" if cv.get("runs") else "folds"
+    lines = [f"## {title}", "",
+             f"nnU-Net's final validation (the final checkpoint) of {each}, scored by nnunet_mtl evaluate "
+             f"(W/crossval/ROW/fold_K); our cells: mean ± std over the {over} (95 % CI of the mean, t-based), then "
+             f"each {over[:-1]}'s value in order.", "",
              "| row | trainer | " + " | ".join(LABELS[m] for m in metrics) + " |",
              "| --- | --- | " + " | ".join("---" for _ in metrics) + " |"]
     for row in cv["rows"]:
