@@ -1,12 +1,15 @@
 """A training's learning curve from its checkpoint: per epoch the validation pseudo Dice, AUC, macro F1 and the
 selection EMA our trainers log (on the validation patches), the training and validation loss, and the iterations
-and minutes reached; as a table every ``--every`` epochs and as JSON (docs/results.md quotes it).
+and minutes reached; as a table every ``--every`` epochs, as JSON (docs/results.md quotes it) and as a plot.
 
-    python studies/learning_curve.py FOLD_FOLDER [--every 5] [-o curve.json]
+    python studies/learning_curve.py FOLD_FOLDER [--every 5] [-o curve.json] [--plot curve.png]
+    python studies/learning_curve.py docs/results/curve_breast128_mtl_fold0.json --plot curve.png
 
 FOLD_FOLDER is nnU-Net's ``.../TRAINER__nnUNetPlans__2d/fold_K``; the newest of checkpoint_final.pth and
-checkpoint_latest.pth is read (an unfinished training's curve so far). The smoothed columns are the moving
-average over ``--window`` epochs (default 5): a single epoch's 10 validation batches are noisy.
+checkpoint_latest.pth is read (an unfinished training's curve so far). A curve JSON written by ``-o`` (the ones in
+docs/results/) is read as it is, so its table and plot need no checkpoint. The smoothed columns are the moving
+average over ``--window`` epochs (default 5): a single epoch's 10 validation batches are noisy. ``-o`` and
+``--plot`` never replace an existing file unless ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -63,14 +66,65 @@ def smoothed(rows: list[dict], key: str, window: int) -> list[float]:
     return out
 
 
-def main() -> int:
+def read_source(source: Path) -> dict:
+    """A fold folder's curve (from its checkpoint) or a curve JSON written by -o."""
+    if source.is_dir():
+        return read_curve(source)
+    try:
+        curve = json.loads(source.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"learning_curve: {source}: {e}; expected a fold folder or a curve JSON written by -o")
+    if not isinstance(curve, dict) or not isinstance(curve.get("epochs"), list) or not curve["epochs"]:
+        raise SystemExit(f"learning_curve: {source} has no 'epochs' list; expected a curve JSON written by -o")
+    return curve
+
+
+def plot_curve(curve: dict, path: Path, window: int) -> None:
+    """Validation pseudo Dice, AUC and macro F1 (each epoch thin, the moving average bold) and the training and
+    validation loss, against the iterations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = curve["epochs"]
+    x = [r["iterations"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for i, (key, label) in enumerate((("dice", "pseudo Dice"), ("auc", "AUC"), ("macro_f1", "macro F1"))):
+        raw = [r.get(key, np.nan) for r in rows]
+        if not np.isfinite(np.array(raw, dtype=float)).any():
+            continue
+        top.plot(x, raw, color=f"C{i}", alpha=0.3, linewidth=1)
+        top.plot(x, smoothed(rows, key, window), color=f"C{i}", linewidth=2, label=f"{label} ({window}-epoch mean)")
+    top.set_ylabel("validation patches")
+    top.set_ylim(0, 1)
+    top.grid(alpha=0.3)
+    top.legend(loc="lower right")
+    for i, (key, label) in enumerate((("train_loss", "training loss"), ("val_loss", "validation loss"))):
+        bottom.plot(x, [r.get(key, np.nan) for r in rows], color=f"C{i + 3}", label=label)
+    bottom.set_xlabel("iterations")
+    bottom.set_ylabel("loss")
+    bottom.grid(alpha=0.3)
+    bottom.legend(loc="upper right")
+    fig.suptitle(f"{curve.get('trainer', '')} fold {curve.get('fold')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("fold", type=Path)
+    parser.add_argument("source", type=Path, help="a fold folder (fold_K) or a curve JSON written by -o")
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--window", type=int, default=5)
-    parser.add_argument("-o", type=Path, default=None)
-    args = parser.parse_args()
-    curve = read_curve(args.fold)
+    parser.add_argument("-o", type=Path, default=None, help="write the curve as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the curve into this PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing -o / --plot file")
+    args = parser.parse_args(argv)
+    for out in (args.o, args.plot):  # checked before anything is read or written
+        if out is not None and out.exists() and not args.overwrite:
+            raise SystemExit(f"learning_curve: {out} exists; expected a new file (or --overwrite)")
+    if args.o is not None and args.o.resolve() == args.source.resolve():
+        raise SystemExit(f"learning_curve: -o {args.o} is the curve read; expected another file")
+    curve = read_source(args.source)
     rows = curve["epochs"]
     for key in ("dice", "auc", "macro_f1"):
         for r, v in zip(rows, smoothed(rows, key, args.window)):
@@ -86,6 +140,9 @@ def main() -> int:
                   f"{r.get('val_loss', float('nan')):.3f} |")
     if args.o:
         args.o.write_text(json.dumps(curve, indent=1))
+    if args.plot:
+        plot_curve(curve, args.plot, args.window)
+        print(f"wrote {args.plot}")
     return 0
 
 
