@@ -303,6 +303,7 @@ def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test
                     deps=[p.id for p in predictions], timeout_min=timeout)
     return [*predictions, evaluate]
 
+
 def _crossval(recipe: Recipe, ctx: Context, row) -> list[Step]:
     """Each fold's model on its own validation cases (the masks and classes nnU-Net's final validation wrote into
     fold_K/validation, scored against labelsTr and cases.csv by nnunet_mtl evaluate), then the mean ± std and t-based

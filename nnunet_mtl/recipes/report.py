@@ -171,8 +171,7 @@ def crossval_results(recipe: Recipe, ctx: Context) -> dict:
         over = (data or {}).get("metrics", {})
         rows.append({"row": row.key, "label": row.label, "trainer": row.trainer,
                      "source": str(path) if data is not None else None,
-                     **{m: {"mean": over[METRICS[m]].get("mean"), "std": over[METRICS[m]].get("std"),
-                            "ci95": over[METRICS[m]].get("ci95"), "values": over[METRICS[m]].get("values")}
+                     **{m: {key: over[METRICS[m]].get(key) for key in ("mean", "std", "ci95", "values")}
                         if METRICS[m] in over else None for m in metrics}})
     return {"folds": len(recipe.split.fold_ids), "runs": recipe.split.kind == "holdout", "metrics": metrics,
             "rows": rows}
@@ -375,7 +374,7 @@ def _crossval_markdown(cv: dict) -> list[str]:
     for row in cv["rows"]:
         lines.append(f"| {row['label']} | `{row['trainer']}` | " + " | ".join(
             _cell_ci(row[m], m) for m in metrics) + " |")
-        lines.append(f"| {row['label']} (per fold) | | " + " | ".join(
+        lines.append(f"| {row['label']} (per {over[:-1]}) | | " + " | ".join(
             " / ".join(fmt(v, m) for v in (row[m] or {}).get("values") or []) or DASH for m in metrics) + " |")
     return lines + [""]
 
