@@ -478,13 +478,22 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     # an interrupted training: its best checkpoint written, no final one, no validation
     (fold / "checkpoint_final.pth").unlink()
     (fold / "validation" / "summary.json").unlink()
+    # ... whose every later use is done (its fold's score, the fold ensemble's predictions): not needed, not run
     dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--dry-run").stdout
-    assert "nnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c" in dry
+    assert re.search(r"train:mtl:1 \(not needed: validate:mtl:1, predict:mtl:test done\)\n# nnUNetv2_train 520 2d 1 "
+                     r"-tr nnUNetTrainerMTL_tiny -device cpu --c\n", dry)
+    # with its fold's score removed too (and the cross-validation over the folds that reads it) it continues with --c
+    crossval = workdir / "crossval" / "mtl"
+    (crossval / "fold_1" / "summary.json").unlink()
+    (crossval / "summary.json").unlink()
+    dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--dry-run").stdout
+    assert "\nnnUNetv2_train 520 2d 1 -tr nnUNetTrainerMTL_tiny -device cpu --c\n" in dry
     assert f"# [4/{STEPS}] train:mtl:0 (done: " in dry
     assert "\n# nnUNetv2_train 520 2d 0 -tr nnUNetTrainerMTL_tiny" in dry
     out = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER).stdout
-    # the training and the report (fold 1's validate step is done: a step is never redone because an earlier was)
-    assert f"all {STEPS} steps done (2 run now, {STEPS - 2} before)" in out
+    # the training, its score, the cross-validation and the report (the fold ensemble's predictions are done: a step
+    # is never redone because an earlier one was)
+    assert f"all {STEPS} steps done (4 run now, {STEPS - 4} before)" in out
     assert f"[4/{STEPS}] train:mtl:0: train multitask (nnUNetTrainerMTL_tiny), fold 0 ... done before (" in out
     assert f"[{STEPS}/{STEPS}] report: report" in out
     steps = [json.loads(line) for line in (workdir / "logs" / "steps.jsonl").read_text().splitlines()]
@@ -1059,3 +1068,52 @@ def test_trainings_are_fold_major_so_a_run_cut_part_way_has_whole_folds():
     assert trains == [f"train:{r}:{k}" for k in (0, 1, 2) for r in rows]
     assert all(s.argv[s.argv.index("-tr") + 1].endswith("_cpu1k") for s in steps if s.kind == "train")
     assert "Class scheme: the six categories as recorded" in recipe.path.read_text()
+
+
+def test_a_step_whose_every_later_use_is_done_is_not_run(tmp_path):
+    """Evaluations are what a run is for: with a seed's evaluations in place (its checkpoints deleted to free disk, or
+    only the evaluations restored from an archive) neither its trainings nor its predictions run again, while the
+    other seeds', the conversions they need, the test set the averages and comparisons read (-d) and the report do;
+    the dry run says which steps are not needed."""
+    from nnunet_mtl.recipes.plan import not_needed
+    recipe = load_recipe("breast_seeds")
+    data = {"BrEaST": tmp_path / "BrEaST", "UDIAT": tmp_path / "UDIAT"}
+    ctx = Context(workdir=tmp_path / "w", data=data, device="cpu")
+    steps = plan_steps(recipe, ctx)
+    rows = [r.key for r in recipe.rows]
+    seed1 = {f"evaluate:{r}:udiat:seed1" for r in rows}
+    skip = not_needed(steps, seed1)
+    assert set(skip) == {f"{k}:{r}:{x}:seed1" for r in rows for k, x in (("train", 0), ("predict", "udiat"))}
+    assert skip["train:mtl:0:seed1"] == "not needed: predict:mtl:udiat:seed1 done"
+    everything = {s.id for s in steps if s.kind == "evaluate"}
+    skip = not_needed(steps, everything)
+    needed = {s.id for s in steps if s.id not in everything and s.id not in skip}
+    # the seed averages read the test set's cases.csv, the report's galleries its images: it is converted again
+    assert needed == {"convert:udiat", "report", *(f"seeds:{r}:udiat" for r in rows),
+                      *(f"compare:{c.key}" for c in recipe.comparisons)}
+    assert not_needed(steps, set()) == {}
+    assert not set(skip) & everything  # a step done is never "not needed"
+    for folder in data.values():
+        folder.mkdir()
+    for r in rows:
+        marker = ctx.predictions(r, "udiat", 1) / "evaluation" / "summary.json"
+        marker.parent.mkdir(parents=True)
+        marker.write_text("{}")
+    dry = recipe_cli("run", "breast_seeds", "--workdir", str(ctx.workdir), "--data", f"BrEaST={data['BrEaST']}",
+                     "--data", f"UDIAT={data['UDIAT']}", "--dry-run").stdout
+    assert re.search(r"# \[\d+/\d+\] train:mtl:0:seed1 \(not needed: predict:mtl:udiat:seed1 done\)\n# nnUNet_results=",
+                     dry)
+    assert re.search(r"# \[\d+/\d+\] evaluate:mtl:udiat:seed1 \(done: ", dry)
+    assert re.search(r"# \[\d+/\d+\] train:mtl:0:seed2\nnnUNet_results=", dry)
+
+
+def test_the_report_draws_no_gallery_of_an_evaluation_kept_without_its_masks(tmp_path):
+    """A work folder restored from the evaluations alone (the masks not kept): the report leaves that row's gallery
+    out instead of stopping at its missing masks."""
+    from nnunet_mtl.recipes.report import write_galleries
+    recipe = load_recipe("breast_seeds")
+    ctx = Context(workdir=tmp_path / "w", data={}, device="cpu")
+    evaluation = ctx.predictions("mtl", "udiat", 0) / "evaluation"
+    evaluation.mkdir(parents=True)
+    (evaluation / "per_case.csv").write_text("case_id,dice\ncase_1,0.5\n")
+    assert write_galleries(recipe, ctx, tmp_path / "report" / "galleries") == {}

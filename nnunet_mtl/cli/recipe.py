@@ -131,7 +131,7 @@ def run_run(args) -> int:
     import torch
 
     from nnunet_mtl.recipes.launch import SlurmOptions, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import Context, check_provenance, plan_steps, step_state
+    from nnunet_mtl.recipes.plan import Context, check_provenance, not_needed, plan_steps, step_state
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -182,10 +182,13 @@ def run_run(args) -> int:
         # provenance of what is done is checked as run checks it (nothing recorded: a dry run writes nothing)
         states = {step.id: step_state(step, recipe, ctx) for step in steps}
         check_provenance(steps, {k: why for k, (done, why) in states.items() if done}, ctx, adopt=False)
+        skip = not_needed(steps, {k for k, (done, _) in states.items() if done})
+        states.update({k: (True, why) for k, why in skip.items()})
         print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
         for i, step in enumerate(steps, 1):
             done, why = states[step.id]
-            print(f"# [{i}/{len(steps)}] {step.id}" + (f" (done: {why})" if done else ""))
+            print(f"# [{i}/{len(steps)}] {step.id}" + ((f" ({why})" if step.id in skip else f" (done: {why})")
+                                                       if done else ""))
             print(("# " if done else "") + step.command_line())
         return 0
     workdir.mkdir(parents=True, exist_ok=True)

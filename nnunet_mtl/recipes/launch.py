@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.recipes.plan import Context, Step, check_provenance, executable, fingerprints, step_state
+from nnunet_mtl.recipes.plan import (Context, Step, check_provenance, executable, fingerprints, not_needed,
+                                     step_state)
 from nnunet_mtl.recipes.schema import Recipe
 
 
@@ -144,20 +145,20 @@ def record(ctx: Context, step: Step, seconds: float, status: str) -> None:
 
 
 def pending(steps: list[Step], recipe: Recipe, ctx: Context) -> tuple[list[Step], dict]:
-    """The steps to run (not done) and, for every done one, the file that shows it; the done steps' provenance
-    checked against the recipe as it is now (refused on a mismatch, recorded where missing)."""
-    todo, done = [], {}
+    """The steps to run (not done, and needed: :func:`not_needed`) and, for every other one, the file that shows it
+    done or why it need not run; the done steps' provenance checked against the recipe as it is now (refused on a
+    mismatch, recorded where missing)."""
+    done = {}
     for step in steps:
         finished, why = step_state(step, recipe, ctx)
         if finished:
             done[step.id] = why
-        else:
-            todo.append(step)
     adopted = check_provenance(steps, done, ctx)
     if adopted:
         print(f"note: recorded the provenance of {adopted} step(s) done before records existed "
               f"({ctx.workdir / 'logs' / 'provenance'})", flush=True)
-    return todo, done
+    done.update(not_needed(steps, done))  # after the provenance: these have no outputs to record
+    return [step for step in steps if step.id not in done], done
 
 
 def _provenance(step: Step, prints: dict, ctx: Context) -> tuple[str, dict]:
@@ -236,7 +237,8 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     progress = Progress(len(steps))
     for step in steps:
         if step.id in done:
-            progress.begin(step, f" ... done before ({done[step.id]})")
+            why = done[step.id]
+            progress.begin(step, f" ... {why}" if why.startswith("not needed") else f" ... done before ({why})")
     executor = _local_executor(ctx)
     env = {**os.environ, **ctx.env()}
     prints = fingerprints(steps, ctx)

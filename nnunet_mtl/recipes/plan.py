@@ -39,7 +39,10 @@ with nnU-Net's ``--c`` (from checkpoint_final it only redoes the validation, fro
 prediction whose folder holds some masks continues with ``--continue_prediction``. An interrupted ablation is
 redone from its start (ablate-guidance needs the embeddings of every test image, recorded only while it predicts;
 it overwrites what the interrupted run wrote). A step is never redone because an earlier one was: delete a step's
-outputs to have it run again.
+outputs to have it run again. A step that is not done but whose every later use is done is not needed
+(:func:`not_needed`): a training whose checkpoints were deleted to free disk, after its predictions were evaluated,
+is not trained again, nor is a dataset converted again for it; the same holds for a work folder that holds only the
+evaluations (copied from another machine, or restored from a results archive).
 """
 from __future__ import annotations
 
@@ -75,6 +78,9 @@ class Step:
     gpu: bool = False
     timeout_min: int = 60
     env: dict = field(default_factory=dict)   # set for this step only, on top of Context.env() (a seed's results)
+    # steps whose outputs it reads besides its deps' (the dataset a -d names: its raw folder's labels and cases.csv);
+    # for not_needed only: its deps already lead to them, so they add nothing to its fingerprint or its order
+    reads: list[str] = field(default_factory=list)
 
     def command_line(self) -> str:
         return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env.items()), *map(shlex.quote, self.argv)])
@@ -219,7 +225,7 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                               deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout, env=ctx.seed_env(seed)))
     if len(folds) > 1:  # k folds (not seeds, which have one): the cross-validation
         for row in recipe.rows:
-            steps += _crossval(recipe, ctx, row)
+            steps += _crossval(recipe, ctx, row, made[row.dataset])
     for row in recipe.rows:
         for ts in recipe.test_sets:
             for seed in recipe.seeds or (None,):
@@ -233,14 +239,15 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                               ["nnunet_mtl", "average-seeds", *runs, "-d", str(test.id), "-o",
                                str(ctx.predictions(row.key, ts.key) / "evaluation"), "--overwrite"],
                               deps=[f"evaluate:{row.key}:{ts.key}{_seed_suffix(seed)}" for seed in recipe.seeds],
-                              timeout_min=timeout))
+                              timeout_min=timeout, reads=[made[ts.dataset]]))
     for c in recipe.comparisons:
         test = recipe.datasets[recipe.test_set(c.test_set).dataset]
         runs = [str(ctx.predictions(r, c.test_set)) for r in (c.a, *c.b)]
         done = "seeds" if recipe.seeds else "evaluate"  # with seeds: the seed averages are compared
         steps.append(Step(f"compare:{c.key}", "compare", f"compare {c.a} with {', '.join(c.b)} on {c.test_set}",
                           ["nnunet_mtl", "compare", *runs, "-d", str(test.id), "-o", str(ctx.comparison(c.key))],
-                          deps=[f"{done}:{r}:{c.test_set}" for r in (c.a, *c.b)], timeout_min=timeout))
+                          deps=[f"{done}:{r}:{c.test_set}" for r in (c.a, *c.b)], timeout_min=timeout,
+                          reads=[made[recipe.test_set(c.test_set).dataset]]))
     for a in recipe.ablations:
         row, ts = recipe.row(a.row), recipe.test_set(a.test_set)
         ds, test = recipe.datasets[row.dataset], recipe.datasets[ts.dataset]
@@ -258,7 +265,7 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
                                                      recipe.path.parent != _shipped_folder() else recipe.name),
                                                      "--workdir", str(ctx.workdir)],
                       deps=[s.id for s in steps if s.kind in ("evaluate", "seeds", "crossval", "compare", "ablate")],
-                      timeout_min=timeout))
+                      timeout_min=timeout, reads=sorted({made[ts.dataset] for ts in recipe.test_sets})))
     return steps
 
 
@@ -300,11 +307,11 @@ def _predict_and_evaluate(recipe: Recipe, ctx: Context, row, ts, gpu: bool, test
                     f"evaluate {row.label} on {ts.label}{which}",
                     ["nnunet_mtl", "evaluate", "-pred", str(out), "-d", str(test.id), "-np", n]
                     + (["--attention"] if has_lesion_map(row.trainer) else []),
-                    deps=[p.id for p in predictions], timeout_min=timeout)
+                    deps=[p.id for p in predictions], timeout_min=timeout, reads=[test_made])
     return [*predictions, evaluate]
 
 
-def _crossval(recipe: Recipe, ctx: Context, row) -> list[Step]:
+def _crossval(recipe: Recipe, ctx: Context, row, made: str) -> list[Step]:
     """Each fold's model on its own validation cases (the masks and classes nnU-Net's final validation wrote into
     fold_K/validation, scored against labelsTr and cases.csv by nnunet_mtl evaluate), then the mean ± std and t-based
     95 % CI over the folds (evaluate --aggregate). Written under W/crossval/ROW, nothing into nnUNet_results."""
@@ -313,7 +320,7 @@ def _crossval(recipe: Recipe, ctx: Context, row) -> list[Step]:
     steps = [Step(f"validate:{row.key}:{k}", "validate", f"score {row.label}'s fold {k} model on its validation cases",
                   ["nnunet_mtl", "evaluate", "-pred", str(ctx.model(recipe, row.key) / f"fold_{k}" / "validation"),
                    "-d", str(ds.id), "-o", str(out / f"fold_{k}"), "-np", n],
-                  deps=[f"train:{row.key}:{k}"], timeout_min=timeout) for k in folds]
+                  deps=[f"train:{row.key}:{k}"], timeout_min=timeout, reads=[made]) for k in folds]
     steps.append(Step(f"crossval:{row.key}", "crossval", f"cross-validation of {row.label}: mean ± std over the "
                       f"{len(folds)} folds", ["nnunet_mtl", "evaluate", "--aggregate",
                                               *(str(out / f"fold_{k}" / "summary.json") for k in folds),
@@ -397,6 +404,28 @@ def _dataset_json(folder: Path) -> dict:
         return json.loads((folder / "dataset.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def not_needed(steps: list[Step], done: dict) -> dict[str, str]:
+    """{step id: why} for the steps that are not done but need not run: every step that waits for one (directly, or
+    through other steps that need not run either) is done. Outputs are what a run is for, so a step is needed only
+    when it has no later use (a comparison, the report) or a later use that is itself needed; a step ``done`` holds
+    is never in the answer. ``steps`` in plan order (a step's dependencies before it)."""
+    users: dict[str, list[str]] = {s.id: [] for s in steps}
+    for s in steps:
+        for d in dict.fromkeys([*s.deps, *s.reads]):
+            if d in users:
+                users[d].append(s.id)
+    needed: set[str] = set()
+    skip: dict[str, str] = {}
+    for s in reversed(steps):  # every user of a step comes after it
+        if s.id in done:
+            continue
+        if not users[s.id] or any(u in needed for u in users[s.id]):
+            needed.add(s.id)
+        else:
+            skip[s.id] = f"not needed: {', '.join(users[s.id][:3])}{' ...' if len(users[s.id]) > 3 else ''} done"
+    return skip
 
 
 def step_state(step: Step, recipe: Recipe, ctx: Context) -> tuple[bool, str]:

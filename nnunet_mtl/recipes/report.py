@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from nnunet_mtl.evaluation.seeds import SEEDS_SUMMARY
-from nnunet_mtl.recipes.plan import Context, ablation_file
+from nnunet_mtl.recipes.plan import Context, ablation_file, segments
 from nnunet_mtl.recipes.schema import ABLATION_METRICS, METRICS, Recipe, parse_paper_value
 
 DEFAULT_METRICS = ("dice", "iou", "hd95", "accuracy", "auc", "macro_f1")
@@ -484,7 +484,8 @@ def gallery_source(recipe: Recipe, ctx: Context, row: str, test_set: str) -> Pat
 def write_galleries(recipe: Recipe, ctx: Context, folder: Path) -> dict:
     """``folder/ROW__TESTSET.html`` (nnunet_mtl gallery) for every row and test set evaluated so far, rewritten
     each time the report is; {test set: {row: the page's path relative to the report}}. A row not evaluated yet is
-    left out (the report's missing list says so)."""
+    left out (the report's missing list says so), and so is one whose masks are not there (its evaluation copied or
+    restored without them)."""
     from nnunet_mtl.evaluation.inputs import load_class_labels
     from nnunet_mtl.evaluation.gallery import write_gallery
     pages: dict = {}
@@ -494,6 +495,8 @@ def write_galleries(recipe: Recipe, ctx: Context, folder: Path) -> dict:
             pred = gallery_source(recipe, ctx, row.key, ts.key)
             if not (pred / "evaluation" / "per_case.csv").is_file():
                 continue
+            if segments(row.trainer) and not any(pred.glob("*.png")):
+                continue  # an evaluation kept without its masks (restored from a results archive): nothing to draw
             html = folder / f"{_safe(row.key)}__{_safe(ts.key)}.html"
             write_gallery(pred, raw / "labelsTs", [raw / "imagesTs"], html, cases_csv=raw / "cases.csv",
                           class_labels=load_class_labels(raw / "dataset.json"), overwrite=True,
