@@ -1117,3 +1117,36 @@ def test_the_report_draws_no_gallery_of_an_evaluation_kept_without_its_masks(tmp
     evaluation.mkdir(parents=True)
     (evaluation / "per_case.csv").write_text("case_id,dice\ncase_1,0.5\n")
     assert write_galleries(recipe, ctx, tmp_path / "report" / "galleries") == {}
+
+
+def test_archive_keeps_a_runs_results_without_models_or_images_and_replaces_nothing_unasked(tmp_path):
+    workdir, out = tmp_path / "w", tmp_path / "kept"
+    files = {"predictions/mtl/udiat/seed_1/evaluation/per_case.csv": "case_id,dice\nc1,0.5\n",
+             "predictions/mtl/udiat/seed_1/evaluation/summary.json": "{}",
+             "predictions/mtl/udiat/seed_1/class_predictions.csv": "case_id,predicted_class\nc1,1\n",
+             "predictions/mtl/udiat/seed_1/c1.png": "mask", "predictions/mtl/udiat/evaluation/gallery.html": "<p>",
+             "comparisons/birads/comparison.json": "{}", "crossval/mtl/summary.json": "{}",
+             "logs/steps.jsonl": "{}\n", "logs/provenance/train_mtl_0_seed1.json": "{}", "logs/train_mtl_0.log": "x",
+             "report/report.md": "# r", "report/galleries/mtl__udiat.html": "<p>",
+             "seeds/seed_1/nnUNet_results/D/fold_0/checkpoint_final.pth": "w", "nnUNet_raw/D/dataset.json": "{}",
+             "recipe_run.json": "{}"}
+    for rel, text in files.items():
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / rel).write_text(text)
+    done = recipe_cli("archive", "--workdir", str(workdir), "-o", str(out)).stdout
+    kept = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert kept == sorted(["comparisons/birads/comparison.json", "crossval/mtl/summary.json", "logs/steps.jsonl",
+                           "logs/provenance/train_mtl_0_seed1.json", "report/report.md",
+                           *(r for r in files if r.startswith("predictions/") and not r.endswith((".png", ".html")))])
+    assert done.startswith(f"kept {len(kept)} files") and "recipe report NAME --workdir" in done
+    (workdir / "crossval/mtl/summary.json").write_text('{"new": 1}')
+    again = recipe_cli("archive", "--workdir", str(workdir), "-o", str(out), check=False)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "exists (" in again.stderr and "--overwrite" in again.stderr
+    assert (out / "crossval/mtl/summary.json").read_text() == "{}"  # nothing replaced unasked
+    recipe_cli("archive", "--workdir", str(workdir), "-o", str(out), "--overwrite")
+    assert (out / "crossval/mtl/summary.json").read_text() == '{"new": 1}'
+    inside = recipe_cli("archive", "--workdir", str(workdir), "-o", str(workdir / "kept"), check=False)
+    assert inside.returncode == 2 and "inside the work folder" in inside.stderr and not (workdir / "kept").exists()
+    empty = recipe_cli("archive", "--workdir", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), check=False)
+    assert empty.returncode == 2 and "does not exist" in empty.stderr

@@ -1,5 +1,5 @@
-"""``nnunet_mtl recipe list | show NAME | run NAME --data KEY=PATH ... | report NAME``: a paper's protocol (or your
-own) from one TOML file, run end to end (docs/recipes.md)."""
+"""``nnunet_mtl recipe list | show NAME | run NAME --data KEY=PATH ... | report NAME | archive``: a paper's
+protocol (or your own) from one TOML file, run end to end (docs/recipes.md)."""
 from __future__ import annotations
 
 import json
@@ -57,6 +57,18 @@ def register(subparsers):
     rep.add_argument("--workdir", default=None, help="the run's work folder (default ./recipe_NAME)")
     rep.add_argument("-o", default=None, help="output folder (default WORKDIR/report)")
     rep.set_defaults(func=run_report)
+    a = sub.add_parser("archive", help="copy a run's results (no models, no images) into a folder",
+                       description="Copies every evaluation, seed average, comparison, cross-validation, ablation, "
+                                   "the predicted classes, the step timings and provenance and the report's Markdown "
+                                   "and JSON (.json, .jsonl, .csv, .md under predictions/, crossval/, comparisons/, "
+                                   "ablations/, logs/, report/) into -o, in the work folder's layout: small enough to "
+                                   "commit or copy off a cluster. 'recipe report NAME --workdir OUT' remakes the "
+                                   "report from it; copied into a work folder, 'recipe run' trains only what it does "
+                                   "not cover.")
+    a.add_argument("--workdir", required=True, help="the run's work folder")
+    a.add_argument("-o", required=True, help="output folder (outside the work folder)")
+    a.add_argument("--overwrite", action="store_true", help="replace files an earlier archive wrote there")
+    a.set_defaults(func=run_archive)
 
 
 def read_run_file(path: Path) -> dict:
@@ -232,4 +244,13 @@ def run_report(args) -> int:
     markdown, written = write_report(recipe, ctx, Path(args.o).resolve() if args.o else None)
     print(markdown)
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_archive(args) -> int:
+    from nnunet_mtl.recipes.archive import archive_results
+    copies = archive_results(Path(args.workdir).expanduser(), Path(args.o).expanduser(), overwrite=args.overwrite)
+    size = sum(p.stat().st_size for p in copies)
+    print(f"kept {len(copies)} files ({size / 1024:.0f} KiB) in {Path(args.o).expanduser().resolve()}; "
+          f"'nnunet_mtl recipe report NAME --workdir {args.o}' remakes the report from them")
     return 0
