@@ -1150,3 +1150,30 @@ def test_archive_keeps_a_runs_results_without_models_or_images_and_replaces_noth
     assert inside.returncode == 2 and "inside the work folder" in inside.stderr and not (workdir / "kept").exists()
     empty = recipe_cli("archive", "--workdir", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), check=False)
     assert empty.returncode == 2 and "does not exist" in empty.stderr
+
+
+def test_the_local_launcher_scores_each_model_before_the_next_training():
+    """A run cut part way leaves scored models: each seed's predictions and evaluation follow its training, the seed
+    average and the comparisons follow their last inputs; with k folds each fold's validation score follows it.
+    The plan's own order (the SLURM submission's) is unchanged, and every step comes after its dependencies."""
+    from nnunet_mtl.recipes.plan import local_order
+    recipe = load_recipe("breast_seeds")
+    plan = plan_steps(recipe, Context(workdir=Path("/w"), data={"BrEaST": Path("/b"), "UDIAT": Path("/u")},
+                                      device="cpu"))
+    order = [s.id for s in local_order(plan)]
+    assert sorted(order) == sorted(s.id for s in plan)
+    assert all(order.index(d) < order.index(s.id) for s in plan for d in s.deps)
+    first = order.index("train:seg_only:0:seed0")
+    assert order[first:first + 4] == ["train:seg_only:0:seed0", "predict:seg_only:udiat:seed0",
+                                      "evaluate:seg_only:udiat:seed0", "train:cls_only:0:seed0"]
+    last = order.index("evaluate:seg_only:udiat:seed2")
+    assert order[last + 1] == "seeds:seg_only:udiat" and order[-1] == "report"
+    assert order.index("compare:mtl") == order.index("seeds:mtl:udiat") + 1  # seg_only and cls_only are averaged
+    thyroid = plan_steps(load_recipe("thyroid_cpu"), Context(workdir=Path("/w"), data={"DDTI": Path("/d")},
+                                                             device="cpu"))
+    order = [s.id for s in local_order(thyroid)]
+    assert order[order.index("train:mtl:1") + 1] == "validate:mtl:1"
+    assert [s.id for s in thyroid if s.kind == "train"] == [i for i in order if i.startswith("train:")]
+    # what is done already (not in the list) does not hold anything back
+    assert [s.id for s in local_order([s for s in plan if s.id.endswith("seed2")])][:3] == \
+        ["train:seg_only:0:seed2", "predict:seg_only:udiat:seed2", "evaluate:seg_only:udiat:seed2"]

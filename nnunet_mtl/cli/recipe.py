@@ -143,7 +143,8 @@ def run_run(args) -> int:
     import torch
 
     from nnunet_mtl.recipes.launch import SlurmOptions, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import Context, check_provenance, not_needed, plan_steps, step_state
+    from nnunet_mtl.recipes.plan import (Context, check_provenance, local_order, not_needed, plan_steps,
+                                         step_state)
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -197,7 +198,7 @@ def run_run(args) -> int:
         skip = not_needed(steps, {k for k, (done, _) in states.items() if done})
         states.update({k: (True, why) for k, why in skip.items()})
         print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
-        for i, step in enumerate(steps, 1):
+        for i, step in enumerate(local_order(steps), 1):  # the order the local launcher runs them
             done, why = states[step.id]
             print(f"# [{i}/{len(steps)}] {step.id}" + ((f" ({why})" if step.id in skip else f" (done: {why})")
                                                        if done else ""))

@@ -1,8 +1,9 @@
 """Running a recipe's steps through submitit: each step is one command (the line ``--dry-run`` prints), run by
 :func:`run_step` inside a submitit job with the recipe's environment, its output in ``W/logs/STEP.log``.
 
-- ``--launcher local``: submitit's LocalExecutor, one job at a time in the plan's order, each waited for (with
-  ``timeout_min`` set: submitit's local default would kill a job after 2 minutes). With ``--gpus 0,1,...`` the
+- ``--launcher local``: submitit's LocalExecutor, one job at a time, each waited for (with ``timeout_min`` set:
+  submitit's local default would kill a job after 2 minutes), in the plan's order except that each model is scored
+  as soon as it is trained (:func:`~nnunet_mtl.recipes.plan.local_order`). With ``--gpus 0,1,...`` the
   trainings (and then the predictions) run one per GPU at a time, each with its own ``CUDA_VISIBLE_DEVICES``.
 - ``--launcher slurm``: submitit's SLURM executor; every step not yet done is submitted at once, each with
   ``--dependency=afterok:`` on the jobs of the steps it waits for (and ``--kill-on-invalid-dep=yes``, so that a
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.recipes.plan import (Context, Step, check_provenance, executable, fingerprints, not_needed,
-                                     step_state)
+from nnunet_mtl.recipes.plan import (Context, Step, check_provenance, executable, fingerprints, local_order,
+                                     not_needed, step_state)
 from nnunet_mtl.recipes.schema import Recipe
 
 
@@ -244,7 +245,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     prints = fingerprints(steps, ctx)
     running: list = []
     try:
-        remaining = list(todo)
+        remaining = list(todo) if gpus else local_order(todo)
         while remaining:
             step = remaining[0]
             if gpus and step.gpu:

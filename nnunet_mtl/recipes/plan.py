@@ -406,6 +406,24 @@ def _dataset_json(folder: Path) -> dict:
         return {}
 
 
+def local_order(steps: list[Step]) -> list[Step]:
+    """The order the local launcher runs ``steps`` (and the dry run prints them): the plan's, except that whatever a
+    finished training makes possible (its fold's validation score, its predictions and their evaluation, a seed
+    average or comparison whose last input that was) runs before the next training. A run cut part way (a session's
+    end, a budget) so leaves every finished model scored rather than trained and unused. Steps outside ``steps`` are
+    taken as done; ``steps`` in plan order."""
+    ids = {s.id for s in steps}
+    placed: set[str] = set()
+    rest, out = list(steps), []
+    while rest:
+        ready = [s for s in rest if all(d not in ids or d in placed for d in s.deps)]
+        pick = next((s for s in ready if s.kind != "train"), ready[0])
+        rest.remove(pick)
+        placed.add(pick.id)
+        out.append(pick)
+    return out
+
+
 def not_needed(steps: list[Step], done: dict) -> dict[str, str]:
     """{step id: why} for the steps that are not done but need not run: every step that waits for one (directly, or
     through other steps that need not run either) is done. Outputs are what a run is for, so a step is needed only
