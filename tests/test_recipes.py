@@ -480,7 +480,8 @@ def test_a_rerun_skips_finished_steps_and_an_interrupted_training_continues_with
     (fold / "validation" / "summary.json").unlink()
     # ... whose every later use is done (its fold's score, the fold ensemble's predictions): not needed, not run
     dry = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--dry-run").stdout
-    assert re.search(r"train:mtl:1 \(not needed: validate:mtl:1, predict:mtl:test done\)\n# nnUNetv2_train 520 2d 1 "
+    assert re.search(r"train:mtl:1 \(not needed: validate:mtl:1, predict:mtl:test done or not needed\)\n"
+                     r"# nnUNetv2_train 520 2d 1 "
                      r"-tr nnUNetTrainerMTL_tiny -device cpu --c\n", dry)
     # with its fold's score removed too (and the cross-validation over the folds that reads it) it continues with --c
     crossval = workdir / "crossval" / "mtl"
@@ -1084,7 +1085,7 @@ def test_a_step_whose_every_later_use_is_done_is_not_run(tmp_path):
     seed1 = {f"evaluate:{r}:udiat:seed1" for r in rows}
     skip = not_needed(steps, seed1)
     assert set(skip) == {f"{k}:{r}:{x}:seed1" for r in rows for k, x in (("train", 0), ("predict", "udiat"))}
-    assert skip["train:mtl:0:seed1"] == "not needed: predict:mtl:udiat:seed1 done"
+    assert skip["train:mtl:0:seed1"] == "not needed: predict:mtl:udiat:seed1 done or not needed"
     everything = {s.id for s in steps if s.kind == "evaluate"}
     skip = not_needed(steps, everything)
     needed = {s.id for s in steps if s.id not in everything and s.id not in skip}
@@ -1101,7 +1102,8 @@ def test_a_step_whose_every_later_use_is_done_is_not_run(tmp_path):
         marker.write_text("{}")
     dry = recipe_cli("run", "breast_seeds", "--workdir", str(ctx.workdir), "--data", f"BrEaST={data['BrEaST']}",
                      "--data", f"UDIAT={data['UDIAT']}", "--dry-run").stdout
-    assert re.search(r"# \[\d+/\d+\] train:mtl:0:seed1 \(not needed: predict:mtl:udiat:seed1 done\)\n# nnUNet_results=",
+    assert re.search(r"# \[\d+/\d+\] train:mtl:0:seed1 \(not needed: predict:mtl:udiat:seed1 done or not needed\)\n"
+                     r"# nnUNet_results=",
                      dry)
     assert re.search(r"# \[\d+/\d+\] evaluate:mtl:udiat:seed1 \(done: ", dry)
     assert re.search(r"# \[\d+/\d+\] train:mtl:0:seed2\nnnUNet_results=", dry)
@@ -1116,6 +1118,7 @@ def test_the_report_draws_no_gallery_of_an_evaluation_kept_without_its_masks(tmp
     evaluation = ctx.predictions("mtl", "udiat", 0) / "evaluation"
     evaluation.mkdir(parents=True)
     (evaluation / "per_case.csv").write_text("case_id,dice\ncase_1,0.5\n")
+    (ctx.raw / recipe.datasets["udiat"].folder / "imagesTs").mkdir(parents=True)  # the test set converted again
     assert write_galleries(recipe, ctx, tmp_path / "report" / "galleries") == {}
 
 
@@ -1125,7 +1128,11 @@ def test_archive_keeps_a_runs_results_without_models_or_images_and_replaces_noth
              "predictions/mtl/udiat/seed_1/evaluation/summary.json": "{}",
              "predictions/mtl/udiat/seed_1/class_predictions.csv": "case_id,predicted_class\nc1,1\n",
              "predictions/mtl/udiat/seed_1/c1.png": "mask", "predictions/mtl/udiat/evaluation/gallery.html": "<p>",
-             "comparisons/birads/comparison.json": "{}", "crossval/mtl/summary.json": "{}",
+             "comparisons/birads/comparison.json": json.dumps({"rows": [dict(
+                 metric="dice", label="Dice", mean_a=0.7, mean_b=0.6, difference=0.1, ci_low=0.05, ci_high=0.15,
+                 test_short="Wilcoxon", p=0.01, p_holm=0.04, unit="patient", n_units=40,
+                 run_a="/elsewhere/w/predictions/birads/udiat", run_b="/elsewhere/w/predictions/mtl/udiat")]}),
+             "crossval/mtl/summary.json": "{}",
              "logs/steps.jsonl": "{}\n", "logs/provenance/train_mtl_0_seed1.json": "{}", "logs/train_mtl_0.log": "x",
              "report/report.md": "# r", "report/galleries/mtl__udiat.html": "<p>",
              "seeds/seed_1/nnUNet_results/D/fold_0/checkpoint_final.pth": "w", "nnUNet_raw/D/dataset.json": "{}",
@@ -1135,10 +1142,18 @@ def test_archive_keeps_a_runs_results_without_models_or_images_and_replaces_noth
         (workdir / rel).write_text(text)
     done = recipe_cli("archive", "--workdir", str(workdir), "-o", str(out)).stdout
     kept = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    # under predictions/ the evaluations only: a prediction folder's class_predictions.csv would mark it done
     assert kept == sorted(["comparisons/birads/comparison.json", "crossval/mtl/summary.json", "logs/steps.jsonl",
                            "logs/provenance/train_mtl_0_seed1.json", "report/report.md",
-                           *(r for r in files if r.startswith("predictions/") and not r.endswith((".png", ".html")))])
+                           "predictions/mtl/udiat/seed_1/evaluation/per_case.csv",
+                           "predictions/mtl/udiat/seed_1/evaluation/summary.json"])
     assert done.startswith(f"kept {len(kept)} files") and "recipe report NAME --workdir" in done
+    # the report from the archive alone: no data folders remembered, the comparison's runs named by their rows
+    # although the file holds another machine's paths
+    shown = recipe_cli("report", "breast_seeds", "--workdir", str(out)).stdout
+    assert "- seg_only on udiat: no evaluation yet (step seeds:seg_only:udiat)" in shown
+    rows = json.loads((out / "report" / "report.json").read_text())["comparisons"][0]["rows"]
+    assert (rows[0]["a"], rows[0]["b"]) == ("birads", "mtl")
     (workdir / "crossval/mtl/summary.json").write_text('{"new": 1}')
     again = recipe_cli("archive", "--workdir", str(workdir), "-o", str(out), check=False)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1

@@ -198,7 +198,7 @@ def run_run(args) -> int:
         skip = not_needed(steps, {k for k, (done, _) in states.items() if done})
         states.update({k: (True, why) for k, why in skip.items()})
         print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
-        for i, step in enumerate(local_order(steps), 1):  # the order the local launcher runs them
+        for i, step in enumerate(local_order(steps), 1):  # the local launcher's order (without --gpus)
             done, why = states[step.id]
             print(f"# [{i}/{len(steps)}] {step.id}" + ((f" ({why})" if step.id in skip else f" (done: {why})")
                                                        if done else ""))
@@ -235,7 +235,10 @@ def run_report(args) -> int:
     stored = read_run_file(workdir / RUN_FILE)
     if stored and stored.get("recipe") != recipe.name:
         raise NnunetMtlError(f"{workdir} holds a run of recipe {stored.get('recipe')!r}, not {recipe.name!r}")
-    data = {k: Path(v) for k, v in (stored.get("data") or {}).items() if k in recipe.data}
+    # the report reads no data folder; one not remembered (an archive of the run: recipe archive) is a placeholder,
+    # which the provenance check writes <data:KEY> as it writes any data folder
+    known = stored.get("data") or {}
+    data = {k: Path(known.get(k) or f"<data:{k}>") for k in recipe.data}
     ctx = Context(workdir=workdir, data=data, device=stored.get("device", "cpu"))
     # the numbers must be the recipe's: a step done by another protocol (the recipe edited since) is refused
     from nnunet_mtl.recipes.plan import check_provenance, plan_steps, step_state

@@ -346,7 +346,7 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
         if step.id in queued:
             print(f"{step.id}: still queued as job {queued[step.id]} (not submitted again)", flush=True)
             continue
-        deps = [ids[d] for d in step.deps if d in ids]
+        deps = [ids[d] for d in dict.fromkeys([*step.deps, *step.reads]) if d in ids]
         try:  # one executor per step: submitit's parameters accumulate, a training's GPU would stick to what follows
             executor = submitit.AutoExecutor(folder=str(ctx.workdir / "slurm" / "%j"), cluster="slurm")
         except RuntimeError as e:  # submitit looks for srun
@@ -404,6 +404,6 @@ def still_queued(todo: list[Step], jobs_file: Path, ctx: Context) -> dict[str, s
     to_run = {step.id for step in todo}
     kept: dict[str, str] = {}
     for step in todo:  # plan order: a step's dependencies come before it; each must be done or kept
-        if states.get(step.id) in LIVE_STATES and all(d in kept or d not in to_run for d in step.deps):
+        if states.get(step.id) in LIVE_STATES and all(d in kept or d not in to_run for d in [*step.deps, *step.reads]):
             kept[step.id] = wanted[step.id]
     return kept

@@ -39,7 +39,8 @@ with nnU-Net's ``--c`` (from checkpoint_final it only redoes the validation, fro
 prediction whose folder holds some masks continues with ``--continue_prediction``. An interrupted ablation is
 redone from its start (ablate-guidance needs the embeddings of every test image, recorded only while it predicts;
 it overwrites what the interrupted run wrote). A step is never redone because an earlier one was: delete a step's
-outputs to have it run again. A step that is not done but whose every later use is done is not needed
+outputs, and those of every later step made from them, to have it run again. A step that is not done but whose
+every later use is done (or itself not needed) is not needed
 (:func:`not_needed`): a training whose checkpoints were deleted to free disk, after its predictions were evaluated,
 is not trained again, nor is a dataset converted again for it; the same holds for a work folder that holds only the
 evaluations (copied from another machine, or restored from a results archive).
@@ -78,8 +79,9 @@ class Step:
     gpu: bool = False
     timeout_min: int = 60
     env: dict = field(default_factory=dict)   # set for this step only, on top of Context.env() (a seed's results)
-    # steps whose outputs it reads besides its deps' (the dataset a -d names: its raw folder's labels and cases.csv);
-    # for not_needed only: its deps already lead to them, so they add nothing to its fingerprint or its order
+    # steps whose outputs it reads besides its deps' (the dataset a -d names: its raw folder's labels and cases.csv; a
+    # training's preprocessed data): its deps already lead to them, so they add nothing to its fingerprint; they count
+    # for not_needed, and on SLURM as dependencies (in a restored work folder they may run again)
     reads: list[str] = field(default_factory=list)
 
     def command_line(self) -> str:
@@ -222,7 +224,8 @@ def plan_steps(recipe: Recipe, ctx: Context) -> list[Step]:
             steps.append(Step(f"train:{row.key}:{k}{_seed_suffix(seed)}", "train",
                               f"train {row.label} ({row.trainer}), fold {k}"
                               + (f", seed {seed}" if seed is not None else ""), argv,
-                              deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout, env=ctx.seed_env(seed)))
+                              deps=[f"split:{row.dataset}"], gpu=gpu, timeout_min=timeout, env=ctx.seed_env(seed),
+                              reads=[f"plan:{row.dataset}"]))
     if len(folds) > 1:  # k folds (not seeds, which have one): the cross-validation
         for row in recipe.rows:
             steps += _crossval(recipe, ctx, row, made[row.dataset])
@@ -442,7 +445,8 @@ def not_needed(steps: list[Step], done: dict) -> dict[str, str]:
         if not users[s.id] or any(u in needed for u in users[s.id]):
             needed.add(s.id)
         else:
-            skip[s.id] = f"not needed: {', '.join(users[s.id][:3])}{' ...' if len(users[s.id]) > 3 else ''} done"
+            skip[s.id] = (f"not needed: {', '.join(users[s.id][:3])}{' ...' if len(users[s.id]) > 3 else ''} done "
+                          f"or not needed")
     return skip
 
 

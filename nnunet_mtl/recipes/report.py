@@ -112,7 +112,8 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
         for row in recipe.rows:
             source, results[(row.key, ts.key)] = row_results(recipe, ctx, row.key, ts.key)
             if source is None:
-                report["missing"].append(f"{row.key} on {ts.key}: no evaluation yet (step evaluate:{row.key}:{ts.key})")
+                step = f"seeds:{row.key}:{ts.key}" if recipe.seeds else f"evaluate:{row.key}:{ts.key}"
+                report["missing"].append(f"{row.key} on {ts.key}: no evaluation yet (step {step})")
             entry["rows"].append({"row": row.key, "label": row.label, "trainer": row.trainer, **{
                 m: results[(row.key, ts.key)].get(m) for m in metrics}})
         report["test_sets"].append(entry)
@@ -144,10 +145,17 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
             report["comparisons"].append({"key": c.key, "a": c.a, "b": list(c.b), "test_set": c.test_set,
                                           "rows": None})
             continue
-        labels = {str(ctx.predictions(r, c.test_set)): r for r in (c.a, *c.b)}
+        # the runs by their place in the work folder (predictions/ROW/TESTSET): the file may come from another
+        # machine's or folder's run (an archive), whose absolute paths are not this folder's
+        labels = {(r, c.test_set): r for r in (c.a, *c.b)}
+
+        def label(run):
+            parts = Path(str(run)).parts
+            return labels.get(tuple(parts[-2:]), run) if run and len(parts) >= 3 and parts[-3] == "predictions" \
+                else run
         rows = [{**{k2: r.get(k2) for k2 in ("metric", "label", "mean_a", "mean_b", "difference", "ci_low", "ci_high",
                                                  "test_short", "p", "p_holm", "unit", "n_units")},
-                 "a": labels.get(r.get("run_a"), r.get("run_a")), "b": labels.get(r.get("run_b"), r.get("run_b"))}
+                 "a": label(r.get("run_a")), "b": label(r.get("run_b"))}
                 for r in data.get("rows", [])]
         report["comparisons"].append({"key": c.key, "a": c.a, "b": list(c.b), "test_set": c.test_set,
                                       "source": str(path), "rows": rows})
@@ -495,8 +503,8 @@ def write_galleries(recipe: Recipe, ctx: Context, folder: Path) -> dict:
             pred = gallery_source(recipe, ctx, row.key, ts.key)
             if not (pred / "evaluation" / "per_case.csv").is_file():
                 continue
-            if segments(row.trainer) and not any(pred.glob("*.png")):
-                continue  # an evaluation kept without its masks (restored from a results archive): nothing to draw
+            if segments(row.trainer) and not any(pred.glob("*.png")) or not (raw / "imagesTs").is_dir():
+                continue  # an evaluation kept without its masks or images (a results archive): nothing to draw
             html = folder / f"{_safe(row.key)}__{_safe(ts.key)}.html"
             write_gallery(pred, raw / "labelsTs", [raw / "imagesTs"], html, cases_csv=raw / "cases.csv",
                           class_labels=load_class_labels(raw / "dataset.json"), overwrite=True,
