@@ -142,9 +142,8 @@ def parse_data(items: list[str], recipe) -> dict[str, Path]:
 def run_run(args) -> int:
     import torch
 
-    from nnunet_mtl.recipes.launch import SlurmOptions, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import (Context, check_provenance, local_order, not_needed, plan_steps,
-                                         step_state)
+    from nnunet_mtl.recipes.launch import SlurmOptions, pending, run_local, submit_slurm
+    from nnunet_mtl.recipes.plan import NOT_NEEDED, Context, local_order, plan_steps
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -193,16 +192,13 @@ def run_run(args) -> int:
     if args.dry_run:
         # a script that runs as `run` does: the same variables, and it stops at the first step that fails; the
         # provenance of what is done is checked as run checks it (nothing recorded: a dry run writes nothing)
-        states = {step.id: step_state(step, recipe, ctx) for step in steps}
-        check_provenance(steps, {k: why for k, (done, why) in states.items() if done}, ctx, adopt=False)
-        skip = not_needed(steps, {k for k, (done, _) in states.items() if done})
-        states.update({k: (True, why) for k, why in skip.items()})
+        _, done = pending(steps, recipe, ctx, adopt=False)
         print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
         for i, step in enumerate(local_order(steps), 1):  # the local launcher's order (without --gpus)
-            done, why = states[step.id]
-            print(f"# [{i}/{len(steps)}] {step.id}" + ((f" ({why})" if step.id in skip else f" (done: {why})")
-                                                       if done else ""))
-            print(("# " if done else "") + step.command_line())
+            why = done.get(step.id)
+            print(f"# [{i}/{len(steps)}] {step.id}" + ("" if why is None else f" ({why})" if why.startswith(NOT_NEEDED)
+                                                       else f" (done: {why})"))
+            print(("# " if why is not None else "") + step.command_line())
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"recipe": recipe.name, "recipe_file": str(recipe.path),

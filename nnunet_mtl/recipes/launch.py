@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.recipes.plan import (Context, Step, check_provenance, executable, fingerprints, local_order,
-                                     not_needed, step_state)
+from nnunet_mtl.recipes.plan import (NOT_NEEDED, Context, Step, check_provenance, executable, fingerprints,
+                                     local_order, not_needed, step_state)
 from nnunet_mtl.recipes.schema import Recipe
 
 
@@ -145,16 +145,16 @@ def record(ctx: Context, step: Step, seconds: float, status: str) -> None:
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
-def pending(steps: list[Step], recipe: Recipe, ctx: Context) -> tuple[list[Step], dict]:
+def pending(steps: list[Step], recipe: Recipe, ctx: Context, adopt: bool = True) -> tuple[list[Step], dict]:
     """The steps to run (not done, and needed: :func:`not_needed`) and, for every other one, the file that shows it
-    done or why it need not run; the done steps' provenance checked against the recipe as it is now (refused on a
-    mismatch, recorded where missing)."""
+    done or why it need not run (starting with ``NOT_NEEDED``); the done steps' provenance checked against the recipe
+    as it is now (refused on a mismatch, recorded where missing unless ``adopt`` is False: the dry run)."""
     done = {}
     for step in steps:
         finished, why = step_state(step, recipe, ctx)
         if finished:
             done[step.id] = why
-    adopted = check_provenance(steps, done, ctx)
+    adopted = check_provenance(steps, done, ctx, adopt=adopt)
     if adopted:
         print(f"note: recorded the provenance of {adopted} step(s) done before records existed "
               f"({ctx.workdir / 'logs' / 'provenance'})", flush=True)
@@ -239,7 +239,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     for step in steps:
         if step.id in done:
             why = done[step.id]
-            progress.begin(step, f" ... {why}" if why.startswith("not needed") else f" ... done before ({why})")
+            progress.begin(step, f" ... {why}" if why.startswith(NOT_NEEDED) else f" ... done before ({why})")
     executor = _local_executor(ctx)
     env = {**os.environ, **ctx.env()}
     prints = fingerprints(steps, ctx)
@@ -346,7 +346,7 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
         if step.id in queued:
             print(f"{step.id}: still queued as job {queued[step.id]} (not submitted again)", flush=True)
             continue
-        deps = [ids[d] for d in dict.fromkeys([*step.deps, *step.reads]) if d in ids]
+        deps = [ids[d] for d in step.waits_for if d in ids]
         try:  # one executor per step: submitit's parameters accumulate, a training's GPU would stick to what follows
             executor = submitit.AutoExecutor(folder=str(ctx.workdir / "slurm" / "%j"), cluster="slurm")
         except RuntimeError as e:  # submitit looks for srun
@@ -404,6 +404,6 @@ def still_queued(todo: list[Step], jobs_file: Path, ctx: Context) -> dict[str, s
     to_run = {step.id for step in todo}
     kept: dict[str, str] = {}
     for step in todo:  # plan order: a step's dependencies come before it; each must be done or kept
-        if states.get(step.id) in LIVE_STATES and all(d in kept or d not in to_run for d in [*step.deps, *step.reads]):
+        if states.get(step.id) in LIVE_STATES and all(d in kept or d not in to_run for d in step.waits_for):
             kept[step.id] = wanted[step.id]
     return kept

@@ -84,6 +84,11 @@ class Step:
     # for not_needed, and on SLURM as dependencies (in a restored work folder they may run again)
     reads: list[str] = field(default_factory=list)
 
+    @property
+    def waits_for(self) -> list[str]:
+        """deps and reads, once each: what must be there before it runs (not_needed, SLURM's afterok)."""
+        return list(dict.fromkeys([*self.deps, *self.reads]))
+
     def command_line(self) -> str:
         return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env.items()), *map(shlex.quote, self.argv)])
 
@@ -427,6 +432,9 @@ def local_order(steps: list[Step]) -> list[Step]:
     return out
 
 
+NOT_NEEDED = "not needed: "  # how not_needed's reasons start (the launcher and the dry run print them as they are)
+
+
 def not_needed(steps: list[Step], done: dict) -> dict[str, str]:
     """{step id: why} for the steps that are not done but need not run: every step that waits for one (directly, or
     through other steps that need not run either) is done. Outputs are what a run is for, so a step is needed only
@@ -434,7 +442,7 @@ def not_needed(steps: list[Step], done: dict) -> dict[str, str]:
     is never in the answer. ``steps`` in plan order (a step's dependencies before it)."""
     users: dict[str, list[str]] = {s.id: [] for s in steps}
     for s in steps:
-        for d in dict.fromkeys([*s.deps, *s.reads]):
+        for d in s.waits_for:
             if d in users:
                 users[d].append(s.id)
     needed: set[str] = set()
@@ -445,7 +453,7 @@ def not_needed(steps: list[Step], done: dict) -> dict[str, str]:
         if not users[s.id] or any(u in needed for u in users[s.id]):
             needed.add(s.id)
         else:
-            skip[s.id] = (f"not needed: {', '.join(users[s.id][:3])}{' ...' if len(users[s.id]) > 3 else ''} done "
+            skip[s.id] = (f"{NOT_NEEDED}{', '.join(users[s.id][:3])}{' ...' if len(users[s.id]) > 3 else ''} done "
                           f"or not needed")
     return skip
 

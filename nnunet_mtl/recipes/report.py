@@ -147,12 +147,10 @@ def build_report(recipe: Recipe, ctx: Context) -> dict:
             continue
         # the runs by their place in the work folder (predictions/ROW/TESTSET): the file may come from another
         # machine's or folder's run (an archive), whose absolute paths are not this folder's
-        labels = {(r, c.test_set): r for r in (c.a, *c.b)}
+        labels = {("predictions", r, c.test_set): r for r in (c.a, *c.b)}
 
         def label(run):
-            parts = Path(str(run)).parts
-            return labels.get(tuple(parts[-2:]), run) if run and len(parts) >= 3 and parts[-3] == "predictions" \
-                else run
+            return labels.get(tuple(Path(str(run)).parts[-3:]), run) if run else run
         rows = [{**{k2: r.get(k2) for k2 in ("metric", "label", "mean_a", "mean_b", "difference", "ci_low", "ci_high",
                                                  "test_short", "p", "p_holm", "unit", "n_units")},
                  "a": label(r.get("run_a")), "b": label(r.get("run_b"))}
@@ -503,7 +501,7 @@ def write_galleries(recipe: Recipe, ctx: Context, folder: Path) -> dict:
             pred = gallery_source(recipe, ctx, row.key, ts.key)
             if not (pred / "evaluation" / "per_case.csv").is_file():
                 continue
-            if segments(row.trainer) and not any(pred.glob("*.png")) or not (raw / "imagesTs").is_dir():
+            if (segments(row.trainer) and not any(pred.glob("*.png"))) or not (raw / "imagesTs").is_dir():
                 continue  # an evaluation kept without its masks or images (a results archive): nothing to draw
             html = folder / f"{_safe(row.key)}__{_safe(ts.key)}.html"
             write_gallery(pred, raw / "labelsTs", [raw / "imagesTs"], html, cases_csv=raw / "cases.csv",
