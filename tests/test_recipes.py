@@ -717,6 +717,32 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
     assert_ended(tmp_path)  # killed with its job, not left sleeping to write 'ran' later
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, capsys):
+    """`kill` of `nnunet_mtl recipe run`: without a handler SIGTERM ended the launcher at once and left submitit's
+    local job, and the training in it, running on unwatched (a later run would start a second one beside it)."""
+    import signal
+    import threading
+    from nnunet_mtl.recipes.launch import run_local
+    recipe = load_recipe("synthetic")
+    ctx = Context(workdir=tmp_path, data={}, device="cpu")
+    step = Step("report", "report", "sleeps", sleeper(tmp_path, 60))
+    before = signal.getsignal(signal.SIGTERM)
+
+    def kill_when_started():
+        deadline = time.time() + 30
+        while not (tmp_path / "pid").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=kill_when_started, daemon=True).start()
+    with pytest.raises(SystemExit) as raised:
+        run_local([step], recipe, ctx)
+    assert raised.value.code == 128 + signal.SIGTERM
+    assert "stopped by a signal: cancelled the 1 step(s) under way" in capsys.readouterr().err
+    assert_ended(tmp_path)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_nnunets_own_trainers_are_rows_without_a_head(tmp_path):
     """A baseline of plain nnU-Net (nnUNetTrainer, or a variant nnU-Net's -tr finds) trains with nnUNetv2_train and
     is predicted by nnUNetv2_predict, like a segmentation-only row; a name neither knows is still an error."""

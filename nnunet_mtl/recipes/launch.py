@@ -232,6 +232,10 @@ def _result(job, step: Step, ctx: Context, started: float) -> None:
     print(f"    done in {seconds:.0f} s", flush=True)
 
 
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] | None = None) -> None:
     """Run every step that is not done, in order (trainings and predictions one per GPU at a time with ``gpus``)."""
     todo, done = pending(steps, recipe, ctx)
@@ -244,6 +248,11 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     env = {**os.environ, **ctx.env()}
     prints = fingerprints(steps, ctx)
     running: list = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, a closing session) ends this process without Python's cleanup, which would leave
+        # submitit's local job, and the training in it, running on unwatched: raised instead, so its jobs are cancelled
+        previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         remaining = list(todo) if gpus else local_order(todo)
         while remaining:
@@ -268,10 +277,16 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
         alive = [job for job in running if not job.done()]  # not the step that failed: it has ended
         for job in alive:  # submitit's local jobs outlive this process unless cancelled
             job.cancel(check=False)
-        if alive and not isinstance(e, KeyboardInterrupt):
+        if alive and isinstance(e, SystemExit):
+            print(f"stopped by a signal: cancelled the {len(alive)} step(s) under way (a training continues from its "
+                  f"latest checkpoint on the next run)", file=sys.stderr, flush=True)
+        elif alive and not isinstance(e, KeyboardInterrupt):
             print(f"cancelled {len(alive)} other step(s) still running (a training continues from its latest "
                   f"checkpoint on the next run)", file=sys.stderr, flush=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"all {len(steps)} steps done ({len(todo)} run now, {len(done)} before) in {progress.elapsed()}")
 
 
