@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_mtl.errors import NnunetMtlError
-from nnunet_mtl.recipes.plan import Context, Step, plan_steps, step_state
+from nnunet_mtl.recipes.plan import Context, Step, plan_steps, select, step_state
 from nnunet_mtl.recipes.schema import RecipeError, load_recipe, parse_paper_value, shipped_recipes
 from tests.slurm_cluster import SlurmCluster, SlurmStartError, missing as slurm_missing
 
@@ -1085,6 +1085,39 @@ def test_the_dry_run_is_a_script_that_runs_as_run_does_and_previews_gpu_commands
     trainings = [line for line in rest if line.startswith("nnUNetv2_train ")]
     assert len(trainings) == 8 * 3 and all(line.endswith("-device cuda") for line in trainings)
     assert "-device cpu" not in out and not workdir.exists()
+
+
+def test_only_selects_the_matching_steps_and_everything_they_wait_for():
+    """--only: each pattern's steps and, transitively, the steps they wait for (deps and reads), in plan order; a
+    pattern that matches nothing is refused with the ids it could have named."""
+    steps = plan_steps(load_recipe("synthetic"), Context(workdir=Path("/w"), data={}, device="cpu"))
+    ids = [s.id for s in select(steps, ["predict:seg_only:*"])]
+    assert ids == ["convert:phantom", "plan:phantom", "split:phantom", "train:seg_only:0", "train:seg_only:1",
+                   "predict:seg_only:test:0", "predict:seg_only:test:1", "predict:seg_only:test"]
+    # two patterns: their union; a comparison brings every prediction and evaluation it reads
+    ids = [s.id for s in select(steps, ["train:la:1", "compare:*"])]
+    assert ids.index("train:la:1") < ids.index("compare:mtl_vs_others") and "report" not in ids
+    assert {"evaluate:mtl:test", "evaluate:la:test", "train:la:0"} <= set(ids)
+    assert [s.id for s in select(steps, ["*"])] == [s.id for s in steps]
+    with pytest.raises(NnunetMtlError, match=r"--only 'train:nope:\*' matches no step; expected a pattern on the "
+                                             r"step ids --dry-run prints \(such as .*'report'"):
+        select(steps, ["train:seg_only:0", "train:nope:*"])
+
+
+@pytest.mark.slow
+def test_only_runs_just_those_steps_and_a_bad_pattern_writes_nothing(tmp_path):
+    """A real local run of one selected step (the conversion): it runs, planning does not, and no old report is
+    printed; a pattern that matches nothing exits 2 with one line before the work folder is made."""
+    workdir = tmp_path / "w"
+    bad = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--only", "train:nope", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--only 'train:nope' matches no step" in bad.stderr
+    assert "Traceback" not in bad.stderr and not workdir.exists()
+    (workdir / "report").mkdir(parents=True)
+    (workdir / "report" / "report.md").write_text("an old report\n")
+    out = recipe_cli("run", "synthetic", "--workdir", str(workdir), *ONE_WORKER, "--only", "convert:*").stdout
+    assert "1 steps (--only)" in out and "an old report" not in out
+    assert (workdir / "nnUNet_raw").is_dir() and not (workdir / "nnUNet_preprocessed").exists()
+    assert list((workdir / "nnUNet_raw").glob("Dataset*/dataset.json"))
 
 
 def test_trainings_are_fold_major_so_a_run_cut_part_way_has_whole_folds():

@@ -44,6 +44,9 @@ def register(subparsers):
                    help="local launcher: run the trainings (then the predictions) one per listed GPU at a time")
     r.add_argument("--timeout-min", type=int, default=None, help="time limit of each step (default: the recipe's)")
     r.add_argument("--dry-run", action="store_true", help="print every command it would run, and which are done")
+    r.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="only the steps whose id (as --dry-run prints it) matches this shell pattern, and the steps "
+                        "they wait for, e.g. 'train:cls_only:*' or '*:seed2' (quote it); repeatable")
     r.add_argument("--slurm-partition", default=None)
     r.add_argument("--slurm-account", default=None)
     r.add_argument("--slurm-qos", default=None)
@@ -143,7 +146,7 @@ def run_run(args) -> int:
     import torch
 
     from nnunet_mtl.recipes.launch import SlurmOptions, pending, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import NOT_NEEDED, Context, local_order, plan_steps
+    from nnunet_mtl.recipes.plan import NOT_NEEDED, Context, local_order, plan_steps, select
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -189,6 +192,8 @@ def run_run(args) -> int:
         recipe = dataclasses.replace(recipe, timeout_min=args.timeout_min)
     ctx = Context(workdir=workdir, data=data, device=device, processes=args.np)
     steps = plan_steps(recipe, ctx)
+    if args.only:
+        steps = select(steps, args.only)
     if args.dry_run:
         # a script that runs as `run` does: the same variables, and it stops at the first step that fails; the
         # provenance of what is done is checked as run checks it (nothing recorded: a dry run writes nothing)
@@ -203,7 +208,8 @@ def run_run(args) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"recipe": recipe.name, "recipe_file": str(recipe.path),
                                     "data": {k: str(v) for k, v in data.items()}, "device": device}, indent=2))
-    print(f"recipe {recipe.name}: {len(steps)} steps in {workdir} on {device} ({args.launcher} launcher)", flush=True)
+    print(f"recipe {recipe.name}: {len(steps)} steps{' (--only)' if args.only else ''} in {workdir} on {device} "
+          f"({args.launcher} launcher)", flush=True)
     if args.launcher == "slurm":
         if str(workdir).startswith("/tmp/"):
             print(f"note: {workdir} must be on a file system the cluster's nodes see", flush=True)
@@ -215,7 +221,7 @@ def run_run(args) -> int:
         return 0
     run_local(steps, recipe, ctx, gpus)
     report = workdir / "report" / "report.md"
-    if report.is_file():
+    if report.is_file() and any(step.kind == "report" for step in steps):  # not an old one after --only
         print(f"\n{report.read_text(encoding='utf-8')}")
     return 0
 

@@ -432,6 +432,28 @@ def local_order(steps: list[Step]) -> list[Step]:
     return out
 
 
+def select(steps: list[Step], patterns: list[str]) -> list[Step]:
+    """The steps whose id matches one of the shell-style ``patterns`` (``--only``: ``*`` any text, ``?`` one
+    character, ``[...]`` a set) and every step they wait for, directly or through others, in plan order. A pattern
+    that matches no step is refused before anything runs, naming a few ids it could have matched."""
+    from fnmatch import fnmatchcase
+    by_id = {s.id: s for s in steps}
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [s.id for s in steps if fnmatchcase(s.id, pattern)]
+        if not hits:
+            raise NnunetMtlError(f"--only {pattern!r} matches no step; expected a pattern on the step ids --dry-run "
+                                 f"prints (such as {', '.join(repr(i) for i in list(by_id)[-3:])}; '*' for any text)")
+        chosen.update(hits)
+    stack = list(chosen)
+    while stack:
+        for dep in by_id[stack.pop()].waits_for:
+            if dep in by_id and dep not in chosen:
+                chosen.add(dep)
+                stack.append(dep)
+    return [s for s in steps if s.id in chosen]
+
+
 NOT_NEEDED = "not needed: "  # how not_needed's reasons start (the launcher and the dry run print them as they are)
 
 
