@@ -650,6 +650,12 @@ def test_a_slurm_rerun_submits_only_what_is_not_queued_and_auto_means_cuda(tmp_p
     assert f"afterok:{jobs['split:phantom']}" in train  # the kept split job
     predict = (workdir / "slurm" / now["predict:mtl:test"] / f"{now['predict:mtl:test']}_submission.sh").read_text()
     assert f"{now['train:mtl:0']}:{jobs['train:mtl:1']}" in predict
+    # --only: its steps (convert, plan, split and two trainings, all queued) are not submitted again, no report is
+    # announced, and jobs.json keeps every other step's job (a later full run must not submit them twice)
+    only = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", "--only", "train:la:*",
+                      env=env).stdout
+    assert "0 jobs submitted, 5 still queued from before" in only and "the report follows" not in only
+    assert json.loads((workdir / "slurm" / "jobs.json").read_text())["jobs"] == now
     (fake / "sacct").write_text("#!/bin/bash\nexit 1\n")  # no accounting: do not guess, do not submit twice
     err = recipe_cli("run", "synthetic", "--workdir", str(workdir), "--launcher", "slurm", env=env, check=False)
     assert err.returncode == 2 and "sacct gives no state" in err.stderr and len(err.stderr.strip().splitlines()) == 1
@@ -1100,7 +1106,7 @@ def test_only_selects_the_matching_steps_and_everything_they_wait_for():
     assert {"evaluate:mtl:test", "evaluate:la:test", "train:la:0"} <= set(ids)
     assert [s.id for s in select(steps, ["*"])] == [s.id for s in steps]
     with pytest.raises(NnunetMtlError, match=r"--only 'train:nope:\*' matches no step; expected a pattern on the "
-                                             r"step ids --dry-run prints \(such as .*'report'"):
+                                             r"step ids --dry-run prints \(such as 'train:"):
         select(steps, ["train:seg_only:0", "train:nope:*"])
 
 
@@ -1168,6 +1174,12 @@ def test_a_step_whose_every_later_use_is_done_is_not_run(tmp_path):
                      dry)
     assert re.search(r"# \[\d+/\d+\] evaluate:mtl:udiat:seed1 \(done: ", dry)
     assert re.search(r"# \[\d+/\d+\] train:mtl:0:seed2\nnnUNet_results=", dry)
+    # --only judges what is needed on the whole plan: seed 1's trainings stay not needed, seed 2's run
+    dry = recipe_cli("run", "breast_seeds", "--workdir", str(ctx.workdir), "--data", f"BrEaST={data['BrEaST']}",
+                     "--data", f"UDIAT={data['UDIAT']}", "--only", "train:mtl:*", "--dry-run").stdout
+    assert re.search(r"# \[\d+/6\] train:mtl:0:seed1 \(not needed: predict:mtl:udiat:seed1 done or not needed\)\n",
+                     dry)
+    assert re.search(r"# \[\d+/6\] train:mtl:0:seed2\nnnUNet_results=", dry)
 
 
 def test_the_report_draws_no_gallery_of_an_evaluation_kept_without_its_masks(tmp_path):

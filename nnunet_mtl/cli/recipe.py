@@ -192,36 +192,39 @@ def run_run(args) -> int:
         recipe = dataclasses.replace(recipe, timeout_min=args.timeout_min)
     ctx = Context(workdir=workdir, data=data, device=device, processes=args.np)
     steps = plan_steps(recipe, ctx)
-    if args.only:
-        steps = select(steps, args.only)
+    # --only: the selected steps and what they wait for; whether a step is done or needed is still judged on all
+    only = {step.id for step in select(steps, args.only)} if args.only else None
+    shown = [step for step in steps if only is None or step.id in only]
     if args.dry_run:
         # a script that runs as `run` does: the same variables, and it stops at the first step that fails; the
         # provenance of what is done is checked as run checks it (nothing recorded: a dry run writes nothing)
-        _, done = pending(steps, recipe, ctx, adopt=False)
+        _, done = pending(steps, recipe, ctx, adopt=False, only=only)
         print("set -e\nexport " + " ".join(f"{k}={shlex.quote(v)}" for k, v in ctx.env().items()))
-        for i, step in enumerate(local_order(steps), 1):  # the local launcher's order (without --gpus)
+        for i, step in enumerate(local_order(shown), 1):  # the local launcher's order (without --gpus)
             why = done.get(step.id)
-            print(f"# [{i}/{len(steps)}] {step.id}" + ("" if why is None else f" ({why})" if why.startswith(NOT_NEEDED)
+            print(f"# [{i}/{len(shown)}] {step.id}" + ("" if why is None else f" ({why})" if why.startswith(NOT_NEEDED)
                                                        else f" (done: {why})"))
             print(("# " if why is not None else "") + step.command_line())
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"recipe": recipe.name, "recipe_file": str(recipe.path),
                                     "data": {k: str(v) for k, v in data.items()}, "device": device}, indent=2))
-    print(f"recipe {recipe.name}: {len(steps)} steps{' (--only)' if args.only else ''} in {workdir} on {device} "
+    print(f"recipe {recipe.name}: {len(shown)} steps{' (--only)' if only else ''} in {workdir} on {device} "
           f"({args.launcher} launcher)", flush=True)
     if args.launcher == "slurm":
         if str(workdir).startswith("/tmp/"):
             print(f"note: {workdir} must be on a file system the cluster's nodes see", flush=True)
         submit_slurm(steps, recipe, ctx, SlurmOptions(partition=args.slurm_partition, account=args.slurm_account,
                                                       qos=args.slurm_qos, cpus=args.slurm_cpus,
-                                                      mem_gb=args.slurm_mem_gb, setup=tuple(args.slurm_setup)))
-        print(f"the report follows the last job: {workdir / 'report' / 'report.md'} "
-              f"(or now, for what is done: nnunet_mtl recipe report {recipe.name} --workdir {workdir})")
+                                                      mem_gb=args.slurm_mem_gb, setup=tuple(args.slurm_setup)),
+                     only)
+        if any(step.kind == "report" for step in shown):
+            print(f"the report follows the last job: {workdir / 'report' / 'report.md'} "
+                  f"(or now, for what is done: nnunet_mtl recipe report {recipe.name} --workdir {workdir})")
         return 0
-    run_local(steps, recipe, ctx, gpus)
+    run_local(steps, recipe, ctx, gpus, only)
     report = workdir / "report" / "report.md"
-    if report.is_file() and any(step.kind == "report" for step in steps):  # not an old one after --only
+    if report.is_file() and any(step.kind == "report" for step in shown):  # not an old one after --only
         print(f"\n{report.read_text(encoding='utf-8')}")
     return 0
 

@@ -145,10 +145,14 @@ def record(ctx: Context, step: Step, seconds: float, status: str) -> None:
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
-def pending(steps: list[Step], recipe: Recipe, ctx: Context, adopt: bool = True) -> tuple[list[Step], dict]:
+def pending(steps: list[Step], recipe: Recipe, ctx: Context, adopt: bool = True,
+            only: set[str] | None = None) -> tuple[list[Step], dict]:
     """The steps to run (not done, and needed: :func:`not_needed`) and, for every other one, the file that shows it
     done or why it need not run (starting with ``NOT_NEEDED``); the done steps' provenance checked against the recipe
-    as it is now (refused on a mismatch, recorded where missing unless ``adopt`` is False: the dry run)."""
+    as it is now (refused on a mismatch, recorded where missing unless ``adopt`` is False: the dry run). ``only``
+    (``--only``: :func:`~nnunet_mtl.recipes.plan.select`'s ids) keeps both answers to those steps; what is done or
+    needed is judged on the whole plan all the same, so a selected training whose results are all there stays
+    not needed."""
     done = {}
     for step in steps:
         finished, why = step_state(step, recipe, ctx)
@@ -159,7 +163,9 @@ def pending(steps: list[Step], recipe: Recipe, ctx: Context, adopt: bool = True)
         print(f"note: recorded the provenance of {adopted} step(s) done before records existed "
               f"({ctx.workdir / 'logs' / 'provenance'})", flush=True)
     done.update(not_needed(steps, done))  # after the provenance: these have no outputs to record
-    return [step for step in steps if step.id not in done], done
+    if only is not None:
+        done = {sid: why for sid, why in done.items() if sid in only}
+    return [step for step in steps if step.id not in done and (only is None or step.id in only)], done
 
 
 def _provenance(step: Step, prints: dict, ctx: Context) -> tuple[str, dict]:
@@ -236,11 +242,14 @@ def _raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] | None = None) -> None:
-    """Run every step that is not done, in order (trainings and predictions one per GPU at a time with ``gpus``)."""
-    todo, done = pending(steps, recipe, ctx)
-    progress = Progress(len(steps))
-    for step in steps:
+def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] | None = None,
+              only: set[str] | None = None) -> None:
+    """Run every step that is not done, in order (trainings and predictions one per GPU at a time with ``gpus``);
+    with ``only`` (``--only``), those of its steps."""
+    todo, done = pending(steps, recipe, ctx, only=only)
+    shown = [step for step in steps if only is None or step.id in only]
+    progress = Progress(len(shown))
+    for step in shown:
         if step.id in done:
             why = done[step.id]
             progress.begin(step, f" ... {why}" if why.startswith(NOT_NEEDED) else f" ... done before ({why})")
@@ -287,7 +296,8 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    print(f"all {len(steps)} steps done ({len(todo)} run now, {len(done)} before) in {progress.elapsed()}")
+    print(f"all {len(shown)} steps{' (--only)' if only is not None else ''} done ({len(todo)} run now, {len(done)} "
+          f"before) in {progress.elapsed()}")
 
 
 def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Progress, gpus: list[int],
@@ -347,11 +357,13 @@ def slurm_parameters(step: Step, recipe: Recipe, dependencies: list[str], option
     return params
 
 
-def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: SlurmOptions) -> dict:
-    """Submit every step that is not done, each depending (afterok) on the jobs of its not-done dependencies;
-    returns {step id: job id} (also written to W/slurm/jobs.json)."""
+def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: SlurmOptions,
+                 only: set[str] | None = None) -> dict:
+    """Submit every step that is not done (with ``only``, every one of those steps), each depending (afterok) on the
+    jobs of its not-done dependencies; returns {step id: job id} (also written to W/slurm/jobs.json, which keeps an
+    earlier submission's job ids of the steps ``only`` leaves out: a later run must not submit them twice)."""
     import submitit
-    todo, done = pending(steps, recipe, ctx)
+    todo, done = pending(steps, recipe, ctx, only=only)
     prints = fingerprints(steps, ctx)
     jobs_file = ctx.workdir / "slurm" / "jobs.json"
     env = ctx.env()
@@ -373,8 +385,9 @@ def submit_slurm(steps: list[Step], recipe: Recipe, ctx: Context, options: Slurm
         ids[step.id] = str(job.job_id)
         print(f"submitted {step.id} as job {job.job_id}" + (f" (after {', '.join(deps)})" if deps else ""),
               flush=True)
+    kept = {} if only is None else {sid: jid for sid, jid in _earlier_jobs(jobs_file).items() if sid not in only}
     jobs_file.parent.mkdir(parents=True, exist_ok=True)
-    jobs_file.write_text(json.dumps({"recipe": recipe.name, "jobs": ids, "done_before": done}, indent=2))
+    jobs_file.write_text(json.dumps({"recipe": recipe.name, "jobs": {**kept, **ids}, "done_before": done}, indent=2))
     print(f"{len(ids) - len(queued)} jobs submitted, {len(queued)} still queued from before, {len(done)} steps done "
           f"before; job ids in {jobs_file}")
     return ids
@@ -385,19 +398,24 @@ LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "R
                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
 
+def _earlier_jobs(jobs_file: Path) -> dict[str, str]:
+    """{step id: job id} of the last ``--launcher slurm`` of this work folder ({} when there was none)."""
+    try:
+        return json.loads(jobs_file.read_text(encoding="utf-8")).get("jobs", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise NnunetMtlError(f"{jobs_file}: unreadable ({e}); expected the job ids of the last --launcher slurm "
+                             f"(remove it once no job of it is queued)") from None
+
+
 def still_queued(todo: list[Step], jobs_file: Path, ctx: Context) -> dict[str, str]:
     """{step id: job id} for the steps to run whose job from an earlier ``--launcher slurm`` of this work folder has
     not ended (pending or running, by sacct through submitit), and whose dependencies' jobs are kept too: a rerun
     submits only what is neither done nor on its way, with afterok on the jobs already queued. An unknown state
     (no sacct, no accounting) stops the rerun rather than submitting twice."""
     import submitit
-    try:
-        earlier = json.loads(jobs_file.read_text(encoding="utf-8")).get("jobs", {})
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, AttributeError) as e:
-        raise NnunetMtlError(f"{jobs_file}: unreadable ({e}); expected the job ids of the last --launcher slurm "
-                             f"(remove it once no job of it is queued)") from None
+    earlier = _earlier_jobs(jobs_file)
     wanted = {step.id: str(earlier[step.id]) for step in todo if step.id in earlier}
     if not wanted:
         return {}

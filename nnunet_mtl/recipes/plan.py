@@ -435,15 +435,17 @@ def local_order(steps: list[Step]) -> list[Step]:
 def select(steps: list[Step], patterns: list[str]) -> list[Step]:
     """The steps whose id matches one of the shell-style ``patterns`` (``--only``: ``*`` any text, ``?`` one
     character, ``[...]`` a set) and every step they wait for, directly or through others, in plan order. A pattern
-    that matches no step is refused before anything runs, naming a few ids it could have matched."""
+    that matches no step is refused before anything runs, naming the three ids closest to it."""
+    from difflib import get_close_matches
     from fnmatch import fnmatchcase
     by_id = {s.id: s for s in steps}
     chosen: set[str] = set()
     for pattern in patterns:
         hits = [s.id for s in steps if fnmatchcase(s.id, pattern)]
         if not hits:
+            near = get_close_matches(pattern, list(by_id), n=3, cutoff=0.0)
             raise NnunetMtlError(f"--only {pattern!r} matches no step; expected a pattern on the step ids --dry-run "
-                                 f"prints (such as {', '.join(repr(i) for i in list(by_id)[-3:])}; '*' for any text)")
+                                 f"prints (such as {', '.join(map(repr, near))}; '*' for any text)")
         chosen.update(hits)
     stack = list(chosen)
     while stack:
