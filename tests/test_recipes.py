@@ -726,9 +726,12 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, capsys):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, capsys, sigint):
     """`kill` of `nnunet_mtl recipe run`: without a handler SIGTERM ended the launcher at once and left submitit's
-    local job, and the training in it, running on unwatched (a later run would start a second one beside it)."""
+    local job, and the training in it, running on unwatched (a later run would start a second one beside it). Also
+    when the launcher was started in the background (`nohup ... &` ignores SIGINT): the jobs inherited the ignored
+    SIGINT, submitit's cancel, and the training went on."""
     import signal
     import threading
     from nnunet_mtl.recipes.launch import run_local
@@ -736,6 +739,8 @@ def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, caps
     ctx = Context(workdir=tmp_path, data={}, device="cpu")
     step = Step("report", "report", "sleeps", sleeper(tmp_path, 60))
     before = signal.getsignal(signal.SIGTERM)
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.default_int_handler)
+    request = signal.getsignal(signal.SIGINT)
 
     def kill_when_started():
         deadline = time.time() + 30
@@ -743,12 +748,16 @@ def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, caps
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=kill_when_started, daemon=True).start()
-    with pytest.raises(SystemExit) as raised:
-        run_local([step], recipe, ctx)
+    try:
+        with pytest.raises(SystemExit) as raised:
+            run_local([step], recipe, ctx)
+        after_int = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before_int)
     assert raised.value.code == 128 + signal.SIGTERM
     assert "stopped by a signal: cancelled the 1 step(s) under way" in capsys.readouterr().err
     assert_ended(tmp_path)
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGTERM) is before and after_int is request
 
 
 def test_nnunets_own_trainers_are_rows_without_a_head(tmp_path):

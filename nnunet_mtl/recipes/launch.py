@@ -242,6 +242,10 @@ def _raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _ignore(signum, frame):
+    pass
+
+
 def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] | None = None,
               only: set[str] | None = None) -> None:
     """Run every step that is not done, in order (trainings and predictions one per GPU at a time with ``gpus``);
@@ -257,11 +261,17 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     env = {**os.environ, **ctx.env()}
     prints = fingerprints(steps, ctx)
     running: list = []
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (kill, a closing session) ends this process without Python's cleanup, which would leave
         # submitit's local job, and the training in it, running on unwatched: raised instead, so its jobs are cancelled
-        previous = signal.signal(signal.SIGTERM, _raise_exit)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # started in the background (`nohup ... &` ignores SIGINT): submitit's local jobs would inherit the
+            # ignored SIGINT, and its cancel is a SIGINT, so a cancelled training went on (seen in a breast_seeds
+            # run). A handler that ignores it here too is not inherited: the jobs start with the default, as from a
+            # terminal
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _ignore)
     try:
         remaining = list(todo) if gpus else local_order(todo)
         while remaining:
@@ -294,8 +304,8 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
                   f"checkpoint on the next run)", file=sys.stderr, flush=True)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"all {len(shown)} steps{' (--only)' if only is not None else ''} done ({len(todo)} run now, {len(done)} "
           f"before) in {progress.elapsed()}")
 
