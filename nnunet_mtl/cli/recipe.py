@@ -195,6 +195,7 @@ def run_run(args) -> int:
     # --only: the selected steps and what they wait for; whether a step is done or needed is still judged on all
     only = {step.id for step in select(steps, args.only)} if args.only else None
     shown = [step for step in steps if only is None or step.id in only]
+    makes_report = any(step.kind == "report" for step in shown)  # not with an --only that leaves it out
     if args.dry_run:
         # a script that runs as `run` does: the same variables, and it stops at the first step that fails; the
         # provenance of what is done is checked as run checks it (nothing recorded: a dry run writes nothing)
@@ -218,13 +219,13 @@ def run_run(args) -> int:
                                                       qos=args.slurm_qos, cpus=args.slurm_cpus,
                                                       mem_gb=args.slurm_mem_gb, setup=tuple(args.slurm_setup)),
                      only)
-        if any(step.kind == "report" for step in shown):
+        if makes_report:
             print(f"the report follows the last job: {workdir / 'report' / 'report.md'} "
                   f"(or now, for what is done: nnunet_mtl recipe report {recipe.name} --workdir {workdir})")
         return 0
     run_local(steps, recipe, ctx, gpus, only)
     report = workdir / "report" / "report.md"
-    if report.is_file() and any(step.kind == "report" for step in shown):  # not an old one after --only
+    if report.is_file() and makes_report:  # not an old one after --only
         print(f"\n{report.read_text(encoding='utf-8')}")
     return 0
 
