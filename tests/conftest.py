@@ -41,12 +41,23 @@ def thyroid_src(tmp_path):
 SLOW_FIXTURES = {"trained_phantom", "synthetic_run", "two_folds", ("test_seams", "phantom")}
 
 
-# the longest test files (measured with --durations under two workers), longest first: pytest-xdist's --dist
-# loadfile hands whole files to its workers in collection order, so a long file collected late runs alone at the
-# end while the other worker idles (the run's last minutes); handing the long ones out first evens the two out
+# the longest test files, longest first (worker-seconds in CI's run of stop 37, on 2 idle cores: recipes 1,006 s,
+# e2e 590, device_check 540, cpu_amp 455, seeds 452, readme 340, per_fold 229, partial_trainers 191, seams 175,
+# lesion_aware_e2e 122, crash_safety 120; the other 60 files about 600 together). pytest-xdist's --dist loadfile
+# hands whole files to its two workers in the order of the work queue, so a long file handed out late runs alone at
+# the end while the other worker idles; handing the long ones out first evens the two out. The queue follows the
+# collection order (sorted below) only without xdist's own reordering, which by default sorts the files by their
+# number of tests (a 3-test file of 540 s went last): pytest_configure turns that off.
 LONGEST_FIRST = ("test_recipes.py", "test_e2e.py", "test_device_check.py", "test_cpu_amp.py", "test_seeds.py",
-                 "test_readme.py", "test_partial_trainers.py", "test_per_fold.py", "test_lesion_aware_e2e.py",
-                 "test_crash_safety.py")
+                 "test_readme.py", "test_per_fold.py", "test_partial_trainers.py", "test_seams.py",
+                 "test_lesion_aware_e2e.py", "test_crash_safety.py")
+
+
+def pytest_configure(config):
+    """pytest-xdist's --dist loadfile keeps the collection order of the files (LONGEST_FIRST) instead of its default
+    reorder by number of tests (the same as --no-loadscope-reorder, which the README's command need not spell)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
