@@ -17,8 +17,9 @@
 #
 # Everything is written under OUT: device_check.log (all output), summary.md (the numbers), breast_report.md and
 # breast_report.json (the recipe's report); the work folder (phantom, datasets, models) is OUT/work unless --work,
-# and is removed at the end unless --keep-work. --cpu-smoke: the CPU, a 64 px phantom, one timed step each, and the
-# breast part replaced by the same recipe machinery on a synthetic phantom with the _tiny trainers.
+# and is removed at the end unless --keep-work. --cpu-smoke: the CPU, a 64 px phantom, one timed step each, the RLAR
+# layers bottleneck and last3 only, and the breast part replaced by the same recipe machinery on a synthetic phantom
+# with the _tiny trainers.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PY="${PYTHON:-python}"
@@ -66,9 +67,12 @@ START=$(date +%s)
 say() { echo "[device_check $(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
 
 if [[ $SMOKE -eq 1 ]]; then
-    DEVICE=cpu; SIZE=64; STEPS=(--steps 1 --warmup 0); TOML="$HERE/device_check_smoke.toml"
+    # two RLAR layers of four: one layer and several (bench_rlar_step.py treats every layer alike); each is a
+    # trainer built and stepped, about 25 s on 2 CPU cores
+    DEVICE=cpu; SIZE=64; STEPS=(--steps 1 --warmup 0); TOML="$HERE/device_check_smoke.toml"; LAYERS=bottleneck,last3
 else
     DEVICE=cuda; SIZE=128; STEPS=(--steps 10 --warmup 3); TOML="$HERE/device_check_breast.toml"
+    LAYERS=bottleneck,last,mid,last3
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || die "no CUDA device; on a CPU use --cpu-smoke"
     if [[ -z "$RAW" && -z "$DATA" ]]; then die "the breast part needs --raw RAW (from --prepare-raw) or --data DATA"; fi
@@ -109,12 +113,13 @@ bench() {  # bench TITLE SCRIPT ARGS...: its output into the log, its result lin
 
 say "part 1: step ratios on $DEVICE (phantom $SIZE px, planned once into $NNUNET_MTL_BENCH_PHANTOM)"
 bench "MTL / nnU-Net" bench_train_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"
-# the four RLAR layers in one process (one start, one MTL trainer); each layer's block is its own summary section
-say "RLAR / MTL at bottleneck, last, mid, last3"
-out="$("$PY" "$HERE/bench_rlar_step.py" --device "$DEVICE" --size "$SIZE" --layer bottleneck,last,mid,last3 \
+# the RLAR layers of $LAYERS in one process (one start, one MTL trainer; at least two, so that each block has its
+# "--- layer" header): each layer's block is its own summary section
+say "RLAR / MTL at ${LAYERS//,/, }"
+out="$("$PY" "$HERE/bench_rlar_step.py" --device "$DEVICE" --size "$SIZE" --layer "$LAYERS" \
     "${STEPS[@]}" 2>>"$LOG")" || { echo "$out" >> "$LOG"; say "FAILED: RLAR / MTL"; exit 1; }
 echo "$out" >> "$LOG"
-for layer in bottleneck last mid last3; do
+for layer in ${LAYERS//,/ }; do
     section "RLAR / MTL at $layer" "$(echo "$out" | awk -v layer="$layer" '/^--- layer /{on = ($3 == layer); next} on')"
 done
 bench "BI-RADS / MTL" bench_birads_step.py --device "$DEVICE" --size "$SIZE" "${STEPS[@]}"

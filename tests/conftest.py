@@ -55,8 +55,9 @@ LONGEST_FIRST = ("test_recipes.py", "test_e2e.py", "test_device_check.py", "test
 
 def pytest_configure(config):
     """pytest-xdist's --dist loadfile keeps the collection order of the files (LONGEST_FIRST) instead of its default
-    reorder by number of tests (the same as --no-loadscope-reorder, which the README's command need not spell)."""
-    if hasattr(config.option, "loadscopereorder"):
+    reorder by number of tests (as --no-loadscope-reorder would, which the README's command need not spell; an
+    explicit --loadscope-reorder still wins)."""
+    if hasattr(config.option, "loadscopereorder") and "--loadscope-reorder" not in config.invocation_params.args:
         config.option.loadscopereorder = False
 
 

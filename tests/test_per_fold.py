@@ -14,7 +14,7 @@ from PIL import Image
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.inference.models import check_per_fold_folds, parse_folds
 from nnunet_mtl.errors import NnunetMtlError
-from tests.e2e_helpers import BIN, nnunet_env, run, train
+from tests.e2e_helpers import BIN, in_process_trainer, nnunet_env, run, use_in_process
 
 CLASSES = ["benign", "malignant"]
 
@@ -439,8 +439,12 @@ TRAINER = "nnUNetTrainerMTL_tiny"
 @pytest.fixture(scope="module")
 def two_folds(tmp_path_factory, trained_phantom):
     """A tiny phantom, planned, and folds 0 and 1 trained with the smoke-test schedule: a copy of the session's
-    trained phantom (fold 0), whose shared folders stay as they are, and fold 1 trained here."""
+    trained phantom (fold 0, through nnUNetv2_train), whose shared folders stay as they are, and fold 1 trained here
+    in this process (nnU-Net's run_training: the checkpoint the predictions read, without a second start of nnU-Net
+    and its final validation, which no test here reads)."""
     import shutil
+
+    from nnunet_mtl.trainers import TRAINERS
     assert trained_phantom["dataset"] == DATASET and trained_phantom["trainer"] == TRAINER
     root = tmp_path_factory.mktemp("per_fold_e2e")
     for var in ("nnUNet_raw", "nnUNet_preprocessed"):
@@ -448,7 +452,11 @@ def two_folds(tmp_path_factory, trained_phantom):
     model = trained_phantom["model"]  # only this trainer's folder (other tests train more into the shared one)
     shutil.copytree(model, root / "nnUNet_results" / model.parent.name / model.name)
     env = nnunet_env(root)
-    train(env, DATASET, TRAINER, "1")
+    with pytest.MonkeyPatch.context() as mp:
+        use_in_process(mp, root)
+        torch.manual_seed(1)
+        in_process_trainer(root, DATASET, TRAINERS[TRAINER], fold=1).run_training()
+    assert (root / "nnUNet_results" / model.parent.name / model.name / "fold_1" / "checkpoint_final.pth").is_file()
     raw = Path(env["nnUNet_raw"]) / trained_phantom["raw"].name
     return {"root": root, "env": env, "raw": raw}
 
