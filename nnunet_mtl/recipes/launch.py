@@ -238,6 +238,19 @@ def _result(job, step: Step, ctx: Context, started: float) -> None:
     print(f"    done in {seconds:.0f} s", flush=True)
 
 
+def _cancel(job) -> None:
+    """Cancel a local job quietly. submitit's ``cancel`` is a SIGINT to its controller (a process of its own that
+    writes to this launcher's stderr), which ends in a KeyboardInterrupt traceback there. A SIGTERM instead is
+    forwarded by the controller to the job (where :func:`run_step` stops the command's group and exits), after
+    which the controller ends without a word. The controller's process is submitit's private ``_process``: when it
+    is not there, its own cancel."""
+    process = getattr(job, "_process", None)
+    if process is None:
+        job.cancel(check=False)
+    elif process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+
+
 def _raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -295,7 +308,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     except BaseException as e:  # interrupted, or a step failed while others ran on other GPUs
         alive = [job for job in running if not job.done()]  # not the step that failed: it has ended
         for job in alive:  # submitit's local jobs outlive this process unless cancelled
-            job.cancel(check=False)
+            _cancel(job)
         if alive and isinstance(e, SystemExit):
             print(f"stopped by a signal: cancelled the {len(alive)} step(s) under way (a training continues from its "
                   f"latest checkpoint on the next run)", file=sys.stderr, flush=True)
