@@ -146,7 +146,7 @@ def run_run(args) -> int:
     import torch
 
     from nnunet_mtl.recipes.launch import SlurmOptions, pending, run_local, submit_slurm
-    from nnunet_mtl.recipes.plan import NOT_NEEDED, Context, local_order, plan_steps, select
+    from nnunet_mtl.recipes.plan import NOT_NEEDED, Context, local_order, plan_steps, select, selected
     from nnunet_mtl.recipes.schema import load_recipe
     recipe = load_recipe(args.name)
     workdir = Path(args.workdir or f"recipe_{recipe.name}").expanduser().resolve()
@@ -194,7 +194,7 @@ def run_run(args) -> int:
     steps = plan_steps(recipe, ctx)
     # --only: the selected steps and what they wait for; whether a step is done or needed is still judged on all
     only = {step.id for step in select(steps, args.only)} if args.only else None
-    shown = [step for step in steps if only is None or step.id in only]
+    shown = selected(steps, only)
     makes_report = any(step.kind == "report" for step in shown)  # not with an --only that leaves it out
     if args.dry_run:
         # a script that runs as `run` does: the same variables, and it stops at the first step that fails; the

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.recipes.plan import (NOT_NEEDED, Context, Step, check_provenance, executable, fingerprints,
-                                     local_order, not_needed, step_state)
+                                     local_order, not_needed, selected, step_state)
 from nnunet_mtl.recipes.schema import Recipe
 
 
@@ -165,7 +165,7 @@ def pending(steps: list[Step], recipe: Recipe, ctx: Context, adopt: bool = True,
     done.update(not_needed(steps, done))  # after the provenance: these have no outputs to record
     if only is not None:
         done = {sid: why for sid, why in done.items() if sid in only}
-    return [step for step in steps if step.id not in done and (only is None or step.id in only)], done
+    return [step for step in selected(steps, only) if step.id not in done], done
 
 
 def _provenance(step: Step, prints: dict, ctx: Context) -> tuple[str, dict]:
@@ -264,7 +264,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
     """Run every step that is not done, in order (trainings and predictions one per GPU at a time with ``gpus``);
     with ``only`` (``--only``), those of its steps."""
     todo, done = pending(steps, recipe, ctx, only=only)
-    shown = [step for step in steps if only is None or step.id in only]
+    shown = selected(steps, only)
     progress = Progress(len(shown))
     for step in shown:
         if step.id in done:

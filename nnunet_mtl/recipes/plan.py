@@ -456,6 +456,11 @@ def select(steps: list[Step], patterns: list[str]) -> list[Step]:
     return [s for s in steps if s.id in chosen]
 
 
+def selected(steps: list[Step], only: set[str] | None) -> list[Step]:
+    """The steps a run shows and counts: all of them, or with ``only`` (the ids :func:`select` gave) those."""
+    return [s for s in steps if only is None or s.id in only]
+
+
 NOT_NEEDED = "not needed: "  # how not_needed's reasons start (the launcher and the dry run print them as they are)
 
 
