@@ -58,6 +58,18 @@ def in_process_trainer(root: Path, dataset: str, cls, fold: int = 0):
     return cls({**plans, "continue_training": False}, "2d", fold, dataset_json, torch.device("cpu"))
 
 
+def train_in_process(root: Path, dataset: str, cls, monkeypatch, fold: int = 0, seed: int = 0) -> Path:
+    """``cls`` trained on ``dataset``'s ``fold`` in this process (nnU-Net's ``run_training``: the checkpoints and the
+    training log, without a start of nnUNetv2_train and its final validation), on the nnU-Net folders under
+    ``root``, torch seeded with ``seed``; the trainer's results folder (``TRAINER__nnUNetPlans__2d``)."""
+    import torch
+    use_in_process(monkeypatch, root)
+    torch.manual_seed(seed)
+    trainer = in_process_trainer(root, dataset, cls, fold)
+    trainer.run_training()
+    return Path(trainer.output_folder).parent
+
+
 def planned_phantom(env: dict, dataset: str, seed: int = 3, patients: int = 12) -> Path:
     """``nnunet_mtl convert synthetic`` (patients x 2 images of 64 px) and nnUNetv2_plan_and_preprocess; the raw
     dataset folder."""

@@ -2,14 +2,13 @@
 nnUNetv2_train (tiny-schedule multitask trainer), nnUNetv2_predict, nnunet_mtl predict, nnunet_mtl evaluate."""
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.e2e_helpers import BIN, run, train
+from tests.e2e_helpers import BIN, run, train, train_in_process
 
 pytestmark = pytest.mark.e2e
 DATASET = "501"
@@ -220,18 +219,6 @@ def test_birads_trains_saves_its_prior_and_predicts_through_nnunet(birads_traine
     assert (root / "pred_birads" / "class_predictions.csv").is_file()
 
 
-def train_in_process(trained, trainer: str, monkeypatch) -> Path:
-    """TRAINER fold 0 in this process (nnU-Net's ``run_training``, without the final validation) on the module's
-    preprocessed phantom and split; its model folder."""
-    from nnunet_mtl.trainers import TRAINERS
-    from tests.e2e_helpers import in_process_trainer, use_in_process
-    use_in_process(monkeypatch, trained["root"])
-    torch.manual_seed(0)
-    network_trainer = in_process_trainer(trained["root"], DATASET, TRAINERS[trainer])
-    network_trainer.run_training()
-    return Path(network_trainer.output_folder).parent
-
-
 # One nnUNetv2_train subprocess per trainer family (single task, uncertainty weighting, TorchJD aggregation);
 # the other TorchJD aggregators train in-process: the same trainer code, without a second start of nnU-Net
 @pytest.mark.parametrize("trainer, describes, how", [
@@ -254,7 +241,7 @@ def test_every_baseline_trains_through_nnunet_and_its_checkpoint_loads_strictly(
     if how == "nnUNetv2_train":
         model = train_also(trained, trainer)["model"]
     else:
-        model = train_in_process(trained, trainer, monkeypatch)
+        model = train_in_process(trained["root"], DATASET, TRAINERS[trainer], monkeypatch)
     log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
     assert describes in log
     ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)

@@ -14,7 +14,7 @@ from PIL import Image
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.inference.models import check_per_fold_folds, parse_folds
 from nnunet_mtl.errors import NnunetMtlError
-from tests.e2e_helpers import BIN, in_process_trainer, nnunet_env, run, use_in_process
+from tests.e2e_helpers import BIN, nnunet_env, run, train_in_process
 
 CLASSES = ["benign", "malignant"]
 
@@ -453,9 +453,7 @@ def two_folds(tmp_path_factory, trained_phantom):
     shutil.copytree(model, root / "nnUNet_results" / model.parent.name / model.name)
     env = nnunet_env(root)
     with pytest.MonkeyPatch.context() as mp:
-        use_in_process(mp, root)
-        torch.manual_seed(1)
-        in_process_trainer(root, DATASET, TRAINERS[TRAINER], fold=1).run_training()
+        train_in_process(root, DATASET, TRAINERS[TRAINER], mp, fold=1, seed=1)
     assert (root / "nnUNet_results" / model.parent.name / model.name / "fold_1" / "checkpoint_final.pth").is_file()
     raw = Path(env["nnUNet_raw"]) / trained_phantom["raw"].name
     return {"root": root, "env": env, "raw": raw}
