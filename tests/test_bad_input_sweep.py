@@ -329,7 +329,7 @@ CASES = [
     ("holdout-source-partial", "input",
      lambda w, m: (main(drop_masks(w, "--into", "778")),
                    holdout(w, "--fraction", "0.5", "-d", "778", "--into", "779"))[1],
-     "Dataset778_A_masks50 is partially annotated"),
+     "Dataset778_A_masks50 is already partially annotated"),
     ("holdout-fraction-above-1", "value", lambda w, m: holdout(w, "--fraction", "1.5"),
      "--fraction 1.5 is outside (0, 1)"),
     ("holdout-per-class-too-large", "value", lambda w, m: holdout(w, "--per-class", "1"),

@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnunet_mtl.dataset.contract import RawDataset, load_raw_dataset
-from nnunet_mtl.dataset.partial import (default_name, keep_quotas, patient_classes, patients_by_class, pick_patients,
-                                        source_is_partial)
-from nnunet_mtl.errors import ContractError, NnunetMtlError
+from nnunet_mtl.dataset.contract import RawDataset
+from nnunet_mtl.dataset.partial import (check_derived_target, default_name, keep_quotas, open_derived_source,
+                                        patient_classes, patients_by_class, pick_patients)
+from nnunet_mtl.errors import NnunetMtlError
 
 DEFAULT_SEED = 0
 PROVENANCE_KEY = "nnunet_mtl_holdout"  # the dataset.json key that says how the test set was held out
@@ -182,43 +182,13 @@ def plan_holdout(source, target_id, *, fraction=None, per_class=None, classes=No
     """Check everything that can be checked from the arguments and the source's files (no pixel read), choose the
     test patients, and return the plan; one-line :class:`NnunetMtlError` otherwise. ``source``: a dataset id or
     name in ``raw_root`` (default ``$nnUNet_raw``)."""
-    from nnunet_mtl import paths
-    from nnunet_mtl.outputs import check_output_folder
-
     check_mode(fraction, per_class)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise NnunetMtlError(f"--seed {seed!r} is not a non-negative integer")
-    try:
-        target_id = int(target_id)
-    except (TypeError, ValueError):
-        raise NnunetMtlError(f"--into {target_id!r} is not a dataset id; expected an integer from 1 to 999")
-    paths.dataset_folder_name(target_id, name or "X")  # the id's range, and a given name, before any reading
-    root = Path(raw_root) if raw_root is not None else paths.raw_root()
-    folder = paths.find_dataset_folder(source, root)
-    raw = load_raw_dataset(folder, check_files=True)
-    why = source_is_partial(raw)
-    if why:
-        raise NnunetMtlError(f"source {folder.name} is partially annotated ({why}); expected a fully annotated "
-                             f"dataset: hold out first, then drop-masks the result (it hides training masks only)")
-    if target_id == paths.parse_dataset_id(folder.name):
-        raise NnunetMtlError(f"--into {target_id} is the source dataset {folder.name}; expected another id (the source "
-                             f"is never changed)")
+    target_id, root, folder, raw = open_derived_source(
+        source, target_id, seed, name, raw_root,
+        if_partial=": hold out first, then drop-masks the result (it hides training masks only)")
     check_classes(classes, raw.class_labels, folder.name)
     name = name or holdout_name(folder.name.split("_", 1)[1], fraction=fraction, per_class=per_class)
-    folder_name = paths.dataset_folder_name(target_id, name)
-    existing = sorted(p for p in root.glob(f"Dataset{target_id:03d}_*") if p.is_dir())
-    if existing and not overwrite:
-        raise NnunetMtlError(f"{existing[0]} already exists (dataset id {target_id}); pass --overwrite to replace it")
-    if (root / folder_name).exists() and not (root / folder_name).is_dir():
-        raise NnunetMtlError(f"{root / folder_name} is a file; expected nothing there, or the dataset folder (move the "
-                             f"file away: --overwrite replaces datasets, never other files)")
-    check_output_folder(root, "nnUNet_raw folder")
-    file_ending = raw.dataset_json["file_ending"]
-    for case in raw.cases_in_split("test")["case_id"]:
-        label = folder / "labelsTs" / f"{case}{file_ending}"
-        if not label.is_file():
-            raise ContractError(f"{label} does not exist; expected the mask of test case {case} (test cases are "
-                                f"copied and evaluated against their masks)")
+    check_derived_target(root, target_id, name, overwrite, raw)
     selection = choose_test_patients(raw.cases_in_split("train"), raw.class_labels, fraction=fraction,
                                      per_class=per_class, classes=classes, seed=seed, source=folder.name)
     return HoldoutPlan(source=raw, raw_root=root, target_id=target_id, name=name, overwrite=overwrite,

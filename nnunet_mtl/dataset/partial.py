@@ -172,17 +172,13 @@ def source_is_partial(raw: RawDataset) -> str | None:
     return None
 
 
-def plan_drop_masks(source, target_id, *, keep, as_kind: str = "none", seed: int = DEFAULT_SEED,
-                    name: str | None = None, overwrite: bool = False, raw_root: Path | None = None) -> DropMasksPlan:
-    """Check everything that can be checked from the arguments and the source's files (no pixel read), choose the
-    kept patients, and return the plan; one-line :class:`NnunetMtlError` otherwise. ``source``: a dataset id or
-    name in ``raw_root`` (default ``$nnUNet_raw``)."""
+def open_derived_source(source, target_id, seed, name: str | None, raw_root: Path | None,
+                        if_partial: str = "") -> tuple[int, Path, Path, RawDataset]:
+    """The checks a derived dataset (``drop-masks``, ``holdout``) makes of its arguments and source before it chooses
+    patients: ``--seed`` a non-negative integer, ``--into`` an id in nnU-Net's range (and ``name`` a valid one) that
+    is not the source's, the source found in ``raw_root`` (default ``$nnUNet_raw``) with its files and fully
+    annotated (``if_partial`` ends that error); ``(target_id, raw_root, source folder, source dataset)``."""
     from nnunet_mtl import paths
-    from nnunet_mtl.outputs import check_output_folder
-
-    check_keep(keep)
-    if as_kind not in DROP_KINDS:
-        raise NnunetMtlError(f"--as {as_kind!r} is not one of {', '.join(DROP_KINDS)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise NnunetMtlError(f"--seed {seed!r} is not a non-negative integer")
     try:
@@ -196,12 +192,19 @@ def plan_drop_masks(source, target_id, *, keep, as_kind: str = "none", seed: int
     why = source_is_partial(raw)
     if why:
         raise NnunetMtlError(f"source {folder.name} is already partially annotated ({why}); expected a fully annotated "
-                             f"dataset")
-    source_id = paths.parse_dataset_id(folder.name)
-    if target_id == source_id:
+                             f"dataset{if_partial}")
+    if target_id == paths.parse_dataset_id(folder.name):
         raise NnunetMtlError(f"--into {target_id} is the source dataset {folder.name}; expected another id (the source "
                              f"is never changed)")
-    name = name or default_name(folder.name.split("_", 1)[1], keep)
+    return target_id, root, folder, raw
+
+
+def check_derived_target(root: Path, target_id: int, name: str, overwrite: bool, raw: RawDataset) -> None:
+    """The target of a derived dataset: no dataset with its id in ``root`` unless ``overwrite`` (and never a file
+    in its folder's place), ``root`` writable, and the source's test masks all there (the test cases are copied
+    unchanged and evaluated against them)."""
+    from nnunet_mtl import paths
+    from nnunet_mtl.outputs import check_output_folder
     folder_name = paths.dataset_folder_name(target_id, name)
     existing = sorted(p for p in root.glob(f"Dataset{target_id:03d}_*") if p.is_dir())
     if existing and not overwrite:
@@ -212,10 +215,23 @@ def plan_drop_masks(source, target_id, *, keep, as_kind: str = "none", seed: int
     check_output_folder(root, "nnUNet_raw folder")
     file_ending = raw.dataset_json["file_ending"]
     for case in raw.cases_in_split("test")["case_id"]:
-        label = folder / "labelsTs" / f"{case}{file_ending}"
+        label = raw.folder / "labelsTs" / f"{case}{file_ending}"
         if not label.is_file():
             raise ContractError(f"{label} does not exist; expected the full mask of test case {case} (test cases are "
                                 f"copied unchanged and evaluated against their masks)")
+
+
+def plan_drop_masks(source, target_id, *, keep, as_kind: str = "none", seed: int = DEFAULT_SEED,
+                    name: str | None = None, overwrite: bool = False, raw_root: Path | None = None) -> DropMasksPlan:
+    """Check everything that can be checked from the arguments and the source's files (no pixel read), choose the
+    kept patients, and return the plan; one-line :class:`NnunetMtlError` otherwise. ``source``: a dataset id or
+    name in ``raw_root`` (default ``$nnUNet_raw``)."""
+    check_keep(keep)
+    if as_kind not in DROP_KINDS:
+        raise NnunetMtlError(f"--as {as_kind!r} is not one of {', '.join(DROP_KINDS)}")
+    target_id, root, folder, raw = open_derived_source(source, target_id, seed, name, raw_root)
+    name = name or default_name(folder.name.split("_", 1)[1], keep)
+    check_derived_target(root, target_id, name, overwrite, raw)
     selection = choose_kept_patients(raw.cases_in_split("train"), raw.class_labels, keep, seed)
     if selection.kept and all(selection.class_of_patient[p] == NORMAL_CLASS for p in selection.kept):
         raise NnunetMtlError(f"--keep {keep} keeps the masks of {len(selection.kept)} patient(s), all of class "
