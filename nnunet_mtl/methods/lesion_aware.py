@@ -251,12 +251,10 @@ class Localization(LossTerm):
         return localization_loss(outputs["attention_logits"], batch.seg_target, batch.case("mask"))
 
 
-class PseudoLocalization(LossTerm):
-    """alpha's term of Eq. 6: P of unannotated cases against its own pseudo-labels 1[P > tau] (weight (1 - lambda)
-    alpha)."""
+class _PseudoLabelled(LossTerm):
+    """A term on the unannotated cases against pseudo-labels thresholded at ``tau`` (Eq. 6's binarize)."""
 
-    name, task = "pseudo_loc", False
-    acts_on = (ATTENTION,)
+    task = False
     partial_masks = True
 
     def __init__(self, tau: float = TAU):
@@ -265,27 +263,27 @@ class PseudoLocalization(LossTerm):
     def validate(self) -> None:
         if not 0 < self.tau < 1:
             raise ValueError(f"pseudo-label threshold tau = {self.tau}; expected a number in (0, 1)")
+
+
+class PseudoLocalization(_PseudoLabelled):
+    """alpha's term of Eq. 6: P of unannotated cases against its own pseudo-labels 1[P > tau] (weight (1 - lambda)
+    alpha)."""
+
+    name = "pseudo_loc"
+    acts_on = (ATTENTION,)
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:
         return pseudo_localization_loss(outputs["attention_logits"], batch.case("mask"), self.tau)
 
 
-class PseudoSegmentation(LossTerm):
+class PseudoSegmentation(_PseudoLabelled):
     """Our extension (variant ``_pseudoseg``): the decoder learns on unannotated cases from its own thresholded
     softmax, lesion where P(lesion) > tau, background elsewhere (the binarization of Eq. 6 applied to the decoder),
     detached, at every deep-supervision output. A separate call of nnU-Net's loss on those samples only: nnU-Net's
     batch Dice pools the whole batch, and annotated and pseudo-labelled samples in one call would blur each other."""
 
-    name, task = "pseudo_seg", False
+    name = "pseudo_seg"
     acts_on = (SEGMENTATION,)
-    partial_masks = True
-
-    def __init__(self, tau: float = TAU):
-        self.tau = float(tau)
-
-    def validate(self) -> None:
-        if not 0 < self.tau < 1:
-            raise ValueError(f"pseudo-label threshold tau = {self.tau}; expected a number in (0, 1)")
 
     def setup(self, setup: Setup) -> None:
         self._loss = setup.nnunet_loss
