@@ -1,5 +1,6 @@
 """Files for tests and checks of what a command wrote (not a test module): PNG masks written and read, a snapshot of
-a folder tree, a folder made unwritable, and the small synthetic world the dataset commands run on."""
+a folder tree and a bad input refused without a trace in it, a folder made unwritable, and the small synthetic world the
+dataset commands run on (and a copy of a world a test may change)."""
 from __future__ import annotations
 
 import hashlib
@@ -41,6 +42,22 @@ def snapshot(root: Path) -> dict:
     return out
 
 
+def assert_refused(argv: list[str], world: Path, capsys) -> str:
+    """``nnunet_mtl ARGV`` (in this process) refused as bad input: exit code 2, one line ``nnunet_mtl COMMAND:
+    error: ...`` without a traceback, and nothing under ``world`` written, changed or removed (not even a temporary
+    file); the line."""
+    from nnunet_mtl.cli.main import main
+    capsys.readouterr()  # what the setup printed
+    before = snapshot(world)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"exit {code}: {err}"
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"nnunet_mtl {argv[0]}: error: ") and "Traceback" not in err, err
+    assert snapshot(world) == before  # nothing written, changed, removed or left half-written
+    return err
+
+
 def deny_writes(monkeypatch, folder: Path) -> None:
     """os.access says `folder` is not writable (the tests may run as root, for whom chmod does not bite)."""
     import nnunet_mtl.outputs as outputs
@@ -63,4 +80,15 @@ def phantom_world(root: Path, dataset_id: int) -> Path:
         (root / var).mkdir()
     convert_synthetic(dataset_id, "Src", num_patients=16, images_per_patient=2, size=(32, 32), normal_fraction=0.125,
                       malignant_fraction=0.5, test_fraction=0.25, raw_root=root / "nnUNet_raw", progress=False)
+    return root
+
+
+def world_copy(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the folder ``template`` at ``tmp_path/w``, with nnUNet_raw, nnUNet_preprocessed and nnUNet_results
+    pointing at its folders of those names: a world a test may change."""
+    import shutil
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(root / var))
     return root

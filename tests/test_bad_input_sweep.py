@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from nnunet_mtl.cli.main import main
-from tests.file_helpers import deny_writes, snapshot
+from tests.file_helpers import assert_refused, deny_writes, world_copy
 
 CLASSES = {"benign": 0, "malignant": 1, "normal": 2}
 
@@ -69,11 +69,7 @@ def template(tmp_path_factory):
 
 @pytest.fixture
 def world(template, tmp_path, monkeypatch):
-    root = tmp_path / "w"
-    shutil.copytree(template, root)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(root / var))
-    return root
+    return world_copy(template, tmp_path, monkeypatch)
 
 
 def predict(w, *extra, out="out", inputs="in"):
@@ -387,15 +383,8 @@ CASES = [
 
 @pytest.mark.parametrize("case_id, kind, setup, needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(world, monkeypatch, capsys, case_id, kind, setup, needle):
-    argv = setup(world, monkeypatch)
-    before = snapshot(world)
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, f"exit {code}: {err}"
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"nnunet_mtl {argv[0]}: error: ") and "Traceback" not in err
+    err = assert_refused(setup(world, monkeypatch), world, capsys)
     assert needle in err, err
-    assert snapshot(world) == before  # nothing written, changed, removed or left half-written
 
 
 def test_sweep_covers_every_subcommand_and_class():

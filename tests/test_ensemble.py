@@ -6,7 +6,6 @@ class_predictions.csv."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 from nnunet_mtl.cli.main import main
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.inference import ensemble as ens
+from tests.file_helpers import snapshot
 
 LABELS = {"background": 0, "lesion": 1, "cyst": 2}
 CLASSES = ["benign", "malignant", "normal"]
@@ -79,11 +79,6 @@ def w(template, tmp_path):
     shutil.copytree(template / "F1", tmp_path / "F1")
     shutil.copytree(template / "F2", tmp_path / "F2")
     return tmp_path
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -22,7 +22,7 @@ from nnunet_mtl.dataset.partial import (PROVENANCE_KEY, REPORT_FILE, choose_kept
                                         keep_quotas, patient_classes)
 from nnunet_mtl.dataset.writer import RawDatasetWriter
 from nnunet_mtl.errors import ContractError, NnunetMtlError
-from tests.file_helpers import deny_writes, phantom_world, snapshot
+from tests.file_helpers import assert_refused, deny_writes, phantom_world, world_copy
 
 CLASSES = {"benign": 0, "malignant": 1, "normal": 2}
 
@@ -219,11 +219,7 @@ def template(tmp_path_factory):
 
 @pytest.fixture
 def world(template, tmp_path, monkeypatch):
-    root = tmp_path / "w"
-    shutil.copytree(template, root)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(var, str(root / var))
-    return root
+    return world_copy(template, tmp_path, monkeypatch)
 
 
 def _source(world) -> Path:
@@ -352,14 +348,9 @@ REFUSALS = [
 @pytest.mark.parametrize("case_id, setup, needle", REFUSALS, ids=[r[0] for r in REFUSALS])
 def test_drop_masks_refusals(world, monkeypatch, capsys, case_id, setup, needle):
     argv = setup(world, monkeypatch)
-    capsys.readouterr()
-    before = snapshot(world)
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, f"exit {code}: {err}"
-    assert len(err.splitlines()) == 1 and err.startswith("nnunet_mtl drop-masks: error: "), err
+    assert argv[0] == "drop-masks"
+    err = assert_refused(argv, world, capsys)
     assert needle in err, err
-    assert snapshot(world) == before  # nothing written, not even a temporary folder
 
 
 def test_drop_masks_error_during_the_work_leaves_nothing(world, monkeypatch):
