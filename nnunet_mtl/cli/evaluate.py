@@ -115,7 +115,7 @@ def run(args) -> int:
     from nnunet_mtl.evaluation.aggregate import aggregate_summaries
     from nnunet_mtl.evaluation.evaluate import evaluate_folder, written_files
     from nnunet_mtl.evaluation.formatting import format_aggregate_table, format_per_fold_table, format_summary_table
-    from nnunet_mtl.evaluation.inputs import load_class_labels, reference_inputs
+    from nnunet_mtl.evaluation.inputs import load_class_labels, prediction_folder, reference_inputs
     from nnunet_mtl.evaluation.per_fold import PER_FOLD_SUMMARY, PER_FOLD_SUMMARY_CSV, evaluate_per_fold
     from nnunet_mtl.inference.per_fold import per_fold_layout
     if args.aggregate:
@@ -137,10 +137,7 @@ def run(args) -> int:
     if not args.pred:
         raise NnunetMtlError("expected -pred PRED_DIR (with -ref REF_DIR or -d DATASET), or --aggregate S1.json ...")
     options = metric_options(args)
-    pred = Path(args.pred)
-    if not pred.is_dir():
-        raise NnunetMtlError(f"prediction folder {pred} does not exist; expected a folder of CASE_ID.png masks (and / "
-                             f"or the class_predictions.csv of nnunet_mtl predict)")
+    pred = prediction_folder(args.pred)
     _, ref, cases, labels_json = reference_inputs(pred, dataset=args.d, ref=args.ref, cases=args.cases,
                                                   class_labels=args.class_labels)
     if ref is None:

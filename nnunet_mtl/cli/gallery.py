@@ -63,12 +63,9 @@ def image_folders(args, raw: Path | None, ref: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    from nnunet_mtl.evaluation.inputs import load_class_labels, reference_inputs
+    from nnunet_mtl.evaluation.inputs import load_class_labels, prediction_folder, reference_inputs
     from nnunet_mtl.evaluation.gallery import write_gallery
-    pred = Path(args.pred)
-    if not pred.is_dir():
-        raise NnunetMtlError(f"prediction folder {pred} does not exist; expected the CASE.png masks and / or the "
-                             f"class_predictions.csv of nnunet_mtl predict")
+    pred = prediction_folder(args.pred)
     # as evaluate finds them
     raw, ref, cases, labels_json = reference_inputs(pred, dataset=args.d, ref=args.ref, cases=args.cases,
                                                     class_labels=args.class_labels)

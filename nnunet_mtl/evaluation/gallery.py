@@ -621,16 +621,14 @@ def write_gallery(pred_dir, ref_dir, image_dirs: list, output=None, *, evaluatio
     "notes"}. Everything the inputs can tell is checked before the first file is written, and each file is written
     atomically, so an error leaves no half-written page."""
     from nnunet_mtl.atomic import atomic_open, write_text_atomic
-    from nnunet_mtl.evaluation.inputs import list_png_cases
+    from nnunet_mtl.evaluation.inputs import list_png_cases, prediction_folder
     from nnunet_mtl.inference.per_fold import per_fold_layout
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     image_dirs = [Path(d) for d in image_dirs]
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise NnunetMtlError(f"--size {size!r}: expected an integer from {MIN_SIZE} to {MAX_SIZE} (pixels on the "
                              f"longer side of each drawn image)")
-    if not pred_dir.is_dir():
-        raise NnunetMtlError(f"prediction folder {pred_dir} does not exist; expected the CASE.png masks and / or the "
-                             f"class_predictions.csv of nnunet_mtl predict")
+    prediction_folder(pred_dir)
     layout = per_fold_layout(pred_dir)
     if layout is not None:
         subs = [name for name, _ in layout["folds"]] + ([layout["ensemble"][0]] if layout["ensemble"] else [])

@@ -202,6 +202,17 @@ def fold_validation_cases(pred_dir) -> tuple[list[str], str] | None:
     return None
 
 
+def prediction_folder(pred) -> Path:
+    """``-pred``: a folder (of ``nnunet_mtl predict``, nnUNetv2_predict or a per-fold prediction); a one-line error
+    otherwise (nnunet_mtl evaluate and gallery)."""
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise NnunetMtlError(f"prediction folder {pred} {'is a file' if pred.exists() else 'does not exist'}; "
+                             f"expected a folder of CASE_ID.png masks and / or the class_predictions.csv of "
+                             f"nnunet_mtl predict")
+    return pred
+
+
 def reference_inputs(pred: Path, *, dataset=None, ref=None, cases=None, class_labels=None
                      ) -> tuple[Path | None, Path | None, Path | None, Path | None]:
     """(raw dataset folder, reference masks, cases.csv, dataset.json) for a prediction folder: ``ref``, ``cases``
