@@ -672,8 +672,9 @@ def sleeper(folder: Path, seconds: int) -> list[str]:
 def assert_ended(folder: Path) -> None:
     """The sleeper's process is gone within 20 s of its step's end (a zombie not yet reaped counts as gone), well
     before its own sleep (30 s or more) would end it, and it did not get to write ``ran``. 5 s failed on a loaded
-    2-core machine (a training beside two test workers): submitit's cancel reaches the job process by SIGINT, whose
-    handler then stops the command's group."""
+    2-core machine (a training beside two test workers): a cancel reaches the job process by a signal (SIGTERM
+    forwarded by submitit's controller, or submitit's SIGINT at its time limit), whose handler then stops the
+    command's group."""
     pid = int((folder / "pid").read_text())
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -691,7 +692,8 @@ def assert_ended(folder: Path) -> None:
 
 @pytest.mark.parametrize("sig, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", SystemExit)])
 def test_a_signal_to_the_step_stops_its_commands_whole_group_at_once(tmp_path, sig, raised):
-    """run_step's job gets SIGINT (submitit's local cancel, one second before SIGKILL) or SIGTERM (SLURM, a user):
+    """run_step's job gets SIGINT (submitit's own cancel or time limit, one second before SIGKILL) or SIGTERM (the
+    local launcher's cancel through submitit's controller, SLURM, a user):
     the command and the process it started are gone well inside that second, and the job process ends by the
     signal's own exception (no exit code read as success)."""
     import signal
@@ -706,6 +708,73 @@ def test_a_signal_to_the_step_stops_its_commands_whole_group_at_once(tmp_path, s
     assert_ended(tmp_path)
     assert signal.getsignal(getattr(signal, sig)) is before  # the job's own handler is back
     assert not (tmp_path / "made.json").exists()  # a cancelled step records nothing as made
+
+
+def test_a_sigterm_while_the_command_starts_is_not_lost(tmp_path, monkeypatch):
+    """run_step's handlers are in place before its command starts: submitit's job process ignores SIGTERM until
+    then (its 'bypass' handler, stood in for here), so a cancel that came while the command started was lost and
+    the step ran to its end."""
+    import signal
+    import subprocess as sp
+
+    from nnunet_mtl.recipes import launch
+    real = sp.Popen
+
+    def popen(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs here, before the command exists
+        return real(*args, **kwargs)
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # submitit's bypass
+    try:
+        started = time.time()
+        with pytest.raises(SystemExit):
+            launch.run_step(sleeper(tmp_path, 5), {}, str(tmp_path / "step.log"))
+        assert time.time() - started < 3
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not (tmp_path / "pid").exists()  # the command never started
+
+
+class _FakeJob:
+    """A submitit LocalJob as _cancel sees it: ``_process`` (the controller) and ``cancel`` (submitit's SIGINT)."""
+
+    def __init__(self, process):
+        self._process, self.cancelled = process, False
+
+    def cancel(self, check=True):
+        self.cancelled = True
+        self._process.kill()
+
+
+def _controller(tmp_path: Path, terms_to_end: int):
+    """A stand-in controller: ends at its ``terms_to_end``-th SIGTERM (0: never), writing how many it got."""
+    code = (f"import signal, sys, time, pathlib\nn = 0\ndef h(s, f):\n    global n\n    n += 1\n"
+            f"    pathlib.Path({str(tmp_path / 'terms')!r}).write_text(str(n))\n"
+            f"    if n == {terms_to_end}: sys.exit(0)\nsignal.signal(signal.SIGTERM, h)\n"
+            f"pathlib.Path({str(tmp_path / 'ready')!r}).write_text('')\nwhile True: time.sleep(0.05)\n")
+    process = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 20
+    while not (tmp_path / "ready").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return process
+
+
+def test_a_cancel_repeats_its_sigterm_until_the_controller_ends(tmp_path, monkeypatch):
+    """A SIGTERM that reaches submitit's controller before it has started the step (or the step before its
+    handler) is lost: the cancel sends it again each second, and falls back to submitit's cancel when the controller
+    still lives after CANCEL_WAIT_S."""
+    from nnunet_mtl.recipes import launch
+    job = _FakeJob(_controller(tmp_path, terms_to_end=2))
+    started = time.time()
+    launch._cancel([job])
+    assert job._process.poll() == 0 and (tmp_path / "terms").read_text() == "2" and not job.cancelled
+    assert time.time() - started < 5
+    (tmp_path / "ready").unlink()
+    monkeypatch.setattr(launch, "CANCEL_WAIT_S", 1.5)
+    deaf = _FakeJob(_controller(tmp_path, terms_to_end=0))
+    launch._cancel([deaf])
+    assert deaf.cancelled and deaf._process.wait(timeout=10) != 0
 
 
 @pytest.mark.slow
@@ -730,10 +799,11 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
 def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, capfd, sigint):
     """`kill` of `nnunet_mtl recipe run`: without a handler SIGTERM ended the launcher at once and left submitit's
     local job, and the training in it, running on unwatched (a later run would start a second one beside it). Also
-    when the launcher was started in the background (`nohup ... &` ignores SIGINT): the jobs inherited the ignored
-    SIGINT, submitit's cancel, and the training went on. The launcher's output ends with its one line: submitit's
-    controller (a process of its own, writing to the launcher's stderr) ends without a traceback (its cancel, a
-    SIGINT, ended it in a KeyboardInterrupt one)."""
+    when the launcher was started in the background (`nohup ... &` ignores SIGINT: the jobs inherited the ignored
+    SIGINT, then submitit's cancel, and the training went on; the cancel is now a SIGTERM, the 'ignored' case keeps
+    the background start covered). The launcher's output ends with its one line: submitit's controller (a process
+    of its own, writing to the launcher's stderr) ends without a traceback (submitit's cancel, a SIGINT, ended it in
+    a KeyboardInterrupt one)."""
     import signal
     import threading
     from nnunet_mtl.recipes.launch import run_local

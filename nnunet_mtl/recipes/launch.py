@@ -84,27 +84,32 @@ def _stop_group(child: subprocess.Popen, grace: float = 0.3) -> None:
 
 
 def _run_as_group(argv: list[str], env: dict, out) -> int:
-    """The command in its own session (its own process group), waited for. A cancelled job (SIGINT from
-    submitit's local executor, SIGTERM from SLURM or a user) stops the whole group before the job ends, instead
-    of leaving the command running on: a training cancelled after another failed must not go on writing."""
+    """The command in its own session (its own process group), waited for. A cancelled job (SIGTERM from the local
+    launcher's cancel through submitit's controller, from SLURM or a user; SIGINT from submitit's own cancel or
+    its time limit, or Ctrl-C) stops the whole group before the job ends, instead of leaving the command running
+    on: a training cancelled after another failed must not go on writing. The handlers are in place before the
+    command starts (submitit's job process ignores SIGTERM until then: a cancel in between would be lost)."""
     linux = sys.platform.startswith("linux")
-    child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                             preexec_fn=_die_with_parent if linux else None)
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {}
+    child = None
 
     def stop(signum, frame):
-        _signal_group(child, signal.SIGTERM)  # at once; the rest (waiting, reaping) outside the handler
+        if child is not None:
+            _signal_group(child, signal.SIGTERM)  # at once; the rest (waiting, reaping) outside the handler
         raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         previous = {sig: signal.signal(sig, stop) for sig in signals}
     try:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_die_with_parent if linux else None)
         return child.wait()
     except BaseException:
         for sig in previous:  # a second Ctrl-C must not cut the stop short
             signal.signal(sig, signal.SIG_IGN)
-        _stop_group(child)
+        if child is not None:  # (a command cut off while it started dies with this process: _die_with_parent)
+            _stop_group(child)
         raise
     finally:
         for sig, handler in previous.items():
@@ -238,17 +243,35 @@ def _result(job, step: Step, ctx: Context, started: float) -> None:
     print(f"    done in {seconds:.0f} s", flush=True)
 
 
-def _cancel(job) -> None:
-    """Cancel a local job quietly. submitit's ``cancel`` is a SIGINT to its controller (a process of its own that
-    writes to this launcher's stderr), which ends in a KeyboardInterrupt traceback there. A SIGTERM instead is
-    forwarded by the controller to the job (where :func:`run_step` stops the command's group and exits), after
-    which the controller ends without a word. The controller's process is submitit's private ``_process``: when it
-    is not there, its own cancel."""
-    process = getattr(job, "_process", None)
-    if process is None:
+CANCEL_WAIT_S = 10.0  # how long a cancel waits for the jobs to end before submitit's own cancel
+
+
+def _cancel(jobs: list) -> None:
+    """Cancel local jobs quietly and wait (at most CANCEL_WAIT_S) for them to end. submitit's ``cancel`` is a SIGINT
+    to the job's controller (a process of its own that writes to this launcher's stderr), which ends there in a
+    KeyboardInterrupt traceback. A SIGTERM instead is forwarded by the controller to the job, where
+    :func:`run_step` stops the command's group and exits, and the controller then ends without a word. It is sent
+    again each second while the controller lives: one that comes before the controller has started the job, or
+    before the job has its handler, is lost. The controller is submitit's private ``_process`` (the controller
+    itself as long as the executor has no ``setup`` lines, which would start it under a shell); without it, or
+    when the wait runs out, submitit's own cancel."""
+    alive = {}
+    for job in jobs:
+        process = getattr(job, "_process", None)
+        if process is None:
+            job.cancel(check=False)
+        else:
+            alive[job] = process
+    deadline, sent = time.time() + CANCEL_WAIT_S, 0.0
+    while alive and time.time() < deadline:
+        if time.time() - sent >= 1.0:
+            for process in alive.values():
+                process.send_signal(signal.SIGTERM)  # (nothing happens to a process that has ended and been reaped)
+            sent = time.time()
+        time.sleep(0.05)
+        alive = {job: process for job, process in alive.items() if process.poll() is None}
+    for job in alive:
         job.cancel(check=False)
-    elif process.poll() is None:
-        process.send_signal(signal.SIGTERM)
 
 
 def _raise_exit(signum, frame):
@@ -281,9 +304,9 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             # started in the background (`nohup ... &` ignores SIGINT): submitit's local jobs would inherit the
-            # ignored SIGINT, and its cancel is a SIGINT, so a cancelled training went on (seen in a breast_seeds
-            # run). A handler that ignores it here too is not inherited: the jobs start with the default, as from a
-            # terminal
+            # ignored SIGINT, and submitit's own cancel (our fallback, see _cancel) and its time limit are a SIGINT,
+            # so a cancelled training went on (seen in a breast_seeds run). A handler that ignores it here too is not
+            # inherited: the jobs start with the default, as from a terminal
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, _ignore)
     try:
         remaining = list(todo) if gpus else local_order(todo)
@@ -307,8 +330,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             running.remove(job)
     except BaseException as e:  # interrupted, or a step failed while others ran on other GPUs
         alive = [job for job in running if not job.done()]  # not the step that failed: it has ended
-        for job in alive:  # submitit's local jobs outlive this process unless cancelled
-            _cancel(job)
+        _cancel(alive)  # submitit's local jobs outlive this process unless cancelled
         if alive and isinstance(e, SystemExit):
             print(f"stopped by a signal: cancelled the {len(alive)} step(s) under way (a training continues from its "
                   f"latest checkpoint on the next run)", file=sys.stderr, flush=True)
