@@ -251,11 +251,8 @@ class Localization(LossTerm):
         return localization_loss(outputs["attention_logits"], batch.seg_target, batch.case("mask"))
 
 
-class _PseudoLabelled(LossTerm):
-    """A term on the unannotated cases against pseudo-labels thresholded at ``tau`` (Eq. 6's binarize)."""
-
-    task = False
-    partial_masks = True
+class _Threshold:
+    """The pseudo-label threshold tau of a term on the unannotated cases (Eq. 6's binarize): its value and check."""
 
     def __init__(self, tau: float = TAU):
         self.tau = float(tau)
@@ -265,25 +262,27 @@ class _PseudoLabelled(LossTerm):
             raise ValueError(f"pseudo-label threshold tau = {self.tau}; expected a number in (0, 1)")
 
 
-class PseudoLocalization(_PseudoLabelled):
+class PseudoLocalization(_Threshold, LossTerm):
     """alpha's term of Eq. 6: P of unannotated cases against its own pseudo-labels 1[P > tau] (weight (1 - lambda)
     alpha)."""
 
-    name = "pseudo_loc"
+    name, task = "pseudo_loc", False
     acts_on = (ATTENTION,)
+    partial_masks = True
 
     def __call__(self, outputs: dict, batch: Batch) -> torch.Tensor:
         return pseudo_localization_loss(outputs["attention_logits"], batch.case("mask"), self.tau)
 
 
-class PseudoSegmentation(_PseudoLabelled):
+class PseudoSegmentation(_Threshold, LossTerm):
     """Our extension (variant ``_pseudoseg``): the decoder learns on unannotated cases from its own thresholded
     softmax, lesion where P(lesion) > tau, background elsewhere (the binarization of Eq. 6 applied to the decoder),
     detached, at every deep-supervision output. A separate call of nnU-Net's loss on those samples only: nnU-Net's
     batch Dice pools the whole batch, and annotated and pseudo-labelled samples in one call would blur each other."""
 
-    name = "pseudo_seg"
+    name, task = "pseudo_seg", False
     acts_on = (SEGMENTATION,)
+    partial_masks = True
 
     def setup(self, setup: Setup) -> None:
         self._loss = setup.nnunet_loss
