@@ -101,6 +101,8 @@ def test_delong_matches_the_brute_force_u_statistics(seed):
     assert dl["variance"] == pytest.approx(var, rel=1e-10)
     assert dl["p"] == pytest.approx(2 * stats.norm.sf(abs(auc_a - auc_b) / math.sqrt(var)))
     assert dl["ci_low"] < dl["difference"] < dl["ci_high"]
+    # plain Python numbers: numpy's would be written as np.float64(...) by repr (comparison.csv's cells did)
+    assert all(type(dl[k]) is float for k in ("auc_a", "auc_b", "difference", "se", "z", "p", "ci_low", "ci_high"))
 
 
 def test_delong_agrees_with_an_independent_paired_bootstrap():

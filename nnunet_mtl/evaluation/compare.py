@@ -645,8 +645,8 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
     from nnunet_mtl.atomic import write_csv, write_json
 
     def cell(v):
-        if isinstance(v, float):
-            return "" if math.isnan(v) else repr(v)
+        if isinstance(v, float):  # numpy's floats too, written as plain numbers (their repr is np.float64(...))
+            return "" if math.isnan(v) else repr(float(v))
         return "" if v is None else v
     out.mkdir(parents=True, exist_ok=True)
     written = [write_csv([{k: cell(r.get(k)) for k in CSV_FIELDS} for r in result["rows"]], CSV_FIELDS,

@@ -210,7 +210,7 @@ def delong_test(y_true, score_a, score_b, confidence: float = CONFIDENCE) -> dic
     else:
         z, p = (0.0, 1.0) if abs(diff) < _ZERO else (math.nan, math.nan)
     return {**out, "auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": diff, "variance": variance,
-            "se": se, "z": z, "p": p, "ci_low": diff - half, "ci_high": diff + half}
+            "se": se, "z": float(z), "p": p, "ci_low": float(diff - half), "ci_high": float(diff + half)}
 
 
 def weighted_auc(y_binary, score, weights) -> np.ndarray:
