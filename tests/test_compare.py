@@ -259,15 +259,14 @@ def test_the_csv_holds_plain_numbers_also_for_numpy_values(tmp_path, monkeypatch
     its cells read 'np.float64(-0.0379...)'); NaN is an empty cell."""
     import numpy as np
 
-    from nnunet_mtl.evaluation.compare import CSV_FIELDS, write_outputs
-    row = {k: "" for k in CSV_FIELDS}
+    import nnunet_mtl.evaluation.compare as compare
+    row = {k: "" for k in compare.CSV_FIELDS}
     row.update(pair="A vs B", metric="auc", mean_a=np.float64(0.686), mean_b=0.633, difference=np.float64(0.053),
                ci_low=np.float64(-0.038), ci_high=np.float64(0.144), statistic=np.float32(1.14), p=0.254,
                p_holm=float("nan"))
     result = {"rows": [row], "runs": {}, "settings": {}, "pairs": []}
-    import nnunet_mtl.evaluation.compare as compare
     monkeypatch.setattr(compare, "plot_comparison", lambda result, path: path)  # the plot is not what this checks
-    write_outputs(result, tmp_path)
+    compare.write_outputs(result, tmp_path)
     with open(tmp_path / "comparison.csv", newline="") as f:
         (written,) = list(csv.DictReader(f))
     assert [float(written[k]) for k in ("mean_a", "difference", "ci_low", "ci_high")] == \

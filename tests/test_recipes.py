@@ -669,6 +669,14 @@ def sleeper(folder: Path, seconds: int) -> list[str]:
     return [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {inner!r}])"]
 
 
+def _running(pid) -> bool:
+    """Whether process ``pid`` runs (Linux /proc): not gone, and not a zombie not yet reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def assert_ended(folder: Path) -> None:
     """The sleeper's process is gone within 20 s of its step's end (a zombie not yet reaped counts as gone), well
     before its own sleep (30 s or more) would end it, and it did not get to write ``ran``. 5 s failed on a loaded
@@ -677,16 +685,10 @@ def assert_ended(folder: Path) -> None:
     command's group."""
     pid = int((folder / "pid").read_text())
     deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            break
-        if state in ("Z", "X"):
-            break
+    while _running(pid):
+        if time.time() > deadline:
+            pytest.fail(f"the cancelled step's command (pid {pid}) is still running")
         time.sleep(0.1)
-    else:
-        pytest.fail(f"the cancelled step's command (pid {pid}) is still running")
     assert not (folder / "ran").exists()
 
 
@@ -837,19 +839,20 @@ def test_sigterm_to_the_local_launcher_cancels_the_step_under_way(tmp_path, capf
 def wait_for_no_process_naming(folder: Path, seconds: float = 20) -> None:
     """Wait until no process has ``folder`` in its command line (submitit's controller names its job folder)."""
     deadline = time.time() + seconds
-    while time.time() < deadline:
+    while True:
         alive = []
         for proc in Path("/proc").iterdir():
             try:
-                if proc.name.isdigit() and str(folder) in (proc / "cmdline").read_bytes().decode(errors="replace") \
-                        and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                if proc.name.isdigit() and str(folder) in (proc / "cmdline").read_bytes().decode(errors="replace"):
                     alive.append(proc.name)
             except OSError:
                 continue
+        alive = [pid for pid in alive if _running(pid)]
         if not alive:
             return
+        if time.time() > deadline:
+            pytest.fail(f"processes naming {folder} still running: {alive}")
         time.sleep(0.1)
-    pytest.fail(f"processes naming {folder} still running: {alive}")
 
 
 def test_nnunets_own_trainers_are_rows_without_a_head(tmp_path):
