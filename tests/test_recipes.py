@@ -748,6 +748,9 @@ class _FakeJob:
         self.cancelled = True
         self._process.kill()
 
+    def done(self):
+        return self._process.poll() is not None
+
 
 def _controller(tmp_path: Path, terms_to_end: int):
     """A stand-in controller: ends at its ``terms_to_end``-th SIGTERM (0: never), writing how many it got."""
@@ -777,6 +780,35 @@ def test_a_cancel_repeats_its_sigterm_until_the_controller_ends(tmp_path, monkey
     deaf = _FakeJob(_controller(tmp_path, terms_to_end=0))
     launch._cancel([deaf])
     assert deaf.cancelled and deaf._process.wait(timeout=10) != 0
+
+
+def test_a_sigterm_while_a_job_is_submitted_still_cancels_that_job(tmp_path, monkeypatch):
+    """Raised inside submitit's submit (after its controller has started), the SIGTERM left the new job out of the
+    list the cancel reads: it ran on unwatched. The signal now waits until the job is in the list."""
+    import signal
+    from nnunet_mtl.recipes import launch
+
+    class Executor:
+        def update_parameters(self, **kwargs):
+            pass
+
+        def submit(self, *args):
+            job = _FakeJob(_controller(tmp_path, terms_to_end=1))
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at once, inside submit
+            time.sleep(0.2)
+            self.job = job
+            return job
+
+    executor = Executor()
+    monkeypatch.setattr(launch, "_local_executor", lambda ctx: executor)
+    recipe = load_recipe("synthetic")
+    ctx = Context(workdir=tmp_path, data={}, device="cpu")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as raised:
+        launch.run_local([Step("report", "report", "sleeps", sleeper(tmp_path, 60))], recipe, ctx)
+    assert raised.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+    assert executor.job._process.poll() == 0 and (tmp_path / "terms").read_text() == "1"  # its cancel reached it
+    assert not executor.job.cancelled
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -274,8 +275,31 @@ def _cancel(jobs: list) -> None:
         job.cancel(check=False)
 
 
+class _Held:
+    """A SIGTERM that comes while a job is submitted: raised inside ``executor.submit`` once submitit has started the
+    job, it would leave the job out of the list the cancel reads (running on unwatched); it waits until the job is
+    in it (:func:`_submitting`)."""
+    holding = False
+    signum: int | None = None
+
+
 def _raise_exit(signum, frame):
+    if _Held.holding:
+        _Held.signum = signum
+        return
     raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _submitting():
+    """Around submitting a job and adding it to the running list: a SIGTERM meanwhile is raised after both."""
+    _Held.holding, _Held.signum = True, None
+    try:
+        yield
+    finally:
+        _Held.holding = False
+    if _Held.signum is not None:
+        raise SystemExit(128 + _Held.signum)
 
 
 def _ignore(signum, frame):
@@ -323,9 +347,10 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             progress.begin(step)
             executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
             started = time.time()
-            job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)), True,
-                                  _provenance(step, prints, ctx))
-            running.append(job)
+            with _submitting():
+                job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)),
+                                      True, _provenance(step, prints, ctx))
+                running.append(job)
             _wait(job, step, ctx, started)
             running.remove(job)
     except BaseException as e:  # interrupted, or a step failed while others ran on other GPUs
@@ -355,10 +380,11 @@ def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Pro
                 step = queue.pop(0)
                 progress.begin(step, f" (GPU {gpu})")
                 executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=1, visible_gpus=[gpu])
-                job = executor.submit(run_step, executable(step.argv),
-                                      {**env, **step.env, "CUDA_VISIBLE_DEVICES": str(gpu)},
-                                      str(ctx.log(step.id)), True, _provenance(step, prints, ctx))
-                running.append(job)
+                with _submitting():
+                    job = executor.submit(run_step, executable(step.argv),
+                                          {**env, **step.env, "CUDA_VISIBLE_DEVICES": str(gpu)},
+                                          str(ctx.log(step.id)), True, _provenance(step, prints, ctx))
+                    running.append(job)
                 busy[gpu] = (job, step, time.time())
         for gpu, (job, step, started) in list(busy.items()):
             if job.done():
