@@ -38,6 +38,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mtl.trainers import nnUNetTrainerMTL_tiny
 from nnunet_mtl.processes import children_die_with_this_process
+from tests.process_helpers import cmdline, descendants
 
 pytestmark = pytest.mark.slow  # trains or starts processes (the fast subset leaves it out)
 
@@ -301,34 +302,6 @@ def test_continue_prediction_predicts_again_what_a_kill_left_unfinished(trainer,
 
 
 # ================================================================================================ e2e: kill -9
-def _processes() -> dict[int, int]:
-    """{pid: parent pid} of every process (Linux /proc)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            found[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    return found
-
-
-def _descendants(pid: int) -> set[int]:
-    parents, found, frontier = _processes(), set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 @pytest.mark.e2e
 @needs_fork
 def test_kill_9_at_a_random_moment_then_c_finishes(phantom):
@@ -344,9 +317,9 @@ def test_kill_9_at_a_random_moment_then_c_finishes(phantom):
     seen: set[int] = set()
     try:
         while time.monotonic() - started < delay and process.poll() is None:
-            seen |= _descendants(process.pid)
+            seen |= descendants(process.pid)
             time.sleep(0.05)
-        seen |= _descendants(process.pid)
+        seen |= descendants(process.pid)
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         else:
@@ -355,7 +328,7 @@ def test_kill_9_at_a_random_moment_then_c_finishes(phantom):
         # nnU-Net's forked augmentation workers (their command line is the trainer's) die with it
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            survivors = [p for p in seen if "nnUNetv2_train" in _cmdline(p)]
+            survivors = [p for p in seen if "nnUNetv2_train" in cmdline(p)]
             if not survivors:
                 break
             time.sleep(0.1)

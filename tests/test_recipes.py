@@ -24,6 +24,7 @@ import pytest
 from nnunet_mtl.errors import NnunetMtlError
 from nnunet_mtl.recipes.plan import Context, Step, plan_steps, select, step_state
 from nnunet_mtl.recipes.schema import RecipeError, load_recipe, parse_paper_value, shipped_recipes
+from tests.process_helpers import running, running_naming
 from tests.slurm_cluster import SlurmCluster, SlurmStartError, missing as slurm_missing
 
 BIN = Path(sys.executable).parent
@@ -669,14 +670,6 @@ def sleeper(folder: Path, seconds: int) -> list[str]:
     return [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {inner!r}])"]
 
 
-def _running(pid) -> bool:
-    """Whether process ``pid`` runs (Linux /proc): not gone, and not a zombie not yet reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def assert_ended(folder: Path) -> None:
     """The sleeper's process is gone within 20 s of its step's end (a zombie not yet reaped counts as gone), well
     before its own sleep (30 s or more) would end it, and it did not get to write ``ran``. 5 s failed on a loaded
@@ -685,7 +678,7 @@ def assert_ended(folder: Path) -> None:
     command's group."""
     pid = int((folder / "pid").read_text())
     deadline = time.time() + 20
-    while _running(pid):
+    while running(pid):
         if time.time() > deadline:
             pytest.fail(f"the cancelled step's command (pid {pid}) is still running")
         time.sleep(0.1)
@@ -872,14 +865,7 @@ def wait_for_no_process_naming(folder: Path, seconds: float = 20) -> None:
     """Wait until no process has ``folder`` in its command line (submitit's controller names its job folder)."""
     deadline = time.time() + seconds
     while True:
-        alive = []
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and str(folder) in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    alive.append(proc.name)
-            except OSError:
-                continue
-        alive = [pid for pid in alive if _running(pid)]
+        alive = running_naming(str(folder))
         if not alive:
             return
         if time.time() > deadline:
