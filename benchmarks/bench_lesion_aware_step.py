@@ -12,19 +12,11 @@ Target: LesionAware / MTL <= 1.15.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import (interleaved_medians, plan_phantom, print_step_times, step_arguments,  # noqa: E402
-                             trainers_on_one_batch)
-
-TARGET = 1.15
+from bench_train_step import method_against_mtl  # noqa: E402
 
 
 def half_unannotated(trainer, keys) -> None:
@@ -38,36 +30,20 @@ def half_unannotated(trainer, keys) -> None:
     trainer.cases = CaseTable(frame, trainer.class_labels)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    step_arguments(parser, steps=15, warmup=3)
-    args = parser.parse_args()
-    os.environ.setdefault("nnUNet_compile", "0")
-    device = torch.device(args.device)
+def stage_2_on_half_annotated(trainers, batch):
+    """Both trainers on the half-annotated table, the lesion-aware one in its stage 2 (every term); after the
+    timing, what LA-Net reads and the pseudo-label loss of a last step."""
+    for trainer in trainers.values():
+        half_unannotated(trainer, list(batch["keys"]))
+    lesion_aware = trainers["nnUNetTrainerLesionAware"]
+    lesion_aware._enter_stage(lesion_aware._stage_plan()[1].start)
 
-    from nnunet_mtl.trainers import nnUNetTrainerLesionAware, nnUNetTrainerMTL
-
-    with tempfile.TemporaryDirectory() as tmp:
-        plans, dataset_json = plan_phantom(Path(tmp), args.size)
-        trainers, batch = trainers_on_one_batch(
-            {"nnUNetTrainerMTL": nnUNetTrainerMTL, "nnUNetTrainerLesionAware": nnUNetTrainerLesionAware}, plans,
-            dataset_json, device)
-        for trainer in trainers.values():
-            half_unannotated(trainer, list(batch["keys"]))
-        lesion_aware = trainers["nnUNetTrainerLesionAware"]
-        lesion_aware._enter_stage(lesion_aware._stage_plan()[1].start)  # stage 2: every term
-        head = lesion_aware.network.head
-        med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
+    def lines():
         pseudo = lesion_aware.train_step(batch)["pseudo_loc_loss"]
-
-    ratio = med["nnUNetTrainerLesionAware"] / med["nnUNetTrainerMTL"]
-    print_step_times(med, trainers, batch, device, args.steps)
-    print(f"LA-Net reads {head.num_read} encoder stages; P at the bottleneck's size; pseudo-label loss of the last "
-          f"step {float(pseudo):.4f}")
-    print(f"ratio nnUNetTrainerLesionAware / nnUNetTrainerMTL = {ratio:.3f}  (target <= {TARGET}: "
-          f"{'met' if ratio <= TARGET else 'NOT met'})")
-    return 0
+        return [f"LA-Net reads {lesion_aware.network.head.num_read} encoder stages; P at the bottleneck's size; "
+                f"pseudo-label loss of the last step {float(pseudo):.4f}"]
+    return lines
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(method_against_mtl(__doc__, "nnUNetTrainerLesionAware", 1.15, stage_2_on_half_annotated))

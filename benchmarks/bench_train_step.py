@@ -151,6 +151,37 @@ def time_step(trainer, batch: dict, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def method_against_mtl(doc: str, name: str, target: float, setup=None, steps: int = 15, warmup: int = 3) -> int:
+    """The main of a benchmark that times one method's trainer ``name`` against nnUNetTrainerMTL on one batch
+    (bench_birads_step, bench_lesion_aware_step): its arguments, the planned phantom, both trainers with the same
+    weights and batch, the interleaved medians, the step times, then the lines of ``setup`` and the ratio with its
+    target. ``setup(trainers, batch)`` runs before the timing and returns a function that gives, after it, the
+    lines to print."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    step_arguments(parser, steps=steps, warmup=warmup)
+    args = parser.parse_args()
+    os.environ.setdefault("nnUNet_compile", "0")
+    device = torch.device(args.device)
+
+    from nnunet_mtl.trainers import TRAINERS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plans, dataset_json = plan_phantom(Path(tmp), args.size)
+        trainers, batch = trainers_on_one_batch({n: TRAINERS[n] for n in ("nnUNetTrainerMTL", name)}, plans,
+                                                dataset_json, device)
+        after = setup(trainers, batch) if setup is not None else None
+        med = interleaved_medians(trainers, batch, device, args.steps, args.warmup)
+        lines = after() if after is not None else []
+
+    ratio = med[name] / med["nnUNetTrainerMTL"]
+    print_step_times(med, trainers, batch, device, args.steps)
+    for line in lines:
+        print(line)
+    print(f"ratio {name} / nnUNetTrainerMTL = {ratio:.3f}  (target <= {target:.2f}: "
+          f"{'met' if ratio <= target else 'NOT met'})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     step_arguments(parser, steps=20, warmup=3)
