@@ -6,11 +6,13 @@ Tolerance of the gradient comparison, and why. bfloat16 keeps 8 significant bits
 value), and a step rounds every activation of a 20-layer network, every gradient flowing back through it and, for
 RLAR, the gradients it differentiates again. Near the initialization the encoder's gradient is mostly noise that
 such rounding moves as much as another dropout mask does (measured: cosine 0.83 bf16 / fp32 against 0.77 between
-two float32 steps with different masks), so the comparison is made after 10 float32 steps on the batch. Two bounds:
+two float32 steps with different masks), so the comparison is made after 10 float32 steps on the batch (the
+family's own, or those of the family it warms from: WARM_FROM). Two bounds:
 - the whole parameter gradient: cosine >= 0.88 and ||g_bf16 - g_fp32|| / ||g_fp32|| <= 0.55 (measured on this
   phantom at full width: cosines 0.92-0.99, errors 0.11-0.42, the lowest RLAR with autograd at the last encoder
   stage, where the penalty differentiates rounded gradients again; at the half width the test uses (WIDTH_DIVISOR):
-  cosines 0.934-0.987, errors 0.16-0.36, the lowest ClsOnly, then RLAR at the last stage, 0.956 / 0.30);
+  cosines 0.934-0.987, errors 0.16-0.36, the lowest ClsOnly, then RLAR at the last stage, 0.956 / 0.30; with
+  the shared warm-ups of WARM_FROM: 0.937-0.993, 0.12-0.36, the lowest ClinGuided);
 - the layers next to the losses (segmentation outputs, classifier): cosine >= 0.995 (measured >= 0.9994 at either
   width).
 A dropped or unscaled term, a loss summed in bfloat16 over a whole mask, or a NaN moves them far beyond that.

@@ -786,22 +786,45 @@ def test_a_sigterm_while_a_job_is_submitted_still_cancels_that_job(tmp_path, mon
             pass
 
         def submit(self, *args):
-            job = _FakeJob(_controller(tmp_path, terms_to_end=1))
+            self.job = _FakeJob(_controller(tmp_path, terms_to_end=1))
             os.kill(os.getpid(), signal.SIGTERM)  # handled at once, inside submit
             time.sleep(0.2)
-            self.job = job
-            return job
+            return self.job
 
     executor = Executor()
     monkeypatch.setattr(launch, "_local_executor", lambda ctx: executor)
     recipe = load_recipe("synthetic")
     ctx = Context(workdir=tmp_path, data={}, device="cpu")
     before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as raised:
+            launch.run_local([Step("report", "report", "sleeps", sleeper(tmp_path, 60))], recipe, ctx)
+        assert raised.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+        assert executor.job._process.poll() == 0 and (tmp_path / "terms").read_text() == "1"  # its cancel reached it
+        assert not executor.job.cancelled
+    finally:
+        executor.job._process.kill()  # the stand-in controller ends only at a SIGTERM: never left behind
+
+
+def test_a_sigterm_while_a_submission_fails_still_stops_as_a_signal(tmp_path, monkeypatch):
+    """The held SIGTERM is not lost when the submission itself fails: the run stops as a signal stops it."""
+    import signal
+    from nnunet_mtl.recipes import launch
+
+    class Executor:
+        def update_parameters(self, **kwargs):
+            pass
+
+        def submit(self, *args):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            raise OSError("no job folder")
+
+    monkeypatch.setattr(launch, "_local_executor", lambda ctx: Executor())
+    ctx = Context(workdir=tmp_path, data={}, device="cpu")
     with pytest.raises(SystemExit) as raised:
-        launch.run_local([Step("report", "report", "sleeps", sleeper(tmp_path, 60))], recipe, ctx)
-    assert raised.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
-    assert executor.job._process.poll() == 0 and (tmp_path / "terms").read_text() == "1"  # its cancel reached it
-    assert not executor.job.cancelled
+        launch.run_local([Step("report", "report", "sleeps", sleeper(tmp_path, 60))], load_recipe("synthetic"), ctx)
+    assert raised.value.code == 128 + signal.SIGTERM and isinstance(raised.value.__cause__, OSError)
 
 
 @pytest.mark.slow

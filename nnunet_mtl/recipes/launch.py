@@ -292,10 +292,21 @@ def _raise_exit(signum, frame):
 
 @contextlib.contextmanager
 def _submitting():
-    """Around submitting a job and adding it to the running list: a SIGTERM meanwhile is raised after both."""
-    _Held.holding, _Held.signum = True, None
+    """Around submitting a job and adding it to the running list: a SIGTERM meanwhile is raised after both (also
+    when the submission failed: the run was asked to stop). Only in the main thread, where run_local sets its SIGTERM
+    handler. SIGINT is not held: from a terminal it reaches submitit's controllers too (one process group), and a
+    background launch ignores it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Held.signum = None
+    _Held.holding = True
     try:
         yield
+    except BaseException as e:
+        if _Held.signum is not None:
+            raise SystemExit(128 + _Held.signum) from e
+        raise
     finally:
         _Held.holding = False
     if _Held.signum is not None:
