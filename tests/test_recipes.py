@@ -834,10 +834,12 @@ def test_local_launcher_waits_with_a_time_limit(tmp_path):
     from nnunet_mtl.recipes.launch import run_local
     recipe = load_recipe("synthetic")
     ctx = Context(workdir=tmp_path, data={}, device="cpu")
-    slow = Step("report", "report", "sleeps", sleeper(tmp_path, 120), timeout_min=0.05)
+    # 15 s: the limit counts from the job's start, and its command (the sleeper, which writes its pid) must have
+    # started by then to be seen killed with it; 3 s (0.05 min) ran out before it had, on a loaded 2-core CI machine
+    slow = Step("report", "report", "sleeps", sleeper(tmp_path, 120), timeout_min=0.25)
     after = Step("report2", "report", "never", [sys.executable, "-c", f"open({str(tmp_path / 'ran2')!r}, 'w')"])
     started = time.time()
-    with pytest.raises(NnunetMtlError, match="did not finish within 0.05 min"):
+    with pytest.raises(NnunetMtlError, match="did not finish within 0.25 min"):
         run_local([slow, after], recipe, ctx)
     assert time.time() - started < 60 and not (tmp_path / "ran2").exists()
     assert step_state(slow, recipe, ctx)[0] is False
