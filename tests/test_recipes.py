@@ -775,23 +775,32 @@ def test_a_cancel_repeats_its_sigterm_until_the_controller_ends(tmp_path, monkey
     assert deaf.cancelled and deaf._process.wait(timeout=10) != 0
 
 
+class _SignallingExecutor:
+    """A stand-in for submitit's local executor whose ``submit`` makes its job (``make``: it may raise), then gets
+    a SIGTERM inside the call, as a `kill` landing while submitit starts a job's controller."""
+
+    def __init__(self, make):
+        self.make, self.job = make, None
+
+    def update_parameters(self, **kwargs):
+        pass
+
+    def submit(self, *args):
+        import signal
+        try:
+            self.job = self.make()
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at once, inside submit
+            time.sleep(0.2)
+        return self.job
+
+
 def test_a_sigterm_while_a_job_is_submitted_still_cancels_that_job(tmp_path, monkeypatch):
     """Raised inside submitit's submit (after its controller has started), the SIGTERM left the new job out of the
     list the cancel reads: it ran on unwatched. The signal now waits until the job is in the list."""
     import signal
     from nnunet_mtl.recipes import launch
-
-    class Executor:
-        def update_parameters(self, **kwargs):
-            pass
-
-        def submit(self, *args):
-            self.job = _FakeJob(_controller(tmp_path, terms_to_end=1))
-            os.kill(os.getpid(), signal.SIGTERM)  # handled at once, inside submit
-            time.sleep(0.2)
-            return self.job
-
-    executor = Executor()
+    executor = _SignallingExecutor(lambda: _FakeJob(_controller(tmp_path, terms_to_end=1)))
     monkeypatch.setattr(launch, "_local_executor", lambda ctx: executor)
     recipe = load_recipe("synthetic")
     ctx = Context(workdir=tmp_path, data={}, device="cpu")
@@ -811,16 +820,9 @@ def test_a_sigterm_while_a_submission_fails_still_stops_as_a_signal(tmp_path, mo
     import signal
     from nnunet_mtl.recipes import launch
 
-    class Executor:
-        def update_parameters(self, **kwargs):
-            pass
-
-        def submit(self, *args):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.2)
-            raise OSError("no job folder")
-
-    monkeypatch.setattr(launch, "_local_executor", lambda ctx: Executor())
+    def fails():
+        raise OSError("no job folder")
+    monkeypatch.setattr(launch, "_local_executor", lambda ctx: _SignallingExecutor(fails))
     ctx = Context(workdir=tmp_path, data={}, device="cpu")
     with pytest.raises(SystemExit) as raised:
         launch.run_local([Step("report", "report", "sleeps", sleeper(tmp_path, 60))], load_recipe("synthetic"), ctx)

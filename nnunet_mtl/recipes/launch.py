@@ -313,6 +313,16 @@ def _submitting():
         raise SystemExit(128 + _Held.signum)
 
 
+def _submit(executor, step: Step, env: dict, ctx: Context, prints: dict, running: list):
+    """Submit the step's :func:`run_step` job (its command, ``env``, its log, its provenance) and add it to
+    ``running``, the list a cancel reads; a SIGTERM meanwhile waits until it is there (:func:`_submitting`)."""
+    with _submitting():
+        job = executor.submit(run_step, executable(step.argv), env, str(ctx.log(step.id)), True,
+                              _provenance(step, prints, ctx))
+        running.append(job)
+    return job
+
+
 def _ignore(signum, frame):
     pass
 
@@ -358,10 +368,7 @@ def run_local(steps: list[Step], recipe: Recipe, ctx: Context, gpus: list[int] |
             progress.begin(step)
             executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=0)
             started = time.time()
-            with _submitting():
-                job = executor.submit(run_step, executable(step.argv), {**env, **step.env}, str(ctx.log(step.id)),
-                                      True, _provenance(step, prints, ctx))
-                running.append(job)
+            job = _submit(executor, step, {**env, **step.env}, ctx, prints, running)
             _wait(job, step, ctx, started)
             running.remove(job)
     except BaseException as e:  # interrupted, or a step failed while others ran on other GPUs
@@ -391,11 +398,8 @@ def _run_wave(wave: list[Step], executor, env: dict, ctx: Context, progress: Pro
                 step = queue.pop(0)
                 progress.begin(step, f" (GPU {gpu})")
                 executor.update_parameters(timeout_min=step.timeout_min, gpus_per_node=1, visible_gpus=[gpu])
-                with _submitting():
-                    job = executor.submit(run_step, executable(step.argv),
-                                          {**env, **step.env, "CUDA_VISIBLE_DEVICES": str(gpu)},
-                                          str(ctx.log(step.id)), True, _provenance(step, prints, ctx))
-                    running.append(job)
+                job = _submit(executor, step, {**env, **step.env, "CUDA_VISIBLE_DEVICES": str(gpu)}, ctx, prints,
+                              running)
                 busy[gpu] = (job, step, time.time())
         for gpu, (job, step, started) in list(busy.items()):
             if job.done():
